@@ -1,0 +1,151 @@
+//! ACPI discovery with the `acpi` crate: RSDP from the PVH start info (BIOS-area scan as
+//! fallback), RSDT/XSDT, the table list, and raw access to the tables later layers parse
+//! themselves (MCFG for ECAM, DMAR for VT-d).
+//!
+//! Firmware tables live in RAM the memory map marks reserved/ACPI, which the kernel does not map
+//! at boot: the handler maps what the crate asks for on demand (write-back) and never unmaps (the
+//! tables stay valid for the whole run, so the bytes can be handed out as `&'static [u8]`).
+
+use core::ptr::NonNull;
+
+use acpi::sdt::{SdtHeader, Signature};
+use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
+use alloc::vec::Vec;
+
+use crate::mem::paging::{self, Cache};
+
+/// Maps firmware memory for the `acpi` crate (identity, write-back, never unmapped).
+#[derive(Debug, Clone, Copy)]
+pub struct FirmwareMapper;
+
+impl AcpiHandler for FirmwareMapper {
+    unsafe fn map_physical_region<T>(&self, phys: usize, size: usize) -> PhysicalMapping<Self, T> {
+        let ptr = match paging::map_phys(phys as u64, size.max(1) as u64, Cache::WriteBack) {
+            Ok(p) => p,
+            // The crate's handler API has no error path; a table we cannot map is a broken
+            // firmware setup on a boot path, reported as a panic with the reason.
+            Err(e) => panic!("cannot map ACPI region {phys:#x}+{size:#x}: {e}"),
+        };
+        // SAFETY: identity mapping: the virtual address equals the (non-zero) physical address
+        // just mapped for `size` bytes.
+        unsafe { PhysicalMapping::new(phys, NonNull::new_unchecked(ptr.cast()), size, size, *self) }
+    }
+
+    fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
+}
+
+/// One table as listed at boot.
+#[derive(Debug, Clone, Copy)]
+pub struct TableInfo {
+    /// Four-character signature.
+    pub signature: [u8; 4],
+    /// Length in bytes.
+    pub length: u32,
+    /// Revision.
+    pub revision: u8,
+    /// OEM ID.
+    pub oem_id: [u8; 6],
+}
+
+/// The discovered ACPI tables.
+pub struct Acpi {
+    tables: AcpiTables<FirmwareMapper>,
+    /// Physical address of the RSDP used.
+    pub rsdp: u64,
+}
+
+/// Why ACPI discovery failed.
+#[derive(Debug)]
+pub struct AcpiInitError(pub acpi::AcpiError);
+
+impl core::fmt::Display for AcpiInitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "ACPI discovery failed: {:?}", self.0)
+    }
+}
+
+/// Finds and validates the tables.
+pub fn init(rsdp_hint: Option<u64>) -> Result<Acpi, AcpiInitError> {
+    if let Some(rsdp) = rsdp_hint {
+        // SAFETY: the address comes from the PVH start info, which QEMU fills with the RSDP
+        // address; the crate validates the signature and checksum.
+        match unsafe { AcpiTables::from_rsdp(FirmwareMapper, rsdp as usize) } {
+            Ok(tables) => return Ok(Acpi { tables, rsdp }),
+            Err(e) => {
+                log::warn!("RSDP from start info at {rsdp:#x} rejected ({e:?}); scanning BIOS area")
+            }
+        }
+    }
+    // SAFETY: the BIOS area (EBDA, 0xE0000-0xFFFFF) is identity-mapped low memory.
+    let tables =
+        unsafe { AcpiTables::search_for_rsdp_bios(FirmwareMapper) }.map_err(AcpiInitError)?;
+    Ok(Acpi { tables, rsdp: 0 })
+}
+
+macro_rules! raw_table {
+    ($name:ident, $sig:expr) => {
+        /// A table located by signature, whose bytes later layers parse themselves.
+        #[repr(C, packed)]
+        struct $name {
+            header: SdtHeader,
+        }
+
+        // SAFETY: the type is exactly an SdtHeader and SIGNATURE is the table's signature, so
+        // find_table maps the whole `header.length` bytes of that table.
+        unsafe impl AcpiTable for $name {
+            const SIGNATURE: Signature = $sig;
+
+            fn header(&self) -> &SdtHeader {
+                &self.header
+            }
+        }
+    };
+}
+
+raw_table!(RawDmar, Signature::DMAR);
+raw_table!(RawMcfg, Signature::MCFG);
+
+impl Acpi {
+    /// Every table the RSDT/XSDT lists (headers validated by the crate).
+    pub fn list(&self) -> Vec<TableInfo> {
+        self.tables
+            .headers()
+            .map(|h| TableInfo {
+                signature: *h
+                    .signature
+                    .as_str()
+                    .as_bytes()
+                    .first_chunk()
+                    .unwrap_or(b"????"),
+                length: h.length,
+                revision: h.revision,
+                oem_id: h.oem_id,
+            })
+            .collect()
+    }
+
+    /// The DMAR table (header included) and its physical address.
+    pub fn dmar(&self) -> Option<(u64, &'static [u8])> {
+        self.raw::<RawDmar>()
+    }
+
+    /// The MCFG table (header included) and its physical address.
+    pub fn mcfg(&self) -> Option<(u64, &'static [u8])> {
+        self.raw::<RawMcfg>()
+    }
+
+    fn raw<T: AcpiTable>(&self) -> Option<(u64, &'static [u8])> {
+        let mapping = self.tables.find_table::<T>().ok()?;
+        let len = mapping.region_length();
+        let phys = mapping.physical_start() as u64;
+        // SAFETY: the handler mapped `len` bytes at the identity address and never unmaps them;
+        // firmware tables are never modified after boot.
+        let bytes = unsafe { core::slice::from_raw_parts(phys as *const u8, len) };
+        Some((phys, bytes))
+    }
+
+    /// The underlying `acpi` crate view (e.g. for `PciConfigRegions`).
+    pub fn tables(&self) -> &AcpiTables<FirmwareMapper> {
+        &self.tables
+    }
+}

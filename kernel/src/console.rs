@@ -1,0 +1,84 @@
+//! The serial console (COM1, 16550 UART) and the `log` backend that writes to it.
+//!
+//! Log lines are `[seconds.micros] LEVEL target: message`. Exception and panic reports go through
+//! [`emergency_print`], which takes the console even if the faulting code held its lock.
+
+use core::fmt::{self, Write};
+
+use spin::Mutex;
+use uart_16550::backend::PioBackend;
+use uart_16550::{Config, Uart16550Tty};
+
+const COM1: u16 = 0x3f8;
+
+static CONSOLE: Mutex<Option<Uart16550Tty<PioBackend>>> = Mutex::new(None);
+
+/// Initialises COM1 and installs the logger at `level`.
+pub fn init(level: log::LevelFilter) {
+    // SAFETY: 0x3f8..0x400 is COM1 on every PC-compatible machine QEMU emulates, and this kernel
+    // touches it only through CONSOLE.
+    let uart = unsafe { Uart16550Tty::new_port(COM1, Config::default()) };
+    *CONSOLE.lock() = uart.ok();
+    // Ignore "already set": init runs once per boot.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Writes formatted text to the console.
+pub fn print(args: fmt::Arguments<'_>) {
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        if let Some(c) = CONSOLE.lock().as_mut() {
+            let _ = c.write_fmt(args);
+        }
+    });
+}
+
+/// Writes formatted text even if the console lock is held (by code that faulted while printing).
+pub fn emergency_print(args: fmt::Arguments<'_>) {
+    if CONSOLE.is_locked() {
+        // SAFETY: called only on fatal paths (exception, panic, exit) on the single CPU; the
+        // holder of the lock was interrupted and will never resume, so breaking it is safe.
+        unsafe { CONSOLE.force_unlock() };
+    }
+    print(args);
+}
+
+/// `print!` to the serial console.
+#[macro_export]
+macro_rules! kprint {
+    ($($arg:tt)*) => { $crate::console::print(format_args!($($arg)*)) };
+}
+
+/// `println!` to the serial console.
+#[macro_export]
+macro_rules! kprintln {
+    () => { $crate::kprint!("\n") };
+    ($($arg:tt)*) => { $crate::console::print(format_args!("{}\n", format_args!($($arg)*))) };
+}
+
+struct Logger;
+
+static LOGGER: Logger = Logger;
+
+impl log::Log for Logger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let us = crate::arch::time::now_us();
+        print(format_args!(
+            "[{:4}.{:06}] {:5} {}: {}\n",
+            us / 1_000_000,
+            us % 1_000_000,
+            record.level(),
+            record.target(),
+            record.args()
+        ));
+    }
+
+    fn flush(&self) {}
+}

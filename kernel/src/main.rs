@@ -1,0 +1,112 @@
+//! The bootable kernel: brings up the CPU, memory, ACPI and devices, then runs either the demo
+//! (`cargo xtask run`) or the in-kernel tests selected with `test=` (`cargo xtask test`).
+
+#![no_std]
+#![no_main]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+mod acpi;
+mod arch;
+mod console;
+mod demo;
+mod ktest;
+mod mem;
+mod pvh;
+mod rt;
+mod tests;
+
+use arch::exit::{exit, Status};
+use arch::{gdt, idt, time};
+use kernel::cmdline::CommandLine;
+
+/// Everything boot discovered, handed to the demo and to every test.
+pub struct Kernel {
+    /// What the PVH start info said.
+    pub boot: pvh::BootInfo,
+    /// The ACPI tables.
+    pub acpi: acpi::Acpi,
+}
+
+/// Rust entry point, called by the PVH entry code on the boot stack with the physical address of
+/// `hvm_start_info`.
+#[no_mangle]
+pub extern "C" fn kernel_main(start_info: u32) -> ! {
+    console::init(log::LevelFilter::Info);
+    gdt::init();
+    idt::init();
+    // SAFETY: start_info is the %ebx value from QEMU, below 1 GiB and identity-mapped by the
+    // boot page tables; nothing has allocated memory yet.
+    let boot = match unsafe { pvh::read(start_info) } {
+        Ok(b) => b,
+        Err(e) => arch::exit::fail_now(match e {
+            pvh::StartInfoError::Null => "no PVH start info (not booted through PVH?)",
+            pvh::StartInfoError::BadMagic(_) => "PVH start info has a bad magic number",
+        }),
+    };
+    let cmdline = CommandLine::new(boot.cmdline());
+    if let Some(level) = cmdline.value("log").and_then(|l| l.parse().ok()) {
+        log::set_max_level(level);
+    }
+    let hz = time::calibrate();
+    log::info!(
+        "booted via PVH (start info v{}), command line {:?}",
+        boot.version,
+        boot.cmdline()
+    );
+    log::info!(
+        "TSC {}.{:03} MHz (calibrated against the PIT)",
+        hz / 1_000_000,
+        hz / 1000 % 1000
+    );
+
+    mem::init_frames(&boot);
+    mem::paging::init(&boot);
+    let heap = match mem::heap::init() {
+        Ok(base) => base,
+        Err(_) => arch::exit::fail_now("no memory for the kernel heap"),
+    };
+    let frames = mem::frame_stats();
+    log::info!(
+        "memory: {} MiB managed, heap {} MiB at {heap:#x}, {} MiB free",
+        frames.total * 4 / 1024,
+        mem::heap::HEAP_SIZE >> 20,
+        frames.free * 4 / 1024
+    );
+
+    let acpi = match acpi::init(boot.rsdp) {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("{e}");
+            exit(Status::Failure)
+        }
+    };
+    let k = Kernel { boot, acpi };
+    demo::print_boot_report(&k);
+
+    match CommandLine::new(k.boot.cmdline()).tests() {
+        Some(selection) => {
+            let sum = ktest::run(&k, selection, tests::SUITES);
+            exit(if sum.failed == 0 && sum.passed > 0 {
+                Status::Success
+            } else {
+                Status::Failure
+            })
+        }
+        None => {
+            demo::run(&k);
+            exit(Status::Success)
+        }
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let (file, line) = info.location().map_or(("?", 0), |l| (l.file(), l.line()));
+    console::emergency_print(format_args!(
+        "KERNEL PANIC at {file}:{line}: {}\n",
+        info.message()
+    ));
+    exit(Status::Failure)
+}

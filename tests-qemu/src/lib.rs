@@ -1,0 +1,18 @@
+//! The QEMU scenarios `cargo xtask test` runs: for each, a machine topology, the kernel command
+//! line (which in-kernel suites run) and the expected outcome, judged from the serial log and
+//! QEMU's exit status.
+//!
+//! This crate is host-only and has no knowledge of how QEMU is started: `xtask` turns a
+//! [`Topology`] into arguments, runs it, and hands the log to [`parse`] and [`Scenario::judge`].
+//! Scenario-specific checks compute what the kernel must report from the topology itself, never
+//! from pasted expected output.
+
+#![warn(missing_docs)]
+
+mod outcome;
+mod scenarios;
+mod topology;
+
+pub use outcome::{parse, KernelEnd, Outcome, TestStatus};
+pub use scenarios::{all, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
+pub use topology::Topology;

@@ -1,0 +1,379 @@
+//! The scenario list and the judge.
+
+use crate::outcome::{KernelEnd, Outcome, TestStatus};
+use crate::topology::Topology;
+
+/// QEMU's exit status when the kernel wrote `EXIT_SUCCESS` (0x10) to `isa-debug-exit`.
+pub const QEMU_SUCCESS: i32 = 0x10 << 1 | 1;
+/// QEMU's exit status when the kernel wrote `EXIT_FAILURE` (0x11).
+pub const QEMU_FAILURE: i32 = 0x11 << 1 | 1;
+
+/// What a scenario must produce.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// Every selected test passes (at least `min_passed`), the kernel exits with success.
+    Pass {
+        /// Lower bound on passed tests (guards against a selection that silently ran nothing).
+        min_passed: usize,
+    },
+    /// Exactly these tests fail, every other passes (at least `min_passed`), the kernel exits with
+    /// failure: proves a failed check fails one test, not the run.
+    Failures {
+        /// Full names of the tests that must fail.
+        failed: &'static [&'static str],
+        /// Lower bound on passed tests.
+        min_passed: usize,
+    },
+    /// The kernel panics with a message containing this text and exits with failure.
+    Panic {
+        /// Text the panic line must contain.
+        contains: &'static str,
+    },
+    /// A CPU exception with this vector is reported (line containing `detail`), exit failure.
+    Exception {
+        /// Exception vector.
+        vector: u8,
+        /// Text the report line must contain (e.g. the faulting address).
+        detail: String,
+    },
+    /// The kernel never ends: xtask must kill it at the timeout.
+    Timeout,
+    /// The demo runs to its `ready` line and exits with success.
+    Demo,
+}
+
+/// A scenario-specific check of the parsed outcome and the raw log.
+pub type LogCheck = fn(&Scenario, &Outcome, &str) -> Result<(), String>;
+
+/// One QEMU run and what it must show.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Unique name (`cargo xtask test --filter` matches on it).
+    pub name: &'static str,
+    /// One sentence: what the scenario proves.
+    pub about: &'static str,
+    /// The machine.
+    pub topology: Topology,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Expected outcome.
+    pub expect: Expect,
+    /// Wall-clock limit for the QEMU process.
+    pub timeout_secs: u64,
+    /// Extra check on the log, computed from the topology.
+    pub check: Option<LogCheck>,
+}
+
+/// How a QEMU process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited with this status.
+    Status(i32),
+    /// Killed by a signal (no status).
+    Signalled,
+    /// Killed by xtask at the timeout.
+    TimedOut,
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+impl Scenario {
+    fn new(
+        name: &'static str,
+        about: &'static str,
+        topology: Topology,
+        cmdline: &str,
+        expect: Expect,
+    ) -> Self {
+        Self {
+            name,
+            about,
+            topology,
+            cmdline: cmdline.into(),
+            expect,
+            timeout_secs: 60,
+            check: None,
+        }
+    }
+
+    /// Decides pass/fail from the log and the exit; `Ok` carries a short summary.
+    pub fn judge(&self, log: &str, exit: Exit) -> Result<String, String> {
+        let o = crate::outcome::parse(log);
+        let status_is = |want: i32| -> Result<(), String> {
+            ensure(exit == Exit::Status(want), || {
+                format!("QEMU ended with {exit:?}, expected status {want}")
+            })
+        };
+        let summary = match &self.expect {
+            Expect::Timeout => {
+                ensure(exit == Exit::TimedOut, || {
+                    format!("expected a hang, QEMU ended with {exit:?}")
+                })?;
+                ensure(o.end == KernelEnd::Silent, || {
+                    format!("expected no exit line, got {:?}", o.end)
+                })?;
+                format!("killed after {}s as expected", self.timeout_secs)
+            }
+            Expect::Pass { min_passed } => {
+                ensure(o.end == KernelEnd::Success, || {
+                    format!("kernel ended with {:?}", o.end)
+                })?;
+                status_is(QEMU_SUCCESS)?;
+                ensure(o.not_passed().is_empty(), || {
+                    format!("tests not passed: {:?}", o.not_passed())
+                })?;
+                ensure(o.unknown.is_empty(), || {
+                    format!("unknown test patterns: {:?}", o.unknown)
+                })?;
+                ensure(o.passed() >= *min_passed, || {
+                    format!("only {} tests passed, expected >= {min_passed}", o.passed())
+                })?;
+                ensure(o.summary == Some((o.passed(), 0)), || {
+                    format!("summary {:?} disagrees with the log", o.summary)
+                })?;
+                format!("{} tests passed", o.passed())
+            }
+            Expect::Failures { failed, min_passed } => {
+                ensure(o.end == KernelEnd::Failure, || {
+                    format!("kernel ended with {:?}", o.end)
+                })?;
+                status_is(QEMU_FAILURE)?;
+                let mut not_passed = o.not_passed();
+                not_passed.sort_unstable();
+                let mut want = failed.to_vec();
+                want.sort_unstable();
+                ensure(not_passed == want, || {
+                    format!("failed tests {not_passed:?}, expected {want:?}")
+                })?;
+                ensure(
+                    failed
+                        .iter()
+                        .all(|t| matches!(o.test(t), Some(TestStatus::Failed(_)))),
+                    || "an expected failure did not report a failed check".into(),
+                )?;
+                ensure(o.passed() >= *min_passed, || {
+                    format!("only {} tests passed", o.passed())
+                })?;
+                format!("{} failed as expected, {} passed", failed.len(), o.passed())
+            }
+            Expect::Panic { contains } => {
+                ensure(
+                    matches!(&o.end, KernelEnd::Panic(m) if m.contains(contains)),
+                    || format!("expected a panic containing {contains:?}, got {:?}", o.end),
+                )?;
+                status_is(QEMU_FAILURE)?;
+                "panic reported and turned into a failure".into()
+            }
+            Expect::Exception { vector, detail } => {
+                let prefix = format!("vector={vector} ");
+                ensure(
+                    matches!(&o.end, KernelEnd::Exception(m) if m.starts_with(&prefix) && m.contains(detail.as_str())),
+                    || {
+                        format!(
+                            "expected exception {vector} with {detail:?}, got {:?}",
+                            o.end
+                        )
+                    },
+                )?;
+                status_is(QEMU_FAILURE)?;
+                format!("exception {vector} reported and turned into a failure")
+            }
+            Expect::Demo => {
+                ensure(o.end == KernelEnd::Success, || {
+                    format!("kernel ended with {:?}", o.end)
+                })?;
+                status_is(QEMU_SUCCESS)?;
+                ensure(log.lines().any(|l| l.starts_with("ready:")), || {
+                    "no `ready:` line".into()
+                })?;
+                "demo ran to ready".into()
+            }
+        };
+        if let Some(check) = self.check {
+            check(self, &o, log)?;
+        }
+        Ok(summary)
+    }
+}
+
+/// DMAR must appear in the boot report's ACPI list exactly when the topology has an IOMMU.
+fn dmar_listed_iff_iommu(s: &Scenario, _: &Outcome, log: &str) -> Result<(), String> {
+    let listed = log.lines().any(|l| l.trim_start().starts_with("DMAR "));
+    ensure(listed == s.topology.iommu.is_some(), || {
+        format!(
+            "DMAR listed: {listed}, IOMMU in topology: {}",
+            s.topology.iommu.is_some()
+        )
+    })
+}
+
+/// Every scenario, in the order `cargo xtask test` runs them.
+pub fn all() -> Vec<Scenario> {
+    let base = Topology::base;
+    vec![
+        Scenario {
+            check: Some(dmar_listed_iff_iommu),
+            ..Scenario::new(
+                "boot-smoke",
+                "boot, CPU setup, frame allocator, page tables, heap and ACPI on q35 + intel-iommu",
+                base(),
+                "test=boot,memory",
+                Expect::Pass { min_passed: 10 },
+            )
+        },
+        Scenario {
+            check: Some(dmar_listed_iff_iommu),
+            ..Scenario::new(
+                "boot-no-iommu",
+                "the same suites on q35 without an IOMMU (no DMAR table)",
+                base().without_iommu(),
+                "test=boot,memory",
+                Expect::Pass { min_passed: 10 },
+            )
+        },
+        Scenario::new(
+            "demo",
+            "the `cargo xtask run` demo on the default topology reaches its ready line",
+            Topology::default_run(),
+            "",
+            Expect::Demo,
+        ),
+        Scenario::new(
+            "page-fault-reported",
+            "a deliberate page fault is decoded (vector, CR2) and fails the run",
+            base(),
+            "test=crash::page_fault",
+            Expect::Exception {
+                vector: 14,
+                detail: format!("cr2={:#x}", 0x7_dead_b000u64),
+            },
+        ),
+        Scenario::new(
+            "panic-reported",
+            "a deliberate panic is reported with its message and fails the run",
+            base(),
+            "test=crash::panic",
+            Expect::Panic {
+                contains: "deliberate panic with value 3",
+            },
+        ),
+        Scenario::new(
+            "failed-check-isolated",
+            "a failed check fails its test only; the other selected tests still run and pass",
+            base(),
+            "test=crash::failing_check,boot",
+            Expect::Failures {
+                failed: &["crash::failing_check"],
+                min_passed: 4,
+            },
+        ),
+        Scenario {
+            timeout_secs: 5,
+            ..Scenario::new(
+                "hang-times-out",
+                "a hung kernel is killed at the timeout and reported as such",
+                base(),
+                "test=crash::hang",
+                Expect::Timeout,
+            )
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(name: &str) -> Scenario {
+        all().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    const PASS_LOG: &str = "  DMAR  rev  1\nKTEST BEGIN a::b\nKTEST PASS a::b 1us\nKTEST SUMMARY passed=1 failed=0\nKERNEL EXIT success\n";
+
+    #[test]
+    fn names_are_unique() {
+        let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all().len());
+    }
+
+    #[test]
+    fn pass_needs_success_status_and_enough_tests() {
+        let s = Scenario {
+            expect: Expect::Pass { min_passed: 1 },
+            ..scenario("boot-smoke")
+        };
+        assert!(s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_ok());
+        assert!(
+            s.judge(PASS_LOG, Exit::Status(0)).is_err(),
+            "a triple fault must not pass"
+        );
+        assert!(s.judge(PASS_LOG, Exit::TimedOut).is_err());
+        let s2 = Scenario {
+            expect: Expect::Pass { min_passed: 2 },
+            ..s.clone()
+        };
+        assert!(s2.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err());
+    }
+
+    #[test]
+    fn dmar_check_follows_the_topology() {
+        let s = scenario("boot-no-iommu");
+        let s = Scenario {
+            expect: Expect::Pass { min_passed: 1 },
+            ..s
+        };
+        let err = s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).unwrap_err();
+        assert!(err.contains("DMAR listed: true"), "{err}");
+    }
+
+    #[test]
+    fn expected_failures_must_match_exactly() {
+        let s = scenario("failed-check-isolated");
+        let s = Scenario {
+            expect: Expect::Failures {
+                failed: &["a::y"],
+                min_passed: 1,
+            },
+            ..s
+        };
+        let log = "KTEST BEGIN a::x\nKTEST PASS a::x 1us\nKTEST BEGIN a::y\nKTEST FAIL a::y f:1: no\nKERNEL EXIT failure\n";
+        assert!(s.judge(log, Exit::Status(QEMU_FAILURE)).is_ok());
+        let extra = format!("{log}KTEST BEGIN a::z\nKTEST FAIL a::z f:2: no\n");
+        assert!(s.judge(&extra, Exit::Status(QEMU_FAILURE)).is_err());
+    }
+
+    #[test]
+    fn crash_expectations() {
+        let pf = scenario("page-fault-reported");
+        let log = "KTEST BEGIN crash::page_fault\nKERNEL EXCEPTION vector=14 (#PF page fault) error=0x0 rip=0x1 cr2=0x7deadb000 (x)\nKERNEL EXIT failure\n";
+        assert!(pf.judge(log, Exit::Status(QEMU_FAILURE)).is_ok());
+        assert!(pf
+            .judge(
+                &log.replace("vector=14", "vector=13"),
+                Exit::Status(QEMU_FAILURE)
+            )
+            .is_err());
+        let hang = scenario("hang-times-out");
+        assert!(hang
+            .judge("KTEST BEGIN crash::hang\n", Exit::TimedOut)
+            .is_ok());
+        assert!(hang
+            .judge("KERNEL EXIT success\n", Exit::Status(QEMU_SUCCESS))
+            .is_err());
+        let p = scenario("panic-reported");
+        assert!(p
+            .judge(
+                "KERNEL PANIC at a:1: other\nKERNEL EXIT failure\n",
+                Exit::Status(QEMU_FAILURE)
+            )
+            .is_err());
+    }
+}

@@ -1,0 +1,276 @@
+//! `cargo xtask`: build the kernel, boot it in QEMU, read its serial log, report.
+//!
+//! - `cargo xtask run [--no-iommu | --iommu OPTS] [--mem SIZE] [--cmdline STR] [-- QEMU_ARGS...]`
+//! - `cargo xtask test [--filter TEXT] [--host-only | --qemu-only] [--jobs N] [--list]`
+//!
+//! The kernel is built for `x86_64-unknown-linux-gnu` (the only standard library installed) as a
+//! freestanding static ELF: codegen flags come from here, link flags from `kernel/build.rs`, and it
+//! goes to its own target directory so host and kernel builds never invalidate each other.
+
+mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use tests_qemu::{Exit, Scenario, Topology};
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+Commands:
+  run    Build the kernel and boot it on the default topology (q35 + intel-iommu + edu),
+         streaming the serial console. Exits with the kernel's status (0 = success).
+    --no-iommu          boot without the intel-iommu device
+    --iommu OPTS        properties for intel-iommu, e.g. aw-bits=48,caching-mode=on
+    --mem SIZE          guest memory (QEMU -m syntax, default 512M)
+    --cmdline STR       kernel command line (e.g. \"test=boot\" to run an in-kernel suite)
+    --timeout SECS      kill QEMU after SECS seconds (default: none)
+    -- ARGS...          extra QEMU arguments, e.g. -- -device ivshmem-plain,memdev=m ...
+
+  test   Run the host unit tests of every crate, then every QEMU scenario in tests-qemu/,
+         one line per scenario, ending with `N passed, N failed`. Non-zero exit on any failure.
+    --filter TEXT       only scenarios whose name contains TEXT
+    --host-only         only the host unit tests
+    --qemu-only         only the QEMU scenarios
+    --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
+    --list              list the scenarios and exit
+
+Serial logs of every scenario are kept in target/qemu-logs/<scenario>.log.
+When qemu-system-x86_64 is missing it is installed with apt-get (as root), or the command to
+install it is printed.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("test") => test(&args[1..]),
+        Some("help" | "--help" | "-h") | None => {
+            print!("{HELP}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The workspace root (xtask lives one level below it).
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+/// Builds the kernel ELF and returns its path.
+fn build_kernel() -> Result<PathBuf, String> {
+    let root = root();
+    let target_dir = root.join("target").join("kernel");
+    let status = cargo()
+        .current_dir(&root)
+        .args([
+            "build",
+            "--quiet",
+            "--package",
+            "kernel",
+            "--bin",
+            "kernel",
+            "--release",
+        ])
+        .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
+        .arg(&target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env(
+            "RUSTFLAGS",
+            "-C relocation-model=static -C no-redzone -C panic=abort -C force-frame-pointers=yes",
+        )
+        .status()
+        .map_err(|e| format!("running cargo: {e}"))?;
+    if !status.success() {
+        return Err("kernel build failed".into());
+    }
+    Ok(target_dir
+        .join("x86_64-unknown-linux-gnu")
+        .join("release")
+        .join("kernel"))
+}
+
+fn take_value(args: &[String], i: &mut usize, flag: &str) -> Result<String, String> {
+    *i += 1;
+    args.get(*i)
+        .cloned()
+        .ok_or_else(|| format!("{flag} needs a value"))
+}
+
+fn run(args: &[String]) -> Result<ExitCode, String> {
+    let mut topo = Topology::default_run();
+    let mut cmdline = String::new();
+    let mut timeout = None;
+    let mut extra = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--no-iommu" => topo.iommu = None,
+            "--iommu" => topo.iommu = Some(take_value(args, &mut i, "--iommu")?),
+            "--mem" => topo.memory = take_value(args, &mut i, "--mem")?,
+            "--cmdline" => cmdline = take_value(args, &mut i, "--cmdline")?,
+            "--timeout" => {
+                let v = take_value(args, &mut i, "--timeout")?;
+                timeout = Some(v.parse::<u64>().map_err(|_| format!("bad --timeout {v}"))?);
+            }
+            "--" => {
+                extra.extend(args[i + 1..].iter().cloned());
+                break;
+            }
+            "--help" | "-h" => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(format!("unknown option `{other}` for run (see --help)")),
+        }
+        i += 1;
+    }
+    topo.devices.extend(extra);
+    qemu::ensure_installed()?;
+    let kernel = build_kernel()?;
+    let exit = qemu::run_interactive(&kernel, &topo, &cmdline, timeout)?;
+    Ok(match exit {
+        Exit::Status(tests_qemu::QEMU_SUCCESS) => ExitCode::SUCCESS,
+        Exit::Status(tests_qemu::QEMU_FAILURE) => {
+            eprintln!("xtask: the kernel reported failure");
+            ExitCode::FAILURE
+        }
+        other => {
+            eprintln!("xtask: QEMU ended without a kernel exit ({other:?}): crash, triple fault or QEMU error");
+            ExitCode::from(3)
+        }
+    })
+}
+
+/// Counts from `cargo test` output.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    passed: usize,
+    failed: usize,
+}
+
+fn host_tests() -> Result<Counts, String> {
+    let out = cargo()
+        .current_dir(root())
+        .args(["test", "--workspace", "--color", "never"])
+        .output()
+        .map_err(|e| format!("running cargo test: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut c = Counts::default();
+    for line in stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("test result: "))
+    {
+        let num = |word: &str| {
+            line.split(';')
+                .find_map(|part| {
+                    part.trim()
+                        .trim_start_matches("ok. ")
+                        .trim_start_matches("FAILED. ")
+                        .strip_suffix(word)
+                })
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        c.passed += num(" passed");
+        c.failed += num(" failed");
+    }
+    if !out.status.success() {
+        print!("{stdout}");
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        c.failed = c.failed.max(1);
+    }
+    Ok(c)
+}
+
+fn test(args: &[String]) -> Result<ExitCode, String> {
+    let mut filter = None;
+    let (mut host, mut qemu_scenarios, mut list) = (true, true, false);
+    let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--filter" => filter = Some(take_value(args, &mut i, "--filter")?),
+            "--host-only" => qemu_scenarios = false,
+            "--qemu-only" => host = false,
+            "--list" => list = true,
+            "--jobs" => {
+                let v = take_value(args, &mut i, "--jobs")?;
+                jobs = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("bad --jobs {v}"))?;
+            }
+            "--help" | "-h" => {
+                print!("{HELP}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            other => return Err(format!("unknown option `{other}` for test (see --help)")),
+        }
+        i += 1;
+    }
+    let scenarios: Vec<Scenario> = tests_qemu::all()
+        .into_iter()
+        .filter(|s| filter.as_deref().is_none_or(|f| s.name.contains(f)))
+        .collect();
+    if list {
+        for s in &scenarios {
+            println!("{:28} {}", s.name, s.about);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let mut total = Counts::default();
+    if host {
+        let t = Instant::now();
+        println!("host unit tests ...");
+        let c = host_tests()?;
+        println!(
+            "host unit tests: {} passed, {} failed ({:.1}s)",
+            c.passed,
+            c.failed,
+            t.elapsed().as_secs_f64()
+        );
+        total.passed += c.passed;
+        total.failed += c.failed;
+    }
+    if qemu_scenarios {
+        qemu::ensure_installed()?;
+        let kernel = build_kernel()?;
+        let logs = root().join("target").join("qemu-logs");
+        std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+        let t = Instant::now();
+        let c = qemu::run_scenarios(&kernel, &scenarios, jobs, &logs);
+        println!(
+            "qemu scenarios: {} passed, {} failed ({:.1}s)",
+            c.0,
+            c.1,
+            t.elapsed().as_secs_f64()
+        );
+        total.passed += c.0;
+        total.failed += c.1;
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+    Ok(if total.failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,234 @@
+//! Starting QEMU: installation check, argument assembly, interactive runs and scenario runs with
+//! timeouts.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tests_qemu::{Exit, Scenario, Topology};
+
+const QEMU: &str = "qemu-system-x86_64";
+const INSTALL: &str = "apt-get install -y qemu-system-x86";
+
+fn have_qemu() -> bool {
+    Command::new(QEMU)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
+/// Makes sure QEMU is available: installs Debian's `qemu-system-x86` when running as root with
+/// apt-get, otherwise explains what to run.
+pub fn ensure_installed() -> Result<(), String> {
+    if have_qemu() {
+        return Ok(());
+    }
+    let apt = Command::new("apt-get")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok();
+    if !(is_root() && apt) {
+        return Err(format!(
+            "{QEMU} not found. Install it with:\n    sudo {INSTALL}"
+        ));
+    }
+    eprintln!("xtask: {QEMU} not found; installing Debian's qemu-system-x86 ...");
+    let install = || {
+        Command::new("apt-get")
+            .args([
+                "install",
+                "-y",
+                "--no-install-recommends",
+                "qemu-system-x86",
+            ])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // A fresh machine may have no package lists yet.
+        let _ = Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+        if !install() {
+            return Err(format!("installing QEMU failed; try:\n    {INSTALL}"));
+        }
+    }
+    if have_qemu() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{QEMU} still not found after installing qemu-system-x86"
+        ))
+    }
+}
+
+/// The full QEMU command for a kernel on a topology.
+pub fn command(kernel: &Path, topo: &Topology, cmdline: &str) -> Command {
+    let mut c = Command::new(QEMU);
+    c.args([
+        "-accel",
+        "tcg",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
+    .args(topo.qemu_args())
+    .arg("-kernel")
+    .arg(kernel)
+    .args(["-append", cmdline]);
+    c
+}
+
+fn exit_of(child: &mut Child, deadline: Option<Instant>) -> Result<Exit, String> {
+    loop {
+        if let Some(status) = child
+            .try_wait()
+            .map_err(|e| format!("waiting for QEMU: {e}"))?
+        {
+            return Ok(status.code().map_or(Exit::Signalled, Exit::Status));
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(Exit::TimedOut);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Boots with the console on this terminal.
+pub fn run_interactive(
+    kernel: &Path,
+    topo: &Topology,
+    cmdline: &str,
+    timeout: Option<u64>,
+) -> Result<Exit, String> {
+    let mut cmd = command(kernel, topo, cmdline);
+    eprintln!("xtask: {QEMU} {}", describe(&cmd));
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    exit_of(
+        &mut child,
+        timeout.map(|t| Instant::now() + Duration::from_secs(t)),
+    )
+}
+
+fn describe(cmd: &Command) -> String {
+    cmd.get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs one scenario; returns its log and how QEMU ended.
+fn run_one(kernel: &Path, s: &Scenario) -> Result<(String, Exit), String> {
+    let mut child = command(kernel, &s.topology, &s.cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("starting QEMU: {e}"))?;
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|mut r| {
+        let log = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                log.lock().expect("log lock").extend_from_slice(&buf[..n]);
+            }
+        })
+    })
+    .collect();
+    let exit = exit_of(
+        &mut child,
+        Some(Instant::now() + Duration::from_secs(s.timeout_secs)),
+    )?;
+    for r in readers {
+        let _ = r.join();
+    }
+    let bytes = log.lock().expect("log lock").clone();
+    Ok((String::from_utf8_lossy(&bytes).into_owned(), exit))
+}
+
+/// Runs scenarios on `jobs` workers, printing one line each; returns (passed, failed).
+pub fn run_scenarios(
+    kernel: &Path,
+    scenarios: &[Scenario],
+    jobs: usize,
+    logs: &Path,
+) -> (usize, usize) {
+    let next = AtomicUsize::new(0);
+    let results = Mutex::new((0usize, 0usize));
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.min(scenarios.len()).max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(s) = scenarios.get(i) else { break };
+                let start = Instant::now();
+                let verdict = run_one(kernel, s).and_then(|(log, exit)| {
+                    let path = logs.join(format!("{}.log", s.name));
+                    let _ = std::fs::write(&path, &log);
+                    s.judge(&log, exit).map_err(|why| {
+                        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                        let tail: Vec<&str> = tail.into_iter().rev().collect();
+                        format!(
+                            "{why}\n    log: {}\n    | {}",
+                            path.display(),
+                            tail.join("\n    | ")
+                        )
+                    })
+                });
+                let secs = start.elapsed().as_secs_f64();
+                let mut r = results.lock().expect("results lock");
+                match verdict {
+                    Ok(summary) => {
+                        r.0 += 1;
+                        println!("PASS {:28} {summary} ({secs:.1}s)", s.name);
+                    }
+                    Err(why) => {
+                        r.1 += 1;
+                        println!("FAIL {:28} {why} ({secs:.1}s)", s.name);
+                    }
+                }
+            });
+        }
+    });
+    results.into_inner().expect("results lock")
+}
