@@ -39,6 +39,22 @@ pub fn print_boot_report(k: &Kernel) {
     }
 }
 
+/// Prints the raw bytes of the tables later layers parse (command-line flag `acpidump`), in the
+/// `xxd`-like form the host tests' fixtures are captured from.
+pub fn dump_tables(k: &Kernel) {
+    for (name, table) in [("DMAR", k.acpi.dmar()), ("MCFG", k.acpi.mcfg())] {
+        let Some((phys, bytes)) = table else { continue };
+        kprintln!("ACPIDUMP {name} @ {phys:#x} ({} bytes)", bytes.len());
+        for (i, chunk) in bytes.chunks(16).enumerate() {
+            let mut line = alloc::string::String::new();
+            for b in chunk {
+                let _ = core::fmt::Write::write_fmt(&mut line, format_args!("{b:02x} "));
+            }
+            kprintln!("ACPIDUMP {name} {:04x}: {}", i * 16, line.trim_end());
+        }
+    }
+}
+
 /// The demo run.
 pub fn run(_k: &Kernel) {
     kprintln!(

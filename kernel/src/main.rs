@@ -84,6 +84,9 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
     };
     let k = Kernel { boot, acpi };
     demo::print_boot_report(&k);
+    if CommandLine::new(k.boot.cmdline()).flag("acpidump") {
+        demo::dump_tables(&k);
+    }
 
     match CommandLine::new(k.boot.cmdline()).tests() {
         Some(selection) => {
