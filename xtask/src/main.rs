@@ -36,6 +36,9 @@ Commands:
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
     --list              list the scenarios and exit
 
+  lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
+         with the kernel's own flags) and rustdoc -D warnings. CI runs it before `test`.
+
 Serial logs of every scenario are kept in target/qemu-logs/<scenario>.log.
 When qemu-system-x86_64 is missing it is installed with apt-get (as root), or the command to
 install it is printed.
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
+        Some("lint") => lint(),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -60,6 +64,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// Codegen flags for the freestanding kernel (link flags come from kernel/build.rs).
+const KERNEL_RUSTFLAGS: &str =
+    "-C relocation-model=static -C no-redzone -C panic=abort -C force-frame-pointers=yes";
 
 /// The workspace root (xtask lives one level below it).
 fn root() -> PathBuf {
@@ -156,6 +164,86 @@ fn run(args: &[String]) -> Result<ExitCode, String> {
             ExitCode::from(3)
         }
     })
+}
+
+/// Runs one cargo invocation, failing with its description.
+fn cargo_step(what: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+    println!("lint: {what}");
+    let mut c = cargo();
+    c.current_dir(root()).args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let status = c.status().map_err(|e| format!("running cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{what} failed"))
+    }
+}
+
+/// Formatting, lints and docs. The kernel binary is linted on its own: with `--all-targets`
+/// the dev-dependencies of other crates would unify `std` features into its dependencies.
+fn lint() -> Result<ExitCode, String> {
+    cargo_step("cargo fmt --check", &["fmt", "--all", "--check"], &[])?;
+    cargo_step(
+        "clippy (host crates, all targets)",
+        &[
+            "clippy",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "kernel",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[],
+    )?;
+    cargo_step(
+        "clippy (kernel library and its tests)",
+        &[
+            "clippy", "--quiet", "-p", "kernel", "--lib", "--tests", "--", "-D", "warnings",
+        ],
+        &[],
+    )?;
+    let target_dir = root().join("target").join("kernel");
+    let target_dir = target_dir.to_string_lossy();
+    cargo_step(
+        "clippy (kernel binary, kernel flags)",
+        &[
+            "clippy",
+            "--quiet",
+            "-p",
+            "kernel",
+            "--bin",
+            "kernel",
+            "--target",
+            "x86_64-unknown-linux-gnu",
+            "--target-dir",
+            &target_dir,
+            "--",
+            "-D",
+            "warnings",
+        ],
+        &[("RUSTFLAGS", KERNEL_RUSTFLAGS)],
+    )?;
+    cargo_step(
+        "rustdoc",
+        &[
+            "doc",
+            "--quiet",
+            "--workspace",
+            "--exclude",
+            "kernel",
+            "--no-deps",
+        ],
+        &[("RUSTDOCFLAGS", "-D warnings")],
+    )?;
+    println!("lint: clean");
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Counts from `cargo test` output.
