@@ -10,9 +10,14 @@
 #![warn(missing_docs)]
 
 mod outcome;
+mod pci_model;
 mod scenarios;
 mod topology;
 
 pub use outcome::{parse, KernelEnd, Outcome, TestStatus};
+pub use pci_model::{
+    check_pci_listing, expected_functions, parse_pci_listing, Bar, BarType, Bdf, ExpectedFunction,
+    FunctionKind, ListedBar, ListedFunction,
+};
 pub use scenarios::{all, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
 pub use topology::Topology;
