@@ -1,2 +1,51 @@
-//! PCIe for bare metal (being built: see issue 3).
-#![no_std]
+//! PCI Express for bare metal: configuration access, enumeration, BARs, capabilities, topology
+//! queries and ACS policy, hardware-independent except for the ECAM accessor.
+//!
+//! The crate implements the parts of the *PCI Local Bus Specification 3.0* (configuration header,
+//! BARs, capability list), the *PCI-to-PCI Bridge Architecture Specification 1.2* (type-1 header,
+//! bus numbers), the *PCI Express Base Specification 4.0* (ECAM §7.2.2, PCI Express capability
+//! §7.5.3, extended capabilities §7.6, ACS §7.7.7) and the *PCI Firmware Specification 3.2*
+//! (MCFG §4.1.2) that a kernel needs to find devices and to reason about DMA isolation.
+//!
+//! Everything above the [`ConfigSpace`] seam is pure logic and runs in host tests against
+//! `testing::FakeConfigSpace` (feature `testing`); only [`Ecam`] touches hardware.
+//!
+//! Typical use in a kernel:
+//!
+//! ```no_run
+//! # fn map_uncached(phys: u64, size: u64) -> core::ptr::NonNull<u8> { unimplemented!() }
+//! # let mcfg_bytes: &[u8] = &[];
+//! let regions = pci::mcfg::parse(mcfg_bytes)?;
+//! let mappings = regions.iter().map(|r| (*r, map_uncached(r.window_base(), r.window_size())));
+//! // SAFETY: each pointer maps its region's ECAM window uncached for the kernel's lifetime.
+//! let ecam = unsafe { pci::Ecam::new(mappings)? };
+//! let topology = pci::enumerate(&ecam, &regions);
+//! let report = pci::acs::apply_acs_policy(&ecam, &topology, pci::acs::AcsPolicy::Isolate);
+//! # Ok::<(), Box<dyn core::error::Error>>(())
+//! ```
+
+#![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod acs;
+pub mod bar;
+mod bdf;
+pub mod capability;
+mod config;
+mod ecam;
+mod listing;
+pub mod mcfg;
+pub mod names;
+pub mod regs;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod topology;
+
+pub use bar::{Bar, BarKind, BusOffset, HostBridgeWindow};
+pub use bdf::{Bdf, BdfError};
+pub use config::{is_valid_access, ConfigSpace, CONFIG_SPACE_SIZE};
+pub use ecam::{Ecam, EcamError};
+pub use mcfg::{McfgError, McfgRegion};
+pub use topology::{enumerate, enumerate_with, EnumerationOptions, Function, Topology};

@@ -1,0 +1,157 @@
+//! A readable listing of a [`Topology`] in the spirit of `lspci -tv`: one indented tree per root
+//! bus, with IDs, class, a friendly name, bus windows, BARs and notable capabilities.
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::regs::CapabilityId;
+use crate::topology::{RootBusOrigin, Topology};
+use crate::Function;
+
+/// A size in binary units: `256B`, `4K`, `16M`, `2G`.
+struct Size(u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [(u32, &str); 4] = [(40, "T"), (30, "G"), (20, "M"), (10, "K")];
+        for (shift, unit) in UNITS {
+            if self.0 >= 1 << shift && self.0.trailing_zeros() >= shift {
+                return write!(f, "{}{unit}", self.0 >> shift);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
+fn write_function(f: &mut fmt::Formatter<'_>, function: &Function, depth: usize) -> fmt::Result {
+    let indent = depth * 4;
+    write!(
+        f,
+        "{:indent$}{} {:04x}:{:04x} [{:02x}{:02x}] {}",
+        "",
+        function.bdf,
+        function.vendor_id,
+        function.device_id,
+        function.class.base,
+        function.class.sub,
+        function
+            .name()
+            .unwrap_or_else(|| crate::names::class_name(function.class.base, function.class.sub)),
+    )?;
+    if let Some(pcie) = function.pcie {
+        write!(f, " <{}>", pcie.port_type.name())?;
+    }
+    if let Some(bridge) = function.bridge {
+        write!(
+            f,
+            " buses {:02x}-{:02x}",
+            bridge.secondary, bridge.subordinate
+        )?;
+    }
+    writeln!(f)?;
+    let detail = indent + 6;
+    for bar in &function.bars {
+        write!(
+            f,
+            "{:detail$}BAR{} {} {:#x} size {}",
+            "",
+            bar.index,
+            bar.kind,
+            bar.phys_address,
+            Size(bar.size)
+        )?;
+        if bar.bus_offset.0 != 0 {
+            write!(
+                f,
+                " (bus {:#x}, offset {:+#x})",
+                bar.bus_address,
+                bar.bus_offset.as_signed()
+            )?;
+        }
+        writeln!(f)?;
+    }
+    let caps = &function.capabilities;
+    if !caps.standard.is_empty() || !caps.extended.is_empty() {
+        write!(f, "{:detail$}caps:", "")?;
+        for cap in &caps.standard {
+            match cap.id.name() {
+                Some(name) => write!(f, " {name}")?,
+                None => write!(f, " {:#04x}", cap.id.0)?,
+            }
+            if cap.id == CapabilityId::PCI_EXPRESS {
+                if let Some(pcie) = function.pcie {
+                    write!(f, "v{}", pcie.version)?;
+                }
+            }
+        }
+        for cap in &caps.extended {
+            match cap.id.name() {
+                Some(name) => write!(f, " {name}")?,
+                None => write!(f, " ext{:#06x}", cap.id.0)?,
+            }
+        }
+        writeln!(f)?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for region in self.regions() {
+            writeln!(
+                f,
+                "ECAM segment {:04x} buses {:02x}-{:02x} at {:#x}",
+                region.segment(),
+                region.start_bus(),
+                region.end_bus(),
+                region.window_base()
+            )?;
+        }
+        for root in self.roots() {
+            let origin = match root.origin {
+                RootBusOrigin::McfgStartBus => "",
+                RootBusOrigin::UnclaimedBus => " (extra host bridge: bus claimed by no bridge)",
+            };
+            writeln!(
+                f,
+                "[{:04x}:{:02x}] root bus{origin}",
+                root.segment, root.bus
+            )?;
+            // Depth-first with an explicit stack of (function, depth), children in BDF order.
+            let mut stack: Vec<(&Function, usize)> = self
+                .functions_sorted()
+                .filter(|x| {
+                    x.bdf.segment() == root.segment
+                        && x.bdf.bus() == root.bus
+                        && self.parent(x.bdf).is_none()
+                })
+                .map(|x| (x, 1))
+                .collect();
+            stack.reverse();
+            while let Some((function, depth)) = stack.pop() {
+                write_function(f, function, depth)?;
+                let children: Vec<&Function> = self.children(function.bdf).collect();
+                stack.extend(children.into_iter().rev().map(|c| (c, depth + 1)));
+            }
+        }
+        for warning in self.warnings() {
+            writeln!(f, "warning: {warning}")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(Size(256).to_string(), "256B");
+        assert_eq!(Size(4096).to_string(), "4K");
+        assert_eq!(Size(16 << 20).to_string(), "16M");
+        assert_eq!(Size(3 << 30).to_string(), "3G");
+        assert_eq!(Size(0x1800).to_string(), "6K");
+    }
+}

@@ -1,0 +1,862 @@
+//! An emulated configuration space for host tests (feature `testing`), built from the fixtures
+//! our kernel captured in QEMU 7.2 or by hand.
+//!
+//! [`FakeConfigSpace`] behaves like hardware where the code under test depends on it:
+//! - natively sized accesses; misaligned or out-of-range ones read all-ones and are ignored;
+//! - absent functions read all-ones;
+//! - read-only fields (IDs, class, header type, capability pointer, interrupt pin, the Status
+//!   bits that are not RW1C) ignore writes;
+//! - Status error bits are write-1-to-clear, so a dword read-modify-write of Command would
+//!   visibly clear them;
+//! - BARs with a declared size emulate size masks (writing all-ones reads back the size mask
+//!   and the hardwired type bits); BARs without one are read-only;
+//! - ACS Control bits the ACS Capability does not advertise are hardwired to 0;
+//! - setting Secondary Bus Reset in a bridge's Bridge Control clears the Command register and
+//!   BARs of every function on its secondary bus (what SPEC.md records QEMU 7.2 doing).
+//!
+//! Every write is logged with the Command register value it found, so tests can check the order
+//! of operations (for instance that no BAR was written while decoding was on).
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use spin::Mutex;
+
+use crate::bar::BarKind;
+use crate::config::is_valid_access;
+use crate::regs::{
+    acs, bar_bits, bridge, header, pcie, AcsFlags, BridgeControl, CapabilityId, DevicePortType,
+    ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
+};
+use crate::{Bdf, ConfigSpace};
+
+/// One write the code under test issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfigWrite {
+    /// Target function.
+    pub bdf: Bdf,
+    /// Register offset.
+    pub offset: u16,
+    /// Access width in bytes.
+    pub width: u8,
+    /// Value written.
+    pub value: u32,
+    /// The function's Command register just before the write.
+    pub command_before: u16,
+}
+
+#[derive(Clone)]
+struct FakeFunction {
+    bytes: Box<[u8; 4096]>,
+    /// Bits that ignore writes.
+    read_only: Box<[u8; 4096]>,
+    /// Bits that are write-1-to-clear.
+    rw1c: Box<[u8; 4096]>,
+    /// Declared BARs: (kind, size) at the slot of the low dword.
+    bars: [Option<(BarKind, u64)>; 6],
+    /// Where the next standard / extended capability goes, and the last one added.
+    next_capability: u16,
+    last_capability: Option<u16>,
+    next_extended: u16,
+    last_extended: Option<u16>,
+}
+
+impl FakeFunction {
+    fn new() -> Self {
+        let mut f = Self {
+            bytes: Box::new([0; 4096]),
+            read_only: Box::new([0; 4096]),
+            rw1c: Box::new([0; 4096]),
+            bars: [None; 6],
+            next_capability: header::HEADER_END,
+            last_capability: None,
+            next_extended: 0x100,
+            last_extended: None,
+        };
+        for range in [0x00..0x04, 0x08..0x0c, 0x0e..0x0f, 0x34..0x35, 0x3d..0x3e] {
+            for i in range {
+                f.read_only[i] = 0xff;
+            }
+        }
+        // BARs and expansion ROMs are read-only until a size is declared.
+        for i in 0x10..0x28 {
+            f.read_only[i] = 0xff;
+        }
+        let status = usize::from(header::STATUS);
+        let rw1c = Status::RW1C.bits().to_le_bytes();
+        for (k, bits) in rw1c.iter().enumerate() {
+            f.rw1c[status + k] = *bits;
+            f.read_only[status + k] = !bits;
+        }
+        f
+    }
+
+    fn layout(&self) -> HeaderLayout {
+        HeaderLayout::from_header_type(self.bytes[usize::from(header::HEADER_TYPE)])
+    }
+
+    fn get(&self, offset: u16, width: usize) -> u32 {
+        let o = usize::from(offset);
+        (0..width).fold(0, |acc, k| acc | u32::from(self.bytes[o + k]) << (8 * k))
+    }
+
+    fn put(&mut self, offset: u16, width: usize, value: u32) {
+        let o = usize::from(offset);
+        for k in 0..width {
+            self.bytes[o + k] = (value >> (8 * k)) as u8;
+        }
+    }
+
+    /// The writable-bit mask of BAR dword `slot`, if the slot belongs to a declared BAR.
+    fn bar_mask(&self, slot: usize) -> Option<u32> {
+        if let Some((kind, size)) = self.bars[slot] {
+            let mask = !(size - 1);
+            return Some(match kind {
+                BarKind::Io => mask as u32 & bar_bits::IO_ADDRESS_MASK,
+                _ => mask as u32 & bar_bits::MEMORY_ADDRESS_MASK,
+            });
+        }
+        if slot > 0 {
+            if let Some((BarKind::Memory64 { .. }, size)) = self.bars[slot - 1] {
+                return Some((!(size - 1) >> 32) as u32);
+            }
+        }
+        None
+    }
+
+    fn bar_flags(&self, slot: usize) -> u32 {
+        self.bars[slot].map_or(0, |(kind, _)| kind.flag_bits())
+    }
+
+    fn write(&mut self, offset: u16, width: usize, value: u32) {
+        let bar_slots = usize::from(self.layout().bar_count());
+        for k in 0..width {
+            let o = usize::from(offset) + k;
+            let byte = (value >> (8 * k)) as u8;
+            if (0x10..0x10 + 4 * bar_slots).contains(&o) {
+                let slot = (o - 0x10) / 4;
+                if let Some(mask) = self.bar_mask(slot) {
+                    let shift = 8 * ((o - 0x10) % 4);
+                    let writable = (mask >> shift) as u8;
+                    let flags = (self.bar_flags(slot) >> shift) as u8;
+                    self.bytes[o] = (byte & writable) | flags;
+                }
+                continue;
+            }
+            let (ro, rw1c) = (self.read_only[o], self.rw1c[o]);
+            let old = self.bytes[o];
+            self.bytes[o] = (old & ro & !rw1c) | (byte & !ro & !rw1c) | (old & rw1c & !byte);
+        }
+    }
+
+    /// What a reset does to the registers SPEC.md says are lost: Command and BARs.
+    fn reset(&mut self) {
+        self.put(header::COMMAND, 2, 0);
+        for slot in 0..usize::from(self.layout().bar_count()) {
+            let flags = if self.bar_mask(slot).is_some() {
+                self.bar_flags(slot)
+            } else {
+                0
+            };
+            self.put(header::bar(slot as u8), 4, flags);
+        }
+    }
+}
+
+/// Why a fixture could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FixtureError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FixtureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "fixture line {}: {}", self.line, self.message)
+    }
+}
+
+impl core::error::Error for FixtureError {}
+
+/// An emulated configuration space. See the module documentation for what it emulates.
+pub struct FakeConfigSpace {
+    state: Mutex<State>,
+}
+
+struct State {
+    functions: BTreeMap<Bdf, FakeFunction>,
+    writes: Vec<ConfigWrite>,
+}
+
+impl Default for FakeConfigSpace {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for FakeConfigSpace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.state.lock();
+        f.debug_struct("FakeConfigSpace")
+            .field("functions", &state.functions.keys())
+            .finish()
+    }
+}
+
+impl FakeConfigSpace {
+    /// An empty space: every function reads all-ones.
+    pub fn new() -> Self {
+        Self {
+            state: Mutex::new(State {
+                functions: BTreeMap::new(),
+                writes: Vec::new(),
+            }),
+        }
+    }
+
+    /// Loads a fixture: an optional `# qemu-system-x86_64 ...` line, then `bb:dd.f OFF VALUE`
+    /// lines (hex) listing the non-zero dwords of every present function. BARs are read-only
+    /// until sizes are declared ([`FakeConfigSpace::set_bar_size`] or
+    /// [`FakeConfigSpace::from_qemu_fixture`]).
+    pub fn from_fixture(text: &str) -> Result<Self, FixtureError> {
+        let fake = Self::new();
+        {
+            let mut state = fake.state.lock();
+            for (index, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let error = |message: &str| FixtureError {
+                    line: index + 1,
+                    message: message.to_string(),
+                };
+                let mut fields = line.split_whitespace();
+                let (Some(bdf), Some(offset), Some(value), None) =
+                    (fields.next(), fields.next(), fields.next(), fields.next())
+                else {
+                    return Err(error("expected `bb:dd.f OFF VALUE`"));
+                };
+                let bdf: Bdf = bdf.parse().map_err(|_| error("bad function address"))?;
+                let offset = u16::from_str_radix(offset, 16).map_err(|_| error("bad offset"))?;
+                let value = u32::from_str_radix(value, 16).map_err(|_| error("bad value"))?;
+                if !is_valid_access(offset, 4) {
+                    return Err(error("offset is not a dword inside 4 KiB"));
+                }
+                state
+                    .functions
+                    .entry(bdf)
+                    .or_insert_with(FakeFunction::new)
+                    .put(offset, 4, value);
+            }
+        }
+        let bdfs: Vec<Bdf> = fake.state.lock().functions.keys().copied().collect();
+        for bdf in bdfs {
+            fake.protect_capabilities(bdf);
+        }
+        Ok(fake)
+    }
+
+    /// Loads a fixture captured from QEMU 7.2 and declares the BAR sizes of the devices it
+    /// contains from QEMU's device models ([`qemu_bar_size`]), taking the `ivshmem-plain`
+    /// memdev size and the `nvme` CMB size from the `#` command line.
+    pub fn from_qemu_fixture(text: &str) -> Result<Self, FixtureError> {
+        let fake = Self::from_fixture(text)?;
+        let command_line = QemuCommandLine::from_fixture(text).unwrap_or_default();
+        let params = QemuParams::from_command_line(&command_line)
+            .map_err(|message| FixtureError { line: 1, message })?;
+        let bdfs: Vec<Bdf> = fake.state.lock().functions.keys().copied().collect();
+        for bdf in bdfs {
+            let (vendor, device) = (fake.peek16(bdf, 0), fake.peek16(bdf, 2));
+            for slot in 0..6 {
+                if let Some(size) = qemu_bar_size(vendor, device, slot, &params) {
+                    fake.set_bar_size(bdf, slot, size);
+                }
+            }
+        }
+        Ok(fake)
+    }
+
+    /// Makes capability headers and ACS Capability read-only, and unadvertised ACS Control bits
+    /// hardwired to 0, as hardware has them.
+    fn protect_capabilities(&self, bdf: Bdf) {
+        let standard = crate::capability::standard_capabilities(self, bdf);
+        let extended = crate::capability::extended_capabilities(self, bdf);
+        let mut state = self.state.lock();
+        let Some(f) = state.functions.get_mut(&bdf) else {
+            return;
+        };
+        for cap in standard.entries {
+            let o = usize::from(cap.offset);
+            f.read_only[o] = 0xff;
+            f.read_only[o + 1] = 0xff;
+        }
+        for cap in extended.entries {
+            let o = usize::from(cap.offset);
+            f.read_only[o..o + 4].fill(0xff);
+            if cap.id == ExtendedCapabilityId::ACS {
+                let capability = f.get(cap.offset + acs::CAPABILITY, 2) as u16;
+                let c = usize::from(cap.offset + acs::CAPABILITY);
+                f.read_only[c..c + 2].fill(0xff);
+                let ro = (!capability).to_le_bytes();
+                let ctl = usize::from(cap.offset + acs::CONTROL);
+                f.read_only[ctl] = ro[0];
+                f.read_only[ctl + 1] = ro[1];
+            }
+        }
+    }
+
+    fn with<R>(&self, bdf: Bdf, op: impl FnOnce(&mut FakeFunction) -> R) -> Option<R> {
+        self.state.lock().functions.get_mut(&bdf).map(op)
+    }
+
+    /// Creates (or resets) a function with IDs, a 24-bit class code (base << 16 | sub << 8 |
+    /// prog-if) and a Header Type.
+    pub fn add_function(
+        &self,
+        bdf: Bdf,
+        vendor_id: u16,
+        device_id: u16,
+        class: u32,
+        header_type: u8,
+    ) {
+        let mut f = FakeFunction::new();
+        f.put(header::VENDOR_ID, 2, u32::from(vendor_id));
+        f.put(header::DEVICE_ID, 2, u32::from(device_id));
+        f.put(header::REVISION_ID, 4, (class & 0xff_ffff) << 8);
+        f.put(header::HEADER_TYPE, 1, u32::from(header_type));
+        self.state.lock().functions.insert(bdf, f);
+    }
+
+    /// Creates a type-0 function.
+    pub fn add_endpoint(&self, bdf: Bdf, vendor_id: u16, device_id: u16, class: u32) {
+        self.add_function(bdf, vendor_id, device_id, class, 0);
+    }
+
+    /// Creates a type-1 function (class 0604) with bus numbers.
+    pub fn add_bridge(
+        &self,
+        bdf: Bdf,
+        vendor_id: u16,
+        device_id: u16,
+        primary: u8,
+        secondary: u8,
+        subordinate: u8,
+    ) {
+        self.add_function(bdf, vendor_id, device_id, 0x06_04_00, 1);
+        self.poke8(bdf, bridge::PRIMARY_BUS, primary);
+        self.poke8(bdf, bridge::SECONDARY_BUS, secondary);
+        self.poke8(bdf, bridge::SUBORDINATE_BUS, subordinate);
+    }
+
+    /// Removes a function (it reads all-ones afterwards).
+    pub fn remove_function(&self, bdf: Bdf) {
+        self.state.lock().functions.remove(&bdf);
+    }
+
+    /// Sets Header Type bit 7.
+    pub fn set_multifunction(&self, bdf: Bdf) {
+        self.with(bdf, |f| {
+            f.bytes[usize::from(header::HEADER_TYPE)] |= HeaderType::MULTI_FUNCTION
+        });
+    }
+
+    /// Declares BAR `slot` as `kind` and `size` (a power of two) at bus address `address`.
+    pub fn define_bar(&self, bdf: Bdf, slot: u8, kind: BarKind, size: u64, address: u64) {
+        let s = usize::from(slot);
+        self.with(bdf, |f| {
+            if s >= 6 || !size.is_power_of_two() {
+                return;
+            }
+            f.bars[s] = Some((kind, size));
+            let value = address | u64::from(kind.flag_bits());
+            f.put(header::bar(slot), 4, value as u32);
+            if matches!(kind, BarKind::Memory64 { .. }) && s + 1 < 6 {
+                f.bars[s + 1] = None;
+                f.put(header::bar(slot + 1), 4, (value >> 32) as u32);
+            }
+        });
+    }
+
+    /// Declares the size of BAR `slot`, taking its kind from the register's current type bits
+    /// (how a fixture's BARs are made sizable).
+    pub fn set_bar_size(&self, bdf: Bdf, slot: u8, size: u64) {
+        let Some(low) = self.with(bdf, |f| f.get(header::bar(slot.min(5)), 4)) else {
+            return;
+        };
+        let prefetchable = low & bar_bits::PREFETCHABLE != 0;
+        let kind = if low & bar_bits::IO_SPACE != 0 {
+            BarKind::Io
+        } else if low & bar_bits::MEMORY_TYPE_MASK == bar_bits::MEMORY_TYPE_64 {
+            BarKind::Memory64 { prefetchable }
+        } else {
+            BarKind::Memory32 { prefetchable }
+        };
+        self.with(bdf, |f| {
+            if usize::from(slot) < 6 && size.is_power_of_two() {
+                f.bars[usize::from(slot)] = Some((kind, size));
+            }
+        });
+    }
+
+    /// Appends a standard capability with `len` bytes (header included) to the list, sets
+    /// Status.Capabilities List, and returns its offset (0, and nothing added, when the 256-byte
+    /// space is full).
+    pub fn add_capability(&self, bdf: Bdf, id: CapabilityId, len: u8) -> u8 {
+        self.with(bdf, |f| {
+            let offset = f.next_capability;
+            let end = (offset + u16::from(len.max(4)) + 3) & !3;
+            if end > 0x100 {
+                return 0;
+            }
+            f.next_capability = end;
+            f.put(offset, 1, u32::from(id.0));
+            match f.last_capability {
+                Some(last) => f.put(last + 1, 1, u32::from(offset)),
+                None => f.put(header::CAPABILITIES_POINTER, 1, u32::from(offset)),
+            }
+            f.last_capability = Some(offset);
+            let status = f.get(header::STATUS, 2) | u32::from(Status::CAPABILITIES_LIST.bits());
+            f.put(header::STATUS, 2, status);
+            offset as u8
+        })
+        .unwrap_or(0)
+    }
+
+    /// Adds a PCI Express capability (version 2) with this Device/Port Type.
+    pub fn add_pcie_capability(&self, bdf: Bdf, port_type: DevicePortType) -> u8 {
+        let offset = self.add_capability(bdf, CapabilityId::PCI_EXPRESS, 0x3c);
+        let reg = 2 | u16::from(port_type.encoding()) << pcie::DEVICE_PORT_TYPE_SHIFT;
+        self.poke16(bdf, u16::from(offset) + pcie::CAPABILITIES, reg);
+        offset
+    }
+
+    /// Appends an extended capability with `len` bytes (header included) and returns its offset
+    /// (0, and nothing added, when the 4 KiB space is full).
+    pub fn add_extended_capability(
+        &self,
+        bdf: Bdf,
+        id: ExtendedCapabilityId,
+        version: u8,
+        len: u16,
+    ) -> u16 {
+        self.with(bdf, |f| {
+            let offset = f.next_extended;
+            let end = offset.saturating_add(len.max(4)).saturating_add(3) & !3;
+            if end > crate::CONFIG_SPACE_SIZE {
+                return 0;
+            }
+            f.next_extended = end;
+            f.put(offset, 4, u32::from(id.0) | u32::from(version & 0xf) << 16);
+            if let Some(last) = f.last_extended {
+                let header = f.get(last, 4) & 0x000f_ffff;
+                f.put(last, 4, header | u32::from(offset) << 20);
+            }
+            f.last_extended = Some(offset);
+            offset
+        })
+        .unwrap_or(0)
+    }
+
+    /// Adds an ACS capability advertising `capability` (control 0), with hardware-like
+    /// register behaviour, and returns its offset.
+    pub fn add_acs(&self, bdf: Bdf, capability: AcsFlags) -> u16 {
+        let offset = self.add_extended_capability(bdf, ExtendedCapabilityId::ACS, 1, 8);
+        self.poke16(bdf, offset + acs::CAPABILITY, capability.bits());
+        self.protect_capabilities(bdf);
+        offset
+    }
+
+    /// Stores a byte, bypassing all emulation.
+    pub fn poke8(&self, bdf: Bdf, offset: u16, value: u8) {
+        self.poke(bdf, offset, 1, u32::from(value));
+    }
+
+    /// Stores 16 bits, bypassing all emulation.
+    pub fn poke16(&self, bdf: Bdf, offset: u16, value: u16) {
+        self.poke(bdf, offset, 2, u32::from(value));
+    }
+
+    /// Stores 32 bits, bypassing all emulation.
+    pub fn poke32(&self, bdf: Bdf, offset: u16, value: u32) {
+        self.poke(bdf, offset, 4, value);
+    }
+
+    fn poke(&self, bdf: Bdf, offset: u16, width: u16, value: u32) {
+        if is_valid_access(offset, width) {
+            self.with(bdf, |f| f.put(offset, usize::from(width), value));
+        }
+    }
+
+    /// Reads 16 bits without logging (all-ones for an absent function or a bad offset).
+    pub fn peek16(&self, bdf: Bdf, offset: u16) -> u16 {
+        self.peek(bdf, offset, 2) as u16
+    }
+
+    /// Reads 32 bits without logging (all-ones for an absent function or a bad offset).
+    pub fn peek32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.peek(bdf, offset, 4)
+    }
+
+    fn peek(&self, bdf: Bdf, offset: u16, width: u16) -> u32 {
+        if !is_valid_access(offset, width) {
+            return u32::MAX;
+        }
+        self.with(bdf, |f| f.get(offset, usize::from(width)))
+            .unwrap_or(u32::MAX)
+    }
+
+    /// The writes issued so far through [`ConfigSpace`], oldest first.
+    pub fn writes(&self) -> Vec<ConfigWrite> {
+        self.state.lock().writes.clone()
+    }
+
+    /// Forgets the write log.
+    pub fn clear_writes(&self) {
+        self.state.lock().writes.clear();
+    }
+
+    fn write(&self, bdf: Bdf, offset: u16, width: u16, value: u32) {
+        if !is_valid_access(offset, width) {
+            return;
+        }
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let Some(f) = state.functions.get_mut(&bdf) else {
+            return;
+        };
+        let command_before = f.get(header::COMMAND, 2) as u16;
+        f.write(offset, usize::from(width), value);
+        state.writes.push(ConfigWrite {
+            bdf,
+            offset,
+            width: width as u8,
+            value,
+            command_before,
+        });
+        let touches_control =
+            offset <= bridge::BRIDGE_CONTROL && bridge::BRIDGE_CONTROL < offset + width;
+        if f.layout() == HeaderLayout::PciBridge && touches_control {
+            let control = BridgeControl::from_bits_retain(f.get(bridge::BRIDGE_CONTROL, 2) as u16);
+            if control.contains(BridgeControl::SECONDARY_BUS_RESET) {
+                let secondary = f.get(bridge::SECONDARY_BUS, 1) as u8;
+                for (child, function) in state.functions.iter_mut() {
+                    if child.segment() == bdf.segment() && child.bus() == secondary {
+                        function.reset();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ConfigSpace for FakeConfigSpace {
+    fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
+        self.peek(bdf, offset, 1) as u8
+    }
+    fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
+        self.peek(bdf, offset, 2) as u16
+    }
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        self.peek(bdf, offset, 4)
+    }
+    fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
+        self.write(bdf, offset, 1, u32::from(value));
+    }
+    fn write16(&self, bdf: Bdf, offset: u16, value: u16) {
+        self.write(bdf, offset, 2, u32::from(value));
+    }
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        self.write(bdf, offset, 4, value);
+    }
+}
+
+/// One `-device` or `-object` option of a QEMU command line: its driver/type and properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuOption {
+    /// `-device` or `-object`.
+    pub kind: String,
+    /// The first comma-separated field (`edu`, `pcie-root-port`, `memory-backend-ram`).
+    pub driver: String,
+    /// The `key=value` properties.
+    pub properties: Vec<(String, String)>,
+}
+
+impl QemuOption {
+    /// The value of a property.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.properties
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// The `-device`/`-object` options of the `# qemu-system-x86_64 ...` line heading a fixture.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct QemuCommandLine {
+    /// Options in command-line order.
+    pub options: Vec<QemuOption>,
+}
+
+impl QemuCommandLine {
+    /// Parses the first `#` line of a fixture (`None` if there is none).
+    pub fn from_fixture(text: &str) -> Option<Self> {
+        let line = text.lines().find(|l| l.trim_start().starts_with('#'))?;
+        Some(Self::parse(line.trim_start().trim_start_matches('#')))
+    }
+
+    /// Parses a command line (arguments separated by whitespace, no quoting).
+    pub fn parse(line: &str) -> Self {
+        let mut options = Vec::new();
+        let mut args = line.split_whitespace();
+        while let Some(arg) = args.next() {
+            if arg != "-device" && arg != "-object" {
+                continue;
+            }
+            let Some(value) = args.next() else { break };
+            let mut fields = value.split(',');
+            let driver = fields.next().unwrap_or_default().to_string();
+            let properties = fields
+                .map(|p| match p.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (p.to_string(), String::new()),
+                })
+                .collect();
+            options.push(QemuOption {
+                kind: arg.to_string(),
+                driver,
+                properties,
+            });
+        }
+        Self { options }
+    }
+
+    /// The `-device` options.
+    pub fn devices(&self) -> impl Iterator<Item = &QemuOption> + '_ {
+        self.options.iter().filter(|o| o.kind == "-device")
+    }
+
+    /// The `-device` option with `id=id`.
+    pub fn device_by_id(&self, id: &str) -> Option<&QemuOption> {
+        self.devices().find(|d| d.get("id") == Some(id))
+    }
+}
+
+/// Parameters of QEMU device models that decide BAR sizes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QemuParams {
+    /// Size of the memory backend of `ivshmem-plain` (its BAR2).
+    pub ivshmem_memdev_size: Option<u64>,
+    /// `nvme` controller memory buffer size (`cmb_size_mb`, its BAR2), 0 if none.
+    pub nvme_cmb_size: u64,
+}
+
+/// Parses a QEMU size (`1M`, `512K`, `2G`, bytes).
+fn parse_size(text: &str) -> Option<u64> {
+    let (digits, shift) = match text.as_bytes().last()? {
+        b'K' | b'k' => (&text[..text.len() - 1], 10),
+        b'M' | b'm' => (&text[..text.len() - 1], 20),
+        b'G' | b'g' => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+impl QemuParams {
+    /// Reads the parameters from a command line; fails when several devices of one model
+    /// would need different sizes (the fixture cannot tell which BDF is which).
+    pub fn from_command_line(command_line: &QemuCommandLine) -> Result<Self, String> {
+        let mut params = Self::default();
+        let one = |slot: &mut Option<u64>, value: u64, what: &str| -> Result<(), String> {
+            match *slot {
+                Some(v) if v != value => Err(alloc::format!("{what} sizes differ between devices")),
+                _ => {
+                    *slot = Some(value);
+                    Ok(())
+                }
+            }
+        };
+        let mut cmb = None;
+        for device in command_line.devices() {
+            match device.driver.as_str() {
+                "ivshmem-plain" => {
+                    let memdev = device.get("memdev").ok_or("ivshmem-plain without memdev")?;
+                    let size = command_line
+                        .options
+                        .iter()
+                        .find(|o| o.kind == "-object" && o.get("id") == Some(memdev))
+                        .and_then(|o| o.get("size"))
+                        .and_then(parse_size)
+                        .ok_or("ivshmem memdev size not found")?;
+                    one(&mut params.ivshmem_memdev_size, size, "ivshmem memdev")?;
+                }
+                "nvme" => {
+                    let mb = device
+                        .get("cmb_size_mb")
+                        .and_then(|v| v.parse::<u64>().ok())
+                        .unwrap_or(0);
+                    one(&mut cmb, mb << 20, "nvme CMB")?;
+                }
+                _ => {}
+            }
+        }
+        params.nvme_cmb_size = cmb.unwrap_or(0);
+        Ok(params)
+    }
+}
+
+/// BAR sizes of the QEMU 7.2 device models found on q35 and in our test topologies (from the
+/// device models under `hw/` in QEMU 7.2: `misc/edu.c`, `misc/ivshmem.c`, `nvme/ctrl.c`,
+/// `pci-bridge/gen_pcie_root_port.c` (MSI-X BAR), `pci-bridge/pcie_pci_bridge.c` and
+/// `pci-bridge/pci_bridge_dev.c` (SHPC BAR), `display/vga-pci.c`, `net/e1000e.c`,
+/// `ide/ich.c`, `i2c/smbus_ich9.c`).
+pub fn qemu_bar_size(vendor_id: u16, device_id: u16, slot: u8, params: &QemuParams) -> Option<u64> {
+    Some(match (vendor_id, device_id, slot) {
+        // edu: 1 MiB register block.
+        (0x1234, 0x11e8, 0) => 1 << 20,
+        // ivshmem-plain: 256-byte registers, BAR2 = the memory backend.
+        (0x1af4, 0x1110, 0) => 256,
+        (0x1af4, 0x1110, 2) => params.ivshmem_memdev_size?,
+        // nvme: registers + doorbells + MSI-X table/PBA (16 KiB with the defaults), BAR2 = CMB.
+        (0x1b36, 0x0010, 0) => 16 << 10,
+        (0x1b36, 0x0010, 2) if params.nvme_cmb_size > 0 => params.nvme_cmb_size,
+        // pcie-root-port: exclusive MSI-X BAR, 4 KiB.
+        (0x1b36, 0x000c, 0) => 4 << 10,
+        // pcie-pci-bridge and pci-bridge: SHPC BAR, 256 bytes.
+        (0x1b36, 0x000e | 0x0001, 0) => 256,
+        // std VGA: 16 MiB VRAM, 4 KiB MMIO.
+        (0x1234, 0x1111, 0) => 16 << 20,
+        (0x1234, 0x1111, 2) => 4 << 10,
+        // e1000e: 128 KiB MMIO, 128 KiB flash, 32-byte I/O, 16 KiB MSI-X.
+        (0x8086, 0x10d3, 0 | 1) => 128 << 10,
+        (0x8086, 0x10d3, 2) => 32,
+        (0x8086, 0x10d3, 3) => 16 << 10,
+        // ICH9 AHCI: BAR4 index/data I/O (32 bytes), BAR5 ABAR (4 KiB).
+        (0x8086, 0x2922, 4) => 32,
+        (0x8086, 0x2922, 5) => 4 << 10,
+        // ICH9 SMBus: BAR4 I/O, 64 bytes.
+        (0x8086, 0x2930, 4) => 64,
+        _ => return None,
+    })
+}
+
+/// The bytes of one ACPI table from an `.acpi` fixture dump (lines `SIG 0000: 4d 43 ...`).
+pub fn acpi_table_bytes(dump: &str, signature: &str) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for line in dump.lines() {
+        let Some(rest) = line.trim().strip_prefix(signature) else {
+            continue;
+        };
+        let Some((offset, hex)) = rest.split_once(':') else {
+            continue;
+        };
+        if u32::from_str_radix(offset.trim(), 16).is_err() {
+            continue;
+        }
+        bytes.extend(
+            hex.split_whitespace()
+                .filter_map(|b| u8::from_str_radix(b, 16).ok()),
+        );
+    }
+    bytes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bdf(bus: u8, device: u8) -> Bdf {
+        Bdf::new(0, bus, device, 0).unwrap()
+    }
+
+    #[test]
+    fn status_is_rw1c_and_sixteen_bit_writes_leave_it_alone() {
+        let fake = FakeConfigSpace::new();
+        fake.add_endpoint(bdf(0, 1), 0x1234, 0x11e8, 0);
+        let errors = Status::RECEIVED_MASTER_ABORT | Status::DETECTED_PARITY_ERROR;
+        fake.poke16(
+            bdf(0, 1),
+            header::STATUS,
+            (errors | Status::CAPABILITIES_LIST).bits(),
+        );
+        fake.write16(bdf(0, 1), header::COMMAND, 0x0006);
+        assert_eq!(
+            fake.read16(bdf(0, 1), header::STATUS),
+            (errors | Status::CAPABILITIES_LIST).bits()
+        );
+        // What a dword read-modify-write of Command would do: clear every pending error.
+        let dword = fake.read32(bdf(0, 1), header::COMMAND);
+        fake.write32(bdf(0, 1), header::COMMAND, dword);
+        assert_eq!(
+            fake.read16(bdf(0, 1), header::STATUS),
+            Status::CAPABILITIES_LIST.bits()
+        );
+        // Read-only IDs.
+        fake.write32(bdf(0, 1), 0, 0);
+        assert_eq!(fake.read32(bdf(0, 1), 0), 0x11e8_1234);
+    }
+
+    #[test]
+    fn bad_accesses_and_absent_functions() {
+        let fake = FakeConfigSpace::new();
+        fake.add_endpoint(bdf(0, 1), 0x1234, 0x11e8, 0);
+        assert_eq!(fake.read32(bdf(0, 1), 2), u32::MAX);
+        assert_eq!(fake.read16(bdf(0, 1), 0x1000), u16::MAX);
+        assert_eq!(fake.read32(bdf(0, 2), 0), u32::MAX);
+        fake.write32(bdf(0, 2), 0, 0);
+        fake.write16(bdf(0, 1), 0x41, 0);
+        assert!(fake.writes().is_empty());
+    }
+
+    #[test]
+    fn secondary_bus_reset_clears_command_and_bars_below() {
+        let fake = FakeConfigSpace::new();
+        fake.add_bridge(bdf(0, 1), 0x1b36, 0x000c, 0, 1, 1);
+        fake.add_endpoint(bdf(1, 0), 0x1af4, 0x1110, 0x05_00_00);
+        let kind = BarKind::Memory64 { prefetchable: true };
+        fake.define_bar(bdf(1, 0), 2, kind, 1 << 20, 0xfc00_0000);
+        fake.poke16(bdf(1, 0), header::COMMAND, 0x6);
+        fake.write16(
+            bdf(0, 1),
+            bridge::BRIDGE_CONTROL,
+            BridgeControl::SECONDARY_BUS_RESET.bits(),
+        );
+        assert_eq!(fake.read16(bdf(1, 0), header::COMMAND), 0);
+        assert_eq!(fake.read32(bdf(1, 0), header::bar(2)), kind.flag_bits());
+        assert_eq!(fake.read32(bdf(1, 0), header::bar(3)), 0);
+    }
+
+    #[test]
+    fn command_line_and_sizes() {
+        let line =
+            "# qemu -object memory-backend-ram,id=shm,size=1M -device ivshmem-plain,memdev=shm \
+                    -device nvme,serial=x,cmb_size_mb=2,bus=rp4 -device edu";
+        let cl = QemuCommandLine::from_fixture(line).unwrap();
+        assert_eq!(cl.devices().count(), 3);
+        assert_eq!(cl.devices().nth(1).and_then(|d| d.get("bus")), Some("rp4"));
+        let p = QemuParams::from_command_line(&cl).unwrap();
+        assert_eq!(
+            p,
+            QemuParams {
+                ivshmem_memdev_size: Some(1 << 20),
+                nvme_cmb_size: 2 << 20
+            }
+        );
+        assert_eq!(parse_size("64M"), Some(64 << 20));
+        assert_eq!(parse_size("x"), None);
+    }
+
+    #[test]
+    fn fixture_errors_name_the_line() {
+        let err = FakeConfigSpace::from_fixture("# x\n00:00.0 000\n").unwrap_err();
+        assert_eq!(err.line, 2);
+        assert!(FakeConfigSpace::from_fixture("00:00.0 002 0\n").is_err());
+        assert!(FakeConfigSpace::from_fixture("00:20.0 000 0\n").is_err());
+    }
+}
