@@ -56,7 +56,13 @@ pub fn dump_tables(k: &Kernel) {
 }
 
 /// The demo run.
-pub fn run(_k: &Kernel) {
+pub fn run(k: &Kernel) {
+    kprintln!("PCI hierarchy:");
+    kprintln!("{}", k.pci.topology);
+    match &k.pci.acs {
+        Some(report) => kprintln!("ACS policy:\n{report}"),
+        None => kprintln!("ACS policy: left as firmware set it"),
+    }
     kprintln!(
         "ready: kernel up, {} MiB free",
         crate::mem::frame_stats().free * 4 / 1024

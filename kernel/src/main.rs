@@ -11,6 +11,7 @@ mod acpi;
 mod arch;
 mod console;
 mod demo;
+mod devices;
 mod ktest;
 mod mem;
 mod pvh;
@@ -27,6 +28,8 @@ pub struct Kernel {
     pub boot: pvh::BootInfo,
     /// The ACPI tables.
     pub acpi: acpi::Acpi,
+    /// The PCI hierarchy.
+    pub pci: devices::pci::PciSystem,
 }
 
 /// Rust entry point, called by the PVH entry code on the boot stack with the physical address of
@@ -82,7 +85,25 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
             exit(Status::Failure)
         }
     };
-    let k = Kernel { boot, acpi };
+    // ACS isolation is the default whenever an IOMMU exists (DMAR present); `acs=leave` keeps
+    // the firmware's settings (the embedder's choice).
+    let cmdline = CommandLine::new(boot.cmdline());
+    let policy = match (cmdline.value("acs"), acpi.dmar().is_some()) {
+        (Some("leave"), _) | (None, false) => pci::acs::AcsPolicy::Leave,
+        _ => pci::acs::AcsPolicy::Isolate,
+    };
+    let pci = match devices::pci::init(&acpi, policy) {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!("pci: {e}");
+            exit(Status::Failure)
+        }
+    };
+    log::info!(
+        "pci: {} functions enumerated",
+        pci.topology.functions().len()
+    );
+    let k = Kernel { boot, acpi, pci };
     demo::print_boot_report(&k);
     if CommandLine::new(k.boot.cmdline()).flag("acpidump") {
         demo::dump_tables(&k);

@@ -43,7 +43,7 @@ pub enum Expect {
 }
 
 /// A scenario-specific check of the parsed outcome and the raw log.
-pub type LogCheck = fn(&Scenario, &Outcome, &str) -> Result<(), String>;
+pub type LogCheck = fn(&Scenario, &Outcome, &str) -> Result<String, String>;
 
 /// One QEMU run and what it must show.
 #[derive(Debug, Clone)]
@@ -195,28 +195,99 @@ impl Scenario {
                 "demo ran to ready".into()
             }
         };
-        if let Some(check) = self.check {
-            check(self, &o, log)?;
+        match self.check {
+            Some(check) => Ok(format!("{summary}; {}", check(self, &o, log)?)),
+            None => Ok(summary),
         }
-        Ok(summary)
     }
 }
 
 /// DMAR must appear in the boot report's ACPI list exactly when the topology has an IOMMU.
-fn dmar_listed_iff_iommu(s: &Scenario, _: &Outcome, log: &str) -> Result<(), String> {
+fn dmar_listed_iff_iommu(s: &Scenario, _: &Outcome, log: &str) -> Result<String, String> {
     let listed = log.lines().any(|l| l.trim_start().starts_with("DMAR "));
     ensure(listed == s.topology.iommu.is_some(), || {
         format!(
             "DMAR listed: {listed}, IOMMU in topology: {}",
             s.topology.iommu.is_some()
         )
-    })
+    })?;
+    Ok(format!("DMAR {}", if listed { "listed" } else { "absent" }))
+}
+
+/// The kernel's `PCIDEV` listing must match the model of the topology QEMU was given.
+fn pci_listing_matches(s: &Scenario, _: &Outcome, log: &str) -> Result<String, String> {
+    crate::pci_model::check_pci_listing(&s.topology, log)
+}
+
+/// PCI scenarios: each topology is enumerated by the kernel and compared with the model.
+fn pci_scenarios() -> Vec<Scenario> {
+    let pci = |name, about, topology| Scenario {
+        check: Some(pci_listing_matches as LogCheck),
+        ..Scenario::new(
+            name,
+            about,
+            topology,
+            "test=pci",
+            Expect::Pass { min_passed: 3 },
+        )
+    };
+    let root_port = |t: Topology, id: &str, chassis: u32| {
+        t.device(&format!(
+            "pcie-root-port,id={id},chassis={chassis},bus=pcie.0"
+        ))
+    };
+    vec![
+        pci("pci-default", "the default run topology enumerates as QEMU built it", Topology::default_run()),
+        pci(
+            "pci-switch",
+            "a PCIe switch (upstream + two downstream ports) with an endpoint on each port",
+            root_port(Topology::base(), "rp1", 1)
+                .device("x3130-upstream,id=up,bus=rp1")
+                .device("xio3130-downstream,id=dn1,bus=up,chassis=2,slot=0")
+                .device("xio3130-downstream,id=dn2,bus=up,chassis=3,slot=1")
+                .device("edu,bus=dn1")
+                .device("edu,bus=dn2"),
+        ),
+        pci(
+            "pci-two-root-ports",
+            "two root ports (with ACS, isolated by policy) each with an endpoint",
+            root_port(root_port(Topology::base(), "rp1", 1), "rp2", 2)
+                .object("memory-backend-ram,id=shm,size=1M")
+                .device("edu,bus=rp1")
+                .device("ivshmem-plain,memdev=shm,bus=rp2"),
+        ),
+        pci(
+            "pci-two-root-ports-no-iommu",
+            "the same without an IOMMU: ACS is left as firmware set it",
+            root_port(root_port(Topology::base(), "rp1", 1), "rp2", 2)
+                .device("edu,bus=rp1")
+                .device("edu,bus=rp2")
+                .without_iommu(),
+        ),
+        pci(
+            "pci-pxb",
+            "an extra host bridge (pxb-pcie, root bus 0x40) with a root port and an endpoint",
+            Topology::base()
+                .device("pxb-pcie,id=pxb,bus_nr=64,bus=pcie.0")
+                .device("pcie-root-port,id=rp1,bus=pxb,chassis=1")
+                .device("edu,bus=rp1"),
+        ),
+        pci(
+            "pci-conventional-bridges",
+            "endpoints behind a pcie-pci-bridge and a conventional pci-bridge (requester-ID aliases)",
+            Topology::base()
+                .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
+                .device("edu,bus=ppb,addr=3")
+                .device("pci-bridge,id=pb,chassis_nr=5,bus=pcie.0")
+                .device("edu,bus=pb,addr=4"),
+        ),
+    ]
 }
 
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
-    vec![
+    let mut all = vec![
         Scenario {
             check: Some(dmar_listed_iff_iommu),
             ..Scenario::new(
@@ -283,7 +354,9 @@ pub fn all() -> Vec<Scenario> {
                 Expect::Timeout,
             )
         },
-    ]
+    ];
+    all.extend(pci_scenarios());
+    all
 }
 
 #[cfg(test)]

@@ -33,6 +33,13 @@ impl Topology {
         self
     }
 
+    /// Adds `-object <spec>` (e.g. the memory backend of an ivshmem device).
+    pub fn object(mut self, spec: &str) -> Self {
+        self.devices.push("-object".into());
+        self.devices.push(spec.into());
+        self
+    }
+
     /// Removes the IOMMU.
     pub fn without_iommu(mut self) -> Self {
         self.iommu = None;

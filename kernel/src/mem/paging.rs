@@ -198,6 +198,19 @@ pub fn map_phys(phys: u64, len: u64, cache: Cache) -> Result<*mut u8, MapError> 
     let mut fa = TableFrames { limit: None };
     let mut addr = phys & !(Size4KiB::SIZE - 1);
     while addr < end {
+        // Large windows (ECAM: 256 MiB) use 2 MiB pages where the whole page is in range and
+        // nothing in it is mapped yet; map_to refuses a 2 MiB page over an existing table.
+        if addr.is_multiple_of(Size2MiB::SIZE) && addr + Size2MiB::SIZE <= end {
+            let page = Page::<Size2MiB>::containing_address(VirtAddr::new(addr));
+            let frame = PhysFrame::<Size2MiB>::containing_address(PhysAddr::new(addr));
+            // SAFETY: identity mapping of a physical range the caller wants to access; map_to
+            // only succeeds if the 2 MiB page was entirely unmapped.
+            if let Ok(flush) = unsafe { m.map_to(page, frame, flags | F::HUGE_PAGE, &mut fa) } {
+                flush.flush();
+                addr += Size2MiB::SIZE;
+                continue;
+            }
+        }
         match m.translate(VirtAddr::new(addr)) {
             TranslateResult::Mapped { flags: have, .. } => {
                 if have.contains(F::NO_CACHE) != (cache == Cache::Uncached) {

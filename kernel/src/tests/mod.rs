@@ -4,8 +4,9 @@
 mod boot;
 mod crash;
 mod memory;
+mod pci;
 
 use crate::ktest::Suite;
 
 /// Every suite, in run order.
-pub static SUITES: &[Suite] = &[boot::SUITE, memory::SUITE, crash::SUITE];
+pub static SUITES: &[Suite] = &[boot::SUITE, memory::SUITE, pci::SUITE, crash::SUITE];

@@ -1,0 +1,5 @@
+//! Device bring-up: the PCI hierarchy (ECAM from MCFG) and, later in boot, the IOMMU and the
+//! drivers the demo and the tests use. Everything here goes through the public crates'
+//! APIs, as an embedder's kernel would.
+
+pub mod pci;
