@@ -1,2 +1,76 @@
-//! Intel VT-d for bare metal (being built: see issue 4).
-#![no_std]
+//! Intel VT-d for bare metal: DMAR parsing and the DMA-remapping engine.
+//!
+//! This crate programs an Intel VT-d remapping hardware unit directly (Intel® Virtualization
+//! Technology for Directed I/O Architecture Specification, rev 3.x/4.x; section numbers in the
+//! module docs refer to it). It is `no_std` + `alloc` and depends on neither the kernel nor the
+//! PCI crate: the host kernel supplies memory, cache maintenance and time through [`Platform`],
+//! register access through [`RegisterIo`], and PCI topology through closures.
+//!
+//! | module | what it implements |
+//! |---|---|
+//! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, device scopes and their path resolution |
+//! | [`registers`] | the register map (§11.4), declared once, and the [`RegisterIo`] seam |
+//! | [`caps`] | CAP/ECAP decoding (§11.4.2, §11.4.3) |
+//! | [`platform`] | what the unit needs from the host kernel |
+//! | [`pagetable`] | second-level page tables (§3.6, §9.8) |
+//! | [`context`] | root and context tables (§3.4, §9.1, §9.3) |
+//! | [`invalidation`] | queued and register-based invalidation (§6.5) |
+//! | [`fault`] | primary fault recording (§7.1, §11.4.14) |
+//! | [`unit`](mod@unit) | one remapping unit: enable/disable (§10.4.4, §10.4.5), domains, attach |
+//! | [`domain`] | a translation domain implementing [`dma::iommu::IommuDomain`] |
+//! | [`fake`] | in-memory models of the hardware and the platform for host tests |
+//!
+//! # Bringing a unit up
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dma::iommu::{IommuDomain, IotlbGather, Prot};
+//! use dma::{DmaAddr, PhysAddr};
+//! use iommu_vtd::fake::{FakeVtd, HostPlatform};
+//! use iommu_vtd::{Bdf, DomainConfig, UnitConfig, VtdUnit};
+//!
+//! // In a kernel: `MmioRegisters::new(base, len)` and the kernel's own `Platform`.
+//! let platform = Arc::new(HostPlatform::new());
+//! let regs = FakeVtd::qemu_default(platform.clone());
+//! let unit = Arc::new(VtdUnit::new(regs, platform, UnitConfig::new(39))?);
+//! unit.enable()?;
+//! let domain = unit.create_domain(DomainConfig::default())?;
+//! let edu = Bdf::new(0, 3, 0);
+//! domain.attach(&[edu.requester_id()])?;
+//! domain.map(DmaAddr::new(0x10_0000), PhysAddr::new(0x20_0000), 0x2000, Prot::READ | Prot::WRITE)?;
+//! domain.sync_map(DmaAddr::new(0x10_0000), 0x2000)?;
+//! let mut gather = IotlbGather::new();
+//! domain.unmap(DmaAddr::new(0x10_0000), 0x2000, &mut gather)?;
+//! domain.flush(gather)?;
+//! for fault in unit.read_faults().records {
+//!     println!("{fault}");
+//! }
+//! unit.clear_faults();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod caps;
+pub mod context;
+pub mod dmar;
+pub mod domain;
+pub mod fake;
+pub mod fault;
+pub mod invalidation;
+pub mod pagetable;
+pub mod platform;
+pub mod registers;
+pub mod unit;
+
+pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
+pub use dmar::{Bdf, Dmar, DmarError};
+pub use domain::{Domain, DomainConfig};
+pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
+pub use invalidation::InvalidationError;
+pub use pagetable::SecondLevelTable;
+pub use platform::{Platform, TablePage};
+pub use registers::{MmioRegisters, RegisterIo};
+pub use unit::{UnitConfig, VtdError, VtdUnit};

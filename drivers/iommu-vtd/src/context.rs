@@ -1,0 +1,224 @@
+//! Root and context tables (legacy mode): which domain a requester ID belongs to.
+//!
+//! Implements VT-d spec §3.4.2 (legacy root/context tables), §9.1 (root entry) and §9.3
+//! (context entry). The root table has one 128-bit entry per bus pointing to that bus's context
+//! table; a context table has one 128-bit entry per device/function. A present context entry
+//! holds the translation type (00: untranslated requests only, through the second-level table),
+//! the address width (AW, which must equal the table depth and be advertised in SAGAW), the
+//! domain ID and the second-level table pointer.
+//!
+//! Writes keep the hardware's view consistent: a context entry is made present by writing its
+//! upper half first and the lower half (with P) last, and made not-present by clearing P first;
+//! each write is written back from the CPU cache when ECAP.C = 0.
+
+use dma::PhysAddr;
+
+use crate::caps::PagingLevels;
+use crate::dmar::Bdf;
+use crate::platform::{Platform, TableMem, TablePage};
+
+/// Root entry fields, §9.1.
+pub mod root_entry {
+    /// Present.
+    pub const PRESENT: u64 = 1 << 0;
+    /// Context-table pointer (bits 63:12 of the lower half).
+    pub const CTP_MASK: u64 = !0xFFF;
+}
+
+/// Context entry fields, §9.3 (`LO_*`: bits 63:0, `HI_*`: bits 127:64).
+pub mod context_entry {
+    /// Present.
+    pub const LO_PRESENT: u64 = 1 << 0;
+    /// Fault processing disable.
+    pub const LO_FPD: u64 = 1 << 1;
+    /// Shift of the translation type (bits 3:2).
+    pub const LO_TT_SHIFT: u32 = 2;
+    /// Mask of the translation type after shifting.
+    pub const LO_TT_MASK: u64 = 0b11;
+    /// Translation type 00: untranslated requests are translated through the second-level
+    /// table; translated requests (ATS) are blocked.
+    pub const TT_UNTRANSLATED_ONLY: u64 = 0b00;
+    /// Second-level page-translation pointer (bits 63:12).
+    pub const LO_SLPTPTR_MASK: u64 = !0xFFF;
+    /// Address width (bits 66:64).
+    pub const HI_AW_MASK: u64 = 0b111;
+    /// Shift of the domain identifier (bits 87:72).
+    pub const HI_DID_SHIFT: u32 = 8;
+    /// Mask of the domain identifier after shifting.
+    pub const HI_DID_MASK: u64 = 0xFFFF;
+}
+
+/// Number of 64-bit words per root or context entry.
+const WORDS_PER_ENTRY: usize = 2;
+
+/// A decoded context entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContextEntry {
+    /// Lower 64 bits.
+    pub lo: u64,
+    /// Upper 64 bits.
+    pub hi: u64,
+}
+
+impl ContextEntry {
+    /// A present entry translating untranslated requests through `table` (depth `levels`) in
+    /// domain `did`.
+    pub const fn translated(table: PhysAddr, levels: PagingLevels, did: u16) -> Self {
+        use context_entry::*;
+        Self {
+            lo: (table.as_u64() & LO_SLPTPTR_MASK)
+                | TT_UNTRANSLATED_ONLY << LO_TT_SHIFT
+                | LO_PRESENT,
+            hi: levels.context_aw() | (did as u64) << HI_DID_SHIFT,
+        }
+    }
+
+    /// Whether the entry is present.
+    pub const fn present(&self) -> bool {
+        self.lo & context_entry::LO_PRESENT != 0
+    }
+
+    /// The domain ID.
+    pub const fn did(&self) -> u16 {
+        ((self.hi >> context_entry::HI_DID_SHIFT) & context_entry::HI_DID_MASK) as u16
+    }
+
+    /// The AW field.
+    pub const fn aw(&self) -> u64 {
+        self.hi & context_entry::HI_AW_MASK
+    }
+
+    /// The translation type.
+    pub const fn translation_type(&self) -> u64 {
+        (self.lo >> context_entry::LO_TT_SHIFT) & context_entry::LO_TT_MASK
+    }
+
+    /// The second-level table pointer.
+    pub const fn slptptr(&self) -> PhysAddr {
+        PhysAddr::new(self.lo & context_entry::LO_SLPTPTR_MASK)
+    }
+}
+
+/// The root table and the context tables below it.
+#[derive(Debug)]
+pub struct RootTable {
+    phys: PhysAddr,
+    coherent: bool,
+}
+
+impl RootTable {
+    /// Allocates an empty root table.
+    pub fn new<P: Platform + ?Sized>(platform: &P, coherent: bool) -> Option<Self> {
+        let page = platform.alloc_table_page()?;
+        let table = Self {
+            phys: page.phys,
+            coherent,
+        };
+        table.mem(platform, page.phys).flush_all();
+        Some(table)
+    }
+
+    /// Physical address (for RTADDR).
+    pub fn phys(&self) -> PhysAddr {
+        self.phys
+    }
+
+    fn mem<'p, P: Platform + ?Sized>(&self, platform: &'p P, phys: PhysAddr) -> TableMem<'p, P> {
+        // SAFETY: `phys` is the root table or a context table read from a present root entry;
+        // both are pages we allocated and never free while the root table lives. The unit's
+        // table lock serialises CPU writers.
+        unsafe { TableMem::new(platform, phys, self.coherent) }
+    }
+
+    /// The context table of `bus`, if one is linked.
+    pub fn context_table<P: Platform + ?Sized>(&self, platform: &P, bus: u8) -> Option<PhysAddr> {
+        let lo = self
+            .mem(platform, self.phys)
+            .read(bus as usize * WORDS_PER_ENTRY);
+        (lo & root_entry::PRESENT != 0).then(|| PhysAddr::new(lo & root_entry::CTP_MASK))
+    }
+
+    /// Links `page` (a fresh zeroed page) as the context table of `bus`, which has none.
+    pub fn link_context_table<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        bus: u8,
+        page: TablePage,
+    ) {
+        self.mem(platform, page.phys).flush_all();
+        let root = self.mem(platform, self.phys);
+        let index = bus as usize * WORDS_PER_ENTRY;
+        root.write(index + 1, 0);
+        root.write(
+            index,
+            (page.phys.as_u64() & root_entry::CTP_MASK) | root_entry::PRESENT,
+        );
+        root.flush(index, index + 1);
+    }
+
+    /// The context entry of `rid`, if its bus has a context table.
+    pub fn context<P: Platform + ?Sized>(&self, platform: &P, rid: u16) -> Option<ContextEntry> {
+        let bdf = Bdf::from_requester_id(rid);
+        let table = self.context_table(platform, bdf.bus)?;
+        let mem = self.mem(platform, table);
+        let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+        Some(ContextEntry {
+            lo: mem.read(index),
+            hi: mem.read(index + 1),
+        })
+    }
+
+    /// Writes a present context entry for `rid` (upper half first, present bit last). The bus
+    /// must have a context table; returns `false` (and writes nothing) otherwise.
+    pub fn set_context<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        rid: u16,
+        entry: ContextEntry,
+    ) -> bool {
+        let bdf = Bdf::from_requester_id(rid);
+        let Some(table) = self.context_table(platform, bdf.bus) else {
+            return false;
+        };
+        let mem = self.mem(platform, table);
+        let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+        mem.write(index, 0);
+        mem.flush(index, index);
+        mem.write(index + 1, entry.hi);
+        mem.flush(index + 1, index + 1);
+        platform.memory_fence();
+        mem.write(index, entry.lo);
+        mem.flush(index, index);
+        true
+    }
+
+    /// Clears `rid`'s context entry (present bit first).
+    pub fn clear_context<P: Platform + ?Sized>(&mut self, platform: &P, rid: u16) {
+        let bdf = Bdf::from_requester_id(rid);
+        if let Some(table) = self.context_table(platform, bdf.bus) {
+            let mem = self.mem(platform, table);
+            let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+            mem.write(index, 0);
+            mem.flush(index, index);
+            mem.write(index + 1, 0);
+            mem.flush(index + 1, index + 1);
+        }
+    }
+
+    /// Frees the root table and every context table.
+    ///
+    /// # Safety
+    ///
+    /// Translation must be disabled (or RTADDR pointing elsewhere) and the context cache
+    /// invalidated, so the hardware no longer walks these tables.
+    pub unsafe fn destroy<P: Platform + ?Sized>(self, platform: &P) {
+        for bus in 0..=u8::MAX {
+            if let Some(table) = self.context_table(platform, bus) {
+                // SAFETY: ours, and the caller guarantees the hardware no longer walks it.
+                unsafe { platform.free_table_page(table) };
+            }
+        }
+        // SAFETY: as above.
+        unsafe { platform.free_table_page(self.phys) };
+    }
+}

@@ -1,0 +1,668 @@
+//! Invalidation of the context cache and the IOTLB: queued or register-based.
+//!
+//! Implements VT-d spec §6.5: register-based invalidation through CCMD and the IOTLB register
+//! pair (§6.5.1, §11.4.6, §11.4.8) and queued invalidation (§6.5.2): a one-page ring of 128-bit
+//! descriptors (context-cache §6.5.2.1, IOTLB §6.5.2.3, invalidation wait §6.5.2.8) written by
+//! software, fetched by hardware between IQH and IQT. A batch is always closed with a wait
+//! descriptor whose status write lands in a memory word this module polls with a timeout, so
+//! "invalidated" means "the hardware said it finished", never "we asked".
+//!
+//! Once GCMD.QIE is set the CCMD/IOTLB registers must not be touched (QEMU ignores them and a
+//! poller would hang); [`Invalidator`] makes that impossible by construction: it is either in
+//! register mode or in queued mode, and only the unit's enable/disable switch modes.
+//!
+//! Page-selective invalidation of a range is split into naturally aligned power-of-two chunks
+//! ([`psi_chunks`]): address aligned to 2^AM pages, AM ≤ CAP.MAMV, so N contiguous pages cost
+//! O(log N) descriptors; past [`PSI_DESCRIPTOR_LIMIT`] chunks, or without CAP.PSI, a single
+//! domain-selective invalidation is used instead.
+//!
+//! The queue and the status word are not written back from the CPU cache: ECAP.C covers
+//! remapping-structure walks only; descriptor fetches and status writes are coherent (as Linux
+//! relies on too).
+
+use alloc::vec::Vec;
+use core::fmt;
+
+use dma::PhysAddr;
+
+use crate::caps::Capabilities;
+use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
+use crate::registers::{self, ccmd, iotlb, iq, FaultStatus, RegisterIo};
+
+/// Invalidation descriptor fields, §6.5.2 (`*_HI`: bits 127:64).
+pub mod desc {
+    /// Descriptor type (bits 3:0).
+    pub const TYPE_MASK: u64 = 0xF;
+    /// Context-cache invalidate.
+    pub const TYPE_CONTEXT: u64 = 0x1;
+    /// IOTLB invalidate.
+    pub const TYPE_IOTLB: u64 = 0x2;
+    /// Device-TLB invalidate.
+    pub const TYPE_DEVICE_TLB: u64 = 0x3;
+    /// Interrupt entry cache invalidate.
+    pub const TYPE_IEC: u64 = 0x4;
+    /// Invalidation wait.
+    pub const TYPE_WAIT: u64 = 0x5;
+    /// Shift of the granularity (bits 5:4) of context-cache and IOTLB descriptors.
+    pub const GRANULARITY_SHIFT: u32 = 4;
+    /// Mask of the granularity after shifting.
+    pub const GRANULARITY_MASK: u64 = 0b11;
+    /// Granularity: global.
+    pub const GLOBAL: u64 = 0b01;
+    /// Granularity: domain-selective.
+    pub const DOMAIN: u64 = 0b10;
+    /// Granularity: device-selective (context) / page-selective (IOTLB).
+    pub const DEVICE_OR_PAGE: u64 = 0b11;
+    /// IOTLB: drain writes.
+    pub const IOTLB_DW: u64 = 1 << 6;
+    /// IOTLB: drain reads.
+    pub const IOTLB_DR: u64 = 1 << 7;
+    /// Shift of the domain ID (bits 31:16).
+    pub const DID_SHIFT: u32 = 16;
+    /// Mask of a domain ID / source ID after shifting.
+    pub const ID_MASK: u64 = 0xFFFF;
+    /// Context: shift of the source ID (bits 47:32).
+    pub const CONTEXT_SID_SHIFT: u32 = 32;
+    /// Context: shift of the function mask (bits 49:48).
+    pub const CONTEXT_FM_SHIFT: u32 = 48;
+    /// IOTLB (upper half): address mask (bits 5:0).
+    pub const IOTLB_HI_AM_MASK: u64 = 0x3F;
+    /// IOTLB (upper half): invalidation hint, only leaf entries changed (bit 6).
+    pub const IOTLB_HI_IH: u64 = 1 << 6;
+    /// IOTLB (upper half): address (bits 63:12).
+    pub const IOTLB_HI_ADDR_MASK: u64 = !0xFFF;
+    /// Wait: interrupt flag.
+    pub const WAIT_IF: u64 = 1 << 4;
+    /// Wait: status write.
+    pub const WAIT_SW: u64 = 1 << 5;
+    /// Wait: fence (later descriptors wait for this one).
+    pub const WAIT_FN: u64 = 1 << 6;
+    /// Wait: shift of the status data (bits 63:32).
+    pub const WAIT_DATA_SHIFT: u32 = 32;
+    /// Wait (upper half): status address (bits 63:2).
+    pub const WAIT_HI_ADDR_MASK: u64 = !0x3;
+}
+
+/// Most page-selective descriptors issued for one range before falling back to a
+/// domain-selective invalidation.
+pub const PSI_DESCRIPTOR_LIMIT: usize = 64;
+/// Descriptors per queue page (128-bit descriptors, QS = 0).
+pub const QUEUE_ENTRIES: usize = TABLE_PAGE_SIZE / DESCRIPTOR_SIZE;
+const DESCRIPTOR_SIZE: usize = 16;
+const WORDS_PER_DESCRIPTOR: usize = DESCRIPTOR_SIZE / core::mem::size_of::<u64>();
+/// Requests per submission: the queue holds `QUEUE_ENTRIES - 1` descriptors (head == tail
+/// means empty), one of which is the closing wait descriptor.
+const BATCH: usize = QUEUE_ENTRIES - 2;
+const PAGE_SHIFT: u32 = 12;
+
+/// One invalidation request, independent of how it is issued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// Every context-cache entry.
+    ContextGlobal,
+    /// The context-cache entry of one source ID in one domain (function mask 0).
+    ContextDevice {
+        /// Domain ID the cached entry is tagged with (0 for not-present entries under CM).
+        did: u16,
+        /// Source (requester) ID.
+        sid: u16,
+    },
+    /// Every IOTLB and paging-structure cache entry.
+    IotlbGlobal,
+    /// Every IOTLB entry of one domain.
+    IotlbDomain {
+        /// Domain ID.
+        did: u16,
+    },
+    /// 2^`am` pages at `addr` (aligned to 2^`am` pages) in one domain.
+    IotlbPage {
+        /// Domain ID.
+        did: u16,
+        /// First address (4 KiB units, aligned to 2^am pages).
+        addr: u64,
+        /// Address mask: log2 of the page count.
+        am: u8,
+        /// Only leaf entries changed (IH = 1): paging-structure caches may be kept.
+        leaf_only: bool,
+    },
+}
+
+/// A 128-bit queued-invalidation descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Descriptor {
+    /// Bits 63:0.
+    pub lo: u64,
+    /// Bits 127:64.
+    pub hi: u64,
+}
+
+impl Descriptor {
+    /// Encodes a request; `drain_reads`/`drain_writes` set IOTLB DR/DW (from CAP.DRD/DWD).
+    pub fn encode(req: &Invalidation, drain_reads: bool, drain_writes: bool) -> Self {
+        use desc::*;
+        let gran = |g: u64| g << GRANULARITY_SHIFT;
+        let drains =
+            if drain_reads { IOTLB_DR } else { 0 } | if drain_writes { IOTLB_DW } else { 0 };
+        match *req {
+            Invalidation::ContextGlobal => Self {
+                lo: TYPE_CONTEXT | gran(GLOBAL),
+                hi: 0,
+            },
+            Invalidation::ContextDevice { did, sid } => Self {
+                lo: TYPE_CONTEXT
+                    | gran(DEVICE_OR_PAGE)
+                    | (did as u64) << DID_SHIFT
+                    | (sid as u64) << CONTEXT_SID_SHIFT,
+                hi: 0,
+            },
+            Invalidation::IotlbGlobal => Self {
+                lo: TYPE_IOTLB | gran(GLOBAL) | drains,
+                hi: 0,
+            },
+            Invalidation::IotlbDomain { did } => Self {
+                lo: TYPE_IOTLB | gran(DOMAIN) | drains | (did as u64) << DID_SHIFT,
+                hi: 0,
+            },
+            Invalidation::IotlbPage {
+                did,
+                addr,
+                am,
+                leaf_only,
+            } => Self {
+                lo: TYPE_IOTLB | gran(DEVICE_OR_PAGE) | drains | (did as u64) << DID_SHIFT,
+                hi: (addr & IOTLB_HI_ADDR_MASK)
+                    | if leaf_only { IOTLB_HI_IH } else { 0 }
+                    | (am as u64 & IOTLB_HI_AM_MASK),
+            },
+        }
+    }
+
+    /// An invalidation-wait descriptor writing `data` to the 4-byte word at `status`.
+    pub fn wait(status: PhysAddr, data: u32) -> Self {
+        use desc::*;
+        Self {
+            lo: TYPE_WAIT | WAIT_SW | WAIT_FN | (data as u64) << WAIT_DATA_SHIFT,
+            hi: status.as_u64() & WAIT_HI_ADDR_MASK,
+        }
+    }
+
+    /// The descriptor type.
+    pub fn kind(&self) -> u64 {
+        self.lo & desc::TYPE_MASK
+    }
+
+    /// Decodes a context-cache or IOTLB descriptor back into a request.
+    pub fn decode(&self) -> Option<Invalidation> {
+        use desc::*;
+        let gran = (self.lo >> GRANULARITY_SHIFT) & GRANULARITY_MASK;
+        let did = ((self.lo >> DID_SHIFT) & ID_MASK) as u16;
+        match (self.kind(), gran) {
+            (TYPE_CONTEXT, GLOBAL) => Some(Invalidation::ContextGlobal),
+            (TYPE_CONTEXT, DEVICE_OR_PAGE) => Some(Invalidation::ContextDevice {
+                did,
+                sid: ((self.lo >> CONTEXT_SID_SHIFT) & ID_MASK) as u16,
+            }),
+            (TYPE_IOTLB, GLOBAL) => Some(Invalidation::IotlbGlobal),
+            (TYPE_IOTLB, DOMAIN) => Some(Invalidation::IotlbDomain { did }),
+            (TYPE_IOTLB, DEVICE_OR_PAGE) => Some(Invalidation::IotlbPage {
+                did,
+                addr: self.hi & IOTLB_HI_ADDR_MASK,
+                am: (self.hi & IOTLB_HI_AM_MASK) as u8,
+                leaf_only: self.hi & IOTLB_HI_IH != 0,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// Why an invalidation did not complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidationError {
+    /// The hardware did not report completion within the timeout.
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+    },
+    /// The hardware reported an invalidation queue error (FSTS.IQE/ICE/ITE); the queue was
+    /// resynchronised and the batch dropped.
+    QueueError {
+        /// FSTS when the error was seen.
+        fsts: u32,
+        /// IQH (byte offset of the descriptor that failed).
+        head: u64,
+    },
+    /// The request needs a capability the unit lacks (e.g. page-selective without CAP.PSI).
+    Unsupported,
+    /// No memory for the queue.
+    OutOfMemory,
+}
+
+impl fmt::Display for InvalidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Timeout { what } => write!(f, "invalidation timed out waiting for {what}"),
+            Self::QueueError { fsts, head } => {
+                write!(
+                    f,
+                    "invalidation queue error (FSTS {fsts:#x}, IQH {head:#x})"
+                )
+            }
+            Self::Unsupported => f.write_str("invalidation granularity not supported by the unit"),
+            Self::OutOfMemory => f.write_str("out of memory for the invalidation queue"),
+        }
+    }
+}
+
+impl core::error::Error for InvalidationError {}
+
+/// Splits `[start, start + size)` into naturally aligned power-of-two page chunks `(addr, am)`
+/// with `am <= mamv`: the greedy decomposition, so `N` contiguous pages yield O(log N) chunks
+/// (plus `N / 2^mamv` for ranges larger than the biggest chunk). Sub-page parts are rounded out.
+pub fn psi_chunks(start: u64, size: u64, mamv: u8) -> impl Iterator<Item = (u64, u8)> {
+    let first = start >> PAGE_SHIFT;
+    let end = start
+        .saturating_add(size)
+        .saturating_add((1 << PAGE_SHIFT) - 1)
+        >> PAGE_SHIFT;
+    let mut page = first;
+    core::iter::from_fn(move || {
+        if page >= end || size == 0 {
+            return None;
+        }
+        let remaining = end - page;
+        let align = page.trailing_zeros().min(63);
+        let fit = 63 - remaining.leading_zeros();
+        let am = align.min(fit).min(mamv as u32);
+        let chunk = (page << PAGE_SHIFT, am as u8);
+        page += 1u64 << am;
+        Some(chunk)
+    })
+}
+
+/// The IOTLB requests that invalidate `[start, start + size)` of domain `did`: page-selective
+/// chunks, or one domain-selective request past [`PSI_DESCRIPTOR_LIMIT`] or without CAP.PSI.
+/// `leaf_only` is false when page-table pages were freed (IH = 0 also drops the
+/// paging-structure caches for the range).
+pub fn iotlb_range(
+    caps: &Capabilities,
+    did: u16,
+    start: u64,
+    size: u64,
+    leaf_only: bool,
+) -> Vec<Invalidation> {
+    let domain = alloc::vec![Invalidation::IotlbDomain { did }];
+    if !caps.cap.psi {
+        return domain;
+    }
+    let count = psi_chunks(start, size, caps.cap.mamv)
+        .take(PSI_DESCRIPTOR_LIMIT + 1)
+        .count();
+    if count > PSI_DESCRIPTOR_LIMIT {
+        return domain;
+    }
+    psi_chunks(start, size, caps.cap.mamv)
+        .map(|(addr, am)| Invalidation::IotlbPage {
+            did,
+            addr,
+            am,
+            leaf_only,
+        })
+        .collect()
+}
+
+fn poll<P: Platform + ?Sized>(
+    platform: &P,
+    timeout_us: u64,
+    what: &'static str,
+    mut done: impl FnMut() -> Result<bool, InvalidationError>,
+) -> Result<(), InvalidationError> {
+    let start = platform.now_us();
+    loop {
+        if done()? {
+            return Ok(());
+        }
+        if platform.now_us().saturating_sub(start) > timeout_us {
+            return Err(InvalidationError::Timeout { what });
+        }
+        core::hint::spin_loop();
+    }
+}
+
+/// The queued-invalidation ring and its status word.
+#[derive(Debug)]
+pub struct InvalidationQueue {
+    queue: PhysAddr,
+    status: PhysAddr,
+    tail: usize,
+    sequence: u32,
+}
+
+impl InvalidationQueue {
+    /// Allocates the queue page and the status page.
+    pub fn new<P: Platform + ?Sized>(platform: &P) -> Result<Self, InvalidationError> {
+        let queue = platform
+            .alloc_table_page()
+            .ok_or(InvalidationError::OutOfMemory)?;
+        let Some(status) = platform.alloc_table_page() else {
+            // SAFETY: allocated just now and never handed to hardware.
+            unsafe { platform.free_table_page(queue.phys) };
+            return Err(InvalidationError::OutOfMemory);
+        };
+        Ok(Self {
+            queue: queue.phys,
+            status: status.phys,
+            tail: 0,
+            sequence: 0,
+        })
+    }
+
+    /// The IQA value: queue base, 128-bit descriptors, one page.
+    pub fn iqa(&self) -> u64 {
+        (self.queue.as_u64() & iq::IQA_BASE_MASK) | iq::IQA_QS_ONE_PAGE
+    }
+
+    /// The queue page.
+    pub fn queue_page(&self) -> PhysAddr {
+        self.queue
+    }
+
+    /// Resets the software tail (IQT is written 0 before QIE is set, which resets IQH).
+    pub fn reset(&mut self) {
+        self.tail = 0;
+    }
+
+    fn mem<'p, P: Platform + ?Sized>(&self, platform: &'p P, phys: PhysAddr) -> TableMem<'p, P> {
+        // SAFETY: the queue and status pages are ours until `destroy`; the unit's invalidation
+        // lock serialises writers. Descriptor fetches are coherent: no write-back needed.
+        unsafe { TableMem::new(platform, phys, true) }
+    }
+
+    fn read_status<P: Platform + ?Sized>(&self, platform: &P) -> u32 {
+        let word = platform.phys_to_virt(self.status).cast::<u32>();
+        // SAFETY: the status page is ours and 4 KiB long; the hardware writes it concurrently,
+        // hence the volatile read.
+        unsafe { word.read_volatile() }
+    }
+
+    /// Submits `requests` followed by a wait descriptor and waits for its status write.
+    pub fn submit<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        caps: &Capabilities,
+        requests: &[Invalidation],
+        timeout_us: u64,
+    ) -> Result<(), InvalidationError> {
+        let mut batches = requests.chunks(BATCH);
+        let first: &[Invalidation] = &[];
+        // An empty request list still issues a wait (a pure "drain" of earlier work).
+        let mut next = if requests.is_empty() {
+            Some(first)
+        } else {
+            batches.next()
+        };
+        while let Some(batch) = next {
+            self.submit_batch(regs, platform, caps, batch, timeout_us)?;
+            next = batches.next();
+        }
+        Ok(())
+    }
+
+    fn submit_batch<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        caps: &Capabilities,
+        batch: &[Invalidation],
+        timeout_us: u64,
+    ) -> Result<(), InvalidationError> {
+        let queue = self.mem(platform, self.queue);
+        let push = |tail: &mut usize, d: Descriptor| {
+            let word = *tail * WORDS_PER_DESCRIPTOR;
+            queue.write(word, d.lo);
+            queue.write(word + 1, d.hi);
+            *tail = (*tail + 1) % QUEUE_ENTRIES;
+        };
+        let mut tail = self.tail;
+        for req in batch {
+            push(
+                &mut tail,
+                Descriptor::encode(req, caps.cap.drd, caps.cap.dwd),
+            );
+        }
+        self.sequence = self.sequence.wrapping_add(1).max(1);
+        let seq = self.sequence;
+        push(&mut tail, Descriptor::wait(self.status, seq));
+        self.tail = tail;
+        platform.memory_fence();
+        regs.write64(registers::IQT, (tail as u64) << iq::INDEX_SHIFT);
+
+        let errors = FaultStatus::IQE | FaultStatus::ICE | FaultStatus::ITE;
+        poll(
+            platform,
+            timeout_us,
+            "the invalidation wait descriptor",
+            || {
+                if self.read_status(platform) == seq {
+                    return Ok(true);
+                }
+                let fsts = regs.read32(registers::FSTS);
+                if fsts & errors.bits() != 0 {
+                    // Resynchronise: drop what is left of the batch, then clear the error.
+                    let head = regs.read64(registers::IQH);
+                    let index =
+                        ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES;
+                    regs.write64(registers::IQT, (index as u64) << iq::INDEX_SHIFT);
+                    self.tail = index;
+                    regs.write32(registers::FSTS, fsts & errors.bits());
+                    return Err(InvalidationError::QueueError { fsts, head });
+                }
+                Ok(false)
+            },
+        )
+    }
+
+    /// Frees the queue and status pages.
+    ///
+    /// # Safety
+    ///
+    /// Queued invalidation must be disabled (GSTS.QIES clear).
+    pub unsafe fn destroy<P: Platform + ?Sized>(self, platform: &P) {
+        // SAFETY: ours; the caller guarantees the hardware no longer uses them.
+        unsafe {
+            platform.free_table_page(self.queue);
+            platform.free_table_page(self.status);
+        }
+    }
+}
+
+/// Issues one request through the CCMD / IOTLB registers and polls for completion. Only valid
+/// while queued invalidation is off.
+pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+    regs: &R,
+    platform: &P,
+    caps: &Capabilities,
+    req: &Invalidation,
+    timeout_us: u64,
+) -> Result<(), InvalidationError> {
+    let did_of = |did: u16| did as u64;
+    let context = |gran: u64, sid: u16, did: u16| {
+        let value = ccmd::ICC
+            | gran << ccmd::CIRG_SHIFT
+            | (sid as u64) << ccmd::SID_SHIFT
+            | (did_of(did) & ccmd::DID_MASK);
+        regs.write64(registers::CCMD, value);
+        poll(platform, timeout_us, "CCMD.ICC to clear", || {
+            Ok(regs.read64(registers::CCMD) & ccmd::ICC == 0)
+        })
+    };
+    let drains =
+        if caps.cap.drd { iotlb::DR } else { 0 } | if caps.cap.dwd { iotlb::DW } else { 0 };
+    let tlb = |gran: u64, did: u16| {
+        let offset = caps.ecap.iotlb_offset();
+        regs.write64(
+            offset,
+            iotlb::IVT | gran << iotlb::IIRG_SHIFT | drains | did_of(did) << iotlb::DID_SHIFT,
+        );
+        poll(platform, timeout_us, "IOTLB.IVT to clear", || {
+            Ok(regs.read64(offset) & iotlb::IVT == 0)
+        })
+    };
+    match *req {
+        Invalidation::ContextGlobal => context(ccmd::GRANULARITY_GLOBAL, 0, 0),
+        Invalidation::ContextDevice { did, sid } => context(ccmd::GRANULARITY_DEVICE, sid, did),
+        Invalidation::IotlbGlobal => tlb(iotlb::GRANULARITY_GLOBAL, 0),
+        Invalidation::IotlbDomain { did } => tlb(iotlb::GRANULARITY_DOMAIN, did),
+        Invalidation::IotlbPage {
+            did,
+            addr,
+            am,
+            leaf_only,
+        } => {
+            if !caps.cap.psi {
+                return Err(InvalidationError::Unsupported);
+            }
+            let ih = if leaf_only { iotlb::IVA_IH } else { 0 };
+            regs.write64(
+                caps.ecap.iva_offset(),
+                (addr & !0xFFF) | ih | (am as u64 & iotlb::IVA_AM_MASK),
+            );
+            tlb(iotlb::GRANULARITY_PAGE, did)
+        }
+    }
+}
+
+/// How invalidations are issued: a unit is in exactly one mode at a time.
+#[derive(Debug)]
+pub enum Invalidator {
+    /// Through CCMD / IOTLB registers (queued invalidation off).
+    Registers,
+    /// Through the invalidation queue (GCMD.QIE set); the registers are never touched.
+    Queued(InvalidationQueue),
+}
+
+impl Invalidator {
+    /// Issues `requests` and returns once the hardware completed all of them.
+    pub fn run<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        caps: &Capabilities,
+        requests: &[Invalidation],
+        timeout_us: u64,
+    ) -> Result<(), InvalidationError> {
+        match self {
+            Self::Registers => {
+                for req in requests {
+                    register_invalidate(regs, platform, caps, req, timeout_us)?;
+                }
+                Ok(())
+            }
+            Self::Queued(queue) => queue.submit(regs, platform, caps, requests, timeout_us),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps(mamv: u8, psi: bool) -> Capabilities {
+        let mut c = Capabilities::decode(0x10, 0xd2008c22260206, 0xf00f4a);
+        c.cap.mamv = mamv;
+        c.cap.psi = psi;
+        c
+    }
+
+    #[test]
+    fn chunks_are_aligned_and_bounded_by_mamv() {
+        for (start_page, pages, mamv) in [
+            (0u64, 1u64, 18u8),
+            (1, 7, 18),
+            (3, 1000, 18),
+            (5, 1 << 20, 18),
+            (0, 1 << 10, 4),
+        ] {
+            let mut covered = 0;
+            let mut expect = start_page << PAGE_SHIFT;
+            for (addr, am) in psi_chunks(start_page << PAGE_SHIFT, pages << PAGE_SHIFT, mamv) {
+                assert!(am <= mamv, "AM {am} above MAMV {mamv}");
+                assert_eq!(
+                    (addr >> PAGE_SHIFT) % (1 << am),
+                    0,
+                    "{addr:#x} not aligned to 2^{am} pages"
+                );
+                assert_eq!(addr, expect, "chunks are contiguous");
+                covered += 1u64 << am;
+                expect += (1u64 << am) << PAGE_SHIFT;
+            }
+            assert_eq!(covered, pages, "exact cover");
+        }
+    }
+
+    #[test]
+    fn unmapping_n_contiguous_pages_costs_log_n_descriptors() {
+        for pages in [1u64, 2, 3, 100, 511, 512, 4097, 100_000] {
+            for start in [0u64, 1, 7, 511] {
+                let n = psi_chunks(start << PAGE_SHIFT, pages << PAGE_SHIFT, 18).count();
+                let bound = 2 * (64 - pages.leading_zeros() as usize) + 2;
+                assert!(n <= bound, "{pages} pages at {start}: {n} chunks > {bound}");
+            }
+        }
+    }
+
+    #[test]
+    fn range_plan_falls_back_to_domain_selective() {
+        let c = caps(18, true);
+        assert!(iotlb_range(&c, 3, 0x1000, 0x1000, true)
+            .iter()
+            .all(|r| matches!(
+                r,
+                Invalidation::IotlbPage {
+                    did: 3,
+                    am: 0,
+                    leaf_only: true,
+                    ..
+                }
+            )));
+        // MAMV 0: a large range needs one descriptor per page -> domain-selective.
+        assert_eq!(
+            iotlb_range(&caps(0, true), 3, 0, 1 << 30, false),
+            [Invalidation::IotlbDomain { did: 3 }]
+        );
+        assert_eq!(
+            iotlb_range(&caps(18, false), 3, 0, 0x1000, false),
+            [Invalidation::IotlbDomain { did: 3 }]
+        );
+    }
+
+    #[test]
+    fn descriptor_round_trip() {
+        for req in [
+            Invalidation::ContextGlobal,
+            Invalidation::ContextDevice {
+                did: 7,
+                sid: 0x0318,
+            },
+            Invalidation::IotlbGlobal,
+            Invalidation::IotlbDomain { did: 9 },
+            Invalidation::IotlbPage {
+                did: 9,
+                addr: 0x40_0000,
+                am: 10,
+                leaf_only: true,
+            },
+        ] {
+            let d = Descriptor::encode(&req, true, true);
+            assert_eq!(d.decode(), Some(req));
+        }
+        let d = Descriptor::encode(&Invalidation::IotlbDomain { did: 1 }, true, false);
+        assert_ne!(d.lo & desc::IOTLB_DR, 0);
+        assert_eq!(d.lo & desc::IOTLB_DW, 0);
+        let w = Descriptor::wait(PhysAddr::new(0x1234_5000), 42);
+        assert_eq!(w.kind(), desc::TYPE_WAIT);
+        assert_eq!(w.lo >> desc::WAIT_DATA_SHIFT, 42);
+        assert_eq!(w.hi, 0x1234_5000);
+        assert_eq!(w.decode(), None);
+    }
+}

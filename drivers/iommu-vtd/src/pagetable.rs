@@ -1,0 +1,600 @@
+//! Second-level (legacy-mode) I/O page tables: map, unmap, translate.
+//!
+//! Implements VT-d spec §3.6 (second-level translation) and §9.8 (second-level paging
+//! entries) for 3-level (39-bit) and 4-level (48-bit) tables, with 2 MiB and 1 GiB leaves
+//! when CAP.SLLPS allows. Rules this module enforces (each checked by a test):
+//!
+//! - non-leaf entries always carry R|W (rights AND across levels, §3.6.1), leaves carry the
+//!   requested R/W;
+//! - SNP (bit 11) only when ECAP.SC = 1, [`Prot::CACHE`] is asked and [`Prot::MMIO`] is not
+//!   (with SC = 0 the bit is reserved and QEMU faults with reason 0xC);
+//! - output addresses at or beyond `2^HAW` are refused ([`IommuError::OutputBeyondLimit`]);
+//! - map is all-or-nothing *by construction*: a dry run checks for overlaps and counts the
+//!   table pages needed, all of them are allocated up front, and only then is anything
+//!   written, so the only failures happen before the first write (digest items 1, 2, 10);
+//! - unmap removes exactly what was mapped: a range must be fully mapped and may not split a
+//!   superpage ([`IommuError::PartialSuperpage`]; callers unmap superpages whole);
+//! - tables left empty by an unmap are unlinked and recorded in the gather
+//!   ([`IotlbGather::add_freed_tables`]), but their memory is only reused after the IOTLB and
+//!   paging-structure caches were invalidated ([`SecondLevelTable::take_freed`]);
+//! - every table write is written back from the CPU cache when ECAP.C = 0, new tables are
+//!   filled before they are linked, and entries are stored with single 64-bit writes.
+
+use alloc::vec::Vec;
+
+use dma::iommu::{IommuError, IotlbGather, PageSizes, Prot};
+use dma::PhysAddr;
+
+use crate::caps::PagingLevels;
+use crate::platform::{Platform, TableMem, TablePage, ENTRIES_PER_TABLE};
+
+/// Second-level paging entry bits, §9.8.
+pub mod pte {
+    /// Read permission.
+    pub const READ: u64 = 1 << 0;
+    /// Write permission.
+    pub const WRITE: u64 = 1 << 1;
+    /// Page size: this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
+    pub const PAGE_SIZE: u64 = 1 << 7;
+    /// Snoop behaviour (only when ECAP.SC = 1; reserved otherwise).
+    pub const SNOOP: u64 = 1 << 11;
+    /// Address bits 51:12.
+    pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+    /// Software bit (bits 61:52 are ignored by hardware, §9.8): a leaf written by this crate.
+    /// Lets a mapping with no access rights exist (R = W = 0 is "not present" to hardware).
+    pub const SW_MAPPED: u64 = 1 << 52;
+    /// Software bit: the leaf maps device memory ([`dma::iommu::Prot::MMIO`]).
+    pub const SW_MMIO: u64 = 1 << 53;
+}
+
+/// log2 of the smallest page.
+const PAGE_SHIFT: u32 = 12;
+/// Address bits translated per level.
+const BITS_PER_LEVEL: u32 = 9;
+/// Largest output address width an entry can hold (bits 51:12).
+pub const MAX_OUTPUT_BITS: u8 = 52;
+const PAGE_4K: u64 = 1 << PAGE_SHIFT;
+
+/// Bytes covered by one entry at `level` (1 = 4 KiB leaf table).
+const fn slot_size(level: u8) -> u64 {
+    1u64 << (PAGE_SHIFT + BITS_PER_LEVEL * (level as u32 - 1))
+}
+
+/// Index of `iova` in a table at `level`.
+const fn slot_index(level: u8, iova: u64) -> usize {
+    ((iova >> (PAGE_SHIFT + BITS_PER_LEVEL * (level as u32 - 1))) as usize)
+        & (ENTRIES_PER_TABLE - 1)
+}
+
+/// Everything a table needs to know about the hardware that walks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableConfig {
+    /// Depth (must equal the context entry's AW and be advertised in SAGAW).
+    pub levels: PagingLevels,
+    /// Input addresses must be below `2^input_bits` (min of the depth's width and MGAW).
+    pub input_bits: u8,
+    /// Output addresses must be below `2^output_bits` (the host address width, HAW).
+    pub output_bits: u8,
+    /// Leaf sizes allowed (4 KiB always; 2 MiB / 1 GiB per CAP.SLLPS).
+    pub page_sizes: PageSizes,
+    /// ECAP.SC: the SNP bit may be set.
+    pub snoop_control: bool,
+    /// ECAP.C: hardware walks are coherent (no clflush needed).
+    pub coherent: bool,
+}
+
+impl TableConfig {
+    fn leaf_allowed(&self, level: u8) -> bool {
+        match level {
+            1 => true,
+            2 => self.page_sizes.contains(PageSizes::SIZE_2M),
+            3 => self.page_sizes.contains(PageSizes::SIZE_1G),
+            _ => false,
+        }
+    }
+
+    fn aperture_end(&self) -> u64 {
+        (1u64 << self.input_bits.min(self.levels.address_width())) - 1
+    }
+
+    fn output_limit(&self) -> u64 {
+        1u64 << self.output_bits.min(MAX_OUTPUT_BITS)
+    }
+}
+
+/// A table page unlinked by an unmap, waiting for the invalidation that makes it unreachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FreedTable {
+    phys: PhysAddr,
+    /// An IOVA inside the unmapped range that made this table empty: a page-selective
+    /// invalidation (IH = 0) covering it drops every cached reference to the table.
+    iova: u64,
+}
+
+/// The walk position of one recursive step.
+#[derive(Clone, Copy)]
+struct Span {
+    level: u8,
+    start: u64,
+    end: u64,
+}
+
+impl Span {
+    /// The slots of this span at its level: `(index, slot_base, seg_start, seg_end)`.
+    fn slots(self) -> impl Iterator<Item = (usize, u64, u64, u64)> {
+        let size = slot_size(self.level);
+        let mut cur = self.start;
+        core::iter::from_fn(move || {
+            (cur < self.end).then(|| {
+                let base = cur & !(size - 1);
+                let seg_end = self.end.min(base + size);
+                let item = (slot_index(self.level, cur), base, cur, seg_end);
+                cur = seg_end;
+                item
+            })
+        })
+    }
+
+    fn child(self, start: u64, end: u64) -> Self {
+        Self {
+            level: self.level - 1,
+            start,
+            end,
+        }
+    }
+}
+
+/// What a map writes: where the range starts in both spaces, and the leaf bits.
+#[derive(Clone, Copy)]
+struct MapArgs {
+    iova: u64,
+    paddr: u64,
+    leaf_bits: u64,
+}
+
+impl MapArgs {
+    fn paddr_at(&self, iova: u64) -> u64 {
+        self.paddr + (iova - self.iova)
+    }
+}
+
+/// One second-level page table (one domain's translation structure).
+///
+/// The table does not own a [`Platform`]; every operation borrows one, so the same code runs
+/// over kernel memory and over host test memory. Dropping the value leaks the table pages; call
+/// [`SecondLevelTable::destroy`] once no context entry refers to it any more.
+#[derive(Debug)]
+pub struct SecondLevelTable {
+    root: PhysAddr,
+    cfg: TableConfig,
+    freed: Vec<FreedTable>,
+}
+
+impl SecondLevelTable {
+    /// Allocates an empty table (its root page).
+    pub fn new<P: Platform + ?Sized>(platform: &P, cfg: TableConfig) -> Result<Self, IommuError> {
+        let root = platform.alloc_table_page().ok_or(IommuError::OutOfMemory)?;
+        // SAFETY: freshly allocated and owned by us.
+        unsafe { TableMem::new(platform, root.phys, cfg.coherent) }.flush_all();
+        Ok(Self {
+            root: root.phys,
+            cfg,
+            freed: Vec::new(),
+        })
+    }
+
+    /// Physical address of the top-level table (the context entry's SLPTPTR).
+    pub fn root(&self) -> PhysAddr {
+        self.root
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TableConfig {
+        &self.cfg
+    }
+
+    /// The depth chosen.
+    pub fn levels(&self) -> PagingLevels {
+        self.cfg.levels
+    }
+
+    /// Highest mappable IOVA (inclusive).
+    pub fn aperture_end(&self) -> u64 {
+        self.cfg.aperture_end()
+    }
+
+    /// Output addresses must be below this.
+    pub fn output_limit(&self) -> u64 {
+        self.cfg.output_limit()
+    }
+
+    fn top(&self) -> Span {
+        Span {
+            level: self.cfg.levels.count(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// View of a table page this table owns.
+    fn mem<'p, P: Platform + ?Sized>(&self, platform: &'p P, phys: PhysAddr) -> TableMem<'p, P> {
+        // SAFETY: every `phys` passed here is the root or was read from one of our own
+        // non-leaf entries, which only ever hold pages we allocated and have not freed (pages
+        // are unlinked before they are queued for freeing). `&self`/`&mut self` serialises
+        // CPU writers.
+        unsafe { TableMem::new(platform, phys, self.cfg.coherent) }
+    }
+
+    fn is_leaf(level: u8, entry: u64) -> bool {
+        level == 1 || entry & pte::PAGE_SIZE != 0
+    }
+
+    fn check_range(&self, iova: u64, size: u64) -> Result<u64, IommuError> {
+        let end = iova
+            .checked_add(size)
+            .ok_or(IommuError::OutsideAperture { iova, size })?;
+        if end - 1 > self.aperture_end() {
+            return Err(IommuError::OutsideAperture { iova, size });
+        }
+        Ok(end)
+    }
+
+    /// Maps `[iova, iova + size)` to `[paddr, paddr + size)` with the largest leaves alignment
+    /// allows. All-or-nothing: on error the table is unchanged.
+    pub fn map<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        iova: u64,
+        paddr: u64,
+        size: u64,
+        prot: Prot,
+    ) -> Result<(), IommuError> {
+        if size == 0 || (iova | paddr | size) & (PAGE_4K - 1) != 0 {
+            return Err(IommuError::Misaligned { iova, paddr, size });
+        }
+        let end = self.check_range(iova, size)?;
+        let limit = self.output_limit();
+        match paddr.checked_add(size) {
+            Some(pend) if pend <= limit => {}
+            _ => {
+                return Err(IommuError::OutputBeyondLimit {
+                    paddr: paddr.max(limit),
+                })
+            }
+        }
+        let args = MapArgs {
+            iova,
+            paddr,
+            leaf_bits: self.leaf_bits(prot),
+        };
+        let span = Span {
+            start: iova,
+            end,
+            ..self.top()
+        };
+
+        // Dry run: overlaps and the number of table pages needed.
+        let mut needed = 0usize;
+        self.plan_map(platform, Some(self.root), span, &args, &mut needed)?;
+
+        // Allocate everything before writing anything.
+        let mut pool: Vec<TablePage> = Vec::new();
+        if pool.try_reserve_exact(needed).is_err() {
+            return Err(IommuError::OutOfMemory);
+        }
+        for _ in 0..needed {
+            match platform.alloc_table_page() {
+                Some(page) => pool.push(page),
+                None => {
+                    for page in pool {
+                        // SAFETY: allocated just now, never linked or used.
+                        unsafe { platform.free_table_page(page.phys) };
+                    }
+                    return Err(IommuError::OutOfMemory);
+                }
+            }
+        }
+        self.apply_map(platform, self.root, span, &args, &mut pool);
+        debug_assert!(pool.is_empty(), "the dry run counted every table");
+        Ok(())
+    }
+
+    fn leaf_bits(&self, prot: Prot) -> u64 {
+        let mut bits = pte::SW_MAPPED;
+        if prot.contains(Prot::READ) {
+            bits |= pte::READ;
+        }
+        if prot.contains(Prot::WRITE) {
+            bits |= pte::WRITE;
+        }
+        if prot.contains(Prot::MMIO) {
+            bits |= pte::SW_MMIO;
+        } else if prot.contains(Prot::CACHE) && self.cfg.snoop_control {
+            bits |= pte::SNOOP;
+        }
+        bits
+    }
+
+    fn leaf_fits(
+        &self,
+        span: Span,
+        base: u64,
+        seg_start: u64,
+        seg_end: u64,
+        args: &MapArgs,
+    ) -> bool {
+        let size = slot_size(span.level);
+        self.cfg.leaf_allowed(span.level)
+            && seg_start == base
+            && seg_end - seg_start == size
+            && args.paddr_at(seg_start) & (size - 1) == 0
+    }
+
+    /// Dry run of a map over the table at `table` (`None`: a table that would be created).
+    fn plan_map<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+        table: Option<PhysAddr>,
+        span: Span,
+        args: &MapArgs,
+        needed: &mut usize,
+    ) -> Result<(), IommuError> {
+        let mem = table.map(|t| self.mem(platform, t));
+        for (index, base, seg_start, seg_end) in span.slots() {
+            let entry = mem.as_ref().map_or(0, |m| m.read(index));
+            let existing_table = entry != 0 && !Self::is_leaf(span.level, entry);
+            if entry != 0 && !existing_table {
+                return Err(IommuError::AlreadyMapped { iova: seg_start });
+            }
+            if existing_table {
+                // Never place a leaf over a table: descend (a live table is never empty, so the
+                // overlap is found at the precise address).
+                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                self.plan_map(
+                    platform,
+                    Some(child),
+                    span.child(seg_start, seg_end),
+                    args,
+                    needed,
+                )?;
+            } else if !self.leaf_fits(span, base, seg_start, seg_end, args) {
+                *needed += 1;
+                self.plan_map(platform, None, span.child(seg_start, seg_end), args, needed)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_map<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        table: PhysAddr,
+        span: Span,
+        args: &MapArgs,
+        pool: &mut Vec<TablePage>,
+    ) {
+        let mem = self.mem(platform, table);
+        let (mut first, mut last) = (usize::MAX, 0);
+        for (index, base, seg_start, seg_end) in span.slots() {
+            let entry = mem.read(index);
+            if entry != 0 {
+                // The dry run proved this is a table with room for the range.
+                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                self.apply_map(platform, child, span.child(seg_start, seg_end), args, pool);
+                continue;
+            }
+            let value = if self.leaf_fits(span, base, seg_start, seg_end, args) {
+                let ps = if span.level > 1 { pte::PAGE_SIZE } else { 0 };
+                args.paddr_at(seg_start) | args.leaf_bits | ps
+            } else {
+                let Some(page) = pool.pop() else {
+                    // Unreachable: the dry run counted this table.
+                    continue;
+                };
+                // Fill (and write back) the new table before the hardware can reach it.
+                self.mem(platform, page.phys).flush_all();
+                self.apply_map(
+                    platform,
+                    page.phys,
+                    span.child(seg_start, seg_end),
+                    args,
+                    pool,
+                );
+                page.phys.as_u64() | pte::READ | pte::WRITE
+            };
+            mem.write(index, value);
+            first = first.min(index);
+            last = last.max(index);
+        }
+        mem.flush(first, last);
+    }
+
+    /// Unmaps exactly `[iova, iova + size)`, which must be fully mapped and must not split a
+    /// superpage, and records the range (and freed tables) in `gather`. All-or-nothing.
+    ///
+    /// Tables left empty are unlinked at once but kept until [`SecondLevelTable::take_freed`]
+    /// hands them out after the invalidation.
+    pub fn unmap<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        iova: u64,
+        size: u64,
+        gather: &mut IotlbGather,
+    ) -> Result<(), IommuError> {
+        if size == 0 || (iova | size) & (PAGE_4K - 1) != 0 {
+            return Err(IommuError::Misaligned {
+                iova,
+                paddr: 0,
+                size,
+            });
+        }
+        let end = self.check_range(iova, size)?;
+        let span = Span {
+            start: iova,
+            end,
+            ..self.top()
+        };
+        self.check_unmap(platform, self.root, span)?;
+        if self.freed.try_reserve(span.level as usize * 2).is_err() {
+            return Err(IommuError::OutOfMemory);
+        }
+        let freed_before = self.freed.len();
+        self.apply_unmap(platform, self.root, span);
+        gather.add(dma::DmaAddr::new(iova), size);
+        if self.freed.len() > freed_before {
+            gather.add_freed_tables();
+        }
+        Ok(())
+    }
+
+    fn check_unmap<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+        table: PhysAddr,
+        span: Span,
+    ) -> Result<(), IommuError> {
+        let mem = self.mem(platform, table);
+        for (index, base, seg_start, seg_end) in span.slots() {
+            let entry = mem.read(index);
+            if entry == 0 {
+                return Err(IommuError::NotMapped { iova: seg_start });
+            }
+            if Self::is_leaf(span.level, entry) {
+                let size = slot_size(span.level);
+                if seg_start != base || seg_end - seg_start != size {
+                    return Err(IommuError::PartialSuperpage { iova: base, size });
+                }
+            } else {
+                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                self.check_unmap(platform, child, span.child(seg_start, seg_end))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_unmap<P: Platform + ?Sized>(&mut self, platform: &P, table: PhysAddr, span: Span) {
+        let mem = self.mem(platform, table);
+        let (mut first, mut last) = (usize::MAX, 0);
+        for (index, _, seg_start, seg_end) in span.slots() {
+            let entry = mem.read(index);
+            if !Self::is_leaf(span.level, entry) {
+                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                self.apply_unmap(platform, child, span.child(seg_start, seg_end));
+                if !self.mem(platform, child).is_empty() {
+                    continue;
+                }
+                // Capacity was reserved in `unmap` for the common case; a failed push would
+                // only leak the page, never free it early.
+                if self.freed.try_reserve(1).is_ok() {
+                    self.freed.push(FreedTable {
+                        phys: child,
+                        iova: seg_start,
+                    });
+                }
+            }
+            mem.write(index, 0);
+            first = first.min(index);
+            last = last.max(index);
+        }
+        mem.flush(first, last);
+    }
+
+    /// Looks up one IOVA: the physical address it maps to and the leaf's rights
+    /// ([`Prot::CACHE`] when SNP is set, [`Prot::MMIO`] for device memory).
+    pub fn translate<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+        iova: u64,
+    ) -> Option<(PhysAddr, Prot)> {
+        if iova > self.aperture_end() {
+            return None;
+        }
+        let mut table = self.root;
+        let mut level = self.cfg.levels.count();
+        loop {
+            let entry = self.mem(platform, table).read(slot_index(level, iova));
+            if entry == 0 {
+                return None;
+            }
+            if Self::is_leaf(level, entry) {
+                let offset = iova & (slot_size(level) - 1);
+                let mut prot = Prot::empty();
+                for (bit, p) in [
+                    (pte::READ, Prot::READ),
+                    (pte::WRITE, Prot::WRITE),
+                    (pte::SNOOP, Prot::CACHE),
+                    (pte::SW_MMIO, Prot::MMIO),
+                ] {
+                    if entry & bit != 0 {
+                        prot |= p;
+                    }
+                }
+                return Some((PhysAddr::new((entry & pte::ADDR_MASK) + offset), prot));
+            }
+            table = PhysAddr::new(entry & pte::ADDR_MASK);
+            level -= 1;
+        }
+    }
+
+    /// Removes and returns the unlinked tables whose region overlaps `[start, end)` (all of
+    /// them when `all`). Call it *before* issuing the invalidation that covers that range, and
+    /// free the pages only after the invalidation completed.
+    pub fn take_freed(&mut self, start: u64, end: u64, all: bool) -> Vec<PhysAddr> {
+        let mut out = Vec::new();
+        self.freed.retain(|f| {
+            let take = all || (f.iova >= start && f.iova < end);
+            if take {
+                out.push(f.phys);
+            }
+            !take
+        });
+        out
+    }
+
+    /// Number of unlinked tables waiting for an invalidation.
+    pub fn pending_freed(&self) -> usize {
+        self.freed.len()
+    }
+
+    /// Frees every table page, including unlinked ones.
+    ///
+    /// # Safety
+    ///
+    /// No context entry may refer to this table any more and the hardware caches must have been
+    /// invalidated (the domain is detached): otherwise the hardware could walk freed memory.
+    pub unsafe fn destroy<P: Platform + ?Sized>(mut self, platform: &P) {
+        let levels = self.cfg.levels.count();
+        self.free_subtree(platform, self.root, levels);
+        for f in core::mem::take(&mut self.freed) {
+            // SAFETY: unlinked, owned by us, and the caller guarantees no hardware reference.
+            unsafe { platform.free_table_page(f.phys) };
+        }
+    }
+
+    fn free_subtree<P: Platform + ?Sized>(&self, platform: &P, table: PhysAddr, level: u8) {
+        if level > 1 {
+            let mem = self.mem(platform, table);
+            for index in 0..ENTRIES_PER_TABLE {
+                let entry = mem.read(index);
+                if entry != 0 && !Self::is_leaf(level, entry) {
+                    self.free_subtree(platform, PhysAddr::new(entry & pte::ADDR_MASK), level - 1);
+                }
+            }
+        }
+        // SAFETY: `destroy`'s caller guarantees the hardware no longer walks the table; the
+        // page is ours and referenced nowhere else.
+        unsafe { platform.free_table_page(table) };
+    }
+}
+
+/// Page sizes a table can use given CAP.SLLPS.
+pub fn page_sizes(superpage_2m: bool, superpage_1g: bool) -> PageSizes {
+    let mut sizes = PageSizes::SIZE_4K;
+    if superpage_2m {
+        sizes |= PageSizes::SIZE_2M;
+    }
+    if superpage_1g {
+        sizes |= PageSizes::SIZE_1G;
+    }
+    sizes
+}

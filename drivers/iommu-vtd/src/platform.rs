@@ -1,0 +1,150 @@
+//! What a remapping unit needs from the host kernel: table memory, cache maintenance, time.
+//!
+//! VT-d remapping structures (root, context and second-level tables, §3.4–§3.6) live in
+//! ordinary memory that both the CPU and the remapping hardware access. When ECAP.C = 0
+//! (§11.4.3) the hardware's walks do not snoop the CPU caches, so every table write must be
+//! written back with `clflush` before the hardware may walk it (§6.1 "Caching and coherency").
+//! [`Platform`] is the seam that provides this; host tests back it with heap memory that
+//! records every flush (`crate::fake::HostPlatform`).
+
+use core::ptr::NonNull;
+
+use dma::PhysAddr;
+
+/// Size of every table page (root, context, page table, invalidation queue).
+pub const TABLE_PAGE_SIZE: usize = 4096;
+/// Number of 64-bit entries in a table page.
+pub const ENTRIES_PER_TABLE: usize = TABLE_PAGE_SIZE / core::mem::size_of::<u64>();
+
+/// A zeroed, 4 KiB-aligned page of table memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TablePage {
+    /// Its physical address (what the hardware is given).
+    pub phys: PhysAddr,
+    /// Where the CPU accesses it.
+    pub virt: NonNull<u8>,
+}
+
+/// Host services for a remapping unit.
+///
+/// # Safety
+///
+/// Implementations promise that:
+/// - `alloc_table_page` returns pages that are 4 KiB aligned, zeroed, backed by RAM the
+///   hardware can reach at `phys`, not used by anything else, and valid for CPU reads and
+///   writes at `virt` (and at `phys_to_virt(phys)`) until passed to `free_table_page`;
+/// - `phys_to_virt` returns that same CPU address for every address inside such a page;
+/// - `flush_cache_range` returns only after every line of the range has been written back to
+///   memory (e.g. `mfence; clflush each line; mfence`), ordered after earlier stores.
+pub unsafe trait Platform: Send + Sync {
+    /// Allocates a zeroed 4 KiB table page, or `None` when out of memory.
+    fn alloc_table_page(&self) -> Option<TablePage>;
+
+    /// Returns a page obtained from [`Platform::alloc_table_page`].
+    ///
+    /// # Safety
+    ///
+    /// `phys` came from `alloc_table_page`, is not freed yet, and neither the CPU nor the
+    /// hardware will access it again (every reference was removed and invalidated).
+    unsafe fn free_table_page(&self, phys: PhysAddr);
+
+    /// The CPU address of table memory at `phys`.
+    fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8;
+
+    /// Writes the CPU cache lines covering `[virt, virt + len)` back to memory (clflush).
+    /// Called after table writes when the hardware's walks are not coherent (ECAP.C = 0).
+    fn flush_cache_range(&self, virt: *const u8, len: usize);
+
+    /// A full memory fence (`mfence`): orders table/queue writes before a doorbell register
+    /// write.
+    fn memory_fence(&self);
+
+    /// A monotonic clock in microseconds, used for timeouts.
+    fn now_us(&self) -> u64;
+}
+
+// SAFETY: forwarding to an implementation that upholds the contract.
+unsafe impl<T: Platform + ?Sized> Platform for alloc::sync::Arc<T> {
+    fn alloc_table_page(&self) -> Option<TablePage> {
+        (**self).alloc_table_page()
+    }
+    unsafe fn free_table_page(&self, phys: PhysAddr) {
+        // SAFETY: the caller upholds the contract for `T`.
+        unsafe { (**self).free_table_page(phys) }
+    }
+    fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8 {
+        (**self).phys_to_virt(phys)
+    }
+    fn flush_cache_range(&self, virt: *const u8, len: usize) {
+        (**self).flush_cache_range(virt, len)
+    }
+    fn memory_fence(&self) {
+        (**self).memory_fence()
+    }
+    fn now_us(&self) -> u64 {
+        (**self).now_us()
+    }
+}
+
+/// A live table page viewed as 512 64-bit entries, with volatile accesses (the hardware may
+/// walk the page concurrently, so an entry is always written with one 64-bit store) and cache
+/// write-back when the hardware is not coherent.
+pub(crate) struct TableMem<'p, P: Platform + ?Sized> {
+    platform: &'p P,
+    base: *mut u64,
+    coherent: bool,
+}
+
+impl<'p, P: Platform + ?Sized> TableMem<'p, P> {
+    /// Views the table page at `phys`.
+    ///
+    /// # Safety
+    ///
+    /// `phys` is a live page from `platform.alloc_table_page()` that the caller owns (no other
+    /// CPU writer while the view is used).
+    pub(crate) unsafe fn new(platform: &'p P, phys: PhysAddr, coherent: bool) -> Self {
+        Self {
+            platform,
+            base: platform.phys_to_virt(phys).cast(),
+            coherent,
+        }
+    }
+
+    /// Reads entry `index` (taken modulo 512, so never out of the page).
+    pub(crate) fn read(&self, index: usize) -> u64 {
+        // SAFETY: `new`'s contract: the page is live and 4 KiB long; the index is in range.
+        unsafe { self.base.add(index % ENTRIES_PER_TABLE).read_volatile() }
+    }
+
+    /// Writes entry `index` (modulo 512). The caller flushes with [`TableMem::flush`].
+    pub(crate) fn write(&self, index: usize, value: u64) {
+        // SAFETY: as in `read`.
+        unsafe {
+            self.base
+                .add(index % ENTRIES_PER_TABLE)
+                .write_volatile(value)
+        }
+    }
+
+    /// Writes entries `first..=last` back from the CPU cache if the hardware is not coherent.
+    pub(crate) fn flush(&self, first: usize, last: usize) {
+        if self.coherent || first > last || last >= ENTRIES_PER_TABLE {
+            return;
+        }
+        let entry = core::mem::size_of::<u64>();
+        // Pointer arithmetic stays inside the page (`last < 512`).
+        let start = self.base.wrapping_add(first).cast::<u8>();
+        self.platform
+            .flush_cache_range(start, (last - first + 1) * entry);
+    }
+
+    /// Writes the whole page back if the hardware is not coherent (a freshly zeroed page).
+    pub(crate) fn flush_all(&self) {
+        self.flush(0, ENTRIES_PER_TABLE - 1);
+    }
+
+    /// Whether every entry is zero.
+    pub(crate) fn is_empty(&self) -> bool {
+        (0..ENTRIES_PER_TABLE).all(|i| self.read(i) == 0)
+    }
+}

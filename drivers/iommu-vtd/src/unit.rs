@@ -1,0 +1,606 @@
+//! One DMA-remapping hardware unit: bring-up, domain IDs, context programming, invalidation.
+//!
+//! Implements VT-d spec §10.4.4 (global command protocol), the enable sequence of §6.5.2 and
+//! §10.4.4–§10.4.5 (queued invalidation, root table pointer, translation enable), domain
+//! identifiers (§3.4.1, §11.4.2 CAP.ND and CAP.CM) and the context-entry programming rules of
+//! §6.5.3.3 / §6.1 (context-cache then IOTLB invalidation after a context entry changes).
+//!
+//! # Enable order (verified against QEMU 7.2)
+//!
+//! 1. queued invalidation: IQT = 0, IQA, GCMD.QIE, wait for GSTS.QIES;
+//! 2. root table: RTADDR, GCMD.SRTP, wait for GSTS.RTPS;
+//! 3. global context-cache and IOTLB invalidation, closed by a wait descriptor;
+//! 4. GCMD.TE, wait for GSTS.TES.
+//!
+//! Every GCMD write is `(GSTS & 0x96FF_FFFF) | bit` ([`registers::GSTS_PERSISTENT_MASK`]) and
+//! every wait has a timeout ([`UnitConfig::timeout_us`]) that turns into [`VtdError::Timeout`].
+//!
+//! # Locking
+//!
+//! A [`VtdUnit`] is `Send + Sync` and internally locked. Lock order (never taken in reverse):
+//! a domain's state lock → the unit's *tables* lock (root/context tables, domain IDs) → the
+//! unit's *invalidation* lock (the queue). Map/unmap take only their domain's lock, so
+//! different domains never contend; `flush` takes only the invalidation lock.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use dma::PhysAddr;
+use spin::Mutex;
+
+use crate::caps::{Capabilities, PagingLevels};
+use crate::context::{ContextEntry, RootTable};
+use crate::domain::{Domain, DomainConfig};
+use crate::fault::{self, FaultLog};
+use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
+use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
+use crate::platform::{Platform, TablePage};
+use crate::registers::{self, rtaddr, Global, RegisterIo, GSTS_PERSISTENT_MASK};
+
+/// Default timeout for every hardware wait: 1 s.
+pub const DEFAULT_TIMEOUT_US: u64 = 1_000_000;
+
+/// Platform facts the unit cannot read from its registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnitConfig {
+    /// The DMAR's host address width ([`crate::Dmar::host_address_width`]): output addresses
+    /// must be below `2^host_address_width`.
+    pub host_address_width: u8,
+    /// Timeout for every status poll, in microseconds.
+    pub timeout_us: u64,
+}
+
+impl UnitConfig {
+    /// A configuration with the default timeout.
+    pub const fn new(host_address_width: u8) -> Self {
+        Self {
+            host_address_width,
+            timeout_us: DEFAULT_TIMEOUT_US,
+        }
+    }
+}
+
+/// Why a unit or domain-management operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VtdError {
+    /// The hardware lacks something this crate needs.
+    Unsupported {
+        /// What is missing.
+        reason: &'static str,
+    },
+    /// A status bit did not reach its expected value in time.
+    Timeout {
+        /// What was being waited for.
+        what: &'static str,
+    },
+    /// An invalidation failed.
+    Invalidation(InvalidationError),
+    /// No memory for tables.
+    OutOfMemory,
+    /// Translation is already enabled (by firmware or an earlier call).
+    AlreadyEnabled,
+    /// Every domain ID the unit supports (CAP.ND) is in use.
+    DomainIdsExhausted,
+    /// No advertised table depth gives the address width asked for.
+    NoSuitableAddressWidth {
+        /// The width asked for.
+        requested: u8,
+    },
+    /// The table depth asked for is not advertised in SAGAW.
+    LevelsNotSupported(PagingLevels),
+    /// The requester ID already has a context entry (in domain `did`); detach it first.
+    AlreadyAttached {
+        /// The requester ID.
+        rid: u16,
+        /// The domain it is attached to.
+        did: u16,
+    },
+    /// The requester ID is not attached to this domain.
+    NotAttached {
+        /// The requester ID.
+        rid: u16,
+    },
+    /// The same requester ID was given twice.
+    DuplicateRequesterId {
+        /// The requester ID.
+        rid: u16,
+    },
+}
+
+impl fmt::Display for VtdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::Unsupported { reason } => write!(f, "VT-d unit unsupported: {reason}"),
+            Self::Timeout { what } => write!(f, "VT-d unit timed out waiting for {what}"),
+            Self::Invalidation(e) => write!(f, "VT-d invalidation failed: {e}"),
+            Self::OutOfMemory => f.write_str("out of memory for VT-d tables"),
+            Self::AlreadyEnabled => f.write_str("VT-d translation is already enabled"),
+            Self::DomainIdsExhausted => f.write_str("no free VT-d domain ID"),
+            Self::NoSuitableAddressWidth { requested } => {
+                write!(
+                    f,
+                    "no supported page-table depth covers {requested}-bit IOVAs"
+                )
+            }
+            Self::LevelsNotSupported(l) => {
+                write!(f, "{}-level tables not advertised in SAGAW", l.count())
+            }
+            Self::AlreadyAttached { rid, did } => write!(
+                f,
+                "requester {} is already attached to domain {did}",
+                crate::Bdf::from_requester_id(rid)
+            ),
+            Self::NotAttached { rid } => {
+                write!(
+                    f,
+                    "requester {} is not attached to this domain",
+                    crate::Bdf::from_requester_id(rid)
+                )
+            }
+            Self::DuplicateRequesterId { rid } => {
+                write!(
+                    f,
+                    "requester {} given twice",
+                    crate::Bdf::from_requester_id(rid)
+                )
+            }
+        }
+    }
+}
+
+impl core::error::Error for VtdError {}
+
+impl From<InvalidationError> for VtdError {
+    fn from(e: InvalidationError) -> Self {
+        Self::Invalidation(e)
+    }
+}
+
+/// Allocator of domain IDs within CAP.ND.
+#[derive(Debug)]
+struct DomainIds {
+    bits: Vec<u64>,
+    count: u32,
+    first: u32,
+}
+
+impl DomainIds {
+    fn new(count: u32, reserve_zero: bool) -> Option<Self> {
+        let words = (count as usize).div_ceil(u64::BITS as usize);
+        let mut bits = Vec::new();
+        bits.try_reserve_exact(words).ok()?;
+        bits.resize(words, 0);
+        Some(Self {
+            bits,
+            count,
+            first: u32::from(reserve_zero),
+        })
+    }
+
+    fn alloc(&mut self) -> Option<u16> {
+        let id = (self.first..self.count)
+            .find(|&i| self.bits[(i / 64) as usize] & (1 << (i % 64)) == 0)?;
+        self.bits[(id / 64) as usize] |= 1 << (id % 64);
+        u16::try_from(id).ok()
+    }
+
+    fn free(&mut self, id: u16) {
+        if let Some(word) = self.bits.get_mut(id as usize / 64) {
+            *word &= !(1 << (id % 64));
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tables {
+    root: RootTable,
+    dids: DomainIds,
+    enabled: bool,
+}
+
+#[derive(Debug)]
+struct InvalidationState {
+    active: Invalidator,
+    /// The queue while queued invalidation is off.
+    spare: Option<InvalidationQueue>,
+}
+
+/// One VT-d remapping hardware unit (one DRHD).
+///
+/// Generic over register access and host services so the same code drives QEMU's unit and the
+/// in-memory fake. Create domains with [`VtdUnit::create_domain`] on an `Arc<VtdUnit>`.
+/// Dropping the unit does not disable it and leaks its tables on purpose (the hardware may still
+/// walk them); call [`VtdUnit::disable`] first if it must stop.
+pub struct VtdUnit<R: RegisterIo, P: Platform> {
+    regs: R,
+    platform: P,
+    caps: Capabilities,
+    config: UnitConfig,
+    tables: Mutex<Tables>,
+    invalidation: Mutex<InvalidationState>,
+}
+
+impl<R: RegisterIo, P: Platform> fmt::Debug for VtdUnit<R, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VtdUnit")
+            .field("caps", &self.caps)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Reads the capabilities and allocates the root table (and the invalidation queue when
+    /// ECAP.QI). Does not touch any command register.
+    pub fn new(regs: R, platform: P, config: UnitConfig) -> Result<Self, VtdError> {
+        let caps = Capabilities::read(&regs);
+        if caps.cap.usable_levels().next().is_none() {
+            return Err(VtdError::Unsupported {
+                reason: "SAGAW advertises neither 3- nor 4-level tables",
+            });
+        }
+        if config.host_address_width == 0 || config.host_address_width > MAX_OUTPUT_BITS {
+            return Err(VtdError::Unsupported {
+                reason: "host address width out of range",
+            });
+        }
+        let dids = DomainIds::new(caps.cap.domain_ids, caps.cap.caching_mode)
+            .ok_or(VtdError::OutOfMemory)?;
+        let root = RootTable::new(&platform, caps.ecap.coherent).ok_or(VtdError::OutOfMemory)?;
+        let spare = if caps.ecap.queued_invalidation {
+            match InvalidationQueue::new(&platform) {
+                Ok(q) => Some(q),
+                Err(_) => {
+                    // SAFETY: the root table was never given to the hardware.
+                    unsafe { root.destroy(&platform) };
+                    return Err(VtdError::OutOfMemory);
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Self {
+            regs,
+            platform,
+            caps,
+            config,
+            tables: Mutex::new(Tables {
+                root,
+                dids,
+                enabled: false,
+            }),
+            invalidation: Mutex::new(InvalidationState {
+                active: Invalidator::Registers,
+                spare,
+            }),
+        })
+    }
+
+    /// The decoded capabilities.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &UnitConfig {
+        &self.config
+    }
+
+    /// The register access.
+    pub fn registers(&self) -> &R {
+        &self.regs
+    }
+
+    /// The host services.
+    pub fn platform(&self) -> &P {
+        &self.platform
+    }
+
+    /// Whether [`VtdUnit::enable`] completed (and [`VtdUnit::disable`] was not called since).
+    pub fn is_enabled(&self) -> bool {
+        self.tables.lock().enabled
+    }
+
+    /// Whether invalidations go through the queue.
+    pub fn queued_invalidation_active(&self) -> bool {
+        matches!(self.invalidation.lock().active, Invalidator::Queued(_))
+    }
+
+    /// Physical address of the root table.
+    pub fn root_table(&self) -> PhysAddr {
+        self.tables.lock().root.phys()
+    }
+
+    fn gsts(&self) -> Global {
+        Global::from_bits_retain(self.regs.read32(registers::GSTS))
+    }
+
+    fn wait_status(
+        &self,
+        what: &'static str,
+        mut done: impl FnMut(Global) -> bool,
+    ) -> Result<(), VtdError> {
+        let start = self.platform.now_us();
+        loop {
+            if done(self.gsts()) {
+                return Ok(());
+            }
+            if self.platform.now_us().saturating_sub(start) > self.config.timeout_us {
+                return Err(VtdError::Timeout { what });
+            }
+            core::hint::spin_loop();
+        }
+    }
+
+    /// Writes GCMD as `(GSTS & 0x96FF_FFFF)` with `bit` set or cleared.
+    fn write_gcmd(&self, bit: Global, set: bool) {
+        let persistent = self.regs.read32(registers::GSTS) & GSTS_PERSISTENT_MASK;
+        let value = if set {
+            persistent | bit.bits()
+        } else {
+            persistent & !bit.bits()
+        };
+        self.platform.memory_fence();
+        self.regs.write32(registers::GCMD, value);
+    }
+
+    /// Flushes the write buffer (GCMD.WBF, wait for GSTS.WBFS to clear), §6.8. A no-op unless
+    /// CAP.RWBF.
+    pub fn flush_write_buffer(&self) -> Result<(), VtdError> {
+        if !self.caps.cap.rwbf {
+            return Ok(());
+        }
+        // Serialise with other GCMD users (enable/disable hold the tables lock).
+        let _tables = self.tables.lock();
+        self.write_gcmd(Global::WBF, true);
+        self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))
+    }
+
+    /// Runs the enable sequence (see the module docs). Fails with [`VtdError::AlreadyEnabled`]
+    /// if translation is already on.
+    pub fn enable(&self) -> Result<(), VtdError> {
+        let mut tables = self.tables.lock();
+        if tables.enabled || self.gsts().contains(Global::TE) {
+            return Err(VtdError::AlreadyEnabled);
+        }
+        let mut inval = self.invalidation.lock();
+        // 1. Queued invalidation.
+        if let Some(mut queue) = inval.spare.take() {
+            self.regs.write64(registers::IQT, 0);
+            queue.reset();
+            self.regs.write64(registers::IQA, queue.iqa());
+            self.write_gcmd(Global::QIE, true);
+            if let Err(e) = self.wait_status("GSTS.QIES", |g| g.contains(Global::QIE)) {
+                inval.spare = Some(queue);
+                return Err(e);
+            }
+            inval.active = Invalidator::Queued(queue);
+        }
+        // 2. Root table.
+        self.regs.write64(
+            registers::RTADDR,
+            tables.root.phys().as_u64() | rtaddr::TTM_LEGACY,
+        );
+        self.write_gcmd(Global::SRTP, true);
+        self.wait_status("GSTS.RTPS", |g| g.contains(Global::SRTP))?;
+        if self.caps.cap.rwbf {
+            self.write_gcmd(Global::WBF, true);
+            self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))?;
+        }
+        // 3. Global invalidation, closed by a wait descriptor in queued mode.
+        inval.active.run(
+            &self.regs,
+            &self.platform,
+            &self.caps,
+            &[Invalidation::ContextGlobal, Invalidation::IotlbGlobal],
+            self.config.timeout_us,
+        )?;
+        drop(inval);
+        // 4. Translation.
+        self.write_gcmd(Global::TE, true);
+        self.wait_status("GSTS.TES", |g| g.contains(Global::TE))?;
+        tables.enabled = true;
+        log::info!(
+            "VT-d: translation enabled (root table {})",
+            tables.root.phys()
+        );
+        Ok(())
+    }
+
+    /// Turns translation off (wait for TES to clear), then queued invalidation (after draining
+    /// the queue), returning to register-based invalidation.
+    pub fn disable(&self) -> Result<(), VtdError> {
+        let mut tables = self.tables.lock();
+        if self.gsts().contains(Global::TE) {
+            self.write_gcmd(Global::TE, false);
+            self.wait_status("GSTS.TES to clear", |g| !g.contains(Global::TE))?;
+        }
+        tables.enabled = false;
+        let mut inval = self.invalidation.lock();
+        if let Invalidator::Queued(queue) = &mut inval.active {
+            queue.submit(
+                &self.regs,
+                &self.platform,
+                &self.caps,
+                &[],
+                self.config.timeout_us,
+            )?;
+            self.write_gcmd(Global::QIE, false);
+            self.wait_status("GSTS.QIES to clear", |g| !g.contains(Global::QIE))?;
+            if let Invalidator::Queued(queue) =
+                core::mem::replace(&mut inval.active, Invalidator::Registers)
+            {
+                inval.spare = Some(queue);
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues `requests` through the active invalidation path and returns once the hardware
+    /// reported completion.
+    pub fn invalidate(&self, requests: &[Invalidation]) -> Result<(), InvalidationError> {
+        let mut inval = self.invalidation.lock();
+        inval.active.run(
+            &self.regs,
+            &self.platform,
+            &self.caps,
+            requests,
+            self.config.timeout_us,
+        )
+    }
+
+    /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the
+    /// shallowest advertised one covering `config.min_address_width` (or `config.levels`).
+    pub fn create_domain(self: &Arc<Self>, config: DomainConfig) -> Result<Domain<R, P>, VtdError> {
+        let levels = match config.levels {
+            Some(l) if self.caps.cap.supports_levels(l) => l,
+            Some(l) => return Err(VtdError::LevelsNotSupported(l)),
+            None => self
+                .caps
+                .cap
+                .usable_levels()
+                .find(|l| l.address_width() >= config.min_address_width)
+                .ok_or(VtdError::NoSuitableAddressWidth {
+                    requested: config.min_address_width,
+                })?,
+        };
+        let table_cfg = TableConfig {
+            levels,
+            input_bits: levels.address_width().min(self.caps.cap.mgaw),
+            output_bits: self.config.host_address_width,
+            page_sizes: pagetable::page_sizes(
+                self.caps.cap.superpage_2m(),
+                self.caps.cap.superpage_1g(),
+            ),
+            snoop_control: self.caps.ecap.snoop_control,
+            coherent: self.caps.ecap.coherent,
+        };
+        let did = self
+            .tables
+            .lock()
+            .dids
+            .alloc()
+            .ok_or(VtdError::DomainIdsExhausted)?;
+        match SecondLevelTable::new(&self.platform, table_cfg) {
+            Ok(table) => Ok(Domain::new(self.clone(), did, table)),
+            Err(_) => {
+                self.tables.lock().dids.free(did);
+                Err(VtdError::OutOfMemory)
+            }
+        }
+    }
+
+    /// Returns a domain ID (only when no context entry or cached translation uses it).
+    pub(crate) fn release_did(&self, did: u16) {
+        self.tables.lock().dids.free(did);
+    }
+
+    /// The context entry of `rid` as the hardware would read it (`None`: no context table).
+    pub fn context_entry(&self, rid: u16) -> Option<ContextEntry> {
+        self.tables.lock().root.context(&self.platform, rid)
+    }
+
+    /// Points the context entries of `rids` at `table` in domain `did`, then invalidates the
+    /// context cache (device-selective) and the domain's IOTLB. All-or-nothing up to the
+    /// invalidation: every rid is checked and every context table allocated before any write.
+    pub(crate) fn attach(
+        &self,
+        did: u16,
+        table: &SecondLevelTable,
+        rids: &[u16],
+    ) -> Result<(), VtdError> {
+        let mut tables = self.tables.lock();
+        let mut missing_buses: Vec<u8> = Vec::new();
+        for (i, &rid) in rids.iter().enumerate() {
+            if rids[..i].contains(&rid) {
+                return Err(VtdError::DuplicateRequesterId { rid });
+            }
+            match tables.root.context(&self.platform, rid) {
+                Some(entry) if entry.present() => {
+                    return Err(VtdError::AlreadyAttached {
+                        rid,
+                        did: entry.did(),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    let bus = (rid >> 8) as u8;
+                    if !missing_buses.contains(&bus) {
+                        missing_buses
+                            .try_reserve(1)
+                            .map_err(|_| VtdError::OutOfMemory)?;
+                        missing_buses.push(bus);
+                    }
+                }
+            }
+        }
+        let mut pages: Vec<TablePage> = Vec::new();
+        pages
+            .try_reserve_exact(missing_buses.len())
+            .map_err(|_| VtdError::OutOfMemory)?;
+        for _ in &missing_buses {
+            match self.platform.alloc_table_page() {
+                Some(p) => pages.push(p),
+                None => {
+                    for p in pages {
+                        // SAFETY: just allocated, never linked.
+                        unsafe { self.platform.free_table_page(p.phys) };
+                    }
+                    return Err(VtdError::OutOfMemory);
+                }
+            }
+        }
+        let mut requests: Vec<Invalidation> = Vec::new();
+        requests
+            .try_reserve_exact(rids.len() + 1)
+            .map_err(|_| VtdError::OutOfMemory)?;
+        for (bus, page) in missing_buses.iter().zip(pages) {
+            tables.root.link_context_table(&self.platform, *bus, page);
+        }
+        let entry = ContextEntry::translated(table.root(), table.levels(), did);
+        // Under caching mode, not-present entries may be cached tagged with domain 0.
+        let cached_did = if self.caps.cap.caching_mode { 0 } else { did };
+        for &rid in rids {
+            tables.root.set_context(&self.platform, rid, entry);
+            requests.push(Invalidation::ContextDevice {
+                did: cached_did,
+                sid: rid,
+            });
+        }
+        requests.push(Invalidation::IotlbDomain { did });
+        if self.caps.cap.rwbf && !self.caps.cap.caching_mode {
+            self.write_gcmd(Global::WBF, true);
+            self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))?;
+        }
+        self.invalidate(&requests)?;
+        Ok(())
+    }
+
+    /// Clears the context entries of `rids` (which the caller checked belong to `did`), then
+    /// invalidates the context cache for each and the domain's IOTLB.
+    pub(crate) fn detach(&self, did: u16, rids: &[u16]) -> Result<(), VtdError> {
+        let mut tables = self.tables.lock();
+        let mut requests: Vec<Invalidation> = Vec::new();
+        requests
+            .try_reserve_exact(rids.len() + 1)
+            .map_err(|_| VtdError::OutOfMemory)?;
+        for &rid in rids {
+            tables.root.clear_context(&self.platform, rid);
+            requests.push(Invalidation::ContextDevice { did, sid: rid });
+        }
+        requests.push(Invalidation::IotlbDomain { did });
+        self.invalidate(&requests)?;
+        Ok(())
+    }
+
+    /// Reads every pending fault record (and FSTS.PFO).
+    pub fn read_faults(&self) -> FaultLog {
+        fault::read_faults(&self.regs, &self.caps)
+    }
+
+    /// Clears every fault record's F bit and FSTS.PFO.
+    pub fn clear_faults(&self) {
+        fault::clear_faults(&self.regs, &self.caps)
+    }
+}

@@ -1,0 +1,738 @@
+//! The whole path on the fake hardware: enable, domains, attach, map, DMA, unmap, flush, faults.
+
+use std::sync::Arc;
+
+use dma::iommu::{IommuDomain, IommuError, IotlbGather, Prot};
+use dma::{DmaAddr, PhysAddr};
+use iommu_vtd::fake::{qemu, FakeVtd, HostPlatform, HwEvent, Via};
+use iommu_vtd::invalidation::Invalidation;
+use iommu_vtd::registers::{Global, GSTS_PERSISTENT_MASK};
+use iommu_vtd::{
+    AccessKind, Bdf, DomainConfig, FaultReason, PagingLevels, UnitConfig, VtdError, VtdUnit,
+};
+
+type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
+
+const K4: u64 = 0x1000;
+const RW: Prot = Prot::READ.union(Prot::WRITE);
+const EDU: Bdf = Bdf::new(0, 3, 0);
+const ECAP_NO_QI: u64 = qemu::ECAP_DEFAULT & !(1 << 1);
+
+fn unit_with(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
+    let p = Arc::new(HostPlatform::new());
+    let regs = FakeVtd::new(p.clone(), qemu::VER, cap, ecap);
+    Arc::new(VtdUnit::new(regs, p, UnitConfig::new(haw)).unwrap())
+}
+
+fn enabled(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
+    let u = unit_with(cap, ecap, haw);
+    u.enable().unwrap();
+    u
+}
+
+fn hw(u: &Unit) -> &FakeVtd {
+    u.registers()
+}
+
+fn no_violations(u: &Unit) {
+    assert_eq!(hw(u).violations(), Vec::<String>::new());
+}
+
+#[test]
+fn enable_follows_the_verified_order() {
+    let u = unit_with(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    u.enable().unwrap();
+    let ev = hw(&u).events();
+    let qie = Global::QIE.bits();
+    let root = u.root_table().as_u64();
+    let status = match ev.iter().find(|e| matches!(e, HwEvent::WaitStatus { .. })) {
+        Some(HwEvent::WaitStatus { addr, .. }) => *addr,
+        _ => panic!("no wait descriptor: {ev:?}"),
+    };
+    assert_eq!(
+        ev,
+        [
+            HwEvent::Gcmd(qie),
+            HwEvent::Gcmd(qie | Global::SRTP.bits()),
+            HwEvent::RootTableLatched(root),
+            HwEvent::Invalidation(Via::Queue, Invalidation::ContextGlobal),
+            HwEvent::Invalidation(Via::Queue, Invalidation::IotlbGlobal),
+            HwEvent::WaitStatus {
+                addr: status,
+                data: 1
+            },
+            HwEvent::Gcmd(qie | Global::TE.bits()),
+        ]
+    );
+    // Every GCMD write was (GSTS & 0x96FF_FFFF) | bit: the fake checks and found nothing.
+    no_violations(&u);
+    assert!(hw(&u)
+        .gsts()
+        .contains(Global::TE | Global::QIE | Global::SRTP));
+    assert!(u.is_enabled() && u.queued_invalidation_active());
+    assert_eq!(u.enable(), Err(VtdError::AlreadyEnabled));
+    assert_eq!(GSTS_PERSISTENT_MASK, 0x96FF_FFFF);
+}
+
+#[test]
+fn enable_without_queued_invalidation_uses_registers() {
+    let u = enabled(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
+    assert!(!u.queued_invalidation_active());
+    let inv = hw(&u).invalidations();
+    assert_eq!(
+        inv,
+        [
+            (Via::Register, Invalidation::ContextGlobal),
+            (Via::Register, Invalidation::IotlbGlobal)
+        ]
+    );
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[EDU.requester_id()]).unwrap();
+    d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0x1000), K4, &mut g).unwrap();
+    d.flush(g).unwrap();
+    assert!(hw(&u)
+        .invalidations()
+        .iter()
+        .all(|(via, _)| *via == Via::Register));
+    no_violations(&u);
+}
+
+#[test]
+fn registers_are_never_touched_once_qie_is_set() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[EDU.requester_id()]).unwrap();
+    for i in 0..20 {
+        d.map(
+            DmaAddr::new(i * K4),
+            PhysAddr::new(0x10_0000 + i * K4),
+            K4,
+            RW,
+        )
+        .unwrap();
+    }
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0), 20 * K4, &mut g).unwrap();
+    d.flush(g).unwrap();
+    d.detach(&[EDU.requester_id()]).unwrap();
+    assert!(hw(&u)
+        .invalidations()
+        .iter()
+        .all(|(via, _)| *via == Via::Queue));
+    no_violations(&u);
+}
+
+#[test]
+fn every_wait_times_out_instead_of_hanging() {
+    let u = unit_with(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    hw(&u).set_unresponsive(true);
+    assert_eq!(u.enable(), Err(VtdError::Timeout { what: "GSTS.QIES" }));
+    // A unit that stops answering after enable: flush reports a timeout.
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0), K4, RW).unwrap();
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0), K4, &mut g).unwrap();
+    hw(&u).set_unresponsive(true);
+    let live = u.platform().live_pages();
+    assert_eq!(d.flush(g), Err(IommuError::InvalidationTimeout));
+    assert_eq!(
+        u.platform().live_pages(),
+        live,
+        "tables not freed without a completed flush"
+    );
+    // Register mode too.
+    let u = unit_with(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
+    hw(&u).set_unresponsive(true);
+    assert!(matches!(
+        u.enable(),
+        Err(VtdError::Timeout { .. }) | Err(VtdError::Invalidation(_))
+    ));
+}
+
+#[test]
+fn disable_turns_translation_then_the_queue_off() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    u.disable().unwrap();
+    assert!(!hw(&u).gsts().intersects(Global::TE | Global::QIE));
+    assert!(!u.queued_invalidation_active());
+    no_violations(&u);
+    // And back on.
+    u.enable().unwrap();
+    assert!(hw(&u).gsts().contains(Global::TE | Global::QIE));
+    no_violations(&u);
+}
+
+#[test]
+fn attach_programs_context_entries_and_invalidates() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d.levels(), PagingLevels::Three, "default QEMU: 39-bit only");
+    let rids = [EDU.requester_id(), Bdf::new(2, 0, 0).requester_id()];
+    assert_eq!(u.context_entry(rids[0]), None, "no context table yet");
+    hw(&u).take_events();
+    d.attach(&rids).unwrap();
+    for rid in rids {
+        let c = u.context_entry(rid).unwrap();
+        assert!(c.present());
+        assert_eq!(c.translation_type(), 0, "untranslated requests only");
+        assert_eq!(c.aw(), 1, "AW = 3-level");
+        assert_eq!(c.did(), d.did());
+        assert_eq!(Some(c.slptptr()), d.table_root());
+    }
+    let inv = hw(&u).invalidations();
+    assert_eq!(
+        inv,
+        [
+            (
+                Via::Queue,
+                Invalidation::ContextDevice {
+                    did: d.did(),
+                    sid: rids[0]
+                }
+            ),
+            (
+                Via::Queue,
+                Invalidation::ContextDevice {
+                    did: d.did(),
+                    sid: rids[1]
+                }
+            ),
+            (Via::Queue, Invalidation::IotlbDomain { did: d.did() }),
+        ]
+    );
+    assert!(matches!(
+        hw(&u).events().last(),
+        Some(HwEvent::WaitStatus { .. })
+    ));
+    // Attaching again, to this or another domain, is refused and changes nothing.
+    let other = u.create_domain(DomainConfig::default()).unwrap();
+    let unrelated = Bdf::new(0, 4, 0).requester_id();
+    assert_eq!(
+        other.attach(&[unrelated, rids[0]]),
+        Err(VtdError::AlreadyAttached {
+            rid: rids[0],
+            did: d.did()
+        })
+    );
+    assert!(
+        !u.context_entry(unrelated).unwrap().present(),
+        "validation before any write"
+    );
+    assert_eq!(
+        other.attach(&[unrelated, unrelated]),
+        Err(VtdError::DuplicateRequesterId { rid: unrelated })
+    );
+    assert_eq!(
+        other.detach(&[rids[0]]),
+        Err(VtdError::NotAttached { rid: rids[0] })
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn dma_through_the_domain_and_blocked_dma_faults() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    // A device with no domain cannot DMA anywhere.
+    assert_eq!(
+        hw(&u).dma(sid, 0x1000, false),
+        Err(FaultReason::RootEntryNotPresent)
+    );
+    let faults = u.read_faults();
+    assert_eq!(faults.records.len(), 1);
+    let f = faults.records[0];
+    assert_eq!(
+        (f.source, f.address, f.reason, f.access),
+        (
+            EDU,
+            0x1000,
+            FaultReason::RootEntryNotPresent,
+            AccessKind::Read
+        )
+    );
+    u.clear_faults();
+    assert!(u.read_faults().records.is_empty());
+
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(
+        DmaAddr::new(0x40_0000),
+        PhysAddr::new(0x1234_5000),
+        2 * K4,
+        Prot::READ,
+    )
+    .unwrap();
+    d.map(
+        DmaAddr::new(0x50_0000),
+        PhysAddr::new(0x2000_0000),
+        K4,
+        RW | Prot::CACHE,
+    )
+    .unwrap();
+    d.sync_map(DmaAddr::new(0x40_0000), 2 * K4).unwrap();
+    assert_eq!(hw(&u).dma(sid, 0x40_1010, false), Ok(0x1234_6010));
+    assert_eq!(
+        hw(&u).dma(sid, 0x50_0008, true),
+        Ok(0x2000_0008),
+        "CACHE with SC=0 sets no reserved bit"
+    );
+    // Write to a read-only page: reason 5, page-aligned address, T = write.
+    assert_eq!(
+        hw(&u).dma(sid, 0x40_0010, true),
+        Err(FaultReason::WriteNotPermitted)
+    );
+    let f = u.read_faults().records[0];
+    assert_eq!(
+        (f.source, f.address, f.reason, f.access),
+        (
+            EDU,
+            0x40_0000,
+            FaultReason::WriteNotPermitted,
+            AccessKind::Write
+        )
+    );
+    // While F is set, a fault from another source sets PFO; from the same source it is dropped.
+    assert!(hw(&u)
+        .dma(Bdf::new(0, 5, 0).requester_id(), 0, false)
+        .is_err());
+    assert!(u.read_faults().overflow);
+    u.clear_faults();
+    let log = u.read_faults();
+    assert!(log.records.is_empty() && !log.overflow);
+    // Unmapped: reason 6 on read.
+    assert_eq!(
+        hw(&u).dma(sid, 0x60_0000, false),
+        Err(FaultReason::ReadNotPermitted)
+    );
+    u.clear_faults();
+    // Other devices stay isolated.
+    assert_eq!(
+        hw(&u).dma(Bdf::new(0, 4, 0).requester_id(), 0x40_0000, false),
+        Err(FaultReason::ContextEntryNotPresent)
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn unmap_then_flush_cuts_off_a_warmed_translation() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0x8000), PhysAddr::new(0x30_0000), K4, RW)
+        .unwrap();
+    assert_eq!(
+        hw(&u).dma(sid, 0x8000, true),
+        Ok(0x30_0000),
+        "warm the IOTLB"
+    );
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0x8000), K4, &mut g).unwrap();
+    // Negative control: without the flush the stale translation still works.
+    assert_eq!(hw(&u).dma(sid, 0x8000, true), Ok(0x30_0000));
+    d.flush(g).unwrap();
+    assert_eq!(
+        hw(&u).dma(sid, 0x8000, true),
+        Err(FaultReason::WriteNotPermitted)
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn detach_cuts_off_a_warmed_device() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0x30_0000), K4, RW)
+        .unwrap();
+    assert!(hw(&u).dma(sid, 0, false).is_ok());
+    d.detach(&[sid]).unwrap();
+    assert!(!u.context_entry(sid).unwrap().present());
+    assert_eq!(
+        hw(&u).dma(sid, 0, false),
+        Err(FaultReason::ContextEntryNotPresent)
+    );
+    assert!(d.attached().is_empty());
+    no_violations(&u);
+}
+
+#[test]
+fn unmapping_n_pages_issues_log_n_aligned_psi() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[EDU.requester_id()]).unwrap();
+    let pages = 1000u64;
+    let base = 0x1_0000_3000u64;
+    // Unaligned physical address: 4 KiB leaves only.
+    d.map(
+        DmaAddr::new(base),
+        PhysAddr::new(0x1000_1000),
+        pages * K4,
+        RW,
+    )
+    .unwrap();
+    hw(&u).take_events();
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(base), pages * K4, &mut g).unwrap();
+    d.flush(g).unwrap();
+    let psi: Vec<_> = hw(&u)
+        .invalidations()
+        .into_iter()
+        .map(|(_, i)| match i {
+            Invalidation::IotlbPage {
+                addr,
+                am,
+                leaf_only,
+                ..
+            } => (addr, am, leaf_only),
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert!(
+        psi.len() <= 2 * 10 + 2,
+        "{} descriptors for {pages} pages",
+        psi.len()
+    );
+    let mut next = base;
+    for (addr, am, leaf_only) in psi {
+        assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);
+        assert_eq!(addr, next);
+        assert!(!leaf_only, "tables were freed: IH = 0");
+        next += K4 << am;
+    }
+    assert_eq!(next, base + pages * K4);
+    no_violations(&u);
+}
+
+#[test]
+fn psi_without_cap_psi_falls_back_to_domain_selective() {
+    let cap = qemu::CAP_DEFAULT & !(1 << 39);
+    let u = enabled(cap, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0), K4, RW).unwrap();
+    hw(&u).take_events();
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0), K4, &mut g).unwrap();
+    d.flush(g).unwrap();
+    assert_eq!(
+        hw(&u).invalidations(),
+        [(Via::Queue, Invalidation::IotlbDomain { did: d.did() })]
+    );
+}
+
+#[test]
+fn freed_tables_are_released_after_the_flush() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    let before = u.platform().live_pages();
+    d.map(DmaAddr::new(0x4000_0000), PhysAddr::new(0x1000), K4, RW)
+        .unwrap();
+    assert_eq!(u.platform().live_pages(), before + 2);
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0x4000_0000), K4, &mut g).unwrap();
+    assert!(g.freed_tables());
+    assert_eq!(
+        u.platform().live_pages(),
+        before + 2,
+        "held until the invalidation completed"
+    );
+    d.flush(g).unwrap();
+    assert_eq!(u.platform().live_pages(), before);
+}
+
+#[test]
+fn caching_mode_reserves_domain_zero_and_invalidates_on_map() {
+    let u = enabled(qemu::CAP_CACHING_MODE, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d.did(), 1, "domain 0 is reserved under CM");
+    d.attach(&[sid]).unwrap();
+    // Under CM, a not-present context entry is tagged with domain 0.
+    assert!(hw(&u)
+        .invalidations()
+        .contains(&(Via::Queue, Invalidation::ContextDevice { did: 0, sid })));
+    // The device touches an unmapped page: CM hardware caches the not-present entry.
+    assert!(hw(&u).dma(sid, 0x7000, false).is_err());
+    d.map(DmaAddr::new(0x7000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert!(
+        hw(&u).dma(sid, 0x7000, false).is_err(),
+        "negative control: the stale not-present entry"
+    );
+    hw(&u).take_events();
+    d.sync_map(DmaAddr::new(0x7000), K4).unwrap();
+    assert_eq!(
+        hw(&u).invalidations(),
+        [(
+            Via::Queue,
+            Invalidation::IotlbPage {
+                did: 1,
+                addr: 0x7000,
+                am: 0,
+                leaf_only: false
+            }
+        )]
+    );
+    assert_eq!(hw(&u).dma(sid, 0x7000, false), Ok(0x9000));
+    no_violations(&u);
+}
+
+#[test]
+fn sync_map_without_cm_or_rwbf_issues_nothing() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d.did(), 0, "without CM domain 0 is usable");
+    d.map(DmaAddr::new(0), PhysAddr::new(0), K4, RW).unwrap();
+    hw(&u).take_events();
+    d.sync_map(DmaAddr::new(0), K4).unwrap();
+    assert!(hw(&u).events().is_empty());
+    // With RWBF: a write-buffer flush.
+    let u = enabled(qemu::CAP_DEFAULT | 1 << 4, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0), K4, RW).unwrap();
+    hw(&u).take_events();
+    d.sync_map(DmaAddr::new(0), K4).unwrap();
+    assert!(hw(&u).events().contains(&HwEvent::WriteBufferFlush));
+    no_violations(&u);
+}
+
+#[test]
+fn aw48_chooses_the_depth_asked_for() {
+    let u = enabled(qemu::CAP_AW48, qemu::ECAP_DEFAULT, 48);
+    let d3 = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d3.levels(), PagingLevels::Three, "4-level only when asked");
+    let d4 = u
+        .create_domain(DomainConfig {
+            min_address_width: 48,
+            levels: None,
+        })
+        .unwrap();
+    assert_eq!(d4.levels(), PagingLevels::Four);
+    assert_eq!(d4.info().aperture_end, DmaAddr::new((1 << 48) - 1));
+    let sid = EDU.requester_id();
+    d4.attach(&[sid]).unwrap();
+    assert_eq!(u.context_entry(sid).unwrap().aw(), 2, "AW = 4-level");
+    let iova = 1u64 << 45;
+    d4.map(DmaAddr::new(iova), PhysAddr::new(0x80_0000_0000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(&u).dma(sid, iova + 4, false), Ok(0x80_0000_0004));
+    no_violations(&u);
+}
+
+#[test]
+fn unsupported_depths_are_refused() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    assert_eq!(
+        u.create_domain(DomainConfig {
+            min_address_width: 48,
+            levels: None
+        })
+        .unwrap_err(),
+        VtdError::NoSuitableAddressWidth { requested: 48 }
+    );
+    assert_eq!(
+        u.create_domain(DomainConfig {
+            min_address_width: 39,
+            levels: Some(PagingLevels::Four)
+        })
+        .unwrap_err(),
+        VtdError::LevelsNotSupported(PagingLevels::Four)
+    );
+}
+
+#[test]
+fn wrong_aw_in_a_context_entry_faults_with_reason_3() {
+    // The fake applies QEMU's rule: AW must be advertised in SAGAW. Corrupt AW to 4-level on a
+    // 39-bit-only unit, without warming the context cache first.
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    let c = u.context_entry(sid).unwrap();
+    assert_eq!(c.aw(), 1);
+    let root_lo = u.platform().read_cpu_u64(u.root_table().as_u64()).unwrap();
+    let hi_addr = (root_lo & !0xFFF) + u64::from(EDU.devfn()) * 16 + 8;
+    assert!(u
+        .platform()
+        .dma_write_u32(hi_addr, (u32::from(d.did()) << 8) | 2));
+    assert_eq!(
+        hw(&u).dma(sid, 0, false),
+        Err(FaultReason::InvalidContextEntry)
+    );
+}
+
+#[test]
+fn a_queue_error_is_reported_and_the_queue_recovers() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let bad = Invalidation::IotlbPage {
+        did: 0,
+        addr: 0,
+        am: 30,
+        leaf_only: false,
+    };
+    assert!(matches!(
+        u.invalidate(&[bad]),
+        Err(iommu_vtd::InvalidationError::QueueError { .. })
+    ));
+    u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
+    assert!(hw(&u)
+        .invalidations()
+        .ends_with(&[(Via::Queue, Invalidation::IotlbGlobal)]));
+}
+
+#[test]
+fn output_beyond_haw_is_refused() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d.info().output_limit, 1 << 39);
+    assert_eq!(
+        d.map(DmaAddr::new(0), PhysAddr::new(1 << 39), K4, RW),
+        Err(IommuError::OutputBeyondLimit { paddr: 1 << 39 })
+    );
+}
+
+#[test]
+fn missing_clflush_would_be_caught() {
+    // Negative control for the clflush rule: with write-backs suppressed, the non-coherent
+    // walker sees poisoned/stale tables and the DMA fails.
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    u.platform().set_flush_disabled(true);
+    d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
+        .unwrap();
+    assert!(hw(&u).dma(sid, 0x2000, false).is_err());
+    u.platform().set_flush_disabled(false);
+    // With write-backs, the same works (a fresh domain: the first one's tables stay stale).
+    let sid2 = Bdf::new(0, 4, 0).requester_id();
+    let d2 = u.create_domain(DomainConfig::default()).unwrap();
+    d2.attach(&[sid2]).unwrap();
+    d2.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(&u).dma(sid2, 0x2000, false), Ok(0x3000));
+}
+
+#[test]
+fn coherent_units_flush_nothing() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(&u).dma(sid, 0x2000, false), Ok(0x3000));
+    assert!(u.platform().flush_log().is_empty());
+}
+
+#[test]
+fn snoop_control_units_get_snp_on_ram_only() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1 << 7, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW | Prot::CACHE)
+        .unwrap();
+    d.map(
+        DmaAddr::new(K4),
+        PhysAddr::new(0xFE00_0000),
+        K4,
+        RW | Prot::CACHE | Prot::MMIO,
+    )
+    .unwrap();
+    assert_eq!(d.translate(DmaAddr::new(0)).unwrap().1, RW | Prot::CACHE);
+    assert_eq!(d.translate(DmaAddr::new(K4)).unwrap().1, RW | Prot::MMIO);
+    assert_eq!(hw(&u).dma(sid, 0, true), Ok(0x3000));
+}
+
+#[test]
+fn domain_ids_stay_within_nd() {
+    // ND = 0: 16 domain IDs; with CM, ID 0 is reserved, so 15.
+    let cap = qemu::CAP_CACHING_MODE & !0x7;
+    let u = enabled(cap, qemu::ECAP_DEFAULT, 39);
+    let domains: Vec<_> = (0..15)
+        .map(|_| u.create_domain(DomainConfig::default()).unwrap())
+        .collect();
+    let mut ids: Vec<_> = domains.iter().map(|d| d.did()).collect();
+    ids.sort();
+    assert_eq!(ids, (1..16).collect::<Vec<u16>>());
+    assert_eq!(
+        u.create_domain(DomainConfig::default()).unwrap_err(),
+        VtdError::DomainIdsExhausted
+    );
+    drop(domains);
+    assert_eq!(
+        u.create_domain(DomainConfig::default()).unwrap().did(),
+        1,
+        "IDs are reused after drop"
+    );
+}
+
+#[test]
+fn dropping_a_domain_detaches_and_frees_it() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let live = u.platform().live_pages();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0x3000), 300 * K4, RW)
+        .unwrap();
+    assert!(hw(&u).dma(sid, 0, false).is_ok());
+    drop(d);
+    assert!(!u.context_entry(sid).unwrap().present());
+    assert_eq!(
+        hw(&u).dma(sid, 0, false),
+        Err(FaultReason::ContextEntryNotPresent)
+    );
+    assert_eq!(
+        u.platform().live_pages(),
+        live + 1,
+        "only the new context table stays"
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn rmrr_identity_map() {
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map_identity(0xE_0000, 0xF_FFFF).unwrap();
+    assert_eq!(hw(&u).dma(sid, 0xE_1234, false), Ok(0xE_1234));
+    assert_eq!(hw(&u).dma(sid, 0xF_F000, true), Ok(0xF_F000));
+}
+
+#[test]
+fn units_and_domains_are_shareable_across_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Unit>();
+    assert_send_sync::<iommu_vtd::Domain<FakeVtd, Arc<HostPlatform>>>();
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    let handles: Vec<_> = (0..4u64)
+        .map(|t| {
+            let u = u.clone();
+            std::thread::spawn(move || {
+                let d = u.create_domain(DomainConfig::default()).unwrap();
+                d.attach(&[Bdf::new(1, t as u8, 0).requester_id()]).unwrap();
+                for i in 0..64 {
+                    let iova = DmaAddr::new(i * K4);
+                    d.map(iova, PhysAddr::new((t << 30) | (i * K4)), K4, RW)
+                        .unwrap();
+                    let mut g = IotlbGather::new();
+                    d.unmap(iova, K4, &mut g).unwrap();
+                    d.flush(g).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    no_violations(&u);
+}
