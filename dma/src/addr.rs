@@ -106,10 +106,16 @@ mod tests {
 
     #[test]
     fn checked_add_reports_overflow() {
-        assert_eq!(PhysAddr::new(u64::MAX - 1).checked_add(1), Ok(PhysAddr::new(u64::MAX)));
+        assert_eq!(
+            PhysAddr::new(u64::MAX - 1).checked_add(1),
+            Ok(PhysAddr::new(u64::MAX))
+        );
         assert_eq!(
             PhysAddr::new(u64::MAX - 1).checked_add(2),
-            Err(AddrError::Overflow { addr: u64::MAX - 1, len: 2 })
+            Err(AddrError::Overflow {
+                addr: u64::MAX - 1,
+                len: 2
+            })
         );
         assert_eq!(DmaAddr::new(0x1234).page_offset(), 0x234);
         assert_eq!(DmaAddr::new(0x1234).page_align_down(), DmaAddr::new(0x1000));

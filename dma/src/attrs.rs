@@ -76,6 +76,8 @@ mod tests {
     fn direction_permissions() {
         assert!(Direction::ToDevice.device_reads() && !Direction::ToDevice.device_writes());
         assert!(!Direction::FromDevice.device_reads() && Direction::FromDevice.device_writes());
-        assert!(Direction::Bidirectional.device_reads() && Direction::Bidirectional.device_writes());
+        assert!(
+            Direction::Bidirectional.device_reads() && Direction::Bidirectional.device_writes()
+        );
     }
 }

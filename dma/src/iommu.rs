@@ -109,18 +109,30 @@ impl fmt::Display for IommuError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Self::Misaligned { iova, paddr, size } => {
-                write!(f, "iova {iova:#x}, paddr {paddr:#x}, size {size:#x}: not 4 KiB granular")
+                write!(
+                    f,
+                    "iova {iova:#x}, paddr {paddr:#x}, size {size:#x}: not 4 KiB granular"
+                )
             }
             Self::OutsideAperture { iova, size } => {
-                write!(f, "iova range {iova:#x}+{size:#x} is outside the domain aperture")
+                write!(
+                    f,
+                    "iova range {iova:#x}+{size:#x} is outside the domain aperture"
+                )
             }
             Self::OutputBeyondLimit { paddr } => {
-                write!(f, "physical address {paddr:#x} is beyond the IOMMU's address width")
+                write!(
+                    f,
+                    "physical address {paddr:#x} is beyond the IOMMU's address width"
+                )
             }
             Self::AlreadyMapped { iova } => write!(f, "iova {iova:#x} is already mapped"),
             Self::NotMapped { iova } => write!(f, "iova {iova:#x} is not mapped"),
             Self::PartialSuperpage { iova, size } => {
-                write!(f, "unmap would split the {size:#x}-byte superpage at {iova:#x}")
+                write!(
+                    f,
+                    "unmap would split the {size:#x}-byte superpage at {iova:#x}"
+                )
             }
             Self::OutOfMemory => f.write_str("out of memory for I/O page tables"),
             Self::InvalidationTimeout => f.write_str("IOTLB invalidation did not complete in time"),
@@ -148,7 +160,11 @@ pub struct IotlbGather {
 impl IotlbGather {
     /// An empty gather.
     pub const fn new() -> Self {
-        Self { start: u64::MAX, end: 0, freed_tables: false }
+        Self {
+            start: u64::MAX,
+            end: 0,
+            freed_tables: false,
+        }
     }
 
     /// Adds `[iova, iova + size)` (saturating at the top of the address space).

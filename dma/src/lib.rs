@@ -8,6 +8,67 @@
 //! Address spaces get distinct types so a CPU physical address can never be programmed into a
 //! device by accident: [`PhysAddr`] (what the CPU's physical address bus carries) and [`DmaAddr`]
 //! (what the device puts on the bus: an IOVA under an IOMMU, a physical or bus address without).
+//!
+//! # Map of the crate (SPEC.md section → module)
+//!
+//! | concept | module |
+//! |---|---|
+//! | typed addresses, attributes, direction | [`addr`], [`attrs`] |
+//! | the IOMMU seam (frozen) | [`iommu`] |
+//! | errors ("Rules for every public operation") | [`error`] |
+//! | IOVA allocation, reserved IOVA space | [`iova`], [`domain`] |
+//! | physical memory seam | [`phys`] |
+//! | per-device handle (mask, coherent, trusted, translation) | [`device`] |
+//! | streaming mappings, scatter-gather, sync, MMIO attribute | [`mapping`] |
+//! | bounce buffers, sub-page isolation | [`bounce`] |
+//! | coherent allocations | [`coherent`] |
+//! | IOVA link API (digest item 14) | [`link`] |
+//! | segment splitting (digest items 4-7) | [`segment`] |
+//! | invalidation modes: strict, batched, deferred | [`invalidation`] |
+//! | fakes for host tests | `testing` (feature `testing`) |
+//!
+//! # Example: a driver maps a buffer under an IOMMU domain
+//!
+//! ```
+//! use std::sync::Arc;
+//! use dma::{Attrs, DeviceConfig, Direction, DmaDevice, DmaDomain, DomainConfig, PhysAddr, Translation};
+//! use dma::testing::{FakeDomain, FakePhysMemory};
+//!
+//! // Kernel side: one domain per isolation group, one DmaDevice per device.
+//! let hw = Arc::new(FakeDomain::new()); // iommu-vtd's domain in the kernel
+//! let phys = Arc::new(FakePhysMemory::standard()); // the kernel's frame allocator
+//! let domain = DmaDomain::new(hw, DomainConfig::default())?; // strict invalidation
+//! let dev = DmaDevice::new(
+//!     DeviceConfig::with_mask_bits(39)?,
+//!     Translation::Iommu(domain),
+//!     phys,
+//!     None, // no bounce pool: trusted device under an IOMMU never bounces
+//! )?;
+//!
+//! // Driver side.
+//! let m = dev.map_phys(PhysAddr::new(0x100_0000), 4096, Direction::ToDevice, Attrs::empty())?;
+//! let iova = m.dma_addr(); // program this into the device
+//! # assert_ne!(iova.as_u64(), 0);
+//! m.unmap()?; // or drop it; strict: the IOTLB flush has completed here
+//! # Ok::<(), dma::DmaError>(())
+//! ```
+//!
+//! # Concurrency and lock order
+//!
+//! Every shared object ([`DmaDomain`], [`DmaDevice`], [`BouncePool`]) is `Send + Sync` and uses
+//! `spin` locks of its own; there is no global lock. The locks are:
+//!
+//! 1. a device's raw-mapping table (only for [`Mapping::into_raw`] / [`DmaDevice::unmap_phys`]),
+//! 2. a domain's deferred queue,
+//! 3. a domain's IOVA allocator,
+//! 4. a bounce pool's slot allocator.
+//!
+//! The order is trivial by construction: **no lock of this crate is held while another is taken,
+//! nor while [`iommu::IommuDomain`] is called**. The one nesting is lock 1 held across
+//! [`phys::PhysMemory`] copies during a raw sync (so the mapping cannot vanish mid-copy);
+//! `PhysMemory` implementations must therefore never call back into this crate (their locks
+//! are leaves). The map/unmap hot path takes only the domain's allocator lock
+//! (twice: allocate, free) plus whatever the hardware domain takes.
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -16,7 +77,34 @@ extern crate alloc;
 
 pub mod addr;
 pub mod attrs;
+pub mod bounce;
+pub mod coherent;
+pub mod device;
+pub mod domain;
+pub mod error;
+pub mod invalidation;
 pub mod iommu;
+pub mod iova;
+pub mod link;
+pub mod mapping;
+pub mod phys;
+pub mod segment;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+#[cfg(test)]
+mod tests;
 
 pub use addr::{AddrError, DmaAddr, PhysAddr, PAGE_SIZE};
 pub use attrs::{Attrs, Direction};
+pub use bounce::BouncePool;
+pub use coherent::CoherentBuffer;
+pub use device::{DeviceConfig, DmaDevice, Translation};
+pub use domain::{DmaDomain, DomainConfig};
+pub use error::{BounceReason, DmaError};
+pub use invalidation::{Clock, DeferredPolicy, InvalidationMode, UnmapBatch};
+pub use iova::{IovaAllocator, IovaStats, ReservedKind, ReservedRegion, MSI_WINDOW};
+pub use link::IovaLink;
+pub use mapping::{Mapping, SgMapping};
+pub use phys::{CacheOp, PhysError, PhysMemory};
+pub use segment::{split_segments, DmaSegment};

@@ -1,0 +1,248 @@
+//! [`DmaDomain`]: one IOMMU domain as the DMA layer sees it: the hardware domain
+//! ([`IommuDomain`]), its IOVA allocator, its reserved space and its invalidation mode.
+//!
+//! Implements SPEC.md "Reserved IOVA space is never handed out" (page 0, the interrupt window
+//! 0xFEE00000–0xFEEFFFFF and every region the embedder passes: RMRRs, host-bridge windows) and
+//! the per-domain part of "Invalidation modes" (the deferred queue). Several devices may share a
+//! domain; each brings its own DMA mask, applied as the allocation limit.
+//!
+//! Locking: the allocator and the deferred queue each have their own spin lock; neither is held
+//! while the other is taken or while the hardware domain is called (see the crate docs).
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+
+use spin::Mutex;
+
+use crate::addr::{DmaAddr, PAGE_SIZE};
+use crate::error::DmaError;
+use crate::invalidation::{Clock, DeferredQueue, InvalidationMode, Retired};
+use crate::iommu::{DomainInfo, IommuDomain, IotlbGather};
+use crate::iova::{IovaAllocator, IovaStats, ReservedKind, ReservedRegion, MSI_WINDOW};
+
+/// How to build a [`DmaDomain`].
+#[derive(Clone, Default)]
+pub struct DomainConfig {
+    /// IOVA ranges to keep out besides page 0 and the interrupt window (always reserved): RMRR
+    /// ranges, PCI host-bridge windows, anything else.
+    pub reserved: Vec<ReservedRegion>,
+    /// Strict (default) or deferred invalidation.
+    pub mode: InvalidationMode,
+    /// Time source; required for [`InvalidationMode::Deferred`].
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl fmt::Debug for DomainConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DomainConfig")
+            .field("reserved", &self.reserved)
+            .field("mode", &self.mode)
+            .field("clock", &self.clock.is_some())
+            .finish()
+    }
+}
+
+/// An IOMMU domain plus its IOVA space. Shared by the devices attached to it (`Arc`).
+pub struct DmaDomain {
+    hw: Arc<dyn IommuDomain>,
+    info: DomainInfo,
+    mode: InvalidationMode,
+    clock: Option<Arc<dyn Clock>>,
+    iova: Mutex<IovaAllocator>,
+    deferred: Mutex<DeferredQueue>,
+}
+
+impl fmt::Debug for DmaDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DmaDomain")
+            .field("info", &self.info)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl DmaDomain {
+    /// Wraps a hardware domain. The IOVA space is `[0, aperture_end]` minus page 0, the
+    /// interrupt window and `config.reserved`.
+    pub fn new(hw: Arc<dyn IommuDomain>, config: DomainConfig) -> Result<Arc<Self>, DmaError> {
+        if let InvalidationMode::Deferred(p) = config.mode {
+            if config.clock.is_none() {
+                return Err(DmaError::InvalidConfig(
+                    "deferred invalidation needs a clock",
+                ));
+            }
+            if p.max_pending == 0 {
+                return Err(DmaError::InvalidConfig(
+                    "deferred invalidation: max_pending is 0",
+                ));
+            }
+        }
+        let info = hw.info();
+        let mut reserved = Vec::with_capacity(config.reserved.len() + 2);
+        reserved.push(ReservedRegion::new(0, PAGE_SIZE, ReservedKind::PageZero));
+        reserved.push(MSI_WINDOW);
+        reserved.extend(config.reserved.iter().copied().filter(|r| r.size > 0));
+        let iova = IovaAllocator::new(DmaAddr::new(0), info.aperture_end, &reserved)?;
+        Ok(Arc::new(Self {
+            hw,
+            info,
+            mode: config.mode,
+            clock: config.clock,
+            iova: Mutex::new(iova),
+            deferred: Mutex::new(DeferredQueue::default()),
+        }))
+    }
+
+    /// The hardware domain.
+    pub fn hw(&self) -> &Arc<dyn IommuDomain> {
+        &self.hw
+    }
+
+    /// The hardware domain's fixed properties.
+    pub fn info(&self) -> DomainInfo {
+        self.info
+    }
+
+    /// The invalidation mode.
+    pub fn mode(&self) -> InvalidationMode {
+        self.mode
+    }
+
+    /// Every reserved region (page 0 and the interrupt window first).
+    pub fn reserved(&self) -> Vec<ReservedRegion> {
+        self.iova.lock().reserved().to_vec()
+    }
+
+    /// Whether any byte of `[addr, addr + len)` is reserved (or outside the aperture).
+    pub fn is_reserved(&self, addr: DmaAddr, len: u64) -> bool {
+        self.iova.lock().is_reserved(addr, len)
+    }
+
+    /// IOVA allocator counters.
+    pub fn iova_stats(&self) -> IovaStats {
+        self.iova.lock().stats()
+    }
+
+    /// Unmaps waiting for a deferred flush (their IOVAs are quarantined).
+    pub fn pending_unmaps(&self) -> usize {
+        self.deferred.lock().retired.len()
+    }
+
+    /// Flushes every pending deferred unmap now and frees their IOVAs once it completed.
+    pub fn flush_deferred(&self) -> Result<(), DmaError> {
+        let q = core::mem::take(&mut *self.deferred.lock());
+        self.flush_queue(q)
+    }
+
+    /// Flushes if the oldest deferred unmap is older than the policy's delay. A kernel calls this
+    /// from a timer so the deadline holds even when no map/unmap happens.
+    pub fn poll(&self) -> Result<(), DmaError> {
+        let InvalidationMode::Deferred(policy) = self.mode else {
+            return Ok(());
+        };
+        let now = self.now();
+        let q = {
+            let mut q = self.deferred.lock();
+            if q.retired.is_empty() || now.saturating_sub(q.oldest_us) < policy.max_delay_us {
+                return Ok(());
+            }
+            core::mem::take(&mut *q)
+        };
+        self.flush_queue(q)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.as_ref().map_or(0, |c| c.now_us())
+    }
+
+    /// Allocates IOVA below `limit` (inclusive); on exhaustion in deferred mode, flushes the
+    /// quarantine and retries once.
+    pub(crate) fn alloc_iova(&self, size: u64, limit: u64) -> Result<DmaAddr, DmaError> {
+        let limit = DmaAddr::new(limit.min(self.info.aperture_end.as_u64()));
+        match self.iova.lock().alloc(size, limit) {
+            Err(DmaError::IovaExhausted { .. }) if self.pending_unmaps() > 0 => {}
+            r => return r,
+        }
+        self.flush_deferred()?;
+        self.iova.lock().alloc(size, limit)
+    }
+
+    /// Frees an IOVA allocation whose translations are gone and flushed.
+    pub(crate) fn free_iova(&self, addr: DmaAddr, size: u64) {
+        if let Err(e) = self.iova.lock().free(addr, size) {
+            log::error!("dma: IOVA free {addr:?}+{size:#x} failed: {e}");
+        }
+    }
+
+    /// Deferred unmap: queue the gather and what it retires; flush when the policy says so.
+    pub(crate) fn defer(&self, gather: IotlbGather, retired: Retired) -> Result<(), DmaError> {
+        let InvalidationMode::Deferred(policy) = self.mode else {
+            return self.flush_now(gather, alloc::vec![retired]);
+        };
+        let now = self.now();
+        let due = {
+            let mut q = self.deferred.lock();
+            if q.retired.is_empty() {
+                q.oldest_us = now;
+            }
+            q.gather.merge(gather);
+            q.retired.push(retired);
+            let due = q.retired.len() >= policy.max_pending as usize
+                || now.saturating_sub(q.oldest_us) >= policy.max_delay_us;
+            due.then(|| core::mem::take(&mut *q))
+        };
+        match due {
+            Some(q) => self.flush_queue(q),
+            None => Ok(()),
+        }
+    }
+
+    fn flush_queue(&self, q: DeferredQueue) -> Result<(), DmaError> {
+        if q.retired.is_empty() && q.gather.is_empty() {
+            return Ok(());
+        }
+        self.flush_now(q.gather, q.retired)
+    }
+
+    /// Flushes `gather` and, once that completed, frees what it retires. On failure everything
+    /// stays leaked (never reused) and the error is returned.
+    pub(crate) fn flush_now(
+        &self,
+        gather: IotlbGather,
+        retired: Vec<Retired>,
+    ) -> Result<(), DmaError> {
+        if let Err(e) = self.hw.flush(gather) {
+            log::error!(
+                "dma: IOTLB flush failed ({e}); {} IOVA ranges stay quarantined for ever",
+                retired.len()
+            );
+            return Err(e.into());
+        }
+        {
+            let mut iova = self.iova.lock();
+            for r in &retired {
+                if let Some((addr, size)) = r.iova {
+                    if let Err(e) = iova.free(addr, size) {
+                        log::error!("dma: IOVA free {addr:?}+{size:#x} failed: {e}");
+                    }
+                }
+            }
+        }
+        for r in retired {
+            for (pool, slot) in r.slots {
+                pool.free_slot(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the deferred deadline (called on every map).
+    pub(crate) fn tick(&self) {
+        if matches!(self.mode, InvalidationMode::Deferred(_)) {
+            if let Err(e) = self.poll() {
+                log::error!("dma: deferred flush failed: {e}");
+            }
+        }
+    }
+}

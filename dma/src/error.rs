@@ -1,0 +1,250 @@
+//! The one error type of the DMA API ([`DmaError`]).
+//!
+//! Implements SPEC.md "Rules for every public operation": every rejected input has its own
+//! variant carrying the values needed to act on it, and a call that returns an error has changed
+//! nothing (no partially-applied state). Unknown attribute bits get their own variant
+//! ([`DmaError::UnsupportedAttrs`], digest item 3), and so does an MMIO range that would need a
+//! bounce buffer ([`DmaError::MmioNeedsBounce`], SPEC.md "MMIO attribute").
+
+use core::fmt;
+
+use crate::attrs::UnsupportedAttrs;
+use crate::iommu::IommuError;
+use crate::phys::PhysError;
+use crate::AddrError;
+
+/// Why a mapping would have needed a bounce buffer (see [`DmaError::MmioNeedsBounce`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BounceReason {
+    /// The device's DMA mask cannot reach the range and there is no IOMMU to remap it.
+    MaskUnreachable,
+    /// The device is untrusted and the range does not start and end on page boundaries, so the
+    /// device would see other bytes of the same pages (sub-page isolation).
+    SubPage,
+}
+
+impl fmt::Display for BounceReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::MaskUnreachable => "the DMA mask cannot reach it without an IOMMU",
+            Self::SubPage => "it is not page aligned and the device is untrusted",
+        })
+    }
+}
+
+/// Every way a DMA API call can fail. A failed call has changed nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DmaError {
+    /// A length of zero (a mapping, a link, a scatter-gather entry, an allocation).
+    ZeroLength,
+    /// `addr + len` (or a running total) does not fit in 64 bits.
+    Overflow {
+        /// The start address (or the running total).
+        addr: u64,
+        /// What was added.
+        len: u64,
+    },
+    /// A value that must be aligned is not.
+    Misaligned {
+        /// Which argument (e.g. `"phys"`, `"offset"`, `"iova"`).
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// The required alignment.
+        align: u64,
+    },
+    /// Attribute bits this version does not define (digest item 3: a distinct error).
+    UnsupportedAttrs(u32),
+    /// The range is not reachable under the device's DMA mask (and cannot be bounced).
+    MaskViolation {
+        /// First byte of the range.
+        addr: u64,
+        /// Its length.
+        len: u64,
+        /// The device's DMA mask.
+        mask: u64,
+    },
+    /// An MMIO range would need a bounce buffer; MMIO is never bounced, so the mapping is refused.
+    MmioNeedsBounce {
+        /// The MMIO physical address.
+        addr: u64,
+        /// Its length.
+        len: u64,
+        /// Why a bounce would have been needed.
+        reason: BounceReason,
+    },
+    /// Unmap (or sync, or unlink) of an address that is not mapped: never mapped, or already
+    /// unmapped (double unmap).
+    NotMapped {
+        /// The address given.
+        addr: u64,
+    },
+    /// Unmap (or free) of a mapped address with the wrong size or direction.
+    SizeMismatch {
+        /// The address given.
+        addr: u64,
+        /// The size it was mapped with.
+        mapped: u64,
+        /// The size given.
+        given: u64,
+    },
+    /// Unmap of a mapped address with a different direction or attributes than it was mapped
+    /// with.
+    DirectionMismatch {
+        /// The address given.
+        addr: u64,
+    },
+    /// A range lies outside the object it refers to (a link outside its IOVA allocation, a
+    /// coherent-buffer access past its end, a sync outside its mapping).
+    OutOfRange {
+        /// Offset (or address) given.
+        offset: u64,
+        /// Length given.
+        len: u64,
+        /// Size of the object.
+        size: u64,
+    },
+    /// Part of the range is already linked or mapped.
+    AlreadyMapped {
+        /// The first address (or offset) found in use.
+        addr: u64,
+    },
+    /// No IOVA range of the requested size is free below the device's limit.
+    IovaExhausted {
+        /// The size asked for.
+        size: u64,
+    },
+    /// The bounce-buffer pool has no free slot of the requested size.
+    BounceExhausted {
+        /// The size asked for.
+        size: u64,
+    },
+    /// A bounce buffer is needed but the device has no bounce pool.
+    NoBouncePool,
+    /// The operation needs an IOMMU domain but the device is direct-mapped (e.g. the IOVA link
+    /// API; callers fall back to per-range mappings).
+    NoIommu,
+    /// The handle was revoked by its exporter (reserved for the P2P export layer).
+    Revoked,
+    /// A configuration is contradictory (the message says which rule).
+    InvalidConfig(&'static str),
+    /// An empty list (scatter-gather, link list) was given.
+    EmptyList,
+    /// An entry count does not fit (checked arithmetic, digest item 7).
+    TooManyEntries,
+    /// The IOMMU domain refused or failed the operation.
+    Iommu(IommuError),
+    /// The physical-memory provider failed (out of memory, address outside RAM).
+    Phys(PhysError),
+}
+
+impl fmt::Display for DmaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::ZeroLength => f.write_str("length is zero"),
+            Self::Overflow { addr, len } => write!(f, "{addr:#x} + {len:#x} overflows 64 bits"),
+            Self::Misaligned { what, value, align } => {
+                write!(f, "{what} {value:#x} is not aligned to {align:#x}")
+            }
+            Self::UnsupportedAttrs(bits) => {
+                write!(f, "unsupported DMA attribute bits {bits:#x}")
+            }
+            Self::MaskViolation { addr, len, mask } => {
+                write!(f, "range {addr:#x}+{len:#x} is beyond the DMA mask {mask:#x}")
+            }
+            Self::MmioNeedsBounce { addr, len, reason } => write!(
+                f,
+                "MMIO range {addr:#x}+{len:#x} would need a bounce buffer ({reason}); MMIO is never bounced"
+            ),
+            Self::NotMapped { addr } => write!(f, "{addr:#x} is not mapped (or already unmapped)"),
+            Self::SizeMismatch { addr, mapped, given } => write!(
+                f,
+                "{addr:#x} was mapped with size {mapped:#x}, not {given:#x}"
+            ),
+            Self::DirectionMismatch { addr } => {
+                write!(f, "{addr:#x} was mapped with another direction or attributes")
+            }
+            Self::OutOfRange { offset, len, size } => {
+                write!(f, "range {offset:#x}+{len:#x} is outside an object of size {size:#x}")
+            }
+            Self::AlreadyMapped { addr } => write!(f, "{addr:#x} is already mapped or linked"),
+            Self::IovaExhausted { size } => write!(f, "no free IOVA range of {size:#x} bytes"),
+            Self::BounceExhausted { size } => {
+                write!(f, "no free bounce-buffer slot of {size:#x} bytes")
+            }
+            Self::NoBouncePool => f.write_str("a bounce buffer is needed but the device has none"),
+            Self::NoIommu => f.write_str("the device is not behind an IOMMU domain"),
+            Self::Revoked => f.write_str("the handle was revoked by its exporter"),
+            Self::InvalidConfig(why) => write!(f, "invalid DMA configuration: {why}"),
+            Self::EmptyList => f.write_str("empty range list"),
+            Self::TooManyEntries => f.write_str("entry count overflows"),
+            Self::Iommu(e) => write!(f, "IOMMU: {e}"),
+            Self::Phys(e) => write!(f, "physical memory: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for DmaError {
+    fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
+        match self {
+            Self::Iommu(e) => Some(e),
+            Self::Phys(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<IommuError> for DmaError {
+    fn from(e: IommuError) -> Self {
+        Self::Iommu(e)
+    }
+}
+
+impl From<PhysError> for DmaError {
+    fn from(e: PhysError) -> Self {
+        Self::Phys(e)
+    }
+}
+
+impl From<AddrError> for DmaError {
+    fn from(e: AddrError) -> Self {
+        match e {
+            AddrError::Overflow { addr, len } => Self::Overflow { addr, len },
+        }
+    }
+}
+
+impl From<UnsupportedAttrs> for DmaError {
+    fn from(e: UnsupportedAttrs) -> Self {
+        Self::UnsupportedAttrs(e.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::string::ToString;
+
+    #[test]
+    fn every_variant_displays_its_data() {
+        let e = DmaError::MmioNeedsBounce {
+            addr: 0xfe41_0024,
+            len: 4,
+            reason: BounceReason::SubPage,
+        };
+        let s = e.to_string();
+        assert!(
+            s.contains("0xfe410024") && s.contains("never bounced"),
+            "{s}"
+        );
+        assert!(DmaError::UnsupportedAttrs(0x10)
+            .to_string()
+            .contains("0x10"));
+        assert!(DmaError::from(IommuError::OutOfMemory)
+            .to_string()
+            .starts_with("IOMMU"));
+        let src = core::error::Error::source(&DmaError::Iommu(IommuError::Detached));
+        assert!(src.is_some());
+    }
+}

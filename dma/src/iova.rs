@@ -1,0 +1,773 @@
+//! IOVA space allocation for one domain: 4 KiB-granular ranges inside `[start, end]`, below a
+//! per-call limit (device DMA mask ∩ domain aperture), never touching reserved space.
+//!
+//! Implements SPEC.md "Reserved IOVA space is never handed out" (reserved regions are removed
+//! from the free space at creation: the interrupt window, RMRRs, PCI host-bridge windows, page 0)
+//! and "Costs must not grow with the number of live mappings".
+//!
+//! # Why a buddy allocator and not Linux's red-black tree
+//!
+//! Linux keeps allocated ranges in an rbtree and searches for a gap top-down; the search walks
+//! nodes (`rb_prev`) and is O(n) in bad cases, which is why it needs its per-CPU range caches to
+//! be fast. A `BTreeMap` cannot be augmented with "largest gap below this node", so the same
+//! search here would be O(n). Instead free space is kept as naturally aligned power-of-two blocks,
+//! one `BTreeSet` per order: finding a block of order `k` below a limit is one ordered lookup per
+//! order (at most 53), splitting and merging are O(log n) each. A request of `n` pages takes an
+//! aligned `2^ceil(log2 n)` block and gives the unused tail back at once, so no IOVA is wasted;
+//! the alignment is what superpages want anyway (a 2 MiB request is 2 MiB aligned, 1 GiB is
+//! 1 GiB aligned; Linux size-aligns the same way). Within the smallest order that fits, the
+//! highest block is taken (top-down), which keeps low IOVAs for devices with small masks.
+//!
+//! On top sit per-size caches ("magazines", Bonwick/Linux `iova_rcache`) for requests of up to
+//! [`MAGAZINE_MAX_PAGES`] pages: a free pushes the range on its size's stack and the next
+//! allocation of that size pops it in O(1) (a bounded look at the top few entries to honour the
+//! limit). Cached ranges stay out of the buddy lists; [`IovaAllocator::drain_caches`] returns
+//! them, and an allocation that fails drains and retries before reporting exhaustion.
+//!
+//! Every allocation is recorded (`live`, a `BTreeMap`) so that [`IovaAllocator::free`] checks the
+//! exact range and reports a double free or a wrong size instead of corrupting the free space.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::fmt;
+
+use crate::addr::{DmaAddr, PAGE_SIZE};
+use crate::error::DmaError;
+
+const PAGE_SHIFT: u32 = 12;
+/// Number of page-frame bits of a 64-bit address: orders 0..=52.
+const MAX_ORDER: u32 = 64 - PAGE_SHIFT;
+
+/// Requests of up to this many pages are cached per size.
+pub const MAGAZINE_MAX_PAGES: u64 = 32;
+/// Ranges held per size cache.
+const MAGAZINE_CAPACITY: usize = 128;
+/// How many cached entries an allocation inspects for one below its limit.
+const MAGAZINE_PROBE: usize = 8;
+
+/// The MSI/interrupt window every x86 IOMMU domain must leave unmapped (SPEC.md).
+pub const MSI_WINDOW: ReservedRegion = ReservedRegion {
+    start: DmaAddr::new(0xFEE0_0000),
+    size: 0x10_0000,
+    kind: ReservedKind::InterruptWindow,
+};
+
+/// Why an IOVA range is reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReservedKind {
+    /// Page 0: a zero DMA address is too easily a bug.
+    PageZero,
+    /// The interrupt (MSI) window 0xFEE00000–0xFEEFFFFF.
+    InterruptWindow,
+    /// A firmware RMRR range (identity mapped by the IOMMU driver).
+    Rmrr,
+    /// A PCI host-bridge window: an IOVA there could equal a peer's bus address.
+    HostBridgeWindow,
+    /// Anything else the embedder wants kept out.
+    Other,
+}
+
+/// An IOVA range that is never handed out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReservedRegion {
+    /// First address (rounded down to a page when applied).
+    pub start: DmaAddr,
+    /// Size in bytes (the end is rounded up to a page when applied).
+    pub size: u64,
+    /// Why.
+    pub kind: ReservedKind,
+}
+
+impl ReservedRegion {
+    /// A region `[start, start + size)`.
+    pub const fn new(start: u64, size: u64, kind: ReservedKind) -> Self {
+        Self {
+            start: DmaAddr::new(start),
+            size,
+            kind,
+        }
+    }
+
+    /// The inclusive page-frame range covered, or `None` when `size == 0`.
+    fn pfns(&self) -> Option<(u64, u64)> {
+        if self.size == 0 {
+            return None;
+        }
+        let first = self.start.as_u64() >> PAGE_SHIFT;
+        let last = self.start.as_u64().saturating_add(self.size - 1) >> PAGE_SHIFT;
+        Some((first, last))
+    }
+
+    /// Whether `[addr, addr + len)` intersects this region (at page granularity).
+    pub fn overlaps(&self, addr: u64, len: u64) -> bool {
+        match (self.pfns(), len) {
+            (Some((f, l)), 1..) => {
+                let a = addr >> PAGE_SHIFT;
+                let b = addr.saturating_add(len - 1) >> PAGE_SHIFT;
+                a <= l && f <= b
+            }
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for ReservedRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:#x}+{:#x} ({:?})",
+            self.start.as_u64(),
+            self.size,
+            self.kind
+        )
+    }
+}
+
+/// Counters for tests, benchmarks and the demo output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IovaStats {
+    /// Pages in the buddy free lists.
+    pub free_pages: u64,
+    /// Pages held by the per-size caches.
+    pub cached_pages: u64,
+    /// Live allocations.
+    pub live: usize,
+    /// Pages in live allocations.
+    pub live_pages: u64,
+}
+
+/// A buddy allocator of IOVA pages with per-size caches (see the module documentation).
+///
+/// Not synchronised: a domain wraps it in its own lock.
+pub struct IovaAllocator {
+    first_pfn: u64,
+    last_pfn: u64,
+    reserved: Vec<ReservedRegion>,
+    /// `free[k]`: start pfns of free blocks of `2^k` pages, naturally aligned.
+    free: Vec<BTreeSet<u64>>,
+    /// start pfn → page count of every live allocation.
+    live: BTreeMap<u64, u64>,
+    /// `magazines[n - 1]`: cached free ranges of exactly `n` pages (start pfns).
+    magazines: Vec<Vec<u64>>,
+    free_pages: u64,
+    cached_pages: u64,
+    live_pages: u64,
+}
+
+impl fmt::Debug for IovaAllocator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IovaAllocator")
+            .field("start", &(self.first_pfn << PAGE_SHIFT))
+            .field("last_page", &(self.last_pfn << PAGE_SHIFT))
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn order_of(pages: u64) -> u32 {
+    // pages >= 1; ceil(log2(pages)).
+    64 - (pages - 1).leading_zeros()
+}
+
+impl IovaAllocator {
+    /// An allocator for the pages in `[start, end]` (`end` inclusive, e.g. `2^39 - 1`), minus the
+    /// pages touched by `reserved`. `start` is rounded up and `end` down to whole pages.
+    ///
+    /// Nothing is reserved implicitly; [`crate::DmaDomain`] adds page 0 and the interrupt window.
+    pub fn new(
+        start: DmaAddr,
+        end: DmaAddr,
+        reserved: &[ReservedRegion],
+    ) -> Result<Self, DmaError> {
+        let first_pfn = start.as_u64().div_ceil(PAGE_SIZE);
+        let last_pfn = match last_whole_pfn(end.as_u64()) {
+            Some(p) if p >= first_pfn => p,
+            _ => return Err(DmaError::InvalidConfig("IOVA space holds no whole page")),
+        };
+        let mut holes: Vec<(u64, u64)> = reserved.iter().filter_map(ReservedRegion::pfns).collect();
+        holes.sort_unstable();
+        let mut a = Self {
+            first_pfn,
+            last_pfn,
+            reserved: reserved.to_vec(),
+            free: (0..=MAX_ORDER).map(|_| BTreeSet::new()).collect(),
+            live: BTreeMap::new(),
+            magazines: (0..MAGAZINE_MAX_PAGES).map(|_| Vec::new()).collect(),
+            free_pages: 0,
+            cached_pages: 0,
+            live_pages: 0,
+        };
+        let mut cursor = first_pfn; // next pfn not yet decided
+        for (hf, hl) in holes {
+            if hl < cursor {
+                continue;
+            }
+            if hf > cursor {
+                a.release(cursor, hf.min(last_pfn + 1) - cursor);
+            }
+            if hl >= last_pfn {
+                cursor = last_pfn + 1;
+                break;
+            }
+            cursor = cursor.max(hl + 1);
+        }
+        if cursor <= last_pfn {
+            a.release(cursor, last_pfn + 1 - cursor);
+        }
+        Ok(a)
+    }
+
+    /// The reserved regions given at creation.
+    pub fn reserved(&self) -> &[ReservedRegion] {
+        &self.reserved
+    }
+
+    /// Whether any byte of `[addr, addr + len)` is reserved or outside the managed space.
+    pub fn is_reserved(&self, addr: DmaAddr, len: u64) -> bool {
+        let a = addr.as_u64();
+        let outside = len == 0
+            || a >> PAGE_SHIFT < self.first_pfn
+            || a.checked_add(len - 1)
+                .is_none_or(|l| l >> PAGE_SHIFT > self.last_pfn);
+        outside || self.reserved.iter().any(|r| r.overlaps(a, len))
+    }
+
+    /// Allocates `size` bytes (a non-zero multiple of 4 KiB) of IOVA whose last byte is at most
+    /// `limit`. The result is aligned to `size` rounded up to a power of two.
+    pub fn alloc(&mut self, size: u64, limit: DmaAddr) -> Result<DmaAddr, DmaError> {
+        if size == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        if !size.is_multiple_of(PAGE_SIZE) {
+            return Err(DmaError::Misaligned {
+                what: "IOVA size",
+                value: size,
+                align: PAGE_SIZE,
+            });
+        }
+        let pages = size >> PAGE_SHIFT;
+        let exhausted = DmaError::IovaExhausted { size };
+        let limit_pfn = match last_whole_pfn(limit.as_u64()) {
+            Some(l) => l.min(self.last_pfn),
+            None => return Err(exhausted),
+        };
+        if pages > (1 << MAX_ORDER) {
+            return Err(exhausted);
+        }
+        let pfn = match self.pop_magazine(pages, limit_pfn) {
+            Some(p) => p,
+            None => match self.alloc_buddy(pages, limit_pfn) {
+                Some(p) => p,
+                None => {
+                    if self.cached_pages == 0 {
+                        return Err(exhausted);
+                    }
+                    self.drain_caches();
+                    self.alloc_buddy(pages, limit_pfn).ok_or(exhausted)?
+                }
+            },
+        };
+        self.live.insert(pfn, pages);
+        self.live_pages += pages;
+        Ok(DmaAddr::new(pfn << PAGE_SHIFT))
+    }
+
+    /// Frees exactly the range `alloc` returned: `addr` must be the start of a live allocation and
+    /// `size` its size. A double free or a wrong size is an error and changes nothing.
+    pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
+        let a = addr.as_u64();
+        let pfn = a >> PAGE_SHIFT;
+        match self.live.get(&pfn) {
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => {}
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => {
+                return Err(DmaError::SizeMismatch {
+                    addr: a,
+                    mapped: pages << PAGE_SHIFT,
+                    given: size,
+                })
+            }
+            _ => return Err(DmaError::NotMapped { addr: a }),
+        }
+        let pages = size >> PAGE_SHIFT;
+        self.live.remove(&pfn);
+        self.live_pages -= pages;
+        if pages <= MAGAZINE_MAX_PAGES {
+            let mag = &mut self.magazines[(pages - 1) as usize];
+            if mag.len() < MAGAZINE_CAPACITY {
+                mag.push(pfn);
+                self.cached_pages += pages;
+                return Ok(());
+            }
+        }
+        self.release(pfn, pages);
+        Ok(())
+    }
+
+    /// The live allocation containing `addr`, as `(start, size)`.
+    pub fn lookup(&self, addr: DmaAddr) -> Option<(DmaAddr, u64)> {
+        let pfn = addr.as_u64() >> PAGE_SHIFT;
+        let (&s, &n) = self.live.range(..=pfn).next_back()?;
+        (pfn < s + n).then(|| (DmaAddr::new(s << PAGE_SHIFT), n << PAGE_SHIFT))
+    }
+
+    /// Returns every cached range to the buddy lists (so they can merge).
+    pub fn drain_caches(&mut self) {
+        for n in 1..=MAGAZINE_MAX_PAGES {
+            let mag = core::mem::take(&mut self.magazines[(n - 1) as usize]);
+            for pfn in mag {
+                self.release(pfn, n);
+            }
+        }
+        self.cached_pages = 0;
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> IovaStats {
+        IovaStats {
+            free_pages: self.free_pages,
+            cached_pages: self.cached_pages,
+            live: self.live.len(),
+            live_pages: self.live_pages,
+        }
+    }
+
+    /// Total pages managed (free + cached + live), constant over the allocator's life.
+    pub fn total_pages(&self) -> u64 {
+        self.free_pages + self.cached_pages + self.live_pages
+    }
+
+    fn pop_magazine(&mut self, pages: u64, limit_pfn: u64) -> Option<u64> {
+        if pages > MAGAZINE_MAX_PAGES {
+            return None;
+        }
+        let mag = &mut self.magazines[(pages - 1) as usize];
+        let len = mag.len();
+        let lo = len.saturating_sub(MAGAZINE_PROBE);
+        let idx = (lo..len).rev().find(|&i| mag[i] + pages - 1 <= limit_pfn)?;
+        let pfn = mag.swap_remove(idx);
+        self.cached_pages -= pages;
+        Some(pfn)
+    }
+
+    /// Best fit by order, top-down within the order: the smallest order that has a block able to
+    /// hold an aligned `2^k` sub-block at or below `limit_pfn`, and in it the highest position.
+    fn alloc_buddy(&mut self, pages: u64, limit_pfn: u64) -> Option<u64> {
+        let k = order_of(pages);
+        let want = 1u64 << k;
+        if limit_pfn.checked_add(1)? < want {
+            return None;
+        }
+        // Highest aligned 2^k position whose last page is <= limit_pfn.
+        let top_pos = (limit_pfn + 1 - want) & !(want - 1);
+        for j in k..=MAX_ORDER {
+            let bsize = 1u64 << j;
+            // (a) the highest block entirely below the limit.
+            let a = if limit_pfn + 1 >= bsize {
+                self.free[j as usize]
+                    .range(..=limit_pfn + 1 - bsize)
+                    .next_back()
+                    .copied()
+            } else {
+                None
+            };
+            // (b) the block straddling the limit, if free: use its part below the limit.
+            let s = limit_pfn & !(bsize - 1);
+            let b =
+                (s + bsize - 1 > limit_pfn && top_pos >= s && self.free[j as usize].contains(&s))
+                    .then_some(s);
+            let choice = match (a, b) {
+                (_, Some(s)) => Some((s, top_pos)), // b's position is the highest possible
+                (Some(s), None) => Some((s, s + bsize - want)),
+                (None, None) => None,
+            };
+            if let Some((block, pos)) = choice {
+                self.free[j as usize].remove(&block);
+                self.free_pages -= bsize;
+                // Split down to order k, keeping the halves that do not contain `pos` free.
+                let mut s = block;
+                let mut o = j;
+                while o > k {
+                    o -= 1;
+                    let half = 1u64 << o;
+                    if pos >= s + half {
+                        self.free[o as usize].insert(s);
+                        s += half;
+                    } else {
+                        self.free[o as usize].insert(s + half);
+                    }
+                    self.free_pages += half;
+                }
+                debug_assert_eq!(s, pos);
+                if pages < want {
+                    self.release(pos + pages, want - pages);
+                }
+                return Some(pos);
+            }
+        }
+        None
+    }
+
+    /// Puts `[pfn, pfn + pages)` into the buddy lists as maximal aligned blocks, merging buddies.
+    fn release(&mut self, mut pfn: u64, pages: u64) {
+        let end = pfn + pages;
+        while pfn < end {
+            let align = if pfn == 0 {
+                MAX_ORDER
+            } else {
+                pfn.trailing_zeros().min(MAX_ORDER)
+            };
+            let fit = 63 - (end - pfn).leading_zeros();
+            let o = align.min(fit);
+            self.free_block(pfn, o);
+            pfn += 1 << o;
+        }
+    }
+
+    fn free_block(&mut self, mut pfn: u64, mut o: u32) {
+        self.free_pages += 1 << o;
+        while o < MAX_ORDER {
+            let buddy = pfn ^ (1 << o);
+            if !self.free[o as usize].remove(&buddy) {
+                break;
+            }
+            pfn = pfn.min(buddy);
+            o += 1;
+        }
+        self.free[o as usize].insert(pfn);
+    }
+
+    /// Checks the internal invariants (tests only): free blocks aligned, disjoint, inside the
+    /// space, off reserved pages, and the page accounting adds up.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn check_invariants(&self) {
+        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        let mut sum = 0;
+        for (o, set) in self.free.iter().enumerate() {
+            for &s in set {
+                assert_eq!(
+                    s & ((1 << o) - 1),
+                    0,
+                    "free block {s:#x} not aligned to order {o}"
+                );
+                blocks.push((s, 1 << o));
+                sum += 1u64 << o;
+            }
+        }
+        for (n, mag) in self.magazines.iter().enumerate() {
+            for &s in mag {
+                blocks.push((s, n as u64 + 1));
+            }
+        }
+        for (&s, &n) in &self.live {
+            blocks.push((s, n));
+        }
+        assert_eq!(sum, self.free_pages);
+        blocks.sort_unstable();
+        for w in blocks.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "overlap {:x?} {:x?}", w[0], w[1]);
+        }
+        for &(s, n) in &blocks {
+            assert!(s >= self.first_pfn && s + n - 1 <= self.last_pfn);
+            assert!(!self.is_reserved(DmaAddr::new(s << PAGE_SHIFT), n << PAGE_SHIFT));
+        }
+    }
+}
+
+/// The last pfn whose page lies entirely at or below `limit`.
+fn last_whole_pfn(limit: u64) -> Option<u64> {
+    if limit & (PAGE_SIZE - 1) == PAGE_SIZE - 1 {
+        Some(limit >> PAGE_SHIFT)
+    } else {
+        (limit >> PAGE_SHIFT).checked_sub(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MB2: u64 = 2 << 20;
+    const GB1: u64 = 1 << 30;
+
+    fn space(end_bits: u32, reserved: &[ReservedRegion]) -> IovaAllocator {
+        IovaAllocator::new(
+            DmaAddr::new(0),
+            DmaAddr::new((1u64 << end_bits) - 1),
+            reserved,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn iova_alloc_is_size_aligned_for_superpages() {
+        let mut a = space(39, &[]);
+        let x = a.alloc(MB2, DmaAddr::new(u64::MAX)).unwrap();
+        assert!(x.is_aligned(MB2));
+        let y = a.alloc(GB1, DmaAddr::new(u64::MAX)).unwrap();
+        assert!(y.is_aligned(GB1));
+        let z = a.alloc(3 * PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        assert!(z.is_aligned(4 * PAGE_SIZE));
+        a.check_invariants();
+    }
+
+    #[test]
+    fn iova_alloc_is_top_down_and_respects_limit() {
+        let mut a = space(39, &[]);
+        let x = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        assert_eq!(x.as_u64(), (1 << 39) - PAGE_SIZE);
+        let y = a.alloc(PAGE_SIZE, DmaAddr::new(0xffff_ffff)).unwrap();
+        assert_eq!(y.as_u64(), 0xffff_f000);
+        let z = a.alloc(PAGE_SIZE, DmaAddr::new(0x0fff_ffff)).unwrap();
+        assert_eq!(z.as_u64(), 0x0fff_f000);
+        // A limit that is not the last byte of a page: that page is not usable.
+        let w = a.alloc(PAGE_SIZE, DmaAddr::new(0x1_0000_0800)).unwrap();
+        assert_eq!(w.as_u64(), 0xffff_e000);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn reserved_msi_window_is_never_handed_out() {
+        let mut a = IovaAllocator::new(
+            DmaAddr::new(0xFED0_0000),
+            DmaAddr::new(0xFEFF_FFFF),
+            &[MSI_WINDOW],
+        )
+        .unwrap();
+        let total = a.stats().free_pages;
+        assert_eq!(total, (0x30_0000 - 0x10_0000) / PAGE_SIZE);
+        let mut got = Vec::new();
+        while let Ok(x) = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)) {
+            assert!(!MSI_WINDOW.overlaps(x.as_u64(), PAGE_SIZE), "{x:?}");
+            got.push(x);
+        }
+        assert_eq!(got.len() as u64, total);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn iova_exhaustion_is_an_error_and_changes_nothing() {
+        let mut a = IovaAllocator::new(DmaAddr::new(0x1000), DmaAddr::new(0x4fff), &[]).unwrap();
+        let before = a.stats();
+        assert_eq!(
+            a.alloc(8 * PAGE_SIZE, DmaAddr::new(u64::MAX)),
+            Err(DmaError::IovaExhausted {
+                size: 8 * PAGE_SIZE
+            })
+        );
+        assert_eq!(a.stats(), before);
+        // Limit below every page.
+        assert_eq!(
+            a.alloc(PAGE_SIZE, DmaAddr::new(0xfff)),
+            Err(DmaError::IovaExhausted { size: PAGE_SIZE })
+        );
+        assert_eq!(a.stats(), before);
+    }
+
+    #[test]
+    fn iova_free_checks_the_exact_range() {
+        let mut a = space(32, &[]);
+        let x = a.alloc(2 * PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        let before = a.stats();
+        assert_eq!(
+            a.free(x, PAGE_SIZE),
+            Err(DmaError::SizeMismatch {
+                addr: x.as_u64(),
+                mapped: 2 * PAGE_SIZE,
+                given: PAGE_SIZE
+            })
+        );
+        assert_eq!(
+            a.free(DmaAddr::new(x.as_u64() + PAGE_SIZE), PAGE_SIZE),
+            Err(DmaError::NotMapped {
+                addr: x.as_u64() + PAGE_SIZE
+            })
+        );
+        assert_eq!(
+            a.free(DmaAddr::new(x.as_u64() + 1), 2 * PAGE_SIZE),
+            Err(DmaError::NotMapped {
+                addr: x.as_u64() + 1
+            })
+        );
+        assert_eq!(a.stats(), before);
+        a.free(x, 2 * PAGE_SIZE).unwrap();
+        // Double free.
+        assert_eq!(
+            a.free(x, 2 * PAGE_SIZE),
+            Err(DmaError::NotMapped { addr: x.as_u64() })
+        );
+        a.check_invariants();
+    }
+
+    #[test]
+    fn iova_rejects_zero_and_unaligned_sizes() {
+        let mut a = space(32, &[]);
+        assert_eq!(
+            a.alloc(0, DmaAddr::new(u64::MAX)),
+            Err(DmaError::ZeroLength)
+        );
+        assert!(matches!(
+            a.alloc(100, DmaAddr::new(u64::MAX)),
+            Err(DmaError::Misaligned { .. })
+        ));
+    }
+
+    #[test]
+    fn magazine_reuses_freed_ranges() {
+        let mut a = space(39, &[]);
+        let x = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        a.free(x, PAGE_SIZE).unwrap();
+        assert_eq!(a.stats().cached_pages, 1);
+        assert_eq!(a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap(), x);
+        assert_eq!(a.stats().cached_pages, 0);
+        // A cached range above the limit is not used for a smaller mask.
+        a.free(x, PAGE_SIZE).unwrap();
+        let y = a.alloc(PAGE_SIZE, DmaAddr::new(0xffff_ffff)).unwrap();
+        assert_ne!(x, y);
+        assert!(y.as_u64() < 0x1_0000_0000);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn exhaustion_drains_caches_before_failing() {
+        let mut a = IovaAllocator::new(DmaAddr::new(0), DmaAddr::new(0x3fff), &[]).unwrap();
+        let p: Vec<_> = (0..4)
+            .map(|_| a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap())
+            .collect();
+        for x in p {
+            a.free(x, PAGE_SIZE).unwrap();
+        }
+        // 4 single pages cached; a 4-page request needs them merged.
+        let big = a.alloc(4 * PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        assert_eq!(big.as_u64(), 0);
+        a.check_invariants();
+    }
+
+    #[test]
+    fn reserved_ranges_are_rounded_out_to_pages() {
+        let r = ReservedRegion::new(0x1800, 0x1000, ReservedKind::Rmrr); // touches pages 1 and 2
+        let mut a = IovaAllocator::new(DmaAddr::new(0), DmaAddr::new(0x3fff), &[r]).unwrap();
+        assert_eq!(a.stats().free_pages, 2);
+        let x = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        let y = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        let mut got = [x.as_u64(), y.as_u64()];
+        got.sort();
+        assert_eq!(got, [0, 0x3000]);
+        assert!(a.is_reserved(DmaAddr::new(0x2fff), 1));
+    }
+
+    #[test]
+    fn empty_space_is_invalid_config() {
+        assert!(matches!(
+            IovaAllocator::new(DmaAddr::new(0x1000), DmaAddr::new(0x1ffe), &[]),
+            Err(DmaError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn one_million_live_allocations() {
+        let mut a = space(39, &[MSI_WINDOW]);
+        let mut v = Vec::with_capacity(1 << 20);
+        for _ in 0..(1 << 20) {
+            v.push(a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap());
+        }
+        assert_eq!(a.stats().live, 1 << 20);
+        for x in v.drain(..).rev() {
+            a.free(x, PAGE_SIZE).unwrap();
+        }
+        a.drain_caches();
+        assert_eq!(a.stats().free_pages, a.total_pages());
+        // Everything merged back: one allocation of half the space works.
+        a.alloc(1 << 38, DmaAddr::new(u64::MAX)).unwrap();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Alloc { pages: u64, limit_bits: u32 },
+        Free { idx: usize },
+        FreeWrongSize { idx: usize },
+        FreeBogus { addr: u64 },
+        Drain,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (prop_oneof![1u64..=4, 1u64..=40, Just(512u64), 1u64..=2000], 20u32..=33)
+                .prop_map(|(pages, limit_bits)| Op::Alloc { pages, limit_bits }),
+            3 => any::<usize>().prop_map(|idx| Op::Free { idx }),
+            1 => any::<usize>().prop_map(|idx| Op::FreeWrongSize { idx }),
+            1 => any::<u64>().prop_map(|addr| Op::FreeBogus { addr }),
+            1 => Just(Op::Drain),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Model: the set of live ranges. Checks no overlap, no reserved IOVA, limits respected,
+        /// failed operations change nothing, and no leak once everything is freed.
+        #[test]
+        fn iova_model_no_overlap_no_reserved_masks_respected(
+            ops in proptest::collection::vec(op(), 1..120),
+            holes in proptest::collection::vec((0u64..0x2_0000, 1u64..64), 0..4),
+        ) {
+            let mut reserved: Vec<ReservedRegion> = holes
+                .iter()
+                .map(|&(p, n)| ReservedRegion::new(p << 12, n << 12, ReservedKind::HostBridgeWindow))
+                .collect();
+            reserved.push(MSI_WINDOW);
+            reserved.push(ReservedRegion::new(0, PAGE_SIZE, ReservedKind::PageZero));
+            let mut a = IovaAllocator::new(DmaAddr::new(0), DmaAddr::new((1 << 33) - 1), &reserved).unwrap();
+            let total = a.total_pages();
+            let mut model: Vec<(u64, u64)> = Vec::new();
+            for op in ops {
+                let before = a.stats();
+                match op {
+                    Op::Alloc { pages, limit_bits } => {
+                        let limit = (1u64 << limit_bits) - 1;
+                        match a.alloc(pages * PAGE_SIZE, DmaAddr::new(limit)) {
+                            Ok(x) => {
+                                let x = x.as_u64();
+                                prop_assert!(x + pages * PAGE_SIZE - 1 <= limit);
+                                prop_assert_eq!(x % (pages.next_power_of_two() * PAGE_SIZE), 0);
+                                prop_assert!(!reserved.iter().any(|r| r.overlaps(x, pages * PAGE_SIZE)));
+                                for &(s, n) in &model {
+                                    prop_assert!(x + pages * PAGE_SIZE <= s || s + n <= x);
+                                }
+                                model.push((x, pages * PAGE_SIZE));
+                            }
+                            Err(e) => {
+                                prop_assert_eq!(e, DmaError::IovaExhausted { size: pages * PAGE_SIZE });
+                                prop_assert_eq!(a.stats().live, before.live);
+                            }
+                        }
+                    }
+                    Op::Free { idx } if !model.is_empty() => {
+                        let (s, n) = model.swap_remove(idx % model.len());
+                        prop_assert_eq!(a.free(DmaAddr::new(s), n), Ok(()));
+                    }
+                    Op::FreeWrongSize { idx } if !model.is_empty() => {
+                        let (s, n) = model[idx % model.len()];
+                        prop_assert!(a.free(DmaAddr::new(s), n + PAGE_SIZE).is_err());
+                        prop_assert_eq!(a.stats(), before);
+                    }
+                    Op::FreeBogus { addr }
+                        if !model.iter().any(|&(s, _)| s == addr) => {
+                            prop_assert!(a.free(DmaAddr::new(addr), PAGE_SIZE).is_err());
+                            prop_assert_eq!(a.stats(), before);
+                        }
+                    Op::Drain => a.drain_caches(),
+                    _ => {}
+                }
+                prop_assert_eq!(a.total_pages(), total);
+            }
+            a.check_invariants();
+            for (s, n) in model.drain(..) {
+                a.free(DmaAddr::new(s), n).unwrap();
+            }
+            a.drain_caches();
+            a.check_invariants();
+            prop_assert_eq!(a.stats().free_pages, total);
+        }
+    }
+}

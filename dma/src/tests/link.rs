@@ -1,0 +1,489 @@
+//! The IOVA link API: digest item 14 and items 1-10, each as a named test.
+
+use std::vec::Vec;
+
+use super::{buffer, snapshot, HIGH, LOW};
+use crate::iommu::{IommuDomain, IommuError, Prot};
+use crate::testing::{FakeOp, Fixture};
+use crate::{Attrs, DeviceConfig, Direction, DmaError, InvalidationMode, PhysAddr, PAGE_SIZE};
+
+const TO: Direction = Direction::ToDevice;
+const RAM: Attrs = Attrs::empty();
+
+fn iommu() -> Fixture {
+    Fixture::iommu(
+        DeviceConfig::with_mask_bits(39).unwrap(),
+        InvalidationMode::Strict,
+    )
+    .unwrap()
+}
+
+fn p(a: u64) -> PhysAddr {
+    PhysAddr::new(a)
+}
+
+#[test]
+fn iova_try_alloc_on_direct_is_no_iommu() {
+    let f = Fixture::direct(DeviceConfig::default()).unwrap();
+    assert_eq!(
+        f.dev.iova_try_alloc(p(LOW), 4096).unwrap_err(),
+        DmaError::NoIommu
+    );
+}
+
+#[test]
+fn reject_zero_length_link_and_alloc() {
+    let f = iommu();
+    assert_eq!(
+        f.dev.iova_try_alloc(p(LOW), 0).unwrap_err(),
+        DmaError::ZeroLength
+    );
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x4000).unwrap();
+    let s = snapshot(&f);
+    assert_eq!(
+        l.link(p(LOW), 0, 0, TO, RAM).unwrap_err(),
+        DmaError::ZeroLength
+    );
+    assert_eq!(snapshot(&f), s);
+}
+
+#[test]
+fn reject_link_overflow_and_out_of_range() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x4000).unwrap();
+    let s = snapshot(&f);
+    assert!(matches!(
+        l.link(p(LOW), u64::MAX, 2, TO, RAM).unwrap_err(),
+        DmaError::Overflow { .. }
+    ));
+    assert!(matches!(
+        l.link(p(u64::MAX - 1), 0, 4096, TO, RAM).unwrap_err(),
+        DmaError::Overflow { .. }
+    ));
+    assert_eq!(
+        l.link(p(LOW + 0x3000), 0x3000, 0x2000, TO, RAM)
+            .unwrap_err(),
+        DmaError::OutOfRange {
+            offset: 0x3000,
+            len: 0x2000,
+            size: 0x4000
+        }
+    );
+    assert_eq!(
+        l.link(p(LOW), 0, 0x1000, TO, Attrs::from_bits_retain(0x80))
+            .unwrap_err(),
+        DmaError::UnsupportedAttrs(0x80)
+    );
+    assert_eq!(snapshot(&f), s);
+    assert_eq!(l.link_count(), 0);
+}
+
+#[test]
+fn link_phys_and_offset_alignment_checked_separately() {
+    // Digest item 14: start_pad == 0 does not prove phys and offset are mutually aligned.
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x10000).unwrap();
+    let s = snapshot(&f);
+    // Offset aligned, phys not: the phys check catches it.
+    assert_eq!(
+        l.link(p(LOW + 0x10), 0x1000, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Misaligned {
+            what: "phys",
+            value: LOW + 0x10,
+            align: PAGE_SIZE
+        }
+    );
+    // Phys aligned, offset not: the offset check catches it.
+    assert_eq!(
+        l.link(p(LOW), 0x1010, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Misaligned {
+            what: "offset",
+            value: 0x1010,
+            align: PAGE_SIZE
+        }
+    );
+    // At offset 0, phys must share the page offset given at allocation.
+    assert_eq!(
+        l.link(p(LOW + 0x20), 0, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Misaligned {
+            what: "phys",
+            value: LOW + 0x20,
+            align: PAGE_SIZE
+        }
+    );
+    assert_eq!(snapshot(&f), s);
+    // An allocation for an unaligned start links that start fine.
+    let mut u = f.dev.iova_try_alloc(p(LOW + 0x20), 0x100).unwrap();
+    let dma = u.link(p(HIGH + 0x20), 0, 0x100, TO, RAM).unwrap();
+    assert_eq!(dma.page_offset(), 0x20);
+    assert_eq!(f.hw().translate(dma).unwrap().0, p(HIGH + 0x20));
+}
+
+#[test]
+fn link_mid_range_must_be_granule_aligned() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x10000).unwrap();
+    // A link that ends mid-page before the end of the range would share its page with the next.
+    assert_eq!(
+        l.link(p(LOW), 0, 0x1800, TO, RAM).unwrap_err(),
+        DmaError::Misaligned {
+            what: "len",
+            value: 0x1800,
+            align: PAGE_SIZE
+        }
+    );
+    // Ending exactly at the end of the range may be unaligned... if the range's end is.
+    let mut t = f.dev.iova_try_alloc(p(LOW), 0x1800).unwrap();
+    t.link(p(LOW), 0, 0x1000, TO, RAM).unwrap();
+    t.link(p(HIGH), 0x1000, 0x800, TO, RAM).unwrap();
+    assert_eq!(t.linked_len(), 0x1800);
+    l.link(p(LOW), 0, 0x2000, TO, RAM).unwrap();
+    l.link(p(HIGH), 0x4000, 0x1000, TO, RAM).unwrap();
+}
+
+#[test]
+fn link_overlap_rejected() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x10000).unwrap();
+    l.link(p(LOW), 0x2000, 0x2000, TO, RAM).unwrap();
+    let s = snapshot(&f);
+    for (off, len) in [
+        (0x2000, 0x1000),
+        (0x3000, 0x1000),
+        (0x1000, 0x2000),
+        (0x0, 0x10000),
+    ] {
+        assert_eq!(
+            l.link(p(HIGH), off, len, TO, RAM).unwrap_err(),
+            DmaError::AlreadyMapped { addr: 0x2000 }
+        );
+    }
+    assert_eq!(snapshot(&f), s);
+    l.link(p(HIGH), 0x1000, 0x1000, TO, RAM).unwrap();
+    l.link(p(HIGH), 0x4000, 0x1000, TO, RAM).unwrap();
+}
+
+#[test]
+fn link_sync_once_for_span() {
+    let f = iommu();
+    let ranges: Vec<_> = (0..16).map(|i| (p(HIGH + i * 0x10000), 0x3000)).collect();
+    f.hw().reset_counts();
+    let l = f.dev.map_linked(&ranges, TO, Attrs::MMIO).unwrap();
+    let c = f.hw().counts();
+    assert_eq!((c.maps, c.sync_maps), (16, 1));
+    let ops = f.hw().ops();
+    assert!(ops.is_empty()); // recording was off
+    assert_eq!(l.linked_len(), 16 * 0x3000);
+    for (i, &(ph, _)) in ranges.iter().enumerate() {
+        let (pa, prot) = f
+            .hw()
+            .translate(crate::DmaAddr::new(l.addr().as_u64() + i as u64 * 0x3000))
+            .unwrap();
+        assert_eq!(pa, ph);
+        assert_eq!(prot, Prot::READ | Prot::MMIO);
+    }
+}
+
+#[test]
+fn link_failure_at_index_0_frees_iova() {
+    // Digest item 9: no IOVA leak when the first link fails.
+    let f = iommu();
+    let s = snapshot(&f);
+    f.hw().fail_map_after(0);
+    let ranges = [(p(LOW), 0x1000), (p(LOW + 0x2000), 0x1000)];
+    assert_eq!(
+        f.dev.map_linked(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
+    assert_eq!(snapshot(&f), s);
+}
+
+#[test]
+fn link_failure_at_index_k_unwinds_exactly_k() {
+    for k in [1u64, 3, 7] {
+        let f = iommu();
+        let s = snapshot(&f);
+        let ranges: Vec<_> = (0..8).map(|i| (p(LOW + i * 0x10000), 0x2000)).collect();
+        f.hw().record_ops(true);
+        f.hw().fail_map_after(k);
+        assert!(f.dev.map_linked(&ranges, TO, RAM).is_err());
+        let ops = f.hw().ops();
+        let maps: Vec<_> = ops
+            .iter()
+            .filter_map(|o| match o {
+                FakeOp::Map { iova, size, .. } => Some((*iova, *size)),
+                _ => None,
+            })
+            .collect();
+        let mut unmaps: Vec<_> = ops
+            .iter()
+            .filter_map(|o| match o {
+                FakeOp::Unmap { iova, size } => Some((*iova, *size)),
+                _ => None,
+            })
+            .collect();
+        unmaps.sort();
+        assert_eq!(maps.len() as u64, k);
+        assert_eq!(unmaps, maps, "exactly the k links, each with its own size");
+        assert_eq!(
+            ops.iter()
+                .filter(|o| matches!(o, FakeOp::Flush { .. }))
+                .count(),
+            1
+        );
+        assert_eq!(snapshot(&f), s, "no IOVA leaked");
+    }
+}
+
+#[test]
+fn link_ranges_failure_keeps_earlier_links() {
+    // link_ranges unwinds only what *it* linked.
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x10000).unwrap();
+    l.link(p(LOW), 0, 0x1000, TO, RAM).unwrap();
+    let ranges = [
+        (p(LOW + 0x1000), 0x1000),
+        (p(LOW + 0x2000), 0x1000),
+        (p(LOW + 0x3010), 0x1000),
+    ];
+    assert!(matches!(
+        l.link_ranges(0x1000, &ranges, TO, RAM).unwrap_err(),
+        DmaError::Misaligned { what: "phys", .. }
+    ));
+    assert_eq!(l.link_count(), 1);
+    assert_eq!(f.hw().entries(), 1);
+}
+
+#[test]
+fn destroy_frees_whole_allocation() {
+    let f = iommu();
+    let s = snapshot(&f);
+    let mut l = f.dev.iova_try_alloc(p(LOW), 1 << 20).unwrap();
+    assert_eq!(l.allocation().1, 1 << 20);
+    l.link(p(LOW), 0, 0x1000, TO, RAM).unwrap();
+    l.link(p(LOW), 0x8000, 0x1000, TO, RAM).unwrap();
+    l.destroy().unwrap();
+    assert_eq!(
+        snapshot(&f),
+        s,
+        "the whole 1 MiB came back, not just the 8 KiB linked"
+    );
+    // Also when nothing was linked, and on drop.
+    let l = f.dev.iova_try_alloc(p(LOW), 1 << 20).unwrap();
+    drop(l);
+    assert_eq!(snapshot(&f), s);
+}
+
+#[test]
+fn unlink_uses_each_links_own_attrs() {
+    // Digest item 14: one attrs value for a bulk unlink is wrong when links differ.
+    let f = Fixture::iommu(
+        DeviceConfig::with_mask_bits(39).unwrap().untrusted(),
+        InvalidationMode::Strict,
+    )
+    .unwrap();
+    let buf = buffer(&f, 2, u64::MAX);
+    f.phys.fill(buf, 8192, 0x10);
+    let mut l = f.dev.iova_try_alloc(p(0x40), 0x2000 - 0x40).unwrap();
+    // Link 0: RAM, device writes, unaligned start: bounced.
+    let d0 = l
+        .link(p(buf + 0x40), 0, 0x1000 - 0x40, Direction::FromDevice, RAM)
+        .unwrap();
+    // Link 1: MMIO, page aligned, device reads.
+    l.link(p(0xfe00_0000), 0x1000 - 0x40, 0x1000, TO, Attrs::MMIO)
+        .unwrap();
+    let (slot, prot0) = f.hw().translate(d0).unwrap();
+    assert_ne!(slot.as_u64(), buf + 0x40, "bounced");
+    assert_eq!(prot0, Prot::WRITE | Prot::CACHE);
+    let (_, prot1) = f
+        .hw()
+        .translate(crate::DmaAddr::new(d0.as_u64() - 0x40 + 0x1000))
+        .unwrap();
+    assert_eq!(prot1, Prot::READ | Prot::MMIO);
+    f.phys.fill(slot.as_u64(), 0x1000 - 0x40, 0x66); // the device writes link 0
+    f.hw().record_ops(true);
+    l.unlink(0, 0x2000 - 0x40).unwrap();
+    // Link 0 copied back (FromDevice, RAM); link 1 never touched as memory (MMIO).
+    assert!(f
+        .phys
+        .bytes(buf + 0x40, 0x1000 - 0x40)
+        .iter()
+        .all(|&b| b == 0x66));
+    assert!(f.phys.bytes(buf, 0x40).iter().all(|&b| b == 0x10));
+    let ops = f.hw().ops();
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, FakeOp::Unmap { size: 0x1000, .. }))
+            .count(),
+        2
+    );
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, FakeOp::Flush { .. }))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn unlink_removes_exactly_the_granules_linked() {
+    // Digest item 10: map/unmap granularity is the same.
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(0), 8 << 20).unwrap();
+    f.hw().record_ops(true);
+    l.link(p(2 << 20), 0, 2 << 20, TO, RAM).unwrap(); // one 2 MiB superpage
+    l.link(p(LOW), 2 << 20, 0x3000, TO, RAM).unwrap(); // three 4 KiB pages
+    l.unlink(0, 8 << 20).unwrap();
+    let ops = f.hw().ops();
+    let maps: Vec<_> = ops
+        .iter()
+        .filter_map(|o| match o {
+            FakeOp::Map { iova, size, .. } => Some((*iova, *size)),
+            _ => None,
+        })
+        .collect();
+    let unmaps: Vec<_> = ops
+        .iter()
+        .filter_map(|o| match o {
+            FakeOp::Unmap { iova, size } => Some((*iova, *size)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(maps, unmaps);
+    assert_eq!(f.hw().counts().leaves, [3, 1, 0]);
+}
+
+#[test]
+fn unlink_terminates_and_rejects_partial_ranges() {
+    // Digest item 14: the slow-path unlink loop must advance; a range cutting a link is refused.
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(0), 0x10000).unwrap();
+    l.link(p(LOW), 0x1000, 0x2000, TO, RAM).unwrap();
+    l.link(p(LOW), 0x8000, 0x1000, TO, RAM).unwrap();
+    let s = snapshot(&f);
+    assert_eq!(
+        l.unlink(0x2000, 0x1000).unwrap_err(),
+        DmaError::SizeMismatch {
+            addr: 0x1000,
+            mapped: 0x2000,
+            given: 0x1000
+        }
+    );
+    assert_eq!(
+        l.unlink(0x0, 0x2000).unwrap_err(),
+        DmaError::SizeMismatch {
+            addr: 0x1000,
+            mapped: 0x2000,
+            given: 0x2000
+        }
+    );
+    assert_eq!(
+        l.unlink(0x4000, 0x1000).unwrap_err(),
+        DmaError::NotMapped { addr: 0x4000 }
+    );
+    assert!(matches!(
+        l.unlink(0, 0x20000).unwrap_err(),
+        DmaError::OutOfRange { .. }
+    ));
+    assert_eq!(snapshot(&f), s);
+    // A range with gaps between whole links is fine.
+    l.unlink(0, 0x10000).unwrap();
+    assert_eq!(l.link_count(), 0);
+    // Double unlink.
+    assert_eq!(
+        l.unlink(0, 0x10000).unwrap_err(),
+        DmaError::NotMapped { addr: 0 }
+    );
+    // The IOVA stays allocated after unlink: relinking works, destroy frees it.
+    l.link(p(HIGH), 0x1000, 0x1000, TO, RAM).unwrap();
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
+fn unlink_failure_restores_links() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(0), 0x10000).unwrap();
+    for i in 0..4 {
+        l.link(p(LOW + i * 0x1000), i * 0x1000, 0x1000, TO, RAM)
+            .unwrap();
+    }
+    f.hw().fail_unmap_after(2);
+    let s = snapshot(&f);
+    assert!(l.unlink(0, 0x4000).is_err());
+    assert_eq!(snapshot(&f), s);
+    assert_eq!(l.link_count(), 4);
+    for i in 0..4 {
+        assert!(f
+            .hw()
+            .translate(crate::DmaAddr::new(l.addr().as_u64() + i * 0x1000))
+            .is_some());
+    }
+}
+
+#[test]
+fn link_mmio_untrusted_unaligned_refused() {
+    let f = Fixture::iommu(
+        DeviceConfig::default().untrusted(),
+        InvalidationMode::Strict,
+    )
+    .unwrap();
+    let mut l = f.dev.iova_try_alloc(p(0xfe41_0024), 4).unwrap();
+    assert!(matches!(
+        l.link(p(0xfe41_0024), 0, 4, TO, Attrs::MMIO).unwrap_err(),
+        DmaError::MmioNeedsBounce { .. }
+    ));
+    // Trusted: fine (digest item 13 through the link API).
+    let t = iommu();
+    let mut l = t.dev.iova_try_alloc(p(0xfe41_0024), 4).unwrap();
+    let dma = l.link(p(0xfe41_0024), 0, 4, TO, Attrs::MMIO).unwrap();
+    assert_eq!(dma.page_offset(), 0x24);
+}
+
+#[test]
+fn link_ranges_at_4gib_boundaries_segments_contiguous() {
+    // Digest test case: 4 GiB ± 1 page and just over 8 GiB; segments contiguous and page aligned.
+    for total in [
+        (4u64 << 30) - PAGE_SIZE,
+        4 << 30,
+        (4 << 30) + PAGE_SIZE,
+        (8 << 30) + PAGE_SIZE,
+    ] {
+        let f = iommu();
+        let l = f
+            .dev
+            .map_linked(&[(p(1 << 30), total)], TO, Attrs::MMIO)
+            .unwrap();
+        assert_eq!(l.linked_len(), total, "no 32-bit truncation");
+        let segs = l.segments(0, total).unwrap();
+        let mut next = l.addr().as_u64();
+        for (i, s) in segs.iter().enumerate() {
+            assert_eq!(s.addr.as_u64(), next);
+            assert!(s.addr.is_aligned(PAGE_SIZE));
+            assert!(s.len <= u32::MAX as u64);
+            if i + 1 < segs.len() {
+                assert_eq!(s.len % PAGE_SIZE, 0);
+            }
+            next += s.len;
+        }
+        assert_eq!(next - l.addr().as_u64(), total);
+        assert_eq!(
+            segs.len() as u64,
+            total.div_ceil((u32::MAX as u64) & !(PAGE_SIZE - 1))
+        );
+    }
+}
+
+#[test]
+fn link_in_deferred_domain_unlink_is_still_strict() {
+    let mode = InvalidationMode::Deferred(crate::DeferredPolicy {
+        max_pending: 1000,
+        max_delay_us: u64::MAX,
+    });
+    let f = Fixture::iommu(DeviceConfig::default(), mode).unwrap();
+    let mut l = f.dev.iova_try_alloc(p(0), 0x4000).unwrap();
+    l.link(p(LOW), 0, 0x4000, TO, RAM).unwrap();
+    l.unlink(0, 0x4000).unwrap();
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    l.link(p(HIGH), 0, 0x4000, TO, RAM).unwrap();
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
