@@ -30,6 +30,8 @@ pub struct Kernel {
     pub acpi: acpi::Acpi,
     /// The PCI hierarchy.
     pub pci: devices::pci::PciSystem,
+    /// The VT-d units (None without a DMAR: no IOMMU).
+    pub iommu: Option<devices::iommu::Iommu>,
 }
 
 /// Rust entry point, called by the PVH entry code on the boot stack with the physical address of
@@ -103,7 +105,32 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         "pci: {} functions enumerated",
         pci.topology.functions().len()
     );
-    let k = Kernel { boot, acpi, pci };
+    let levels = match cmdline.value("vtd.levels") {
+        Some("3") => Some(iommu_vtd::PagingLevels::Three),
+        Some("4") => Some(iommu_vtd::PagingLevels::Four),
+        _ => None,
+    };
+    let iommu = match devices::iommu::init(&acpi, &pci, levels) {
+        Ok(i) => i,
+        Err(e) => {
+            log::error!("iommu: {e}");
+            exit(Status::Failure)
+        }
+    };
+    if let Some(i) = &iommu {
+        log::info!(
+            "iommu: {} VT-d unit(s) translating, host address width {}, {}-level tables",
+            i.units.len(),
+            i.host_address_width,
+            i.levels.count()
+        );
+    }
+    let k = Kernel {
+        boot,
+        acpi,
+        pci,
+        iommu,
+    };
     demo::print_boot_report(&k);
     if CommandLine::new(k.boot.cmdline()).flag("acpidump") {
         demo::dump_tables(&k);

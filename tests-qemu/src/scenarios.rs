@@ -284,6 +284,94 @@ fn pci_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// The kernel command line for VT-d tests: the selected tests plus the expectations the
+/// topology implies, computed from the same values QEMU is given (table depth from `aw-bits`,
+/// caching mode, edu's DMA mask).
+fn vtd_cmdline(t: &Topology, tests: &[&str]) -> String {
+    let props = t.iommu.clone().unwrap_or_default();
+    let has = |kv: &str| props.split(',').any(|p| p == kv);
+    let levels = if has("aw-bits=48") { 4 } else { 3 };
+    let cm = u8::from(has("caching-mode=on"));
+    let mut line = format!(
+        "test={} expect.levels={levels} expect.cm={cm}",
+        tests.join(",")
+    );
+    let mask = t
+        .devices
+        .iter()
+        .filter(|a| a.starts_with("edu"))
+        .flat_map(|a| a.split(','))
+        .find_map(|p| p.strip_prefix("dma_mask="));
+    if let Some(mask) = mask {
+        line.push_str(&format!(" edu.dma_mask={mask}"));
+    }
+    line
+}
+
+/// VT-d scenarios: DMA by the edu device through the IOMMU, proven by memory contents and
+/// fault records.
+fn vtd_scenarios() -> Vec<Scenario> {
+    let vtd = |name, about, topology: Topology, tests: &[&str]| {
+        let cmdline = vtd_cmdline(&topology, tests);
+        Scenario {
+            cmdline,
+            ..Scenario::new(
+                name,
+                about,
+                topology,
+                "",
+                Expect::Pass {
+                    min_passed: tests.len(),
+                },
+            )
+        }
+    };
+    let basic = [
+        "vtd::capabilities",
+        "vtd::dma_both_directions",
+        "vtd::unmapped_iova_blocked",
+        "vtd::unmap_invalidates_iotlb",
+        "vtd::skipped_invalidation_is_caught",
+    ];
+    let two_edu = Topology::base().device("edu").device("edu");
+    vec![
+        vtd(
+            "vtd-default",
+            "3-level tables: DMA both ways, blocked DMA faults, strict unmap with a negative control, two isolated domains, 2 MiB superpage",
+            two_edu.clone(),
+            &[&basic[..], &["vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
+        ),
+        vtd(
+            "vtd-aw48",
+            "aw-bits=48: 4-level tables chosen and asserted, DMA and faults work",
+            Topology { iommu: Some("aw-bits=48".into()), ..Topology::base() }.device("edu"),
+            &[&basic[..], &["vtd::superpage_2m"]].concat(),
+        ),
+        vtd(
+            "vtd-caching-mode",
+            "caching-mode=on: new mappings are invalidated before use (CM decoded and asserted)",
+            Topology { iommu: Some("caching-mode=on".into()), ..Topology::base() }.device("edu").device("edu"),
+            &[&basic[..], &["vtd::domains_isolated"]].concat(),
+        ),
+        vtd(
+            "vtd-aliases",
+            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias",
+            Topology::base()
+                .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
+                .device("edu,bus=ppb,addr=3")
+                .device("pci-bridge,id=pb,chassis_nr=5,bus=pcie.0")
+                .device("edu,bus=pb,addr=4"),
+            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
+        ),
+        vtd(
+            "vtd-superpage-1g",
+            "a 1 GiB superpage (3 GiB guest, edu dma_mask raised to 32 bits) carries DMA at both ends",
+            Topology { memory: "3G".into(), ..Topology::base() }.device("edu,dma_mask=0xffffffff"),
+            &["vtd::superpage_1g"],
+        ),
+    ]
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -356,6 +444,7 @@ pub fn all() -> Vec<Scenario> {
         },
     ];
     all.extend(pci_scenarios());
+    all.extend(vtd_scenarios());
     all
 }
 

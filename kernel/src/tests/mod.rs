@@ -5,8 +5,15 @@ mod boot;
 mod crash;
 mod memory;
 mod pci;
+mod vtd;
 
 use crate::ktest::Suite;
 
 /// Every suite, in run order.
-pub static SUITES: &[Suite] = &[boot::SUITE, memory::SUITE, pci::SUITE, crash::SUITE];
+pub static SUITES: &[Suite] = &[
+    boot::SUITE,
+    memory::SUITE,
+    pci::SUITE,
+    vtd::SUITE,
+    crash::SUITE,
+];

@@ -1,0 +1,277 @@
+//! VT-d bring-up: every DRHD of the ACPI DMAR becomes a running [`VtdUnit`] (registers mapped
+//! uncached, tables in kernel frames, translation enabled), and PCI functions are matched to
+//! their unit through the DRHD device scopes resolved against the PCI enumeration.
+//!
+//! From the moment a unit is enabled, a device behind it has no context entry and cannot DMA
+//! anywhere: isolation by default. Devices get a domain only when a driver asks for one.
+
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+
+use dma::PhysAddr;
+use iommu_vtd::dmar::ScopeKind;
+use iommu_vtd::{
+    Dmar, DomainConfig, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError,
+    VtdUnit,
+};
+use kernel::frames::FrameRequest;
+
+use super::pci::PciSystem;
+use crate::acpi::Acpi;
+use crate::arch::time;
+use crate::mem::paging::{self, Cache};
+
+/// Table memory, cache maintenance and time for the VT-d driver, from the kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelPlatform;
+
+/// Cache-line size used for `clflush` loops.
+const CACHE_LINE: usize = 64;
+
+// SAFETY: pages come from the frame allocator (zeroed, 4 KiB aligned, exclusively owned until
+// freed), phys_to_virt is the identity mapping every RAM frame has, and the cache flush writes
+// back every line of the range before returning (clflush, then mfence).
+unsafe impl Platform for KernelPlatform {
+    fn alloc_table_page(&self) -> Option<TablePage> {
+        let phys = crate::mem::alloc_frames(FrameRequest::one())?;
+        let virt = NonNull::new(phys as *mut u8)?;
+        // SAFETY: the frame was just allocated to us and is identity-mapped writable RAM.
+        unsafe { core::ptr::write_bytes(virt.as_ptr(), 0, 4096) };
+        Some(TablePage {
+            phys: PhysAddr::new(phys),
+            virt,
+        })
+    }
+
+    unsafe fn free_table_page(&self, phys: PhysAddr) {
+        if let Err(e) = crate::mem::free_frames(phys.as_u64(), 1) {
+            log::error!("vt-d: freeing table page {phys}: {e}");
+        }
+    }
+
+    fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8 {
+        phys.as_u64() as *mut u8
+    }
+
+    fn flush_cache_range(&self, virt: *const u8, len: usize) {
+        let start = virt as usize & !(CACHE_LINE - 1);
+        let end = virt as usize + len;
+        for line in (start..end).step_by(CACHE_LINE) {
+            // SAFETY: clflush of a mapped address has no effect beyond writing the line back.
+            unsafe { core::arch::x86_64::_mm_clflush(line as *const u8) };
+        }
+        // SAFETY: a full fence orders the flushes before any later register write.
+        unsafe { core::arch::x86_64::_mm_mfence() };
+    }
+
+    fn memory_fence(&self) {
+        // SAFETY: mfence has no preconditions.
+        unsafe { core::arch::x86_64::_mm_mfence() };
+    }
+
+    fn now_us(&self) -> u64 {
+        time::now_us()
+    }
+}
+
+/// A unit as the kernel runs it.
+pub type Unit = VtdUnit<MmioRegisters, KernelPlatform>;
+/// A domain of such a unit.
+pub type Domain = iommu_vtd::Domain<MmioRegisters, KernelPlatform>;
+
+/// One remapping unit and the PCI functions it translates for.
+pub struct UnitEntry {
+    /// The running unit.
+    pub unit: Arc<Unit>,
+    /// Register base from the DRHD.
+    pub base: u64,
+    /// PCI segment.
+    pub segment: u16,
+    /// INCLUDE_PCI_ALL: every device of the segment not claimed by another unit.
+    pub include_all: bool,
+    /// Endpoint scopes, resolved.
+    pub endpoints: Vec<pci::Bdf>,
+    /// Sub-hierarchy scopes (bridges), resolved: everything below them.
+    pub bridges: Vec<pci::Bdf>,
+}
+
+/// All units.
+pub struct Iommu {
+    /// Units in DMAR order.
+    pub units: Vec<UnitEntry>,
+    /// Host address width from the DMAR.
+    pub host_address_width: u8,
+    /// Paging depth new domains use (the deepest the hardware offers, unless the command line
+    /// says otherwise).
+    pub levels: PagingLevels,
+}
+
+/// Why the IOMMU could not be brought up.
+#[derive(Debug)]
+pub enum IommuInitError {
+    /// The DMAR table is malformed.
+    Dmar(iommu_vtd::DmarError),
+    /// A unit's registers could not be mapped.
+    Map(paging::MapError),
+    /// A unit refused to start.
+    Unit {
+        /// Its register base.
+        base: u64,
+        /// Why.
+        error: VtdError,
+    },
+}
+
+impl fmt::Display for IommuInitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Dmar(e) => write!(f, "DMAR: {e}"),
+            Self::Map(e) => write!(f, "mapping VT-d registers: {e}"),
+            Self::Unit { base, error } => write!(f, "VT-d unit at {base:#x}: {error}"),
+        }
+    }
+}
+
+/// Why a device could not be attached to a domain.
+#[derive(Debug)]
+pub enum AttachError {
+    /// No PCI function at that address.
+    NoSuchDevice(pci::Bdf),
+    /// No unit translates for the device.
+    NoUnit(pci::Bdf),
+    /// The domain belongs to another unit than the device's.
+    WrongUnit(pci::Bdf),
+    /// The unit refused.
+    Vtd(VtdError),
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NoSuchDevice(b) => write!(f, "no PCI function at {b}"),
+            Self::NoUnit(b) => write!(f, "no VT-d unit translates for {b}"),
+            Self::WrongUnit(b) => write!(f, "{b} is behind another VT-d unit than the domain"),
+            Self::Vtd(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Brings every DRHD up. `None` when there is no DMAR (no IOMMU).
+pub fn init(
+    acpi: &Acpi,
+    pci: &PciSystem,
+    levels: Option<PagingLevels>,
+) -> Result<Option<Iommu>, IommuInitError> {
+    let Some((_, bytes)) = acpi.dmar() else {
+        return Ok(None);
+    };
+    let dmar = Dmar::parse(bytes).map_err(IommuInitError::Dmar)?;
+    let haw = dmar.host_address_width();
+    let mut units = Vec::new();
+    let mut chosen = None;
+    for drhd in dmar.drhds() {
+        let base = drhd.register_base();
+        let size = drhd.register_size().unwrap_or(4096);
+        let ptr = paging::map_phys(base, size, Cache::Uncached).map_err(IommuInitError::Map)?;
+        let ptr = NonNull::new(ptr).ok_or(IommuInitError::Map(paging::MapError::BadRange))?;
+        // SAFETY: the DRHD register page was just mapped uncached for `size` bytes, is never
+        // unmapped, and only this unit object accesses it.
+        let regs = unsafe { MmioRegisters::new(ptr, size as usize) };
+        let unit = VtdUnit::new(regs, KernelPlatform, UnitConfig::new(haw))
+            .map_err(|error| IommuInitError::Unit { base, error })?;
+        unit.enable()
+            .map_err(|error| IommuInitError::Unit { base, error })?;
+        // The deepest usable table (widest IOVA space) unless the command line picks one.
+        let deepest = unit
+            .capabilities()
+            .cap
+            .usable_levels()
+            .last()
+            .unwrap_or(PagingLevels::Three);
+        chosen = Some(levels.unwrap_or(deepest));
+        let secondary = |bus: u8, dev: u8, func: u8| {
+            let bdf = pci::Bdf::new(drhd.segment(), bus, dev, func).ok()?;
+            pci.topology.function(bdf)?.bridge.map(|b| b.secondary)
+        };
+        let (mut endpoints, mut bridges) = (Vec::new(), Vec::new());
+        for scope in drhd.scopes() {
+            let Ok(b) = scope.resolve(secondary) else {
+                log::warn!("vt-d: a device scope of unit {base:#x} does not resolve");
+                continue;
+            };
+            let Ok(bdf) = pci::Bdf::new(drhd.segment(), b.bus, b.device, b.function) else {
+                continue;
+            };
+            match scope.kind() {
+                ScopeKind::PciEndpoint => endpoints.push(bdf),
+                ScopeKind::PciSubHierarchy => bridges.push(bdf),
+                _ => {}
+            }
+        }
+        units.push(UnitEntry {
+            unit: Arc::new(unit),
+            base,
+            segment: drhd.segment(),
+            include_all: drhd.include_pci_all(),
+            endpoints,
+            bridges,
+        });
+    }
+    Ok(Some(Iommu {
+        units,
+        host_address_width: haw,
+        levels: chosen.unwrap_or(PagingLevels::Three),
+    }))
+}
+
+impl Iommu {
+    /// The unit translating DMA from `bdf`: an endpoint scope naming it, a bridge scope above
+    /// it, or an INCLUDE_PCI_ALL unit of its segment.
+    pub fn unit_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Option<&UnitEntry> {
+        let t = &pci.topology;
+        let mut path = Vec::from([bdf]);
+        path.extend(t.upstream_bridges(bdf).map(|f| f.bdf));
+        self.units
+            .iter()
+            .find(|u| u.endpoints.contains(&bdf) || path.iter().any(|b| u.bridges.contains(b)))
+            .or_else(|| {
+                self.units
+                    .iter()
+                    .find(|u| u.include_all && u.segment == bdf.segment())
+            })
+    }
+
+    /// A new empty domain on the unit that translates for `bdf`.
+    pub fn domain_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Result<Domain, AttachError> {
+        let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
+        entry
+            .unit
+            .create_domain(DomainConfig {
+                levels: Some(self.levels),
+                ..DomainConfig::default()
+            })
+            .map_err(AttachError::Vtd)
+    }
+
+    /// Attaches `bdf` to `domain` under every requester ID its DMA can carry (its aliases).
+    /// Returns those IDs.
+    pub fn attach(
+        &self,
+        pci: &PciSystem,
+        domain: &Domain,
+        bdf: pci::Bdf,
+    ) -> Result<Vec<u16>, AttachError> {
+        let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
+        if !Arc::ptr_eq(&entry.unit, domain.unit()) {
+            return Err(AttachError::WrongUnit(bdf));
+        }
+        let rids = pci
+            .topology
+            .dma_requester_ids(bdf)
+            .ok_or(AttachError::NoSuchDevice(bdf))?;
+        domain.attach(&rids).map_err(AttachError::Vtd)?;
+        Ok(rids)
+    }
+}
