@@ -51,6 +51,9 @@ pub struct FrameRequest {
     pub align: usize,
     /// Every frame must lie below this frame number (exclusive), e.g. a DMA mask.
     pub limit: Option<usize>,
+    /// The first frame must be at or above this frame number (e.g. a buffer a device mask
+    /// cannot reach, to exercise bouncing).
+    pub min: usize,
 }
 
 impl FrameRequest {
@@ -60,6 +63,7 @@ impl FrameRequest {
             count: 1,
             align: 1,
             limit: None,
+            min: 0,
         }
     }
 
@@ -69,6 +73,7 @@ impl FrameRequest {
             count,
             align: 1,
             limit: None,
+            min: 0,
         }
     }
 }
@@ -147,10 +152,10 @@ impl<'a> FrameBitmap<'a> {
             return None;
         }
         let limit = req.limit.unwrap_or(usize::MAX).min(self.capacity());
-        if req.count == 1 && align == 1 {
+        if req.count == 1 && align == 1 && req.min == 0 {
             return self.alloc_one(limit);
         }
-        let mut start = 0usize;
+        let mut start = req.min;
         while start.checked_add(req.count)? <= limit {
             // Skip fully used words quickly.
             if start.is_multiple_of(64) && self.words[start / 64] == 0 {
@@ -247,6 +252,7 @@ mod tests {
                 count: 16,
                 align: 16,
                 limit: None,
+                min: 0,
             })
             .unwrap();
         assert_eq!(a % 16, 0);
@@ -256,6 +262,7 @@ mod tests {
                 count: 4,
                 align: 1,
                 limit: Some(8),
+                min: 0,
             })
             .unwrap();
         assert!(c + 4 <= 8 && c >= 3);
@@ -263,7 +270,8 @@ mod tests {
             b.alloc(FrameRequest {
                 count: 4,
                 align: 1,
-                limit: Some(8)
+                limit: Some(8),
+                min: 0
             }),
             None
         );
@@ -271,7 +279,8 @@ mod tests {
             b.alloc(FrameRequest {
                 count: 0,
                 align: 1,
-                limit: None
+                limit: None,
+                min: 0
             }),
             None
         );
@@ -279,7 +288,37 @@ mod tests {
             b.alloc(FrameRequest {
                 count: 1,
                 align: 3,
-                limit: None
+                limit: None,
+                min: 0
+            }),
+            None
+        );
+    }
+
+    #[test]
+    fn min_is_honoured() {
+        let mut w = [0u64; 4];
+        let mut b = bitmap(&mut w);
+        assert_eq!(
+            b.alloc(FrameRequest {
+                min: 100,
+                ..FrameRequest::one()
+            }),
+            Some(100)
+        );
+        assert_eq!(
+            b.alloc(FrameRequest {
+                min: 100,
+                count: 3,
+                ..FrameRequest::one()
+            }),
+            Some(101)
+        );
+        assert_eq!(
+            b.alloc(FrameRequest {
+                min: 250,
+                count: 8,
+                ..FrameRequest::one()
             }),
             None
         );

@@ -372,6 +372,49 @@ fn vtd_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// DMA API scenarios: `DmaDevice` mappings used by the edu device, under the IOMMU and on the
+/// direct path.
+fn dma_api_scenarios() -> Vec<Scenario> {
+    let run = |name, about, topology, tests: &[&str]| {
+        let cmdline = format!("test={}", tests.join(","));
+        Scenario::new(
+            name,
+            about,
+            topology,
+            &cmdline,
+            Expect::Pass {
+                min_passed: tests.len(),
+            },
+        )
+    };
+    vec![
+        run(
+            "dma-api-iommu",
+            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), unaligned MMIO",
+            Topology::base().device("edu"),
+            &[
+                "dmaapi::map_phys_both_directions",
+                "dmaapi::untrusted_subpage_isolated",
+                "dmaapi::scatter_list",
+                "dmaapi::batch_unmap_then_fault",
+                "dmaapi::batch_without_flush_is_caught",
+                "dmaapi::mmio_unaligned_small",
+            ],
+        ),
+        run(
+            "dma-api-direct",
+            "no IOMMU (512 MiB): map_phys both ways, buffers above edu's 28-bit mask bounced and intact, scatter list, MMIO beyond the mask refused",
+            Topology::base().without_iommu().device("edu"),
+            &[
+                "dmaapi::map_phys_both_directions",
+                "dmaapi::bounce_above_mask",
+                "dmaapi::scatter_list",
+                "dmaapi::mmio_beyond_mask_refused",
+            ],
+        ),
+    ]
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -445,6 +488,7 @@ pub fn all() -> Vec<Scenario> {
     ];
     all.extend(pci_scenarios());
     all.extend(vtd_scenarios());
+    all.extend(dma_api_scenarios());
     all
 }
 

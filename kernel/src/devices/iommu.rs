@@ -97,8 +97,22 @@ pub struct UnitEntry {
     pub bridges: Vec<pci::Bdf>,
 }
 
+/// A reserved-memory region (RMRR): memory a device keeps using across the IOMMU, which must
+/// stay identity-mapped in that device's domain.
+#[derive(Debug, Clone)]
+pub struct RmrrInfo {
+    /// First byte.
+    pub base: u64,
+    /// Last byte (inclusive).
+    pub limit: u64,
+    /// The devices it applies to, resolved.
+    pub devices: Vec<pci::Bdf>,
+}
+
 /// All units.
 pub struct Iommu {
+    /// RMRRs from the DMAR.
+    pub rmrrs: Vec<RmrrInfo>,
     /// Units in DMAR order.
     pub units: Vec<UnitEntry>,
     /// Host address width from the DMAR.
@@ -145,6 +159,8 @@ pub enum AttachError {
     WrongUnit(pci::Bdf),
     /// The unit refused.
     Vtd(VtdError),
+    /// An RMRR could not be identity-mapped.
+    Rmrr(dma::iommu::IommuError),
 }
 
 impl fmt::Display for AttachError {
@@ -154,6 +170,7 @@ impl fmt::Display for AttachError {
             Self::NoUnit(b) => write!(f, "no VT-d unit translates for {b}"),
             Self::WrongUnit(b) => write!(f, "{b} is behind another VT-d unit than the domain"),
             Self::Vtd(e) => write!(f, "{e}"),
+            Self::Rmrr(e) => write!(f, "identity-mapping an RMRR: {e}"),
         }
     }
 }
@@ -219,8 +236,26 @@ pub fn init(
             bridges,
         });
     }
+    let mut rmrrs = Vec::new();
+    for r in dmar.rmrrs() {
+        let secondary = |bus: u8, dev: u8, func: u8| {
+            let bdf = pci::Bdf::new(r.segment(), bus, dev, func).ok()?;
+            pci.topology.function(bdf)?.bridge.map(|b| b.secondary)
+        };
+        let devices = r
+            .scopes()
+            .filter_map(|s| s.resolve(secondary).ok())
+            .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
+            .collect();
+        rmrrs.push(RmrrInfo {
+            base: r.base(),
+            limit: r.limit(),
+            devices,
+        });
+    }
     Ok(Some(Iommu {
         units,
+        rmrrs,
         host_address_width: haw,
         levels: chosen.unwrap_or(PagingLevels::Three),
     }))

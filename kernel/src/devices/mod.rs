@@ -2,6 +2,7 @@
 //! drivers the demo and the tests use. Everything here goes through the public crates'
 //! APIs, as an embedder's kernel would.
 
+pub mod dmamem;
 pub mod edu;
 pub mod iommu;
 pub mod pci;

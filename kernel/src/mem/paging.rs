@@ -82,6 +82,7 @@ unsafe impl FrameAllocator<Size4KiB> for TableFrames {
             count: 1,
             align: 1,
             limit,
+            min: 0,
         })?;
         Some(PhysFrame::containing_address(PhysAddr::new(paddr)))
     }

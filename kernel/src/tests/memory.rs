@@ -60,12 +60,14 @@ fn frames_alloc_free(_: &Kernel) -> TestResult {
         count: 16,
         align: 16,
         limit: None,
+        min: 0,
     })
     .or_fail("16 aligned")?;
     let low = mem::alloc_frames(FrameRequest {
         count: 4,
         align: 1,
         limit: Some(LIMIT_FRAMES),
+        min: 0,
     })
     .or_fail("below 64 MiB")?;
     check_eq!(run % (16 * 4096), 0);

@@ -2,7 +2,9 @@
 //! select them).
 
 mod boot;
+mod common;
 mod crash;
+mod dmaapi;
 mod memory;
 mod pci;
 mod vtd;
@@ -15,5 +17,6 @@ pub static SUITES: &[Suite] = &[
     memory::SUITE,
     pci::SUITE,
     vtd::SUITE,
+    dmaapi::SUITE,
     crash::SUITE,
 ];

@@ -9,14 +9,14 @@ use alloc::vec::Vec;
 
 use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
-use edu::{Edu, Transfer};
-use iommu_vtd::{AccessKind, FaultRecord};
-use kernel::cmdline::CommandLine;
+use edu::Transfer;
+use iommu_vtd::AccessKind;
 use kernel::frames::FrameRequest;
 
+use super::common::*;
 use crate::devices::edu as edu_dev;
-use crate::devices::iommu::{Domain, Iommu};
-use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
+use crate::devices::iommu::Domain;
+use crate::ktest::{OrFail, Suite, Test, TestResult};
 use crate::mem::PhysPages;
 use crate::{check, check_eq, kprintln, Kernel};
 
@@ -64,132 +64,6 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 const LEN: u64 = 256;
 const IOVA_A: u64 = 0x10_0000;
 const IOVA_B: u64 = 0x20_0000;
-
-fn iommu(k: &Kernel) -> Result<&Iommu, Failure> {
-    k.iommu
-        .as_ref()
-        .or_fail("no IOMMU (scenario without intel-iommu?)")
-}
-
-fn cmd_u64(k: &Kernel, key: &str) -> Option<u64> {
-    let v = CommandLine::new(k.boot.cmdline()).value(key)?;
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
-}
-
-fn edus(k: &Kernel) -> Result<Vec<Edu>, Failure> {
-    let mask = cmd_u64(k, "edu.dma_mask").unwrap_or(edu::DEFAULT_DMA_MASK);
-    let all = edu_dev::bind_all(&k.pci, mask).or_fail("binding edu")?;
-    check!(!all.is_empty(), "no edu device in this topology");
-    Ok(all)
-}
-
-/// A fresh domain with `edu` attached (under all of its requester IDs).
-fn domain_for(k: &Kernel, edu: &Edu) -> Result<Domain, Failure> {
-    let iommu = iommu(k)?;
-    let d = iommu
-        .domain_for(&k.pci, edu.bdf())
-        .or_fail("creating a domain")?;
-    iommu
-        .attach(&k.pci, &d, edu.bdf())
-        .or_fail("attaching edu")?;
-    Ok(d)
-}
-
-fn map(d: &Domain, iova: u64, pages: &PhysPages, prot: Prot) -> TestResult {
-    d.map(
-        DmaAddr::new(iova),
-        PhysAddr::new(pages.paddr()),
-        pages.len() as u64,
-        prot,
-    )
-    .or_fail("map")?;
-    d.sync_map(DmaAddr::new(iova), pages.len() as u64)
-        .or_fail("sync_map")
-}
-
-fn unmap(d: &Domain, iova: u64, len: u64) -> TestResult {
-    let mut g = IotlbGather::new();
-    d.unmap(DmaAddr::new(iova), len, &mut g).or_fail("unmap")?;
-    d.flush(g).or_fail("flush")
-}
-
-fn page(fill: u8) -> Result<PhysPages, Failure> {
-    let mut p = PhysPages::alloc(FrameRequest::one()).or_fail("a page")?;
-    p.as_mut_slice().fill(fill);
-    Ok(p)
-}
-
-fn pattern(p: &mut PhysPages, seed: u8) {
-    for (i, b) in p.as_mut_slice().iter_mut().enumerate() {
-        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
-    }
-}
-
-/// Reads bytes the device may have written (volatile: the compiler cannot know about DMA).
-fn read_back(p: &PhysPages, len: usize) -> Vec<u8> {
-    (0..len).map(|i| unsafe_read(p, i)).collect()
-}
-
-fn unsafe_read(p: &PhysPages, i: usize) -> u8 {
-    assert!(i < p.len());
-    // SAFETY: i is within the owned, mapped allocation; volatile because a device wrote it.
-    unsafe { p.as_ptr().add(i).read_volatile() }
-}
-
-/// FNV-1a, printed so runs can be compared by eye.
-fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
-
-fn clear_faults(k: &Kernel) -> TestResult {
-    for u in &iommu(k)?.units {
-        u.unit.clear_faults();
-    }
-    Ok(())
-}
-
-fn faults(k: &Kernel) -> Result<Vec<FaultRecord>, Failure> {
-    let mut out = Vec::new();
-    for u in &iommu(k)?.units {
-        let log = u.unit.read_faults();
-        for f in &log.records {
-            kprintln!("  vt-d fault: {f}");
-        }
-        out.extend(log.records);
-    }
-    Ok(out)
-}
-
-/// The requester ID the IOMMU sees for this edu (its last DMA alias).
-fn source_id(k: &Kernel, edu: &Edu) -> Result<u16, Failure> {
-    Ok(k.pci
-        .topology
-        .iommu_source_id(edu.bdf())
-        .or_fail("source id")?
-        .requester_id())
-}
-
-/// Exactly one fault: from `edu`, at the page of `addr`, of this access kind and reason.
-fn expect_one_fault(
-    k: &Kernel,
-    edu: &Edu,
-    addr: u64,
-    access: AccessKind,
-    reason: u8,
-) -> TestResult {
-    let f = faults(k)?;
-    check_eq!(f.len(), 1);
-    check_eq!(f[0].source.requester_id(), source_id(k, edu)?);
-    check_eq!(f[0].address, addr & !0xfff);
-    check_eq!(f[0].access, access);
-    check_eq!(f[0].reason.raw(), reason);
-    clear_faults(k)
-}
 
 fn capabilities(k: &Kernel) -> TestResult {
     let iommu = iommu(k)?;
@@ -286,6 +160,7 @@ fn unmapped_iova_blocked(k: &Kernel) -> TestResult {
             count: 1,
             align: 1,
             limit: Some(((e.dma_mask() + 1) >> 12) as usize),
+            min: 0,
         })
         .or_fail("sentinel below the mask")?;
         let mut sentinel = sentinel;
@@ -482,6 +357,7 @@ fn superpage(k: &Kernel, size: u64, iova: u64, level: u8) -> TestResult {
         count: frames,
         align: frames,
         limit: None,
+        min: 0,
     })
     .or_fail("aligned run")?;
     let d = domain_for(k, &e)?;

@@ -1,0 +1,143 @@
+//! Helpers shared by the DMA test suites: edu binding, pages with patterns, volatile read-back,
+//! fault collection and the single-fault assertion.
+
+use alloc::vec::Vec;
+
+use dma::iommu::{IommuDomain, IotlbGather, Prot};
+use dma::{DmaAddr, PhysAddr};
+use edu::Edu;
+use iommu_vtd::{AccessKind, FaultRecord};
+use kernel::cmdline::CommandLine;
+use kernel::frames::FrameRequest;
+
+use crate::devices::edu as edu_dev;
+use crate::devices::iommu::{Domain, Iommu};
+use crate::ktest::{Failure, OrFail, TestResult};
+use crate::mem::PhysPages;
+use crate::{check, check_eq, kprintln, Kernel};
+
+pub fn iommu(k: &Kernel) -> Result<&Iommu, Failure> {
+    k.iommu
+        .as_ref()
+        .or_fail("no IOMMU (scenario without intel-iommu?)")
+}
+
+pub fn cmd_u64(k: &Kernel, key: &str) -> Option<u64> {
+    let v = CommandLine::new(k.boot.cmdline()).value(key)?;
+    match v.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => v.parse().ok(),
+    }
+}
+
+pub fn edus(k: &Kernel) -> Result<Vec<Edu>, Failure> {
+    let mask = cmd_u64(k, "edu.dma_mask").unwrap_or(edu::DEFAULT_DMA_MASK);
+    let all = edu_dev::bind_all(&k.pci, mask).or_fail("binding edu")?;
+    check!(!all.is_empty(), "no edu device in this topology");
+    Ok(all)
+}
+
+/// A fresh domain with `edu` attached (under all of its requester IDs).
+pub fn domain_for(k: &Kernel, edu: &Edu) -> Result<Domain, Failure> {
+    let iommu = iommu(k)?;
+    let d = iommu
+        .domain_for(&k.pci, edu.bdf())
+        .or_fail("creating a domain")?;
+    iommu
+        .attach(&k.pci, &d, edu.bdf())
+        .or_fail("attaching edu")?;
+    Ok(d)
+}
+
+pub fn map(d: &Domain, iova: u64, pages: &PhysPages, prot: Prot) -> TestResult {
+    d.map(
+        DmaAddr::new(iova),
+        PhysAddr::new(pages.paddr()),
+        pages.len() as u64,
+        prot,
+    )
+    .or_fail("map")?;
+    d.sync_map(DmaAddr::new(iova), pages.len() as u64)
+        .or_fail("sync_map")
+}
+
+pub fn unmap(d: &Domain, iova: u64, len: u64) -> TestResult {
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(iova), len, &mut g).or_fail("unmap")?;
+    d.flush(g).or_fail("flush")
+}
+
+pub fn page(fill: u8) -> Result<PhysPages, Failure> {
+    let mut p = PhysPages::alloc(FrameRequest::one()).or_fail("a page")?;
+    p.as_mut_slice().fill(fill);
+    Ok(p)
+}
+
+pub fn pattern(p: &mut PhysPages, seed: u8) {
+    for (i, b) in p.as_mut_slice().iter_mut().enumerate() {
+        *b = (i as u8).wrapping_mul(31).wrapping_add(seed);
+    }
+}
+
+/// Reads bytes the device may have written (volatile: the compiler cannot know about DMA).
+pub fn read_back(p: &PhysPages, len: usize) -> Vec<u8> {
+    (0..len).map(|i| unsafe_read(p, i)).collect()
+}
+
+pub fn unsafe_read(p: &PhysPages, i: usize) -> u8 {
+    assert!(i < p.len());
+    // SAFETY: i is within the owned, mapped allocation; volatile because a device wrote it.
+    unsafe { p.as_ptr().add(i).read_volatile() }
+}
+
+/// FNV-1a, printed so runs can be compared by eye.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+pub fn clear_faults(k: &Kernel) -> TestResult {
+    for u in &iommu(k)?.units {
+        u.unit.clear_faults();
+    }
+    Ok(())
+}
+
+pub fn faults(k: &Kernel) -> Result<Vec<FaultRecord>, Failure> {
+    let mut out = Vec::new();
+    for u in &iommu(k)?.units {
+        let log = u.unit.read_faults();
+        for f in &log.records {
+            kprintln!("  vt-d fault: {f}");
+        }
+        out.extend(log.records);
+    }
+    Ok(out)
+}
+
+/// The requester ID the IOMMU sees for this edu (its last DMA alias).
+pub fn source_id(k: &Kernel, edu: &Edu) -> Result<u16, Failure> {
+    Ok(k.pci
+        .topology
+        .iommu_source_id(edu.bdf())
+        .or_fail("source id")?
+        .requester_id())
+}
+
+/// Exactly one fault: from `edu`, at the page of `addr`, of this access kind and reason.
+pub fn expect_one_fault(
+    k: &Kernel,
+    edu: &Edu,
+    addr: u64,
+    access: AccessKind,
+    reason: u8,
+) -> TestResult {
+    let f = faults(k)?;
+    check_eq!(f.len(), 1);
+    check_eq!(f[0].source.requester_id(), source_id(k, edu)?);
+    check_eq!(f[0].address, addr & !0xfff);
+    check_eq!(f[0].access, access);
+    check_eq!(f[0].reason.raw(), reason);
+    clear_faults(k)
+}
