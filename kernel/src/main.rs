@@ -9,6 +9,7 @@ extern crate alloc;
 
 mod acpi;
 mod arch;
+mod bench;
 mod console;
 mod demo;
 mod devices;
@@ -136,6 +137,13 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         demo::dump_tables(&k);
     }
 
+    if CommandLine::new(k.boot.cmdline()).flag("bench") {
+        exit(if bench::run(&k) {
+            Status::Success
+        } else {
+            Status::Failure
+        });
+    }
     match CommandLine::new(k.boot.cmdline()).tests() {
         Some(selection) => {
             let sum = ktest::run(&k, selection, tests::SUITES);

@@ -7,6 +7,7 @@
 //! freestanding static ELF: codegen flags come from here, link flags from `kernel/build.rs`, and it
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
+mod bench;
 mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -36,6 +37,10 @@ Commands:
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
     --list              list the scenarios and exit
 
+  bench  Host microbenchmarks (criterion: dma, iommu-vtd) and in-kernel benchmarks (TSC cycles
+         on a VT-d domain in QEMU), written to docs/PERFORMANCE.md.
+    --host-only | --kernel-only
+
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
          with the kernel's own flags) and rustdoc -D warnings. CI runs it before `test`.
 
@@ -50,6 +55,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
+        Some("bench") => bench::bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)

@@ -144,7 +144,22 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs one scenario; returns its log and how QEMU ended.
 fn run_one(kernel: &Path, s: &Scenario) -> Result<(String, Exit), String> {
-    let mut child = command(kernel, &s.topology, &s.cmdline)
+    run_captured(
+        kernel,
+        &s.topology,
+        &s.cmdline,
+        Duration::from_secs(s.timeout_secs),
+    )
+}
+
+/// Boots `kernel` on `topo` with `cmdline`, capturing the console; kills QEMU after `timeout`.
+pub fn run_captured(
+    kernel: &Path,
+    topo: &Topology,
+    cmdline: &str,
+    timeout: Duration,
+) -> Result<(String, Exit), String> {
+    let mut child = command(kernel, topo, cmdline)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -176,10 +191,7 @@ fn run_one(kernel: &Path, s: &Scenario) -> Result<(String, Exit), String> {
         })
     })
     .collect();
-    let exit = exit_of(
-        &mut child,
-        Some(Instant::now() + Duration::from_secs(s.timeout_secs)),
-    )?;
+    let exit = exit_of(&mut child, Some(Instant::now() + timeout))?;
     for r in readers {
         let _ = r.join();
     }

@@ -73,4 +73,4 @@ pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo};
-pub use unit::{UnitConfig, VtdError, VtdUnit};
+pub use unit::{InvalidationStats, UnitConfig, VtdError, VtdUnit};

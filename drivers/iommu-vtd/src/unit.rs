@@ -25,6 +25,7 @@
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use dma::PhysAddr;
 use spin::Mutex;
@@ -219,6 +220,24 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
     config: UnitConfig,
     tables: Mutex<Tables>,
     invalidation: Mutex<InvalidationState>,
+    stats: Counters,
+}
+
+/// Running totals of invalidation work, for benchmarks and for tests that check how many
+/// invalidations an operation cost (e.g. O(log N) page-selective invalidations for N pages).
+#[derive(Debug, Default)]
+struct Counters {
+    submissions: AtomicU64,
+    requests: AtomicU64,
+}
+
+/// A snapshot of a unit's invalidation counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InvalidationStats {
+    /// Calls that waited for completion (one wait descriptor, or one register sequence, each).
+    pub submissions: u64,
+    /// Invalidation requests issued (context-cache, IOTLB global/domain/page-selective).
+    pub requests: u64,
 }
 
 impl<R: RegisterIo, P: Platform> fmt::Debug for VtdUnit<R, P> {
@@ -274,6 +293,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 active: Invalidator::Registers,
                 spare,
             }),
+            stats: Counters::default(),
         })
     }
 
@@ -440,6 +460,8 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Issues `requests` through the active invalidation path and returns once the hardware
     /// reported completion.
     pub fn invalidate(&self, requests: &[Invalidation]) -> Result<(), InvalidationError> {
+        self.stats.submissions.fetch_add(1, Ordering::Relaxed);
+        self.stats.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
         let mut inval = self.invalidation.lock();
         inval.active.run(
             &self.regs,
@@ -448,6 +470,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             requests,
             self.config.timeout_us,
         )
+    }
+
+    /// Invalidation work done since the unit was created.
+    pub fn invalidation_stats(&self) -> InvalidationStats {
+        InvalidationStats {
+            submissions: self.stats.submissions.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+        }
     }
 
     /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the

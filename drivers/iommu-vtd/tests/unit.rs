@@ -377,9 +377,13 @@ fn unmapping_n_pages_issues_log_n_aligned_psi() {
     )
     .unwrap();
     hw(&u).take_events();
+    let before = u.invalidation_stats();
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(base), pages * K4, &mut g).unwrap();
     d.flush(g).unwrap();
+    let after = u.invalidation_stats();
+    assert_eq!(after.submissions - before.submissions, 1, "one flush, one wait");
+    let counted = after.requests - before.requests;
     let psi: Vec<_> = hw(&u)
         .invalidations()
         .into_iter()
@@ -398,6 +402,7 @@ fn unmapping_n_pages_issues_log_n_aligned_psi() {
         "{} descriptors for {pages} pages",
         psi.len()
     );
+    assert_eq!(counted, psi.len() as u64, "the unit's counter sees every request");
     let mut next = base;
     for (addr, am, leaf_only) in psi {
         assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);
