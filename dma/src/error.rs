@@ -10,6 +10,7 @@ use core::fmt;
 
 use crate::attrs::UnsupportedAttrs;
 use crate::iommu::IommuError;
+use crate::p2p::{MapType, ProviderError};
 use crate::phys::PhysError;
 use crate::AddrError;
 
@@ -125,8 +126,30 @@ pub enum DmaError {
     /// The operation needs an IOMMU domain but the device is direct-mapped (e.g. the IOVA link
     /// API; callers fall back to per-range mappings).
     NoIommu,
-    /// The handle was revoked by its exporter (reserved for the P2P export layer).
+    /// The handle was revoked by its exporter (reset, memory disabled, power-down): attach and
+    /// map fail until the exporter restores it (Linux: `-ENODEV` while revoked).
     Revoked,
+    /// The exporting device is gone: the export was permanently revoked at teardown and the
+    /// handle outlived it ("no device").
+    DeviceGone,
+    /// The importer did not declare that it accepts peer-to-peer memory (Linux:
+    /// `-EOPNOTSUPP` from attach).
+    ImporterNotP2p,
+    /// The classifier says the importer cannot reach the provider this way (NOT_SUPPORTED), or
+    /// the memory is not peer memory (NONE): the mapping is refused.
+    P2pNotSupported(MapType),
+    /// A BAR index names no memory BAR provider (digest item 11).
+    Provider(ProviderError),
+    /// Flag bits this version does not define, e.g. on an export request (digest item 3: a
+    /// distinct "unsupported" error).
+    UnsupportedFlags(u32),
+    /// Two ranges of one request overlap or are duplicates (offsets of both).
+    OverlappingRanges {
+        /// Offset of the earlier range.
+        first: u64,
+        /// Offset of the range that overlaps it.
+        second: u64,
+    },
     /// A configuration is contradictory (the message says which rule).
     InvalidConfig(&'static str),
     /// An empty list (scatter-gather, link list) was given.
@@ -176,6 +199,16 @@ impl fmt::Display for DmaError {
             Self::NoBouncePool => f.write_str("a bounce buffer is needed but the device has none"),
             Self::NoIommu => f.write_str("the device is not behind an IOMMU domain"),
             Self::Revoked => f.write_str("the handle was revoked by its exporter"),
+            Self::DeviceGone => f.write_str("no device: the exporting device was torn down"),
+            Self::ImporterNotP2p => {
+                f.write_str("unsupported: the importer does not accept peer-to-peer memory")
+            }
+            Self::P2pNotSupported(t) => write!(f, "peer-to-peer map type {t} cannot be mapped"),
+            Self::Provider(e) => write!(f, "P2P provider: {e}"),
+            Self::UnsupportedFlags(bits) => write!(f, "unsupported flag bits {bits:#x}"),
+            Self::OverlappingRanges { first, second } => {
+                write!(f, "ranges at offsets {first:#x} and {second:#x} overlap")
+            }
             Self::InvalidConfig(why) => write!(f, "invalid DMA configuration: {why}"),
             Self::EmptyList => f.write_str("empty range list"),
             Self::TooManyEntries => f.write_str("entry count overflows"),
@@ -190,6 +223,7 @@ impl core::error::Error for DmaError {
         match self {
             Self::Iommu(e) => Some(e),
             Self::Phys(e) => Some(e),
+            Self::Provider(e) => Some(e),
             _ => None,
         }
     }
@@ -198,6 +232,12 @@ impl core::error::Error for DmaError {
 impl From<IommuError> for DmaError {
     fn from(e: IommuError) -> Self {
         Self::Iommu(e)
+    }
+}
+
+impl From<ProviderError> for DmaError {
+    fn from(e: ProviderError) -> Self {
+        Self::Provider(e)
     }
 }
 

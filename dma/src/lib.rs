@@ -25,6 +25,8 @@
 //! | IOVA link API (digest item 14) | [`link`] |
 //! | segment splitting (digest items 4-7) | [`segment`] |
 //! | invalidation modes: strict, batched, deferred | [`invalidation`] |
+//! | PCI peer-to-peer: map types, providers, classification seam, mapping MMIO for an importer | [`p2p`] |
+//! | revocable export handles (dma-buf role), export validation, revoke/restore/teardown | [`export`] |
 //! | fakes for host tests | `testing` (feature `testing`) |
 //!
 //! # Example: a driver maps a buffer under an IOMMU domain
@@ -64,11 +66,14 @@
 //! 4. a bounce pool's slot allocator.
 //!
 //! The order is trivial by construction: **no lock of this crate is held while another is taken,
-//! nor while [`iommu::IommuDomain`] is called**. The one nesting is lock 1 held across
-//! [`phys::PhysMemory`] copies during a raw sync (so the mapping cannot vanish mid-copy);
-//! `PhysMemory` implementations must therefore never call back into this crate (their locks
-//! are leaves). The map/unmap hot path takes only the domain's allocator lock
-//! (twice: allocate, free) plus whatever the hardware domain takes.
+//! nor while [`iommu::IommuDomain`] is called**, with one documented exception on top of the
+//! list: the P2P export layer ([`export`]) holds one export's state lock across the mapping
+//! calls of its importers (so a revoke can never return while a mapping is half made or half
+//! removed); that lock is taken before any of locks 1-4 and never while one is held. The one
+//! nesting is lock 1 held across [`phys::PhysMemory`] copies during a raw sync (so the mapping
+//! cannot vanish mid-copy); `PhysMemory` implementations must therefore never call back into
+//! this crate (their locks are leaves). The map/unmap hot path takes only the domain's
+//! allocator lock (twice: allocate, free) plus whatever the hardware domain takes.
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -82,11 +87,13 @@ pub mod coherent;
 pub mod device;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod invalidation;
 pub mod iommu;
 pub mod iova;
 pub mod link;
 pub mod mapping;
+pub mod p2p;
 pub mod phys;
 pub mod segment;
 #[cfg(any(test, feature = "testing"))]
@@ -102,9 +109,16 @@ pub use coherent::CoherentBuffer;
 pub use device::{DeviceConfig, DmaDevice, Translation};
 pub use domain::{DmaDomain, DomainConfig};
 pub use error::{BounceReason, DmaError};
+pub use export::{
+    validate_export, Attachment, ExportHandle, ExportRange, ExportRequest, ExportState, Exporter,
+    Importer, MemoryDecode, MoveEvent, MoveNotify, P2pMapping, TransitionStats,
+};
 pub use invalidation::{Clock, DeferredPolicy, InvalidationMode, UnmapBatch};
 pub use iova::{IovaAllocator, IovaStats, ReservedKind, ReservedRegion, MSI_WINDOW};
 pub use link::IovaLink;
 pub use mapping::{Mapping, SgMapping};
+pub use p2p::{
+    BarSlot, DeviceId, MapType, P2pClassifier, PeerMapping, Provider, ProviderError, ProviderTable,
+};
 pub use phys::{CacheOp, PhysError, PhysMemory};
 pub use segment::{split_segments, DmaSegment};

@@ -4,9 +4,11 @@
 
 mod bounce;
 mod coherent;
+mod export;
 mod invalidation;
 mod link;
 mod map;
+mod p2p;
 mod prop;
 
 use crate::testing::Fixture;

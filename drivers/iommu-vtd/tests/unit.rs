@@ -382,7 +382,11 @@ fn unmapping_n_pages_issues_log_n_aligned_psi() {
     d.unmap(DmaAddr::new(base), pages * K4, &mut g).unwrap();
     d.flush(g).unwrap();
     let after = u.invalidation_stats();
-    assert_eq!(after.submissions - before.submissions, 1, "one flush, one wait");
+    assert_eq!(
+        after.submissions - before.submissions,
+        1,
+        "one flush, one wait"
+    );
     let counted = after.requests - before.requests;
     let psi: Vec<_> = hw(&u)
         .invalidations()
@@ -402,7 +406,11 @@ fn unmapping_n_pages_issues_log_n_aligned_psi() {
         "{} descriptors for {pages} pages",
         psi.len()
     );
-    assert_eq!(counted, psi.len() as u64, "the unit's counter sees every request");
+    assert_eq!(
+        counted,
+        psi.len() as u64,
+        "the unit's counter sees every request"
+    );
     let mut next = base;
     for (addr, am, leaf_only) in psi {
         assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);

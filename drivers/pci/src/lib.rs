@@ -38,7 +38,9 @@ mod ecam;
 mod listing;
 pub mod mcfg;
 pub mod names;
+pub mod p2p;
 pub mod regs;
+pub mod reset;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod topology;
@@ -48,4 +50,6 @@ pub use bdf::{Bdf, BdfError};
 pub use config::{is_valid_access, ConfigSpace, CONFIG_SPACE_SIZE};
 pub use ecam::{Ecam, EcamError};
 pub use mcfg::{McfgError, McfgRegion};
+pub use p2p::{HostBridgePolicy, P2pRouting, ProviderRegistry};
+pub use reset::{PowerState, ResetError, ResetMethod, SavedConfig};
 pub use topology::{enumerate, enumerate_with, EnumerationOptions, Function, Topology};

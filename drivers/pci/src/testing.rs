@@ -11,8 +11,19 @@
 //! - BARs with a declared size emulate size masks (writing all-ones reads back the size mask
 //!   and the hardwired type bits); BARs without one are read-only;
 //! - ACS Control bits the ACS Capability does not advertise are hardwired to 0;
+//! - a bridge's bus numbers and windows are writable (their low type nibbles are not);
 //! - setting Secondary Bus Reset in a bridge's Bridge Control clears the Command register and
-//!   BARs of every function on its secondary bus (what SPEC.md records QEMU 7.2 doing).
+//!   BARs of every function on its secondary bus (what SPEC.md records QEMU 7.2 doing);
+//! - setting Initiate FLR in the PCI Express Device Control register of a function whose Device
+//!   Capabilities advertise FLR resets it: Command, BARs, Cache Line Size, Latency Timer,
+//!   Interrupt Line, Status errors, Device Control, MSI/MSI-X enables, PMCSR and bridge
+//!   registers go back to 0 (the bit itself always reads 0);
+//! - PMCSR behaves as PCI PM 1.2 §7.2.2 says: PowerState and PME_En are writable, No_Soft_Reset
+//!   is read-only, PME_Status is write-1-to-clear, writes of unsupported states (D1/D2 not
+//!   advertised, or anything but D0 from D3hot) are discarded, and D3hot→D0 with No_Soft_Reset
+//!   clear resets the function as FLR does;
+//! - a function can be made to read all-ones for a number of reads after each reset
+//!   ([`FakeConfigSpace::set_ready_delay`]), like a device still initialising.
 //!
 //! Every write is logged with the Command register value it found, so tests can check the order
 //! of operations (for instance that no BAR was written while decoding was on).
@@ -31,6 +42,7 @@ use crate::regs::{
     acs, bar_bits, bridge, header, pcie, AcsFlags, BridgeControl, CapabilityId, DevicePortType,
     ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
 };
+use crate::reset::layout::{self as reset_layout, msi, msix, pm};
 use crate::{Bdf, ConfigSpace};
 
 /// One write the code under test issued.
@@ -62,6 +74,12 @@ struct FakeFunction {
     last_capability: Option<u16>,
     next_extended: u16,
     last_extended: Option<u16>,
+    /// Reads that return all-ones after each reset.
+    ready_delay: u32,
+    /// Reads left before the function answers again.
+    not_ready_reads: u32,
+    /// Resets the function went through (bus reset, FLR, PM).
+    resets: u32,
 }
 
 impl FakeFunction {
@@ -75,6 +93,9 @@ impl FakeFunction {
             last_capability: None,
             next_extended: 0x100,
             last_extended: None,
+            ready_delay: 0,
+            not_ready_reads: 0,
+            resets: 0,
         };
         for range in [0x00..0x04, 0x08..0x0c, 0x0e..0x0f, 0x34..0x35, 0x3d..0x3e] {
             for i in range {
@@ -146,14 +167,35 @@ impl FakeFunction {
                 }
                 continue;
             }
+            if let Some(writable) = self.bridge_register_mask(o) {
+                self.bytes[o] = (self.bytes[o] & !writable) | (byte & writable);
+                continue;
+            }
             let (ro, rw1c) = (self.read_only[o], self.rw1c[o]);
             let old = self.bytes[o];
             self.bytes[o] = (old & ro & !rw1c) | (byte & !ro & !rw1c) | (old & rw1c & !byte);
         }
     }
 
+    /// The writable bits of a type-1 header's bus-number and window bytes (0x18-0x1d and
+    /// 0x20-0x27; the low nibbles of the window registers are hardwired, PCI-to-PCI Bridge 1.2
+    /// §3.2.5), `None` for any other byte or layout.
+    fn bridge_register_mask(&self, o: usize) -> Option<u8> {
+        if self.layout() != HeaderLayout::PciBridge {
+            return None;
+        }
+        match o {
+            0x18..=0x1b => Some(0xff),
+            0x1c | 0x1d | 0x20 | 0x22 | 0x24 | 0x26 => Some(0xf0),
+            0x21 | 0x23 | 0x25 | 0x27 => Some(0xff),
+            _ => None,
+        }
+    }
+
     /// What a reset does to the registers SPEC.md says are lost: Command and BARs.
     fn reset(&mut self) {
+        self.resets = self.resets.saturating_add(1);
+        self.not_ready_reads = self.ready_delay;
         self.put(header::COMMAND, 2, 0);
         for slot in 0..usize::from(self.layout().bar_count()) {
             let flags = if self.bar_mask(slot).is_some() {
@@ -162,6 +204,118 @@ impl FakeFunction {
                 0
             };
             self.put(header::bar(slot as u8), 4, flags);
+        }
+    }
+
+    /// The first standard capability with this ID, walked over the raw bytes.
+    fn find_capability(&self, id: CapabilityId) -> Option<u16> {
+        if self.get(header::STATUS, 2) & u32::from(Status::CAPABILITIES_LIST.bits()) == 0 {
+            return None;
+        }
+        let mut pointer = self.bytes[usize::from(header::CAPABILITIES_POINTER)] & 0xfc;
+        for _ in 0..48 {
+            if u16::from(pointer) < header::HEADER_END {
+                return None;
+            }
+            if self.bytes[usize::from(pointer)] == id.0 {
+                return Some(u16::from(pointer));
+            }
+            pointer = self.bytes[usize::from(pointer) + 1] & 0xfc;
+        }
+        None
+    }
+
+    /// What a Function Level Reset or a D3hot→D0 soft reset does: [`FakeFunction::reset`] plus
+    /// the other registers software programs.
+    fn function_reset(&mut self) {
+        self.reset();
+        self.put(reset_layout::header::CACHE_LINE_SIZE, 1, 0);
+        self.put(reset_layout::header::LATENCY_TIMER, 1, 0);
+        self.put(header::INTERRUPT_LINE, 1, 0);
+        let status = self.get(header::STATUS, 2) & !u32::from(Status::RW1C.bits());
+        self.put(header::STATUS, 2, status);
+        if let Some(p) = self.find_capability(CapabilityId::PCI_EXPRESS) {
+            self.put(p + pcie::DEVICE_CONTROL, 2, 0);
+            self.put(p + pcie::DEVICE_CONTROL_2, 2, 0);
+        }
+        if let Some(p) = self.find_capability(CapabilityId::MSI) {
+            let control = self.get(p + msi::CONTROL, 2) & !u32::from(msi::CONTROL_ENABLE);
+            self.put(p + msi::CONTROL, 2, control);
+        }
+        if let Some(p) = self.find_capability(CapabilityId::MSI_X) {
+            let bits = msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK;
+            let control = self.get(p + msix::CONTROL, 2) & !u32::from(bits);
+            self.put(p + msix::CONTROL, 2, control);
+        }
+        if let Some(p) = self.find_capability(CapabilityId::POWER_MANAGEMENT) {
+            let keep = pm::PMCSR_NO_SOFT_RESET;
+            let pmcsr = self.get(p + pm::PMCSR, 2) & u32::from(keep);
+            self.put(p + pm::PMCSR, 2, pmcsr);
+        }
+        if self.layout() == HeaderLayout::PciBridge {
+            self.put(bridge::PRIMARY_BUS, 4, 0);
+            self.put(bridge::IO_BASE, 2, 0);
+            for offset in [
+                bridge::MEMORY_BASE,
+                bridge::PREFETCHABLE_MEMORY_BASE,
+                bridge::PREFETCHABLE_BASE_UPPER,
+                bridge::PREFETCHABLE_LIMIT_UPPER,
+                bridge::IO_BASE_UPPER,
+            ] {
+                self.put(offset, 4, 0);
+            }
+            self.put(bridge::BRIDGE_CONTROL, 2, 0);
+        }
+    }
+
+    /// Emulates Initiate FLR and PMCSR after a write of `width` bytes at `offset` has been stored.
+    /// `old_pmcsr` is PMCSR before the write.
+    fn emulate_control_write(&mut self, offset: u16, width: u16, old_pmcsr: Option<u16>) {
+        let touches =
+            |register: u16, len: u16| offset < register + len && register < offset + width;
+        if let Some(p) = self.find_capability(CapabilityId::PCI_EXPRESS) {
+            let control = p + pcie::DEVICE_CONTROL;
+            if touches(control, 2) {
+                let value = self.get(control, 2) as u16;
+                if value & pcie::DEVCTL_INITIATE_FLR != 0 {
+                    // The bit always reads 0; it acts only when FLR is advertised.
+                    self.put(control, 2, u32::from(value & !pcie::DEVCTL_INITIATE_FLR));
+                    if self.get(p + pcie::DEVICE_CAPABILITIES, 4) & pcie::DEVCAP_FLR != 0 {
+                        self.function_reset();
+                    }
+                }
+            }
+        }
+        let (Some(p), Some(old)) = (
+            self.find_capability(CapabilityId::POWER_MANAGEMENT),
+            old_pmcsr,
+        ) else {
+            return;
+        };
+        let csr = p + pm::PMCSR;
+        if !touches(csr, 2) {
+            return;
+        }
+        let written = self.get(csr, 2) as u16;
+        let pmc = self.get(p + pm::PMC, 2) as u16;
+        let (from, to) = (old & pm::PMCSR_STATE_MASK, written & pm::PMCSR_STATE_MASK);
+        let supported = match to {
+            1 => pmc & pm::PMC_D1_SUPPORT != 0,
+            2 => pmc & pm::PMC_D2_SUPPORT != 0,
+            _ => true,
+        };
+        let allowed = supported && (from != 3 || to == 0);
+        let state = if allowed { to } else { from };
+        let mut value = (old & !(pm::PMCSR_STATE_MASK | pm::PMCSR_PME_ENABLE))
+            | state
+            | (written & pm::PMCSR_PME_ENABLE);
+        // PME_Status is RW1C; only a write covering the high byte can clear it.
+        if touches(csr + 1, 1) && written & pm::PMCSR_PME_STATUS != 0 {
+            value &= !pm::PMCSR_PME_STATUS;
+        }
+        self.put(csr, 2, u32::from(value));
+        if from == 3 && state == 0 && old & pm::PMCSR_NO_SOFT_RESET == 0 {
+            self.function_reset();
         }
     }
 }
@@ -511,6 +665,61 @@ impl FakeConfigSpace {
             .unwrap_or(u32::MAX)
     }
 
+    /// A read through [`ConfigSpace`]: like [`FakeConfigSpace::peek32`], except that a function
+    /// still initialising after a reset reads all-ones.
+    fn read(&self, bdf: Bdf, offset: u16, width: u16) -> u32 {
+        if !is_valid_access(offset, width) {
+            return u32::MAX;
+        }
+        self.with(bdf, |f| {
+            if f.not_ready_reads > 0 {
+                f.not_ready_reads -= 1;
+                return u32::MAX;
+            }
+            f.get(offset, usize::from(width))
+        })
+        .unwrap_or(u32::MAX)
+    }
+
+    /// Adds a Power Management capability (PCI PM 1.2, PMC version 3, D0 and D3hot only) with
+    /// PMCSR.No_Soft_Reset as given, and returns its offset.
+    pub fn add_pm_capability(&self, bdf: Bdf, no_soft_reset: bool) -> u8 {
+        let offset = self.add_capability(bdf, CapabilityId::POWER_MANAGEMENT, 8);
+        if offset != 0 {
+            self.poke16(bdf, u16::from(offset) + pm::PMC, 3);
+            let pmcsr = if no_soft_reset {
+                pm::PMCSR_NO_SOFT_RESET
+            } else {
+                0
+            };
+            self.poke16(bdf, u16::from(offset) + pm::PMCSR, pmcsr);
+        }
+        offset
+    }
+
+    /// Sets or clears Function Level Reset Capability in the Device Capabilities of the
+    /// function's PCI Express capability (added with [`FakeConfigSpace::add_pcie_capability`]).
+    pub fn set_flr_capable(&self, bdf: Bdf, capable: bool) {
+        self.with(bdf, |f| {
+            if let Some(p) = f.find_capability(CapabilityId::PCI_EXPRESS) {
+                let devcap = f.get(p + pcie::DEVICE_CAPABILITIES, 4) & !pcie::DEVCAP_FLR;
+                let flr = if capable { pcie::DEVCAP_FLR } else { 0 };
+                f.put(p + pcie::DEVICE_CAPABILITIES, 4, devcap | flr);
+            }
+        });
+    }
+
+    /// After each later reset of the function, its next `reads` configuration reads return
+    /// all-ones (`u32::MAX`: it never comes back).
+    pub fn set_ready_delay(&self, bdf: Bdf, reads: u32) {
+        self.with(bdf, |f| f.ready_delay = reads);
+    }
+
+    /// How many resets (bus reset, FLR, D3hot→D0 soft reset) the function went through.
+    pub fn reset_count(&self, bdf: Bdf) -> u32 {
+        self.with(bdf, |f| f.resets).unwrap_or(0)
+    }
+
     /// The writes issued so far through [`ConfigSpace`], oldest first.
     pub fn writes(&self) -> Vec<ConfigWrite> {
         self.state.lock().writes.clone()
@@ -531,7 +740,11 @@ impl FakeConfigSpace {
             return;
         };
         let command_before = f.get(header::COMMAND, 2) as u16;
+        let old_pmcsr = f
+            .find_capability(CapabilityId::POWER_MANAGEMENT)
+            .map(|p| f.get(p + pm::PMCSR, 2) as u16);
         f.write(offset, usize::from(width), value);
+        f.emulate_control_write(offset, width, old_pmcsr);
         state.writes.push(ConfigWrite {
             bdf,
             offset,
@@ -557,13 +770,13 @@ impl FakeConfigSpace {
 
 impl ConfigSpace for FakeConfigSpace {
     fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
-        self.peek(bdf, offset, 1) as u8
+        self.read(bdf, offset, 1) as u8
     }
     fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
-        self.peek(bdf, offset, 2) as u16
+        self.read(bdf, offset, 2) as u16
     }
     fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
-        self.peek(bdf, offset, 4)
+        self.read(bdf, offset, 4)
     }
     fn write8(&self, bdf: Bdf, offset: u16, value: u8) {
         self.write(bdf, offset, 1, u32::from(value));
