@@ -33,6 +33,8 @@ pub struct Kernel {
     pub pci: devices::pci::PciSystem,
     /// The VT-d units (None without a DMAR: no IOMMU).
     pub iommu: Option<devices::iommu::Iommu>,
+    /// P2P providers and classification.
+    pub p2p: devices::p2p::P2pSystem,
 }
 
 /// Rust entry point, called by the PVH entry code on the boot stack with the physical address of
@@ -126,11 +128,13 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
             i.levels.count()
         );
     }
+    let p2p = devices::p2p::init(&pci);
     let k = Kernel {
         boot,
         acpi,
         pci,
         iommu,
+        p2p,
     };
     demo::print_boot_report(&k);
     if CommandLine::new(k.boot.cmdline()).flag("acpidump") {

@@ -21,9 +21,15 @@ impl Topology {
         }
     }
 
-    /// The topology `cargo xtask run` boots: the base machine plus the devices the demos use.
+    /// The topology `cargo xtask run` boots: the base machine plus the devices the demos use:
+    /// an edu (DMA engine) on the root bus and an ivshmem (RAM-backed BAR2, the P2P provider)
+    /// behind a root port.
     pub fn default_run() -> Self {
-        Self::base().device("edu")
+        Self::base()
+            .device("edu")
+            .object("memory-backend-ram,id=shm,size=1M")
+            .device("pcie-root-port,id=rp1,chassis=1,bus=pcie.0")
+            .device("ivshmem-plain,memdev=shm,bus=rp1")
     }
 
     /// Adds `-device <spec>`.

@@ -5,4 +5,5 @@
 pub mod dmamem;
 pub mod edu;
 pub mod iommu;
+pub mod p2p;
 pub mod pci;

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dmaapi;
 mod memory;
+mod p2p;
 mod pci;
 mod vtd;
 
@@ -18,5 +19,6 @@ pub static SUITES: &[Suite] = &[
     pci::SUITE,
     vtd::SUITE,
     dmaapi::SUITE,
+    p2p::SUITE,
     crash::SUITE,
 ];
