@@ -218,11 +218,14 @@ pub fn render(
                 d,
                 "| path | 1 | 10k | 1M | 1M / 1 |\n|---|---:|---:|---:|---:|"
             );
-            let mut paths: Vec<String> = live
-                .iter()
-                .filter_map(|(_, r)| r.name.split('/').nth(1).map(String::from))
-                .collect();
-            paths.dedup();
+            let mut paths: Vec<String> = Vec::new();
+            for (_, r) in &live {
+                if let Some(p) = r.name.split('/').nth(1) {
+                    if !paths.iter().any(|q| q == p) {
+                        paths.push(p.to_string());
+                    }
+                }
+            }
             for p in paths {
                 let at = |n: &str| {
                     live.iter()

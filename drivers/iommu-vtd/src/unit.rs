@@ -461,7 +461,9 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// reported completion.
     pub fn invalidate(&self, requests: &[Invalidation]) -> Result<(), InvalidationError> {
         self.stats.submissions.fetch_add(1, Ordering::Relaxed);
-        self.stats.requests.fetch_add(requests.len() as u64, Ordering::Relaxed);
+        self.stats
+            .requests
+            .fetch_add(requests.len() as u64, Ordering::Relaxed);
         let mut inval = self.invalidation.lock();
         inval.active.run(
             &self.regs,
