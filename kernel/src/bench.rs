@@ -157,6 +157,8 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         batch.finish().map_err(e)?;
     }
 
+    revoke_latency(k, &b, &dev)?;
+
     // Unmapping N contiguous pages: invalidation requests must grow like log N, not N.
     let run4k = alloc(FrameRequest::contiguous(4096))?;
     for pages in [1u64, 16, 256, 4095] {
@@ -171,6 +173,68 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
             .map_err(e)?;
         let label = format!("unmap_{pages}_contiguous_pages");
         b.measure(&label, 1, || m.unmap()).map_err(e)?;
+    }
+    Ok(())
+}
+
+/// Revoke latency with N importers of one export (ivshmem BAR2): each importer holds one
+/// mapping; revoke notifies all, tears every mapping down and flushes before returning.
+fn revoke_latency(
+    k: &Kernel,
+    b: &Bench<'_>,
+    dev: &dma::DmaDevice,
+) -> Result<(), alloc::string::String> {
+    use alloc::boxed::Box;
+    use alloc::format;
+
+    use dma::{ExportRange, Importer};
+
+    use crate::devices::p2p::ProviderDevice;
+
+    let Some(ivsh) = k
+        .pci
+        .topology
+        .find(ivshmem::VENDOR_ID, ivshmem::DEVICE_ID)
+        .next()
+    else {
+        kprintln!("KBENCH note: no ivshmem device, revoke latency skipped");
+        return Ok(());
+    };
+    let Some(edu) = k.pci.topology.find(edu::VENDOR_ID, edu::DEVICE_ID).next() else {
+        return Ok(());
+    };
+    let mut provider = ProviderDevice::new(&k.p2p, &k.pci, ivsh.bdf).map_err(|e| format!("{e}"))?;
+    let handle = provider
+        .export(
+            &k.pci,
+            ivshmem::SHARED_MEMORY_BAR,
+            &[ExportRange {
+                offset: 0,
+                len: 0x1000,
+            }],
+        )
+        .map_err(|e| format!("{e}"))?;
+    for importers in [1usize, 4, 16, 64] {
+        let mut held = Vec::new();
+        for _ in 0..importers {
+            let imp = Importer {
+                id: pci::p2p::device_id(edu.bdf),
+                dev: dev.clone(),
+                peer_to_peer: true,
+                move_notify: Box::new(|_| {}),
+            };
+            let att = handle.attach(imp).map_err(|e| format!("{e}"))?;
+            let m = att.map(Direction::FromDevice).map_err(|e| format!("{e}"))?;
+            held.push((att, m));
+        }
+        let name = format!("revoke_with_{importers}_importers");
+        b.measure(&name, 1, || {
+            provider.revoke().map_err(|_| dma::DmaError::Revoked)?;
+            Ok(())
+        })
+        .map_err(|e| format!("{e}"))?;
+        drop(held);
+        provider.restore().map_err(|e| format!("{e}"))?;
     }
     Ok(())
 }

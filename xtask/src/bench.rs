@@ -112,7 +112,8 @@ fn today() -> String {
         .unwrap_or_default()
 }
 
-/// Runs everything and writes docs/PERFORMANCE.md.
+/// Runs everything and writes docs/PERFORMANCE.md. The kernel part boots the `cargo xtask run`
+/// topology (edu + ivshmem behind a root port).
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     let host_only = args.iter().any(|a| a == "--host-only");
     let kernel_only = args.iter().any(|a| a == "--kernel-only");
@@ -130,7 +131,7 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
         super::qemu::ensure_installed()?;
         let image = super::build_kernel()?;
         println!("bench: in-kernel benchmarks under QEMU ...");
-        let topo = Topology::base().device("edu");
+        let topo = Topology::default_run();
         let (log, exit) =
             super::qemu::run_captured(&image, &topo, "bench", Duration::from_secs(600))?;
         kernel = parse_kbench(&log);
