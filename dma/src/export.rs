@@ -69,6 +69,7 @@ use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::attrs::Direction;
 use crate::device::DmaDevice;
 use crate::error::DmaError;
+use crate::invalidation::UnmapBatch;
 use crate::p2p::{DeviceId, MapType, P2pClassifier, PeerMapping, Provider, ProviderTable};
 use crate::segment::DmaSegment;
 
@@ -316,23 +317,27 @@ fn status_error(status: ExportState) -> Result<(), DmaError> {
     }
 }
 
-/// Unmaps every mapping of `entries`; the caller holds the state lock. Returns the count and the
-/// first error (a failed unmap leaks its IOVA, never reuses it).
+/// Unmaps every mapping of `entries` in one batch (one IOTLB flush per IOMMU domain, completed
+/// before this returns); the caller holds the state lock. Returns the count and the first error
+/// (a failed unmap or flush leaks its IOVA, never reuses it).
 fn unmap_all<'a>(
     entries: impl Iterator<Item = &'a mut AttachEntry>,
 ) -> (usize, Result<(), DmaError>) {
     let mut count = 0;
     let mut first = Ok(());
+    let mut batch = UnmapBatch::new();
     for entry in entries {
         for (_, m) in core::mem::take(&mut entry.mappings) {
             count += 1;
-            if let Err(e) = m.unmap() {
+            if let Err(e) = m.unmap_in(&mut batch) {
                 log::error!("dma: export revoke: unmap failed: {e}");
-                if first.is_ok() {
-                    first = Err(e);
-                }
+                first = first.and(Err(e));
             }
         }
+    }
+    if let Err(e) = batch.finish() {
+        log::error!("dma: export revoke: flush failed: {e}");
+        first = first.and(Err(e));
     }
     (count, first)
 }

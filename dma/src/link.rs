@@ -33,10 +33,11 @@ use crate::attrs::{Attrs, Direction};
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
+use crate::invalidation::UnmapBatch;
 use crate::iommu::IotlbGather;
 use crate::mapping::{
     check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span, unmap_parts,
-    Part,
+    MapRecord, Part, Parts,
 };
 use crate::segment::{split_segments, DmaSegment};
 
@@ -394,6 +395,42 @@ impl IovaLink {
     /// Unlinks everything (one flush) and frees the whole IOVA allocation.
     pub fn destroy(mut self) -> Result<(), DmaError> {
         self.teardown()
+    }
+
+    /// Like [`IovaLink::destroy`], but the invalidation joins `batch`: the page-table entries are
+    /// removed now, and the flush (one per domain for the whole batch), the CPU-side completion
+    /// of each link (with its own direction and attributes) and the freeing of the whole
+    /// allocation happen in [`UnmapBatch::finish`], never before the flush completed.
+    /// On error nothing was unlinked by this call; the link is then destroyed the strict way as
+    /// it is dropped (exactly what [`IovaLink::destroy`] does).
+    pub fn destroy_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
+        if !self.live {
+            return Ok(());
+        }
+        let links: Vec<Link> = self.links.values().copied().collect();
+        let parts: Vec<Part> = links.iter().map(|l| l.part).collect();
+        let entry = batch.entry(&self.domain);
+        unmap_parts(&self.domain, &parts, &mut entry.gather)?;
+        self.links.clear();
+        for l in links {
+            let rec = MapRecord {
+                dir: l.dir,
+                attrs: l.attrs,
+                iova: None,
+                parts: Parts::One(l.part),
+            };
+            entry.pending.push((self.dev.clone(), rec));
+        }
+        // The whole allocation, freed by `finish` after the flush (digest item 14).
+        let whole = MapRecord {
+            dir: Direction::Bidirectional,
+            attrs: Attrs::empty(),
+            iova: Some(self.alloc),
+            parts: Parts::Many(Vec::new()),
+        };
+        entry.pending.push((self.dev.clone(), whole));
+        self.live = false;
+        Ok(())
     }
 
     fn teardown(&mut self) -> Result<(), DmaError> {

@@ -31,6 +31,7 @@ use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::{Attrs, Direction};
 use crate::device::DmaDevice;
 use crate::error::DmaError;
+use crate::invalidation::UnmapBatch;
 use crate::link::IovaLink;
 use crate::mapping::{check_range, Mapping};
 use crate::segment::{split_segments, DmaSegment};
@@ -451,6 +452,25 @@ impl PeerMapping {
     /// On an error the IOVA is leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
         self.release()
+    }
+
+    /// Unmaps into `batch`: the entries go now, the IOTLB flush (one per domain for the whole
+    /// batch) and the freeing of the IOVA happen in [`UnmapBatch::finish`]. This is how a revoke
+    /// with many importers pays one flush per domain instead of one per mapping.
+    pub fn unmap_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
+        match self.backing.take() {
+            None | Some(Backing::Bus) => Ok(()),
+            Some(Backing::Iommu(link)) => link.destroy_in(batch),
+            Some(Backing::Direct(maps)) => {
+                let mut first = Ok(());
+                for m in maps {
+                    if let Err(e) = m.unmap_in(batch) {
+                        first = first.and(Err(e));
+                    }
+                }
+                first
+            }
+        }
     }
 
     fn release(&mut self) -> Result<(), DmaError> {

@@ -478,6 +478,36 @@ fn revoke_unmaps_every_mapping_of_every_importer_and_flushes() {
 }
 
 #[test]
+fn revoke_with_many_importers_flushes_once_per_domain() {
+    let f = iommu();
+    let before = snapshot(&f);
+    let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
+    let h = export(&ex);
+    let atts: Vec<_> = (0..16)
+        .map(|_| h.attach(Events::default().importer(&f.dev)).unwrap())
+        .collect();
+    let maps: Vec<_> = atts.iter().map(|a| a.map(RW).unwrap()).collect();
+    assert_eq!(h.live_mappings(), 16);
+    let flushes = f.hw().counts().flushes;
+    let s = ex.revoke().unwrap();
+    assert_eq!(s.unmapped, 16);
+    assert_eq!(
+        f.hw().counts().flushes - flushes,
+        1,
+        "one batched flush for the whole revoke"
+    );
+    assert_eq!(f.hw().entries(), 0);
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    assert_eq!(
+        snapshot(&f),
+        before,
+        "every IOVA allocation freed after the flush"
+    );
+    drop(maps);
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
 fn revoke_callback_may_unmap_its_own_mapping() {
     let f = iommu();
     let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
