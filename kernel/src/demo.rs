@@ -69,7 +69,8 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
 
     let Some(iommu) = &k.iommu else { return Ok(()) };
     let mask = edu::DEFAULT_DMA_MASK;
-    let Some(mut e) = edu_dev::bind_all(&k.pci, mask)
+    // SAFETY: the demo steps run one after the other; each drops its binding before returning.
+    let Some(mut e) = unsafe { edu_dev::bind_all(&k.pci, mask) }
         .map_err(|e| format!("{e}"))?
         .into_iter()
         .next()
@@ -181,7 +182,8 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         kprintln!("(no IOMMU or no ivshmem: P2P demo skipped)");
         return Ok(());
     };
-    let Some(mut e) = edu_dev::bind_all(&k.pci, edu::DEFAULT_DMA_MASK)
+    // SAFETY: as in edu_dma_demo, whose binding is dropped by now.
+    let Some(mut e) = unsafe { edu_dev::bind_all(&k.pci, edu::DEFAULT_DMA_MASK) }
         .map_err(|x| s(&x))?
         .into_iter()
         .next()

@@ -15,27 +15,22 @@ use kernel::frames::{FrameRequest, FRAME_SIZE};
 
 use super::iommu::{AttachError, Domain, Iommu};
 use super::pci::PciSystem;
-use crate::mem::paging;
 
 /// RAM from the frame allocator, reached through the identity mapping.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelPhysMemory;
 
 impl KernelPhysMemory {
-    /// Checks that `[addr, addr + len)` is mapped kernel memory, so a bogus physical address
-    /// from a caller becomes an error instead of a page fault.
+    /// Checks that `[addr, addr + len)` is ordinary RAM the DMA layer may copy: inside a RAM
+    /// region of the memory map, outside the kernel image (code and read-only data must never
+    /// be written by a bounce copy-out) and never MMIO (MMIO is only touched with volatile
+    /// accessors). A bogus address from a caller becomes an error instead of a fault.
     fn check(addr: PhysAddr, len: u64) -> Result<*mut u8, PhysError> {
-        let bad = PhysError::OutOfRange {
-            addr: addr.as_u64(),
-            len,
-        };
-        let end = addr.as_u64().checked_add(len).ok_or(bad)?;
-        let mut page = addr.as_u64() & !(FRAME_SIZE - 1);
-        while page < end {
-            if !paging::is_mapped(page) {
-                return Err(bad);
-            }
-            page += FRAME_SIZE;
+        if !crate::mem::is_dma_ram(addr.as_u64(), len) {
+            return Err(PhysError::OutOfRange {
+                addr: addr.as_u64(),
+                len,
+            });
         }
         Ok(addr.as_u64() as *mut u8)
     }
@@ -101,7 +96,10 @@ pub fn reserved_regions(pci: &PciSystem, iommu: &Iommu) -> Vec<ReservedRegion> {
     let mut out: Vec<ReservedRegion> = iommu
         .rmrrs
         .iter()
-        .map(|r| ReservedRegion::new(r.base, r.limit - r.base + 1, ReservedKind::Rmrr))
+        .filter_map(|r| {
+            let len = r.limit.checked_sub(r.base)?.checked_add(1)?;
+            Some(ReservedRegion::new(r.base, len, ReservedKind::Rmrr))
+        })
         .collect();
     for f in pci.topology.functions() {
         for b in f
@@ -122,7 +120,7 @@ pub fn reserved_regions(pci: &PciSystem, iommu: &Iommu) -> Vec<ReservedRegion> {
             {
                 out.push(ReservedRegion::new(
                     w.base,
-                    w.limit - w.base + 1,
+                    (w.limit - w.base).saturating_add(1),
                     ReservedKind::HostBridgeWindow,
                 ));
             }

@@ -15,7 +15,7 @@ pub const DMA_TIMEOUT_US: u64 = 2_000_000;
 /// Why an edu device could not be bound.
 #[derive(Debug)]
 pub enum BindError {
-    /// No BAR0.
+    /// No BAR0, or one smaller than edu's register block.
     NoBar,
     /// BAR0 could not be mapped.
     Map(paging::MapError),
@@ -35,19 +35,26 @@ impl core::fmt::Display for BindError {
 
 /// Binds every edu function, in BDF order, with the DMA mask QEMU was told
 /// (`edu.dma_mask=` on the kernel command line, default 28 bits).
-pub fn bind_all(pci: &PciSystem, dma_mask: u64) -> Result<Vec<Edu>, BindError> {
+///
+/// # Safety
+/// At most one binding of each edu device may be alive at a time (two drivers would race on
+/// the same DMA registers): drop the previous result before calling again.
+pub unsafe fn bind_all(pci: &PciSystem, dma_mask: u64) -> Result<Vec<Edu>, BindError> {
     let mut out = Vec::new();
-    for f in pci
+    let edus = pci
         .topology
         .functions_sorted()
-        .filter(|f| (f.vendor_id, f.device_id) == (edu::VENDOR_ID, edu::DEVICE_ID))
-    {
-        let bar = f.bar(0).ok_or(BindError::NoBar)?;
+        .filter(|f| (f.vendor_id, f.device_id) == (edu::VENDOR_ID, edu::DEVICE_ID));
+    for f in edus {
+        let bar = f
+            .bar(0)
+            .filter(|b| b.size >= edu::BAR0_SIZE)
+            .ok_or(BindError::NoBar)?;
         let ptr = paging::map_phys(bar.phys_address, bar.size, Cache::Uncached)
             .map_err(BindError::Map)?;
         let ptr = NonNull::new(ptr).ok_or(BindError::NoBar)?;
-        // SAFETY: BAR0 is mapped uncached for the rest of the run and each edu function is bound
-        // once per call; callers keep at most one binding alive per device.
+        // SAFETY: BAR0 (at least the 1 MiB register block, checked) is mapped uncached for the
+        // rest of the run; the caller guarantees no other binding of this device is alive.
         out.push(unsafe { Edu::new(&pci.ecam, f.bdf, ptr, dma_mask) }.map_err(BindError::Edu)?);
     }
     Ok(out)

@@ -247,6 +247,14 @@ pub fn init(
             .filter_map(|s| s.resolve(secondary).ok())
             .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
             .collect();
+        if r.limit() < r.base() {
+            log::warn!(
+                "vt-d: ignoring RMRR with limit {:#x} below base {:#x}",
+                r.limit(),
+                r.base()
+            );
+            continue;
+        }
         rmrrs.push(RmrrInfo {
             base: r.base(),
             limit: r.limit(),
@@ -306,6 +314,12 @@ impl Iommu {
             .topology
             .dma_requester_ids(bdf)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
+        // RMRR memory the device keeps using must be reachable before it is switched over.
+        for r in self.rmrrs.iter().filter(|r| r.devices.contains(&bdf)) {
+            domain
+                .map_identity(r.base, r.limit)
+                .map_err(AttachError::Rmrr)?;
+        }
         domain.attach(&rids).map_err(AttachError::Vtd)?;
         Ok(rids)
     }

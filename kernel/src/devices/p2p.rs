@@ -54,6 +54,8 @@ pub enum DeviceError {
     Registry(RegistryError),
     /// The provider was already removed.
     Removed,
+    /// A reset would affect this exporting function, but its provider device was not given.
+    ProviderNotGiven(Bdf),
 }
 
 impl fmt::Display for DeviceError {
@@ -65,6 +67,12 @@ impl fmt::Display for DeviceError {
             Self::NoResetMethod(b) => write!(f, "{b} has no reset method"),
             Self::Registry(e) => write!(f, "{e}"),
             Self::Removed => f.write_str("the provider was removed"),
+            Self::ProviderNotGiven(b) => {
+                write!(
+                    f,
+                    "a reset would affect exporting function {b}, whose provider was not given"
+                )
+            }
         }
     }
 }
@@ -85,12 +93,30 @@ fn delay(us: u32) {
     time::delay_us(u64::from(us));
 }
 
+/// Why a provider's exports are currently revoked (several can hold at once; the exports come
+/// back only when none is left, so e.g. restoring memory decode does not re-enable exports of a
+/// device that is still in D3hot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Block {
+    /// Memory Space Enable is off.
+    MemoryDisabled = 1,
+    /// The function is in a low-power state.
+    LowPower = 2,
+    /// A reset is in progress.
+    Reset = 4,
+    /// Revoked explicitly through [`ProviderDevice::revoke`].
+    Explicit = 8,
+}
+
 /// A function whose BARs are exported to peers, with the triggers that revoke them.
 pub struct ProviderDevice {
     bdf: Bdf,
     exporter: Option<Exporter>,
     /// Configuration saved before a power transition that may lose it.
     saved: Option<SavedConfig>,
+    /// Bitwise OR of the [`Block`]s in force.
+    blocked: u8,
 }
 
 impl ProviderDevice {
@@ -106,6 +132,7 @@ impl ProviderDevice {
             bdf,
             exporter: Some(Exporter::new(table, classifier)),
             saved: None,
+            blocked: 0,
         })
     }
 
@@ -141,19 +168,36 @@ impl ProviderDevice {
         self.exporter.as_ref().is_none_or(|e| e.is_revoked())
     }
 
-    /// Revokes every export (importers notified, mappings torn down, IOTLB flushed).
-    pub fn revoke(&mut self) -> Result<TransitionStats, DeviceError> {
-        Ok(self.exporter()?.revoke()?)
+    /// Adds a reason to keep the exports revoked; revokes (importers notified, mappings torn
+    /// down, IOTLB flushed) if it is the first.
+    fn block(&mut self, why: Block) -> Result<TransitionStats, DeviceError> {
+        let stats = self.exporter()?.revoke()?;
+        self.blocked |= why as u8;
+        Ok(stats)
     }
 
-    /// Re-enables the exports.
-    pub fn restore(&mut self) -> Result<TransitionStats, DeviceError> {
+    /// Drops a reason; restores the exports when no reason is left.
+    fn unblock(&mut self, why: Block) -> Result<TransitionStats, DeviceError> {
+        self.blocked &= !(why as u8);
+        if self.blocked != 0 {
+            return Ok(TransitionStats::default());
+        }
         Ok(self.exporter()?.restore())
+    }
+
+    /// Revokes every export until [`Self::restore`].
+    pub fn revoke(&mut self) -> Result<TransitionStats, DeviceError> {
+        self.block(Block::Explicit)
+    }
+
+    /// Undoes [`Self::revoke`] (the exports come back unless another trigger still holds them).
+    pub fn restore(&mut self) -> Result<TransitionStats, DeviceError> {
+        self.unblock(Block::Explicit)
     }
 
     /// Trigger: clear Memory Space Enable (revoke first).
     pub fn disable_memory(&mut self, pci: &PciSystem) -> Result<TransitionStats, DeviceError> {
-        let stats = self.revoke()?;
+        let stats = self.block(Block::MemoryDisabled)?;
         reset::set_memory_decode(&pci.ecam, self.bdf, false)?;
         Ok(stats)
     }
@@ -161,12 +205,12 @@ impl ProviderDevice {
     /// Undo [`Self::disable_memory`]: decode on, then restore.
     pub fn enable_memory(&mut self, pci: &PciSystem) -> Result<TransitionStats, DeviceError> {
         reset::set_memory_decode(&pci.ecam, self.bdf, true)?;
-        self.restore()
+        self.unblock(Block::MemoryDisabled)
     }
 
     /// Trigger: enter D3hot (revoke first; the configuration is saved in case D0 loses it).
     pub fn enter_d3hot(&mut self, pci: &PciSystem) -> Result<TransitionStats, DeviceError> {
-        let stats = self.revoke()?;
+        let stats = self.block(Block::LowPower)?;
         self.saved = Some(SavedConfig::save(&pci.ecam, self.bdf)?);
         reset::set_power_state(&pci.ecam, self.bdf, PowerState::D3Hot, &mut delay)?;
         Ok(stats)
@@ -180,7 +224,7 @@ impl ProviderDevice {
                 saved.restore(&pci.ecam)?;
             }
         }
-        self.restore()
+        self.unblock(Block::LowPower)
     }
 
     /// Trigger: driver removal. Permanent: every importer is told the device is gone; handles
@@ -208,9 +252,12 @@ pub struct ResetDone {
 }
 
 /// Trigger: reset `bdf` with its best method (FLR, PM, or a secondary-bus reset through the
-/// parent bridge). Every provider the reset affects is revoked first; configuration is saved
-/// and restored around the reset (a bus reset zeroes BARs and command registers); the
-/// classifier is refreshed; then the providers are restored.
+/// parent bridge). `providers` must hold the provider device of every function the reset
+/// affects that exports memory (checked against the registry before anything happens). Each is
+/// revoked first; configuration is saved and restored around the reset (a bus reset zeroes BARs
+/// and command registers); the ACS policy is re-applied (a reset clears ACS control) and the
+/// classifier refreshed; then the providers are restored. If the reset itself fails, the
+/// providers stay revoked: their memory's state is unknown.
 pub fn reset_function(
     p2p: &P2pSystem,
     pci: &PciSystem,
@@ -220,15 +267,25 @@ pub fn reset_function(
     let method = reset::reset_method(&pci.ecam, &pci.topology, bdf)
         .ok_or(DeviceError::NoResetMethod(bdf))?;
     let affected = method.affected(&pci.topology, bdf);
+    if let Some(missing) = affected
+        .iter()
+        .find(|b| p2p.registry.get(**b).is_some() && !providers.iter().any(|p| p.bdf == **b))
+    {
+        return Err(DeviceError::ProviderNotGiven(*missing));
+    }
     let mut revoked = 0;
     for p in providers.iter_mut().filter(|p| affected.contains(&p.bdf)) {
-        p.revoke()?;
+        p.block(Block::Reset)?;
         revoked += 1;
     }
-    reset::reset(&pci.ecam, &pci.topology, bdf, method, &mut delay)?;
+    let result = reset::reset(&pci.ecam, &pci.topology, bdf, method, &mut delay);
+    if !matches!(pci.acs_policy, pci::acs::AcsPolicy::Leave) {
+        pci::acs::apply_acs_policy(&pci.ecam, &pci.topology, pci.acs_policy);
+    }
     p2p.routing.refresh(&pci.ecam, &pci.topology);
+    result?;
     for p in providers.iter_mut().filter(|p| affected.contains(&p.bdf)) {
-        p.restore()?;
+        p.unblock(Block::Reset)?;
     }
     Ok(ResetDone {
         method,

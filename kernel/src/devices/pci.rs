@@ -21,6 +21,8 @@ pub struct PciSystem {
     pub topology: Topology,
     /// What the ACS policy did (None when the policy was `Leave`).
     pub acs: Option<AcsReport>,
+    /// The ACS policy in force, re-applied after resets (which clear ACS control).
+    pub acs_policy: AcsPolicy,
 }
 
 /// Why PCI could not be brought up.
@@ -73,6 +75,7 @@ pub fn init(acpi: &Acpi, policy: AcsPolicy) -> Result<PciSystem, PciInitError> {
         ecam,
         topology,
         acs,
+        acs_policy: policy,
     })
 }
 

@@ -64,6 +64,27 @@ pub struct FrameStats {
 
 static TOTAL_FRAMES: spin::Once<usize> = spin::Once::new();
 
+/// Most RAM regions remembered for [`is_dma_ram`].
+const MAX_RAM_REGIONS: usize = 32;
+/// RAM regions of the memory map (base, end), clipped to the managed range, set once at boot.
+static RAM_REGIONS: spin::Once<([(u64, u64); MAX_RAM_REGIONS], usize)> = spin::Once::new();
+
+/// Whether `[addr, addr + len)` lies entirely in one RAM region of the memory map, above 1 MiB
+/// and outside the kernel image: memory the DMA layer may copy to and from. Zero length is
+/// never RAM.
+pub fn is_dma_ram(addr: u64, len: u64) -> bool {
+    let Some(end) = addr.checked_add(len).filter(|_| len > 0) else {
+        return false;
+    };
+    let img = image();
+    if addr < 1 << 20 || (addr < img.end && end > img.start) {
+        return false;
+    }
+    RAM_REGIONS
+        .get()
+        .is_some_and(|(r, n)| r[..*n].iter().any(|&(b, e)| addr >= b && end <= e))
+}
+
 /// Builds the frame allocator from the memory map: RAM regions above 1 MiB minus the image.
 pub fn init_frames(info: &BootInfo) {
     // SAFETY: the storage is used only through this one FrameBitmap, created once here.
@@ -88,6 +109,20 @@ pub fn init_frames(info: &BootInfo) {
         }
         total += added;
     }
+    RAM_REGIONS.call_once(|| {
+        let mut out = [(0, 0); MAX_RAM_REGIONS];
+        let mut n = 0;
+        for r in info
+            .regions()
+            .iter()
+            .filter(|r| r.kind == MemoryType::Ram)
+            .take(MAX_RAM_REGIONS)
+        {
+            out[n] = (r.base, r.end().min(MAX_PHYS));
+            n += 1;
+        }
+        (out, n)
+    });
     let img = image();
     let first = (img.start / FRAME_SIZE) as usize;
     let last = img.end.div_ceil(FRAME_SIZE) as usize;

@@ -40,6 +40,10 @@ pub const SUITE: Suite = Suite {
             run: map_phys_bad_input,
         },
         Test {
+            name: "dma_ram_excludes_image_and_mmio",
+            run: dma_ram_excludes_image_and_mmio,
+        },
+        Test {
             name: "heap_smoke",
             run: heap_smoke,
         },
@@ -153,6 +157,24 @@ fn map_phys_bad_input(_: &Kernel) -> TestResult {
         paging::map_phys(ram, 4096, Cache::Uncached),
         Err(MapError::ConflictingMapping { page: ram & !0xfff })
     );
+    Ok(())
+}
+
+/// The DMA layer may copy only to and from RAM frames: never the kernel image, low memory,
+/// MMIO, or a range running off the end of a RAM region.
+fn dma_ram_excludes_image_and_mmio(_: &Kernel) -> TestResult {
+    let p = PhysPages::alloc(FrameRequest::one()).or_fail("a page")?;
+    check!(
+        mem::is_dma_ram(p.paddr(), 4096),
+        "an allocated frame is not DMA RAM"
+    );
+    let img = mem::image();
+    check!(!mem::is_dma_ram(img.start, 16), "kernel text accepted");
+    check!(!mem::is_dma_ram(img.data_start, 16), "kernel data accepted");
+    check!(!mem::is_dma_ram(0x1000, 16), "low memory accepted");
+    check!(!mem::is_dma_ram(0xfed0_0000, 8), "HPET MMIO accepted");
+    check!(!mem::is_dma_ram(p.paddr(), 0), "zero length accepted");
+    check!(!mem::is_dma_ram(u64::MAX - 10, 100), "overflow accepted");
     Ok(())
 }
 
