@@ -134,8 +134,13 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
             result,
             Ok(()) | Err(VtdError::Invalidation(_) | VtdError::Timeout { .. })
         ) {
-            // The entries were written; record them so detach can clear them.
-            state.attached.extend_from_slice(rids);
+            // The entries were written; record them so detach can clear them (an ID may still
+            // be tracked after a failed detach: record it once).
+            for &rid in rids {
+                if !state.attached.contains(&rid) {
+                    state.attached.push(rid);
+                }
+            }
         }
         result
     }
@@ -143,6 +148,11 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// Detaches requester IDs: clears their context entries and invalidates the context cache
     /// and the domain's IOTLB before returning. A detached device has no valid context entry
     /// (its DMA faults with reason 2).
+    ///
+    /// The IDs stay attached (in [`Domain::attached`]) unless this returns `Ok`: after a failure
+    /// a context entry, or a cached copy of one, may still point at the domain's table, so the
+    /// domain keeps tracking them; a later `detach` or the drop retries (and a drop that cannot
+    /// complete it leaks the table and the domain ID rather than free them).
     pub fn detach(&self, rids: &[u16]) -> Result<(), VtdError> {
         let mut state = self.state.lock();
         for (i, &rid) in rids.iter().enumerate() {
@@ -153,8 +163,10 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
                 return Err(VtdError::NotAttached { rid });
             }
         }
+        // Forget the IDs only once the entries are cleared *and* the invalidation completed.
+        self.unit.detach(self.did, rids)?;
         state.attached.retain(|r| !rids.contains(r));
-        self.unit.detach(self.did, rids)
+        Ok(())
     }
 
     /// Identity-maps `[start, end]` (inclusive, rounded out to pages) read/write, then makes it
@@ -270,14 +282,17 @@ impl<R: RegisterIo, P: Platform> Drop for Domain<R, P> {
         let state = self.state.get_mut();
         let rids = core::mem::take(&mut state.attached);
         let table = state.table.take();
-        // Detach everything; the domain-selective IOTLB invalidation also drops cached
-        // paging-structure entries, after which no hardware reference to the tables is left.
-        let clean = self.unit.detach(self.did, &rids).is_ok();
-        if !clean {
+        // Detach everything still attached (including IDs whose earlier detach failed); the
+        // domain-selective IOTLB invalidation also drops cached paging-structure entries, after
+        // which no hardware reference to the tables is left.
+        if let Err(e) = self.unit.detach(self.did, &rids) {
+            // The hardware may still walk the table (a context entry or a cached copy of one
+            // points at it): leak the table pages and the domain ID rather than reuse them.
             log::warn!(
-                "VT-d: domain {} dropped without a completed invalidation; leaking it",
+                "VT-d: domain {} dropped without a completed detach ({e}); leaking its tables and domain ID",
                 self.did
             );
+            core::mem::forget(table);
             return;
         }
         if let Some(table) = table {

@@ -16,7 +16,10 @@
 //! under caching mode, not-present translations too), and records faults in the fault
 //! recording registers. Protocol violations (a GCMD write not of the form
 //! `(GSTS & 0x96FF_FFFF) | bit`, a register invalidation while QIE is set, a misaligned PSI,
-//! ...) are collected in [`FakeVtd::violations`].
+//! ...) are collected in [`FakeVtd::violations`]. Failures can be injected: a unit that stops
+//! answering ([`FakeVtd::set_unresponsive`]), a queue whose head stalls
+//! ([`FakeVtd::set_queue_fetch_limit`]), descriptors rejected with FSTS.IQE
+//! ([`FakeVtd::set_rejected_descriptor`]).
 //!
 //! These models are plain `no_std` + `alloc` code so embedders can test against them too.
 
@@ -369,6 +372,10 @@ struct FakeState {
     events: Vec<HwEvent>,
     violations: Vec<String>,
     unresponsive: bool,
+    /// Descriptors the queue may still fetch before its head stalls (`None`: unlimited).
+    fetch_budget: Option<usize>,
+    /// Descriptor type the queue rejects with FSTS.IQE (failure injection).
+    rejected_kind: Option<u64>,
     global_invalidated_since_root: bool,
 }
 
@@ -430,6 +437,8 @@ impl FakeVtd {
                 events: Vec::new(),
                 violations: Vec::new(),
                 unresponsive: false,
+                fetch_budget: None,
+                rejected_kind: None,
                 global_invalidated_since_root: false,
             }),
         }
@@ -464,6 +473,22 @@ impl FakeVtd {
     /// must then time out.
     pub fn set_unresponsive(&self, stuck: bool) {
         self.state.lock().unresponsive = stuck;
+    }
+
+    /// Lets the invalidation queue fetch only `n` more descriptors, after which IQH stalls (as
+    /// on hardware that is slow to fetch) while every other register keeps answering; `None`
+    /// lifts the limit. Pending descriptors are fetched at once, up to the new limit.
+    pub fn set_queue_fetch_limit(&self, n: Option<usize>) {
+        let mut s = self.state.lock();
+        s.fetch_budget = n;
+        self.resume_queue(&mut s);
+    }
+
+    /// Makes the invalidation queue reject every descriptor of type `kind`
+    /// ([`desc::TYPE_CONTEXT`], ...) with FSTS.IQE, as hardware does with a descriptor it cannot
+    /// process; `None` accepts them again.
+    pub fn set_rejected_descriptor(&self, kind: Option<u64>) {
+        self.state.lock().rejected_kind = kind;
     }
 
     /// Everything the unit did so far.
@@ -712,6 +737,9 @@ impl FakeVtd {
         let entries = (TABLE_PAGE_SIZE / 16) as u64;
         let base = s.iqa & iq::IQA_BASE_MASK;
         while s.iqh != s.iqt {
+            if s.fetch_budget == Some(0) {
+                return;
+            }
             let index = s.iqh >> iq::INDEX_SHIFT;
             let at = base + index * 16;
             let (Some(lo), Some(hi)) = (
@@ -725,6 +753,7 @@ impl FakeVtd {
             };
             let d = Descriptor { lo, hi };
             let ok = match d.kind() {
+                kind if Some(kind) == s.rejected_kind => false,
                 desc::TYPE_WAIT => {
                     if lo & desc::WAIT_SW != 0 {
                         let addr = hi & desc::WAIT_HI_ADDR_MASK;
@@ -752,6 +781,19 @@ impl FakeVtd {
                 return;
             }
             s.iqh = ((index + 1) % entries) << iq::INDEX_SHIFT;
+            if let Some(budget) = s.fetch_budget.as_mut() {
+                *budget -= 1;
+            }
+        }
+    }
+
+    /// Fetches pending descriptors if the queue is on and able to.
+    fn resume_queue(&self, s: &mut FakeState) {
+        if s.gsts & Global::QIE.bits() != 0
+            && !s.unresponsive
+            && s.fsts & FaultStatus::IQE.bits() == 0
+        {
+            self.process_queue(s);
         }
     }
 
@@ -917,12 +959,7 @@ impl RegisterIo for FakeVtd {
                     | FaultStatus::ITE;
                 s.fsts &= !(value & w1c.bits());
                 // Clearing IQE lets the queue resume.
-                if s.gsts & Global::QIE.bits() != 0
-                    && !s.unresponsive
-                    && s.fsts & FaultStatus::IQE.bits() == 0
-                {
-                    self.process_queue(&mut s);
-                }
+                self.resume_queue(&mut s);
             }
             registers::FECTL => s.fectl = value,
             registers::ICS => s.ics &= !(value & iq::ICS_IWC),
@@ -993,12 +1030,7 @@ impl RegisterIo for FakeVtd {
             registers::IQA => s.iqa = value,
             registers::IQT => {
                 s.iqt = value & (iq::INDEX_MASK << iq::INDEX_SHIFT);
-                if s.gsts & Global::QIE.bits() != 0
-                    && !s.unresponsive
-                    && s.fsts & FaultStatus::IQE.bits() == 0
-                {
-                    self.process_queue(&mut s);
-                }
+                self.resume_queue(&mut s);
             }
             o => {
                 let (fr_start, fr_end) = Self::fault_record_range(&s);

@@ -16,6 +16,12 @@
 //! O(log N) descriptors; past [`PSI_DESCRIPTOR_LIMIT`] chunks, or without CAP.PSI, a single
 //! domain-selective invalidation is used instead.
 //!
+//! Before a batch is written, IQH is read and the batch waits (with the same timeout) until it
+//! fits in the free part of the ring: after a timed-out wait the software tail is ahead of
+//! what the hardware fetched, and writing blindly from the tail could overwrite descriptors it
+//! has not fetched yet. A batch that never fits fails with [`InvalidationError::Timeout`]
+//! without writing anything.
+//!
 //! The queue and the status word are not written back from the CPU cache: ECAP.C covers
 //! remapping-structure walks only; descriptor fetches and status writes are coherent (as Linux
 //! relies on too).
@@ -310,6 +316,12 @@ pub fn iotlb_range(
         .collect()
 }
 
+/// Free descriptor slots in a ring of [`QUEUE_ENTRIES`] with the hardware at `head` and
+/// software at `tail`: one slot always stays empty (head == tail means empty).
+const fn free_slots(head: usize, tail: usize) -> usize {
+    (head + QUEUE_ENTRIES - tail - 1) % QUEUE_ENTRIES
+}
+
 fn poll<P: Platform + ?Sized>(
     platform: &P,
     timeout_us: u64,
@@ -416,6 +428,18 @@ impl InvalidationQueue {
         batch: &[Invalidation],
         timeout_us: u64,
     ) -> Result<(), InvalidationError> {
+        // Never overwrite descriptors the hardware has not fetched yet: after a timed-out wait
+        // the software tail is ahead of IQH, and the ring may be nearly full.
+        let needed = batch.len() + 1;
+        poll(
+            platform,
+            timeout_us,
+            "free invalidation queue slots",
+            || {
+                self.check_queue_error(regs)?;
+                Ok(free_slots(Self::head_index(regs), self.tail) >= needed)
+            },
+        )?;
         let queue = self.mem(platform, self.queue);
         let push = |tail: &mut usize, d: Descriptor| {
             let word = *tail * WORDS_PER_DESCRIPTOR;
@@ -437,7 +461,6 @@ impl InvalidationQueue {
         platform.memory_fence();
         regs.write64(registers::IQT, (tail as u64) << iq::INDEX_SHIFT);
 
-        let errors = FaultStatus::IQE | FaultStatus::ICE | FaultStatus::ITE;
         poll(
             platform,
             timeout_us,
@@ -446,20 +469,35 @@ impl InvalidationQueue {
                 if self.read_status(platform) == seq {
                     return Ok(true);
                 }
-                let fsts = regs.read32(registers::FSTS);
-                if fsts & errors.bits() != 0 {
-                    // Resynchronise: drop what is left of the batch, then clear the error.
-                    let head = regs.read64(registers::IQH);
-                    let index =
-                        ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES;
-                    regs.write64(registers::IQT, (index as u64) << iq::INDEX_SHIFT);
-                    self.tail = index;
-                    regs.write32(registers::FSTS, fsts & errors.bits());
-                    return Err(InvalidationError::QueueError { fsts, head });
-                }
+                self.check_queue_error(regs)?;
                 Ok(false)
             },
         )
+    }
+
+    /// The descriptor index in IQH (the next descriptor the hardware will fetch).
+    fn head_index<R: RegisterIo + ?Sized>(regs: &R) -> usize {
+        let head = regs.read64(registers::IQH);
+        ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES
+    }
+
+    /// Reports (and recovers from) an invalidation queue error: what is left of the queue is
+    /// dropped (IQT = IQH), then the error is cleared so the hardware resumes.
+    fn check_queue_error<R: RegisterIo + ?Sized>(
+        &mut self,
+        regs: &R,
+    ) -> Result<(), InvalidationError> {
+        let errors = FaultStatus::IQE | FaultStatus::ICE | FaultStatus::ITE;
+        let fsts = regs.read32(registers::FSTS);
+        if fsts & errors.bits() == 0 {
+            return Ok(());
+        }
+        let head = regs.read64(registers::IQH);
+        let index = ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES;
+        regs.write64(registers::IQT, (index as u64) << iq::INDEX_SHIFT);
+        self.tail = index;
+        regs.write32(registers::FSTS, fsts & errors.bits());
+        Err(InvalidationError::QueueError { fsts, head })
     }
 
     /// Frees the queue and status pages.
@@ -634,6 +672,18 @@ mod tests {
             iotlb_range(&caps(18, false), 3, 0, 0x1000, false),
             [Invalidation::IotlbDomain { did: 3 }]
         );
+    }
+
+    #[test]
+    fn free_slots_keep_one_slot_empty() {
+        let n = QUEUE_ENTRIES;
+        assert_eq!(free_slots(0, 0), n - 1, "empty ring");
+        assert_eq!(free_slots(5, 5), n - 1);
+        assert_eq!(free_slots(5, 4), 0, "full: tail just behind head");
+        assert_eq!(free_slots(0, n - 1), 0);
+        assert_eq!(free_slots(3, 205), 53);
+        assert_eq!(free_slots(63, 205), 113, "head past the wrap point");
+        assert!(BATCH < n - 1, "a batch and its wait fit an empty ring");
     }
 
     #[test]

@@ -14,9 +14,14 @@
 //!   written, so the only failures happen before the first write (digest items 1, 2, 10);
 //! - unmap removes exactly what was mapped: a range must be fully mapped and may not split a
 //!   superpage ([`IommuError::PartialSuperpage`]; callers unmap superpages whole);
-//! - tables left empty by an unmap are unlinked and recorded in the gather
-//!   ([`IotlbGather::add_freed_tables`]), but their memory is only reused after the IOTLB and
-//!   paging-structure caches were invalidated ([`SecondLevelTable::take_freed`]);
+//! - a table is unlinked only when the unmapped range covers the whole region it maps (2 MiB
+//!   for a leaf table, 1 GiB for a directory, ...; Linux's rule). It is then recorded in the
+//!   gather ([`IotlbGather::add_freed_tables`]) and its memory is only reused after the IOTLB
+//!   and paging-structure caches were invalidated ([`SecondLevelTable::take_freed`]). A table
+//!   an unmap merely leaves *empty* stays linked: another mapping may be made in its region
+//!   before this unmap's invalidation completes, and hardware without caching mode may still
+//!   walk the table through a stale paging-structure cache entry, so it must stay the live
+//!   table of that region. Later maps reuse it (leaves inside it, not a superpage over it);
 //! - every table write is written back from the CPU cache when ECAP.C = 0, new tables are
 //!   filled before they are linked, and entries are stored with single 64-bit writes.
 
@@ -347,8 +352,9 @@ impl SecondLevelTable {
                 return Err(IommuError::AlreadyMapped { iova: seg_start });
             }
             if existing_table {
-                // Never place a leaf over a table: descend (a live table is never empty, so the
-                // overlap is found at the precise address).
+                // Never place a leaf over a table, even an empty one (hardware may cache the
+                // link to it): descend, so an overlap is found at the precise address and an
+                // empty table is reused.
                 let child = PhysAddr::new(entry & pte::ADDR_MASK);
                 self.plan_map(
                     platform,
@@ -412,8 +418,9 @@ impl SecondLevelTable {
     /// Unmaps exactly `[iova, iova + size)`, which must be fully mapped and must not split a
     /// superpage, and records the range (and freed tables) in `gather`. All-or-nothing.
     ///
-    /// Tables left empty are unlinked at once but kept until [`SecondLevelTable::take_freed`]
-    /// hands them out after the invalidation.
+    /// Tables whose whole region lies in the range are unlinked at once but kept until
+    /// [`SecondLevelTable::take_freed`] hands them out after the invalidation; tables the range
+    /// covers only partly stay linked, even when left empty (see the module docs).
     pub fn unmap<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -475,14 +482,20 @@ impl SecondLevelTable {
     fn apply_unmap<P: Platform + ?Sized>(&mut self, platform: &P, table: PhysAddr, span: Span) {
         let mem = self.mem(platform, table);
         let (mut first, mut last) = (usize::MAX, 0);
-        for (index, _, seg_start, seg_end) in span.slots() {
+        for (index, base, seg_start, seg_end) in span.slots() {
             let entry = mem.read(index);
             if !Self::is_leaf(span.level, entry) {
                 let child = PhysAddr::new(entry & pte::ADDR_MASK);
                 self.apply_unmap(platform, child, span.child(seg_start, seg_end));
-                if !self.mem(platform, child).is_empty() {
+                let covers_region =
+                    seg_start == base && seg_end - seg_start == slot_size(span.level);
+                if !covers_region {
+                    // Possibly empty now, but another mapping in its region may arrive before
+                    // this unmap's invalidation: keep it linked (and reusable).
                     continue;
                 }
+                // `check_unmap` proved the whole region mapped, so the table is empty now.
+                debug_assert!(self.mem(platform, child).is_empty());
                 // Capacity was reserved in `unmap` for the common case; a failed push would
                 // only leak the page, never free it early.
                 if self.freed.try_reserve(1).is_ok() {

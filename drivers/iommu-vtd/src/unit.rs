@@ -609,8 +609,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         Ok(())
     }
 
-    /// Clears the context entries of `rids` (which the caller checked belong to `did`), then
-    /// invalidates the context cache for each and the domain's IOTLB.
+    /// Clears the context entries of `rids` (which the caller tracks as attached to `did`),
+    /// then invalidates the context cache for each and the domain's IOTLB. An entry that no
+    /// longer belongs to `did` (cleared by an earlier detach whose invalidation failed, then
+    /// attached elsewhere) is left alone; its cached copy tagged `did` is still invalidated.
     pub(crate) fn detach(&self, did: u16, rids: &[u16]) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
         let mut requests: Vec<Invalidation> = Vec::new();
@@ -618,7 +620,13 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .try_reserve_exact(rids.len() + 1)
             .map_err(|_| VtdError::OutOfMemory)?;
         for &rid in rids {
-            tables.root.clear_context(&self.platform, rid);
+            let ours = tables
+                .root
+                .context(&self.platform, rid)
+                .is_some_and(|e| e.present() && e.did() == did);
+            if ours {
+                tables.root.clear_context(&self.platform, rid);
+            }
             requests.push(Invalidation::ContextDevice { did, sid: rid });
         }
         requests.push(Invalidation::IotlbDomain { did });

@@ -1,6 +1,6 @@
 //! Host tests of the second-level page table on heap memory (spec §3.6, §9.8).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use dma::iommu::{IommuError, IotlbGather, PageSizes, Prot};
 use dma::PhysAddr;
@@ -284,38 +284,98 @@ fn unmap_exactly_what_was_mapped() {
 }
 
 #[test]
-fn empty_tables_are_freed_only_after_take_freed() {
+fn covered_tables_are_freed_only_after_take_freed() {
     let p = HostPlatform::new();
     let mut t = table(&p, cfg(PagingLevels::Three));
     let live = p.live_pages();
-    t.map(&p, 0x7000_0000, 0x1000_0000, 3 * K4, RW).unwrap();
+    // 2 MiB of 4 KiB leaves (the physical address rules out a superpage): one L2 + one L1.
+    let iova = 0x7000_0000;
+    t.map(&p, iova, 0x1000_1000, M2, RW).unwrap();
     assert_eq!(p.live_pages(), live + 2);
     let mut g = IotlbGather::new();
-    t.unmap(&p, 0x7000_0000, K4, &mut g).unwrap();
-    assert!(!g.freed_tables(), "the leaf table still holds two pages");
-    t.unmap(&p, 0x7000_1000, 2 * K4, &mut g).unwrap();
+    t.unmap(&p, iova, M2, &mut g).unwrap();
     assert!(g.freed_tables());
-    assert_eq!(t.pending_freed(), 2, "L1 and L2 unlinked");
+    assert_eq!(
+        t.pending_freed(),
+        1,
+        "the L1 table (whose whole 2 MiB was unmapped) is unlinked, the L2 (1 GiB) is not"
+    );
     assert_eq!(
         p.live_pages(),
         live + 2,
         "but not freed before the invalidation"
     );
-    assert_eq!(
-        raw_entry(&p, &t, 0x7000_0000, 3),
-        0,
-        "unlinked from the root"
-    );
+    assert_eq!(raw_entry(&p, &t, iova, 2), 0, "unlinked from the L2 table");
+    assert_ne!(raw_entry(&p, &t, iova, 3), 0, "the L2 table stays linked");
     assert!(all_flushed(&p));
     // Tables outside the flushed range stay pending.
     assert!(t.take_freed(0, 0x1000, false).is_empty());
-    let freed = t.take_freed(0x7000_0000, 0x7000_3000, false);
-    assert_eq!(freed.len(), 2);
+    let freed = t.take_freed(iova, iova + M2, false);
+    assert_eq!(freed.len(), 1);
     for phys in freed {
         // SAFETY: unlinked; this host test has no hardware walking it.
         unsafe { p.free_table_page(phys) };
     }
-    assert_eq!(p.live_pages(), live);
+    assert_eq!(p.live_pages(), live + 1);
+
+    // A whole 1 GiB region (2 MiB leaves under one L2 table): the L2 table goes too, and so do
+    // the L1 tables below it.
+    t.map(&p, 3 * G1, 0x20_0000, G1 - M2, RW).unwrap();
+    t.map(&p, 4 * G1 - M2, 0x4000_1000, M2, RW).unwrap();
+    assert_eq!(p.live_pages(), live + 3);
+    let mut g = IotlbGather::new();
+    t.unmap(&p, 3 * G1, G1, &mut g).unwrap();
+    assert!(g.freed_tables());
+    assert_eq!(t.pending_freed(), 2, "the L2 table and its L1 table");
+    assert_eq!(raw_entry(&p, &t, 3 * G1, 3), 0, "unlinked from the root");
+    for phys in t.take_freed(3 * G1, 4 * G1, false) {
+        // SAFETY: unlinked; no hardware.
+        unsafe { p.free_table_page(phys) };
+    }
+    assert_eq!(p.live_pages(), live + 1);
+    assert!(all_flushed(&p));
+}
+
+#[test]
+fn a_partly_covered_table_left_empty_stays_linked() {
+    let p = HostPlatform::new();
+    let mut t = table(&p, cfg(PagingLevels::Three));
+    let live = p.live_pages();
+    let iova = 0x7000_0000;
+    t.map(&p, iova, 0x1000_0000, 3 * K4, RW).unwrap();
+    assert_eq!(p.live_pages(), live + 2);
+    let l2 = raw_entry(&p, &t, iova, 3);
+    let l1 = raw_entry(&p, &t, iova, 2);
+    let mut g = IotlbGather::new();
+    t.unmap(&p, iova, K4, &mut g).unwrap();
+    t.unmap(&p, iova + K4, 2 * K4, &mut g).unwrap();
+    // The L1 table is empty now, but neither unmap covered its 2 MiB: another mapping in that
+    // region may be walked through a cached link to it before the flush, so it stays.
+    assert!(!g.freed_tables());
+    assert_eq!(t.pending_freed(), 0);
+    assert_eq!(raw_entry(&p, &t, iova, 3), l2, "L2 still linked");
+    assert_eq!(raw_entry(&p, &t, iova, 2), l1, "L1 still linked");
+    assert_eq!(t.translate(&p, iova), None);
+    // A later map in the region reuses it: no new table, no superpage over it.
+    t.map(&p, iova + 5 * K4, 0x2000_0000, K4, RW).unwrap();
+    t.map(&p, iova + M2 / 2, 0x3000_0000, M2 / 2, RW).unwrap();
+    assert_eq!(p.live_pages(), live + 2, "reused, nothing allocated");
+    assert_eq!(raw_entry(&p, &t, iova, 2), l1);
+    assert_eq!(
+        t.translate(&p, iova + 5 * K4),
+        Some((PhysAddr::new(0x2000_0000), RW))
+    );
+    t.unmap(&p, iova + 5 * K4, K4, &mut g).unwrap();
+    t.unmap(&p, iova + M2 / 2, M2 / 2, &mut g).unwrap();
+    // A 2 MiB-aligned map over the (empty again) table goes into it as 4 KiB leaves.
+    t.map(&p, iova, 0x4000_0000, M2, RW).unwrap();
+    assert_eq!(raw_entry(&p, &t, iova, 2), l1, "no leaf over the table");
+    assert_eq!(
+        t.translate(&p, iova + M2 - K4),
+        Some((PhysAddr::new(0x4000_0000 + M2 - K4), RW))
+    );
+    assert!(!g.freed_tables());
+    assert!(all_flushed(&p));
 }
 
 #[test]
@@ -336,7 +396,12 @@ fn four_level_tables_reach_beyond_39_bits() {
     }
     let mut g = IotlbGather::new();
     t.unmap(&p, iova, K4, &mut g).unwrap();
-    assert_eq!(t.pending_freed(), 3);
+    assert_eq!(
+        t.pending_freed(),
+        0,
+        "a 4 KiB unmap covers no table's region"
+    );
+    assert_eq!(t.translate(&p, iova), None);
     assert!(all_flushed(&p));
 }
 
@@ -384,14 +449,19 @@ fn destroy_frees_everything() {
 /// table does.
 type Model = BTreeMap<u64, (u64, u64, Prot)>;
 
-fn model_leaves(iova: u64, paddr: u64, size: u64) -> Vec<(u64, u64, u64)> {
+/// The linked tables below the root, as `(region size, region base)`: `(M2, b)` is the leaf
+/// table mapping `[b, b + 2 MiB)`, `(G1, b)` the directory mapping `[b, b + 1 GiB)`.
+type Tables = BTreeSet<(u64, u64)>;
+
+fn model_leaves(tables: &Tables, iova: u64, paddr: u64, size: u64) -> Vec<(u64, u64, u64)> {
     let mut out = Vec::new();
     let mut off = 0;
     while off < size {
         let (i, pa, rem) = (iova + off, paddr + off, size - off);
+        // Never a superpage over a linked table (it is reused, even when empty).
         let s = [G1, M2, K4]
             .into_iter()
-            .find(|&s| i % s == 0 && pa % s == 0 && rem >= s)
+            .find(|&s| i % s == 0 && pa % s == 0 && rem >= s && !tables.contains(&(s, i)))
             .unwrap();
         out.push((i, pa, s));
         off += s;
@@ -408,6 +478,7 @@ fn model_leaf_at(m: &Model, iova: u64) -> Option<(u64, u64, u64, Prot)> {
 
 fn model_map(
     m: &mut Model,
+    tables: &mut Tables,
     iova: u64,
     paddr: u64,
     size: u64,
@@ -420,13 +491,18 @@ fn model_map(
         }
         a += K4;
     }
-    for (i, pa, s) in model_leaves(iova, paddr, size) {
+    for (i, pa, s) in model_leaves(tables, iova, paddr, size) {
         m.insert(i, (s, pa, prot));
+        for region in [M2, G1] {
+            if s < region {
+                tables.insert((region, i / region * region));
+            }
+        }
     }
     Ok(())
 }
 
-fn model_unmap(m: &mut Model, iova: u64, size: u64) -> Result<(), IommuError> {
+fn model_unmap(m: &mut Model, tables: &mut Tables, iova: u64, size: u64) -> Result<(), IommuError> {
     let mut a = iova;
     let mut leaves = Vec::new();
     while a < iova + size {
@@ -444,6 +520,8 @@ fn model_unmap(m: &mut Model, iova: u64, size: u64) -> Result<(), IommuError> {
     for s in leaves {
         m.remove(&s);
     }
+    // Only tables whose whole region was unmapped go.
+    tables.retain(|&(region, base)| !(iova <= base && base + region <= iova + size));
     Ok(())
 }
 
@@ -500,6 +578,7 @@ proptest! {
         let p = HostPlatform::new();
         let mut t = table(&p, cfg(PagingLevels::Three));
         let mut model = Model::new();
+        let mut tables = Tables::new();
         let mut probes = Vec::new();
         for op in ops {
             match op {
@@ -507,7 +586,7 @@ proptest! {
                     let prot = if write { RW } else { Prot::READ };
                     let live = p.live_pages();
                     let got = t.map(&p, iova, paddr, size, prot);
-                    let want = model_map(&mut model, iova, paddr, size, prot);
+                    let want = model_map(&mut model, &mut tables, iova, paddr, size, prot);
                     prop_assert_eq!(got, want);
                     if got.is_err() {
                         prop_assert_eq!(p.live_pages(), live);
@@ -517,7 +596,7 @@ proptest! {
                 Op::Unmap { iova, size } => {
                     let mut g = IotlbGather::new();
                     let got = t.unmap(&p, iova, size, &mut g);
-                    let want = model_unmap(&mut model, iova, size);
+                    let want = model_unmap(&mut model, &mut tables, iova, size);
                     prop_assert_eq!(got, want);
                     prop_assert_eq!(g.is_empty(), got.is_err());
                     probes.extend([iova, iova + size - K4]);
@@ -528,17 +607,23 @@ proptest! {
                 prop_assert_eq!(t.translate(&p, a), want);
             }
             prop_assert!(all_flushed(&p));
+            // Exactly the modelled tables are linked (plus the root); unlinked ones wait.
+            prop_assert_eq!(p.live_pages(), 1 + tables.len() + t.pending_freed());
         }
-        // Unmap everything left; every table but the root comes back.
+        // Unmap everything left, leaf by leaf: the tables the model keeps stay linked.
         let leaves: Vec<_> = model.iter().map(|(&i, &(s, _, _))| (i, s)).collect();
         let mut g = IotlbGather::new();
         for (i, s) in leaves {
             t.unmap(&p, i, s, &mut g).unwrap();
+            model_unmap(&mut model, &mut tables, i, s).unwrap();
         }
         for phys in t.take_freed(0, u64::MAX, true) {
             // SAFETY: unlinked, no hardware.
             unsafe { p.free_table_page(phys) };
         }
-        prop_assert_eq!(p.live_pages(), 1);
+        prop_assert_eq!(p.live_pages(), 1 + tables.len());
+        // SAFETY: no hardware walks this table.
+        unsafe { t.destroy(&p) };
+        prop_assert_eq!(p.live_pages(), 0);
     }
 }

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use dma::iommu::{IommuDomain, IommuError, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use iommu_vtd::fake::{qemu, FakeVtd, HostPlatform, HwEvent, Via};
-use iommu_vtd::invalidation::Invalidation;
+use iommu_vtd::invalidation::{desc, Invalidation};
 use iommu_vtd::registers::{Global, GSTS_PERSISTENT_MASK};
+use iommu_vtd::RegisterIo;
 use iommu_vtd::{
     AccessKind, Bdf, DomainConfig, FaultReason, PagingLevels, UnitConfig, VtdError, VtdUnit,
 };
@@ -14,6 +15,7 @@ use iommu_vtd::{
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
 
 const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const EDU: Bdf = Bdf::new(0, 3, 0);
 const ECAP_NO_QI: u64 = qemu::ECAP_DEFAULT & !(1 << 1);
@@ -415,7 +417,10 @@ fn unmapping_n_pages_issues_log_n_aligned_psi() {
     for (addr, am, leaf_only) in psi {
         assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);
         assert_eq!(addr, next);
-        assert!(!leaf_only, "tables were freed: IH = 0");
+        assert!(
+            leaf_only,
+            "no table's whole region was unmapped: none freed, IH = 1"
+        );
         next += K4 << am;
     }
     assert_eq!(next, base + pages * K4);
@@ -443,11 +448,12 @@ fn freed_tables_are_released_after_the_flush() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
     let before = u.platform().live_pages();
-    d.map(DmaAddr::new(0x4000_0000), PhysAddr::new(0x1000), K4, RW)
+    // 2 MiB of 4 KiB pages: an L2 and an L1 table; unmapping all of it frees the L1 table.
+    d.map(DmaAddr::new(0x4000_0000), PhysAddr::new(0x1000), M2, RW)
         .unwrap();
     assert_eq!(u.platform().live_pages(), before + 2);
     let mut g = IotlbGather::new();
-    d.unmap(DmaAddr::new(0x4000_0000), K4, &mut g).unwrap();
+    d.unmap(DmaAddr::new(0x4000_0000), M2, &mut g).unwrap();
     assert!(g.freed_tables());
     assert_eq!(
         u.platform().live_pages(),
@@ -455,7 +461,7 @@ fn freed_tables_are_released_after_the_flush() {
         "held until the invalidation completed"
     );
     d.flush(g).unwrap();
-    assert_eq!(u.platform().live_pages(), before);
+    assert_eq!(u.platform().live_pages(), before + 1);
 }
 
 #[test]
@@ -747,5 +753,150 @@ fn units_and_domains_are_shareable_across_threads() {
     for h in handles {
         h.join().unwrap();
     }
+    no_violations(&u);
+}
+
+/// A unit whose waits give up after 2 ms of the fake clock (fast failure tests).
+fn enabled_quick() -> Arc<Unit> {
+    let p = Arc::new(HostPlatform::new());
+    let regs = FakeVtd::qemu_default(p.clone());
+    let config = UnitConfig {
+        timeout_us: 2_000,
+        ..UnitConfig::new(39)
+    };
+    let u = Arc::new(VtdUnit::new(regs, p, config).unwrap());
+    u.enable().unwrap();
+    u
+}
+
+#[test]
+fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
+    let u = enabled_quick();
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
+        .unwrap();
+    let did = d.did();
+    let root = d.table_root().unwrap().as_u64();
+    let tables = u.platform().live_page_list();
+    // The context entry is cleared, but the context-cache invalidation is rejected: a cached
+    // copy may still point at the table.
+    hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
+    assert!(matches!(
+        d.detach(&[sid]),
+        Err(VtdError::Invalidation(
+            iommu_vtd::InvalidationError::QueueError { .. }
+        ))
+    ));
+    assert_eq!(d.attached(), [sid], "still tracked after the failed detach");
+    // Dropping retries the detach, which fails again: nothing may be freed or reused.
+    drop(d);
+    assert!(u.platform().is_live(root), "the table is leaked, not freed");
+    assert!(
+        tables.iter().all(|&pg| u.platform().is_live(pg)),
+        "no table page freed"
+    );
+    hw(&u).set_rejected_descriptor(None);
+    let other = u.create_domain(DomainConfig::default()).unwrap();
+    assert_ne!(other.did(), did, "the domain ID is not released");
+}
+
+#[test]
+fn drop_after_a_failed_detach_invalidates_the_cached_context() {
+    let u = enabled_quick();
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    d.attach(&[sid]).unwrap();
+    d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
+        .unwrap();
+    // Warm the context cache, then fail the detach's context-cache invalidation.
+    assert_eq!(hw(&u).dma(sid, 0, false), Ok(0x3000));
+    hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
+    assert!(d.detach(&[sid]).is_err());
+    hw(&u).set_rejected_descriptor(None);
+    let did = d.did();
+    // The drop detaches `sid` again, so the cached entry goes before the table is freed.
+    drop(d);
+    assert!(hw(&u).invalidations().ends_with(&[
+        (Via::Queue, Invalidation::ContextDevice { did, sid }),
+        (Via::Queue, Invalidation::IotlbDomain { did }),
+    ]));
+    assert_eq!(
+        hw(&u).dma(sid, 0, false),
+        Err(FaultReason::ContextEntryNotPresent),
+        "no walk through a stale context entry into freed memory"
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn a_retried_detach_leaves_a_device_attached_elsewhere_alone() {
+    let u = enabled_quick();
+    let sid = EDU.requester_id();
+    let a = u.create_domain(DomainConfig::default()).unwrap();
+    a.attach(&[sid]).unwrap();
+    hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
+    assert!(a.detach(&[sid]).is_err());
+    hw(&u).set_rejected_descriptor(None);
+    // The entry was cleared, so another domain may take the device.
+    let b = u.create_domain(DomainConfig::default()).unwrap();
+    b.attach(&[sid]).unwrap();
+    drop(a);
+    let entry = u.context_entry(sid).unwrap();
+    assert!(entry.present(), "b's entry survives a's retried detach");
+    assert_eq!(entry.did(), b.did());
+    no_violations(&u);
+}
+
+/// `n` distinct page-selective requests starting at page `first`.
+fn psi(first: u64, n: u64) -> Vec<Invalidation> {
+    (first..first + n)
+        .map(|page| Invalidation::IotlbPage {
+            did: 1,
+            addr: page * K4,
+            am: 0,
+            leaf_only: true,
+        })
+        .collect()
+}
+
+#[test]
+fn a_stalled_queue_is_never_overwritten() {
+    let u = enabled_quick();
+    let iqt = || hw(&u).read64(iommu_vtd::registers::IQT);
+    // The head stops: each batch times out with its descriptors still unfetched.
+    hw(&u).set_queue_fetch_limit(Some(0));
+    let (a, b, c) = (psi(0, 100), psi(1000, 100), psi(2000, 100));
+    let wait_timeout = iommu_vtd::InvalidationError::Timeout {
+        what: "the invalidation wait descriptor",
+    };
+    assert_eq!(u.invalidate(&a), Err(wait_timeout));
+    assert_eq!(u.invalidate(&b), Err(wait_timeout));
+    // 3 + 101 + 101 slots used: 101 more do not fit without overwriting `a`.
+    let tail = iqt();
+    assert_eq!(
+        u.invalidate(&c),
+        Err(iommu_vtd::InvalidationError::Timeout {
+            what: "free invalidation queue slots"
+        })
+    );
+    assert_eq!(iqt(), tail, "nothing written");
+    // The hardware fetches 60 descriptors (the ring's head moves past the wrap point of the
+    // next batch): now it fits, across the end of the ring.
+    hw(&u).set_queue_fetch_limit(Some(60));
+    assert_eq!(u.invalidate(&c), Err(wait_timeout));
+    assert!(iqt() < tail, "the batch wrapped around");
+    // Once the hardware catches up, everything ran exactly once, in order.
+    hw(&u).set_queue_fetch_limit(None);
+    u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
+    let done: Vec<Invalidation> = hw(&u)
+        .invalidations()
+        .into_iter()
+        .map(|(_, inv)| inv)
+        .filter(|inv| matches!(inv, Invalidation::IotlbPage { .. }))
+        .collect();
+    let want: Vec<Invalidation> = a.iter().chain(&b).chain(&c).copied().collect();
+    assert_eq!(done, want);
     no_violations(&u);
 }
