@@ -7,11 +7,20 @@
 //! domain; each brings its own DMA mask, applied as the allocation limit.
 //!
 //! Locking: the allocator and the deferred queue each have their own spin lock; neither is held
-//! while the other is taken or while the hardware domain is called (see the crate docs).
+//! while the other is taken or while the hardware domain is called (see the crate docs). A third
+//! lock, the *flush lock*, serialises deferred flushes: it is held from taking the deferred queue
+//! until its flush completed and its IOVAs were freed, so that [`DmaDomain::flush_deferred`] is a
+//! real barrier (it returns only after every unmap queued before the call was flushed, also when
+//! another thread had already taken them) and so that an allocation that hits exhaustion can wait
+//! for a flush in flight instead of failing while IOVAs are about to come free. It is taken before
+//! the queue and allocator locks (never while one of them is held) and is held across
+//! [`IommuDomain::flush`], so its worst-case hold time is one IOTLB invalidation (bounded by the
+//! IOMMU's invalidation timeout).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Mutex;
 
@@ -51,6 +60,11 @@ pub struct DmaDomain {
     clock: Option<Arc<dyn Clock>>,
     iova: Mutex<IovaAllocator>,
     deferred: Mutex<DeferredQueue>,
+    /// Held from taking the deferred queue until its flush completed (module docs); holds the
+    /// error of the last deferred flush that failed.
+    flush: Mutex<Option<DmaError>>,
+    /// Deferred flushes that failed so far (read without the flush lock, see `flush_deferred`).
+    flush_failures: AtomicU64,
 }
 
 impl fmt::Debug for DmaDomain {
@@ -91,6 +105,8 @@ impl DmaDomain {
             clock: config.clock,
             iova: Mutex::new(iova),
             deferred: Mutex::new(DeferredQueue::default()),
+            flush: Mutex::new(None),
+            flush_failures: AtomicU64::new(0),
         }))
     }
 
@@ -124,15 +140,29 @@ impl DmaDomain {
         self.iova.lock().stats()
     }
 
-    /// Unmaps waiting for a deferred flush (their IOVAs are quarantined).
+    /// Unmaps waiting for a deferred flush (their IOVAs are quarantined). Unmaps whose flush is
+    /// in flight on another thread are no longer counted.
     pub fn pending_unmaps(&self) -> usize {
         self.deferred.lock().retired.len()
     }
 
     /// Flushes every pending deferred unmap now and frees their IOVAs once it completed.
+    ///
+    /// A barrier: when this returns `Ok`, every unmap queued before the call has been flushed,
+    /// including those whose flush another thread had already started (this waits for it). If
+    /// such a flush failed while this call waited, its error is returned (those IOVAs stay
+    /// quarantined for ever).
     pub fn flush_deferred(&self) -> Result<(), DmaError> {
+        let failures = self.flush_failures.load(Ordering::Acquire);
+        let mut last_err = self.flush.lock();
         let q = core::mem::take(&mut *self.deferred.lock());
-        self.flush_queue(q)
+        let r = self.flush_queue(q, &mut last_err);
+        match *last_err {
+            Some(e) if r.is_ok() && self.flush_failures.load(Ordering::Acquire) != failures => {
+                Err(e)
+            }
+            _ => r,
+        }
     }
 
     /// Flushes if the oldest deferred unmap is older than the policy's delay. A kernel calls this
@@ -142,14 +172,22 @@ impl DmaDomain {
             return Ok(());
         };
         let now = self.now();
+        let due = |q: &DeferredQueue| {
+            !q.retired.is_empty() && now.saturating_sub(q.oldest_us) >= policy.max_delay_us
+        };
+        // Cheap check first: the hot path (every map) does not touch the flush lock.
+        if !due(&self.deferred.lock()) {
+            return Ok(());
+        }
+        let mut last_err = self.flush.lock();
         let q = {
             let mut q = self.deferred.lock();
-            if q.retired.is_empty() || now.saturating_sub(q.oldest_us) < policy.max_delay_us {
-                return Ok(());
+            if !due(&q) {
+                return Ok(()); // another thread flushed meanwhile
             }
             core::mem::take(&mut *q)
         };
-        self.flush_queue(q)
+        self.flush_queue(q, &mut last_err)
     }
 
     fn now(&self) -> u64 {
@@ -157,14 +195,20 @@ impl DmaDomain {
     }
 
     /// Allocates IOVA below `limit` (inclusive); on exhaustion in deferred mode, flushes the
-    /// quarantine and retries once.
+    /// quarantine (after waiting for any deferred flush in flight on another thread, whose IOVAs
+    /// are about to come free although [`DmaDomain::pending_unmaps`] no longer counts them) and
+    /// retries once.
     pub(crate) fn alloc_iova(&self, size: u64, limit: u64) -> Result<DmaAddr, DmaError> {
         let limit = DmaAddr::new(limit.min(self.info.aperture_end.as_u64()));
         match self.iova.lock().alloc(size, limit) {
-            Err(DmaError::IovaExhausted { .. }) if self.pending_unmaps() > 0 => {}
+            Err(DmaError::IovaExhausted { .. })
+                if matches!(self.mode, InvalidationMode::Deferred(_)) => {}
             r => return r,
         }
-        self.flush_deferred()?;
+        if let Err(e) = self.flush_deferred() {
+            // That quarantine stays leaked; the retry tells whether anything else came free.
+            log::error!("dma: deferred flush on IOVA exhaustion failed: {e}");
+        }
         self.iova.lock().alloc(size, limit)
     }
 
@@ -175,34 +219,63 @@ impl DmaDomain {
         }
     }
 
+    /// Frees an IOVA allocation except the sub-ranges in `keep`, which stay allocated for ever
+    /// (page-table entries that could not be removed still point into them).
+    pub(crate) fn free_iova_keeping(&self, addr: DmaAddr, size: u64, keep: &[(DmaAddr, u64)]) {
+        if let Err(e) = self.iova.lock().free_keeping(addr, size, keep) {
+            log::error!("dma: IOVA free {addr:?}+{size:#x} failed: {e}");
+        }
+    }
+
     /// Deferred unmap: queue the gather and what it retires; flush when the policy says so.
     pub(crate) fn defer(&self, gather: IotlbGather, retired: Retired) -> Result<(), DmaError> {
         let InvalidationMode::Deferred(policy) = self.mode else {
             return self.flush_now(gather, alloc::vec![retired]);
         };
         let now = self.now();
-        let due = {
+        let due = |q: &DeferredQueue| {
+            !q.retired.is_empty()
+                && (q.retired.len() >= policy.max_pending as usize
+                    || now.saturating_sub(q.oldest_us) >= policy.max_delay_us)
+        };
+        {
             let mut q = self.deferred.lock();
             if q.retired.is_empty() {
                 q.oldest_us = now;
             }
             q.gather.merge(gather);
             q.retired.push(retired);
-            let due = q.retired.len() >= policy.max_pending as usize
-                || now.saturating_sub(q.oldest_us) >= policy.max_delay_us;
-            due.then(|| core::mem::take(&mut *q))
-        };
-        match due {
-            Some(q) => self.flush_queue(q),
-            None => Ok(()),
+            if !due(&q) {
+                return Ok(());
+            }
         }
+        let mut last_err = self.flush.lock();
+        let q = {
+            let mut q = self.deferred.lock();
+            if !due(&q) {
+                return Ok(()); // another thread flushed it (ours included) meanwhile
+            }
+            core::mem::take(&mut *q)
+        };
+        self.flush_queue(q, &mut last_err)
     }
 
-    fn flush_queue(&self, q: DeferredQueue) -> Result<(), DmaError> {
+    /// Flushes a taken deferred queue; the caller holds the flush lock (`last_err` is its data)
+    /// from taking the queue until this returned.
+    fn flush_queue(
+        &self,
+        q: DeferredQueue,
+        last_err: &mut Option<DmaError>,
+    ) -> Result<(), DmaError> {
         if q.retired.is_empty() && q.gather.is_empty() {
             return Ok(());
         }
-        self.flush_now(q.gather, q.retired)
+        let r = self.flush_now(q.gather, q.retired);
+        if let Err(e) = r {
+            *last_err = Some(e);
+            self.flush_failures.fetch_add(1, Ordering::Release);
+        }
+        r
     }
 
     /// Flushes `gather` and, once that completed, frees what it retires. On failure everything

@@ -81,7 +81,7 @@ pub enum DmaError {
         /// The address given.
         addr: u64,
     },
-    /// Unmap (or free) of a mapped address with the wrong size or direction.
+    /// Unmap (or free) of a mapped address with the wrong size.
     SizeMismatch {
         /// The address given.
         addr: u64,
@@ -90,10 +90,26 @@ pub enum DmaError {
         /// The size given.
         given: u64,
     },
-    /// Unmap of a mapped address with a different direction or attributes than it was mapped
-    /// with.
+    /// Unmap of a mapped address (and size) with a different direction than it was mapped with.
     DirectionMismatch {
         /// The address given.
+        addr: u64,
+    },
+    /// Unmap of a mapped address (size and direction right) with different attributes than it
+    /// was mapped with.
+    AttrsMismatch {
+        /// The address given.
+        addr: u64,
+        /// The attribute bits it was mapped with.
+        mapped: u32,
+        /// The attribute bits given.
+        given: u32,
+    },
+    /// An IOVA link range whose unlink flush failed: its IOVA may still be reachable through
+    /// stale IOTLB entries, so it takes no new link and its allocation is never freed. Destroy it
+    /// (the remaining links are still unlinked) and allocate a new one.
+    IovaPoisoned {
+        /// Device address of offset 0 of the range.
         addr: u64,
     },
     /// A range lies outside the object it refers to (a link outside its IOVA allocation, a
@@ -186,8 +202,20 @@ impl fmt::Display for DmaError {
                 "{addr:#x} was mapped with size {mapped:#x}, not {given:#x}"
             ),
             Self::DirectionMismatch { addr } => {
-                write!(f, "{addr:#x} was mapped with another direction or attributes")
+                write!(f, "{addr:#x} was mapped with another direction")
             }
+            Self::AttrsMismatch {
+                addr,
+                mapped,
+                given,
+            } => write!(
+                f,
+                "{addr:#x} was mapped with attribute bits {mapped:#x}, not {given:#x}"
+            ),
+            Self::IovaPoisoned { addr } => write!(
+                f,
+                "IOVA range at {addr:#x} is unusable: an IOTLB flush of it failed (destroy it)"
+            ),
             Self::OutOfRange { offset, len, size } => {
                 write!(f, "range {offset:#x}+{len:#x} is outside an object of size {size:#x}")
             }
@@ -286,5 +314,24 @@ mod tests {
             .starts_with("IOMMU"));
         let src = core::error::Error::source(&DmaError::Iommu(IommuError::Detached));
         assert!(src.is_some());
+    }
+
+    #[test]
+    fn attrs_mismatch_and_poisoned_display_their_data() {
+        let s = DmaError::AttrsMismatch {
+            addr: 0x1234_5000,
+            mapped: 0x1,
+            given: 0x2,
+        }
+        .to_string();
+        assert!(
+            s.contains("0x12345000") && s.contains("0x1") && s.contains("0x2"),
+            "{s}"
+        );
+        assert!(s.contains("attribute"), "{s}");
+        let d = DmaError::DirectionMismatch { addr: 0x1000 }.to_string();
+        assert!(!d.contains("attributes"), "{d}");
+        let p = DmaError::IovaPoisoned { addr: 0xabc000 }.to_string();
+        assert!(p.contains("0xabc000") && p.contains("flush"), "{p}");
     }
 }

@@ -17,6 +17,11 @@
 //!   notified once, every mapping of every importer is unmapped and the IOTLB flush completed.
 //!   While revoked, attach and map fail with [`DmaError::Revoked`]; [`Exporter::restore`]
 //!   re-enables. Notifications happen only on a real state change, exactly once per change.
+//! - What revoke *enforces* depends on the map type (see [Revoke is enforced only through an
+//!   IOMMU](#revoke-is-enforced-only-through-an-iommu)): for mappings translated by the
+//!   importer's IOMMU it is a hard guarantee; for [`MapType::BusAddr`] mappings (and for
+//!   importers without an IOMMU) it is advisory and relies on the importer honouring
+//!   [`MoveEvent::Revoked`].
 //! - An export created while the device's memory decoding is off starts revoked.
 //! - Teardown ([`Exporter::teardown`], or dropping the exporter) is a permanent revoke; handles
 //!   and attachments may outlive the device and then fail with [`DmaError::DeviceGone`].
@@ -36,6 +41,40 @@
 //!
 //! The actual page-table state of every mapping is owned by the export, not by the importer's
 //! handle: that is what lets the exporter tear everything down without the importer's help.
+//!
+//! # Revoke is enforced only through an IOMMU
+//!
+//! Removing a mapping can only take access away where there is a translation to remove:
+//!
+//! - [`MapType::ThruHostBridge`] under an importer's IOMMU domain: the transaction goes up to
+//!   the root complex and is translated by the IOMMU. Revoke unmaps the IOVA range and waits for
+//!   the IOTLB flush, so when it returns the importer's device *cannot* reach the memory any
+//!   more, whether or not the importer cooperated.
+//! - [`MapType::BusAddr`]: the importer is programmed with the bus address
+//!   (`paddr + bus_offset`) and the transaction is routed inside the PCIe switch; it never
+//!   reaches the IOMMU, and there is no IOVA or page-table entry to remove. Revoke forgets the
+//!   mapping and notifies the importer, but the importer's device can still issue transactions
+//!   to that bus address. Revoke is **advisory** here: the importer must honour
+//!   [`MoveEvent::Revoked`] (stop and quiesce its DMA before its move-notify callback returns),
+//!   exactly Linux's dma-buf `move_notify` contract for P2P. What stops a non-cooperating
+//!   importer is only what the exporter does next (memory decode off, reset, power-down), after
+//!   which its transactions fail at the exporting device instead of reaching the memory.
+//! - [`MapType::ThruHostBridge`] for an importer without an IOMMU (dma-direct): the device
+//!   holds a CPU physical address and nothing translates it; revoke is advisory in the same way.
+//!
+//! # Worst-case hold time of the state lock
+//!
+//! An export's state lock is a spin lock (`spin::Mutex`, this crate runs without a scheduler)
+//! and it is held across the IOMMU work of its importers: page-table updates, `sync_map` and
+//! IOTLB flushes of a map, an unmap, a detach or a revoke (see below for why). Anyone contending
+//! for it (another importer mapping or unmapping the same export, a revoke) spins for as long.
+//! That time is bounded by the IOMMU: each flush issued under the lock completes or fails within
+//! the IOMMU's invalidation timeout (VT-d's invalidation-wait timeout), and only a few are
+//! issued under it: one per IOMMU domain involved for a revoke or a detach (the mappings are
+//! unmapped into one batch), one for an importer's unmap, none for a successful map (one
+//! `sync_map`), and one or two more on an error unwind or when an IOVA allocation on a deferred
+//! domain first waits for that domain's deferred flush. Do not take it, or call anything that
+//! maps or unmaps an export, from a context that must not spin that long (interrupt handlers).
 //!
 //! # Locks and callbacks
 //!
@@ -484,9 +523,16 @@ impl Exporter {
     }
 
     /// Revokes every export of the device: importers of each live export are notified once
-    /// ([`MoveEvent::Revoked`]), then every mapping left is unmapped and the IOTLB flushed. When
-    /// this returns, no importer can reach the device's memory through any export. Exports
-    /// already revoked are left alone (no notification).
+    /// ([`MoveEvent::Revoked`]), then every mapping left is unmapped and the IOTLB flushed.
+    /// Exports already revoked are left alone (no notification).
+    ///
+    /// When this returns, no importer can reach the device's memory through a mapping that its
+    /// IOMMU translates ([`MapType::ThruHostBridge`] under an IOMMU): those translations are gone
+    /// and the IOTLB flush completed. For [`MapType::BusAddr`] mappings (the transaction stays in
+    /// the PCIe switch and never passes the IOMMU) and for importers without an IOMMU, there is
+    /// nothing to invalidate: revoke is advisory for them, and the guarantee holds only if the
+    /// importer honours [`MoveEvent::Revoked`] (stops its DMA before its callback returns). See
+    /// the module documentation, "Revoke is enforced only through an IOMMU".
     ///
     /// Call it before a reset, FLR, memory disable or power-down (digest item 12: revoke comes
     /// before reset). An error means an unmap or flush failed; the state is revoked regardless

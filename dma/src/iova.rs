@@ -303,6 +303,71 @@ impl IovaAllocator {
         Ok(())
     }
 
+    /// Frees the live allocation `(addr, size)` except the sub-ranges in `keep`, which stay
+    /// allocated for ever, each as a live allocation of its own (they are leaked on purpose:
+    /// page-table entries that could not be removed still point into them). `keep` entries are
+    /// clipped to the allocation and rounded out to whole pages; they may overlap and come in any
+    /// order. Errors (nothing changed) as [`IovaAllocator::free`].
+    pub(crate) fn free_keeping(
+        &mut self,
+        addr: DmaAddr,
+        size: u64,
+        keep: &[(DmaAddr, u64)],
+    ) -> Result<(), DmaError> {
+        if keep.is_empty() {
+            return self.free(addr, size);
+        }
+        let a = addr.as_u64();
+        let pfn = a >> PAGE_SHIFT;
+        match self.live.get(&pfn) {
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => {}
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => {
+                return Err(DmaError::SizeMismatch {
+                    addr: a,
+                    mapped: pages << PAGE_SHIFT,
+                    given: size,
+                })
+            }
+            _ => return Err(DmaError::NotMapped { addr: a }),
+        }
+        let end = pfn + (size >> PAGE_SHIFT);
+        // Kept page ranges `[first, end)`, clipped, sorted and merged.
+        let mut kept: Vec<(u64, u64)> = keep
+            .iter()
+            .filter(|&&(_, len)| len > 0)
+            .map(|&(k, len)| {
+                let k = k.as_u64();
+                let first = (k >> PAGE_SHIFT).clamp(pfn, end);
+                let last = (k.saturating_add(len - 1) >> PAGE_SHIFT).saturating_add(1);
+                (first, last.clamp(pfn, end))
+            })
+            .filter(|&(s, e)| s < e)
+            .collect();
+        kept.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(kept.len());
+        for (s, e) in kept {
+            match merged.last_mut() {
+                Some(last) if s <= last.1 => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        self.live.remove(&pfn);
+        self.live_pages -= end - pfn;
+        let mut cursor = pfn;
+        for (s, e) in merged {
+            if s > cursor {
+                self.release(cursor, s - cursor);
+            }
+            self.live.insert(s, e - s);
+            self.live_pages += e - s;
+            cursor = e;
+        }
+        if cursor < end {
+            self.release(cursor, end - cursor);
+        }
+        Ok(())
+    }
+
     /// The live allocation containing `addr`, as `(start, size)`.
     pub fn lookup(&self, addr: DmaAddr) -> Option<(DmaAddr, u64)> {
         let pfn = addr.as_u64() >> PAGE_SHIFT;
@@ -497,6 +562,39 @@ mod tests {
             reserved,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn free_keeping_frees_all_but_the_kept_pages() {
+        let mut a = space(20, &[]);
+        let total = a.total_pages();
+        let x = a.alloc(8 * PAGE_SIZE, DmaAddr::new(u64::MAX)).unwrap();
+        let at = |n: u64| DmaAddr::new(x.as_u64() + n * PAGE_SIZE);
+        // Kept: page 2, pages 5-6 (given overlapping and out of order), and a sub-page range
+        // inside page 7 (rounded out to the whole page).
+        let keep = [
+            (at(5), 2 * PAGE_SIZE),
+            (at(2), PAGE_SIZE),
+            (at(6), PAGE_SIZE),
+            (DmaAddr::new(at(7).as_u64() + 0x10), 0x20),
+        ];
+        // Wrong size or unknown start: an error, nothing changed.
+        assert!(a.free_keeping(x, PAGE_SIZE, &keep).is_err());
+        assert!(a.free_keeping(at(1), PAGE_SIZE, &keep).is_err());
+        a.free_keeping(x, 8 * PAGE_SIZE, &keep).unwrap();
+        let st = a.stats();
+        // Adjacent kept ranges merge: page 2, and pages 5-7 as one.
+        assert_eq!((st.live, st.live_pages), (2, 4));
+        assert_eq!(a.lookup(at(2)), Some((at(2), PAGE_SIZE)));
+        assert_eq!(a.lookup(at(7)), Some((at(5), 3 * PAGE_SIZE)));
+        assert_eq!(a.lookup(at(0)), None);
+        assert_eq!(a.total_pages(), total);
+        a.check_invariants();
+        // Nothing but the kept pages is ever handed out again.
+        while let Ok(y) = a.alloc(PAGE_SIZE, DmaAddr::new(u64::MAX)) {
+            assert!(![2, 5, 6, 7].iter().any(|&n| y == at(n)));
+        }
+        a.check_invariants();
     }
 
     #[test]

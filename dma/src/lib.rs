@@ -66,10 +66,15 @@
 //! 4. a bounce pool's slot allocator.
 //!
 //! The order is trivial by construction: **no lock of this crate is held while another is taken,
-//! nor while [`iommu::IommuDomain`] is called**, with one documented exception on top of the
-//! list: the P2P export layer ([`export`]) holds one export's state lock across the mapping
+//! nor while [`iommu::IommuDomain`] is called**, with two documented exceptions on top of the
+//! list. The P2P export layer ([`export`]) holds one export's state lock across the mapping
 //! calls of its importers (so a revoke can never return while a mapping is half made or half
-//! removed); that lock is taken before any of locks 1-4 and never while one is held. The one
+//! removed). A deferred-invalidation domain's *flush lock* is held from taking its deferred queue
+//! until that queue's flush completed and its IOVAs and slots were freed (so
+//! [`DmaDomain::flush_deferred`] is a barrier, see [`domain`]). The order is: export state lock,
+//! then flush lock, then locks 1-4; neither is taken while a lock after it is held, and both
+//! are held across [`iommu::IommuDomain::flush`], so their worst-case hold time is bounded by
+//! the IOMMU's invalidation timeout. The one
 //! nesting is lock 1 held across [`phys::PhysMemory`] copies during a raw sync (so the mapping
 //! cannot vanish mid-copy); `PhysMemory` implementations must therefore never call back into
 //! this crate (their locks are leaves). The map/unmap hot path takes only the domain's

@@ -22,6 +22,13 @@
 //!
 //! Unlink always flushes before returning, even on a deferred domain: the IOVA stays allocated
 //! to this object and could be linked again at once, so it must not wait in a queue.
+//!
+//! If that flush fails, the range is *poisoned*: the unlinked granules may still be reachable
+//! through stale IOTLB entries, so [`IovaLink::link`] refuses new links
+//! ([`DmaError::IovaPoisoned`]) and the allocation is never freed. Everything else still works:
+//! later unlinks and destroy still remove and flush the remaining links (every later flush also
+//! covers the granules whose flush failed), only the IOVA is leaked, and destroy reports the
+//! error.
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -37,7 +44,7 @@ use crate::invalidation::UnmapBatch;
 use crate::iommu::IotlbGather;
 use crate::mapping::{
     check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span, unmap_parts,
-    MapRecord, Part, Parts,
+    unmap_parts_best_effort, MapRecord, Part, Parts,
 };
 use crate::segment::{split_segments, DmaSegment};
 
@@ -64,7 +71,13 @@ pub struct IovaLink {
     size: u64,
     /// Links keyed by the first IOVA page they occupy.
     links: BTreeMap<u64, Link>,
+    /// Not destroyed yet (teardown has not run).
     live: bool,
+    /// The error of the first flush that failed: the range takes no new link and its allocation
+    /// is never freed (module docs).
+    poisoned: Option<DmaError>,
+    /// Granules unmapped by a flush that failed; added to every later flush.
+    unflushed: IotlbGather,
 }
 
 impl fmt::Debug for IovaLink {
@@ -74,6 +87,7 @@ impl fmt::Debug for IovaLink {
             .field("size", &self.size)
             .field("allocation", &self.alloc)
             .field("links", &self.links.len())
+            .field("poisoned", &self.poisoned)
             .finish()
     }
 }
@@ -101,6 +115,8 @@ impl DmaDevice {
             size,
             links: BTreeMap::new(),
             live: true,
+            poisoned: None,
+            unflushed: IotlbGather::new(),
         })
     }
 
@@ -148,6 +164,12 @@ impl IovaLink {
         self.links.len()
     }
 
+    /// Whether an unlink flush failed: no new link is accepted and the allocation will never be
+    /// freed (see the module documentation).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
     /// Bytes currently linked (64-bit).
     pub fn linked_len(&self) -> u64 {
         self.links.values().map(|l| l.part.len).sum()
@@ -156,9 +178,10 @@ impl IovaLink {
     /// Links `len` bytes at `phys` at `offset` into the range and returns their device address.
     /// Not visible to a device that caches not-present entries until [`IovaLink::sync`].
     ///
-    /// Errors (nothing changed): unknown attrs, zero length, overflow, `offset + len` past the
-    /// size (`OutOfRange`), `Misaligned { what: "phys" | "offset" | "len" }`, granules already
-    /// linked (`AlreadyMapped`), MMIO that would need a bounce, exhaustion, IOMMU errors.
+    /// Errors (nothing changed): `IovaPoisoned` once an unlink flush of this range failed,
+    /// unknown attrs, zero length, overflow, `offset + len` past the size (`OutOfRange`),
+    /// `Misaligned { what: "phys" | "offset" | "len" }`, granules already linked
+    /// (`AlreadyMapped`), MMIO that would need a bounce, exhaustion, IOMMU errors.
     pub fn link(
         &mut self,
         phys: PhysAddr,
@@ -167,6 +190,11 @@ impl IovaLink {
         dir: Direction,
         attrs: Attrs,
     ) -> Result<DmaAddr, DmaError> {
+        if self.poisoned.is_some() {
+            return Err(DmaError::IovaPoisoned {
+                addr: self.addr.as_u64(),
+            });
+        }
         check_attrs(attrs)?;
         check_range(phys, len)?;
         let end = offset
@@ -241,7 +269,10 @@ impl IovaLink {
     }
 
     /// Links `ranges` back to back starting at `offset`. On a failure at index `k`, exactly the
-    /// `k` links made by this call are unlinked (one flush) and the error is returned.
+    /// `k` links made by this call are unlinked (one flush) and the error of the failed link is
+    /// returned. If that unwind fails too, it is logged and the original error is still the one
+    /// returned; links the unwind could not remove stay owned by this object (unlinked by
+    /// [`IovaLink::destroy`] or on drop), and a failed flush poisons the range.
     pub fn link_ranges(
         &mut self,
         offset: u64,
@@ -263,7 +294,12 @@ impl IovaLink {
                 }
                 Err(e) => {
                     if !made.is_empty() {
-                        self.unlink_offsets(&made)?;
+                        if let Err(e2) = self.unlink_offsets(&made) {
+                            log::error!(
+                                "dma: link_ranges: unwinding {} links after `{e}` failed: {e2}",
+                                made.len()
+                            );
+                        }
                     }
                     return Err(e);
                 }
@@ -339,7 +375,8 @@ impl IovaLink {
         self.unlink_keys(&keys)
     }
 
-    /// All-or-nothing: if a page-table unmap fails the links are restored and kept.
+    /// All-or-nothing for the page-table unmap: if one fails the links are restored and kept
+    /// (the caller still owns them). A failed flush poisons the range (module docs).
     fn unlink_keys(&mut self, keys: &[u64]) -> Result<(), DmaError> {
         let links: Vec<Link> = keys
             .iter()
@@ -351,26 +388,46 @@ impl IovaLink {
         for k in keys {
             self.links.remove(k);
         }
-        let slots = match &self.dev.bounce {
-            Some(pool) => parts
-                .iter()
-                .filter_map(|p| p.bounce.map(|s| (pool.clone(), s)))
-                .collect(),
-            None => Vec::new(),
-        };
-        // Strict: completed before the IOVA can be linked again.
-        if let Err(e) = self.domain.hw().flush(gather) {
-            log::error!("dma: flush after unlink failed ({e}); this IOVA range is now unusable");
-            self.live = false; // never free the allocation: stale entries may remain
-            return Err(e.into());
-        }
-        for l in &links {
-            finish_cpu_side(&self.dev, core::slice::from_ref(&l.part), l.dir, l.attrs);
-        }
-        for (pool, slot) in slots {
-            pool.free_slot(slot);
-        }
+        // Strict: completed before the IOVA can be linked again. On failure the bounce slots
+        // are leaked (the device may still reach them) and no copy-back happens.
+        self.flush(gather)?;
+        self.complete_links(&links);
         Ok(())
+    }
+
+    /// CPU side of links whose entries are gone and flushed: copy-back with each link's own
+    /// direction and attributes, then the bounce slots freed.
+    fn complete_links(&self, links: &[Link]) {
+        for l in links {
+            finish_cpu_side(&self.dev, core::slice::from_ref(&l.part), l.dir, l.attrs);
+            if let (Some(slot), Some(pool)) = (l.part.bounce, &self.dev.bounce) {
+                pool.free_slot(slot);
+            }
+        }
+    }
+
+    /// Flushes `gather` plus whatever an earlier failed flush left behind. On failure the range
+    /// is poisoned (the first error is kept) and the granules are remembered for the next flush.
+    fn flush(&mut self, mut gather: IotlbGather) -> Result<(), DmaError> {
+        gather.merge(core::mem::take(&mut self.unflushed));
+        if gather.is_empty() {
+            return Ok(());
+        }
+        let retry = copy_gather(&gather);
+        match self.domain.hw().flush(gather) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = DmaError::from(e);
+                log::error!(
+                    "dma: IOTLB flush of IOVA link {:?} failed ({e}); the range is poisoned: no \
+                     new link, its IOVA is never freed",
+                    self.addr
+                );
+                self.unflushed = retry;
+                self.poisoned.get_or_insert(e);
+                Err(e)
+            }
+        }
     }
 
     /// CPU view of every bounced / non-coherent link (copy-back, cache invalidation).
@@ -393,6 +450,13 @@ impl IovaLink {
     }
 
     /// Unlinks everything (one flush) and frees the whole IOVA allocation.
+    ///
+    /// Best effort, since nobody owns the links afterwards: every link whose page-table unmap
+    /// succeeds is removed, and one flush covers them (and any granules an earlier failed flush
+    /// left behind). The allocation is freed except the granules of links that could not be
+    /// unmapped; it is not freed at all if a flush of this range ever failed (poisoned). Errors:
+    /// the error of the first flush of this range that failed (an earlier unlink's, or this
+    /// call's), otherwise that of the first unmap that failed.
     pub fn destroy(mut self) -> Result<(), DmaError> {
         self.teardown()
     }
@@ -401,17 +465,27 @@ impl IovaLink {
     /// removed now, and the flush (one per domain for the whole batch), the CPU-side completion
     /// of each link (with its own direction and attributes) and the freeing of the whole
     /// allocation happen in [`UnmapBatch::finish`], never before the flush completed.
-    /// On error nothing was unlinked by this call; the link is then destroyed the strict way as
-    /// it is dropped (exactly what [`IovaLink::destroy`] does).
+    ///
+    /// Errors: if a page-table unmap fails, nothing was unlinked by this call and the batch is
+    /// untouched; the link is then destroyed the strict way as it is dropped (what
+    /// [`IovaLink::destroy`] does). If the range is poisoned, every link is still unlinked into
+    /// the batch (and flushed by it), the allocation is never freed, and the poisoning error is
+    /// returned.
     pub fn destroy_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
         if !self.live {
             return Ok(());
         }
         let links: Vec<Link> = self.links.values().copied().collect();
         let parts: Vec<Part> = links.iter().map(|l| l.part).collect();
-        let entry = batch.entry(&self.domain);
-        unmap_parts(&self.domain, &parts, &mut entry.gather)?;
+        // A gather of our own: `unmap_parts` flushes and empties the gather it is given when it
+        // fails, and the batch's gather covers other mappings whose IOVAs `finish` frees.
+        let mut gather = IotlbGather::new();
+        unmap_parts(&self.domain, &parts, &mut gather)?;
+        self.live = false;
         self.links.clear();
+        gather.merge(core::mem::take(&mut self.unflushed));
+        let entry = batch.entry(&self.domain);
+        entry.gather.merge(gather);
         for l in links {
             let rec = MapRecord {
                 dir: l.dir,
@@ -421,6 +495,13 @@ impl IovaLink {
             };
             entry.pending.push((self.dev.clone(), rec));
         }
+        if let Some(e) = self.poisoned {
+            log::error!(
+                "dma: destroying poisoned IOVA link {:?}: its allocation stays leaked",
+                self.addr
+            );
+            return Err(e);
+        }
         // The whole allocation, freed by `finish` after the flush (digest item 14).
         let whole = MapRecord {
             dir: Direction::Bidirectional,
@@ -429,7 +510,6 @@ impl IovaLink {
             parts: Parts::Many(Vec::new()),
         };
         entry.pending.push((self.dev.clone(), whole));
-        self.live = false;
         Ok(())
     }
 
@@ -437,15 +517,50 @@ impl IovaLink {
         if !self.live {
             return Ok(());
         }
-        let keys: Vec<u64> = self.links.keys().copied().collect();
-        if !keys.is_empty() {
-            self.unlink_keys(&keys)?;
-        }
         self.live = false;
-        // The whole allocation (digest item 14), not the linked length.
-        self.domain.free_iova(self.alloc.0, self.alloc.1);
-        Ok(())
+        let links: Vec<Link> = core::mem::take(&mut self.links).into_values().collect();
+        let parts: Vec<Part> = links.iter().map(|l| l.part).collect();
+        let mut gather = IotlbGather::new();
+        let stuck = unmap_parts_best_effort(&self.domain, &parts, &mut gather);
+        let flushed = self.flush(gather);
+        if flushed.is_ok() {
+            let removed: Vec<Link> = links
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !stuck.iter().any(|(j, _)| j == i))
+                .map(|(_, l)| *l)
+                .collect();
+            self.complete_links(&removed);
+        }
+        if let Some(e) = self.poisoned {
+            // Never freed: stale IOTLB entries may remain (this call's flush failing included).
+            return Err(e);
+        }
+        // The whole allocation (digest item 14), not the linked length, minus the granules of
+        // links that could not be unmapped (still mapped: never handed out again).
+        let keep: Vec<(DmaAddr, u64)> = stuck
+            .iter()
+            .map(|&(i, _)| (parts[i].map_iova, parts[i].map_size))
+            .collect();
+        self.domain
+            .free_iova_keeping(self.alloc.0, self.alloc.1, &keep);
+        match stuck.first() {
+            Some(&(_, e)) => Err(e),
+            None => Ok(()),
+        }
     }
+}
+
+/// A copy of a gather (`IotlbGather` is deliberately not `Clone`): kept to retry a failed flush.
+fn copy_gather(g: &IotlbGather) -> IotlbGather {
+    let mut c = IotlbGather::new();
+    if let Some((a, s)) = g.span() {
+        c.add(a, s);
+    }
+    if g.freed_tables() {
+        c.add_freed_tables();
+    }
+    c
 }
 
 impl Drop for IovaLink {

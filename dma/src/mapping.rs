@@ -138,12 +138,15 @@ pub(crate) fn needs_bounce(
     len: u64,
     attrs: Attrs,
 ) -> Result<bool, DmaError> {
+    // `len > 0` and `phys + len - 1` fit (check_range); `last + 1` may not (a range ending at
+    // the top of the address space), so the end is tested through the last byte.
+    check_range(phys, len)?;
     let last = phys.as_u64() + (len - 1);
     let reason = match inner.translation {
         Translation::Direct if last > inner.cfg.mask => BounceReason::MaskUnreachable,
         Translation::Iommu(_)
             if !inner.cfg.trusted
-                && (phys.page_offset() != 0 || !(last + 1).is_multiple_of(PAGE_SIZE)) =>
+                && (phys.page_offset() != 0 || last % PAGE_SIZE != PAGE_SIZE - 1) =>
         {
             BounceReason::SubPage
         }
@@ -254,22 +257,64 @@ pub(crate) fn unmap_parts(
     Ok(())
 }
 
-/// Undoes `parts` of a mapping that never reached the caller: entries removed, one flush, then
-/// IOVA and slots freed. No copy-back (the device never had the mapping).
+/// Unmaps the page-table entries of `parts` into `gather`, each exactly as it was mapped, part
+/// by part and best effort: a part whose unmap fails is skipped (never restored, never retried)
+/// and reported in the returned list as `(index, error)`. For teardown paths whose caller gets
+/// nothing back to own: every entry that can be removed is removed.
+pub(crate) fn unmap_parts_best_effort(
+    domain: &DmaDomain,
+    parts: &[Part],
+    gather: &mut IotlbGather,
+) -> Vec<(usize, DmaError)> {
+    let mut stuck = Vec::new();
+    for (i, p) in parts.iter().enumerate() {
+        if p.map_size == 0 {
+            continue;
+        }
+        if let Err(e) = domain.hw().unmap(p.map_iova, p.map_size, gather) {
+            log::error!(
+                "dma: unmap of {:?}+{:#x} failed ({e}); it stays mapped and its IOVA is leaked",
+                p.map_iova,
+                p.map_size
+            );
+            stuck.push((i, e.into()));
+        }
+    }
+    stuck
+}
+
+/// Undoes `parts` of a mapping that never reached the caller: entries removed part by part (best
+/// effort, nothing restored), one flush for whatever was removed, then the IOVA and the bounce
+/// slots freed. A part whose unmap failed keeps its IOVA range and its slot for ever (logged):
+/// the entries still point at them, so they must never be handed out again. If the flush fails,
+/// everything is leaked. No copy-back (the device never had the mapping).
 pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr, u64)>) {
     match &inner.translation {
         Translation::Iommu(domain) => {
             let mut gather = IotlbGather::new();
-            if let Err(e) = unmap_parts(domain, parts, &mut gather) {
-                log::error!("dma: unwind failed: {e}; leaking the IOVA range");
+            let stuck = unmap_parts_best_effort(domain, parts, &mut gather);
+            let flushed = if gather.is_empty() {
+                Ok(())
+            } else {
+                domain.hw().flush(gather)
+            };
+            if let Err(e) = flushed {
+                log::error!(
+                    "dma: flush during unwind failed ({e}); leaking {iova:?} and its bounce slots"
+                );
                 return;
             }
-            let retired = Retired {
-                iova,
-                slots: slots_of(inner, parts),
-            };
-            if let Err(e) = domain.flush_now(gather, alloc::vec![retired]) {
-                log::error!("dma: flush during unwind failed: {e}");
+            let keep: Vec<(DmaAddr, u64)> = stuck
+                .iter()
+                .map(|&(i, _)| (parts[i].map_iova, parts[i].map_size))
+                .collect();
+            if let Some((addr, size)) = iova {
+                domain.free_iova_keeping(addr, size, &keep);
+            }
+            for (i, p) in parts.iter().enumerate() {
+                if !stuck.iter().any(|&(j, _)| j == i) {
+                    release_slot(inner, p.bounce);
+                }
             }
         }
         Translation::Direct => {
@@ -578,7 +623,9 @@ impl DmaDevice {
     /// [`Mapping::into_raw`]. `len`, `dir` and `attrs` must be the ones it was mapped with.
     ///
     /// Errors (nothing changed): `NotMapped` (never mapped or double unmap), `SizeMismatch`,
-    /// `DirectionMismatch`, `UnsupportedAttrs`.
+    /// `DirectionMismatch`, `AttrsMismatch`, `UnsupportedAttrs`. When several raw mappings start
+    /// at `dma` (the same buffer mapped more than once on the direct path), the one with this
+    /// length, direction and attributes is unmapped; a mismatch is reported only if none has.
     pub fn unmap_phys(
         &self,
         dma: DmaAddr,
@@ -613,29 +660,42 @@ impl DmaDevice {
         let key = {
             let mut table = self.inner.raw.lock();
             let a = dma.as_u64();
+            // Several raw mappings may start at `a` (the same buffer mapped more than once on the
+            // direct path): look at every one before reporting a mismatch.
             let mut first = None;
+            let mut same_len = None;
             let mut found = None;
             for (k, rec) in table.range((a, 0)..=(a, u64::MAX)) {
                 let p = &rec.parts.as_slice()[0];
                 first.get_or_insert(p.len);
                 if p.len == len {
-                    if rec.dir != dir || rec.attrs != attrs {
-                        return Err(DmaError::DirectionMismatch { addr: a });
+                    if rec.dir == dir && rec.attrs == attrs {
+                        found = Some(*k);
+                        break;
                     }
-                    found = Some(*k);
-                    break;
+                    same_len.get_or_insert((rec.dir, rec.attrs));
                 }
             }
-            match (found, first) {
-                (Some(k), _) => table.remove(&k).map(|r| (k, r)),
-                (None, Some(mapped)) => {
+            match (found, same_len, first) {
+                (Some(k), _, _) => table.remove(&k).map(|r| (k, r)),
+                (None, Some((d, _)), _) if d != dir => {
+                    return Err(DmaError::DirectionMismatch { addr: a })
+                }
+                (None, Some((_, mapped)), _) => {
+                    return Err(DmaError::AttrsMismatch {
+                        addr: a,
+                        mapped: mapped.bits(),
+                        given: attrs.bits(),
+                    })
+                }
+                (None, None, Some(mapped)) => {
                     return Err(DmaError::SizeMismatch {
                         addr: a,
                         mapped,
                         given: len,
                     })
                 }
-                (None, None) => return Err(DmaError::NotMapped { addr: a }),
+                (None, None, None) => return Err(DmaError::NotMapped { addr: a }),
             }
         };
         let Some((k, rec)) = key else {

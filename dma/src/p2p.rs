@@ -105,6 +105,12 @@ pub enum MapType {
     /// The devices meet below a PCIe switch with no ACS redirect on the way: the transfer stays
     /// in the switch and the device is programmed with the bus address `paddr + bus_offset`. No
     /// IOVA: the IOMMU never sees the transaction.
+    ///
+    /// Consequently neither unmapping nor an exporter's revoke
+    /// ([`crate::Exporter::revoke`]) can take access away from the importer's device: there is
+    /// no translation to remove. For these mappings revoke is advisory; the importer must honour
+    /// [`crate::MoveEvent::Revoked`] and stop its DMA (see the [`crate::export`] module docs,
+    /// "Revoke is enforced only through an IOMMU").
     BusAddr,
     /// The transfer goes through the root complex (an allowed host bridge): a normal mapping
     /// with the MMIO attribute, IOVA under an IOMMU, CPU physical address under dma-direct.

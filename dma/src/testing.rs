@@ -14,7 +14,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use spin::Mutex;
 
@@ -108,6 +108,10 @@ struct FakeState {
 pub struct FakeDomain {
     info: DomainInfo,
     st: Mutex<FakeState>,
+    /// While set, `flush` waits (spinning, no lock held) before doing anything.
+    hold_flushes: AtomicBool,
+    /// `flush` calls entered (including those waiting at the gate).
+    flushes_entered: AtomicU64,
 }
 
 impl Default for FakeDomain {
@@ -131,6 +135,8 @@ impl FakeDomain {
         Self {
             info,
             st: Mutex::new(FakeState::default()),
+            hold_flushes: AtomicBool::new(false),
+            flushes_entered: AtomicU64::new(0),
         }
     }
 
@@ -204,6 +210,20 @@ impl FakeDomain {
     /// The next `sync_map` fails (once).
     pub fn fail_next_sync_map(&self) {
         self.st.lock().fail_sync_map = true;
+    }
+
+    /// While `hold` is true, every `flush` call waits (spinning, holding none of the fake's
+    /// locks) before it invalidates anything: a slow invalidation, so that concurrency tests can
+    /// observe what other threads do while a flush is in flight
+    /// ([`FakeDomain::flushes_entered`] tells when one is).
+    pub fn hold_flushes(&self, hold: bool) {
+        self.hold_flushes.store(hold, Ordering::SeqCst);
+    }
+
+    /// `flush` calls entered so far, including those waiting because of
+    /// [`FakeDomain::hold_flushes`] (not reset by [`FakeDomain::reset_counts`]).
+    pub fn flushes_entered(&self) -> u64 {
+        self.flushes_entered.load(Ordering::SeqCst)
     }
 
     /// The next flush fails with `InvalidationTimeout` (once); nothing is invalidated.
@@ -368,6 +388,10 @@ impl IommuDomain for FakeDomain {
     }
 
     fn flush(&self, gather: IotlbGather) -> Result<(), IommuError> {
+        self.flushes_entered.fetch_add(1, Ordering::SeqCst);
+        while self.hold_flushes.load(Ordering::SeqCst) {
+            core::hint::spin_loop();
+        }
         let mut st = self.st.lock();
         if core::mem::take(&mut st.fail_flush) {
             return Err(IommuError::InvalidationTimeout);

@@ -319,3 +319,171 @@ fn no_mode_hands_out_iova_before_flush() {
         assert_eq!(f.hw().unflushed_bytes(), 0);
     }
 }
+
+// ---- Deferred flushes are serialised: flush_deferred is a barrier, exhaustion waits ----
+
+/// Lets held flushes go when dropped, so a failing assertion cannot leave a thread spinning in
+/// a held flush (and the test hanging in the scope's join).
+struct ReleaseFlushes<'a>(&'a crate::testing::FakeDomain);
+
+impl Drop for ReleaseFlushes<'_> {
+    fn drop(&mut self) {
+        self.0.hold_flushes(false);
+    }
+}
+
+/// Spins (yielding) until `cond` holds; panics after 10 s.
+fn wait_until(cond: impl Fn() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "timed out"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn deferred_flush_deferred_waits_for_a_flush_in_flight() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Thread 1's second unmap makes the queue due and starts its flush (held in flight by the
+    // fake). A concurrent flush_deferred must not return before those unmaps are flushed.
+    let f = deferred(2, u64::MAX);
+    let a = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
+        .unwrap();
+    let b = f
+        .dev
+        .map_phys(PhysAddr::new(LOW + 0x1000), 4096, TO, Attrs::empty())
+        .unwrap();
+    let released = AtomicBool::new(false);
+    f.hw().hold_flushes(true);
+    std::thread::scope(|s| {
+        let _release = ReleaseFlushes(f.hw());
+        let t1 = s.spawn(move || {
+            a.unmap().unwrap();
+            b.unmap().unwrap();
+        });
+        wait_until(|| f.hw().flushes_entered() == 1);
+        assert_eq!(
+            f.domain().pending_unmaps(),
+            0,
+            "taken by the flush in flight"
+        );
+        let t2 = s.spawn(|| {
+            f.domain().flush_deferred().unwrap();
+            (released.load(Ordering::SeqCst), f.hw().unflushed_bytes())
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        released.store(true, Ordering::SeqCst);
+        f.hw().hold_flushes(false);
+        t1.join().unwrap();
+        let (after_release, unflushed) = t2.join().unwrap();
+        assert!(
+            after_release,
+            "flush_deferred returned while earlier unmaps were still being flushed"
+        );
+        assert_eq!(
+            unflushed, 0,
+            "every unmap queued before the call was flushed"
+        );
+    });
+    assert_eq!(f.domain().iova_stats().live, 0);
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
+fn deferred_exhaustion_waits_for_a_flush_in_flight() {
+    use crate::iommu::{DomainInfo, IommuDomain};
+    use crate::testing::{FakeClock, FakeDomain, FakePhysMemory};
+    use std::sync::Arc;
+    // 15 usable pages, all mapped; thread 1 unmaps them and the 15th unmap starts the flush
+    // (held in flight). An allocation meanwhile sees no pending unmap, yet must not report
+    // exhaustion: it waits for that flush, whose IOVAs then come free.
+    let hw = Arc::new(FakeDomain::with_info(DomainInfo {
+        aperture_end: crate::DmaAddr::new(0xffff),
+        ..FakeDomain::new().info()
+    }));
+    let domain = crate::DmaDomain::new(
+        hw.clone(),
+        crate::DomainConfig {
+            mode: InvalidationMode::Deferred(DeferredPolicy {
+                max_pending: 15,
+                max_delay_us: u64::MAX,
+            }),
+            clock: Some(Arc::new(FakeClock::new())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let dev = crate::DmaDevice::new(
+        DeviceConfig::default(),
+        crate::Translation::Iommu(domain.clone()),
+        Arc::new(FakePhysMemory::standard()),
+        None,
+    )
+    .unwrap();
+    let live: Vec<_> = (0..15)
+        .map(|_| {
+            dev.map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
+                .unwrap()
+        })
+        .collect();
+    hw.hold_flushes(true);
+    std::thread::scope(|s| {
+        let _release = ReleaseFlushes(&hw);
+        let t1 = s.spawn(move || {
+            for m in live {
+                m.unmap().unwrap();
+            }
+        });
+        wait_until(|| hw.flushes_entered() == 1);
+        assert_eq!(domain.pending_unmaps(), 0);
+        let t2 = s.spawn(|| {
+            dev.map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
+                .map(drop)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        hw.hold_flushes(false);
+        t1.join().unwrap();
+        assert_eq!(t2.join().unwrap(), Ok(()), "IOVAs were about to be freed");
+    });
+    domain.flush_deferred().unwrap();
+    assert_eq!(hw.stale_reuses(), 0);
+    assert_eq!(hw.entries(), 0);
+}
+
+#[test]
+fn deferred_flush_deferred_reports_a_failed_flush_it_waited_for() {
+    // The flush in flight fails: the unmaps queued before the waiting call were not flushed,
+    // so the barrier must not report success.
+    let f = deferred(2, u64::MAX);
+    let a = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
+        .unwrap();
+    let b = f
+        .dev
+        .map_phys(PhysAddr::new(LOW + 0x1000), 4096, TO, Attrs::empty())
+        .unwrap();
+    f.hw().fail_next_flush();
+    f.hw().hold_flushes(true);
+    std::thread::scope(|s| {
+        let _release = ReleaseFlushes(f.hw());
+        let t1 = s.spawn(move || {
+            a.unmap().unwrap();
+            b.unmap()
+        });
+        wait_until(|| f.hw().flushes_entered() == 1);
+        let t2 = s.spawn(|| f.domain().flush_deferred());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        f.hw().hold_flushes(false);
+        let e = t1.join().unwrap().unwrap_err();
+        assert_eq!(t2.join().unwrap().unwrap_err(), e);
+    });
+    // Reported once: the next barrier has nothing failed to report.
+    f.domain().flush_deferred().unwrap();
+    assert_eq!(f.domain().iova_stats().live, 2, "quarantined for ever");
+}

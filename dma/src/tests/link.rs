@@ -487,3 +487,147 @@ fn link_in_deferred_domain_unlink_is_still_strict() {
     l.link(p(HIGH), 0, 0x4000, TO, RAM).unwrap();
     assert_eq!(f.hw().stale_reuses(), 0);
 }
+
+// ---- Review fixes: poisoned ranges, best-effort destroy, original errors ----
+
+fn four_links(f: &Fixture) -> crate::IovaLink {
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x4000).unwrap();
+    for i in 0..4 {
+        l.link(p(LOW + i * 0x1000), i * 0x1000, 0x1000, TO, RAM)
+            .unwrap();
+    }
+    l
+}
+
+#[test]
+fn link_unlink_flush_failure_poisons_the_range() {
+    let f = iommu();
+    let mut l = four_links(&f);
+    f.hw().fail_next_flush();
+    assert_eq!(
+        l.unlink(0, 0x1000).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert!(l.is_poisoned());
+    // No new link into a range that may still have stale IOTLB entries.
+    assert_eq!(
+        l.link(p(LOW), 0, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::IovaPoisoned {
+            addr: l.addr().as_u64()
+        }
+    );
+    assert_eq!(l.link_count(), 3);
+    // Destroy still unlinks and flushes the remaining links (and retries the failed granule),
+    // reports the error, and never frees the allocation.
+    assert_eq!(
+        l.destroy().unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert_eq!(f.hw().entries(), 0, "the device lost access to every link");
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    assert_eq!(
+        f.domain().iova_stats().live,
+        1,
+        "the allocation stays leaked"
+    );
+    for _ in 0..100 {
+        let _m = f.dev.map_phys(p(LOW), 0x4000, TO, RAM).unwrap();
+    }
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
+fn link_destroy_in_of_a_poisoned_range_unlinks_into_the_batch_and_reports() {
+    let f = iommu();
+    let mut l = four_links(&f);
+    f.hw().fail_next_flush();
+    assert!(l.unlink(0x1000, 0x1000).is_err());
+    let mut b = crate::UnmapBatch::new();
+    assert_eq!(
+        l.destroy_in(&mut b).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert_eq!(f.hw().entries(), 0, "entries removed by destroy_in");
+    b.finish().unwrap();
+    assert_eq!(f.hw().unflushed_bytes(), 0, "flushed by the batch");
+    assert_eq!(
+        f.domain().iova_stats().live,
+        1,
+        "the allocation stays leaked"
+    );
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
+fn link_destroy_in_unmap_failure_does_not_flush_the_batch_early() {
+    // A failed unmap inside destroy_in must not consume the batch's gather: the mapping already
+    // in the batch must still be flushed by `finish` before its IOVA is freed.
+    let f = iommu();
+    let m = f.dev.map_phys(p(HIGH), 0x1000, TO, RAM).unwrap();
+    let mut b = crate::UnmapBatch::new();
+    m.unmap_in(&mut b).unwrap();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x2000).unwrap();
+    l.link(p(LOW), 0, 0x1000, TO, RAM).unwrap();
+    l.link(p(LOW + 0x1000), 0x1000, 0x1000, TO, RAM).unwrap();
+    f.hw().fail_unmap_after(1);
+    f.hw().fail_next_flush();
+    assert!(l.destroy_in(&mut b).is_err()); // dropped: destroyed the strict way
+    b.finish().unwrap();
+    assert_eq!(f.hw().entries(), 0);
+    assert_eq!(
+        f.hw().unflushed_bytes(),
+        0,
+        "every unmap was flushed before its IOVA came back"
+    );
+    assert_eq!(f.domain().iova_stats().live, 0);
+}
+
+#[test]
+fn link_destroy_with_a_failing_unmap_removes_the_rest_and_leaks_only_that_granule() {
+    let f = iommu();
+    let l = four_links(&f);
+    let second = l.addr().as_u64() + 0x1000;
+    f.hw().fail_unmap_after(1);
+    assert!(matches!(
+        l.destroy().unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped { .. })
+    ));
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1, "only the link that could not be unmapped");
+    assert_eq!(left[0].0, second);
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    let st = f.domain().iova_stats();
+    assert_eq!(
+        (st.live, st.live_pages),
+        (1, 1),
+        "only its granule is leaked"
+    );
+    for _ in 0..100 {
+        let m = f.dev.map_phys(p(LOW), 0x1000, TO, RAM).unwrap();
+        assert_ne!(m.dma_addr().as_u64(), second);
+    }
+    assert_eq!(f.hw().stale_reuses(), 0);
+}
+
+#[test]
+fn link_ranges_returns_the_original_error_when_the_unwind_fails() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x4000).unwrap();
+    let ranges = [
+        (p(LOW), 0x1000),
+        (p(LOW + 0x1000), 0x1000),
+        (p(LOW + 0x2000), 0x1000),
+    ];
+    f.hw().fail_map_after(2);
+    f.hw().fail_unmap_after(0);
+    assert_eq!(
+        l.link_ranges(0, &ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory),
+        "the link failure, not the unwind's"
+    );
+    // What the unwind could not remove is still owned and goes with destroy.
+    assert_eq!(l.link_count(), 2);
+    l.destroy().unwrap();
+    assert_eq!(f.hw().entries(), 0);
+    assert_eq!(f.domain().iova_stats().live, 0);
+}

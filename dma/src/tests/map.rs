@@ -862,3 +862,154 @@ fn concurrent_map_unmap_from_threads() {
         assert_eq!(f.domain().iova_stats().live, 0);
     }
 }
+
+// ---- Review fixes: best-effort unwind, top-of-address-space arithmetic, raw unmap precision ----
+
+#[test]
+fn sg_unwind_with_failing_unmap_removes_the_rest_and_leaks_only_the_stuck_iova() {
+    // Entry 2 fails to map; while unwinding, the unmap of entry 1 fails. Entry 0 must still be
+    // removed (never restored: the caller gets an error and owns nothing), the removal flushed,
+    // and only entry 1's IOVA page kept out of the allocator for ever.
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 4096),
+        (PhysAddr::new(LOW + 0x8000), 4096),
+    ];
+    f.hw().fail_map_after(2);
+    f.hw().fail_unmap_after(1);
+    assert_eq!(
+        f.dev
+            .map_sg(&ranges, Direction::FromDevice, RAM)
+            .unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
+    // Only the entry that could not be unmapped is left (not 8 KiB of the caller's buffer).
+    assert_eq!(f.hw().mapped_bytes(), 4096);
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].1.paddr, LOW + 0x4000);
+    let stuck_iova = left[0].0;
+    assert_eq!(f.hw().unflushed_bytes(), 0, "what was removed was flushed");
+    let st = f.domain().iova_stats();
+    assert_eq!(
+        (st.live, st.live_pages),
+        (1, 1),
+        "only the stuck page is leaked"
+    );
+    // The rest of the IOVA space is reusable and the stuck page is never handed out again.
+    let live: Vec<_> = (0..300)
+        .map(|i| {
+            f.dev
+                .map_phys(PhysAddr::new(LOW + (i % 64) * 0x1000), 4096, TO, RAM)
+                .unwrap()
+        })
+        .collect();
+    assert!(live.iter().all(|m| m.dma_addr().as_u64() != stuck_iova));
+    drop(live);
+    let sg = f.dev.map_sg(&ranges, TO, RAM).unwrap();
+    drop(sg);
+    assert_eq!(f.hw().stale_reuses(), 0);
+    assert_eq!(f.hw().mapped_bytes(), 4096);
+}
+
+#[test]
+fn untrusted_map_ending_at_the_top_of_the_address_space_does_not_panic() {
+    // `phys + len` is 2^64 (not representable) while `phys + len - 1` is: the sub-page check
+    // must not compute the end (overflow panic in debug builds).
+    let f = Fixture::iommu(
+        DeviceConfig::with_mask_bits(39).unwrap().untrusted(),
+        InvalidationMode::Strict,
+    )
+    .unwrap();
+    let s = snapshot(&f);
+    let top = PhysAddr::new(u64::MAX - 0xfff);
+    assert_eq!(
+        f.dev.map_phys(top, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::OutputBeyondLimit {
+            paddr: u64::MAX - 0xfff
+        })
+    );
+    assert!(f.dev.map_sg(&[(top, 0x1000)], TO, RAM).is_err());
+    let mut l = f.dev.iova_try_alloc(top, 0x1000).unwrap();
+    assert!(l.link(top, 0, 0x1000, TO, RAM).is_err());
+    drop(l);
+    // A sub-page range at the top is bounced (the pool cannot read it: an error, no panic).
+    assert!(f
+        .dev
+        .map_phys(PhysAddr::new(u64::MAX - 0xff), 0x100, TO, RAM)
+        .is_err());
+    assert_eq!(snapshot(&f), s);
+    // Direct path at the top: refused or bounced, never a panic.
+    let d = direct32();
+    let s = snapshot(&d);
+    assert!(d.dev.map_phys(top, 0x1000, TO, RAM).is_err());
+    assert_eq!(snapshot(&d), s);
+}
+
+#[test]
+fn reject_unmap_wrong_attrs_distinctly() {
+    let f = iommu();
+    let dma = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, TO, RAM)
+        .unwrap()
+        .into_raw();
+    let s = snapshot(&f);
+    assert_eq!(
+        f.dev
+            .unmap_phys(dma, 4096, TO, Attrs::SKIP_CPU_SYNC)
+            .unwrap_err(),
+        DmaError::AttrsMismatch {
+            addr: dma.as_u64(),
+            mapped: 0,
+            given: Attrs::SKIP_CPU_SYNC.bits()
+        }
+    );
+    // Direction and attrs both wrong: the direction is reported.
+    assert_eq!(
+        f.dev
+            .unmap_phys(dma, 4096, Direction::FromDevice, Attrs::SKIP_CPU_SYNC)
+            .unwrap_err(),
+        DmaError::DirectionMismatch { addr: dma.as_u64() }
+    );
+    assert_eq!(snapshot(&f), s);
+    f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap();
+}
+
+#[test]
+fn raw_unmap_finds_the_matching_mapping_among_same_length_ones() {
+    // The same buffer mapped twice, same length, different direction (and attributes): each
+    // unmap must find its own record, not stop at the first one of that length.
+    let f = direct32();
+    let a = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, TO, RAM)
+        .unwrap()
+        .into_raw();
+    let b = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, Direction::FromDevice, RAM)
+        .unwrap()
+        .into_raw();
+    let c = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::SKIP_CPU_SYNC)
+        .unwrap()
+        .into_raw();
+    assert!(a == b && b == c);
+    assert_eq!(f.dev.raw_mappings(), 3);
+    f.dev.unmap_phys(a, 4096, TO, Attrs::SKIP_CPU_SYNC).unwrap();
+    f.dev
+        .unmap_phys(a, 4096, Direction::FromDevice, RAM)
+        .unwrap();
+    // Only the TO/RAM one is left: a mismatch is reported against it.
+    assert!(matches!(
+        f.dev
+            .unmap_phys(a, 4096, Direction::FromDevice, RAM)
+            .unwrap_err(),
+        DmaError::DirectionMismatch { .. }
+    ));
+    f.dev.unmap_phys(a, 4096, TO, RAM).unwrap();
+    assert_eq!(f.dev.raw_mappings(), 0);
+}
