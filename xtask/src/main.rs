@@ -100,6 +100,8 @@ fn build_kernel() -> Result<PathBuf, String> {
             "kernel",
             "--bin",
             "kernel",
+            "--features",
+            "kernel-bin",
             "--release",
         ])
         .args(["--target", "x86_64-unknown-linux-gnu", "--target-dir"])
@@ -226,6 +228,8 @@ fn lint() -> Result<ExitCode, String> {
             "kernel",
             "--bin",
             "kernel",
+            "--features",
+            "kernel-bin",
             "--target",
             "x86_64-unknown-linux-gnu",
             "--target-dir",
