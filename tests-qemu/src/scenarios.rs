@@ -394,7 +394,7 @@ fn dma_api_scenarios() -> Vec<Scenario> {
     vec![
         run(
             "dma-api-iommu",
-            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), unaligned MMIO",
+            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
             Topology::base().device("edu"),
             &[
                 "dmaapi::map_phys_both_directions",
@@ -402,6 +402,7 @@ fn dma_api_scenarios() -> Vec<Scenario> {
                 "dmaapi::scatter_list",
                 "dmaapi::batch_unmap_then_fault",
                 "dmaapi::batch_without_flush_is_caught",
+                "dmaapi::deferred_unmap_quarantines_until_flush",
                 "dmaapi::mmio_unaligned_small",
             ],
         ),

@@ -8,8 +8,8 @@ use alloc::vec::Vec;
 
 use dma::iommu::IommuDomain;
 use dma::{
-    BouncePool, DeviceConfig, DmaDevice, DmaDomain, DmaError, DomainConfig, PhysAddr, PhysError,
-    PhysMemory, ReservedKind, ReservedRegion, Translation,
+    BouncePool, Clock, DeviceConfig, DmaDevice, DmaDomain, DmaError, DomainConfig,
+    InvalidationMode, PhysAddr, PhysError, PhysMemory, ReservedKind, ReservedRegion, Translation,
 };
 use kernel::frames::{FrameRequest, FRAME_SIZE};
 
@@ -159,6 +159,16 @@ pub struct DeviceDma {
 /// Size of the bounce pool of a direct-mapped device.
 pub const BOUNCE_POOL_SIZE: u64 = 1 << 20;
 
+/// The kernel's microsecond clock for deferred invalidation deadlines.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct KernelClock;
+
+impl Clock for KernelClock {
+    fn now_us(&self) -> u64 {
+        crate::arch::time::now_us()
+    }
+}
+
 /// Builds the [`DmaDevice`] for PCI function `bdf`: under the IOMMU its own domain (strict
 /// invalidation, reserved regions) attached under all its aliases; without one, the direct
 /// path with a bounce pool below the device's mask.
@@ -168,6 +178,18 @@ pub fn setup(
     bdf: pci::Bdf,
     config: DeviceConfig,
 ) -> Result<DeviceDma, SetupError> {
+    setup_with(pci, iommu, bdf, config, InvalidationMode::Strict)
+}
+
+/// [`setup`] with an explicit invalidation mode for the device's domain (deferred is opt-in,
+/// for trusted devices only; the `dma` crate refuses it for untrusted ones).
+pub fn setup_with(
+    pci: &PciSystem,
+    iommu: Option<&Iommu>,
+    bdf: pci::Bdf,
+    config: DeviceConfig,
+    mode: InvalidationMode,
+) -> Result<DeviceDma, SetupError> {
     let phys: Arc<dyn PhysMemory> = Arc::new(KernelPhysMemory);
     match iommu {
         Some(iommu) => {
@@ -175,7 +197,8 @@ pub fn setup(
             iommu.attach(pci, &hw, bdf).map_err(SetupError::Attach)?;
             let cfg = DomainConfig {
                 reserved: reserved_regions(pci, iommu),
-                ..DomainConfig::default()
+                mode,
+                clock: Some(Arc::new(KernelClock)),
             };
             let hw_dyn: Arc<dyn IommuDomain> = hw.clone();
             let domain = DmaDomain::new(hw_dyn, cfg).map_err(SetupError::Dma)?;

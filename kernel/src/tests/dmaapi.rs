@@ -46,6 +46,10 @@ pub const SUITE: Suite = Suite {
             run: batch_without_flush_is_caught,
         },
         Test {
+            name: "deferred_unmap_quarantines_until_flush",
+            run: deferred_unmap_quarantines_until_flush,
+        },
+        Test {
             name: "mmio_unaligned_small",
             run: mmio_unaligned_small,
         },
@@ -457,5 +461,78 @@ fn mmio_beyond_mask_refused(k: &Kernel) -> TestResult {
         r.map(|m| m.dma_addr())
     );
     check_eq!(d.dev.raw_mappings(), 0);
+    Ok(())
+}
+
+/// Deferred invalidation (opt-in, trusted device): the unmap returns before the IOTLB flush, so
+/// a device holding a stale translation can still reach the page (the documented risk) and the
+/// IOVA stays quarantined: new mappings never get it. After `flush_deferred` the same DMA is
+/// blocked with a fault and the IOVA may be handed out again.
+fn deferred_unmap_quarantines_until_flush(k: &Kernel) -> TestResult {
+    use dma::{DeferredPolicy, InvalidationMode};
+    check!(k.iommu.is_some(), "this test needs intel-iommu");
+    clear_faults(k)?;
+    let mut e = first_edu(k)?;
+    let policy = DeferredPolicy {
+        max_pending: 1000,
+        max_delay_us: 60_000_000,
+    };
+    let cfg = DeviceConfig {
+        mask: e.dma_mask(),
+        ..DeviceConfig::default()
+    };
+    let d = dmamem::setup_with(
+        &k.pci,
+        k.iommu.as_ref(),
+        e.bdf(),
+        cfg,
+        InvalidationMode::Deferred(policy),
+    )
+    .or_fail("deferred DMA device")?;
+    let domain = d.dev.domain().or_fail("domain")?.clone();
+    let mut a = page(0)?;
+    pattern(&mut a, 0x71);
+    let m = d
+        .dev
+        .map_phys(
+            PhysAddr::new(a.paddr()),
+            4096,
+            Direction::Bidirectional,
+            Attrs::empty(),
+        )
+        .or_fail("map")?;
+    let old = m.dma_addr();
+    edu_dev::dma(&mut e, Transfer::ReadFromMemory, old, 0, LEN).or_fail("warm")?;
+    m.unmap().or_fail("deferred unmap")?;
+    check!(domain.pending_unmaps() > 0, "the unmap was not deferred");
+    // Quarantine: a burst of new mappings never reuses the unflushed IOVA.
+    let other = page(0)?;
+    let fresh: Vec<_> = (0..32)
+        .map(|_| {
+            d.dev.map_phys(
+                PhysAddr::new(other.paddr()),
+                4096,
+                Direction::ToDevice,
+                Attrs::empty(),
+            )
+        })
+        .collect::<Result<_, _>>()
+        .or_fail("new maps")?;
+    check!(
+        fresh
+            .iter()
+            .all(|f| f.dma_addr().page_align_down() != old.page_align_down()),
+        "a quarantined IOVA was handed out"
+    );
+    drop(fresh);
+    domain.flush_deferred().or_fail("flush_deferred")?;
+    check_eq!(domain.pending_unmaps(), 0);
+    a.as_mut_slice().fill(0x33);
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, old, 0, LEN).or_fail("write after flush")?;
+    check!(
+        read_back(&a, LEN as usize).iter().all(|&x| x == 0x33),
+        "DMA reached memory after the deferred flush"
+    );
+    expect_one_fault(k, &e, old.as_u64(), AccessKind::Write, 5)?;
     Ok(())
 }
