@@ -13,7 +13,7 @@
 //! Typical use in a kernel:
 //!
 //! ```no_run
-//! # fn map_uncached(phys: u64, size: u64) -> core::ptr::NonNull<u8> { unimplemented!() }
+//! # fn map_uncached(_phys: u64, _size: u64) -> core::ptr::NonNull<u8> { core::ptr::NonNull::dangling() }
 //! # let mcfg_bytes: &[u8] = &[];
 //! let regions = pci::mcfg::parse(mcfg_bytes)?;
 //! let mappings = regions.iter().map(|r| (*r, map_uncached(r.window_base(), r.window_size())));

@@ -5,7 +5,7 @@
 use alloc::vec::Vec;
 
 use dma::iommu::{IommuDomain, IotlbGather};
-use dma::{Attrs, DeviceConfig, Direction, DmaAddr, DmaError, PhysAddr, UnmapBatch};
+use dma::{Attrs, DeviceConfig, Direction, DmaAddr, DmaError, Mapping, PhysAddr, UnmapBatch};
 use edu::{Edu, Transfer};
 use iommu_vtd::AccessKind;
 use kernel::frames::FrameRequest;
@@ -73,6 +73,19 @@ fn device(k: &Kernel, edu: &Edu, trusted: bool) -> Result<DeviceDma, Failure> {
     dmamem::setup(&k.pci, k.iommu.as_ref(), edu.bdf(), config).or_fail("DMA device setup")
 }
 
+/// Maps the first `len` bytes of `pages` for the device (no attributes).
+fn map(
+    d: &DeviceDma,
+    pages: &PhysPages,
+    len: u64,
+    dir: Direction,
+    what: &str,
+) -> Result<Mapping, Failure> {
+    d.dev
+        .map_phys(PhysAddr::new(pages.paddr()), len, dir, Attrs::empty())
+        .or_fail(what)
+}
+
 fn first_edu(k: &Kernel) -> Result<Edu, Failure> {
     edus(k)?.into_iter().next().or_fail("edu")
 }
@@ -95,24 +108,8 @@ fn map_phys_both_directions(k: &Kernel) -> TestResult {
     let mut src = page(0)?;
     pattern(&mut src, 9);
     let dst = page(0)?;
-    let ms = d
-        .dev
-        .map_phys(
-            PhysAddr::new(src.paddr()),
-            LEN,
-            Direction::ToDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map src")?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            LEN,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
+    let ms = map(&d, &src, LEN, Direction::ToDevice, "map src")?;
+    let md = map(&d, &dst, LEN, Direction::FromDevice, "map dst")?;
     edu_dev::dma(&mut e, Transfer::ReadFromMemory, ms.dma_addr(), 0, LEN).or_fail("edu read")?;
     edu_dev::dma(&mut e, Transfer::WriteToMemory, md.dma_addr(), 0, LEN).or_fail("edu write")?;
     md.sync_for_cpu().or_fail("sync for cpu")?;
@@ -149,24 +146,8 @@ fn bounce_above_mask(k: &Kernel) -> TestResult {
         src.paddr() > mask && dst.paddr() > mask,
         "buffers are not above the mask"
     );
-    let ms = d
-        .dev
-        .map_phys(
-            PhysAddr::new(src.paddr()),
-            LEN,
-            Direction::ToDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map src")?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            LEN,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
+    let ms = map(&d, &src, LEN, Direction::ToDevice, "map src")?;
+    let md = map(&d, &dst, LEN, Direction::FromDevice, "map dst")?;
     check!(ms.is_bounced() && md.is_bounced(), "not bounced");
     check!(
         ms.dma_addr().as_u64() + LEN - 1 <= mask && md.dma_addr().as_u64() + LEN - 1 <= mask,
@@ -214,15 +195,7 @@ fn untrusted_subpage_isolated(k: &Kernel) -> TestResult {
     );
     check_eq!(m.dma_addr().page_offset(), 0x80);
     let dst = page(0x5a)?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            4096,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
+    let md = map(&d, &dst, 4096, Direction::FromDevice, "map dst")?;
     check!(!md.is_bounced(), "a page-aligned mapping was bounced");
     let span = 0x800;
     edu_dev::dma(
@@ -286,15 +259,7 @@ fn scatter_list(k: &Kernel) -> TestResult {
         .or_fail("edu read")?;
     }
     let dst = page(0)?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            3 * LEN,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
+    let md = map(&d, &dst, 3 * LEN, Direction::FromDevice, "map dst")?;
     edu_dev::dma(&mut e, Transfer::WriteToMemory, md.dma_addr(), 0, 3 * LEN)
         .or_fail("edu write")?;
     md.sync_for_cpu().or_fail("sync")?;
@@ -319,24 +284,8 @@ fn batch_unmap_then_fault(k: &Kernel) -> TestResult {
     let mut a = page(0)?;
     pattern(&mut a, 0x51);
     let b = page(0x52)?;
-    let ma = d
-        .dev
-        .map_phys(
-            PhysAddr::new(a.paddr()),
-            4096,
-            Direction::Bidirectional,
-            Attrs::empty(),
-        )
-        .or_fail("map a")?;
-    let mb = d
-        .dev
-        .map_phys(
-            PhysAddr::new(b.paddr()),
-            4096,
-            Direction::Bidirectional,
-            Attrs::empty(),
-        )
-        .or_fail("map b")?;
+    let ma = map(&d, &a, 4096, Direction::Bidirectional, "map a")?;
+    let mb = map(&d, &b, 4096, Direction::Bidirectional, "map b")?;
     let (ia, ib) = (ma.dma_addr(), mb.dma_addr());
     edu_dev::dma(&mut e, Transfer::ReadFromMemory, ia, 0, LEN).or_fail("warm a")?;
     edu_dev::dma(&mut e, Transfer::ReadFromMemory, ib, LEN, LEN).or_fail("warm b")?;
@@ -364,15 +313,7 @@ fn batch_without_flush_is_caught(k: &Kernel) -> TestResult {
     let hw = d.hw.as_ref().or_fail("hardware domain")?;
     let mut a = page(0)?;
     pattern(&mut a, 0x61);
-    let ma = d
-        .dev
-        .map_phys(
-            PhysAddr::new(a.paddr()),
-            4096,
-            Direction::Bidirectional,
-            Attrs::empty(),
-        )
-        .or_fail("map")?;
+    let ma = map(&d, &a, 4096, Direction::Bidirectional, "map")?;
     let ia = ma.dma_addr();
     edu_dev::dma(&mut e, Transfer::ReadFromMemory, ia, 0, LEN).or_fail("warm")?;
     // Take the mapping away from the DMA layer and remove it beneath, skipping the flush.
@@ -492,15 +433,7 @@ fn deferred_unmap_quarantines_until_flush(k: &Kernel) -> TestResult {
     let domain = d.dev.domain().or_fail("domain")?.clone();
     let mut a = page(0)?;
     pattern(&mut a, 0x71);
-    let m = d
-        .dev
-        .map_phys(
-            PhysAddr::new(a.paddr()),
-            4096,
-            Direction::Bidirectional,
-            Attrs::empty(),
-        )
-        .or_fail("map")?;
+    let m = map(&d, &a, 4096, Direction::Bidirectional, "map")?;
     let old = m.dma_addr();
     edu_dev::dma(&mut e, Transfer::ReadFromMemory, old, 0, LEN).or_fail("warm")?;
     m.unmap().or_fail("deferred unmap")?;
