@@ -134,6 +134,9 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         fnv(&got),
         if got[..] == src.as_slice()[..len as usize] { "match" } else { "MISMATCH" }
     );
+    if got[..] != src.as_slice()[..len as usize] {
+        return Err("the destination page does not hold the source bytes".into());
+    }
     let unit = &iommu.unit_for(&k.pci, e.bdf()).ok_or("no unit")?.unit;
     unit.clear_faults();
     let stray = 0x30_0000u64;
@@ -288,6 +291,9 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         provider.bdf(),
         provider.is_revoked()
     );
+    if got.iter().any(|&b| b != 0) {
+        return Err("a DMA after revoke reached the BAR".into());
+    }
     unit.clear_faults();
     if let Err(err) = att.map(Direction::FromDevice) {
         kprintln!("  map while revoked: {err}");
@@ -312,11 +318,15 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
             "MISMATCH"
         }
     );
+    if got[..] != msg[..] {
+        return Err("the DMA after restore did not land".into());
+    }
     Ok(())
 }
 
-/// The demo run.
-pub fn run(k: &Kernel) {
+/// The demo run. Returns false if a demo step failed or showed the wrong result (the run then
+/// ends with a failure status).
+pub fn run(k: &Kernel) -> bool {
     kprintln!("PCI hierarchy:");
     kprintln!("{}", k.pci.topology);
     match &k.pci.acs {
@@ -342,14 +352,18 @@ pub fn run(k: &Kernel) {
             }
         }
     }
+    let mut ok = true;
     if let Err(e) = edu_dma_demo(k) {
         kprintln!("DMA demo failed: {e}");
+        ok = false;
     }
     if let Err(e) = p2p_demo(k) {
         kprintln!("P2P demo failed: {e}");
+        ok = false;
     }
     kprintln!(
         "ready: kernel up, {} MiB free",
         crate::mem::frame_stats().free * 4 / 1024
     );
+    ok
 }

@@ -157,10 +157,11 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
                 Status::Failure
             })
         }
-        None => {
-            demo::run(&k);
-            exit(Status::Success)
-        }
+        None => exit(if demo::run(&k) {
+            Status::Success
+        } else {
+            Status::Failure
+        }),
     }
 }
 

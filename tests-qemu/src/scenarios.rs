@@ -8,6 +8,28 @@ pub const QEMU_SUCCESS: i32 = 0x10 << 1 | 1;
 /// QEMU's exit status when the kernel wrote `EXIT_FAILURE` (0x11).
 pub const QEMU_FAILURE: i32 = 0x11 << 1 | 1;
 
+/// Lines the `cargo xtask run` demo must print (substring, what it proves).
+const DEMO_EVIDENCE: &[(&str, &str)] = &[
+    (
+        "(match)",
+        "edu DMA through its domain with matching checksums",
+    ),
+    ("blocked: edu wrote to unmapped IOVA", "a blocked DMA"),
+    ("reason 0x5", "the decoded write fault"),
+    (
+        "reads back: \"hello ivshmem",
+        "the P2P bytes in ivshmem's BAR2",
+    ),
+    ("THRU_HOST_BRIDGE", "the P2P classification"),
+    ("importer(s) notified", "the revoke"),
+    (
+        "the same DMA after revoke is blocked",
+        "the fault after revoke",
+    ),
+    ("unchanged (zeros)", "the BAR untouched after revoke"),
+    ("message intact", "the DMA landing again after restore"),
+];
+
 /// What a scenario must produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
@@ -118,6 +140,16 @@ impl Scenario {
                 ensure(o.end == KernelEnd::Silent, || {
                     format!("expected no exit line, got {:?}", o.end)
                 })?;
+                // The hang must be the selected test's, not a boot that never got there.
+                let last = o.tests.last();
+                ensure(
+                    last.is_some_and(|(n, st)| {
+                        self.cmdline.contains(n.as_str()) && *st == TestStatus::Unfinished
+                    }),
+                    || {
+                        format!("the kernel did not hang inside the selected test (last test: {last:?})")
+                    },
+                )?;
                 format!("killed after {}s as expected", self.timeout_secs)
             }
             Expect::Pass { min_passed } => {
@@ -192,7 +224,13 @@ impl Scenario {
                 ensure(log.lines().any(|l| l.starts_with("ready:")), || {
                     "no `ready:` line".into()
                 })?;
-                "demo ran to ready".into()
+                // What the demo must have shown, by what the devices did.
+                for (needle, what) in DEMO_EVIDENCE {
+                    ensure(log.contains(needle), || {
+                        format!("demo: no evidence of {what} ({needle:?})")
+                    })?;
+                }
+                "demo ran to ready with every piece of evidence".into()
             }
         };
         match self.check {
@@ -219,17 +257,32 @@ fn pci_listing_matches(s: &Scenario, _: &Outcome, log: &str) -> Result<String, S
     crate::pci_model::check_pci_listing(&s.topology, log)
 }
 
+/// Ports with an ACS capability in the topology: in QEMU 7.2 exactly the `pcie-root-port`s
+/// (1b36:000c), per the model of the topology.
+fn acs_ports(t: &Topology) -> usize {
+    crate::pci_model::expected_functions(t)
+        .map(|f| {
+            f.iter()
+                .filter(|f| (f.vendor, f.device) == (0x1b36, 0x000c))
+                .count()
+        })
+        .unwrap_or(usize::MAX)
+}
+
 /// PCI scenarios: each topology is enumerated by the kernel and compared with the model.
 fn pci_scenarios() -> Vec<Scenario> {
-    let pci = |name, about, topology| Scenario {
-        check: Some(pci_listing_matches as LogCheck),
-        ..Scenario::new(
-            name,
-            about,
-            topology,
-            "test=pci",
-            Expect::Pass { min_passed: 3 },
-        )
+    let pci = |name, about, topology: Topology| {
+        let cmdline = format!("test=pci expect.acs_ports={}", acs_ports(&topology));
+        Scenario {
+            check: Some(pci_listing_matches as LogCheck),
+            ..Scenario::new(
+                name,
+                about,
+                topology,
+                &cmdline,
+                Expect::Pass { min_passed: 3 },
+            )
+        }
     };
     let root_port = |t: Topology, id: &str, chassis: u32| {
         t.device(&format!(
@@ -695,6 +748,13 @@ mod tests {
         assert!(hang
             .judge("KTEST BEGIN crash::hang\n", Exit::TimedOut)
             .is_ok());
+        assert!(
+            hang.judge("", Exit::TimedOut).is_err(),
+            "a boot hang is not the test's hang"
+        );
+        let demo = scenario("demo");
+        let incomplete = "ready: up\nKERNEL EXIT success\n";
+        assert!(demo.judge(incomplete, Exit::Status(QEMU_SUCCESS)).is_err());
         assert!(hang
             .judge("KERNEL EXIT success\n", Exit::Status(QEMU_SUCCESS))
             .is_err());

@@ -20,8 +20,9 @@ const HELP: &str = "\
 cargo xtask <command> [options]
 
 Commands:
-  run    Build the kernel and boot it on the default topology (q35 + intel-iommu + edu),
-         streaming the serial console. Exits with the kernel's status (0 = success).
+  run    Build the kernel and boot it on the default topology (q35 + intel-iommu + edu +
+         ivshmem behind a pcie-root-port), streaming the serial console. Exits with the
+         kernel's status (0 = success).
     --no-iommu          boot without the intel-iommu device
     --iommu OPTS        properties for intel-iommu, e.g. aw-bits=48,caching-mode=on
     --mem SIZE          guest memory (QEMU -m syntax, default 512M)
@@ -31,7 +32,7 @@ Commands:
 
   test   Run the host unit tests of every crate, then every QEMU scenario in tests-qemu/,
          one line per scenario, ending with `N passed, N failed`. Non-zero exit on any failure.
-    --filter TEXT       only scenarios whose name contains TEXT
+    --filter TEXT       only scenarios whose name contains TEXT (host tests still run)
     --host-only         only the host unit tests
     --qemu-only         only the QEMU scenarios
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)

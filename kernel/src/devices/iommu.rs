@@ -10,7 +10,8 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
-use dma::PhysAddr;
+use dma::iommu::{IommuDomain, IotlbGather};
+use dma::{DmaAddr, PhysAddr};
 use iommu_vtd::dmar::ScopeKind;
 use iommu_vtd::{
     Dmar, DomainConfig, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError,
@@ -314,13 +315,39 @@ impl Iommu {
             .topology
             .dma_requester_ids(bdf)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
-        // RMRR memory the device keeps using must be reachable before it is switched over.
+        // RMRR memory the device keeps using must be reachable before it is switched over. A
+        // region already identity-mapped in this domain (shared by two devices, or a re-attach)
+        // is left as it is; on any failure the ranges this call mapped are removed again.
+        let mut mapped: Vec<&RmrrInfo> = Vec::new();
+        let mut result = Ok(());
         for r in self.rmrrs.iter().filter(|r| r.devices.contains(&bdf)) {
-            domain
-                .map_identity(r.base, r.limit)
-                .map_err(AttachError::Rmrr)?;
+            if domain.translate(DmaAddr::new(r.base)).is_some() {
+                continue;
+            }
+            match domain.map_identity(r.base, r.limit) {
+                Ok(()) => mapped.push(r),
+                Err(e) => {
+                    result = Err(AttachError::Rmrr(e));
+                    break;
+                }
+            }
         }
-        domain.attach(&rids).map_err(AttachError::Vtd)?;
-        Ok(rids)
+        if result.is_ok() {
+            result = domain.attach(&rids).map_err(AttachError::Vtd);
+        }
+        if result.is_err() && !mapped.is_empty() {
+            let mut gather = IotlbGather::new();
+            for r in &mapped {
+                if let Err(e) =
+                    domain.unmap(DmaAddr::new(r.base), r.limit - r.base + 1, &mut gather)
+                {
+                    log::error!("vt-d: undoing RMRR identity map {:#x}: {e}", r.base);
+                }
+            }
+            if let Err(e) = domain.flush(gather) {
+                log::error!("vt-d: flush after undoing RMRR maps: {e}");
+            }
+        }
+        result.map(|()| rids)
     }
 }

@@ -274,9 +274,25 @@ pub fn reset_function(
         return Err(DeviceError::ProviderNotGiven(*missing));
     }
     let mut revoked = 0;
+    let mut blocked = Ok(());
     for p in providers.iter_mut().filter(|p| affected.contains(&p.bdf)) {
-        p.block(Block::Reset)?;
+        if let Err(e) = p.block(Block::Reset) {
+            blocked = Err(e);
+            break;
+        }
         revoked += 1;
+    }
+    if let Err(e) = blocked {
+        // Nothing was reset: lift the blocks this call placed before failing.
+        for p in providers
+            .iter_mut()
+            .filter(|p| affected.contains(&p.bdf) && p.blocked & Block::Reset as u8 != 0)
+        {
+            if let Err(undo) = p.unblock(Block::Reset) {
+                log::error!("p2p: restoring {} after a failed revoke: {undo}", p.bdf);
+            }
+        }
+        return Err(e);
     }
     let result = reset::reset(&pci.ecam, &pci.topology, bdf, method, &mut delay);
     if !matches!(pci.acs_policy, pci::acs::AcsPolicy::Leave) {

@@ -283,7 +283,7 @@ fn batch_unmap_then_fault(k: &Kernel) -> TestResult {
     let d = device(k, &e, true)?;
     let mut a = page(0)?;
     pattern(&mut a, 0x51);
-    let b = page(0x52)?;
+    let mut b = page(0x52)?;
     let ma = map(&d, &a, 4096, Direction::Bidirectional, "map a")?;
     let mb = map(&d, &b, 4096, Direction::Bidirectional, "map b")?;
     let (ia, ib) = (ma.dma_addr(), mb.dma_addr());
@@ -300,6 +300,15 @@ fn batch_unmap_then_fault(k: &Kernel) -> TestResult {
         "DMA reached memory after a batched unmap"
     );
     expect_one_fault(k, &e, ia.as_u64(), AccessKind::Write, 5)?;
+    // The second mapping of the batch is gone too (the flush covered both ranges).
+    b.as_mut_slice().fill(0x44);
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, ib, 0, LEN)
+        .or_fail("write to the second freed IOVA")?;
+    check!(
+        read_back(&b, 4096).iter().all(|&x| x == 0x44),
+        "DMA reached the second page after the batch"
+    );
+    expect_one_fault(k, &e, ib.as_u64(), AccessKind::Write, 5)?;
     Ok(())
 }
 

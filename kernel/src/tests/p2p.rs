@@ -367,6 +367,8 @@ fn trigger_test(
     view.fill(offset as usize, 0x1000, 0).or_fail("zero")?;
     imp.push(addr)?;
     landed(&view, offset, &imp.pattern)?;
+    // Zero the range again, so a DMA that got through after the trigger would show.
+    view.fill(offset as usize, 0x1000, 0).or_fail("zero")?;
 
     trigger(&mut prov)?;
     // Revoked (or Gone, for removal) arrives before the trigger returns.
@@ -375,16 +377,14 @@ fn trigger_test(
     check!(m.is_stale(), "mapping survived the trigger");
     // The old IOVA is gone: the next DMA faults. (Memory is only checked where the CPU can
     // still reach it: not while decoding is off or the device is in reset.)
-    if recover.is_none() {
-        view.fill(offset as usize, 0x1000, 0).or_fail("zero")?;
-    }
     imp.push(addr)?;
     expect_one_fault(k, &imp.edu, addr.as_u64(), AccessKind::Write, 5)?;
     match recover {
         Some(recover) => {
             recover(&mut prov)?;
             check_eq!(&imp.events()[..], expect_events);
-            view.fill(offset as usize, 0x1000, 0).or_fail("zero")?;
+            // The DMA attempted while revoked left the memory as it was.
+            untouched(&view, offset)?;
             let m2 = att
                 .map(Direction::FromDevice)
                 .or_fail("map after restore")?;
