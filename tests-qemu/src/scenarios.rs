@@ -421,6 +421,16 @@ fn vtd_scenarios() -> Vec<Scenario> {
             &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
         ),
         vtd(
+            "vtd-pxb",
+            "edu behind a root port on a pxb-pcie extra host bridge: found through the DMAR bridge scope, DMA and faults work",
+            Topology::base()
+                .device("edu")
+                .device("pxb-pcie,id=pxb,bus_nr=64,bus=pcie.0")
+                .device("pcie-root-port,id=rp1,bus=pxb,chassis=1")
+                .device("edu,bus=rp1"),
+            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
+        ),
+        vtd(
             "vtd-superpage-1g",
             "a 1 GiB superpage (3 GiB guest, edu dma_mask raised to 32 bits) carries DMA at both ends",
             Topology { memory: "3G".into(), ..Topology::base() }.device("edu,dma_mask=0xffffffff"),
