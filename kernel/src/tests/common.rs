@@ -80,15 +80,13 @@ pub fn pattern(p: &mut PhysPages, seed: u8) {
     }
 }
 
-/// Reads bytes the device may have written (volatile: the compiler cannot know about DMA).
+/// The first `len` bytes of `p` (at most its size), read with volatile loads: a device wrote
+/// them behind the compiler's back.
 pub fn read_back(p: &PhysPages, len: usize) -> Vec<u8> {
-    (0..len).map(|i| unsafe_read(p, i)).collect()
-}
-
-pub fn unsafe_read(p: &PhysPages, i: usize) -> u8 {
-    assert!(i < p.len());
-    // SAFETY: i is within the owned, mapped allocation; volatile because a device wrote it.
-    unsafe { p.as_ptr().add(i).read_volatile() }
+    (0..len.min(p.len()))
+        // SAFETY: i < p.len(): within the owned, mapped allocation.
+        .map(|i| unsafe { p.as_ptr().add(i).read_volatile() })
+        .collect()
 }
 
 /// FNV-1a, printed so runs can be compared by eye.
