@@ -272,22 +272,26 @@ impl IovaAllocator {
         Ok(DmaAddr::new(pfn << PAGE_SHIFT))
     }
 
-    /// Frees exactly the range `alloc` returned: `addr` must be the start of a live allocation and
-    /// `size` its size. A double free or a wrong size is an error and changes nothing.
-    pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
+    /// The first page number of the live allocation `(addr, size)`: `addr` must start a live
+    /// allocation and `size` be its size exactly.
+    fn check_live(&self, addr: DmaAddr, size: u64) -> Result<u64, DmaError> {
         let a = addr.as_u64();
         let pfn = a >> PAGE_SHIFT;
         match self.live.get(&pfn) {
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => {}
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => {
-                return Err(DmaError::SizeMismatch {
-                    addr: a,
-                    mapped: pages << PAGE_SHIFT,
-                    given: size,
-                })
-            }
-            _ => return Err(DmaError::NotMapped { addr: a }),
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => Ok(pfn),
+            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => Err(DmaError::SizeMismatch {
+                addr: a,
+                mapped: pages << PAGE_SHIFT,
+                given: size,
+            }),
+            _ => Err(DmaError::NotMapped { addr: a }),
         }
+    }
+
+    /// Frees exactly the range `alloc` returned: `addr` must be the start of a live allocation and
+    /// `size` its size. A double free or a wrong size is an error and changes nothing.
+    pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
+        let pfn = self.check_live(addr, size)?;
         let pages = size >> PAGE_SHIFT;
         self.live.remove(&pfn);
         self.live_pages -= pages;
@@ -317,19 +321,7 @@ impl IovaAllocator {
         if keep.is_empty() {
             return self.free(addr, size);
         }
-        let a = addr.as_u64();
-        let pfn = a >> PAGE_SHIFT;
-        match self.live.get(&pfn) {
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => {}
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => {
-                return Err(DmaError::SizeMismatch {
-                    addr: a,
-                    mapped: pages << PAGE_SHIFT,
-                    given: size,
-                })
-            }
-            _ => return Err(DmaError::NotMapped { addr: a }),
-        }
+        let pfn = self.check_live(addr, size)?;
         let end = pfn + (size >> PAGE_SHIFT);
         // Kept page ranges `[first, end)`, clipped, sorted and merged.
         let mut kept: Vec<(u64, u64)> = keep

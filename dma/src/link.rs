@@ -197,16 +197,7 @@ impl IovaLink {
         }
         check_attrs(attrs)?;
         check_range(phys, len)?;
-        let end = offset
-            .checked_add(len)
-            .ok_or(DmaError::Overflow { addr: offset, len })?;
-        if end > self.size {
-            return Err(DmaError::OutOfRange {
-                offset,
-                len,
-                size: self.size,
-            });
-        }
+        let end = self.check_window(offset, len)?;
         // `addr + size` fits (it is inside the allocation), so these cannot overflow.
         let iova = self.addr.as_u64() + offset;
         let iova_end = iova + len;
@@ -315,10 +306,8 @@ impl IovaLink {
         Ok(self.domain.hw().sync_map(DmaAddr::new(first), span)?)
     }
 
-    fn granules(&self, offset: u64, len: u64) -> Result<(u64, u64), DmaError> {
-        if len == 0 {
-            return Err(DmaError::ZeroLength);
-        }
+    /// `[offset, offset + len)` must lie inside the allocation (no overflow); returns its end.
+    fn check_window(&self, offset: u64, len: u64) -> Result<u64, DmaError> {
         let end = offset
             .checked_add(len)
             .ok_or(DmaError::Overflow { addr: offset, len })?;
@@ -329,6 +318,14 @@ impl IovaLink {
                 size: self.size,
             });
         }
+        Ok(end)
+    }
+
+    fn granules(&self, offset: u64, len: u64) -> Result<(u64, u64), DmaError> {
+        if len == 0 {
+            return Err(DmaError::ZeroLength);
+        }
+        self.check_window(offset, len)?;
         let iova = self.addr.as_u64() + offset;
         Ok((iova & !(PAGE_SIZE - 1), page_span(iova % PAGE_SIZE, len)?))
     }
