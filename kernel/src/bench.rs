@@ -244,8 +244,8 @@ fn revoke_latency(
             }],
         )
         .map_err(|e| format!("{e}"))?;
-    // Warm-up round (first-use allocations stay out of the figures).
-    {
+    // One importer (edu) attached and mapped.
+    let import = || -> Result<_, alloc::string::String> {
         let imp = Importer {
             id: pci::p2p::device_id(edu.bdf),
             dev: dev.clone(),
@@ -254,26 +254,20 @@ fn revoke_latency(
         };
         let att = handle.attach(imp).map_err(|e| format!("{e}"))?;
         let m = att.map(Direction::FromDevice).map_err(|e| format!("{e}"))?;
-        provider.revoke().map_err(|e| format!("{e}"))?;
-        drop((m, att));
-        provider.restore().map_err(|e| format!("{e}"))?;
-    }
+        Ok((att, m))
+    };
+    // Warm-up round (first-use allocations stay out of the figures).
+    let warm = import()?;
+    provider.revoke().map_err(|e| format!("{e}"))?;
+    drop(warm);
+    provider.restore().map_err(|e| format!("{e}"))?;
     for importers in [1usize, 4, 16, 64] {
         // Fastest of five rounds (one revoke each): single operations are noisy under TCG.
         let (mut best, mut requests, mut waits) = (u64::MAX, 0, 0);
         for _ in 0..5 {
-            let mut held = Vec::new();
-            for _ in 0..importers {
-                let imp = Importer {
-                    id: pci::p2p::device_id(edu.bdf),
-                    dev: dev.clone(),
-                    peer_to_peer: true,
-                    move_notify: Box::new(|_| {}),
-                };
-                let att = handle.attach(imp).map_err(|e| format!("{e}"))?;
-                let m = att.map(Direction::FromDevice).map_err(|e| format!("{e}"))?;
-                held.push((att, m));
-            }
+            let held = (0..importers)
+                .map(|_| import())
+                .collect::<Result<Vec<_>, _>>()?;
             let before = b.unit.invalidation_stats();
             let t0 = rdtsc();
             provider.revoke().map_err(|e| format!("{e}"))?;

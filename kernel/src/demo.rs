@@ -119,19 +119,14 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         len,
     )
     .map_err(|e| format!("{e}"))?;
-    let fnv = |b: &[u8]| {
-        b.iter().fold(0x811c_9dc5u32, |h, &x| {
-            (h ^ u32::from(x)).wrapping_mul(0x0100_0193)
-        })
-    };
     // SAFETY: dst is owned and mapped; volatile because the device wrote it.
     let got: alloc::vec::Vec<u8> = (0..len as usize)
         .map(|i| unsafe { dst.as_ptr().add(i).read_volatile() })
         .collect();
     kprintln!(
         "  edu read {len} bytes through IOVA {iova_src:#x} and wrote them through IOVA {iova_dst:#x}: source checksum {:#010x}, destination checksum {:#010x} ({})",
-        fnv(&src.as_slice()[..len as usize]),
-        fnv(&got),
+        kernel::fnv1a(&src.as_slice()[..len as usize]),
+        kernel::fnv1a(&got),
         if got[..] == src.as_slice()[..len as usize] { "match" } else { "MISMATCH" }
     );
     if got[..] != src.as_slice()[..len as usize] {
@@ -161,9 +156,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
 fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     use alloc::boxed::Box;
     use alloc::format;
-    use alloc::sync::Arc;
     use core::ptr::NonNull;
-    use core::sync::atomic::{AtomicUsize, Ordering};
 
     use dma::{Attrs, DeviceConfig, Direction, ExportRange, Importer, PhysAddr};
     use edu::Transfer;
@@ -245,16 +238,11 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
             }],
         )
         .map_err(|x| s(&x))?;
-    let notified = Arc::new(AtomicUsize::new(0));
-    let n2 = notified.clone();
     let importer = Importer {
         id: pci::p2p::device_id(e.bdf()),
         dev: d.dev.clone(),
         peer_to_peer: true,
-        move_notify: Box::new(move |ev| {
-            n2.fetch_add(1, Ordering::Relaxed);
-            kprintln!("  edu notified: {ev:?}");
-        }),
+        move_notify: Box::new(|ev| kprintln!("  edu notified: {ev:?}")),
     };
     let att = handle.attach(importer).map_err(|x| s(&x))?;
     let pm = att.map(Direction::FromDevice).map_err(|x| s(&x))?;

@@ -8,3 +8,21 @@
 
 pub mod cmdline;
 pub mod frames;
+
+/// FNV-1a (32-bit) of `bytes`: the checksum the demo and the tests print so that runs can be
+/// compared by eye.
+pub fn fnv1a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5, |h, &b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fnv1a_matches_the_reference_values() {
+        assert_eq!(super::fnv1a(b""), 0x811c_9dc5);
+        assert_eq!(super::fnv1a(b"a"), 0xe40c_292c);
+        assert_eq!(super::fnv1a(b"foobar"), 0xbf9c_f968);
+    }
+}

@@ -89,12 +89,8 @@ pub fn read_back(p: &PhysPages, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// FNV-1a, printed so runs can be compared by eye.
-pub fn checksum(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
-}
+/// The checksum the tests print (FNV-1a).
+pub use kernel::fnv1a as checksum;
 
 pub fn clear_faults(k: &Kernel) -> TestResult {
     for u in &iommu(k)?.units {
