@@ -90,8 +90,9 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         mask: (1 << 39) - 1,
         ..DeviceConfig::default()
     };
-    let DeviceDma { dev, .. } =
-        dmamem::setup(&k.pci, Some(iommu), bdf, cfg).map_err(|e| format!("{e}"))?;
+    // Keep the whole set-up alive: its group membership keeps the domain attached.
+    let setup = dmamem::setup(&k.pci, Some(iommu), bdf, cfg).map_err(|e| format!("{e}"))?;
+    let DeviceDma { dev, .. } = &setup;
     let e = |e: dma::DmaError| format!("{e}");
     let alloc = |req| PhysPages::alloc(req).map_err(|e| format!("{e}"));
     let page = alloc(FrameRequest::one())?;

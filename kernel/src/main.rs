@@ -121,12 +121,15 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     };
     if let Some(i) = &iommu {
-        log::info!(
-            "iommu: {} VT-d unit(s) translating, host address width {}, {}-level tables",
-            i.units.len(),
-            i.host_address_width,
-            i.levels.count()
-        );
+        for u in &i.units {
+            log::info!(
+                "iommu: VT-d unit {:#x} translating, host address width {}, {}-level tables",
+                u.base,
+                i.host_address_width,
+                u.levels.count()
+            );
+        }
+        devices::dmamem::attach_rmrr_devices(&pci, i);
     }
     let p2p = devices::p2p::init(&pci);
     let k = Kernel {

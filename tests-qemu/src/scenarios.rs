@@ -439,6 +439,46 @@ fn vtd_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Isolation groups under DMA: two functions that form one group share one domain, both move
+/// bytes through it, cannot be split across domains, and the group detaches with its last member.
+fn group_dma_scenarios() -> Vec<Scenario> {
+    let tests = [
+        "groups::pair_is_one_group",
+        "groups::pair_shares_one_domain",
+        "groups::pair_cannot_be_split",
+        "groups::last_member_detaches",
+    ];
+    let run = |name, about, topology: Topology| Scenario {
+        cmdline: vtd_cmdline(&topology, &tests),
+        ..Scenario::new(
+            name,
+            about,
+            topology,
+            "",
+            Expect::Pass {
+                min_passed: tests.len(),
+            },
+        )
+    };
+    vec![
+        run(
+            "groups-bridge-dma",
+            "two edus behind one pcie-pci-bridge (one DMA alias) are one group: one domain, both DMA, no split, detach with the last member",
+            Topology::base()
+                .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
+                .device("edu,bus=ppb,addr=3")
+                .device("edu,bus=ppb,addr=4"),
+        ),
+        run(
+            "groups-multifunction-dma",
+            "the two functions of a multifunction device without ACS are one group: one domain, both DMA, no split, detach with the last member",
+            Topology::base()
+                .device("edu,bus=pcie.0,addr=5.0,multifunction=on")
+                .device("edu,bus=pcie.0,addr=5.1"),
+        ),
+    ]
+}
+
 /// DMA API scenarios: `DmaDevice` mappings used by the edu device, under the IOMMU and on the
 /// direct path.
 fn dma_api_scenarios() -> Vec<Scenario> {
@@ -667,6 +707,7 @@ pub fn all() -> Vec<Scenario> {
     ];
     all.extend(pci_scenarios());
     all.extend(vtd_scenarios());
+    all.extend(group_dma_scenarios());
     all.extend(dma_api_scenarios());
     all.extend(p2p_scenarios());
     all

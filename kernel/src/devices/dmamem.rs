@@ -13,7 +13,7 @@ use dma::{
 };
 use kernel::frames::{FrameRequest, FRAME_SIZE};
 
-use super::iommu::{AttachError, Domain, Iommu};
+use super::iommu::{AttachError, DefaultDomain, Domain, Iommu, Membership};
 use super::pci::PciSystem;
 
 /// RAM from the frame allocator, reached through the identity mapping.
@@ -136,6 +136,11 @@ pub enum SetupError {
     Attach(AttachError),
     /// The `dma` crate refused the configuration.
     Dma(DmaError),
+    /// The group's default domain is alive with another invalidation mode.
+    ModeMismatch {
+        /// The mode of the existing default domain.
+        existing: InvalidationMode,
+    },
 }
 
 impl core::fmt::Display for SetupError {
@@ -143,17 +148,24 @@ impl core::fmt::Display for SetupError {
         match self {
             Self::Attach(e) => write!(f, "{e}"),
             Self::Dma(e) => write!(f, "{e}"),
+            Self::ModeMismatch { existing } => write!(
+                f,
+                "the group's default domain already uses {existing:?} invalidation"
+            ),
         }
     }
 }
 
 /// A device set up for the DMA API, with the hardware domain kept for tests that look beneath
-/// the API (None on the direct path).
+/// the API (None on the direct path). Fields drop in order: the device first, then its group
+/// membership (which detaches the group when this was its last member).
 pub struct DeviceDma {
     /// The device handle drivers use.
     pub dev: DmaDevice,
-    /// The VT-d domain behind it, if any.
+    /// The VT-d domain behind it (its group's default domain), if any.
     pub hw: Option<Arc<Domain>>,
+    /// Its membership of the group's attachment to `hw`.
+    pub member: Option<Membership>,
 }
 
 /// Size of the bounce pool of a direct-mapped device.
@@ -169,9 +181,10 @@ impl Clock for KernelClock {
     }
 }
 
-/// Builds the [`DmaDevice`] for PCI function `bdf`: under the IOMMU its own domain (strict
-/// invalidation, reserved regions) attached under all its aliases; without one, the direct
-/// path with a bounce pool below the device's mask.
+/// Builds the [`DmaDevice`] for PCI function `bdf`: under the IOMMU it joins its isolation
+/// group's default domain (strict invalidation, reserved regions), created and attached to the
+/// whole group on first use; without one, the direct path with a bounce pool below the device's
+/// mask.
 pub fn setup(
     pci: &PciSystem,
     iommu: Option<&Iommu>,
@@ -181,8 +194,52 @@ pub fn setup(
     setup_with(pci, iommu, bdf, config, InvalidationMode::Strict)
 }
 
-/// [`setup`] with an explicit invalidation mode for the device's domain (deferred is opt-in,
-/// for trusted devices only; the `dma` crate refuses it for untrusted ones).
+/// The default domain of `bdf`'s group, created with `mode` if the group has none alive. A live
+/// default domain with another invalidation mode is refused ([`SetupError::ModeMismatch`]): the
+/// members of a group share one domain and so one mode.
+pub fn group_domain(
+    pci: &PciSystem,
+    iommu: &Iommu,
+    bdf: pci::Bdf,
+    mode: InvalidationMode,
+) -> Result<(Arc<Domain>, Arc<DmaDomain>), SetupError> {
+    let group = pci
+        .groups()
+        .group_of(bdf)
+        .ok_or(SetupError::Attach(AttachError::NoSuchDevice(bdf)))?
+        .id()
+        .0;
+    let mut defaults = iommu.defaults.lock();
+    defaults.retain(|d| d.dma.strong_count() > 0);
+    if let Some(d) = defaults.iter().find(|d| d.group == group) {
+        if let (Some(hw), Some(dma)) = (d.hw.upgrade(), d.dma.upgrade()) {
+            if dma.mode() != mode {
+                return Err(SetupError::ModeMismatch {
+                    existing: dma.mode(),
+                });
+            }
+            return Ok((hw, dma));
+        }
+    }
+    let hw = Arc::new(iommu.domain_for(pci, bdf).map_err(SetupError::Attach)?);
+    let cfg = DomainConfig {
+        reserved: reserved_regions(pci, iommu),
+        mode,
+        clock: Some(Arc::new(KernelClock)),
+    };
+    let hw_dyn: Arc<dyn IommuDomain> = hw.clone();
+    let dma = DmaDomain::new(hw_dyn, cfg).map_err(SetupError::Dma)?;
+    defaults.retain(|d| d.group != group);
+    defaults.push(DefaultDomain {
+        group,
+        hw: Arc::downgrade(&hw),
+        dma: Arc::downgrade(&dma),
+    });
+    Ok((hw, dma))
+}
+
+/// [`setup`] with an explicit invalidation mode for the group's default domain (deferred is
+/// opt-in, for trusted devices only; the `dma` crate refuses it for untrusted ones).
 pub fn setup_with(
     pci: &PciSystem,
     iommu: Option<&Iommu>,
@@ -193,15 +250,10 @@ pub fn setup_with(
     let phys: Arc<dyn PhysMemory> = Arc::new(KernelPhysMemory);
     match iommu {
         Some(iommu) => {
-            let hw = Arc::new(iommu.domain_for(pci, bdf).map_err(SetupError::Attach)?);
-            iommu.attach(pci, &hw, bdf).map_err(SetupError::Attach)?;
-            let cfg = DomainConfig {
-                reserved: reserved_regions(pci, iommu),
-                mode,
-                clock: Some(Arc::new(KernelClock)),
-            };
-            let hw_dyn: Arc<dyn IommuDomain> = hw.clone();
-            let domain = DmaDomain::new(hw_dyn, cfg).map_err(SetupError::Dma)?;
+            let (hw, domain) = group_domain(pci, iommu, bdf, mode)?;
+            let member = iommu
+                .attach_member(pci, &hw, bdf)
+                .map_err(SetupError::Attach)?;
             let pool = if config.trusted {
                 None
             } else {
@@ -212,14 +264,58 @@ pub fn setup_with(
             };
             let dev = DmaDevice::new(config, Translation::Iommu(domain), phys, pool)
                 .map_err(SetupError::Dma)?;
-            Ok(DeviceDma { dev, hw: Some(hw) })
+            Ok(DeviceDma {
+                dev,
+                hw: Some(hw),
+                member: Some(member),
+            })
         }
         None => {
             let pool = BouncePool::new(phys.clone(), BOUNCE_POOL_SIZE, config.mask)
                 .map_err(SetupError::Dma)?;
             let dev = DmaDevice::new(config, Translation::Direct, phys, Some(pool))
                 .map_err(SetupError::Dma)?;
-            Ok(DeviceDma { dev, hw: None })
+            Ok(DeviceDma {
+                dev,
+                hw: None,
+                member: None,
+            })
+        }
+    }
+}
+
+/// Attaches, at boot, every device an RMRR names to its group's default domain (strict), with
+/// the RMRR identity-mapped before the group's context entries are written, as Linux installs
+/// them at probe: that memory stays reachable from boot whether or not a driver binds, and a
+/// driver that binds later joins the same domain. Failures are logged and leave the device
+/// blocked.
+pub fn attach_rmrr_devices(pci: &PciSystem, iommu: &Iommu) {
+    let mut devices: Vec<pci::Bdf> = Vec::new();
+    for r in &iommu.rmrrs {
+        for &d in &r.devices {
+            if pci.topology.function(d).is_some() && !devices.contains(&d) {
+                devices.push(d);
+            }
+        }
+    }
+    for bdf in devices {
+        let attached = group_domain(pci, iommu, bdf, InvalidationMode::Strict).and_then(
+            |(hw, dma)| {
+                iommu
+                    .attach_member(pci, &hw, bdf)
+                    .map(|m| (m, dma))
+                    .map_err(SetupError::Attach)
+            },
+        );
+        match attached {
+            Ok((member, dma)) => {
+                log::info!(
+                    "vt-d: {bdf} named by an RMRR: attached at boot to domain {} with its RMRR identity-mapped",
+                    member.domain().did()
+                );
+                iommu.boot_attachments.lock().push((member, dma));
+            }
+            Err(e) => log::error!("vt-d: attaching RMRR device {bdf} at boot: {e}"),
         }
     }
 }

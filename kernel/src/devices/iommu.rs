@@ -5,17 +5,18 @@
 //! From the moment a unit is enabled, a device behind it has no context entry and cannot DMA
 //! anywhere: isolation by default. Devices get a domain only when a driver asks for one.
 
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
 
 use dma::iommu::{IommuDomain, IotlbGather};
-use dma::{DmaAddr, PhysAddr};
+use dma::{DmaAddr, DmaDomain, PhysAddr};
+use spin::Mutex;
 use iommu_vtd::dmar::ScopeKind;
 use iommu_vtd::{
-    Dmar, DomainConfig, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError,
-    VtdUnit,
+    Dmar, DomainConfig, GroupRef, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig,
+    VtdError, VtdUnit,
 };
 use kernel::frames::FrameRequest;
 
@@ -96,6 +97,9 @@ pub struct UnitEntry {
     pub endpoints: Vec<pci::Bdf>,
     /// Sub-hierarchy scopes (bridges), resolved: everything below them.
     pub bridges: Vec<pci::Bdf>,
+    /// Paging depth of this unit's domains (the deepest its SAGAW offers, unless the command
+    /// line picks one the unit supports).
+    pub levels: PagingLevels,
 }
 
 /// A reserved-memory region (RMRR): memory a device keeps using across the IOMMU, which must
@@ -110,6 +114,19 @@ pub struct RmrrInfo {
     pub devices: Vec<pci::Bdf>,
 }
 
+/// The kernel's default DMA domain of one isolation group: created when the first member is set
+/// up for the DMA API, shared by every member set up while it is alive (one domain per group, as
+/// Linux's default domains), so no function is ever translated by a domain that was not attached
+/// to its group. Held weakly: the devices (and boot-time RMRR attachments) keep it alive.
+pub struct DefaultDomain {
+    /// The group's key ([`pci::GroupId`]'s value).
+    pub group: u32,
+    /// The VT-d domain.
+    pub hw: Weak<Domain>,
+    /// The IOVA space on top of it.
+    pub dma: Weak<DmaDomain>,
+}
+
 /// All units.
 pub struct Iommu {
     /// RMRRs from the DMAR.
@@ -118,9 +135,11 @@ pub struct Iommu {
     pub units: Vec<UnitEntry>,
     /// Host address width from the DMAR.
     pub host_address_width: u8,
-    /// Paging depth new domains use (the deepest the hardware offers, unless the command line
-    /// says otherwise).
-    pub levels: PagingLevels,
+    /// Default domains of the groups set up for the DMA API (see [`DefaultDomain`]).
+    pub defaults: Mutex<Vec<DefaultDomain>>,
+    /// Attachments made at boot for the devices an RMRR names (kept for the kernel's
+    /// lifetime: that memory must stay reachable whether or not a driver binds).
+    pub boot_attachments: Mutex<Vec<(Membership, Arc<DmaDomain>)>>,
 }
 
 /// Why the IOMMU could not be brought up.
@@ -188,7 +207,6 @@ pub fn init(
     let dmar = Dmar::parse(bytes).map_err(IommuInitError::Dmar)?;
     let haw = dmar.host_address_width();
     let mut units = Vec::new();
-    let mut chosen = None;
     for drhd in dmar.drhds() {
         let base = drhd.register_base();
         let size = drhd.register_size().unwrap_or(4096);
@@ -208,7 +226,18 @@ pub fn init(
             .usable_levels()
             .last()
             .unwrap_or(PagingLevels::Three);
-        chosen = Some(levels.unwrap_or(deepest));
+        let unit_levels = match levels {
+            Some(l) if unit.capabilities().cap.supports_levels(l) => l,
+            Some(l) => {
+                log::warn!(
+                    "vt-d: unit {base:#x} does not offer {}-level tables; using {}",
+                    l.count(),
+                    deepest.count()
+                );
+                deepest
+            }
+            None => deepest,
+        };
         let secondary = |bus: u8, dev: u8, func: u8| {
             let bdf = pci::Bdf::new(drhd.segment(), bus, dev, func).ok()?;
             pci.topology.function(bdf)?.bridge.map(|b| b.secondary)
@@ -235,6 +264,7 @@ pub fn init(
             include_all: drhd.include_pci_all(),
             endpoints,
             bridges,
+            levels: unit_levels,
         });
     }
     let mut rmrrs = Vec::new();
@@ -266,7 +296,8 @@ pub fn init(
         units,
         rmrrs,
         host_address_width: haw,
-        levels: chosen.unwrap_or(PagingLevels::Three),
+        defaults: Mutex::new(Vec::new()),
+        boot_attachments: Mutex::new(Vec::new()),
     }))
 }
 
@@ -287,20 +318,23 @@ impl Iommu {
             })
     }
 
-    /// A new empty domain on the unit that translates for `bdf`.
+    /// A new empty domain on the unit that translates for `bdf`, with that unit's table depth.
     pub fn domain_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Result<Domain, AttachError> {
         let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
         entry
             .unit
             .create_domain(DomainConfig {
-                levels: Some(self.levels),
+                levels: Some(entry.levels),
                 ..DomainConfig::default()
             })
             .map_err(AttachError::Vtd)
     }
 
-    /// Attaches `bdf` to `domain` under every requester ID its DMA can carry (its aliases).
-    /// Returns those IDs.
+    /// Attaches `bdf` to `domain` as a member of its isolation group. The first member of a
+    /// group programs every requester ID any member's DMA can carry (the group's DMA aliases),
+    /// after identity-mapping the RMRRs that name any member; a further member of a group
+    /// already attached to `domain` is a refcounted success; a group attached to another domain
+    /// is refused ([`VtdError::GroupAttachedElsewhere`]). Returns the group's requester IDs.
     pub fn attach(
         &self,
         pci: &PciSystem,
@@ -311,37 +345,53 @@ impl Iommu {
         if !Arc::ptr_eq(&entry.unit, domain.unit()) {
             return Err(AttachError::WrongUnit(bdf));
         }
-        let rids = pci
-            .topology
-            .dma_requester_ids(bdf)
+        let group = pci
+            .groups()
+            .group_of(bdf)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
-        // RMRR memory the device keeps using must be reachable before it is switched over. A
-        // region already identity-mapped in this domain (shared by two devices, or a re-attach)
-        // is left as it is; on any failure the ranges this call mapped are removed again.
-        let mut mapped: Vec<&RmrrInfo> = Vec::new();
+        let key = group.id().0;
+        let rids = group.requester_ids().to_vec();
+        let first = !domain.attached_groups().contains(&key);
+        // RMRR memory a member keeps using must be reachable before the group is switched over.
+        // A region already identity-mapped in this domain is left as it is; on failure the
+        // ranges this call mapped are removed again (with the page-rounded bounds it mapped).
+        let mut mapped: Vec<(u64, u64)> = Vec::new();
         let mut result = Ok(());
-        for r in self.rmrrs.iter().filter(|r| r.devices.contains(&bdf)) {
-            if domain.translate(DmaAddr::new(r.base)).is_some() {
-                continue;
-            }
-            match domain.map_identity(r.base, r.limit) {
-                Ok(()) => mapped.push(r),
-                Err(e) => {
-                    result = Err(AttachError::Rmrr(e));
-                    break;
+        if first {
+            for r in self
+                .rmrrs
+                .iter()
+                .filter(|r| r.devices.iter().any(|d| group.contains(*d)))
+            {
+                let (base, size) = r.page_range();
+                if domain.translate(DmaAddr::new(base)).is_some() {
+                    continue;
+                }
+                match domain.map_identity(r.base, r.limit) {
+                    Ok(()) => mapped.push((base, size)),
+                    Err(e) => {
+                        result = Err(AttachError::Rmrr(e));
+                        break;
+                    }
                 }
             }
         }
         if result.is_ok() {
-            result = domain.attach(&rids).map_err(AttachError::Vtd);
+            result = domain
+                .attach_device(
+                    GroupRef {
+                        key,
+                        requester_ids: &rids,
+                    },
+                    bdf.requester_id(),
+                )
+                .map_err(AttachError::Vtd);
         }
         if result.is_err() && !mapped.is_empty() {
             let mut gather = IotlbGather::new();
-            for r in &mapped {
-                if let Err(e) =
-                    domain.unmap(DmaAddr::new(r.base), r.limit - r.base + 1, &mut gather)
-                {
-                    log::error!("vt-d: undoing RMRR identity map {:#x}: {e}", r.base);
+            for &(base, size) in &mapped {
+                if let Err(e) = domain.unmap(DmaAddr::new(base), size, &mut gather) {
+                    log::error!("vt-d: undoing RMRR identity map {base:#x}: {e}");
                 }
             }
             if let Err(e) = domain.flush(gather) {
@@ -349,5 +399,87 @@ impl Iommu {
             }
         }
         result.map(|()| rids)
+    }
+
+    /// Detaches `bdf` (a member of its group) from `domain`. The group's context entries are
+    /// cleared, and the context cache and IOTLB invalidated, only when the last member leaves.
+    pub fn detach(
+        &self,
+        pci: &PciSystem,
+        domain: &Domain,
+        bdf: pci::Bdf,
+    ) -> Result<(), AttachError> {
+        let group = pci
+            .groups()
+            .group_of(bdf)
+            .ok_or(AttachError::NoSuchDevice(bdf))?;
+        domain
+            .detach_device(group.id().0, bdf.requester_id())
+            .map_err(AttachError::Vtd)
+    }
+
+    /// [`Iommu::attach`] whose detach is tied to the returned guard's lifetime.
+    pub fn attach_member(
+        &self,
+        pci: &PciSystem,
+        domain: &Arc<Domain>,
+        bdf: pci::Bdf,
+    ) -> Result<Membership, AttachError> {
+        self.attach(pci, domain, bdf)?;
+        let key = pci
+            .groups()
+            .group_of(bdf)
+            .map(|g| g.id().0)
+            .ok_or(AttachError::NoSuchDevice(bdf))?;
+        Ok(Membership {
+            domain: domain.clone(),
+            group: key,
+            bdf,
+        })
+    }
+}
+
+/// One function's membership of its group's attachment to a domain: dropping it detaches the
+/// function ([`Domain::detach_device`]), which clears the group's context entries only when it
+/// was the last member.
+pub struct Membership {
+    domain: Arc<Domain>,
+    group: u32,
+    bdf: pci::Bdf,
+}
+
+impl Membership {
+    /// The function.
+    pub fn bdf(&self) -> pci::Bdf {
+        self.bdf
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &Arc<Domain> {
+        &self.domain
+    }
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        if let Err(e) = self
+            .domain
+            .detach_device(self.group, self.bdf.requester_id())
+        {
+            log::error!(
+                "vt-d: detaching {} from domain {}: {e}",
+                self.bdf,
+                self.domain.did()
+            );
+        }
+    }
+}
+
+impl RmrrInfo {
+    /// The page-rounded identity range `(base, size)` that is mapped for this region.
+    pub fn page_range(&self) -> (u64, u64) {
+        let base = self.base & !0xfff;
+        let last = self.limit | 0xfff;
+        (base, last - base + 1)
     }
 }

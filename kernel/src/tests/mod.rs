@@ -5,6 +5,7 @@ mod boot;
 mod common;
 mod crash;
 mod dmaapi;
+mod groups;
 mod memory;
 mod p2p;
 mod pci;
@@ -19,6 +20,7 @@ pub static SUITES: &[Suite] = &[
     pci::SUITE,
     vtd::SUITE,
     dmaapi::SUITE,
+    groups::SUITE,
     p2p::SUITE,
     crash::SUITE,
 ];

@@ -75,7 +75,7 @@ fn capabilities(k: &Kernel) -> TestResult {
     );
     // Both expectations are mandatory: the scenario derives them from the intel-iommu properties.
     let levels = cmd_u64(k, "expect.levels").or_fail("expect.levels= on the command line")?;
-    check_eq!(u64::from(iommu.levels.count()), levels);
+    check_eq!(u64::from(iommu.units[0].levels.count()), levels);
     let cm = cmd_u64(k, "expect.cm").or_fail("expect.cm= on the command line")?;
     check_eq!(caps.cap.caching_mode, cm == 1);
     for e in edus(k)? {
