@@ -316,7 +316,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
 /// ends with a failure status).
 pub fn run(k: &Kernel) -> bool {
     kprintln!("PCI hierarchy:");
-    kprintln!("{}", k.pci.topology);
+    kprintln!("{}", k.pci.topology.listing(Some(&k.pci.groups())));
     match &k.pci.acs {
         Some(report) => kprintln!("ACS policy:\n{report}"),
         None => kprintln!("ACS policy: left as firmware set it"),

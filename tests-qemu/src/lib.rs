@@ -16,8 +16,8 @@ mod topology;
 
 pub use outcome::{parse, KernelEnd, Outcome, TestStatus};
 pub use pci_model::{
-    check_pci_listing, expected_functions, parse_pci_listing, Bar, BarType, Bdf, ExpectedFunction,
-    FunctionKind, ListedBar, ListedFunction,
+    check_pci_listing, expected_functions, expected_partition, parse_pci_listing, Bar, BarType,
+    Bdf, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
 };
 pub use scenarios::{all, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
 pub use topology::Topology;

@@ -35,6 +35,25 @@
 //!   bridge (`pcie-pci-bridge`), or with the bridge's own BDF otherwise (`pci-bridge`). The
 //!   listing's `rids` holds the one ID that reaches the IOMMU.
 //!
+//! The kernel prints one line per function: `PCIDEV ssss:bb:dd.f id=vvvv:dddd class=cccccc
+//! kind=endpoint|bridge|host parent=root|ssss:bb:dd.f secondary=-|bb bars=-|i:type:addr:size,...
+//! rids=bb:dd.f group=<label>`, where functions with equal labels share an isolation group.
+//!
+//! - **Isolation groups** (Linux's `pci_device_group`, from the model's own knowledge of the
+//!   devices, not from the `pci` crate): in QEMU 7.2 only `pcie-root-port` has an ACS capability
+//!   (SV TB RR CR UF DT, control 0 at reset), and the kernel enables SV RR CR UF on it exactly
+//!   when the machine has an IOMMU. A function joins (1) every bridge that takes ownership of its
+//!   DMA on the way up (each conventional bus's bridge: `pcie-pci-bridge`, `pci-bridge`), and every
+//!   function with the same requester ID; (2) from the last of those, the bridge above unless that
+//!   bridge and every bridge above it have ACS in Linux's sense (root ports: enabled controls;
+//!   switch downstream ports and PCIe-to-PCI bridges: never; switch upstream ports and PCIe
+//!   endpoints: when single-function; conventional functions: never); (3) the other functions of
+//!   its slot when it is multifunction (function above 0, or `multifunction=on`) and neither side
+//!   has ACS. PCIe endpoints on a root bus are root-complex integrated endpoints in QEMU, and
+//!   Intel's (`e1000e`) have ACS by Linux's `pci_quirk_rciep_acs`. The listing's `group` labels
+//!   are compared as a partition (same label, same group), never as strings. Checked against
+//!   Linux 6.1's IOMMU groups on the same machines: `tests-qemu/tests/linux_groups.rs`.
+//!
 //! Topologies whose layout the model cannot predict (an unknown driver, a property that changes
 //! BARs or bus numbers in a way not modelled, a placement QEMU refuses or the guest cannot see)
 //! are rejected with an error that says what to change.
@@ -212,6 +231,9 @@ pub struct ExpectedFunction {
     pub bars: Vec<Bar>,
     /// Requester IDs the IOMMU sees for the function's DMA.
     pub rids: Vec<Bdf>,
+    /// Isolation group: functions with the same number share a group (numbers are the model's
+    /// own, only the partition they form is meaningful).
+    pub group: usize,
     /// Where the function comes from: `built-in ...` or the `-device` argument.
     pub origin: String,
 }
@@ -250,6 +272,8 @@ pub struct ListedFunction {
     pub bars: Vec<ListedBar>,
     /// Requester IDs.
     pub rids: Vec<Bdf>,
+    /// The label of the function's isolation group (`-` when the kernel has none for it).
+    pub group: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,6 +658,17 @@ impl DeviceModel {
     }
 }
 
+/// The PCI Express Device/Port Type of a modelled function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Express {
+    RootPort,
+    UpstreamPort,
+    DownstreamPort,
+    PcieToPciBridge,
+    Endpoint,
+    IntegratedEndpoint,
+}
+
 // ---------------------------------------------------------------------------------------------
 // The machine.
 
@@ -975,8 +1010,131 @@ impl Machine {
         rid
     }
 
-    /// Functions in enumeration order: bus 0 depth-first, then each pxb-pcie root bus.
-    fn functions(&self) -> Vec<ExpectedFunction> {
+    /// The bridge that owns `bus` (`None` for a root bus).
+    fn bridge_above(&self, bus: usize) -> Option<usize> {
+        (!self.buses[bus].kind.is_root())
+            .then(|| self.buses[bus].owner)
+            .flatten()
+    }
+
+    /// The PCI Express type QEMU 7.2 gives the node, `None` for a conventional PCI function.
+    fn express_type(&self, node: usize) -> Option<Express> {
+        let n = &self.nodes[node];
+        let on_root = self.buses[n.bus].kind.is_root();
+        Some(match (n.model.vendor, n.model.device) {
+            (0x1b36, 0x000c) => Express::RootPort,
+            (0x104c, 0x8232) => Express::UpstreamPort,
+            (0x104c, 0x8233) => Express::DownstreamPort,
+            (0x1b36, 0x000e) => Express::PcieToPciBridge,
+            // nvme and e1000e: PCIe endpoints, turned into RC integrated endpoints on a root bus
+            // (QEMU's pcie_endpoint_cap_common_init).
+            (0x1b36, 0x0010) | (0x8086, 0x10d3) if on_root => Express::IntegratedEndpoint,
+            (0x1b36, 0x0010) | (0x8086, 0x10d3) => Express::Endpoint,
+            _ => return None,
+        })
+    }
+
+    /// Linux's multifunction flag: any function above 0, or function 0 with multifunction=on.
+    fn is_multifunction(&self, node: usize) -> bool {
+        let n = &self.nodes[node];
+        n.devfn & 7 != 0 || n.multifunction
+    }
+
+    /// Whether the node "has ACS" for SV RR CR UF as Linux's `pci_acs_enabled` decides, given
+    /// that the kernel enables those controls on every root port when `isolated` (IOMMU present).
+    fn has_acs(&self, node: usize, isolated: bool) -> bool {
+        let intel = self.nodes[node].model.vendor == 0x8086;
+        match self.express_type(node) {
+            // Conventional PCI: a shared bus.
+            None => false,
+            // The only ACS capability QEMU 7.2 has; controls 0 unless the kernel enabled them.
+            Some(Express::RootPort) => isolated,
+            // No ACS capability on QEMU's switch downstream ports; never for PCIe-to-PCI.
+            Some(Express::DownstreamPort | Express::PcieToPciBridge) => false,
+            // pci_quirk_rciep_acs: Intel RC integrated endpoints are isolated.
+            Some(Express::IntegratedEndpoint) if intel => true,
+            // No ACS capability: fine only when single-function.
+            Some(Express::UpstreamPort | Express::Endpoint | Express::IntegratedEndpoint) => {
+                !self.is_multifunction(node)
+            }
+        }
+    }
+
+    /// The isolation group of every node (see the module documentation): a representative node
+    /// index per node.
+    fn groups(&self, isolated: bool) -> Vec<usize> {
+        let count = self.nodes.len();
+        let mut rep: Vec<usize> = (0..count).collect();
+        fn find(rep: &mut [usize], mut i: usize) -> usize {
+            while rep[i] != i {
+                rep[i] = rep[rep[i]];
+                i = rep[i];
+            }
+            i
+        }
+        let join = |rep: &mut Vec<usize>, a: usize, b: usize| {
+            let (ra, rb) = (find(rep, a), find(rep, b));
+            rep[ra.max(rb)] = ra.min(rb);
+        };
+        // Root port and everything above it have ACS.
+        let path_isolated = |mut node: usize| loop {
+            if !self.has_acs(node, isolated) {
+                break false;
+            }
+            match self.bridge_above(self.nodes[node].bus) {
+                Some(up) => node = up,
+                None => break true,
+            }
+        };
+        for node in 0..count {
+            // (1) bridges that take ownership of the DMA: the owners of conventional buses.
+            let mut last = node;
+            let mut bus = self.nodes[node].bus;
+            while let Some(bridge) = self.bridge_above(bus) {
+                if matches!(self.buses[bus].kind, BusKind::Conventional { .. }) {
+                    join(&mut rep, node, bridge);
+                    last = bridge;
+                }
+                bus = self.nodes[bridge].bus;
+            }
+            // (2) the bridge above the last alias, unless its path is isolated.
+            if let Some(up) = self.bridge_above(self.nodes[last].bus) {
+                if !path_isolated(up) {
+                    join(&mut rep, last, up);
+                }
+            }
+            // (3) non-isolated functions of one slot.
+            if self.is_multifunction(node) && !self.has_acs(node, isolated) {
+                let n = &self.nodes[node];
+                for (other, o) in self.nodes.iter().enumerate() {
+                    if other != node
+                        && o.bus == n.bus
+                        && o.devfn >> 3 == n.devfn >> 3
+                        && !self.has_acs(other, isolated)
+                    {
+                        join(&mut rep, node, other);
+                    }
+                }
+            }
+        }
+        // (1) one requester ID, one group.
+        let mut by_rid: HashMap<Bdf, usize> = HashMap::new();
+        for node in 0..count {
+            let rid = self.requester_id(node);
+            match by_rid.get(&rid) {
+                Some(&other) => join(&mut rep, node, other),
+                None => {
+                    by_rid.insert(rid, node);
+                }
+            }
+        }
+        (0..count).map(|n| find(&mut rep, n)).collect()
+    }
+
+    /// Functions in enumeration order: bus 0 depth-first, then each pxb-pcie root bus. Groups
+    /// assume the kernel's policy: ACS isolation exactly when `isolated` (an IOMMU is present).
+    fn functions(&self, isolated: bool) -> Vec<ExpectedFunction> {
+        let groups = self.groups(isolated);
         let mut order = Vec::new();
         self.walk(0, &mut order);
         let mut roots: Vec<(u8, usize)> = (0..self.buses.len())
@@ -1007,6 +1165,7 @@ impl Machine {
                         .and_then(|b| self.buses[b].number),
                     bars: n.model.bars.clone(),
                     rids: vec![self.requester_id(node)],
+                    group: groups[node],
                     origin: n.origin.clone(),
                 }
             })
@@ -1031,7 +1190,7 @@ pub fn expected_functions(topology: &Topology) -> Result<Vec<ExpectedFunction>, 
     let cl = CommandLine::parse(&topology.qemu_args())?;
     let mut machine = Machine::build(&cl)?;
     machine.number_buses()?;
-    Ok(machine.functions())
+    Ok(machine.functions(topology.iommu.is_some()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1062,7 +1221,18 @@ fn parse_line(line: &str) -> Result<ListedFunction, String> {
         let (k, v) = word
             .split_once('=')
             .ok_or_else(|| format!("`{word}` is not key=value"))?;
-        if !["id", "class", "kind", "parent", "secondary", "bars", "rids"].contains(&k) {
+        if ![
+            "id",
+            "class",
+            "kind",
+            "parent",
+            "secondary",
+            "bars",
+            "rids",
+            "group",
+        ]
+        .contains(&k)
+        {
             return Err(format!("unknown field `{k}`"));
         }
         if fields.insert(k, v).is_some() {
@@ -1116,6 +1286,10 @@ fn parse_line(line: &str) -> Result<ListedFunction, String> {
         .split(',')
         .map(|r| Bdf::parse(r).ok_or_else(|| bad("rids", rids_text)))
         .collect::<Result<_, _>>()?;
+    let group = field("group")?;
+    if group.is_empty() {
+        return Err(bad("group", group));
+    }
     Ok(ListedFunction {
         bdf,
         vendor,
@@ -1126,6 +1300,7 @@ fn parse_line(line: &str) -> Result<ListedFunction, String> {
         secondary,
         bars,
         rids,
+        group: group.to_string(),
     })
 }
 
@@ -1234,11 +1409,15 @@ pub fn check_pci_listing(topology: &Topology, log: &str) -> Result<String, Strin
         }
     }
     problems.extend(check_bar_addresses(&listed));
+    problems.extend(check_groups(&expected, &listed));
     if problems.is_empty() {
         let bars: usize = expected.iter().map(|e| e.bars.len()).sum();
+        let groups: std::collections::BTreeSet<usize> = expected.iter().map(|e| e.group).collect();
         return Ok(format!(
-            "{} PCI functions match the topology ({bars} BARs placed without overlap)",
-            expected.len()
+            "{} PCI functions match the topology ({bars} BARs placed without overlap, {} \
+             isolation groups as the model partitions them)",
+            expected.len(),
+            groups.len()
         ));
     }
     const SHOWN: usize = 12;
@@ -1254,6 +1433,66 @@ pub fn check_pci_listing(topology: &Topology, log: &str) -> Result<String, Strin
         report.push_str(&format!("\n  ... and {} more", problems.len() - SHOWN));
     }
     Err(report)
+}
+
+/// The expected partition as sorted member lists, sorted.
+pub fn expected_partition(expected: &[ExpectedFunction]) -> Vec<Vec<Bdf>> {
+    let mut by_group: BTreeMap<usize, Vec<Bdf>> = BTreeMap::new();
+    for e in expected {
+        by_group.entry(e.group).or_default().push(e.bdf);
+    }
+    sorted_partition(by_group.into_values())
+}
+
+fn sorted_partition(classes: impl Iterator<Item = Vec<Bdf>>) -> Vec<Vec<Bdf>> {
+    let mut p: Vec<Vec<Bdf>> = classes
+        .map(|mut c| {
+            c.sort();
+            c
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+/// The listed groups form the model's partition: functions share a label exactly when the model
+/// puts them in one group. Labels are compared as classes, never as strings.
+fn check_groups(expected: &[ExpectedFunction], listed: &[ListedFunction]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let label: HashMap<Bdf, &str> = listed.iter().map(|f| (f.bdf, f.group.as_str())).collect();
+    for f in listed.iter().filter(|f| f.group == "-") {
+        problems.push(format!("{} has no group", f.bdf));
+    }
+    for (i, a) in expected.iter().enumerate() {
+        for b in &expected[i + 1..] {
+            let (Some(la), Some(lb)) = (label.get(&a.bdf), label.get(&b.bdf)) else {
+                continue;
+            };
+            let listed_same = la == lb && *la != "-";
+            let model_same = a.group == b.group;
+            if listed_same != model_same {
+                problems.push(format!(
+                    "{} ({}) and {} ({}): {} in the model, {} in the listing (group={la} / \
+                     group={lb})",
+                    a.bdf,
+                    a.origin,
+                    b.bdf,
+                    b.origin,
+                    if model_same {
+                        "one group"
+                    } else {
+                        "separate groups"
+                    },
+                    if listed_same {
+                        "one group"
+                    } else {
+                        "separate groups"
+                    },
+                ));
+            }
+        }
+    }
+    problems
 }
 
 /// Address sanity of the listed BARs: non-zero, size a power of two, aligned, and no overlap
@@ -1310,6 +1549,8 @@ mod tests {
     const COMPLEX_CFG: &str = include_str!("../../drivers/pci/tests/fixtures/complex.cfg");
     const DEFAULT_CFG: &str = include_str!("../../drivers/pci/tests/fixtures/default.cfg");
     const COMPLEX_INFO: &str = include_str!("../tests/fixtures/complex-info-pci.txt");
+    const COMPLEX_LINUX: &str =
+        include_str!("../../drivers/pci/tests/fixtures/linux-groups-complex.txt");
     const TWO_PXB_INFO: &str = include_str!("../tests/fixtures/two-pxb-info-pci.txt");
 
     /// The [`Topology`] of a fixture's `# qemu-system-x86_64 -machine q35 -m 512M ...` line.
@@ -1748,9 +1989,10 @@ mod tests {
     fn parses_a_pcidev_line_and_ignores_the_rest() {
         let log = "SeaBIOS\r\nPCIDEV 0000:06:03.0 id=1234:11e8 class=00ff00 kind=endpoint \
                    parent=0000:00:05.0 secondary=- bars=0:mem32:0xfe600000:0x100000 \
-                   rids=06:00.0\r\n[ 0.1] INFO other\nPCIDEV 0000:00:03.0 id=1b36:000c \
-                   class=060400 kind=bridge parent=root secondary=01 \
-                   bars=0:mem32:0xfea95000:0x1000,2:mem64p:0x800000000:0x200000 rids=00:03.0\n";
+                   rids=06:00.0 group=5\r\n[ 0.1] INFO other\nPCIDEV 0000:00:03.0 \
+                   id=1b36:000c class=060400 kind=bridge parent=root secondary=01 \
+                   bars=0:mem32:0xfea95000:0x1000,2:mem64p:0x800000000:0x200000 rids=00:03.0 \
+                   group=3\n";
         let l = parse_pci_listing(log).unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(
@@ -1770,8 +2012,10 @@ mod tests {
                     size: MIB
                 }],
                 rids: vec![bdf("06:00.0")],
+                group: "5".into(),
             }
         );
+        assert_eq!(l[1].group, "3");
         assert_eq!(l[1].secondary, Some(1));
         assert_eq!(l[1].bars[1].ty, BarType::Mem64Prefetch);
         assert_eq!(l[1].bars[1].address, 0x8_0000_0000);
@@ -1780,9 +2024,11 @@ mod tests {
     #[test]
     fn malformed_pcidev_lines_are_reported() {
         let good = "PCIDEV 0000:00:00.0 id=8086:29c0 class=060000 kind=host parent=root \
-                    secondary=- bars=- rids=00:00.0";
+                    secondary=- bars=- rids=00:00.0 group=0";
         assert!(parse_pci_listing(good).is_ok());
         for (bad, why) in [
+            (good.replace(" group=0", ""), "no `group=`"),
+            (good.replace("group=0", "group="), "bad group"),
             (good.replace(" rids=00:00.0", ""), "no `rids=`"),
             (good.replace("0000:00:00.0", "0000:00:20.0"), "bad address"),
             (good.replace("kind=host", "kind=hostt"), "bad kind"),
@@ -1802,10 +2048,26 @@ mod tests {
         }
     }
 
+    /// `iommu_group=` per function in a Linux oracle report.
+    fn linux_groups(report: &str) -> HashMap<Bdf, String> {
+        report
+            .lines()
+            .filter(|l| l.starts_with("pci "))
+            .map(|l| {
+                let mut w = l.split_whitespace().skip(1);
+                let b = bdf(w.next().unwrap());
+                let g = w.find_map(|x| x.strip_prefix("iommu_group=")).unwrap();
+                (b, g.to_string())
+            })
+            .collect()
+    }
+
     /// A `PCIDEV` listing of the complex machine built from the captured data alone: addresses,
     /// IDs, classes, kinds and bus links from `complex.cfg`, BAR sizes from `info pci`, requester
-    /// IDs by the brief's rule. This is what a correct kernel prints.
+    /// IDs by the brief's rule, group labels from Linux 6.1's IOMMU groups on the same machine.
+    /// This is what a correct kernel prints.
     fn captured_complex_listing() -> String {
+        let groups = linux_groups(COMPLEX_LINUX);
         let dumped = decode_cfg(COMPLEX_CFG);
         let info = decode_info_pci(COMPLEX_INFO);
         let mut log = String::from("SeaBIOS (version 1.16.2)\nKTEST BEGIN pci::listing\n");
@@ -1819,7 +2081,7 @@ mod tests {
                 .collect();
             log.push_str(&format!(
                 "PCIDEV {} id={:04x}:{:04x} class={:06x} kind={} parent={} secondary={} bars={} \
-                 rids={}\n",
+                 rids={} group={}\n",
                 d.bdf,
                 d.vendor,
                 d.device,
@@ -1833,6 +2095,7 @@ mod tests {
                     bars.join(",")
                 },
                 dumped_rid(&dumped, d).short(),
+                groups[&d.bdf],
             ));
         }
         log
@@ -1861,7 +2124,8 @@ mod tests {
         let ok = check_complex(&captured_complex_listing()).unwrap();
         assert_eq!(
             ok,
-            "23 PCI functions match the topology (24 BARs placed without overlap)"
+            "23 PCI functions match the topology (24 BARs placed without overlap, 17 isolation \
+             groups as the model partitions them)"
         );
     }
 
@@ -1908,13 +2172,30 @@ mod tests {
             (
                 format!(
                     "{log}PCIDEV 0000:00:08.0 id=1234:11e8 class=00ff00 kind=endpoint \
-                     parent=root secondary=- bars=- rids=00:08.0\n"
+                     parent=root secondary=- bars=- rids=00:08.0 group=80\n"
                 ),
                 "0000:00:08.0 unexpected",
             ),
             (
                 edit(&log, "00:07.0", |l| l.replace("kind=host", "kind=endpoint")),
                 "kind: expected host, got endpoint",
+            ),
+            // The downstream port and the edu below it split apart.
+            (
+                edit(&log, "04:00.0", |l| l.replace("group=11", "group=99")),
+                "0000:03:00.0 (xio3130-downstream,id=dn1,bus=up,chassis=3,slot=0) and \
+                 0000:04:00.0 (edu,bus=dn1): one group in the model, separate groups in the \
+                 listing (group=11 / group=99)",
+            ),
+            // Two isolated endpoints given one label.
+            (
+                edit(&log, "41:00.0", |l| l.replace("group=15", "group=16")),
+                "0000:41:00.0 (edu,bus=rp3) and 0000:42:00.0 (nvme,serial=deadbeef,cmb_size_mb=2,\
+                 bus=rp4): separate groups in the model, one group in the listing",
+            ),
+            (
+                edit(&log, "06:03.0", |l| l.replace("group=5", "group=-")),
+                "0000:06:03.0 has no group",
             ),
         ];
         for (bad, want) in cases {

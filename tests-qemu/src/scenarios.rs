@@ -326,6 +326,27 @@ fn pci_scenarios() -> Vec<Scenario> {
                 .device("edu,bus=rp1"),
         ),
         pci(
+            "groups-pcie-pci-bridge",
+            "two edus behind one pcie-pci-bridge share its requester-ID alias: one isolation group with the bridge",
+            Topology::base()
+                .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
+                .device("edu,bus=ppb,addr=1")
+                .device("edu,bus=ppb,addr=2"),
+        ),
+        pci(
+            "groups-multifunction",
+            "multifunction edus without ACS (below a root port and on pcie.0) form one group each; root ports with ACS as functions of one slot stay apart",
+            root_port(Topology::base(), "rp1", 1)
+                .device("edu,bus=rp1,addr=0.0,multifunction=on")
+                .device("edu,bus=rp1,addr=0.1")
+                .device("edu,addr=5.0,multifunction=on")
+                .device("edu,addr=5.1")
+                .device("pcie-root-port,id=rp2,chassis=2,bus=pcie.0,addr=6.0,multifunction=on")
+                .device("pcie-root-port,id=rp3,chassis=3,bus=pcie.0,addr=6.1")
+                .device("edu,bus=rp2")
+                .device("edu,bus=rp3"),
+        ),
+        pci(
             "pci-conventional-bridges",
             "endpoints behind a pcie-pci-bridge and a conventional pci-bridge (requester-ID aliases)",
             Topology::base()

@@ -7,6 +7,9 @@
 //! §7.5.3, extended capabilities §7.6, ACS §7.7.7) and the *PCI Firmware Specification 3.2*
 //! (MCFG §4.1.2) that a kernel needs to find devices and to reason about DMA isolation.
 //!
+//! Isolation groups ([`group`]) partition the functions the way Linux forms IOMMU groups: DMA
+//! aliases, multifunction devices without ACS and bridge paths without ACS isolation.
+//!
 //! Everything above the [`ConfigSpace`] seam is pure logic and runs in host tests against
 //! `testing::FakeConfigSpace` (feature `testing`); only [`Ecam`] touches hardware.
 //!
@@ -21,6 +24,9 @@
 //! let ecam = unsafe { pci::Ecam::new(mappings)? };
 //! let topology = pci::enumerate(&ecam, &regions);
 //! let report = pci::acs::apply_acs_policy(&ecam, &topology, pci::acs::AcsPolicy::Isolate);
+//! // After the policy: groups follow the ACS controls actually enabled.
+//! let groups = pci::group::compute(&ecam, &topology);
+//! println!("{}", topology.listing(Some(&groups)));
 //! # Ok::<(), Box<dyn core::error::Error>>(())
 //! ```
 
@@ -35,6 +41,7 @@ mod bdf;
 pub mod capability;
 mod config;
 mod ecam;
+pub mod group;
 mod listing;
 pub mod mcfg;
 pub mod names;
@@ -49,6 +56,8 @@ pub use bar::{Bar, BarKind, BusOffset, HostBridgeWindow};
 pub use bdf::{Bdf, BdfError};
 pub use config::{is_valid_access, ConfigSpace, CONFIG_SPACE_SIZE};
 pub use ecam::{Ecam, EcamError};
+pub use group::{Group, GroupId, IsolationGroups};
+pub use listing::Listing;
 pub use mcfg::{McfgError, McfgRegion};
 pub use p2p::{HostBridgePolicy, P2pRouting, ProviderRegistry};
 pub use reset::{PowerState, ResetError, ResetMethod, SavedConfig};

@@ -1,9 +1,11 @@
 //! A readable listing of a [`Topology`] in the spirit of `lspci -tv`: one indented tree per root
-//! bus, with IDs, class, a friendly name, bus windows, BARs and notable capabilities.
+//! bus, with IDs, class, a friendly name, bus windows, BARs and notable capabilities, and (when
+//! given) each function's isolation group ([`crate::group`]).
 
 use alloc::vec::Vec;
 use core::fmt;
 
+use crate::group::IsolationGroups;
 use crate::regs::CapabilityId;
 use crate::topology::{RootBusOrigin, Topology};
 use crate::Function;
@@ -23,7 +25,12 @@ impl fmt::Display for Size {
     }
 }
 
-fn write_function(f: &mut fmt::Formatter<'_>, function: &Function, depth: usize) -> fmt::Result {
+fn write_function(
+    f: &mut fmt::Formatter<'_>,
+    function: &Function,
+    depth: usize,
+    groups: Option<&IsolationGroups>,
+) -> fmt::Result {
     let indent = depth * 4;
     write!(
         f,
@@ -47,6 +54,9 @@ fn write_function(f: &mut fmt::Formatter<'_>, function: &Function, depth: usize)
             " buses {:02x}-{:02x}",
             bridge.secondary, bridge.subordinate
         )?;
+    }
+    if let Some(group) = groups.and_then(|g| g.group_of(function.bdf)) {
+        write!(f, " group {}", group.id)?;
     }
     writeln!(f)?;
     let detail = indent + 6;
@@ -95,9 +105,35 @@ fn write_function(f: &mut fmt::Formatter<'_>, function: &Function, depth: usize)
     Ok(())
 }
 
+/// A [`Topology`] listing with each function's isolation group (`group N` after the function),
+/// from [`Topology::listing`]. `Display` of a bare [`Topology`] is the same without groups.
+#[derive(Debug, Clone, Copy)]
+pub struct Listing<'a> {
+    topology: &'a Topology,
+    groups: Option<&'a IsolationGroups>,
+}
+
+impl Topology {
+    /// The `lspci -tv`-style listing, with the group of each function when `groups` is given
+    /// (computed over this topology by [`crate::group::compute`]).
+    pub fn listing<'a>(&'a self, groups: Option<&'a IsolationGroups>) -> Listing<'a> {
+        Listing {
+            topology: self,
+            groups,
+        }
+    }
+}
+
 impl fmt::Display for Topology {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for region in self.regions() {
+        self.listing(None).fmt(f)
+    }
+}
+
+impl fmt::Display for Listing<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (this, groups) = (self.topology, self.groups);
+        for region in this.regions() {
             writeln!(
                 f,
                 "ECAM segment {:04x} buses {:02x}-{:02x} at {:#x}",
@@ -107,7 +143,7 @@ impl fmt::Display for Topology {
                 region.window_base()
             )?;
         }
-        for root in self.roots() {
+        for root in this.roots() {
             let origin = match root.origin {
                 RootBusOrigin::McfgStartBus => "",
                 RootBusOrigin::UnclaimedBus => " (extra host bridge: bus claimed by no bridge)",
@@ -118,23 +154,23 @@ impl fmt::Display for Topology {
                 root.segment, root.bus
             )?;
             // Depth-first with an explicit stack of (function, depth), children in BDF order.
-            let mut stack: Vec<(&Function, usize)> = self
+            let mut stack: Vec<(&Function, usize)> = this
                 .functions_sorted()
                 .filter(|x| {
                     x.bdf.segment() == root.segment
                         && x.bdf.bus() == root.bus
-                        && self.parent(x.bdf).is_none()
+                        && this.parent(x.bdf).is_none()
                 })
                 .map(|x| (x, 1))
                 .collect();
             stack.reverse();
             while let Some((function, depth)) = stack.pop() {
-                write_function(f, function, depth)?;
-                let children: Vec<&Function> = self.children(function.bdf).collect();
+                write_function(f, function, depth, groups)?;
+                let children: Vec<&Function> = this.children(function.bdf).collect();
                 stack.extend(children.into_iter().rev().map(|c| (c, depth + 1)));
             }
         }
-        for warning in self.warnings() {
+        for warning in this.warnings() {
             writeln!(f, "warning: {warning}")?;
         }
         Ok(())

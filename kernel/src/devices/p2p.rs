@@ -295,9 +295,7 @@ pub fn reset_function(
         return Err(e);
     }
     let result = reset::reset(&pci.ecam, &pci.topology, bdf, method, &mut delay);
-    if !matches!(pci.acs_policy, pci::acs::AcsPolicy::Leave) {
-        pci::acs::apply_acs_policy(&pci.ecam, &pci.topology, pci.acs_policy);
-    }
+    pci.reapply_acs_policy();
     p2p.routing.refresh(&pci.ecam, &pci.topology);
     result?;
     for p in providers.iter_mut().filter(|p| affected.contains(&p.bdf)) {

@@ -1,5 +1,7 @@
 //! PCI bring-up: ECAM windows from the ACPI MCFG mapped uncached, the hierarchy enumerated with
-//! the `pci` crate, and the ACS isolation policy applied when an IOMMU is present.
+//! the `pci` crate, the ACS isolation policy applied when an IOMMU is present, and the isolation
+//! groups computed from the ACS controls actually enabled (recomputed whenever the policy is
+//! re-applied).
 
 use alloc::string::String;
 use core::fmt::{self, Write};
@@ -8,7 +10,8 @@ use core::ptr::NonNull;
 use pci::acs::{AcsPolicy, AcsReport};
 use pci::bar::BarKind;
 use pci::regs::HeaderLayout;
-use pci::{Bdf, Ecam, Function, McfgRegion, Topology};
+use pci::{Bdf, Ecam, Function, IsolationGroups, McfgRegion, Topology};
+use spin::{RwLock, RwLockReadGuard};
 
 use crate::acpi::Acpi;
 use crate::mem::paging::{self, Cache};
@@ -23,6 +26,36 @@ pub struct PciSystem {
     pub acs: Option<AcsReport>,
     /// The ACS policy in force, re-applied after resets (which clear ACS control).
     pub acs_policy: AcsPolicy,
+    /// The isolation groups for the ACS controls last read (behind a lock because resets, which
+    /// only borrow the system, re-apply the policy and recompute them).
+    groups: RwLock<IsolationGroups>,
+}
+
+impl PciSystem {
+    /// The current isolation groups. Hold the guard briefly: [`PciSystem::reapply_acs_policy`]
+    /// waits for it.
+    pub fn groups(&self) -> RwLockReadGuard<'_, IsolationGroups> {
+        self.groups.read()
+    }
+
+    /// Re-applies the ACS policy in force (a reset clears ACS Control) and recomputes the
+    /// isolation groups from what the hardware now has enabled. Returns the policy's report, or
+    /// `None` for [`AcsPolicy::Leave`] (groups are still recomputed: firmware or a reset may
+    /// have changed the controls).
+    pub fn reapply_acs_policy(&self) -> Option<AcsReport> {
+        let report = match self.acs_policy {
+            AcsPolicy::Leave => None,
+            p => Some(pci::acs::apply_acs_policy(&self.ecam, &self.topology, p)),
+        };
+        self.refresh_groups();
+        report
+    }
+
+    /// Recomputes the isolation groups from the ACS controls as they are now.
+    pub fn refresh_groups(&self) {
+        let groups = pci::group::compute(&self.ecam, &self.topology);
+        *self.groups.write() = groups;
+    }
 }
 
 /// Why PCI could not be brought up.
@@ -71,11 +104,13 @@ pub fn init(acpi: &Acpi, policy: AcsPolicy) -> Result<PciSystem, PciInitError> {
         AcsPolicy::Leave => None,
         p => Some(pci::acs::apply_acs_policy(&ecam, &topology, p)),
     };
+    let groups = RwLock::new(pci::group::compute(&ecam, &topology));
     Ok(PciSystem {
         ecam,
         topology,
         acs,
         acs_policy: policy,
+        groups,
     })
 }
 
@@ -103,8 +138,9 @@ fn full_bdf(b: Bdf) -> String {
     )
 }
 
-/// One machine-readable `PCIDEV` line (format documented in `tests-qemu/src/pci_model.rs`).
-pub fn listing_line(t: &Topology, f: &Function) -> String {
+/// One machine-readable `PCIDEV` line (format documented in `tests-qemu/src/pci_model.rs`);
+/// `group=` is the label of the function's isolation group in `groups`.
+pub fn listing_line(t: &Topology, groups: &IsolationGroups, f: &Function) -> String {
     let mut s = String::new();
     let kind = match f.layout {
         HeaderLayout::PciBridge => "bridge",
@@ -154,6 +190,13 @@ pub fn listing_line(t: &Topology, f: &Function) -> String {
                 rid.device(),
                 rid.function()
             );
+        }
+        None => s.push('-'),
+    }
+    s.push_str(" group=");
+    match groups.group_of(f.bdf) {
+        Some(g) => {
+            let _ = write!(s, "{}", g.id);
         }
         None => s.push('-'),
     }

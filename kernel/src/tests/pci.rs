@@ -34,8 +34,17 @@ pub const SUITE: Suite = Suite {
 /// checks what the kernel can check alone: no enumeration warnings, every function listed once.
 fn listing(k: &Kernel) -> TestResult {
     let t = &k.pci.topology;
+    let groups = k.pci.groups();
     for f in t.functions_sorted() {
-        kprintln!("{}", listing_line(t, f));
+        kprintln!("{}", listing_line(t, &groups, f));
+    }
+    // Every function in exactly one group, and group_of agrees with the groups' member lists.
+    let members: usize = groups.groups().iter().map(|g| g.members.len()).sum();
+    check_eq!(members, t.functions().len());
+    for g in groups.groups() {
+        for m in &g.members {
+            check_eq!(groups.group_of(*m).map(|x| x.id), Some(g.id));
+        }
     }
     check!(
         t.warnings().is_empty(),
