@@ -345,8 +345,8 @@ impl Iommu {
         if !Arc::ptr_eq(&entry.unit, domain.unit()) {
             return Err(AttachError::WrongUnit(bdf));
         }
-        let group = pci
-            .groups()
+        let groups = pci.groups();
+        let group = groups
             .group_of(bdf)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
         let key = group.id().0;
@@ -409,12 +409,13 @@ impl Iommu {
         domain: &Domain,
         bdf: pci::Bdf,
     ) -> Result<(), AttachError> {
-        let group = pci
+        let key = pci
             .groups()
             .group_of(bdf)
+            .map(|g| g.id().0)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
         domain
-            .detach_device(group.id().0, bdf.requester_id())
+            .detach_device(key, bdf.requester_id())
             .map_err(AttachError::Vtd)
     }
 

@@ -76,7 +76,8 @@ fn device(k: &Kernel, e: &Edu) -> Result<DeviceDma, Failure> {
 /// The group holds both functions and every requester ID either one's DMA can carry.
 fn pair_is_one_group(k: &Kernel) -> TestResult {
     let (a, b) = pair(k)?;
-    let g = k.pci.groups().group_of(a.bdf()).or_fail("group of a")?;
+    let groups = k.pci.groups();
+    let g = groups.group_of(a.bdf()).or_fail("group of a")?;
     check!(g.contains(a.bdf()) && g.contains(b.bdf()));
     for e in [&a, &b] {
         for rid in k
