@@ -194,7 +194,11 @@ pub fn init(
         log::warn!("vt-d: {refused}");
     }
     if let Err(e) = dmar.require_unit() {
-        log::warn!("vt-d: DMAR has no usable remapping unit: no IOMMU ({e})");
+        let why = match e {
+            iommu_vtd::DmarError::NoRemappingUnit { refused: 0 } => "the table has no DRHD",
+            _ => "every DRHD was refused",
+        };
+        log::warn!("vt-d: DMAR has no usable remapping unit: no IOMMU ({why})");
         return Ok(None);
     }
     let haw = dmar.host_address_width();
