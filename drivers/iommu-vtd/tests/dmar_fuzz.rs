@@ -220,8 +220,7 @@ fn check_consistent(bytes: &[u8], dmar: &Dmar<'_>) -> Result<(), String> {
                     return Err(format!("DRHD base {base:#x} accepted"));
                 }
                 if !size.is_power_of_two()
-                    || size < 4096
-                    || size > 4096 << MAX_REGISTER_SIZE_LOG2_PAGES
+                    || !(4096..=4096 << MAX_REGISTER_SIZE_LOG2_PAGES).contains(&size)
                 {
                     return Err(format!("DRHD register size {size:#x} accepted"));
                 }
