@@ -67,6 +67,17 @@ pub enum Expect {
 /// A scenario-specific check of the parsed outcome and the raw log.
 pub type LogCheck = fn(&Scenario, &Outcome, &str) -> Result<String, String>;
 
+/// An ACPI table a scenario adds to the machine's firmware: xtask writes `bytes` (the whole
+/// table, header and checksum included) to a file under `target/` before QEMU starts and passes
+/// it with `-acpitable file=<path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpiTableFile {
+    /// Short name, used in the file name (`<scenario>.<name>.dat`).
+    pub name: &'static str,
+    /// The table bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// One QEMU run and what it must show.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -84,6 +95,8 @@ pub struct Scenario {
     pub timeout_secs: u64,
     /// Extra check on the log, computed from the topology.
     pub check: Option<LogCheck>,
+    /// ACPI tables added with `-acpitable` (generated, never captured bytes).
+    pub acpi_tables: Vec<AcpiTableFile>,
 }
 
 /// How a QEMU process ended.
@@ -121,6 +134,7 @@ impl Scenario {
             expect,
             timeout_secs: 60,
             check: None,
+            acpi_tables: Vec::new(),
         }
     }
 
@@ -615,6 +629,157 @@ fn p2p_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Where the injected DMARs put their (refused) remapping units: QEMU's own DRHD address, unused
+/// without `intel-iommu`, so a kernel that mapped and probed it anyway would read junk.
+const FAKE_DRHD_BASE: u64 = 0xFED9_0000;
+/// The kernel's line for a DMAR without a usable remapping unit.
+const NO_USABLE_UNIT: &str = "vt-d: DMAR has no usable remapping unit: no IOMMU";
+
+/// A DMAR with no DRHD at all: an RMRR and nothing that remaps.
+fn dmar_without_drhd() -> Vec<u8> {
+    use iommu_vtd::dmar::{PathEntry, ScopeSpec};
+    let edu = [PathEntry {
+        device: 1,
+        function: 0,
+    }];
+    iommu_vtd::DmarBuilder::new(39)
+        .oem_table_id(*b"NODRHD  ")
+        .rmrr(0, 0xE_0000, 0xF_FFFF, &[ScopeSpec::endpoint(0, &edu)])
+        .build()
+}
+
+/// A DMAR whose only DRHDs have absurd register sizes: Size byte 0xff (reserved bits set; the
+/// review's 2^267-byte window) and 0x0f (2^15 pages = 128 MiB, above the 1 MiB bound).
+fn dmar_with_absurd_register_sizes() -> Vec<u8> {
+    use iommu_vtd::dmar::{scope_type, PathEntry, ScopeSpec};
+    let ioapic = [PathEntry {
+        device: 0,
+        function: 0,
+    }];
+    let scope = ScopeSpec {
+        kind: scope_type::IOAPIC,
+        flags: 0,
+        enumeration_id: 0,
+        start_bus: 0xff,
+        path: &ioapic,
+    };
+    iommu_vtd::DmarBuilder::new(39)
+        .oem_table_id(*b"HUGEREGS")
+        .drhd(0, 0xff, 0, FAKE_DRHD_BASE, &[scope])
+        .drhd(0, 0x0f, 0, FAKE_DRHD_BASE + 0x1000, &[scope])
+        .build()
+}
+
+/// DRHD structures in a generated DMAR (walked by their length fields), to compute how many
+/// refusals the kernel must report.
+fn drhd_count(dmar: &[u8]) -> usize {
+    iommu_vtd::Dmar::parse(dmar).map_or(0, |d| {
+        d.refused()
+            .filter(|r| {
+                r.structure == iommu_vtd::dmar::structure_type::DRHD
+                    && !matches!(r.error, iommu_vtd::StructureError::ReservedScopeType { .. })
+            })
+            .count()
+            + d.drhds().count()
+    })
+}
+
+/// A scenario with an injected DMAR and no `intel-iommu`: the DMAR is listed, the kernel says
+/// exactly once that there is no usable IOMMU, reports each refused DRHD, never brings a unit
+/// up, and the DMA test ran on the direct path.
+fn no_usable_iommu(s: &Scenario, _: &Outcome, log: &str) -> Result<String, String> {
+    ensure(s.topology.iommu.is_none(), || {
+        "this check is for machines without intel-iommu".into()
+    })?;
+    ensure(
+        log.lines().any(|l| l.trim_start().starts_with("DMAR ")),
+        || "the injected DMAR is not in the ACPI list".into(),
+    )?;
+    let said = log.matches(NO_USABLE_UNIT).count();
+    ensure(said == 1, || {
+        format!("{NO_USABLE_UNIT:?} printed {said} times, expected once")
+    })?;
+    let dmar = s
+        .acpi_tables
+        .iter()
+        .find(|t| t.bytes.starts_with(b"DMAR"))
+        .ok_or("no DMAR among the scenario's tables")?;
+    let drhds = drhd_count(&dmar.bytes);
+    let ignored = log
+        .lines()
+        .filter(|l| l.contains("DMAR structure at") && l.contains("(DRHD) ignored"))
+        .count();
+    ensure(ignored == drhds, || {
+        format!("{ignored} refused DRHD(s) logged, the table has {drhds}")
+    })?;
+    ensure(!log.contains("VT-d unit(s) translating"), || {
+        "a VT-d unit was brought up".into()
+    })?;
+    ensure(log.contains("direct path:"), || {
+        "the DMA test did not run on the direct path".into()
+    })?;
+    Ok(format!(
+        "no usable IOMMU said once, {drhds} DRHD(s) refused, direct DMA"
+    ))
+}
+
+/// Firmware that must be refused: a DMAR injected with `-acpitable` on a machine without
+/// `intel-iommu`, once with no DRHD and once with DRHDs of absurd register size. Both must boot
+/// promptly (a kernel mapping a 2^267-byte window once stalled for 25 s, hence the short
+/// timeout), say once that there is no usable IOMMU, leave ACS alone (`pci::acs_isolation`
+/// checks the hardware against "no IOMMU") and DMA on the direct path.
+fn firmware_scenarios() -> Vec<Scenario> {
+    let tests = [
+        "boot::start_info",
+        "boot::sse",
+        "boot::idt_every_vector_on_ist",
+        "boot::tsc_calibrated",
+        "boot::acpi_tables",
+        "pci::acs_isolation",
+        "dmaapi::map_phys_both_directions",
+    ];
+    let run = |name, about, dmar: Vec<u8>| {
+        let topology = Topology::base()
+            .without_iommu()
+            .device("edu")
+            .device("pcie-root-port,id=rp1,chassis=1,bus=pcie.0");
+        let cmdline = format!(
+            "test={} expect.acs_ports={}",
+            tests.join(","),
+            acs_ports(&topology)
+        );
+        Scenario {
+            timeout_secs: 20,
+            check: Some(no_usable_iommu as LogCheck),
+            acpi_tables: vec![AcpiTableFile {
+                name: "dmar",
+                bytes: dmar,
+            }],
+            ..Scenario::new(
+                name,
+                about,
+                topology,
+                &cmdline,
+                Expect::Pass {
+                    min_passed: tests.len(),
+                },
+            )
+        }
+    };
+    vec![
+        run(
+            "firmware-dmar-no-drhd",
+            "a DMAR with no DRHD (injected, no intel-iommu): boots promptly, no IOMMU said once, ACS left alone, direct DMA",
+            dmar_without_drhd(),
+        ),
+        run(
+            "firmware-dmar-absurd-register-size",
+            "a DMAR whose DRHDs declare 2^267-byte and 128 MiB register windows: refused without mapping them, no IOMMU said once, direct DMA",
+            dmar_with_absurd_register_sizes(),
+        ),
+    ]
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -690,6 +855,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(vtd_scenarios());
     all.extend(dma_api_scenarios());
     all.extend(p2p_scenarios());
+    all.extend(firmware_scenarios());
     all
 }
 
@@ -708,6 +874,38 @@ mod tests {
         let by_name = |n: &str| all().into_iter().find(|s| s.name == n).unwrap();
         assert!(by_name("p2p-switch").cmdline.contains("expect.maptype=bus"));
         assert!(by_name("p2p-iommu").cmdline.contains("expect.maptype=thru"));
+    }
+
+    #[test]
+    fn generated_dmars_are_well_framed_and_unusable() {
+        for s in all().iter().filter(|s| s.name.starts_with("firmware-dmar")) {
+            let dmar = &s.acpi_tables[0].bytes;
+            let parsed = iommu_vtd::Dmar::parse(dmar).expect("framing is valid");
+            assert!(matches!(
+                parsed.require_unit(),
+                Err(iommu_vtd::DmarError::NoRemappingUnit { .. })
+            ));
+        }
+        assert_eq!(drhd_count(&dmar_without_drhd()), 0);
+        assert_eq!(drhd_count(&dmar_with_absurd_register_sizes()), 2);
+    }
+
+    #[test]
+    fn no_usable_iommu_check_needs_every_piece() {
+        let s = scenario("firmware-dmar-absurd-register-size");
+        let good = format!(
+            "  DMAR  rev  1\nvt-d: DMAR structure at 0x30 (DRHD) ignored: x\n\
+             vt-d: DMAR structure at 0x40 (DRHD) ignored: y\n{NO_USABLE_UNIT} (z)\n  direct path: ok\n"
+        );
+        let o = crate::outcome::parse(&good);
+        assert!(no_usable_iommu(&s, &o, &good).is_ok());
+        let twice = format!("{good}{NO_USABLE_UNIT}\n");
+        assert!(no_usable_iommu(&s, &o, &twice).is_err());
+        let up = format!("{good}iommu: 1 VT-d unit(s) translating\n");
+        assert!(no_usable_iommu(&s, &o, &up).is_err());
+        let one_refusal = good.replacen("(DRHD) ignored", "(RMRR) ignored", 1);
+        assert!(no_usable_iommu(&s, &o, &one_refusal).is_err());
+        assert!(no_usable_iommu(&s, &o, &good.replace("direct path", "IOMMU path")).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!
 //! | module | what it implements |
 //! |---|---|
-//! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, device scopes and their path resolution |
+//! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, RHSA, ANDD, SATC, SIDP, device scopes and their path resolution, refused structures, a table builder |
 //! | [`registers`] | the register map (§11.4), declared once, and the [`RegisterIo`] seam |
 //! | [`caps`] | CAP/ECAP decoding (§11.4.2, §11.4.3) |
 //! | [`platform`] | what the unit needs from the host kernel |
@@ -66,7 +66,7 @@ pub mod registers;
 pub mod unit;
 
 pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
-pub use dmar::{Bdf, Dmar, DmarError};
+pub use dmar::{Bdf, Dmar, DmarBuilder, DmarError, Refused, StructureError};
 pub use domain::{Domain, DomainConfig};
 pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
 pub use invalidation::InvalidationError;

@@ -176,7 +176,11 @@ impl fmt::Display for AttachError {
     }
 }
 
-/// Brings every DRHD up. `None` when there is no DMAR (no IOMMU).
+/// Brings every usable DRHD up. `None` when there is no IOMMU: no DMAR, or a DMAR without a
+/// usable remapping unit (said once in the log). Structures the DMAR parser refused (a DRHD
+/// with register base 0 or an absurd register size, an inverted or misaligned RMRR, a scope of
+/// a reserved type) are logged and left out; only validated, bounded register windows are
+/// mapped.
 pub fn init(
     acpi: &Acpi,
     pci: &PciSystem,
@@ -186,12 +190,23 @@ pub fn init(
         return Ok(None);
     };
     let dmar = Dmar::parse(bytes).map_err(IommuInitError::Dmar)?;
+    for refused in dmar.refused() {
+        log::warn!("vt-d: {refused}");
+    }
+    if let Err(e) = dmar.require_unit() {
+        let why = match e {
+            iommu_vtd::DmarError::NoRemappingUnit { refused: 0 } => "the table has no DRHD",
+            _ => "every DRHD was refused",
+        };
+        log::warn!("vt-d: DMAR has no usable remapping unit: no IOMMU ({why})");
+        return Ok(None);
+    }
     let haw = dmar.host_address_width();
     let mut units = Vec::new();
     let mut chosen = None;
     for drhd in dmar.drhds() {
         let base = drhd.register_base();
-        let size = drhd.register_size().unwrap_or(4096);
+        let size = drhd.register_size();
         let ptr = paging::map_phys(base, size, Cache::Uncached).map_err(IommuInitError::Map)?;
         let ptr = NonNull::new(ptr).ok_or(IommuInitError::Map(paging::MapError::BadRange))?;
         // SAFETY: the DRHD register page was just mapped uncached for `size` bytes, is never
@@ -248,14 +263,7 @@ pub fn init(
             .filter_map(|s| s.resolve(secondary).ok())
             .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
             .collect();
-        if r.limit() < r.base() {
-            log::warn!(
-                "vt-d: ignoring RMRR with limit {:#x} below base {:#x}",
-                r.limit(),
-                r.base()
-            );
-            continue;
-        }
+        // Inverted or misaligned RMRRs were refused (and logged) by the parser.
         rmrrs.push(RmrrInfo {
             base: r.base(),
             limit: r.limit(),
