@@ -50,9 +50,6 @@ pub mod layout {
         pub const CACHE_LINE_SIZE: u16 = 0x0c;
         /// Latency Timer (8 bits).
         pub const LATENCY_TIMER: u16 = 0x0d;
-        /// Expansion ROM Base Address of a type-0 header (a type-1 header has it at
-        /// [`crate::regs::bridge::EXPANSION_ROM`]).
-        pub const EXPANSION_ROM: u16 = 0x30;
     }
 
     /// PCI Express capability fields not in [`crate::regs::pcie`] (PCIe Base 4.0 §7.5.3).
@@ -924,11 +921,9 @@ impl SavedConfig {
         for (index, bar) in bars.iter_mut().enumerate().take(usize::from(bar_count)) {
             *bar = cfg.read32(bdf, header::bar(index as u8));
         }
-        let expansion_rom = match layout {
-            HeaderLayout::Endpoint => Some(cfg.read32(bdf, layout::header::EXPANSION_ROM)),
-            HeaderLayout::PciBridge => Some(cfg.read32(bdf, bridge::EXPANSION_ROM)),
-            _ => None,
-        };
+        let expansion_rom = layout
+            .expansion_rom_offset()
+            .map(|offset| cfg.read32(bdf, offset));
         let bridge = (layout == HeaderLayout::PciBridge).then(|| SavedBridge {
             bus_numbers: cfg.read32(bdf, bridge::PRIMARY_BUS),
             io_base: cfg.read8(bdf, bridge::IO_BASE),
@@ -1073,11 +1068,8 @@ impl SavedConfig {
         for (index, &value) in self.bars().iter().enumerate() {
             cfg.write32(bdf, header::bar(index as u8), value);
         }
-        if let Some(rom) = self.expansion_rom {
-            let offset = match self.layout {
-                HeaderLayout::PciBridge => bridge::EXPANSION_ROM,
-                _ => layout::header::EXPANSION_ROM,
-            };
+        if let (Some(rom), Some(offset)) = (self.expansion_rom, self.layout.expansion_rom_offset())
+        {
             cfg.write32(bdf, offset, rom);
         }
         cfg.write8(bdf, layout::header::CACHE_LINE_SIZE, self.cache_line_size);
