@@ -18,8 +18,8 @@
 //!   BARs of every function on its secondary bus (what SPEC.md records QEMU 7.2 doing);
 //! - setting Initiate FLR in the PCI Express Device Control register of a function whose Device
 //!   Capabilities advertise FLR resets it: Command, BARs, Cache Line Size, Latency Timer,
-//!   Interrupt Line, Status errors, Device Control, MSI/MSI-X enables, PMCSR and bridge
-//!   registers go back to 0 (the bit itself always reads 0);
+//!   Interrupt Line, Status errors, Device Control, MSI/MSI-X enables, PMCSR, ACS Control and
+//!   Egress Control Vector, and bridge registers go back to 0 (the bit itself always reads 0);
 //! - PMCSR behaves as PCI PM 1.2 §7.2.2 says: PowerState and PME_En are writable, No_Soft_Reset
 //!   is read-only, PME_Status is write-1-to-clear, writes of unsupported states (D1/D2 not
 //!   advertised, or anything but D0 from D3hot) are discarded, and D3hot→D0 with No_Soft_Reset
@@ -248,6 +248,26 @@ impl FakeFunction {
         None
     }
 
+    /// The first extended capability with this ID, walked over the raw bytes.
+    fn find_extended_capability(&self, id: ExtendedCapabilityId) -> Option<u16> {
+        let mut offset = 0x100u16;
+        for _ in 0..(4096 / 4) {
+            let entry = self.get(offset, 4);
+            if entry == 0 || entry == u32::MAX {
+                return None;
+            }
+            if entry & 0xffff == u32::from(id.0) {
+                return Some(offset);
+            }
+            let next = (entry >> 20) as u16 & 0xffc;
+            if next < 0x100 {
+                return None;
+            }
+            offset = next;
+        }
+        None
+    }
+
     /// What a Function Level Reset or a D3hot→D0 soft reset does: [`FakeFunction::reset`] plus
     /// the other registers software programs.
     fn function_reset(&mut self) {
@@ -269,6 +289,23 @@ impl FakeFunction {
             let bits = msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK;
             let control = self.get(p + msix::CONTROL, 2) & !u32::from(bits);
             self.put(p + msix::CONTROL, 2, control);
+        }
+        if let Some(a) = self.find_extended_capability(ExtendedCapabilityId::ACS) {
+            // ACS Control is not sticky; neither is the Egress Control Vector.
+            self.put(a + acs::CONTROL, 2, 0);
+            let capability = self.get(a + acs::CAPABILITY, 2) as u16;
+            if capability & AcsFlags::EC.bits() != 0 {
+                let bits = match capability >> acs::EGRESS_CONTROL_VECTOR_SIZE_SHIFT {
+                    0 => acs::EGRESS_CONTROL_VECTOR_MAX_BITS,
+                    n => n,
+                };
+                for i in 0..bits.div_ceil(32) {
+                    let o = a + acs::EGRESS_CONTROL_VECTOR + 4 * i;
+                    if usize::from(o) + 4 <= self.bytes.len() {
+                        self.put(o, 4, 0);
+                    }
+                }
+            }
         }
         if let Some(p) = self.find_capability(CapabilityId::POWER_MANAGEMENT) {
             let keep = pm::PMCSR_NO_SOFT_RESET;
