@@ -1571,7 +1571,14 @@ mod tests {
         fake.set_ready_delay(ep, u32::MAX);
         let topo = enumerate(&fake, &[region()]);
         let err = reset(&fake, &topo, ep, ResetMethod::FunctionLevel, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, ResetError::NotReady { bdf, .. } if bdf == ep));
+        // The FLR's own wait, then the whole ready timeout (the restore was attempted).
+        assert_eq!(
+            err,
+            ResetError::NotReady {
+                bdf: ep,
+                waited_us: u64::from(FLR_COMPLETION_US + READY_TIMEOUT_US)
+            }
+        );
     }
 
     #[test]
