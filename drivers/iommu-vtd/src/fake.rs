@@ -69,6 +69,19 @@ struct HostMem {
     flushes: Vec<(u64, usize)>,
     freed: Vec<u64>,
     flush_disabled: bool,
+    timeline: Vec<MemEvent>,
+}
+
+/// One entry of [`HostPlatform::timeline`]: table frees and completed invalidations in the
+/// order they happened, so a test can check that a page was freed only after the invalidation
+/// that made it unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemEvent {
+    /// A table page was returned with `free_table_page`.
+    TableFreed(u64),
+    /// A [`FakeVtd`] on this platform completed an invalidation (it processes each one
+    /// synchronously, so processing is completion).
+    Invalidated(Invalidation),
 }
 
 /// Heap-backed [`Platform`] that records every cache write-back.
@@ -158,6 +171,21 @@ impl HostPlatform {
     /// Pages freed so far, in order.
     pub fn freed_pages(&self) -> Vec<u64> {
         self.mem.lock().freed.clone()
+    }
+
+    /// Table frees and completed invalidations so far, in order.
+    pub fn timeline(&self) -> Vec<MemEvent> {
+        self.mem.lock().timeline.clone()
+    }
+
+    /// Number of [`HostPlatform::timeline`] entries so far (a timestamp: everything recorded
+    /// later has an index at or above it).
+    pub fn timeline_len(&self) -> usize {
+        self.mem.lock().timeline.len()
+    }
+
+    fn record_invalidation(&self, inv: Invalidation) {
+        self.mem.lock().timeline.push(MemEvent::Invalidated(inv));
     }
 
     fn with_page<T>(&self, phys: u64, f: impl FnOnce(&mut HostPage, usize) -> T) -> Option<T> {
@@ -262,6 +290,7 @@ unsafe impl Platform for HostPlatform {
             m.by_virt.remove(&page.virt);
             m.frees += 1;
             m.freed.push(phys.as_u64());
+            m.timeline.push(MemEvent::TableFreed(phys.as_u64()));
             // SAFETY: allocated with this layout in `alloc_table_page`; the caller guarantees
             // no further use.
             unsafe { dealloc(page.virt as *mut u8, page_layout()) };
@@ -695,7 +724,7 @@ impl FakeVtd {
         )
     }
 
-    fn process_invalidation(s: &mut FakeState, via: Via, inv: Invalidation) -> bool {
+    fn process_invalidation(&self, s: &mut FakeState, via: Via, inv: Invalidation) -> bool {
         match inv {
             Invalidation::ContextGlobal => s.context_cache.clear(),
             Invalidation::ContextDevice { did, sid } => {
@@ -730,6 +759,7 @@ impl FakeVtd {
             }
         }
         s.events.push(HwEvent::Invalidation(via, inv));
+        self.platform.record_invalidation(inv);
         true
     }
 
@@ -770,7 +800,7 @@ impl FakeVtd {
                     true
                 }
                 desc::TYPE_CONTEXT | desc::TYPE_IOTLB => match d.decode() {
-                    Some(inv) => Self::process_invalidation(s, Via::Queue, inv),
+                    Some(inv) => self.process_invalidation(s, Via::Queue, inv),
                     None => false,
                 },
                 desc::TYPE_IEC | desc::TYPE_DEVICE_TLB => true,
@@ -1000,7 +1030,7 @@ impl RegisterIo for FakeVtd {
                         _ => None,
                     };
                     if let Some(inv) = inv {
-                        Self::process_invalidation(&mut s, Via::Register, inv);
+                        self.process_invalidation(&mut s, Via::Register, inv);
                     } else {
                         s.context_cache.clear();
                     }
@@ -1023,7 +1053,7 @@ impl RegisterIo for FakeVtd {
                             leaf_only: s.iva & iotlb::IVA_IH != 0,
                         },
                     };
-                    Self::process_invalidation(&mut s, Via::Register, inv);
+                    self.process_invalidation(&mut s, Via::Register, inv);
                     s.iotlb_reg = (value & !iotlb::IVT) | gran << iotlb::IAIG_SHIFT;
                 }
             }
