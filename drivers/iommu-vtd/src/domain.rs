@@ -5,12 +5,14 @@
 //! caching-mode page-selective invalidation (CAP.CM = 1: not-present entries may be cached,
 //! §6.1) or the write-buffer flush (CAP.RWBF); `flush` turns a gather into page-selective
 //! IOTLB invalidations (O(log N) descriptors for N contiguous pages) or one domain-selective
-//! one, and returns only after the hardware completed them. Page-table pages freed by unmaps are
-//! handed back to the platform only after the invalidation that covers them completed.
+//! one, and returns only after the hardware completed them. A page-table page an unmap unlinks
+//! belongs to that unmap's gather; the gather's flush frees exactly its own pages, after an
+//! IH = 0 invalidation covering them completed (a gather never flushed leaks them).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use dma::iommu::{DomainInfo, IommuDomain, IommuError, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr, PAGE_SIZE};
@@ -23,6 +25,13 @@ use crate::pagetable::SecondLevelTable;
 use crate::platform::Platform;
 use crate::registers::RegisterIo;
 use crate::unit::{VtdError, VtdUnit};
+
+/// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
+/// the life of the program, so a gather flushed through the wrong domain cannot free pages.
+pub(crate) fn next_table_owner() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// How to build a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +65,8 @@ pub struct Domain<R: RegisterIo, P: Platform> {
     did: u16,
     info: DomainInfo,
     levels: PagingLevels,
+    /// Owner token of the unlinked tables this domain's table hands out.
+    table_owner: u64,
     state: Mutex<DomainState>,
 }
 
@@ -82,6 +93,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
             did,
             info,
             levels,
+            table_owner: table.owner(),
             state: Mutex::new(DomainState {
                 table: Some(table),
                 attached: Vec::new(),
@@ -242,28 +254,44 @@ impl<R: RegisterIo, P: Platform> IommuDomain for Domain<R, P> {
         table.unmap(self.unit.platform(), iova.as_u64(), size, gather)
     }
 
-    fn flush(&self, gather: IotlbGather) -> Result<(), IommuError> {
+    fn flush(&self, mut gather: IotlbGather) -> Result<(), IommuError> {
         let Some((start, size)) = gather.span() else {
             return Ok(());
         };
-        let start = start.as_u64();
+        // The tables this gather's own unmaps unlinked: nothing else is freed here (tables of
+        // other gathers wait for *their* flush, whatever this one invalidates).
+        let leaf_only = !gather.freed_tables();
+        let tables = gather.take_unlinked_tables();
         let caps = self.unit.capabilities();
-        let requests =
-            invalidation::iotlb_range(caps, self.did, start, size, !gather.freed_tables());
-        let domain_wide = matches!(requests.as_slice(), [Invalidation::IotlbDomain { .. }]);
-        // Take the unlinked tables this invalidation will make unreachable *before* issuing it.
-        let freed = {
-            let mut state = self.state.lock();
-            match state.table.as_mut() {
-                Some(t) => t.take_freed(start, start.saturating_add(size), domain_wide),
-                None => Vec::new(),
+        // IH = 0 whenever tables were unlinked: the page-selective (or domain-selective)
+        // invalidation of the span, which covers each table's whole region, then also drops
+        // the paging-structure cache entries that point at them (§6.5.1).
+        let requests = invalidation::iotlb_range(caps, self.did, start.as_u64(), size, leaf_only);
+        if let Err(e) = self.invalidate(&requests) {
+            if !tables.is_empty() {
+                log::warn!(
+                    "VT-d: domain {}: flush failed; leaking {} unlinked table page(s)",
+                    self.did,
+                    tables.len()
+                );
             }
-        };
-        self.invalidate(&requests)?;
-        for phys in freed {
-            // SAFETY: the table was unlinked before the invalidation covering it was issued,
-            // and that invalidation completed: no hardware reference is left.
-            unsafe { self.unit.platform().free_table_page(phys) };
+            return Err(e);
+        }
+        for t in tables {
+            if t.owner != self.table_owner {
+                // Unlinked by another domain's table: this flush did not invalidate that
+                // domain's caches, so the page may still be walked.
+                log::warn!(
+                    "VT-d: domain {}: gather holds table {} of another domain; leaking it",
+                    self.did,
+                    t.phys
+                );
+                continue;
+            }
+            // SAFETY: the table was unlinked by an unmap into this gather (its parent entry
+            // cleared and written back), and an IH = 0 invalidation covering its whole region
+            // in this domain completed after that: no hardware reference is left.
+            unsafe { self.unit.platform().free_table_page(t.phys) };
         }
         Ok(())
     }
@@ -292,7 +320,7 @@ impl<R: RegisterIo, P: Platform> Drop for Domain<R, P> {
                 "VT-d: domain {} dropped without a completed detach ({e}); leaking its tables and domain ID",
                 self.did
             );
-            core::mem::forget(table);
+            // Returning without `destroy`: dropping a `SecondLevelTable` frees no page.
             return;
         }
         if let Some(table) = table {

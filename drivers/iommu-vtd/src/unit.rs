@@ -514,7 +514,11 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .dids
             .alloc()
             .ok_or(VtdError::DomainIdsExhausted)?;
-        match SecondLevelTable::new(&self.platform, table_cfg) {
+        match SecondLevelTable::with_owner(
+            &self.platform,
+            table_cfg,
+            crate::domain::next_table_owner(),
+        ) {
             Ok(table) => Ok(Domain::new(self.clone(), did, table)),
             Err(_) => {
                 self.tables.lock().dids.free(did);
