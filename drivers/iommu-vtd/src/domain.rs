@@ -1,4 +1,4 @@
-//! A translation domain: one second-level table, one domain ID, the requester IDs attached.
+//! A translation domain: one second-level table, one domain ID, the isolation groups attached.
 //!
 //! Implements [`dma::iommu::IommuDomain`] over VT-d (§3.6 translation, §6.5 invalidation):
 //! map/unmap edit the page table under the domain's own lock; `sync_map` issues the
@@ -24,7 +24,7 @@ use crate::invalidation::{self, Invalidation};
 use crate::pagetable::SecondLevelTable;
 use crate::platform::Platform;
 use crate::registers::RegisterIo;
-use crate::unit::{VtdError, VtdUnit};
+use crate::unit::{GroupRef, VtdError, VtdUnit};
 
 /// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
 /// the life of the program, so a gather flushed through the wrong domain cannot free pages.
@@ -56,10 +56,10 @@ impl Default for DomainConfig {
 struct DomainState {
     /// `None` only after `Drop` took it.
     table: Option<SecondLevelTable>,
-    attached: Vec<u16>,
 }
 
-/// A VT-d translation domain. Dropping it detaches every requester ID and frees its tables.
+/// A VT-d translation domain. Dropping it detaches every group still attached and frees its
+/// tables.
 pub struct Domain<R: RegisterIo, P: Platform> {
     unit: Arc<VtdUnit<R, P>>,
     did: u16,
@@ -94,10 +94,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
             info,
             levels,
             table_owner: table.owner(),
-            state: Mutex::new(DomainState {
-                table: Some(table),
-                attached: Vec::new(),
-            }),
+            state: Mutex::new(DomainState { table: Some(table) }),
         }
     }
 
@@ -116,9 +113,15 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         &self.unit
     }
 
-    /// The requester IDs attached.
+    /// The requester IDs of every attached group (each has a present context entry for this
+    /// domain, or had one whose detach did not complete).
     pub fn attached(&self) -> Vec<u16> {
-        self.state.lock().attached.clone()
+        self.unit.requester_ids_of(self.did)
+    }
+
+    /// The keys of the isolation groups attached to this domain.
+    pub fn attached_groups(&self) -> Vec<u32> {
+        self.unit.groups_of(self.did)
     }
 
     /// Physical address of the top-level table.
@@ -126,59 +129,43 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         self.state.lock().table.as_ref().map(|t| t.root())
     }
 
-    /// Attaches requester IDs (the kernel passes a device's whole alias set: its own BDF, a
-    /// bridge's, `(secondary bus, 00.0)` behind a PCIe-to-PCI bridge). Each gets a present
-    /// context entry (TT = 00, AW = depth, this DID, SLPTPTR); the context cache and the
-    /// domain's IOTLB are invalidated before this returns. Nothing changes on a validation
-    /// error (already attached anywhere, duplicate, out of memory).
-    pub fn attach(&self, rids: &[u16]) -> Result<(), VtdError> {
-        let mut guard = self.state.lock();
-        let state = &mut *guard;
+    /// Attaches `device` (the member's own requester ID, which identifies it within the
+    /// member set) of isolation group `group` to this domain. A domain is attached to a whole
+    /// group (SPEC.md: the isolation unit):
+    ///
+    /// - the group's first member: every requester ID of the group gets a present context
+    ///   entry (TT = 00, AW = depth, this DID, SLPTPTR), then the context cache and the
+    ///   domain's IOTLB are invalidated before this returns. All-or-nothing up to the
+    ///   invalidation: an ID with a context entry or in another group is refused with
+    ///   [`VtdError::AlreadyAttached`] before anything is written;
+    /// - another member of a group already attached here: the member is added (refcount), no
+    ///   hardware change; the same member twice is [`VtdError::AlreadyMember`];
+    /// - a group attached to another domain: [`VtdError::GroupAttachedElsewhere`];
+    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`].
+    ///
+    /// If the invalidation fails the entries are written and the group stays tracked (so a
+    /// detach or the drop can clear them); the next member's attach retries it.
+    pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
+        let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {
             return Err(VtdError::OutOfMemory);
         };
-        state
-            .attached
-            .try_reserve(rids.len())
-            .map_err(|_| VtdError::OutOfMemory)?;
-        let result = self.unit.attach(self.did, table, rids);
-        if matches!(
-            result,
-            Ok(()) | Err(VtdError::Invalidation(_) | VtdError::Timeout { .. })
-        ) {
-            // The entries were written; record them so detach can clear them (an ID may still
-            // be tracked after a failed detach: record it once).
-            for &rid in rids {
-                if !state.attached.contains(&rid) {
-                    state.attached.push(rid);
-                }
-            }
-        }
-        result
+        self.unit.attach_group(self.did, table, group, device)
     }
 
-    /// Detaches requester IDs: clears their context entries and invalidates the context cache
-    /// and the domain's IOTLB before returning. A detached device has no valid context entry
-    /// (its DMA faults with reason 2).
+    /// Removes member `device` from group `group_key`. While other members remain, nothing
+    /// changes in hardware (their DMA keeps translating). When the last member goes, every
+    /// context entry of the group is cleared and the context cache and the domain's IOTLB are
+    /// invalidated before this returns; its DMA then faults (reason 2).
     ///
-    /// The IDs stay attached (in [`Domain::attached`]) unless this returns `Ok`: after a failure
-    /// a context entry, or a cached copy of one, may still point at the domain's table, so the
-    /// domain keeps tracking them; a later `detach` or the drop retries (and a drop that cannot
-    /// complete it leaks the table and the domain ID rather than free them).
-    pub fn detach(&self, rids: &[u16]) -> Result<(), VtdError> {
-        let mut state = self.state.lock();
-        for (i, &rid) in rids.iter().enumerate() {
-            if rids[..i].contains(&rid) {
-                return Err(VtdError::DuplicateRequesterId { rid });
-            }
-            if !state.attached.contains(&rid) {
-                return Err(VtdError::NotAttached { rid });
-            }
-        }
-        // Forget the IDs only once the entries are cleared *and* the invalidation completed.
-        self.unit.detach(self.did, rids)?;
-        state.attached.retain(|r| !rids.contains(r));
-        Ok(())
+    /// The last member stays attached (in [`Domain::attached_groups`]) unless this returns
+    /// `Ok`: after a failure a context entry, or a cached copy of one, may still point at the
+    /// domain's table, so the domain keeps tracking it; a later `detach_device` or the drop
+    /// retries (and a drop that cannot complete it leaks the table and the domain ID rather
+    /// than free them).
+    pub fn detach_device(&self, group_key: u32, device: u16) -> Result<(), VtdError> {
+        let _state = self.state.lock();
+        self.unit.detach_group_member(self.did, group_key, device)
     }
 
     /// Identity-maps `[start, end]` (inclusive, rounded out to pages) read/write, then makes it
@@ -307,13 +294,11 @@ impl<R: RegisterIo, P: Platform> IommuDomain for Domain<R, P> {
 
 impl<R: RegisterIo, P: Platform> Drop for Domain<R, P> {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
-        let rids = core::mem::take(&mut state.attached);
-        let table = state.table.take();
-        // Detach everything still attached (including IDs whose earlier detach failed); the
-        // domain-selective IOTLB invalidation also drops cached paging-structure entries, after
-        // which no hardware reference to the tables is left.
-        if let Err(e) = self.unit.detach(self.did, &rids) {
+        let table = self.state.get_mut().table.take();
+        // Detach every group still attached (including groups whose earlier detach failed);
+        // the domain-selective IOTLB invalidation also drops cached paging-structure entries,
+        // after which no hardware reference to the tables is left.
+        if let Err(e) = self.unit.detach_domain(self.did) {
             // The hardware may still walk the table (a context entry or a cached copy of one
             // points at it): leak the table pages and the domain ID rather than reuse them.
             log::warn!(

@@ -9,7 +9,8 @@ use iommu_vtd::invalidation::{desc, Invalidation};
 use iommu_vtd::registers::{Global, GSTS_PERSISTENT_MASK};
 use iommu_vtd::RegisterIo;
 use iommu_vtd::{
-    AccessKind, Bdf, DomainConfig, FaultReason, PagingLevels, UnitConfig, VtdError, VtdUnit,
+    AccessKind, Bdf, DomainConfig, FaultReason, GroupRef, PagingLevels, UnitConfig, VtdError,
+    VtdUnit,
 };
 
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
@@ -30,6 +31,24 @@ fn enabled(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
     let u = unit_with(cap, ecap, haw);
     u.enable().unwrap();
     u
+}
+
+type Dom = iommu_vtd::Domain<FakeVtd, Arc<HostPlatform>>;
+
+/// Attaches `rid` as a one-device isolation group keyed by the requester ID.
+fn attach(d: &Dom, rid: u16) -> Result<(), VtdError> {
+    d.attach_device(
+        GroupRef {
+            key: u32::from(rid),
+            requester_ids: &[rid],
+        },
+        rid,
+    )
+}
+
+/// Detaches the one-device group of `rid`.
+fn detach(d: &Dom, rid: u16) -> Result<(), VtdError> {
+    d.detach_device(u32::from(rid), rid)
 }
 
 fn hw(u: &Unit) -> &FakeVtd {
@@ -89,7 +108,7 @@ fn enable_without_queued_invalidation_uses_registers() {
         ]
     );
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
     let mut g = IotlbGather::new();
@@ -106,7 +125,7 @@ fn enable_without_queued_invalidation_uses_registers() {
 fn registers_are_never_touched_once_qie_is_set() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     for i in 0..20 {
         d.map(
             DmaAddr::new(i * K4),
@@ -119,7 +138,7 @@ fn registers_are_never_touched_once_qie_is_set() {
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0), 20 * K4, &mut g).unwrap();
     d.flush(g).unwrap();
-    d.detach(&[EDU.requester_id()]).unwrap();
+    detach(&d, EDU.requester_id()).unwrap();
     assert!(hw(&u)
         .invalidations()
         .iter()
@@ -176,7 +195,12 @@ fn attach_programs_context_entries_and_invalidates() {
     let rids = [EDU.requester_id(), Bdf::new(2, 0, 0).requester_id()];
     assert_eq!(u.context_entry(rids[0]), None, "no context table yet");
     hw(&u).take_events();
-    d.attach(&rids).unwrap();
+    let group = GroupRef {
+        key: 100,
+        requester_ids: &rids,
+    };
+    d.attach_device(group, rids[0]).unwrap();
+    assert_eq!(d.attached_groups(), [100]);
     for rid in rids {
         let c = u.context_entry(rid).unwrap();
         assert!(c.present());
@@ -213,8 +237,15 @@ fn attach_programs_context_entries_and_invalidates() {
     // Attaching again, to this or another domain, is refused and changes nothing.
     let other = u.create_domain(DomainConfig::default()).unwrap();
     let unrelated = Bdf::new(0, 4, 0).requester_id();
+    let overlapping = [unrelated, rids[0]];
     assert_eq!(
-        other.attach(&[unrelated, rids[0]]),
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &overlapping
+            },
+            unrelated
+        ),
         Err(VtdError::AlreadyAttached {
             rid: rids[0],
             did: d.did()
@@ -225,12 +256,40 @@ fn attach_programs_context_entries_and_invalidates() {
         "validation before any write"
     );
     assert_eq!(
-        other.attach(&[unrelated, unrelated]),
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &[unrelated, unrelated]
+            },
+            unrelated
+        ),
         Err(VtdError::DuplicateRequesterId { rid: unrelated })
     );
     assert_eq!(
-        other.detach(&[rids[0]]),
-        Err(VtdError::NotAttached { rid: rids[0] })
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &[]
+            },
+            unrelated
+        ),
+        Err(VtdError::EmptyGroup { group: 200 })
+    );
+    assert_eq!(
+        other.detach_device(100, rids[0]),
+        Err(VtdError::GroupNotAttached { group: 100 })
+    );
+    assert_eq!(
+        d.detach_device(100, unrelated),
+        Err(VtdError::NotAMember {
+            group: 100,
+            device: unrelated
+        })
+    );
+    assert_eq!(
+        d.attached_groups(),
+        [100],
+        "refused detaches change nothing"
     );
     no_violations(&u);
 }
@@ -260,7 +319,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
     assert!(u.read_faults().records.is_empty());
 
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(
         DmaAddr::new(0x40_0000),
         PhysAddr::new(0x1234_5000),
@@ -324,7 +383,7 @@ fn unmap_then_flush_cuts_off_a_warmed_translation() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x8000), PhysAddr::new(0x30_0000), K4, RW)
         .unwrap();
     assert_eq!(
@@ -349,11 +408,11 @@ fn detach_cuts_off_a_warmed_device() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x30_0000), K4, RW)
         .unwrap();
     assert!(hw(&u).dma(sid, 0, false).is_ok());
-    d.detach(&[sid]).unwrap();
+    detach(&d, sid).unwrap();
     assert!(!u.context_entry(sid).unwrap().present());
     assert_eq!(
         hw(&u).dma(sid, 0, false),
@@ -367,7 +426,7 @@ fn detach_cuts_off_a_warmed_device() {
 fn unmapping_n_pages_issues_log_n_aligned_psi() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     let pages = 1000u64;
     let base = 0x1_0000_3000u64;
     // Unaligned physical address: 4 KiB leaves only.
@@ -470,7 +529,7 @@ fn caching_mode_reserves_domain_zero_and_invalidates_on_map() {
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.did(), 1, "domain 0 is reserved under CM");
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     // Under CM, a not-present context entry is tagged with domain 0.
     assert!(hw(&u)
         .invalidations()
@@ -534,7 +593,7 @@ fn aw48_chooses_the_depth_asked_for() {
     assert_eq!(d4.levels(), PagingLevels::Four);
     assert_eq!(d4.info().aperture_end, DmaAddr::new((1 << 48) - 1));
     let sid = EDU.requester_id();
-    d4.attach(&[sid]).unwrap();
+    attach(&d4, sid).unwrap();
     assert_eq!(u.context_entry(sid).unwrap().aw(), 2, "AW = 4-level");
     let iova = 1u64 << 45;
     d4.map(DmaAddr::new(iova), PhysAddr::new(0x80_0000_0000), K4, RW)
@@ -571,7 +630,7 @@ fn wrong_aw_in_a_context_entry_faults_with_reason_3() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     let c = u.context_entry(sid).unwrap();
     assert_eq!(c.aw(), 1);
     let root_lo = u.platform().read_cpu_u64(u.root_table().as_u64()).unwrap();
@@ -622,7 +681,7 @@ fn missing_clflush_would_be_caught() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     u.platform().set_flush_disabled(true);
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
@@ -631,7 +690,7 @@ fn missing_clflush_would_be_caught() {
     // With write-backs, the same works (a fresh domain: the first one's tables stay stale).
     let sid2 = Bdf::new(0, 4, 0).requester_id();
     let d2 = u.create_domain(DomainConfig::default()).unwrap();
-    d2.attach(&[sid2]).unwrap();
+    attach(&d2, sid2).unwrap();
     d2.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     assert_eq!(hw(&u).dma(sid2, 0x2000, false), Ok(0x3000));
@@ -642,7 +701,7 @@ fn coherent_units_flush_nothing() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     assert_eq!(hw(&u).dma(sid, 0x2000, false), Ok(0x3000));
@@ -654,7 +713,7 @@ fn snoop_control_units_get_snp_on_ram_only() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1 << 7, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW | Prot::CACHE)
         .unwrap();
     d.map(
@@ -698,7 +757,7 @@ fn dropping_a_domain_detaches_and_frees_it() {
     let sid = EDU.requester_id();
     let live = u.platform().live_pages();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), 300 * K4, RW)
         .unwrap();
     assert!(hw(&u).dma(sid, 0, false).is_ok());
@@ -721,7 +780,7 @@ fn rmrr_identity_map() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map_identity(0xE_0000, 0xF_FFFF).unwrap();
     assert_eq!(hw(&u).dma(sid, 0xE_1234, false), Ok(0xE_1234));
     assert_eq!(hw(&u).dma(sid, 0xF_F000, true), Ok(0xF_F000));
@@ -738,7 +797,7 @@ fn units_and_domains_are_shareable_across_threads() {
             let u = u.clone();
             std::thread::spawn(move || {
                 let d = u.create_domain(DomainConfig::default()).unwrap();
-                d.attach(&[Bdf::new(1, t as u8, 0).requester_id()]).unwrap();
+                attach(&d, Bdf::new(1, t as u8, 0).requester_id()).unwrap();
                 for i in 0..64 {
                     let iova = DmaAddr::new(i * K4);
                     d.map(iova, PhysAddr::new((t << 30) | (i * K4)), K4, RW)
@@ -774,7 +833,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     let did = d.did();
@@ -784,7 +843,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     // copy may still point at the table.
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
     assert!(matches!(
-        d.detach(&[sid]),
+        detach(&d, sid),
         Err(VtdError::Invalidation(
             iommu_vtd::InvalidationError::QueueError { .. }
         ))
@@ -807,13 +866,13 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     // Warm the context cache, then fail the detach's context-cache invalidation.
     assert_eq!(hw(&u).dma(sid, 0, false), Ok(0x3000));
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
-    assert!(d.detach(&[sid]).is_err());
+    assert!(detach(&d, sid).is_err());
     hw(&u).set_rejected_descriptor(None);
     let did = d.did();
     // The drop detaches `sid` again, so the cached entry goes before the table is freed.
@@ -831,20 +890,30 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
 }
 
 #[test]
-fn a_retried_detach_leaves_a_device_attached_elsewhere_alone() {
+fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let a = u.create_domain(DomainConfig::default()).unwrap();
-    a.attach(&[sid]).unwrap();
+    attach(&a, sid).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
-    assert!(a.detach(&[sid]).is_err());
+    assert!(detach(&a, sid).is_err());
     hw(&u).set_rejected_descriptor(None);
-    // The entry was cleared, so another domain may take the device.
+    // The entry is cleared but a cached copy may remain: the group is still a's.
     let b = u.create_domain(DomainConfig::default()).unwrap();
-    b.attach(&[sid]).unwrap();
+    assert_eq!(
+        attach(&b, sid),
+        Err(VtdError::GroupAttachedElsewhere {
+            group: u32::from(sid),
+            did: a.did()
+        })
+    );
+    assert_eq!(u.group_domain(u32::from(sid)), Some(a.did()));
+    // a's drop retries the detach and succeeds; then b may take the device.
     drop(a);
+    assert_eq!(u.group_domain(u32::from(sid)), None);
+    attach(&b, sid).unwrap();
     let entry = u.context_entry(sid).unwrap();
-    assert!(entry.present(), "b's entry survives a's retried detach");
+    assert!(entry.present());
     assert_eq!(entry.did(), b.did());
     no_violations(&u);
 }
