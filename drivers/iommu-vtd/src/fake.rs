@@ -405,6 +405,11 @@ struct FakeState {
     fetch_budget: Option<usize>,
     /// Descriptor type the queue rejects with FSTS.IQE (failure injection).
     rejected_kind: Option<u64>,
+    /// Register-based invalidations complete with CAIG/IAIG = 00 ("not performed").
+    register_not_performed: bool,
+    /// A fault to record when the next fault-record F bit is cleared (a fault arriving between
+    /// software's read and its clear).
+    fault_on_clear: Option<(u16, u64, bool)>,
     global_invalidated_since_root: bool,
 }
 
@@ -468,6 +473,8 @@ impl FakeVtd {
                 unresponsive: false,
                 fetch_budget: None,
                 rejected_kind: None,
+                register_not_performed: false,
+                fault_on_clear: None,
                 global_invalidated_since_root: false,
             }),
         }
@@ -518,6 +525,18 @@ impl FakeVtd {
     /// process; `None` accepts them again.
     pub fn set_rejected_descriptor(&self, kind: Option<u64>) {
         self.state.lock().rejected_kind = kind;
+    }
+
+    /// Makes register-based invalidations complete without performing anything, reporting
+    /// CCMD.CAIG / IOTLB.IAIG = 00 (§11.4.6.1, §11.4.8.1: "not performed").
+    pub fn set_register_invalidation_not_performed(&self, on: bool) {
+        self.state.lock().register_not_performed = on;
+    }
+
+    /// Records a fault from `sid` at `iova` at the moment software next clears a fault
+    /// record's F bit: a fault arriving between the read and the clear.
+    pub fn inject_fault_on_next_clear(&self, sid: u16, iova: u64, write: bool) {
+        self.state.lock().fault_on_clear = Some((sid, iova, write));
     }
 
     /// Everything the unit did so far.
@@ -999,6 +1018,15 @@ impl RegisterIo for FakeVtd {
                     == registers::FAULT_RECORD_F_DWORD =>
             {
                 if value & frcd::F_IN_DWORD != 0 {
+                    if let Some((sid, iova, write)) = s.fault_on_clear.take() {
+                        Self::record_fault(
+                            &mut s,
+                            sid,
+                            iova,
+                            write,
+                            FaultReason::ContextEntryNotPresent,
+                        );
+                    }
                     s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1 &= !frcd::F;
                 }
             }
@@ -1029,12 +1057,17 @@ impl RegisterIo for FakeVtd {
                         ccmd::GRANULARITY_DEVICE => Some(Invalidation::ContextDevice { did, sid }),
                         _ => None,
                     };
-                    if let Some(inv) = inv {
-                        self.process_invalidation(&mut s, Via::Register, inv);
+                    let actual = if s.register_not_performed {
+                        0
                     } else {
-                        s.context_cache.clear();
-                    }
-                    s.ccmd = (value & !ccmd::ICC) | gran << ccmd::CAIG_SHIFT;
+                        if let Some(inv) = inv {
+                            self.process_invalidation(&mut s, Via::Register, inv);
+                        } else {
+                            s.context_cache.clear();
+                        }
+                        gran
+                    };
+                    s.ccmd = (value & !ccmd::ICC) | actual << ccmd::CAIG_SHIFT;
                 }
             }
             o if o == iva => s.iva = value,
@@ -1053,8 +1086,13 @@ impl RegisterIo for FakeVtd {
                             leaf_only: s.iva & iotlb::IVA_IH != 0,
                         },
                     };
-                    self.process_invalidation(&mut s, Via::Register, inv);
-                    s.iotlb_reg = (value & !iotlb::IVT) | gran << iotlb::IAIG_SHIFT;
+                    let actual = if s.register_not_performed {
+                        0
+                    } else {
+                        self.process_invalidation(&mut s, Via::Register, inv);
+                        gran
+                    };
+                    s.iotlb_reg = (value & !iotlb::IVT) | actual << iotlb::IAIG_SHIFT;
                 }
             }
             registers::IQA => s.iqa = value,

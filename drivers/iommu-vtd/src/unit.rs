@@ -898,7 +898,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         fault::read_faults(&self.regs, &self.caps)
     }
 
-    /// Clears every fault record's F bit and FSTS.PFO.
+    /// Reads every pending fault record and clears exactly the records returned (and FSTS.PFO
+    /// only if the log reports it), so a fault arriving in between is never lost.
+    pub fn read_and_clear_faults(&self) -> FaultLog {
+        fault::read_and_clear_faults(&self.regs, &self.caps)
+    }
+
+    /// Clears every fault record's F bit and FSTS.PFO, read or not (see
+    /// [`VtdUnit::read_and_clear_faults`] to consume faults).
     pub fn clear_faults(&self) {
         fault::clear_faults(&self.regs, &self.caps)
     }

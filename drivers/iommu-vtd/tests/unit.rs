@@ -969,3 +969,88 @@ fn a_stalled_queue_is_never_overwritten() {
     assert_eq!(done, want);
     no_violations(&u);
 }
+
+#[test]
+fn register_invalidation_not_performed_is_an_error() {
+    // Register mode (no QI); the unit acknowledges but reports CAIG/IAIG = 00.
+    let u = enabled(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
+    d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    hw(&u).set_register_invalidation_not_performed(true);
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0x1000), K4, &mut g).unwrap();
+    assert_eq!(d.flush(g), Err(IommuError::InvalidationTimeout));
+    assert_eq!(
+        u.invalidate(&[Invalidation::IotlbGlobal]),
+        Err(iommu_vtd::InvalidationError::NotPerformed {
+            what: "IOTLB (IOTLB_REG.IAIG = 00)"
+        })
+    );
+    assert_eq!(
+        u.invalidate(&[Invalidation::ContextGlobal]),
+        Err(iommu_vtd::InvalidationError::NotPerformed {
+            what: "context-cache (CCMD.CAIG = 00)"
+        })
+    );
+    // The stale translation is indeed still there: reporting success would have been a lie.
+    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    hw(&u).set_register_invalidation_not_performed(false);
+    u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
+    assert_eq!(
+        hw(&u).dma(EDU.requester_id(), 0x1000, true),
+        Err(FaultReason::WriteNotPermitted)
+    );
+}
+
+/// QEMU's CAP with NFR = 1: two fault recording registers.
+const CAP_TWO_RECORDS: u64 = qemu::CAP_DEFAULT | 1 << 40;
+
+#[test]
+fn read_and_clear_clears_only_what_it_read() {
+    let (a, b) = (EDU.requester_id(), Bdf::new(0, 4, 0).requester_id());
+    // Two records: a fault from `b` lands in the free record between the read and the clear.
+    let u = enabled(CAP_TWO_RECORDS, qemu::ECAP_DEFAULT, 39);
+    assert_eq!(u.capabilities().cap.fault_records, 2);
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    let first = u.read_and_clear_faults();
+    assert_eq!(first.records.len(), 1);
+    assert_eq!(first.records[0].source, EDU);
+    let second = u.read_and_clear_faults();
+    assert_eq!(
+        second.records.len(),
+        1,
+        "the late fault was not cleared unread"
+    );
+    let f = second.records[0];
+    assert_eq!((f.source.bus, f.source.device, f.address), (0, 4, 0x2000));
+    assert!(u.read_and_clear_faults().records.is_empty());
+    // Negative control: the old read-then-clear-everything pair loses that fault.
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    assert_eq!(u.read_faults().records.len(), 1);
+    u.clear_faults();
+    assert!(u.read_faults().records.is_empty(), "cleared unread");
+
+    // One record (QEMU's default): the late fault finds it busy and sets PFO; PFO was not seen
+    // by the read, so it must survive the clear.
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    let first = u.read_and_clear_faults();
+    assert_eq!((first.records.len(), first.overflow), (1, false));
+    let second = u.read_and_clear_faults();
+    assert!(second.records.is_empty());
+    assert!(second.overflow, "the overflow after the read is reported");
+    let third = u.read_and_clear_faults();
+    assert!(!third.overflow, "and cleared once it was seen");
+    // Negative control: clear_faults clears PFO unseen.
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    assert!(!u.read_faults().overflow);
+    u.clear_faults();
+    assert!(!u.read_faults().overflow, "the overflow was cleared unread");
+}
