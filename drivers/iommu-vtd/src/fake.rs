@@ -527,6 +527,40 @@ impl FakeVtd {
         self.state.lock().rejected_kind = kind;
     }
 
+    /// Puts the unit in a state firmware can leave it in: queued invalidation on (with its own
+    /// queue page, drained, or with `pending` descriptors not fetched yet), translation on
+    /// (through a firmware root table with no present entry), interrupt remapping on. Call it
+    /// before [`crate::VtdUnit::enable`].
+    pub fn firmware_left(&self, qi: bool, te: bool, ire: bool, pending: usize) {
+        let mut s = self.state.lock();
+        if qi {
+            let queue = self.platform.alloc_table_page().map(|p| p.phys.as_u64());
+            s.iqa = queue.unwrap_or(0);
+            s.iqh = 3 << iq::INDEX_SHIFT;
+            s.iqt = (3 + pending as u64) << iq::INDEX_SHIFT;
+            s.gsts |= Global::QIE.bits();
+            if pending > 0 {
+                // Descriptors the hardware has not fetched yet (it is stalled).
+                s.fetch_budget = Some(0);
+            }
+        }
+        if te {
+            let root = self.platform.alloc_table_page().map(|p| p.phys.as_u64());
+            s.rtaddr = root.unwrap_or(0);
+            s.active_root = root;
+            s.global_invalidated_since_root = true;
+            s.gsts |= Global::SRTP.bits() | Global::TE.bits();
+        }
+        if ire {
+            s.gsts |= Global::IRE.bits();
+        }
+    }
+
+    /// The root table the unit translates through (latched by the last SRTP).
+    pub fn active_root(&self) -> Option<u64> {
+        self.state.lock().active_root
+    }
+
     /// Makes register-based invalidations complete without performing anything, reporting
     /// CCMD.CAIG / IOTLB.IAIG = 00 (§11.4.6.1, §11.4.8.1: "not performed").
     pub fn set_register_invalidation_not_performed(&self, on: bool) {
@@ -1095,7 +1129,13 @@ impl RegisterIo for FakeVtd {
                     s.iotlb_reg = (value & !iotlb::IVT) | actual << iotlb::IAIG_SHIFT;
                 }
             }
-            registers::IQA => s.iqa = value,
+            registers::IQA => {
+                if s.gsts & Global::QIE.bits() != 0 {
+                    s.violations
+                        .push("IQA written while queued invalidation is on (§6.5.2)".into());
+                }
+                s.iqa = value;
+            }
             registers::IQT => {
                 s.iqt = value & (iq::INDEX_MASK << iq::INDEX_SHIFT);
                 self.resume_queue(&mut s);

@@ -75,4 +75,4 @@ pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo};
-pub use unit::{GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};
+pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};

@@ -12,6 +12,9 @@
 //! 3. global context-cache and IOTLB invalidation, closed by a wait descriptor;
 //! 4. GCMD.TE, wait for GSTS.TES.
 //!
+//! Before step 1, a queue firmware left on is drained and turned off (§6.5.2); translation left
+//! on stays on and step 2 swaps the root table under it (see [`VtdUnit::enable`]).
+//!
 //! Every GCMD write is `(GSTS & 0x96FF_FFFF) | bit` ([`registers::GSTS_PERSISTENT_MASK`]) and
 //! every wait has a timeout ([`UnitConfig::timeout_us`]) that turns into [`VtdError::Timeout`].
 //!
@@ -87,7 +90,7 @@ pub enum VtdError {
     Invalidation(InvalidationError),
     /// No memory for tables.
     OutOfMemory,
-    /// Translation is already enabled (by firmware or an earlier call).
+    /// This unit's enable already completed (call [`VtdUnit::disable`] first).
     AlreadyEnabled,
     /// Every domain ID the unit supports (CAP.ND) is in use.
     DomainIdsExhausted,
@@ -250,6 +253,17 @@ impl DomainIds {
     }
 }
 
+/// The state [`VtdUnit::enable`] found the unit in (what firmware or an earlier owner left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FirmwareState {
+    /// GSTS.TES was set: translation was on (through someone else's root table).
+    pub translation: bool,
+    /// GSTS.QIES was set: queued invalidation was on (with someone else's queue).
+    pub queued_invalidation: bool,
+    /// GSTS.IRES was set: interrupt remapping was on (left as it is).
+    pub interrupt_remapping: bool,
+}
+
 /// An isolation group as the caller computed it (the PCI crate's groups; this crate does not
 /// depend on it): a key naming the group and the union of the requester IDs every member's DMA
 /// can carry (own BDFs and DMA aliases). A one-device group is
@@ -280,6 +294,8 @@ struct Tables {
     root: RootTable,
     dids: DomainIds,
     enabled: bool,
+    /// What `enable` found (see [`VtdUnit::firmware_state`]).
+    firmware: Option<FirmwareState>,
     /// Every attached group of this unit. Held under the tables lock, so two domains can never
     /// both claim a group (or a requester ID).
     groups: Vec<GroupAttachment>,
@@ -377,6 +393,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 root,
                 dids,
                 enabled: false,
+                firmware: None,
                 groups: Vec::new(),
             }),
             invalidation: Mutex::new(InvalidationState {
@@ -410,6 +427,12 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Whether [`VtdUnit::enable`] completed (and [`VtdUnit::disable`] was not called since).
     pub fn is_enabled(&self) -> bool {
         self.tables.lock().enabled
+    }
+
+    /// What the last [`VtdUnit::enable`] found the unit doing when it started (`None` before
+    /// the first call).
+    pub fn firmware_state(&self) -> Option<FirmwareState> {
+        self.tables.lock().firmware
     }
 
     /// Whether invalidations go through the queue.
@@ -467,14 +490,48 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))
     }
 
-    /// Runs the enable sequence (see the module docs). Fails with [`VtdError::AlreadyEnabled`]
-    /// if translation is already on.
+    /// Runs the enable sequence (see the module docs), taking the unit over from whatever
+    /// state firmware left it in ([`FirmwareState`], kept in [`VtdUnit::firmware_state`]):
+    ///
+    /// - queued invalidation left on: the firmware's queue is drained (IQH = IQT) and queued
+    ///   invalidation turned off (GCMD.QIE = 0, wait for QIES to clear) before IQA/IQT are
+    ///   reprogrammed (§6.5.2); a queue that does not drain is [`VtdError::Timeout`];
+    /// - translation left on: it stays on. Our root table (no present entry yet) replaces the
+    ///   firmware's (SRTP while TE = 1) and the global context-cache and IOTLB invalidation
+    ///   makes the switch effective, so from then on every device is blocked until attached.
+    ///   Turning translation off first would open a window in which DMA is not translated at
+    ///   all. (RMRR identity maps are installed by the embedder's attach, as for any device.)
+    /// - interrupt remapping left on: left as it is (every GCMD write keeps IRE/CFI, being
+    ///   `(GSTS & 0x96FF_FFFF) | bit`); the interrupt-remapping owner reprograms it.
+    ///
+    /// Fails with [`VtdError::AlreadyEnabled`] if this unit's own enable already completed.
     pub fn enable(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
-        if tables.enabled || self.gsts().contains(Global::TE) {
+        if tables.enabled {
             return Err(VtdError::AlreadyEnabled);
         }
+        let found = self.gsts();
+        let firmware = FirmwareState {
+            translation: found.contains(Global::TE),
+            queued_invalidation: found.contains(Global::QIE),
+            interrupt_remapping: found.contains(Global::IRE),
+        };
+        tables.firmware = Some(firmware);
         let mut inval = self.invalidation.lock();
+        // 0. A queue someone else left running (firmware; not ours): drain it, then stop it.
+        if firmware.queued_invalidation && !matches!(inval.active, Invalidator::Queued(_)) {
+            let start = self.platform.now_us();
+            while self.regs.read64(registers::IQH) != self.regs.read64(registers::IQT) {
+                if self.platform.now_us().saturating_sub(start) > self.config.timeout_us {
+                    return Err(VtdError::Timeout {
+                        what: "the firmware's invalidation queue to drain",
+                    });
+                }
+                core::hint::spin_loop();
+            }
+            self.write_gcmd(Global::QIE, false);
+            self.wait_status("GSTS.QIES to clear", |g| !g.contains(Global::QIE))?;
+        }
         // 1. Queued invalidation.
         if let Some(mut queue) = inval.spare.take() {
             self.regs.write64(registers::IQT, 0);
@@ -507,9 +564,13 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             self.config.timeout_us,
         )?;
         drop(inval);
-        // 4. Translation.
-        self.write_gcmd(Global::TE, true);
-        self.wait_status("GSTS.TES", |g| g.contains(Global::TE))?;
+        // 4. Translation (already on if firmware left it on: the switch above took effect).
+        if self.gsts().contains(Global::TE) {
+            log::warn!("VT-d: translation was left on by firmware; now through our root table");
+        } else {
+            self.write_gcmd(Global::TE, true);
+            self.wait_status("GSTS.TES", |g| g.contains(Global::TE))?;
+        }
         tables.enabled = true;
         log::info!(
             "VT-d: translation enabled (root table {})",

@@ -281,3 +281,90 @@ fn dropping_the_domain_detaches_every_group() {
     assert_eq!(u.group_domain(1), None);
     assert!(u.registers().violations().is_empty());
 }
+
+#[test]
+fn a_failed_first_attach_keeps_no_context_table() {
+    // A group spanning three buses needs three context tables; let 0, 1 or 2 allocations
+    // succeed: the attach fails, frees what it took, links nothing and records no group.
+    let ids = [
+        Bdf::new(4, 0, 0).requester_id(),
+        Bdf::new(5, 0, 0).requester_id(),
+        Bdf::new(6, 0, 0).requester_id(),
+    ];
+    let group = GroupRef {
+        key: 9,
+        requester_ids: &ids,
+    };
+    for allowed in 0..3 {
+        let u = unit();
+        let d = u.create_domain(DomainConfig::default()).unwrap();
+        let live = u.platform().live_pages();
+        u.platform().set_alloc_limit(Some(allowed));
+        assert_eq!(
+            d.attach_device(group, ids[0]),
+            Err(VtdError::OutOfMemory),
+            "{allowed} pages allowed"
+        );
+        u.platform().set_alloc_limit(None);
+        assert_eq!(u.platform().live_pages(), live, "no page kept");
+        for rid in ids {
+            assert_eq!(u.context_entry(rid), None, "no context table linked");
+        }
+        assert_eq!(u.group_domain(9), None);
+        assert!(d.attached_groups().is_empty());
+        // With memory, the same attach works.
+        d.attach_device(group, ids[0]).unwrap();
+        assert_eq!(u.platform().live_pages(), live + 3);
+        assert!(u.registers().violations().is_empty());
+    }
+}
+
+#[test]
+fn each_unit_uses_its_own_table_depth() {
+    // Two units with different SAGAW: a domain's depth comes from its own unit.
+    let p = Arc::new(HostPlatform::new());
+    let u39 = Arc::new(
+        VtdUnit::new(
+            FakeVtd::qemu_default(p.clone()),
+            p.clone(),
+            UnitConfig::new(39),
+        )
+        .unwrap(),
+    );
+    let cap_48_only = iommu_vtd::fake::qemu::CAP_AW48 & !(0b10 << 8);
+    let u48 = Arc::new(
+        VtdUnit::new(
+            FakeVtd::new(
+                p.clone(),
+                iommu_vtd::fake::qemu::VER,
+                cap_48_only,
+                iommu_vtd::fake::qemu::ECAP_DEFAULT,
+            ),
+            p,
+            UnitConfig::new(48),
+        )
+        .unwrap(),
+    );
+    u39.enable().unwrap();
+    u48.enable().unwrap();
+    let d39 = u39.create_domain(DomainConfig::default()).unwrap();
+    let d48 = u48.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(d39.levels(), iommu_vtd::PagingLevels::Three);
+    assert_eq!(
+        d48.levels(),
+        iommu_vtd::PagingLevels::Four,
+        "the 48-bit-only unit gets 4 levels even for the default 39-bit request"
+    );
+    let rid = Bdf::new(0, 3, 0).requester_id();
+    let one = GroupRef {
+        key: 1,
+        requester_ids: &[rid],
+    };
+    d48.attach_device(one, rid).unwrap();
+    assert_eq!(u48.context_entry(rid).unwrap().aw(), 2);
+    d48.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert_eq!(u48.registers().dma(rid, 0x1000, false), Ok(0x9000));
+    d39.attach_device(one, rid).unwrap();
+    assert_eq!(u39.context_entry(rid).unwrap().aw(), 1);
+}

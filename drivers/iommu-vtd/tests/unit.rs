@@ -1054,3 +1054,112 @@ fn read_and_clear_clears_only_what_it_read() {
     u.clear_faults();
     assert!(!u.read_faults().overflow, "the overflow was cleared unread");
 }
+
+/// A unit that firmware left in the given state, not yet enabled by us.
+fn left_by_firmware(qi: bool, te: bool, ire: bool, pending: usize) -> Arc<Unit> {
+    let u = unit_with(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    hw(&u).firmware_left(qi, te, ire, pending);
+    hw(&u).take_events();
+    u
+}
+
+/// After a hand-off: our root table is active, translation and our queue are on, an attached
+/// device translates and an unattached one is blocked.
+fn works_after_handoff(u: &Arc<Unit>) {
+    assert!(u.is_enabled() && u.queued_invalidation_active());
+    assert!(hw(u).gsts().contains(Global::TE | Global::QIE));
+    assert_eq!(hw(u).active_root(), Some(u.root_table().as_u64()));
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
+    d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(u).dma(EDU.requester_id(), 0x1000, false), Ok(0x9000));
+    assert_eq!(
+        hw(u).dma(Bdf::new(5, 0, 0).requester_id(), 0x1000, false),
+        Err(FaultReason::RootEntryNotPresent),
+        "the firmware's tables no longer apply"
+    );
+    no_violations(u);
+}
+
+#[test]
+fn enable_takes_over_a_queue_firmware_left_on() {
+    let u = left_by_firmware(true, false, false, 0);
+    u.enable().unwrap();
+    let qie = Global::QIE.bits();
+    let ev = hw(&u).events();
+    // QIE is cleared before anything else (then IQA is reprogrammed: the fake flags an IQA
+    // write while QIE is on as a violation).
+    assert_eq!(ev.first(), Some(&HwEvent::Gcmd(0)));
+    assert!(ev.contains(&HwEvent::Gcmd(qie)));
+    assert_eq!(
+        u.firmware_state(),
+        Some(iommu_vtd::FirmwareState {
+            queued_invalidation: true,
+            ..Default::default()
+        })
+    );
+    works_after_handoff(&u);
+}
+
+#[test]
+fn a_firmware_queue_that_never_drains_times_out() {
+    let u = {
+        // A stalled firmware queue with two unfetched descriptors, and a quick timeout.
+        let p = Arc::new(HostPlatform::new());
+        let regs = FakeVtd::qemu_default(p.clone());
+        regs.firmware_left(true, false, false, 2);
+        let config = UnitConfig {
+            timeout_us: 2_000,
+            ..UnitConfig::new(39)
+        };
+        Arc::new(VtdUnit::new(regs, p, config).unwrap())
+    };
+    assert_eq!(
+        u.enable(),
+        Err(VtdError::Timeout {
+            what: "the firmware's invalidation queue to drain"
+        })
+    );
+    assert!(
+        hw(&u).gsts().contains(Global::QIE),
+        "a queue still holding work is not switched off"
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn enable_takes_over_translation_firmware_left_on() {
+    let u = left_by_firmware(false, true, false, 0);
+    let firmware_root = hw(&u).active_root();
+    assert!(firmware_root.is_some());
+    u.enable().unwrap();
+    assert_ne!(hw(&u).active_root(), firmware_root);
+    // TE was never turned off (no window without translation): no GCMD write without TE.
+    let te = Global::TE.bits();
+    assert!(hw(&u)
+        .events()
+        .iter()
+        .all(|e| !matches!(e, HwEvent::Gcmd(v) if v & te == 0)));
+    assert_eq!(u.firmware_state().map(|f| f.translation), Some(true));
+    works_after_handoff(&u);
+}
+
+#[test]
+fn enable_takes_over_queue_translation_and_keeps_interrupt_remapping() {
+    let u = left_by_firmware(true, true, true, 0);
+    u.enable().unwrap();
+    assert!(
+        hw(&u).gsts().contains(Global::IRE),
+        "interrupt remapping left as it was"
+    );
+    assert_eq!(
+        u.firmware_state(),
+        Some(iommu_vtd::FirmwareState {
+            translation: true,
+            queued_invalidation: true,
+            interrupt_remapping: true,
+        })
+    );
+    works_after_handoff(&u);
+}
