@@ -27,7 +27,7 @@
 //! use dma::iommu::{IommuDomain, IotlbGather, Prot};
 //! use dma::{DmaAddr, PhysAddr};
 //! use iommu_vtd::fake::{FakeVtd, HostPlatform};
-//! use iommu_vtd::{Bdf, DomainConfig, UnitConfig, VtdUnit};
+//! use iommu_vtd::{Bdf, DomainConfig, GroupRef, UnitConfig, VtdUnit};
 //!
 //! // In a kernel: `MmioRegisters::new(base, len)` and the kernel's own `Platform`.
 //! let platform = Arc::new(HostPlatform::new());
@@ -35,8 +35,10 @@
 //! let unit = Arc::new(VtdUnit::new(regs, platform, UnitConfig::new(39))?);
 //! unit.enable()?;
 //! let domain = unit.create_domain(DomainConfig::default())?;
-//! let edu = Bdf::new(0, 3, 0);
-//! domain.attach(&[edu.requester_id()])?;
+//! let edu = Bdf::new(0, 3, 0).requester_id();
+//! // A one-device isolation group (the kernel passes the PCI crate's groups).
+//! domain.attach_device(GroupRef { key: 1, requester_ids: &[edu] }, edu)?;
+//! assert_eq!(unit.group_domain(1), Some(domain.did()));
 //! domain.map(DmaAddr::new(0x10_0000), PhysAddr::new(0x20_0000), 0x2000, Prot::READ | Prot::WRITE)?;
 //! domain.sync_map(DmaAddr::new(0x10_0000), 0x2000)?;
 //! let mut gather = IotlbGather::new();
@@ -73,4 +75,4 @@ pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo};
-pub use unit::{InvalidationStats, UnitConfig, VtdError, VtdUnit};
+pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};

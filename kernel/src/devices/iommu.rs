@@ -341,7 +341,16 @@ impl Iommu {
             }
         }
         if result.is_ok() {
-            result = domain.attach(&rids).map_err(AttachError::Vtd);
+            // Until the kernel passes the PCI crate's isolation groups: a one-device group
+            // keyed by the device's segment and BDF.
+            let key = u32::from(bdf.segment()) << 16 | u32::from(bdf.requester_id());
+            let group = iommu_vtd::GroupRef {
+                key,
+                requester_ids: &rids,
+            };
+            result = domain
+                .attach_device(group, bdf.requester_id())
+                .map_err(AttachError::Vtd);
         }
         if result.is_err() && !mapped.is_empty() {
             let mut gather = IotlbGather::new();
