@@ -71,7 +71,7 @@ fn untrusted_unaligned_end_is_bounced_and_aligned_is_not() {
     assert!(end.is_bounced());
     // A trusted device never bounces under an IOMMU.
     let t = Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -168,7 +168,7 @@ fn bounce_skip_cpu_sync_does_not_copy_but_still_zeroes() {
 
 #[test]
 fn direct_mask_violation_bounces_below_mask() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap();
     let buf = HIGH + 0x3000;
     f.phys.fill(buf, 64, 0xC3);
     let m = f

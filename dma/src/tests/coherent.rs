@@ -8,7 +8,7 @@ use crate::{DeviceConfig, DmaError, InvalidationMode};
 #[test]
 fn coherent_alloc_is_zeroed_mapped_and_freed_together() {
     let f = Fixture::iommu(
-        DeviceConfig::with_mask_bits(32).unwrap(),
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -34,7 +34,7 @@ fn coherent_alloc_is_zeroed_mapped_and_freed_together() {
 
 #[test]
 fn coherent_direct_comes_from_below_the_mask() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap();
     let buf = f.dev.alloc_coherent(4096).unwrap();
     assert_eq!(buf.dma_addr().as_u64(), buf.phys().as_u64());
     assert!(buf.phys().as_u64() < 1 << 32);
@@ -43,7 +43,7 @@ fn coherent_direct_comes_from_below_the_mask() {
 
 #[test]
 fn reject_coherent_zero_length_and_out_of_range_access() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let s = snapshot(&f);
     assert_eq!(f.dev.alloc_coherent(0).unwrap_err(), DmaError::ZeroLength);
     assert!(matches!(
@@ -72,7 +72,7 @@ fn reject_coherent_zero_length_and_out_of_range_access() {
 
 #[test]
 fn coherent_failure_paths_change_nothing() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let s = snapshot(&f);
     f.hw().fail_map_after(0);
     assert!(f.dev.alloc_coherent(4096).is_err());
@@ -84,7 +84,7 @@ fn coherent_failure_paths_change_nothing() {
 
 #[test]
 fn coherent_flush_failure_leaks_pages() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let before = f.phys.free_pages();
     let buf = f.dev.alloc_coherent(4096).unwrap();
     f.hw().fail_next_flush();

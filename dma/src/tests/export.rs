@@ -299,7 +299,7 @@ fn classifier(t: MapType) -> Arc<dyn P2pClassifier> {
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
@@ -645,7 +645,7 @@ fn export_attachment_drop_unmaps_and_detaches() {
 
 #[test]
 fn export_direct_importer_maps_each_range() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap().trusted()).unwrap();
     let ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
     let h = export(&ex);
     let a = h.attach(Events::default().importer(&f.dev)).unwrap();

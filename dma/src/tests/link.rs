@@ -12,7 +12,7 @@ const RAM: Attrs = Attrs::empty();
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
@@ -24,7 +24,7 @@ fn p(a: u64) -> PhysAddr {
 
 #[test]
 fn iova_try_alloc_on_direct_is_no_iommu() {
-    let f = Fixture::direct(DeviceConfig::default()).unwrap();
+    let f = Fixture::direct(DeviceConfig::default().trusted()).unwrap();
     assert_eq!(
         f.dev.iova_try_alloc(p(LOW), 4096).unwrap_err(),
         DmaError::NoIommu
@@ -479,7 +479,7 @@ fn link_in_deferred_domain_unlink_is_still_strict() {
         max_pending: 1000,
         max_delay_us: u64::MAX,
     });
-    let f = Fixture::iommu(DeviceConfig::default(), mode).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), mode).unwrap();
     let mut l = f.dev.iova_try_alloc(p(0), 0x4000).unwrap();
     l.link(p(LOW), 0, 0x4000, TO, RAM).unwrap();
     l.unlink(0, 0x4000).unwrap();

@@ -13,14 +13,14 @@ use crate::{
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
 }
 
 fn direct32() -> Fixture {
-    Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap()
+    Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap()
 }
 
 const RAM: Attrs = Attrs::empty();
@@ -125,7 +125,7 @@ fn reject_unknown_attribute_bits_distinctly() {
 fn reject_dma_mask_violation_direct_without_pool() {
     let phys = Arc::new(FakePhysMemory::standard());
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(32).unwrap(),
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
         Translation::Direct,
         phys,
         None,
@@ -235,7 +235,7 @@ fn reject_iova_exhaustion() {
     }));
     let domain = DmaDomain::new(hw.clone(), DomainConfig::default()).unwrap();
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,
@@ -324,7 +324,7 @@ fn reject_mmio_needing_bounce_untrusted_subpage() {
 #[test]
 fn reject_bad_device_configs() {
     let phys: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::standard());
-    let cfg = DeviceConfig::with_mask_bits(32).unwrap();
+    let cfg = DeviceConfig::with_mask_bits(32).unwrap().trusted();
     assert!(DeviceConfig::mask_bits(11).is_err());
     assert!(DeviceConfig::mask_bits(65).is_err());
     let bad_mask = DeviceConfig {
@@ -343,7 +343,7 @@ fn reject_bad_device_configs() {
     let high: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::new(&[(HIGH, 1 << 20)]));
     let pool = crate::BouncePool::new(high, 4096, u64::MAX).unwrap();
     assert!(pool.last_byte() > u32::MAX as u64);
-    let cfg24 = DeviceConfig::with_mask_bits(24).unwrap();
+    let cfg24 = DeviceConfig::with_mask_bits(24).unwrap().trusted();
     let low_pool = crate::BouncePool::new(phys.clone(), 4096, u32::MAX as u64).unwrap();
     assert!(matches!(
         DmaDevice::new(cfg24, Translation::Direct, phys.clone(), Some(low_pool)),
@@ -372,7 +372,7 @@ fn reject_deferred_without_clock_and_untrusted_on_deferred_domain() {
         Fixture::iommu(DeviceConfig::default().untrusted(), deferred),
         Err(DmaError::InvalidConfig(_))
     ));
-    assert!(Fixture::iommu(DeviceConfig::default(), deferred).is_ok());
+    assert!(Fixture::iommu(DeviceConfig::default().trusted(), deferred).is_ok());
 }
 
 // ---- Mapping behaviour ----
@@ -412,7 +412,7 @@ fn map_under_iommu_translates_with_direction_rights() {
 #[test]
 fn map_respects_device_mask_under_iommu() {
     let f = Fixture::iommu(
-        DeviceConfig::with_mask_bits(28).unwrap(),
+        DeviceConfig::with_mask_bits(28).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -593,7 +593,7 @@ fn reserved_host_bridge_window_is_never_handed_out() {
     )
     .unwrap();
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,
@@ -670,7 +670,10 @@ fn mmio_never_gets_prot_cache_even_on_coherent_devices() {
 
 #[test]
 fn mmio_never_bounced_never_synced() {
-    let cfg = DeviceConfig::with_mask_bits(39).unwrap().non_coherent();
+    let cfg = DeviceConfig::with_mask_bits(39)
+        .unwrap()
+        .trusted()
+        .non_coherent();
     let f = Fixture::iommu(cfg, InvalidationMode::Strict).unwrap();
     let copies = f.phys.copy_calls();
     let m = f
@@ -694,7 +697,10 @@ fn mmio_never_bounced_never_synced() {
 
 #[test]
 fn non_coherent_ram_gets_cache_maintenance_and_no_prot_cache() {
-    let cfg = DeviceConfig::with_mask_bits(39).unwrap().non_coherent();
+    let cfg = DeviceConfig::with_mask_bits(39)
+        .unwrap()
+        .trusted()
+        .non_coherent();
     let f = Fixture::iommu(cfg, InvalidationMode::Strict).unwrap();
     let m = f
         .dev
@@ -836,7 +842,7 @@ fn concurrent_map_unmap_from_threads() {
             max_delay_us: 100,
         }),
     ] {
-        let f = Fixture::iommu(DeviceConfig::with_mask_bits(32).unwrap(), mode).unwrap();
+        let f = Fixture::iommu(DeviceConfig::with_mask_bits(32).unwrap().trusted(), mode).unwrap();
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let dev = f.dev.clone();

@@ -10,6 +10,7 @@ mod link;
 mod map;
 mod p2p;
 mod prop;
+mod trust;
 
 use crate::testing::Fixture;
 use crate::{IovaStats, PhysMemory};
