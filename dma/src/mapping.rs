@@ -226,6 +226,13 @@ fn release_slot(inner: &DeviceInner, slot: Option<BounceSlot>) {
 /// Unmaps the page-table entries of `parts` into `gather`, each exactly as it was mapped
 /// (digest item 10). If one fails, `gather` is flushed and emptied and the ones already removed
 /// are mapped again, so the call is all-or-nothing.
+///
+/// Every restored part is made visible again with its own [`IommuDomain::sync_map`] (restored
+/// parts need not be contiguous): on hardware that caches not-present entries (VT-d caching
+/// mode) or buffers writes (RWBF), a re-created entry the hardware is not told about stays
+/// invisible, and the device would fault on a mapping its owner still holds.
+///
+/// [`IommuDomain::sync_map`]: crate::iommu::IommuDomain::sync_map
 pub(crate) fn unmap_parts(
     domain: &DmaDomain,
     parts: &[Part],
@@ -241,10 +248,11 @@ pub(crate) fn unmap_parts(
                 log::error!("dma: flush before restoring failed: {e2}");
             }
             for q in parts[..i].iter().filter(|q| q.map_size > 0) {
-                if let Err(e2) = domain
+                let restored = domain
                     .hw()
                     .map(q.map_iova, q.target_page, q.map_size, q.prot)
-                {
+                    .and_then(|()| domain.hw().sync_map(q.map_iova, q.map_size));
+                if let Err(e2) = restored {
                     log::error!(
                         "dma: could not restore {:?} after a failed unmap: {e2}",
                         q.map_iova

@@ -409,9 +409,24 @@ fn unlink_failure_restores_links() {
     }
     f.hw().fail_unmap_after(2);
     let s = snapshot(&f);
-    assert!(l.unlink(0, 0x4000).is_err());
+    f.hw().record_ops(true);
+    assert_eq!(
+        l.unlink(0, 0x4000).unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped {
+            iova: l.addr().as_u64() + 0x2000
+        })
+    );
     assert_eq!(snapshot(&f), s);
     assert_eq!(l.link_count(), 4);
+    // The two links taken off and put back were each made visible again (CM=1 / RWBF).
+    let ops = f.hw().ops();
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, FakeOp::Map { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(super::maps_without_sync(&ops), [], "{ops:?}");
     for i in 0..4 {
         assert!(f
             .hw()

@@ -555,6 +555,47 @@ fn raw_unmap_failure_keeps_the_mapping() {
     f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap();
 }
 
+/// A failed unmap re-maps what it had already removed; every re-created entry must be synced
+/// (CM=1 / RWBF hardware would not see it otherwise, and the owner's mapping would fault).
+#[test]
+fn unmap_failure_restore_syncs_every_restored_part() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 8192),
+        (PhysAddr::new(LOW + 0x8000), 4096),
+    ];
+    let sg = f.dev.map_sg(&ranges, TO, RAM).unwrap();
+    let segs: Vec<_> = sg.segments().collect();
+    f.hw().reset_counts();
+    f.hw().record_ops(true);
+    f.hw().fail_unmap_after(2); // parts 0 and 1 come off, part 2 fails
+    assert_eq!(
+        sg.unmap().unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped {
+            iova: segs[2].addr.page_align_down().as_u64()
+        })
+    );
+    let ops = f.hw().ops();
+    let restored: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match *op {
+            FakeOp::Map { iova, size, .. } => Some((iova, size)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restored,
+        [(segs[0].addr.as_u64(), 4096), (segs[1].addr.as_u64(), 8192)],
+        "the two removed parts were re-mapped"
+    );
+    assert_eq!(super::maps_without_sync(&ops), [], "{ops:?}");
+    assert_eq!(f.hw().counts().sync_maps, 2);
+    for s in &segs {
+        assert!(f.hw().translate(s.addr).is_some());
+    }
+}
+
 #[test]
 fn raw_mappings_of_the_same_buffer_do_not_collide() {
     let f = direct32();
