@@ -387,4 +387,30 @@ mod tests {
         let p = DmaError::IovaPoisoned { addr: 0xabc000 }.to_string();
         assert!(p.contains("0xabc000") && p.contains("flush"), "{p}");
     }
+
+    #[test]
+    fn mixed_trust_and_unwind_incomplete_display_their_data() {
+        let m = DmaError::MixedTrust {
+            members_trusted: true,
+            members: 3,
+        }
+        .to_string();
+        assert!(
+            m.contains("an untrusted device") && m.contains("3 trusted"),
+            "{m}"
+        );
+        let e = DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(0x7000), 0x2000),
+            reaches: PhysAddr::new(0x1234_5000),
+            stuck: 2,
+            undo: IommuError::NotMapped { iova: 0x7000 },
+        };
+        let u = e.to_string();
+        assert!(
+            u.contains("0x7000+0x2000") && u.contains("0x12345000") && u.contains("2 piece"),
+            "{u}"
+        );
+        let src = core::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(src.as_deref(), Some("iova 0x7000 is not mapped"));
+    }
 }

@@ -28,7 +28,7 @@ use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
 use crate::error::{BounceReason, DmaError};
 use crate::invalidation::{InvalidationMode, Retired, UnmapBatch};
-use crate::iommu::{IotlbGather, Prot};
+use crate::iommu::{IommuError, IotlbGather, Prot};
 use crate::phys::CacheOp;
 use crate::segment::DmaSegment;
 
@@ -237,7 +237,7 @@ pub(crate) fn unmap_parts(
     domain: &DmaDomain,
     parts: &[Part],
     gather: &mut IotlbGather,
-) -> Result<(), DmaError> {
+) -> Result<(), IommuError> {
     for (i, p) in parts.iter().enumerate() {
         if p.map_size == 0 {
             continue;
@@ -259,7 +259,7 @@ pub(crate) fn unmap_parts(
                     );
                 }
             }
-            return Err(e.into());
+            return Err(e);
         }
     }
     Ok(())
@@ -273,7 +273,7 @@ pub(crate) fn unmap_parts_best_effort(
     domain: &DmaDomain,
     parts: &[Part],
     gather: &mut IotlbGather,
-) -> Vec<(usize, DmaError)> {
+) -> Vec<(usize, IommuError)> {
     let mut stuck = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         if p.map_size == 0 {
@@ -285,18 +285,60 @@ pub(crate) fn unmap_parts_best_effort(
                 p.map_iova,
                 p.map_size
             );
-            stuck.push((i, e.into()));
+            stuck.push((i, e));
         }
     }
     stuck
 }
 
+/// The [`DmaError::UnwindIncomplete`] for `parts` of which those at `stuck` (indices into
+/// `parts`, in order) are still mapped, the undo having failed with `undo`. `None` when none of
+/// them has page-table entries (nothing is reachable).
+pub(crate) fn unwind_incomplete(
+    parts: &[Part],
+    stuck: impl IntoIterator<Item = usize>,
+    undo: IommuError,
+) -> Option<DmaError> {
+    let mut stuck = stuck
+        .into_iter()
+        .filter_map(|i| parts.get(i))
+        .filter(|p| p.map_size > 0);
+    let first = stuck.next()?;
+    Some(DmaError::UnwindIncomplete {
+        still_mapped: (first.map_iova, first.map_size),
+        reaches: first.target_page,
+        stuck: 1 + stuck.count(),
+        undo,
+    })
+}
+
+/// The error a failed operation returns after its unwind: the unwind's own
+/// [`DmaError::UnwindIncomplete`] if something stayed mapped (`original` is then logged),
+/// `original` otherwise.
+pub(crate) fn after_unwind(incomplete: Option<DmaError>, original: DmaError) -> DmaError {
+    match incomplete {
+        None => original,
+        Some(incomplete) => {
+            log::error!("dma: unwinding after `{original}` failed: {incomplete}");
+            incomplete
+        }
+    }
+}
+
 /// Undoes `parts` of a mapping that never reached the caller: entries removed part by part (best
 /// effort, nothing restored), one flush for whatever was removed, then the IOVA and the bounce
-/// slots freed. A part whose unmap failed keeps its IOVA range and its slot for ever (logged):
-/// the entries still point at them, so they must never be handed out again. If the flush fails,
-/// everything is leaked. No copy-back (the device never had the mapping).
-pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr, u64)>) {
+/// slots freed. No copy-back (the device never had the mapping).
+///
+/// A part whose unmap failed keeps its IOVA range and its slot for ever: the entries still
+/// point at them, so they must never be handed out again. If the flush fails, everything is
+/// leaked (stale IOTLB entries may still reach any removed part). Either way the returned
+/// [`DmaError::UnwindIncomplete`] names what is still mapped, so that the caller does not free
+/// memory the device can still reach (`None`: everything was undone).
+pub(crate) fn unwind(
+    inner: &DeviceInner,
+    parts: &[Part],
+    iova: Option<(DmaAddr, u64)>,
+) -> Option<DmaError> {
     match &inner.translation {
         Translation::Iommu(domain) => {
             let mut gather = IotlbGather::new();
@@ -310,7 +352,7 @@ pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr,
                 log::error!(
                     "dma: flush during unwind failed ({e}); leaking {iova:?} and its bounce slots"
                 );
-                return;
+                return unwind_incomplete(parts, 0..parts.len(), e);
             }
             let keep: Vec<(DmaAddr, u64)> = stuck
                 .iter()
@@ -324,11 +366,14 @@ pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr,
                     release_slot(inner, p.bounce);
                 }
             }
+            let &(_, undo) = stuck.first()?;
+            unwind_incomplete(parts, stuck.iter().map(|&(i, _)| i), undo)
         }
         Translation::Direct => {
             for p in parts {
                 release_slot(inner, p.bounce);
             }
+            None
         }
     }
 }
@@ -400,7 +445,7 @@ pub(crate) fn unmap_record(
     };
     let mut gather = IotlbGather::new();
     if let Err(e) = unmap_parts(domain, rec.parts.as_slice(), &mut gather) {
-        return Err((e, Some(rec)));
+        return Err((e.into(), Some(rec)));
     }
     if let Some(b) = batch {
         let entry = b.entry(domain);
@@ -532,8 +577,8 @@ impl DmaDevice {
                 };
                 if let Err(e) = domain.hw().sync_map(iova, size) {
                     // Digest item 2: a failed step after mapping unwinds and errors out.
-                    unwind(inner, &[part], Some((iova, size)));
-                    return Err(e.into());
+                    let unwound = unwind(inner, &[part], Some((iova, size)));
+                    return Err(after_unwind(unwound, e.into()));
                 }
                 MapRecord {
                     dir,
@@ -601,18 +646,14 @@ impl DmaDevice {
                 cursor.map(DmaAddr::new),
             ) {
                 Ok(p) => parts.push(p),
-                Err(e) => {
-                    unwind(inner, &parts, iova);
-                    return Err(e);
-                }
+                Err(e) => return Err(after_unwind(unwind(inner, &parts, iova), e)),
             }
             // 64-bit accumulation (digest item 4); cannot overflow: the total was checked.
             cursor = cursor.map(|c| c + span);
         }
         if let (Translation::Iommu(domain), Some((a, size))) = (&inner.translation, iova) {
             if let Err(e) = domain.hw().sync_map(a, size) {
-                unwind(inner, &parts, iova);
-                return Err(e.into());
+                return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
             }
         }
         let rec = MapRecord {

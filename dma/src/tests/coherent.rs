@@ -1,7 +1,7 @@
 //! Coherent allocations: memory and DMA address together, zeroed, freed after a flush.
 
 use super::snapshot;
-use crate::iommu::{IommuDomain, Prot};
+use crate::iommu::{IommuDomain, IommuError, Prot};
 use crate::testing::Fixture;
 use crate::{DeviceConfig, DmaError, InvalidationMode};
 
@@ -94,4 +94,43 @@ fn coherent_flush_failure_leaks_pages() {
         before - 1,
         "the device may still write there: never reused"
     );
+}
+
+/// The sync after mapping fails and the unwind cannot unmap: the error names the IOVA still
+/// mapped and the pages it reaches (which stay allocated for ever).
+#[test]
+fn coherent_alloc_double_fault_reports_what_is_still_mapped() {
+    let f = Fixture::iommu(
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
+        InvalidationMode::Strict,
+    )
+    .unwrap();
+    let free = f.phys.free_pages();
+    f.hw().fail_next_sync_map();
+    f.hw().fail_unmap_after(0);
+    let e = f.dev.alloc_coherent(8192).unwrap_err();
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 2);
+    let (iova, pte) = left[0];
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(iova), 8192),
+            reaches: crate::PhysAddr::new(pte.paddr),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova },
+        }
+    );
+    assert_eq!(
+        f.phys.free_pages(),
+        free - 2,
+        "the reachable pages are never freed"
+    );
+    // Without the double fault: the sync's error and nothing left.
+    f.hw().fail_next_sync_map();
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert_eq!(f.hw().entries(), 2);
 }

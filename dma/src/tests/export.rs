@@ -477,6 +477,39 @@ fn revoke_unmaps_every_mapping_of_every_importer_and_flushes() {
     assert_eq!(f.hw().stale_reuses(), 0);
 }
 
+/// A revoke that cannot remove a mapping (its unmap keeps failing) says which range the
+/// importer can still reach, instead of a generic unmap error.
+#[test]
+fn revoke_reports_the_range_it_could_not_unmap() {
+    let f = iommu();
+    let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
+    let h = export(&ex);
+    let a = h.attach(Events::default().importer(&f.dev)).unwrap();
+    let m = a.map(RW).unwrap();
+    // The first range (16 KiB, one link) cannot be unmapped; the second can.
+    let first = m.segments()[0].addr.as_u64();
+    f.hw().fail_unmaps_at(Some(first + 0x1000));
+    let e = ex.revoke().unwrap_err();
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(first), 0x4000),
+            reaches: PhysAddr::new(BAR),
+            stuck: 1,
+            undo: crate::iommu::IommuError::NotMapped { iova: first },
+        }
+    );
+    assert_eq!(h.state(), ExportState::Revoked, "revoked regardless");
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 4, "only the stuck range is left");
+    assert!(left
+        .iter()
+        .all(|(_, pte)| (BAR..BAR + 0x4000).contains(&pte.paddr)));
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    f.hw().fail_unmaps_at(None);
+    drop(m);
+}
+
 #[test]
 fn revoke_with_many_importers_flushes_once_per_domain() {
     let f = iommu();

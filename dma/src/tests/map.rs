@@ -501,16 +501,112 @@ fn sync_map_failure_unwinds_and_errors() {
     let f = iommu();
     let s = snapshot(&f);
     f.hw().fail_next_sync_map();
-    assert!(f.dev.map_phys(PhysAddr::new(LOW), 4096, TO, RAM).is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(PhysAddr::new(LOW), 4096, TO, RAM)
+            .unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
     f.hw().fail_next_sync_map();
     let ranges = [
         (PhysAddr::new(LOW), 4096),
         (PhysAddr::new(LOW + 0x10000), 8192),
     ];
-    assert!(f.dev.map_sg(&ranges, TO, RAM).is_err());
+    assert_eq!(
+        f.dev.map_sg(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
     assert_eq!(f.hw().unflushed_bytes(), 0);
+}
+
+/// Double fault in `map_phys`: the sync fails, then the unwind's unmap fails. The error names
+/// the range the device can still reach, and it really is still mapped.
+#[test]
+fn unwind_double_fault_in_map_phys_reports_what_is_still_mapped() {
+    let f = iommu();
+    f.hw().fail_next_sync_map();
+    f.hw().fail_unmap_after(0);
+    let e = f
+        .dev
+        .map_phys(
+            PhysAddr::new(LOW + 0x3000),
+            4096,
+            Direction::FromDevice,
+            RAM,
+        )
+        .unwrap_err();
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1, "the undo failed: the entry is still there");
+    let (iova, pte) = left[0];
+    assert_eq!(pte.paddr, LOW + 0x3000);
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(iova), 4096),
+            reaches: PhysAddr::new(LOW + 0x3000),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova },
+        }
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("still mapped") && text.contains("0x1003000"),
+        "{text}"
+    );
+    // The stuck IOVA stays out of the allocator.
+    assert_eq!(f.domain().iova_stats().live, 1);
+}
+
+/// The unwind's flush fails: everything it removed may still be reachable through a stale
+/// IOTLB entry, and the error says so.
+#[test]
+fn unwind_flush_failure_in_map_sg_reports_the_unflushed_parts() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 8192),
+        (PhysAddr::new(LOW + 0x8000), 4096),
+    ];
+    f.hw().fail_map_after(2);
+    f.hw().fail_next_flush();
+    let e = f.dev.map_sg(&ranges, TO, RAM).unwrap_err();
+    assert_eq!(f.hw().entries(), 0, "the entries were removed");
+    assert_eq!(
+        f.hw().unflushed_bytes(),
+        3 * 4096,
+        "but never flushed: both parts are reachable"
+    );
+    let DmaError::UnwindIncomplete {
+        still_mapped,
+        reaches,
+        stuck,
+        undo,
+    } = e
+    else {
+        panic!("expected UnwindIncomplete, got {e:?}");
+    };
+    assert_eq!(still_mapped.1, 4096);
+    assert_eq!(reaches, PhysAddr::new(LOW));
+    assert_eq!(stuck, 2);
+    assert_eq!(undo, IommuError::InvalidationTimeout);
+}
+
+/// Without a double fault the original error is returned unchanged.
+#[test]
+fn unwind_that_succeeds_returns_the_original_error() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 4096),
+    ];
+    f.hw().fail_map_after(1);
+    assert_eq!(
+        f.dev.map_sg(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
+    assert_eq!(f.hw().entries(), 0);
 }
 
 #[test]
@@ -925,18 +1021,27 @@ fn sg_unwind_with_failing_unmap_removes_the_rest_and_leaks_only_the_stuck_iova()
     ];
     f.hw().fail_map_after(2);
     f.hw().fail_unmap_after(1);
-    assert_eq!(
-        f.dev
-            .map_sg(&ranges, Direction::FromDevice, RAM)
-            .unwrap_err(),
-        DmaError::Iommu(IommuError::OutOfMemory)
-    );
+    let e = f
+        .dev
+        .map_sg(&ranges, Direction::FromDevice, RAM)
+        .unwrap_err();
     // Only the entry that could not be unmapped is left (not 8 KiB of the caller's buffer).
     assert_eq!(f.hw().mapped_bytes(), 4096);
     let left = f.hw().entries_in(0, 1 << 39);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1.paddr, LOW + 0x4000);
     let stuck_iova = left[0].0;
+    // The error says so (not the map failure that started the unwind): the caller must not
+    // free entry 1's buffer, which the device can still write.
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(stuck_iova), 4096),
+            reaches: PhysAddr::new(LOW + 0x4000),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova: stuck_iova },
+        }
+    );
     assert_eq!(f.hw().unflushed_bytes(), 0, "what was removed was flushed");
     let st = f.domain().iova_stats();
     assert_eq!(
