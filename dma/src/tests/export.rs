@@ -692,39 +692,36 @@ fn export_direct_importer_maps_each_range() {
 }
 
 /// Importer threads attach, map, unmap (or drop) in a loop while the exporter revokes and
-/// restores: every revoke returns with nothing mapped and every flush complete, and nothing is
-/// leaked at the end. Negative control (checked by hand): releasing the export lock between
-/// taking a mapping out of the table and unmapping it makes this fail in every run.
-#[test]
-fn revoke_racing_unmap_threads() {
+/// restores. Returns the first violation seen right after a revoke returned (a mapping left in
+/// the page table, or an unmap not flushed yet), or `None` after `min_revokes` revokes with at
+/// least `min_maps` mappings made. With `broken`, the test-only hook releases the export lock
+/// between taking a mapping out of the table and unmapping it; then it runs until a violation
+/// (or `max_revokes`).
+fn revoke_unmap_race(
+    broken: bool,
+    min_revokes: usize,
+    min_maps: usize,
+    max_revokes: usize,
+) -> RaceOutcome {
     let f = iommu();
     let before = snapshot(&f);
     let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
     let h = export(&ex);
+    h.test_unlock_before_unmap(broken);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let notified = Arc::new(AtomicUsize::new(0));
     let mapped = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     for t in 0..4 {
-        let (h, dev, stop, notified, mapped) = (
-            h.clone(),
-            f.dev.clone(),
-            stop.clone(),
-            notified.clone(),
-            mapped.clone(),
-        );
+        let (h, dev, stop, mapped) = (h.clone(), f.dev.clone(), stop.clone(), mapped.clone());
         threads.push(thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
-                let n = notified.clone();
                 let Ok(a) = h.attach(Importer {
                     id: CLIENT,
                     dev: dev.clone(),
                     peer_to_peer: true,
-                    move_notify: Box::new(move |_| {
-                        n.fetch_add(1, Ordering::SeqCst);
-                    }),
+                    move_notify: Box::new(|_| {}),
                 }) else {
                     continue;
                 };
@@ -733,7 +730,7 @@ fn revoke_racing_unmap_threads() {
                         Ok(m) => {
                             mapped.fetch_add(1, Ordering::SeqCst);
                             if (i + t).is_multiple_of(2) {
-                                let _ = m.unmap();
+                                m.unmap().unwrap();
                             } else {
                                 drop(m);
                             }
@@ -746,29 +743,68 @@ fn revoke_racing_unmap_threads() {
         }));
     }
     let mut revokes = 0;
-    while revokes < 2000 || mapped.load(Ordering::SeqCst) < 1000 {
+    let mut violation = None;
+    while violation.is_none()
+        && revokes < max_revokes
+        && (broken || revokes < min_revokes || mapped.load(Ordering::SeqCst) < min_maps)
+    {
         ex.revoke().unwrap();
-        assert_eq!(f.hw().entries(), 0, "a mapping survived revoke");
-        assert_eq!(
-            f.hw().unflushed_bytes(),
-            0,
-            "revoke returned before a flush"
-        );
+        let (entries, unflushed) = (f.hw().entries(), f.hw().unflushed_bytes());
+        if entries != 0 {
+            violation = Some(format!("{entries} entries survived revoke {revokes}"));
+        } else if unflushed != 0 {
+            violation = Some(format!("revoke {revokes} returned before a flush"));
+        }
         ex.restore();
         revokes += 1;
-        if revokes > 1_000_000 {
-            break;
-        }
     }
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().unwrap();
     }
     assert!(mapped.load(Ordering::SeqCst) > 0);
-    assert_eq!(h.attachments(), 0);
-    assert_eq!(snapshot(&f), before);
-    assert_eq!(f.hw().stale_reuses(), 0);
-    ex.teardown().unwrap();
+    RaceOutcome {
+        f,
+        before,
+        ex,
+        h,
+        violation,
+    }
+}
+
+struct RaceOutcome {
+    f: Fixture,
+    before: super::Snapshot,
+    ex: Exporter,
+    h: ExportHandle,
+    violation: Option<String>,
+}
+
+/// Revoke racing importers' unmaps: every revoke returns with nothing mapped and every flush
+/// complete, and nothing is leaked at the end. Its negative control is
+/// `revoke_racing_unmap_threads_detects_the_broken_lock_order`.
+#[test]
+fn revoke_racing_unmap_threads() {
+    let r = revoke_unmap_race(false, 2000, 1000, 1_000_000);
+    assert_eq!(r.violation, None);
+    assert_eq!(r.h.attachments(), 0);
+    assert_eq!(snapshot(&r.f), r.before, "nothing leaked");
+    assert_eq!(r.f.hw().stale_reuses(), 0);
+    r.ex.teardown().unwrap();
+}
+
+/// Negative control of `revoke_racing_unmap_threads`, automated: the same race with the safety
+/// step (unmap under the export's state lock) disabled through the test-only hook must be
+/// detected, so the race test is able to fail.
+#[test]
+fn revoke_racing_unmap_threads_detects_the_broken_lock_order() {
+    let r = revoke_unmap_race(true, 0, 0, 200_000);
+    assert!(
+        r.violation.is_some(),
+        "200000 revokes raced importers that unmap outside the lock and saw nothing wrong"
+    );
+    std::println!("negative control: {}", r.violation.unwrap_or_default());
+    r.ex.teardown().unwrap();
 }
 
 #[test]
