@@ -8,7 +8,6 @@
 //! A device that must not DMA at all simply gets no `DmaDevice` (the IOMMU driver leaves it in a
 //! blocking domain): there is no "no translation" variant to get wrong.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::AtomicU64;
@@ -18,7 +17,7 @@ use spin::Mutex;
 use crate::bounce::BouncePool;
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
-use crate::mapping::MapRecord;
+use crate::mapping::RawTable;
 use crate::phys::PhysMemory;
 
 /// How the device's addresses reach memory.
@@ -117,9 +116,8 @@ pub(crate) struct DeviceInner {
     pub translation: Translation,
     pub phys: Arc<dyn PhysMemory>,
     pub bounce: Option<Arc<BouncePool>>,
-    /// Mappings turned into raw handles ([`crate::Mapping::into_raw`]), keyed by (DMA address,
-    /// id) so two direct mappings of the same buffer do not collide.
-    pub raw: Mutex<BTreeMap<(u64, u64), MapRecord>>,
+    /// Mappings turned into raw handles ([`crate::Mapping::into_raw`]).
+    pub raw: Mutex<RawTable>,
     pub next_id: AtomicU64,
 }
 
@@ -192,7 +190,7 @@ impl DmaDevice {
                 translation,
                 phys,
                 bounce,
-                raw: Mutex::new(BTreeMap::new()),
+                raw: Mutex::new(RawTable::default()),
                 next_id: AtomicU64::new(1),
             }),
         })

@@ -111,6 +111,7 @@ pub mod device;
 pub mod domain;
 pub mod error;
 pub mod export;
+mod interval;
 pub mod invalidation;
 pub mod iommu;
 pub mod iova;

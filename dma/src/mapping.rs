@@ -16,6 +16,7 @@
 //! [`IommuDomain::map`]: crate::iommu::IommuDomain::map
 //! [`IommuDomain::sync_map`]: crate::iommu::IommuDomain::sync_map
 
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -27,6 +28,7 @@ use crate::bounce::BounceSlot;
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
 use crate::error::{BounceReason, DmaError};
+use crate::interval::IntervalIndex;
 use crate::invalidation::{InvalidationMode, Retired, UnmapBatch};
 use crate::iommu::{IommuError, IotlbGather, Prot};
 use crate::phys::CacheOp;
@@ -85,8 +87,49 @@ pub(crate) struct MapRecord {
     pub parts: Parts,
 }
 
-/// How many raw mappings starting at or below an address a raw sync inspects.
-const RAW_SYNC_LOOKBACK: usize = 64;
+/// A device's raw mappings ([`Mapping::into_raw`]): the records keyed by (DMA address, id), so
+/// that two direct mappings of the same buffer do not collide, plus an interval index over
+/// `[dma, dma + len)` so that a raw sync finds the mapping containing an address in O(log n)
+/// even where direct mappings overlap (see `interval`).
+#[derive(Default)]
+pub(crate) struct RawTable {
+    pub records: BTreeMap<(u64, u64), MapRecord>,
+    index: IntervalIndex,
+}
+
+impl RawTable {
+    fn end_of(key: (u64, u64), rec: &MapRecord) -> u64 {
+        let len: u64 = rec.parts.as_slice().iter().map(|p| p.len).sum();
+        key.0.saturating_add(len)
+    }
+
+    /// Adds a record under `key`, which must be new.
+    pub fn insert(&mut self, key: (u64, u64), rec: MapRecord) {
+        self.index.insert(key, Self::end_of(key, &rec));
+        self.records.insert(key, rec);
+    }
+
+    /// Takes the record under `key` out.
+    pub fn remove(&mut self, key: (u64, u64)) -> Option<MapRecord> {
+        let rec = self.records.remove(&key)?;
+        self.index.remove(key);
+        Some(rec)
+    }
+
+    /// Number of raw mappings.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The mapping that contains `a` and reaches furthest past it, with its start.
+    fn containing(&self, a: u64) -> Option<(u64, &MapRecord)> {
+        let (key, end) = self.index.reaching_furthest(a)?;
+        if end <= a {
+            return None;
+        }
+        self.records.get(&key).map(|r| (key.0, r))
+    }
+}
 
 pub(crate) fn check_attrs(attrs: Attrs) -> Result<(), DmaError> {
     let unknown = attrs.bits() & !Attrs::all().bits();
@@ -714,7 +757,7 @@ impl DmaDevice {
             let mut first = None;
             let mut same_len = None;
             let mut found = None;
-            for (k, rec) in table.range((a, 0)..=(a, u64::MAX)) {
+            for (k, rec) in table.records.range((a, 0)..=(a, u64::MAX)) {
                 let p = &rec.parts.as_slice()[0];
                 first.get_or_insert(p.len);
                 if p.len == len {
@@ -726,7 +769,7 @@ impl DmaDevice {
                 }
             }
             match (found, same_len, first) {
-                (Some(k), _, _) => table.remove(&k).map(|r| (k, r)),
+                (Some(k), _, _) => table.remove(k).map(|r| (k, r)),
                 (None, Some((d, _)), _) if d != dir => {
                     return Err(DmaError::DirectionMismatch { addr: a })
                 }
@@ -774,18 +817,10 @@ impl DmaDevice {
     fn sync_raw(&self, dma: DmaAddr, len: u64, for_cpu: bool) -> Result<(), DmaError> {
         let a = dma.as_u64();
         let table = self.inner.raw.lock();
-        // Bounded look-back: under an IOMMU raw mappings are disjoint, so the nearest start is
-        // the one; only overlapping direct mappings of the same buffer need more than one step.
-        let (_, rec) = table
-            .range(..=(a, u64::MAX))
-            .rev()
-            .take(RAW_SYNC_LOOKBACK)
-            .find(|(_, r)| {
-                let p = &r.parts.as_slice()[0];
-                a >= p.dma.as_u64() && a - p.dma.as_u64() < p.len
-            })
-            .ok_or(DmaError::NotMapped { addr: a })?;
-        let start = rec.parts.as_slice()[0].dma.as_u64();
+        // O(log n) whatever the overlap (direct mappings of one buffer may nest): the mapping
+        // that contains `a` and reaches furthest; if it does not hold the whole range, none
+        // does and `sync_record` reports `OutOfRange`.
+        let (start, rec) = table.containing(a).ok_or(DmaError::NotMapped { addr: a })?;
         sync_record(&self.inner, rec, a - start, len, for_cpu)
     }
 }

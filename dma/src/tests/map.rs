@@ -1165,3 +1165,77 @@ fn raw_unmap_finds_the_matching_mapping_among_same_length_ones() {
     f.dev.unmap_phys(a, 4096, TO, RAM).unwrap();
     assert_eq!(f.dev.raw_mappings(), 0);
 }
+
+/// Raw sync on the direct path with many live, overlapping raw mappings: a large buffer is
+/// mapped, then more than 64 small mappings inside it (some at its very start). A sync of an
+/// address in the large buffer past all of them must find it (it used to look back only 64
+/// entries and report `NotMapped`), and the cache maintenance must cover that range with that
+/// mapping's direction.
+#[test]
+fn raw_sync_finds_a_mapping_behind_more_than_64_later_starts() {
+    let cfg = DeviceConfig::with_mask_bits(32)
+        .unwrap()
+        .trusted()
+        .non_coherent();
+    let f = Fixture::direct(cfg).unwrap();
+    let big = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 0x10000, Direction::FromDevice, RAM)
+        .unwrap()
+        .into_raw();
+    let mut small = Vec::new();
+    for _ in 0..40 {
+        // Same start as the big one ...
+        small.push((
+            f.dev
+                .map_phys(PhysAddr::new(LOW), 16, TO, RAM)
+                .unwrap()
+                .into_raw(),
+            16,
+        ));
+    }
+    for i in 0..100u64 {
+        // ... and starts between it and the address synced.
+        let a = PhysAddr::new(LOW + 0x100 + i * 0x40);
+        small.push((f.dev.map_phys(a, 32, TO, RAM).unwrap().into_raw(), 32));
+    }
+    assert_eq!(f.dev.raw_mappings(), 141);
+    let at = DmaAddr::new(LOW + 0x8000);
+    let before = f.phys.cache_ops().len();
+    f.dev.sync_for_cpu(at, 0x200).unwrap();
+    assert_eq!(
+        &f.phys.cache_ops()[before..],
+        [(
+            LOW + 0x8000,
+            0x200,
+            crate::CacheOp::ForCpu(Direction::FromDevice)
+        )]
+    );
+    // Past the end of every mapping: no mapping holds the range.
+    assert_eq!(
+        f.dev.sync_for_cpu(DmaAddr::new(LOW + 0xff00), 0x200),
+        Err(DmaError::OutOfRange {
+            offset: 0xff00,
+            len: 0x200,
+            size: 0x10000
+        })
+    );
+    assert_eq!(
+        f.dev.sync_for_device(DmaAddr::new(LOW + 0x10000), 1),
+        Err(DmaError::NotMapped {
+            addr: LOW + 0x10000
+        })
+    );
+    // Once the big mapping is gone, the same address is not mapped any more.
+    f.dev
+        .unmap_phys(big, 0x10000, Direction::FromDevice, RAM)
+        .unwrap();
+    assert_eq!(
+        f.dev.sync_for_cpu(at, 0x200),
+        Err(DmaError::NotMapped { addr: at.as_u64() })
+    );
+    for (dma, len) in small {
+        f.dev.unmap_phys(dma, len, TO, RAM).unwrap();
+    }
+    assert_eq!(f.dev.raw_mappings(), 0);
+}
