@@ -207,7 +207,10 @@ fn bounce_slot_freed_only_after_flush() {
         .unwrap();
     assert_eq!(f.pool.free_pages(), free - 1);
     f.hw().fail_next_flush();
-    assert!(m.unmap().is_err());
+    assert_eq!(
+        m.unmap().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     assert_eq!(
         f.pool.free_pages(),
         free - 1,
@@ -236,15 +239,17 @@ fn reject_bounce_exhaustion_and_change_nothing() {
     }
     assert_eq!(live.len(), 256, "1 MiB pool, one page per slot");
     let s = snapshot(&f);
-    assert!(f
-        .dev
-        .map_phys(
-            PhysAddr::new(buf + 1),
-            10,
-            Direction::ToDevice,
-            Attrs::empty()
-        )
-        .is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(
+                PhysAddr::new(buf + 1),
+                10,
+                Direction::ToDevice,
+                Attrs::empty()
+            )
+            .unwrap_err(),
+        DmaError::BounceExhausted { size: 10 }
+    );
     assert_eq!(snapshot(&f), s);
 }
 

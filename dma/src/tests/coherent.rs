@@ -75,10 +75,16 @@ fn coherent_failure_paths_change_nothing() {
     let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let s = snapshot(&f);
     f.hw().fail_map_after(0);
-    assert!(f.dev.alloc_coherent(4096).is_err());
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
     assert_eq!(snapshot(&f), s);
     f.hw().fail_next_sync_map();
-    assert!(f.dev.alloc_coherent(4096).is_err());
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
 }
 
@@ -88,7 +94,10 @@ fn coherent_flush_failure_leaks_pages() {
     let before = f.phys.free_pages();
     let buf = f.dev.alloc_coherent(4096).unwrap();
     f.hw().fail_next_flush();
-    assert!(buf.free().is_err());
+    assert_eq!(
+        buf.free().unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(
         f.phys.free_pages(),
         before - 1,

@@ -826,7 +826,10 @@ fn export_importer_with_translation_direct_and_untrusted_is_impossible() {
         f.phys.clone(),
         None,
     );
-    assert!(e.is_err());
+    assert_eq!(
+        e.unwrap_err(),
+        DmaError::InvalidConfig("an untrusted device needs an IOMMU domain for isolation")
+    );
 }
 
 #[test]

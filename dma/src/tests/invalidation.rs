@@ -96,7 +96,10 @@ fn batch_flush_failure_leaks_instead_of_reusing() {
     let mut batch = UnmapBatch::new();
     m.unmap_in(&mut batch).unwrap();
     f.hw().fail_next_flush();
-    assert!(batch.finish().is_err());
+    assert_eq!(
+        batch.finish().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     assert_eq!(f.domain().iova_stats().live, 1);
 }
 
@@ -253,7 +256,10 @@ fn deferred_flush_failure_keeps_quarantine() {
         .unmap()
         .unwrap();
     f.hw().fail_next_flush();
-    assert!(f.domain().flush_deferred().is_err());
+    assert_eq!(
+        f.domain().flush_deferred().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     // The IOVA never comes back: it stays allocated for ever.
     assert_eq!(pages(&f), before);
     assert_eq!(f.domain().iova_stats().live, 1);

@@ -325,19 +325,27 @@ fn reject_mmio_needing_bounce_untrusted_subpage() {
 fn reject_bad_device_configs() {
     let phys: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::standard());
     let cfg = DeviceConfig::with_mask_bits(32).unwrap().trusted();
-    assert!(DeviceConfig::mask_bits(11).is_err());
-    assert!(DeviceConfig::mask_bits(65).is_err());
+    for bits in [11, 65] {
+        assert_eq!(
+            DeviceConfig::mask_bits(bits).unwrap_err(),
+            DmaError::InvalidConfig("DMA mask width must be 12..=64 bits")
+        );
+    }
     let bad_mask = DeviceConfig {
         mask: 0x1234_5678,
         ..cfg
     };
     assert!(matches!(
         DmaDevice::new(bad_mask, Translation::Direct, phys.clone(), None),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "DMA mask must be 2^n - 1 with n >= 12"
+        ))
     ));
     assert!(matches!(
         DmaDevice::new(cfg.untrusted(), Translation::Direct, phys.clone(), None),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "an untrusted device needs an IOMMU domain for isolation"
+        ))
     ));
     // A pool above the device's mask is refused at creation, not at first bounce.
     let high: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::new(&[(HIGH, 1 << 20)]));
@@ -347,11 +355,15 @@ fn reject_bad_device_configs() {
     let low_pool = crate::BouncePool::new(phys.clone(), 4096, u32::MAX as u64).unwrap();
     assert!(matches!(
         DmaDevice::new(cfg24, Translation::Direct, phys.clone(), Some(low_pool)),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "the bounce pool is beyond the device's DMA mask"
+        ))
     ));
     assert!(matches!(
         DmaDevice::new(cfg, Translation::Direct, phys, Some(pool)),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "the bounce pool is beyond the device's DMA mask"
+        ))
     ));
 }
 
@@ -366,11 +378,15 @@ fn reject_deferred_without_clock_and_untrusted_on_deferred_domain() {
                 ..Default::default()
             }
         ),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "deferred invalidation needs a clock"
+        ))
     ));
     assert!(matches!(
         Fixture::iommu(DeviceConfig::default().untrusted(), deferred),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "deferred invalidation is for trusted devices only"
+        ))
     ));
     assert!(Fixture::iommu(DeviceConfig::default().trusted(), deferred).is_ok());
 }
@@ -646,7 +662,10 @@ fn raw_unmap_failure_keeps_the_mapping() {
         .into_raw();
     f.hw().fail_unmap_after(0);
     let s = snapshot(&f);
-    assert!(f.dev.unmap_phys(dma, 4096, TO, RAM).is_err());
+    assert_eq!(
+        f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped { iova: dma.as_u64() })
+    );
     assert_eq!(snapshot(&f), s);
     f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap();
 }
@@ -1082,20 +1101,34 @@ fn untrusted_map_ending_at_the_top_of_the_address_space_does_not_panic() {
             paddr: u64::MAX - 0xfff
         })
     );
-    assert!(f.dev.map_sg(&[(top, 0x1000)], TO, RAM).is_err());
+    let beyond = DmaError::Iommu(IommuError::OutputBeyondLimit {
+        paddr: u64::MAX - 0xfff,
+    });
+    assert_eq!(f.dev.map_sg(&[(top, 0x1000)], TO, RAM).unwrap_err(), beyond);
     let mut l = f.dev.iova_try_alloc(top, 0x1000).unwrap();
-    assert!(l.link(top, 0, 0x1000, TO, RAM).is_err());
+    assert_eq!(l.link(top, 0, 0x1000, TO, RAM).unwrap_err(), beyond);
     drop(l);
     // A sub-page range at the top is bounced (the pool cannot read it: an error, no panic).
-    assert!(f
-        .dev
-        .map_phys(PhysAddr::new(u64::MAX - 0xff), 0x100, TO, RAM)
-        .is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(PhysAddr::new(u64::MAX - 0xff), 0x100, TO, RAM)
+            .unwrap_err(),
+        DmaError::Phys(crate::PhysError::OutOfRange {
+            addr: u64::MAX - 0xff,
+            len: 0x100
+        })
+    );
     assert_eq!(snapshot(&f), s);
     // Direct path at the top: refused or bounced, never a panic.
     let d = direct32();
     let s = snapshot(&d);
-    assert!(d.dev.map_phys(top, 0x1000, TO, RAM).is_err());
+    assert_eq!(
+        d.dev.map_phys(top, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Phys(crate::PhysError::OutOfRange {
+            addr: u64::MAX - 0xfff,
+            len: 0x1000
+        })
+    );
     assert_eq!(snapshot(&d), s);
 }
 
