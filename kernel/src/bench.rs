@@ -88,6 +88,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     let b = Bench { unit };
     let cfg = DeviceConfig {
         mask: (1 << 39) - 1,
+        trusted: true,
         ..DeviceConfig::default()
     };
     let DeviceDma { dev, .. } =

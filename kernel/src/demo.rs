@@ -192,6 +192,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         e.bdf(),
         DeviceConfig {
             mask: e.dma_mask(),
+            trusted: true,
             ..DeviceConfig::default()
         },
     )

@@ -1057,7 +1057,7 @@ mod tests {
         assert_ne!(p.bus_offset(), 0);
         // BUS_ADDR mapping programs paddr + bus_offset.
         let f = Fixture::iommu(
-            DeviceConfig::with_mask_bits(64).unwrap(),
+            DeviceConfig::with_mask_bits(64).unwrap().trusted(),
             InvalidationMode::Strict,
         )
         .unwrap();
@@ -1260,7 +1260,7 @@ mod tests {
         assert_eq!(h.state(), dma::ExportState::Revoked);
         ex.restore();
         let f = Fixture::iommu(
-            DeviceConfig::with_mask_bits(39).unwrap(),
+            DeviceConfig::with_mask_bits(39).unwrap().trusted(),
             InvalidationMode::Strict,
         )
         .unwrap();

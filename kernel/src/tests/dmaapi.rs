@@ -63,13 +63,11 @@ pub const SUITE: Suite = Suite {
 const LEN: u64 = 256;
 
 fn device(k: &Kernel, edu: &Edu, trusted: bool) -> Result<DeviceDma, Failure> {
-    let mut config = DeviceConfig {
+    let config = DeviceConfig {
         mask: edu.dma_mask(),
+        trusted,
         ..DeviceConfig::default()
     };
-    if !trusted {
-        config = config.untrusted();
-    }
     dmamem::setup(&k.pci, k.iommu.as_ref(), edu.bdf(), config).or_fail("DMA device setup")
 }
 
@@ -429,6 +427,7 @@ fn deferred_unmap_quarantines_until_flush(k: &Kernel) -> TestResult {
     };
     let cfg = DeviceConfig {
         mask: e.dma_mask(),
+        trusted: true, // deferred invalidation is for trusted devices only
         ..DeviceConfig::default()
     };
     let d = dmamem::setup_with(
