@@ -394,9 +394,9 @@ fn vtd_scenarios() -> Vec<Scenario> {
     vec![
         vtd(
             "vtd-default",
-            "3-level tables: DMA both ways, blocked DMA faults, strict unmap with a negative control, two isolated domains, 2 MiB superpage",
+            "3-level tables: DMA both ways, blocked DMA faults, strict unmap and detach each with a negative control, two isolated domains, 2 MiB superpage",
             two_edu.clone(),
-            &[&basic[..], &["vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
+            &[&basic[..], &["vtd::detach_blocks_at_once", "vtd::detach_without_invalidation_is_caught", "vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
         ),
         vtd(
             "vtd-aw48",
@@ -412,13 +412,13 @@ fn vtd_scenarios() -> Vec<Scenario> {
         ),
         vtd(
             "vtd-aliases",
-            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias",
+            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias, detach clears the alias's context entry",
             Topology::base()
                 .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
                 .device("edu,bus=ppb,addr=3")
                 .device("pci-bridge,id=pb,chassis_nr=5,bus=pcie.0")
                 .device("edu,bus=pb,addr=4"),
-            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
+            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked", "vtd::detach_blocks_at_once"],
         ),
         vtd(
             "vtd-pxb",
