@@ -457,11 +457,14 @@ fn dma_api_scenarios() -> Vec<Scenario> {
     vec![
         run(
             "dma-api-iommu",
-            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
+            "map_phys both ways, untrusted sub-page bounce isolation, reused bounce slots zero-padded, strict Mapping::unmap then fault, direction enforced (write into ToDevice faults, with controls), scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
             Topology::base().device("edu"),
             &[
                 "dmaapi::map_phys_both_directions",
                 "dmaapi::untrusted_subpage_isolated",
+                "dmaapi::bounce_slot_reused_zero_padded",
+                "dmaapi::strict_unmap_then_fault",
+                "dmaapi::direction_enforced",
                 "dmaapi::scatter_list",
                 "dmaapi::batch_unmap_then_fault",
                 "dmaapi::batch_without_flush_is_caught",
