@@ -33,18 +33,19 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
 /// What a scenario must produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
-    /// Every selected test passes (at least `min_passed`), the kernel exits with success.
+    /// Every selected test passes, exactly `passed` of them, the kernel exits with success.
     Pass {
-        /// Lower bound on passed tests (guards against a selection that silently ran nothing).
-        min_passed: usize,
+        /// How many tests the selection runs (guards against a selection that silently ran
+        /// nothing, or fewer tests than the scenario claims).
+        passed: usize,
     },
-    /// Exactly these tests fail, every other passes (at least `min_passed`), the kernel exits with
-    /// failure: proves a failed check fails one test, not the run.
+    /// Exactly these tests fail, every other passes (exactly `passed` of them), the kernel exits
+    /// with failure: proves a failed check fails one test, not the run.
     Failures {
         /// Full names of the tests that must fail.
         failed: &'static [&'static str],
-        /// Lower bound on passed tests.
-        min_passed: usize,
+        /// How many tests must pass.
+        passed: usize,
     },
     /// The kernel panics with a message containing this text and exits with failure.
     Panic {
@@ -152,7 +153,7 @@ impl Scenario {
                 )?;
                 format!("killed after {}s as expected", self.timeout_secs)
             }
-            Expect::Pass { min_passed } => {
+            Expect::Pass { passed } => {
                 ensure(o.end == KernelEnd::Success, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -163,15 +164,15 @@ impl Scenario {
                 ensure(o.unknown.is_empty(), || {
                     format!("unknown test patterns: {:?}", o.unknown)
                 })?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed, expected >= {min_passed}", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 ensure(o.summary == Some((o.passed(), 0)), || {
                     format!("summary {:?} disagrees with the log", o.summary)
                 })?;
                 format!("{} tests passed", o.passed())
             }
-            Expect::Failures { failed, min_passed } => {
+            Expect::Failures { failed, passed } => {
                 ensure(o.end == KernelEnd::Failure, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -189,8 +190,8 @@ impl Scenario {
                         .all(|t| matches!(o.test(t), Some(TestStatus::Failed(_)))),
                     || "an expected failure did not report a failed check".into(),
                 )?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 format!("{} failed as expected, {} passed", failed.len(), o.passed())
             }
@@ -275,13 +276,7 @@ fn pci_scenarios() -> Vec<Scenario> {
         let cmdline = format!("test=pci expect.acs_ports={}", acs_ports(&topology));
         Scenario {
             check: Some(pci_listing_matches as LogCheck),
-            ..Scenario::new(
-                name,
-                about,
-                topology,
-                &cmdline,
-                Expect::Pass { min_passed: 3 },
-            )
+            ..Scenario::new(name, about, topology, &cmdline, Expect::Pass { passed: 3 })
         }
     };
     let root_port = |t: Topology, id: &str, chassis: u32| {
@@ -378,7 +373,7 @@ fn vtd_scenarios() -> Vec<Scenario> {
                 topology,
                 "",
                 Expect::Pass {
-                    min_passed: tests.len(),
+                    passed: tests.len(),
                 },
             )
         }
@@ -450,7 +445,7 @@ fn dma_api_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
@@ -550,7 +545,7 @@ fn p2p_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
@@ -597,6 +592,22 @@ fn p2p_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// How many tests a kernel suite defines, counted in its source (one `Test {` entry per test in
+/// its `SUITE`), so a scenario that selects whole suites expects exactly the tests they hold.
+fn suite_size(source: &str) -> usize {
+    source.lines().filter(|l| l.trim() == "Test {").count()
+}
+
+/// Tests in the kernel's `boot` suite.
+fn boot_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/boot.rs"))
+}
+
+/// Tests in the kernel's `memory` suite.
+fn memory_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/memory.rs"))
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -608,7 +619,9 @@ pub fn all() -> Vec<Scenario> {
                 "boot, CPU setup, frame allocator, page tables, heap and ACPI on q35 + intel-iommu",
                 base(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario {
@@ -618,7 +631,9 @@ pub fn all() -> Vec<Scenario> {
                 "the same suites on q35 without an IOMMU (no DMAR table)",
                 base().without_iommu(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario::new(
@@ -654,7 +669,7 @@ pub fn all() -> Vec<Scenario> {
             "test=crash::failing_check,boot",
             Expect::Failures {
                 failed: &["crash::failing_check"],
-                min_passed: 4,
+                passed: boot_suite(),
             },
         ),
         Scenario {
@@ -693,6 +708,34 @@ mod tests {
     }
 
     #[test]
+    fn suite_sizes_come_from_the_kernel_source() {
+        assert_eq!(
+            suite_size("    Test {\n        name: \"a\",\n    },\n    Test {\n"),
+            2
+        );
+        // Every test function named in the suites is counted (each entry names its `run`).
+        let boot = include_str!("../../kernel/src/tests/boot.rs");
+        assert_eq!(boot_suite(), boot.matches("run: ").count());
+        assert!(boot_suite() >= 5 && memory_suite() >= 9);
+        match scenario("boot-smoke").expect {
+            Expect::Pass { passed } => assert_eq!(passed, boot_suite() + memory_suite()),
+            other => panic!("boot-smoke expects {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pass_count_is_exact() {
+        let s = Scenario {
+            expect: Expect::Pass { passed: 0 },
+            ..scenario("boot-smoke")
+        };
+        assert!(
+            s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err(),
+            "one more test than expected must fail"
+        );
+    }
+
+    #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
         names.sort_unstable();
@@ -703,7 +746,7 @@ mod tests {
     #[test]
     fn pass_needs_success_status_and_enough_tests() {
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..scenario("boot-smoke")
         };
         assert!(s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_ok());
@@ -713,7 +756,7 @@ mod tests {
         );
         assert!(s.judge(PASS_LOG, Exit::TimedOut).is_err());
         let s2 = Scenario {
-            expect: Expect::Pass { min_passed: 2 },
+            expect: Expect::Pass { passed: 2 },
             ..s.clone()
         };
         assert!(s2.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err());
@@ -723,7 +766,7 @@ mod tests {
     fn dmar_check_follows_the_topology() {
         let s = scenario("boot-no-iommu");
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..s
         };
         let err = s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).unwrap_err();
@@ -736,7 +779,7 @@ mod tests {
         let s = Scenario {
             expect: Expect::Failures {
                 failed: &["a::y"],
-                min_passed: 1,
+                passed: 1,
             },
             ..s
         };
