@@ -14,8 +14,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
         "(match)",
         "edu DMA through its domain with matching checksums",
     ),
-    ("blocked: edu wrote to unmapped IOVA", "a blocked DMA"),
-    ("reason 0x5", "the decoded write fault"),
+    (
+        "blocked, sentinel page unchanged: DMA write fault from",
+        "the stray DMA blocked, memory unchanged, its write fault decoded",
+    ),
     (
         "reads back: \"hello ivshmem",
         "the P2P bytes in ivshmem's BAR2",
@@ -23,9 +25,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
     ("THRU_HOST_BRIDGE", "the P2P classification"),
     ("importer(s) notified", "the revoke"),
     (
-        "the same DMA after revoke is blocked",
-        "the fault after revoke",
+        "the same DMA after revoke is blocked: DMA write fault from",
+        "the decoded fault after revoke",
     ),
+    ("map while revoked:", "a map refused while revoked"),
     ("unchanged (zeros)", "the BAR untouched after revoke"),
     ("message intact", "the DMA landing again after restore"),
 ];
