@@ -344,7 +344,12 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     }
     unit.clear_faults();
     match att.map(Direction::FromDevice) {
-        Err(err) => kprintln!("  map while revoked: {err}"),
+        Err(err @ dma::DmaError::Revoked) => kprintln!("  map while revoked: {err}"),
+        Err(err) => {
+            return Err(format!(
+                "a map while revoked failed with {err}, not Revoked"
+            ))
+        }
         Ok(_) => return Err("a map succeeded while the export was revoked".into()),
     }
     provider.restore().map_err(|x| s(&x))?;
