@@ -14,8 +14,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
         "(match)",
         "edu DMA through its domain with matching checksums",
     ),
-    ("blocked: edu wrote to unmapped IOVA", "a blocked DMA"),
-    ("reason 0x5", "the decoded write fault"),
+    (
+        "blocked, sentinel page unchanged: DMA write fault from",
+        "the stray DMA blocked, memory unchanged, its write fault decoded",
+    ),
     (
         "reads back: \"hello ivshmem",
         "the P2P bytes in ivshmem's BAR2",
@@ -23,9 +25,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
     ("THRU_HOST_BRIDGE", "the P2P classification"),
     ("importer(s) notified", "the revoke"),
     (
-        "the same DMA after revoke is blocked",
-        "the fault after revoke",
+        "the same DMA after revoke is blocked: DMA write fault from",
+        "the decoded fault after revoke",
     ),
+    ("map while revoked:", "a map refused while revoked"),
     ("unchanged (zeros)", "the BAR untouched after revoke"),
     ("message intact", "the DMA landing again after restore"),
 ];
@@ -33,18 +36,19 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
 /// What a scenario must produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
-    /// Every selected test passes (at least `min_passed`), the kernel exits with success.
+    /// Every selected test passes, exactly `passed` of them, the kernel exits with success.
     Pass {
-        /// Lower bound on passed tests (guards against a selection that silently ran nothing).
-        min_passed: usize,
+        /// How many tests the selection runs (guards against a selection that silently ran
+        /// nothing, or fewer tests than the scenario claims).
+        passed: usize,
     },
-    /// Exactly these tests fail, every other passes (at least `min_passed`), the kernel exits with
-    /// failure: proves a failed check fails one test, not the run.
+    /// Exactly these tests fail, every other passes (exactly `passed` of them), the kernel exits
+    /// with failure: proves a failed check fails one test, not the run.
     Failures {
         /// Full names of the tests that must fail.
         failed: &'static [&'static str],
-        /// Lower bound on passed tests.
-        min_passed: usize,
+        /// How many tests must pass.
+        passed: usize,
     },
     /// The kernel panics with a message containing this text and exits with failure.
     Panic {
@@ -166,7 +170,7 @@ impl Scenario {
                 )?;
                 format!("killed after {}s as expected", self.timeout_secs)
             }
-            Expect::Pass { min_passed } => {
+            Expect::Pass { passed } => {
                 ensure(o.end == KernelEnd::Success, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -177,15 +181,15 @@ impl Scenario {
                 ensure(o.unknown.is_empty(), || {
                     format!("unknown test patterns: {:?}", o.unknown)
                 })?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed, expected >= {min_passed}", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 ensure(o.summary == Some((o.passed(), 0)), || {
                     format!("summary {:?} disagrees with the log", o.summary)
                 })?;
                 format!("{} tests passed", o.passed())
             }
-            Expect::Failures { failed, min_passed } => {
+            Expect::Failures { failed, passed } => {
                 ensure(o.end == KernelEnd::Failure, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -203,8 +207,8 @@ impl Scenario {
                         .all(|t| matches!(o.test(t), Some(TestStatus::Failed(_)))),
                     || "an expected failure did not report a failed check".into(),
                 )?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 format!("{} failed as expected, {} passed", failed.len(), o.passed())
             }
@@ -289,13 +293,7 @@ fn pci_scenarios() -> Vec<Scenario> {
         let cmdline = format!("test=pci expect.acs_ports={}", acs_ports(&topology));
         Scenario {
             check: Some(pci_listing_matches as LogCheck),
-            ..Scenario::new(
-                name,
-                about,
-                topology,
-                &cmdline,
-                Expect::Pass { min_passed: 3 },
-            )
+            ..Scenario::new(name, about, topology, &cmdline, Expect::Pass { passed: 3 })
         }
     };
     let root_port = |t: Topology, id: &str, chassis: u32| {
@@ -413,7 +411,7 @@ fn vtd_scenarios() -> Vec<Scenario> {
                 topology,
                 "",
                 Expect::Pass {
-                    min_passed: tests.len(),
+                    passed: tests.len(),
                 },
             )
         }
@@ -429,9 +427,9 @@ fn vtd_scenarios() -> Vec<Scenario> {
     vec![
         vtd(
             "vtd-default",
-            "3-level tables: DMA both ways, blocked DMA faults, strict unmap with a negative control, two isolated domains, 2 MiB superpage",
+            "3-level tables: DMA both ways, blocked DMA faults, strict unmap and detach each with a negative control, two isolated domains, 2 MiB superpage",
             two_edu.clone(),
-            &[&basic[..], &["vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
+            &[&basic[..], &["vtd::detach_blocks_at_once", "vtd::detach_without_invalidation_is_caught", "vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
         ),
         vtd(
             "vtd-aw48",
@@ -447,13 +445,13 @@ fn vtd_scenarios() -> Vec<Scenario> {
         ),
         vtd(
             "vtd-aliases",
-            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias",
+            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias, detach clears the alias's context entry",
             Topology::base()
                 .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
                 .device("edu,bus=ppb,addr=3")
                 .device("pci-bridge,id=pb,chassis_nr=5,bus=pcie.0")
                 .device("edu,bus=pb,addr=4"),
-            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
+            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked", "vtd::detach_blocks_at_once"],
         ),
         vtd(
             "vtd-pxb",
@@ -485,18 +483,21 @@ fn dma_api_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
     vec![
         run(
             "dma-api-iommu",
-            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
+            "map_phys both ways, untrusted sub-page bounce isolation, reused bounce slots zero-padded, strict Mapping::unmap then fault, direction enforced (write into ToDevice faults, with controls), scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
             Topology::base().device("edu"),
             &[
                 "dmaapi::map_phys_both_directions",
                 "dmaapi::untrusted_subpage_isolated",
+                "dmaapi::bounce_slot_reused_zero_padded",
+                "dmaapi::strict_unmap_then_fault",
+                "dmaapi::direction_enforced",
                 "dmaapi::scatter_list",
                 "dmaapi::batch_unmap_then_fault",
                 "dmaapi::batch_without_flush_is_caught",
@@ -582,7 +583,7 @@ fn p2p_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
@@ -761,7 +762,7 @@ fn firmware_scenarios() -> Vec<Scenario> {
                 topology,
                 &cmdline,
                 Expect::Pass {
-                    min_passed: tests.len(),
+                    passed: tests.len(),
                 },
             )
         }
@@ -780,6 +781,22 @@ fn firmware_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// How many tests a kernel suite defines, counted in its source (one `Test {` entry per test in
+/// its `SUITE`), so a scenario that selects whole suites expects exactly the tests they hold.
+fn suite_size(source: &str) -> usize {
+    source.lines().filter(|l| l.trim() == "Test {").count()
+}
+
+/// Tests in the kernel's `boot` suite.
+fn boot_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/boot.rs"))
+}
+
+/// Tests in the kernel's `memory` suite.
+fn memory_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/memory.rs"))
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -791,7 +808,9 @@ pub fn all() -> Vec<Scenario> {
                 "boot, CPU setup, frame allocator, page tables, heap and ACPI on q35 + intel-iommu",
                 base(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario {
@@ -801,7 +820,9 @@ pub fn all() -> Vec<Scenario> {
                 "the same suites on q35 without an IOMMU (no DMAR table)",
                 base().without_iommu(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario::new(
@@ -837,7 +858,7 @@ pub fn all() -> Vec<Scenario> {
             "test=crash::failing_check,boot",
             Expect::Failures {
                 failed: &["crash::failing_check"],
-                min_passed: 4,
+                passed: boot_suite(),
             },
         ),
         Scenario {
@@ -909,6 +930,34 @@ mod tests {
     }
 
     #[test]
+    fn suite_sizes_come_from_the_kernel_source() {
+        assert_eq!(
+            suite_size("    Test {\n        name: \"a\",\n    },\n    Test {\n"),
+            2
+        );
+        // Every test function named in the suites is counted (each entry names its `run`).
+        let boot = include_str!("../../kernel/src/tests/boot.rs");
+        assert_eq!(boot_suite(), boot.matches("run: ").count());
+        assert!(boot_suite() >= 5 && memory_suite() >= 9);
+        match scenario("boot-smoke").expect {
+            Expect::Pass { passed } => assert_eq!(passed, boot_suite() + memory_suite()),
+            other => panic!("boot-smoke expects {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pass_count_is_exact() {
+        let s = Scenario {
+            expect: Expect::Pass { passed: 0 },
+            ..scenario("boot-smoke")
+        };
+        assert!(
+            s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err(),
+            "one more test than expected must fail"
+        );
+    }
+
+    #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
         names.sort_unstable();
@@ -919,7 +968,7 @@ mod tests {
     #[test]
     fn pass_needs_success_status_and_enough_tests() {
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..scenario("boot-smoke")
         };
         assert!(s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_ok());
@@ -929,7 +978,7 @@ mod tests {
         );
         assert!(s.judge(PASS_LOG, Exit::TimedOut).is_err());
         let s2 = Scenario {
-            expect: Expect::Pass { min_passed: 2 },
+            expect: Expect::Pass { passed: 2 },
             ..s.clone()
         };
         assert!(s2.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err());
@@ -939,7 +988,7 @@ mod tests {
     fn dmar_check_follows_the_topology() {
         let s = scenario("boot-no-iommu");
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..s
         };
         let err = s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).unwrap_err();
@@ -952,7 +1001,7 @@ mod tests {
         let s = Scenario {
             expect: Expect::Failures {
                 failed: &["a::y"],
-                min_passed: 1,
+                passed: 1,
             },
             ..s
         };
