@@ -18,7 +18,7 @@ fn device() -> DmaDevice {
     let hw = Arc::new(FakeDomain::new());
     let domain = DmaDomain::new(hw, DomainConfig::default()).unwrap();
     DmaDevice::new(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         Translation::Iommu(domain),
         Arc::new(FakePhysMemory::standard()),
         None,

@@ -79,7 +79,7 @@ impl DmaDevice {
                     return Err(e.into());
                 }
                 if let Err(e) = domain.hw().sync_map(iova, bytes) {
-                    let buf = CoherentBuffer {
+                    let mut buf = CoherentBuffer {
                         dev: inner.clone(),
                         phys,
                         pages,
@@ -87,8 +87,26 @@ impl DmaDevice {
                         dma: iova,
                         iova: true,
                     };
-                    drop(buf); // unmap + flush + free, exactly as a normal free
-                    return Err(e.into());
+                    // Unmap + flush + free, exactly as a normal free.
+                    return Err(match buf.release() {
+                        Ok(()) => e.into(),
+                        Err(DmaError::Iommu(undo)) => {
+                            // Still mapped (or reachable through a stale IOTLB entry): the
+                            // pages stay allocated for ever, and the caller is told.
+                            buf.pages = 0;
+                            log::error!("dma: unwinding a coherent allocation after `{e}` failed");
+                            DmaError::UnwindIncomplete {
+                                still_mapped: (iova, bytes),
+                                reaches: phys,
+                                stuck: 1,
+                                undo,
+                            }
+                        }
+                        Err(other) => {
+                            buf.pages = 0;
+                            other
+                        }
+                    });
                 }
                 (iova, true)
             }

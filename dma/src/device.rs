@@ -8,7 +8,6 @@
 //! A device that must not DMA at all simply gets no `DmaDevice` (the IOMMU driver leaves it in a
 //! blocking domain): there is no "no translation" variant to get wrong.
 
-use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::AtomicU64;
@@ -18,8 +17,7 @@ use spin::Mutex;
 use crate::bounce::BouncePool;
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
-use crate::invalidation::InvalidationMode;
-use crate::mapping::MapRecord;
+use crate::mapping::RawTable;
 use crate::phys::PhysMemory;
 
 /// How the device's addresses reach memory.
@@ -32,14 +30,21 @@ pub enum Translation {
 }
 
 /// Fixed properties of a device.
+///
+/// **Untrusted by default** (SPEC.md "Device isolation by default"): [`DeviceConfig::default`]
+/// and [`DeviceConfig::with_mask_bits`] describe an untrusted device, which gets sub-page
+/// isolation (a mapping that does not start and end on page boundaries is bounced, so the
+/// device never sees another byte of those pages) and cannot join a deferred-invalidation
+/// domain. Trust is an explicit choice: [`DeviceConfig::trusted`]. An untrusted device under an
+/// IOMMU needs a bounce pool for sub-page mappings, and cannot be direct-mapped at all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Highest address the device can emit (inclusive), `2^bits - 1`.
     pub mask: u64,
     /// Whether device accesses snoop the CPU caches (no cache maintenance needed).
     pub coherent: bool,
-    /// Whether the device is trusted. Untrusted devices get sub-page isolation and cannot use
-    /// deferred invalidation.
+    /// Whether the device is trusted. Untrusted devices (the default) get sub-page isolation
+    /// and cannot use deferred invalidation.
     pub trusted: bool,
     /// Longest segment the device accepts in one descriptor (used when a DMA range is split
     /// into segments, e.g. [`crate::IovaLink::segments`]); rounded down to a page when splitting.
@@ -47,13 +52,13 @@ pub struct DeviceConfig {
 }
 
 impl Default for DeviceConfig {
-    /// A 32-bit, coherent, trusted device with `u32::MAX`-byte segments (Linux's defaults for a
-    /// PCI device, scatterlist length width).
+    /// A 32-bit, coherent, **untrusted** device with `u32::MAX`-byte segments (Linux's defaults
+    /// for a PCI device, scatterlist length width; trust is opt-in, [`DeviceConfig::trusted`]).
     fn default() -> Self {
         Self {
             mask: u32::MAX as u64,
             coherent: true,
-            trusted: true,
+            trusted: false,
             max_segment: u32::MAX as u64,
         }
     }
@@ -71,20 +76,29 @@ impl DeviceConfig {
         }
     }
 
-    /// A trusted, coherent device with a `bits`-bit mask.
+    /// An untrusted, coherent device with a `bits`-bit mask (add [`DeviceConfig::trusted`] to
+    /// trust it).
     pub const fn with_mask_bits(bits: u32) -> Result<Self, DmaError> {
         match Self::mask_bits(bits) {
             Ok(mask) => Ok(Self {
                 mask,
                 coherent: true,
-                trusted: true,
+                trusted: false,
                 max_segment: u32::MAX as u64,
             }),
             Err(e) => Err(e),
         }
     }
 
-    /// The same device, untrusted (e.g. behind an external-facing port).
+    /// The same device, trusted: no sub-page bouncing, and deferred invalidation allowed. Only
+    /// for devices that are part of the trusted computing base (not behind an external-facing
+    /// port, not assigned to a guest); the direct path (no IOMMU) requires it.
+    pub const fn trusted(mut self) -> Self {
+        self.trusted = true;
+        self
+    }
+
+    /// The same device, untrusted (the default; e.g. to undo [`DeviceConfig::trusted`]).
     pub const fn untrusted(mut self) -> Self {
         self.trusted = false;
         self
@@ -102,10 +116,17 @@ pub(crate) struct DeviceInner {
     pub translation: Translation,
     pub phys: Arc<dyn PhysMemory>,
     pub bounce: Option<Arc<BouncePool>>,
-    /// Mappings turned into raw handles ([`crate::Mapping::into_raw`]), keyed by (DMA address,
-    /// id) so two direct mappings of the same buffer do not collide.
-    pub raw: Mutex<BTreeMap<(u64, u64), MapRecord>>,
+    /// Mappings turned into raw handles ([`crate::Mapping::into_raw`]).
+    pub raw: Mutex<RawTable>,
     pub next_id: AtomicU64,
+}
+
+impl Drop for DeviceInner {
+    fn drop(&mut self) {
+        if let Translation::Iommu(d) = &self.translation {
+            d.leave();
+        }
+    }
 }
 
 /// A device's DMA handle. Cheap to clone (`Arc` inside); `Send + Sync`.
@@ -128,7 +149,12 @@ impl DmaDevice {
     /// Creates the handle. Refused (`InvalidConfig`) when: the mask is not `2^n - 1` with
     /// n ≥ 12; the device is untrusted but direct-mapped (no IOMMU, no isolation to give) or
     /// attached to a deferred-invalidation domain (SPEC.md: deferred is for trusted devices
-    /// only); the bounce pool lies beyond a direct-mapped device's mask.
+    /// only); the bounce pool lies beyond a direct-mapped device's mask. Refused with
+    /// [`DmaError::MixedTrust`] when the domain already has devices of the other trust level
+    /// (see [`DmaDomain`]: mixing is refused).
+    ///
+    /// Under an IOMMU the device registers with its domain here and deregisters when the last
+    /// clone of the handle (and the last mapping made through it) is gone.
     pub fn new(
         cfg: DeviceConfig,
         translation: Translation,
@@ -155,13 +181,8 @@ impl DmaDevice {
                     }
                 }
             }
-            Translation::Iommu(d) => {
-                if !cfg.trusted && matches!(d.mode(), InvalidationMode::Deferred(_)) {
-                    return Err(DmaError::InvalidConfig(
-                        "deferred invalidation is for trusted devices only",
-                    ));
-                }
-            }
+            // Last check: from here on the device is a member and `DeviceInner::drop` leaves.
+            Translation::Iommu(d) => d.join(cfg.trusted)?,
         }
         Ok(Self {
             inner: Arc::new(DeviceInner {
@@ -169,7 +190,7 @@ impl DmaDevice {
                 translation,
                 phys,
                 bounce,
-                raw: Mutex::new(BTreeMap::new()),
+                raw: Mutex::new(RawTable::default()),
                 next_id: AtomicU64::new(1),
             }),
         })

@@ -4,7 +4,20 @@
 //! Implements SPEC.md "Reserved IOVA space is never handed out" (page 0, the interrupt window
 //! 0xFEE00000–0xFEEFFFFF and every region the embedder passes: RMRRs, host-bridge windows) and
 //! the per-domain part of "Invalidation modes" (the deferred queue). Several devices may share a
-//! domain; each brings its own DMA mask, applied as the allocation limit.
+//! domain (the functions of one isolation group must); each brings its own DMA mask, applied as
+//! the allocation limit.
+//!
+//! # Trust is per domain: mixing is refused
+//!
+//! A domain records the trust level of the devices created on it ([`crate::DmaDevice::new`]
+//! registers, dropping the device deregisters). All members share one page table, so an
+//! untrusted member could reach every whole page a trusted member mapped without bouncing; and a
+//! trusted and an untrusted device in one isolation group cannot be isolated from each other
+//! anyway (they reach each other peer to peer without the IOMMU seeing it). So a device whose
+//! trust differs from the current members' is refused with [`DmaError::MixedTrust`]; once the
+//! last member is gone the domain accepts either kind again. The invalidation mode is fixed
+//! when the domain is built, and an untrusted device is refused on a deferred domain whatever
+//! its members, so a domain with an untrusted member never runs deferred invalidation.
 //!
 //! Locking: the allocator and the deferred queue each have their own spin lock; neither is held
 //! while the other is taken or while the hardware domain is called (see the crate docs). A third
@@ -65,6 +78,18 @@ pub struct DmaDomain {
     flush: Mutex<Option<DmaError>>,
     /// Deferred flushes that failed so far (read without the flush lock, see `flush_deferred`).
     flush_failures: AtomicU64,
+    /// The devices created on this domain (module docs, "mixing is refused"). A leaf lock,
+    /// taken only when a device is created or dropped.
+    members: Mutex<Members>,
+}
+
+/// Who is using a domain.
+#[derive(Debug, Default, Clone, Copy)]
+struct Members {
+    /// Live devices.
+    count: usize,
+    /// Their trust level (meaningful when `count > 0`).
+    trusted: bool,
 }
 
 impl fmt::Debug for DmaDomain {
@@ -107,7 +132,46 @@ impl DmaDomain {
             deferred: Mutex::new(DeferredQueue::default()),
             flush: Mutex::new(None),
             flush_failures: AtomicU64::new(0),
+            members: Mutex::new(Members::default()),
         }))
+    }
+
+    /// Registers a device of trust level `trusted` (from [`crate::DmaDevice::new`]). Refused:
+    /// an untrusted device on a deferred domain (`InvalidConfig`), a trust level different from
+    /// the current members' (`MixedTrust`).
+    pub(crate) fn join(&self, trusted: bool) -> Result<(), DmaError> {
+        if !trusted && matches!(self.mode, InvalidationMode::Deferred(_)) {
+            return Err(DmaError::InvalidConfig(
+                "deferred invalidation is for trusted devices only",
+            ));
+        }
+        let mut m = self.members.lock();
+        if m.count > 0 && m.trusted != trusted {
+            return Err(DmaError::MixedTrust {
+                members_trusted: m.trusted,
+                members: m.count,
+            });
+        }
+        m.count += 1;
+        m.trusted = trusted;
+        Ok(())
+    }
+
+    /// Deregisters a device (its last handle and mapping are gone).
+    pub(crate) fn leave(&self) {
+        let mut m = self.members.lock();
+        m.count = m.count.saturating_sub(1);
+    }
+
+    /// Number of devices created on this domain and still alive.
+    pub fn member_count(&self) -> usize {
+        self.members.lock().count
+    }
+
+    /// Whether the current members are trusted (`None` when the domain has no member).
+    pub fn members_trusted(&self) -> Option<bool> {
+        let m = self.members.lock();
+        (m.count > 0).then_some(m.trusted)
     }
 
     /// The hardware domain.

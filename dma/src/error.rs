@@ -8,6 +8,7 @@
 
 use core::fmt;
 
+use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::UnsupportedAttrs;
 use crate::iommu::IommuError;
 use crate::p2p::{MapType, ProviderError};
@@ -176,6 +177,33 @@ pub enum DmaError {
     Iommu(IommuError),
     /// The physical-memory provider failed (out of memory, address outside RAM).
     Phys(PhysError),
+    /// A device was created on a domain whose existing devices have the other trust level.
+    /// Mixing is refused: a trusted device's mappings are whole pages, which an untrusted
+    /// device sharing the page table could reach (see [`crate::DmaDomain`]).
+    MixedTrust {
+        /// Whether the domain's current members are trusted.
+        members_trusted: bool,
+        /// How many devices the domain currently has.
+        members: usize,
+    },
+    /// An operation failed and undoing what it had done failed too (a double fault): part of
+    /// it is **still mapped** (or, after a failed flush, may still be reachable through stale
+    /// IOTLB entries). The device can still reach `still_mapped`, which translates to physical
+    /// memory starting at `reaches`; do not free or reuse that memory. The entries and their
+    /// IOVA (and bounce slots) are never handed out again. The error that started the unwind is
+    /// logged; this one replaces it because it is the one a caller must act on.
+    UnwindIncomplete {
+        /// The first IOVA range (page granular) that is still mapped.
+        still_mapped: (DmaAddr, u64),
+        /// The physical page `still_mapped` starts translating to (the caller's memory, or a
+        /// bounce slot that is now leaked).
+        reaches: PhysAddr,
+        /// How many mapped pieces the unwind could not remove (at least 1; the others follow
+        /// `still_mapped` in the order they were mapped).
+        stuck: usize,
+        /// Why the undo failed.
+        undo: IommuError,
+    },
 }
 
 impl fmt::Display for DmaError {
@@ -242,6 +270,30 @@ impl fmt::Display for DmaError {
             Self::TooManyEntries => f.write_str("entry count overflows"),
             Self::Iommu(e) => write!(f, "IOMMU: {e}"),
             Self::Phys(e) => write!(f, "physical memory: {e}"),
+            Self::MixedTrust {
+                members_trusted,
+                members,
+            } => {
+                let (have, want) = if members_trusted {
+                    ("trusted", "an untrusted")
+                } else {
+                    ("untrusted", "a trusted")
+                };
+                write!(
+                    f,
+                    "{want} device cannot join a domain of {members} {have} device(s): mixed trust is refused"
+                )
+            }
+            Self::UnwindIncomplete {
+                still_mapped: (addr, size),
+                reaches,
+                stuck,
+                undo,
+            } => write!(
+                f,
+                "unwind incomplete: IOVA {addr}+{size:#x} (to physical {reaches}) is still mapped, \
+                 {stuck} piece(s) in all; the undo failed: {undo}"
+            ),
         }
     }
 }
@@ -252,6 +304,7 @@ impl core::error::Error for DmaError {
             Self::Iommu(e) => Some(e),
             Self::Phys(e) => Some(e),
             Self::Provider(e) => Some(e),
+            Self::UnwindIncomplete { undo, .. } => Some(undo),
             _ => None,
         }
     }
@@ -333,5 +386,31 @@ mod tests {
         assert!(!d.contains("attributes"), "{d}");
         let p = DmaError::IovaPoisoned { addr: 0xabc000 }.to_string();
         assert!(p.contains("0xabc000") && p.contains("flush"), "{p}");
+    }
+
+    #[test]
+    fn mixed_trust_and_unwind_incomplete_display_their_data() {
+        let m = DmaError::MixedTrust {
+            members_trusted: true,
+            members: 3,
+        }
+        .to_string();
+        assert!(
+            m.contains("an untrusted device") && m.contains("3 trusted"),
+            "{m}"
+        );
+        let e = DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(0x7000), 0x2000),
+            reaches: PhysAddr::new(0x1234_5000),
+            stuck: 2,
+            undo: IommuError::NotMapped { iova: 0x7000 },
+        };
+        let u = e.to_string();
+        assert!(
+            u.contains("0x7000+0x2000") && u.contains("0x12345000") && u.contains("2 piece"),
+            "{u}"
+        );
+        let src = core::error::Error::source(&e).map(|s| s.to_string());
+        assert_eq!(src.as_deref(), Some("iova 0x7000 is not mapped"));
     }
 }

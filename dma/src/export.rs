@@ -346,6 +346,12 @@ struct Shared {
     size: u64,
     classifier: Arc<dyn P2pClassifier>,
     state: Mutex<State>,
+    /// Test-only fault injection (never compiled into the shipped crate): when set, an
+    /// importer's unmap releases the state lock between taking its mapping out of the table and
+    /// unmapping it, the exact step the module docs say revoke relies on. The race test's
+    /// negative control uses it to prove the race test can fail.
+    #[cfg(test)]
+    unlock_before_unmap: core::sync::atomic::AtomicBool,
 }
 
 fn status_error(status: ExportState) -> Result<(), DmaError> {
@@ -487,6 +493,8 @@ impl Exporter {
                 next_id: 1,
                 attachments: BTreeMap::new(),
             }),
+            #[cfg(test)]
+            unlock_before_unmap: core::sync::atomic::AtomicBool::new(false),
         });
         let mut list = self.exports.lock();
         list.retain(|w| w.strong_count() > 0);
@@ -612,6 +620,15 @@ impl ExportHandle {
     /// Current generation (bumped by every state change).
     pub fn generation(&self) -> u64 {
         self.shared.state.lock().generation
+    }
+
+    /// Test-only: turns the safety step "unmap under the state lock" off (`true`) or on again
+    /// for this export's importers (see `Shared::unlock_before_unmap`).
+    #[cfg(test)]
+    pub(crate) fn test_unlock_before_unmap(&self, on: bool) {
+        self.shared
+            .unlock_before_unmap
+            .store(on, core::sync::atomic::Ordering::SeqCst);
     }
 
     /// Number of attachments.
@@ -828,6 +845,18 @@ impl P2pMapping {
             .attachments
             .get_mut(&self.attachment)
             .and_then(|a| a.mappings.remove(&self.id));
+        #[cfg(test)]
+        if self
+            .shared
+            .unlock_before_unmap
+            .load(core::sync::atomic::Ordering::SeqCst)
+        {
+            // The broken order (test-only): a revoke may run in this window, find nothing to
+            // unmap and return while this mapping is still in the page table.
+            drop(st);
+            std::thread::yield_now();
+            return taken.map_or(Ok(()), PeerMapping::unmap);
+        }
         // Unmapped while the lock is held: see the module documentation.
         match taken {
             Some(m) => m.unmap(),

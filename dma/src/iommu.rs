@@ -12,6 +12,7 @@
 //! (VT-d caching mode, a write buffer), [`IommuDomain::sync_map`] makes new entries visible, once
 //! per linked span.
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DmaAddr, PhysAddr};
@@ -143,18 +144,49 @@ impl fmt::Display for IommuError {
 
 impl core::error::Error for IommuError {}
 
+/// A page-table page an unmap unlinked, waiting in its [`IotlbGather`] for the invalidation
+/// that makes it unreachable.
+///
+/// Until an invalidation that drops the paging-structure caches for `[iova, iova + size)` has
+/// completed (VT-d: IH = 0 page-selective covering it, or domain-selective/global), the
+/// hardware may still walk the page, so its memory must not be reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnlinkedTable {
+    /// The table page.
+    pub phys: PhysAddr,
+    /// First IOVA of the region the table mapped.
+    pub iova: DmaAddr,
+    /// Size of that region.
+    pub size: u64,
+    /// Opaque token of the domain whose table it was: a domain frees only its own pages (a
+    /// gather flushed through another domain leaks them instead).
+    pub owner: u64,
+}
+
 /// IOVA ranges whose IOTLB entries must be invalidated: the union (one span) of everything
-/// gathered, plus whether page-table pages were freed (which also requires the paging-structure
-/// caches to be invalidated).
+/// gathered, plus the page-table pages the unmaps unlinked (which also requires the
+/// paging-structure caches to be invalidated before they are freed).
 ///
 /// Merging into one span over-invalidates disjoint ranges; that is correct (invalidating more is
 /// always safe) and keeps the flush to O(log span) page-selective commands.
+///
+/// The unlinked table pages belong to the gather: [`IommuDomain::flush`] frees exactly these,
+/// and only after its invalidation completed. A gather dropped without a flush *leaks* them
+/// (they are never freed): nothing proved the hardware stopped caching references to them.
 #[must_use = "IOTLB invalidations must be flushed (IommuDomain::flush) before the IOVA is reused"]
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub struct IotlbGather {
     start: u64,
     end: u64,
     freed_tables: bool,
+    unlinked: Vec<UnlinkedTable>,
+}
+
+impl Default for IotlbGather {
+    /// The same as [`IotlbGather::new`] (a derived default would start the span at IOVA 0).
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl IotlbGather {
@@ -164,6 +196,7 @@ impl IotlbGather {
             start: u64::MAX,
             end: 0,
             freed_tables: false,
+            unlinked: Vec::new(),
         }
     }
 
@@ -176,17 +209,51 @@ impl IotlbGather {
         self.end = self.end.max(iova.as_u64().saturating_add(size));
     }
 
-    /// Notes that page-table pages were freed.
+    /// Notes that page-table pages were freed (or unlinked) without handing them to the gather:
+    /// the flush must still drop the paging-structure caches.
     pub fn add_freed_tables(&mut self) {
         self.freed_tables = true;
     }
 
-    /// Merges another gather into this one.
-    pub fn merge(&mut self, other: IotlbGather) {
+    /// Reserves room for `n` more unlinked tables; `false` when out of memory.
+    pub fn try_reserve_unlinked(&mut self, n: usize) -> bool {
+        self.unlinked.try_reserve(n).is_ok()
+    }
+
+    /// Hands an unlinked table page to the gather (its region is added to the span). Returns
+    /// `false` when there was no memory to record it: the page then leaks (is never freed), but
+    /// the flush still drops the paging-structure caches for its region.
+    pub fn add_unlinked_table(&mut self, table: UnlinkedTable) -> bool {
+        self.add(table.iova, table.size);
+        self.freed_tables = true;
+        if self.unlinked.try_reserve(1).is_err() {
+            return false;
+        }
+        self.unlinked.push(table);
+        true
+    }
+
+    /// The unlinked table pages gathered so far.
+    pub fn unlinked_tables(&self) -> &[UnlinkedTable] {
+        &self.unlinked
+    }
+
+    /// Takes the unlinked table pages out of the gather (for the flush that frees them once its
+    /// invalidation completed). The gather still reports [`IotlbGather::freed_tables`].
+    pub fn take_unlinked_tables(&mut self) -> Vec<UnlinkedTable> {
+        core::mem::take(&mut self.unlinked)
+    }
+
+    /// Merges another gather into this one, including its unlinked tables (if there is no
+    /// memory to hold them, they leak rather than being freed early).
+    pub fn merge(&mut self, mut other: IotlbGather) {
         if !other.is_empty() {
             self.add(DmaAddr::new(other.start), other.end - other.start);
         }
-        self.freed_tables |= other.freed_tables;
+        self.freed_tables |= other.freed_tables();
+        if self.unlinked.try_reserve(other.unlinked.len()).is_ok() {
+            self.unlinked.append(&mut other.unlinked);
+        }
     }
 
     /// Whether nothing was gathered.
@@ -199,9 +266,10 @@ impl IotlbGather {
         (!self.is_empty()).then(|| (DmaAddr::new(self.start), self.end - self.start))
     }
 
-    /// Whether page-table pages were freed.
+    /// Whether page-table pages were freed or unlinked (the flush must then also invalidate
+    /// the paging-structure caches: VT-d IH = 0).
     pub fn freed_tables(&self) -> bool {
-        self.freed_tables
+        self.freed_tables || !self.unlinked.is_empty()
     }
 }
 
@@ -228,7 +296,9 @@ pub trait IommuDomain: Send + Sync {
     fn unmap(&self, iova: DmaAddr, size: u64, gather: &mut IotlbGather) -> Result<(), IommuError>;
 
     /// Invalidates everything in `gather` and returns once the hardware has completed it: after
-    /// this, no device can reach the unmapped memory through a stale translation.
+    /// this, no device can reach the unmapped memory through a stale translation. The gather's
+    /// unlinked table pages ([`IotlbGather::unlinked_tables`]) are freed after that completion,
+    /// and only they; if the invalidation fails they are leaked, never freed.
     fn flush(&self, gather: IotlbGather) -> Result<(), IommuError>;
 
     /// Looks up one IOVA: the physical address it translates to and the entry's rights.
@@ -254,6 +324,44 @@ mod tests {
         g.merge(h);
         assert_eq!(g.span(), Some((DmaAddr::new(0x1000), 0x10000)));
         assert!(g.freed_tables());
+    }
+
+    #[test]
+    fn unlinked_tables_follow_their_gather() {
+        let t = |phys: u64, iova: u64| UnlinkedTable {
+            phys: PhysAddr::new(phys),
+            iova: DmaAddr::new(iova),
+            size: 0x20_0000,
+            owner: 7,
+        };
+        let mut g = IotlbGather::new();
+        g.add(DmaAddr::new(0x1000), 0x1000);
+        assert!(!g.freed_tables());
+        assert!(g.add_unlinked_table(t(0xA000, 0x40_0000)));
+        assert!(g.freed_tables());
+        assert_eq!(
+            g.span(),
+            Some((DmaAddr::new(0x1000), 0x60_0000 - 0x1000)),
+            "the table's region is part of the span"
+        );
+        let mut h = IotlbGather::new();
+        assert!(h.add_unlinked_table(t(0xB000, 0x80_0000)));
+        g.merge(h);
+        assert_eq!(
+            g.unlinked_tables(),
+            [t(0xA000, 0x40_0000), t(0xB000, 0x80_0000)]
+        );
+        let taken = g.take_unlinked_tables();
+        assert_eq!(taken.len(), 2);
+        assert!(g.unlinked_tables().is_empty());
+        assert!(g.freed_tables(), "the flush still needs IH = 0");
+    }
+
+    #[test]
+    fn a_default_gather_is_a_new_one() {
+        let mut g = IotlbGather::default();
+        g.add(DmaAddr::new(0x5000), 0x1000);
+        assert_eq!(g.span(), Some((DmaAddr::new(0x5000), 0x1000)));
     }
 
     #[test]

@@ -571,8 +571,20 @@ mod tests {
             (DmaAddr::new(at(7).as_u64() + 0x10), 0x20),
         ];
         // Wrong size or unknown start: an error, nothing changed.
-        assert!(a.free_keeping(x, PAGE_SIZE, &keep).is_err());
-        assert!(a.free_keeping(at(1), PAGE_SIZE, &keep).is_err());
+        assert_eq!(
+            a.free_keeping(x, PAGE_SIZE, &keep),
+            Err(DmaError::SizeMismatch {
+                addr: x.as_u64(),
+                mapped: 8 * PAGE_SIZE,
+                given: PAGE_SIZE
+            })
+        );
+        assert_eq!(
+            a.free_keeping(at(1), PAGE_SIZE, &keep),
+            Err(DmaError::NotMapped {
+                addr: at(1).as_u64()
+            })
+        );
         a.free_keeping(x, 8 * PAGE_SIZE, &keep).unwrap();
         let st = a.stats();
         // Adjacent kept ranges merge: page 2, and pages 5-7 as one.
@@ -838,12 +850,18 @@ mod tests {
                     }
                     Op::FreeWrongSize { idx } if !model.is_empty() => {
                         let (s, n) = model[idx % model.len()];
-                        prop_assert!(a.free(DmaAddr::new(s), n + PAGE_SIZE).is_err());
+                        prop_assert_eq!(
+                            a.free(DmaAddr::new(s), n + PAGE_SIZE),
+                            Err(DmaError::SizeMismatch { addr: s, mapped: n, given: n + PAGE_SIZE })
+                        );
                         prop_assert_eq!(a.stats(), before);
                     }
                     Op::FreeBogus { addr }
                         if !model.iter().any(|&(s, _)| s == addr) => {
-                            prop_assert!(a.free(DmaAddr::new(addr), PAGE_SIZE).is_err());
+                            prop_assert_eq!(
+                                a.free(DmaAddr::new(addr), PAGE_SIZE),
+                                Err(DmaError::NotMapped { addr })
+                            );
                             prop_assert_eq!(a.stats(), before);
                         }
                     Op::Drain => a.drain_caches(),

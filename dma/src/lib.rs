@@ -41,10 +41,10 @@
 //! let phys = Arc::new(FakePhysMemory::standard()); // the kernel's frame allocator
 //! let domain = DmaDomain::new(hw, DomainConfig::default())?; // strict invalidation
 //! let dev = DmaDevice::new(
-//!     DeviceConfig::with_mask_bits(39)?,
+//!     DeviceConfig::with_mask_bits(39)?.trusted(), // untrusted unless said otherwise
 //!     Translation::Iommu(domain),
 //!     phys,
-//!     None, // no bounce pool: trusted device under an IOMMU never bounces
+//!     None, // no bounce pool: a trusted device under an IOMMU never bounces
 //! )?;
 //!
 //! // Driver side.
@@ -55,6 +55,23 @@
 //! # Ok::<(), dma::DmaError>(())
 //! ```
 //!
+//! # Trust: untrusted by default, never mixed in one domain
+//!
+//! A [`DeviceConfig`] is untrusted unless [`DeviceConfig::trusted`] says otherwise: untrusted
+//! devices get sub-page isolation (bounce buffers for mappings that do not cover whole pages) and
+//! never use deferred invalidation. A [`DmaDomain`] holds devices of one trust level only: a
+//! device whose trust differs from the domain's current members is refused with
+//! [`DmaError::MixedTrust`] (its page table would let the untrusted one reach whole pages the
+//! trusted one mapped, and devices sharing an isolation group cannot be isolated from each other
+//! anyway). See [`domain`].
+//!
+//! # Failures that leave something mapped
+//!
+//! A failed call changes nothing, except when undoing its own partial work fails too (a double
+//! fault, e.g. an unmap that fails while unwinding a failed scatter-gather mapping). Then the
+//! error is [`DmaError::UnwindIncomplete`], which names the IOVA range still mapped and the
+//! physical memory it reaches: the caller must not free that memory.
+//!
 //! # Concurrency and lock order
 //!
 //! Every shared object ([`DmaDomain`], [`DmaDevice`], [`BouncePool`]) is `Send + Sync` and uses
@@ -63,7 +80,8 @@
 //! 1. a device's raw-mapping table (only for [`Mapping::into_raw`] / [`DmaDevice::unmap_phys`]),
 //! 2. a domain's deferred queue,
 //! 3. a domain's IOVA allocator,
-//! 4. a bounce pool's slot allocator.
+//! 4. a bounce pool's slot allocator,
+//! 5. a domain's member list (taken only when a device is created or dropped).
 //!
 //! The order is trivial by construction: **no lock of this crate is held while another is taken,
 //! nor while [`iommu::IommuDomain`] is called**, with two documented exceptions on top of the
@@ -93,6 +111,7 @@ pub mod device;
 pub mod domain;
 pub mod error;
 pub mod export;
+mod interval;
 pub mod invalidation;
 pub mod iommu;
 pub mod iova;

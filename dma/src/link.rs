@@ -41,10 +41,10 @@ use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
 use crate::invalidation::UnmapBatch;
-use crate::iommu::IotlbGather;
+use crate::iommu::{IommuError, IotlbGather};
 use crate::mapping::{
-    check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span, unmap_parts,
-    unmap_parts_best_effort, MapRecord, Part, Parts,
+    after_unwind, check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span,
+    unmap_parts, unmap_parts_best_effort, unwind_incomplete, MapRecord, Part, Parts,
 };
 use crate::segment::{split_segments, DmaSegment};
 
@@ -75,7 +75,7 @@ pub struct IovaLink {
     live: bool,
     /// The error of the first flush that failed: the range takes no new link and its allocation
     /// is never freed (module docs).
-    poisoned: Option<DmaError>,
+    poisoned: Option<IommuError>,
     /// Granules unmapped by a flush that failed; added to every later flush.
     unflushed: IotlbGather,
 }
@@ -122,6 +122,8 @@ impl DmaDevice {
 
     /// Maps `ranges` back to back into one IOVA range: allocate, link each, sync once (the
     /// export-mapping recipe of the digest). A failure leaves nothing behind: no link, no IOVA.
+    /// If undoing the links made so far fails too, the error is
+    /// [`DmaError::UnwindIncomplete`], naming what is still mapped.
     pub fn map_linked(
         &self,
         ranges: &[(PhysAddr, u64)],
@@ -137,9 +139,14 @@ impl DmaDevice {
                 .ok_or(DmaError::Overflow { addr: total, len })?;
         }
         let mut link = self.iova_try_alloc(first, total)?;
-        link.link_ranges(0, ranges, dir, attrs)?; // on error `link` drops: whole IOVA freed
-        link.sync(0, total)?;
-        Ok(link)
+        let linked = link
+            .link_each(0, ranges, dir, attrs, &mut Vec::new())
+            .and_then(|()| link.sync(0, total));
+        match linked {
+            Ok(()) => Ok(link),
+            // Everything unlinked, one flush, the whole IOVA freed (or the stuck part named).
+            Err(e) => Err(link.discard(e)),
+        }
     }
 }
 
@@ -261,9 +268,13 @@ impl IovaLink {
 
     /// Links `ranges` back to back starting at `offset`. On a failure at index `k`, exactly the
     /// `k` links made by this call are unlinked (one flush) and the error of the failed link is
-    /// returned. If that unwind fails too, it is logged and the original error is still the one
-    /// returned; links the unwind could not remove stay owned by this object (unlinked by
-    /// [`IovaLink::destroy`] or on drop), and a failed flush poisons the range.
+    /// returned.
+    ///
+    /// If that unwind fails too (an unmap or the flush fails), the `k` links stay reachable: they
+    /// stay owned by this object (unlinked by [`IovaLink::destroy`] or on drop; a failed flush
+    /// also poisons the range), and the error returned is [`DmaError::UnwindIncomplete`] naming
+    /// the first of them, so the caller knows its buffers are still mapped (the original error is
+    /// logged).
     pub fn link_ranges(
         &mut self,
         offset: u64,
@@ -272,29 +283,42 @@ impl IovaLink {
         attrs: Attrs,
     ) -> Result<(), DmaError> {
         let mut made: Vec<u64> = Vec::with_capacity(ranges.len());
+        let Err(e) = self.link_each(offset, ranges, dir, attrs, &mut made) else {
+            return Ok(());
+        };
+        if made.is_empty() {
+            return Err(e);
+        }
+        let keys = self.keys_of(&made);
+        let parts: Vec<Part> = keys
+            .iter()
+            .filter_map(|k| self.links.get(k).map(|l| l.part))
+            .collect();
+        let incomplete = match self.unlink_keys(&keys) {
+            Ok(()) => None,
+            Err(undo) => unwind_incomplete(&parts, 0..parts.len(), undo),
+        };
+        Err(after_unwind(incomplete, e))
+    }
+
+    /// Links `ranges` back to back from `offset`, recording the offset of each link made in
+    /// `made`; stops at the first error (nothing unwound).
+    fn link_each(
+        &mut self,
+        offset: u64,
+        ranges: &[(PhysAddr, u64)],
+        dir: Direction,
+        attrs: Attrs,
+        made: &mut Vec<u64>,
+    ) -> Result<(), DmaError> {
         let mut at = offset;
         for &(phys, len) in ranges {
-            let r = at
+            let next = at
                 .checked_add(len)
-                .ok_or(DmaError::Overflow { addr: at, len })
-                .and_then(|next| self.link(phys, at, len, dir, attrs).map(|_| next));
-            match r {
-                Ok(next) => {
-                    made.push(at);
-                    at = next;
-                }
-                Err(e) => {
-                    if !made.is_empty() {
-                        if let Err(e2) = self.unlink_offsets(&made) {
-                            log::error!(
-                                "dma: link_ranges: unwinding {} links after `{e}` failed: {e2}",
-                                made.len()
-                            );
-                        }
-                    }
-                    return Err(e);
-                }
-            }
+                .ok_or(DmaError::Overflow { addr: at, len })?;
+            self.link(phys, at, len, dir, attrs)?;
+            made.push(at);
+            at = next;
         }
         Ok(())
     }
@@ -360,21 +384,21 @@ impl IovaLink {
         if keys.is_empty() {
             return Err(DmaError::NotMapped { addr: offset });
         }
-        self.unlink_keys(&keys)
+        Ok(self.unlink_keys(&keys)?)
     }
 
-    fn unlink_offsets(&mut self, offsets: &[u64]) -> Result<(), DmaError> {
+    /// The link keys (first IOVA page) of links made at `offsets`.
+    fn keys_of(&self, offsets: &[u64]) -> Vec<u64> {
         let base = self.addr.as_u64();
-        let keys: Vec<u64> = offsets
+        offsets
             .iter()
             .map(|o| (base + o) & !(PAGE_SIZE - 1))
-            .collect();
-        self.unlink_keys(&keys)
+            .collect()
     }
 
     /// All-or-nothing for the page-table unmap: if one fails the links are restored and kept
     /// (the caller still owns them). A failed flush poisons the range (module docs).
-    fn unlink_keys(&mut self, keys: &[u64]) -> Result<(), DmaError> {
+    fn unlink_keys(&mut self, keys: &[u64]) -> Result<(), IommuError> {
         let links: Vec<Link> = keys
             .iter()
             .filter_map(|k| self.links.get(k).copied())
@@ -405,7 +429,7 @@ impl IovaLink {
 
     /// Flushes `gather` plus whatever an earlier failed flush left behind. On failure the range
     /// is poisoned (the first error is kept) and the granules are remembered for the next flush.
-    fn flush(&mut self, mut gather: IotlbGather) -> Result<(), DmaError> {
+    fn flush(&mut self, mut gather: IotlbGather) -> Result<(), IommuError> {
         gather.merge(core::mem::take(&mut self.unflushed));
         if gather.is_empty() {
             return Ok(());
@@ -414,7 +438,6 @@ impl IovaLink {
         match self.domain.hw().flush(gather) {
             Ok(()) => Ok(()),
             Err(e) => {
-                let e = DmaError::from(e);
                 log::error!(
                     "dma: IOTLB flush of IOVA link {:?} failed ({e}); the range is poisoned: no \
                      new link, its IOVA is never freed",
@@ -455,7 +478,14 @@ impl IovaLink {
     /// the error of the first flush of this range that failed (an earlier unlink's, or this
     /// call's), otherwise that of the first unmap that failed.
     pub fn destroy(mut self) -> Result<(), DmaError> {
-        self.teardown()
+        self.teardown().result
+    }
+
+    /// Tears a link that never reached its caller down after `original` made its creation
+    /// fail, and returns the error to report: [`DmaError::UnwindIncomplete`] if the teardown
+    /// left something reachable, `original` otherwise.
+    fn discard(mut self, original: DmaError) -> DmaError {
+        after_unwind(self.teardown().incomplete, original)
     }
 
     /// Like [`IovaLink::destroy`], but the invalidation joins `batch`: the page-table entries are
@@ -463,11 +493,12 @@ impl IovaLink {
     /// of each link (with its own direction and attributes) and the freeing of the whole
     /// allocation happen in [`UnmapBatch::finish`], never before the flush completed.
     ///
-    /// Errors: if a page-table unmap fails, nothing was unlinked by this call and the batch is
-    /// untouched; the link is then destroyed the strict way as it is dropped (what
-    /// [`IovaLink::destroy`] does). If the range is poisoned, every link is still unlinked into
-    /// the batch (and flushed by it), the allocation is never freed, and the poisoning error is
-    /// returned.
+    /// Errors: if a page-table unmap fails, nothing was unlinked into the batch and the batch is
+    /// untouched; the link is then destroyed at once the strict way (what
+    /// [`IovaLink::destroy`] does), and the error is [`DmaError::UnwindIncomplete`] if that left
+    /// a link mapped (or reachable after a failed flush), the unmap's error otherwise. If the
+    /// range is poisoned, every link is still unlinked into the batch (and flushed by it), the
+    /// allocation is never freed, and the poisoning error is returned.
     pub fn destroy_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
         if !self.live {
             return Ok(());
@@ -477,7 +508,10 @@ impl IovaLink {
         // A gather of our own: `unmap_parts` flushes and empties the gather it is given when it
         // fails, and the batch's gather covers other mappings whose IOVAs `finish` frees.
         let mut gather = IotlbGather::new();
-        unmap_parts(&self.domain, &parts, &mut gather)?;
+        if let Err(e) = unmap_parts(&self.domain, &parts, &mut gather) {
+            let left = self.teardown();
+            return Err(after_unwind(left.incomplete, e.into()));
+        }
         self.live = false;
         self.links.clear();
         gather.merge(core::mem::take(&mut self.unflushed));
@@ -497,7 +531,7 @@ impl IovaLink {
                 "dma: destroying poisoned IOVA link {:?}: its allocation stays leaked",
                 self.addr
             );
-            return Err(e);
+            return Err(e.into());
         }
         // The whole allocation, freed by `finish` after the flush (digest item 14).
         let whole = MapRecord {
@@ -510,9 +544,11 @@ impl IovaLink {
         Ok(())
     }
 
-    fn teardown(&mut self) -> Result<(), DmaError> {
+    /// Unlinks everything best effort, one flush, frees the allocation (see
+    /// [`IovaLink::destroy`]).
+    fn teardown(&mut self) -> Leftover {
         if !self.live {
-            return Ok(());
+            return Leftover::default();
         }
         self.live = false;
         let links: Vec<Link> = core::mem::take(&mut self.links).into_values().collect();
@@ -520,6 +556,14 @@ impl IovaLink {
         let mut gather = IotlbGather::new();
         let stuck = unmap_parts_best_effort(&self.domain, &parts, &mut gather);
         let flushed = self.flush(gather);
+        let incomplete = match (flushed, stuck.first()) {
+            // Every removed link may still be reachable through a stale IOTLB entry.
+            (Err(e), _) => unwind_incomplete(&parts, 0..parts.len(), e),
+            (Ok(()), Some(&(_, undo))) => {
+                unwind_incomplete(&parts, stuck.iter().map(|&(i, _)| i), undo)
+            }
+            (Ok(()), None) => None,
+        };
         if flushed.is_ok() {
             let removed: Vec<Link> = links
                 .iter()
@@ -531,7 +575,10 @@ impl IovaLink {
         }
         if let Some(e) = self.poisoned {
             // Never freed: stale IOTLB entries may remain (this call's flush failing included).
-            return Err(e);
+            return Leftover {
+                result: Err(e.into()),
+                incomplete,
+            };
         }
         // The whole allocation (digest item 14), not the linked length, minus the granules of
         // links that could not be unmapped (still mapped: never handed out again).
@@ -541,9 +588,27 @@ impl IovaLink {
             .collect();
         self.domain
             .free_iova_keeping(self.alloc.0, self.alloc.1, &keep);
-        match stuck.first() {
-            Some(&(_, e)) => Err(e),
-            None => Ok(()),
+        Leftover {
+            result: stuck.first().map_or(Ok(()), |&(_, e)| Err(e.into())),
+            incomplete,
+        }
+    }
+}
+
+/// What a teardown left behind.
+#[derive(Debug)]
+struct Leftover {
+    /// What [`IovaLink::destroy`] reports (module docs).
+    result: Result<(), DmaError>,
+    /// What is still reachable, for the error of an unwind.
+    incomplete: Option<DmaError>,
+}
+
+impl Default for Leftover {
+    fn default() -> Self {
+        Self {
+            result: Ok(()),
+            incomplete: None,
         }
     }
 }
@@ -562,7 +627,7 @@ fn copy_gather(g: &IotlbGather) -> IotlbGather {
 
 impl Drop for IovaLink {
     fn drop(&mut self) {
-        if let Err(e) = self.teardown() {
+        if let Err(e) = self.teardown().result {
             log::error!("dma: IOVA link destroy failed (range leaked): {e}");
         }
     }

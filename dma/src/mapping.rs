@@ -16,6 +16,7 @@
 //! [`IommuDomain::map`]: crate::iommu::IommuDomain::map
 //! [`IommuDomain::sync_map`]: crate::iommu::IommuDomain::sync_map
 
+use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -27,8 +28,9 @@ use crate::bounce::BounceSlot;
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
 use crate::error::{BounceReason, DmaError};
+use crate::interval::IntervalIndex;
 use crate::invalidation::{InvalidationMode, Retired, UnmapBatch};
-use crate::iommu::{IotlbGather, Prot};
+use crate::iommu::{IommuError, IotlbGather, Prot};
 use crate::phys::CacheOp;
 use crate::segment::DmaSegment;
 
@@ -85,8 +87,49 @@ pub(crate) struct MapRecord {
     pub parts: Parts,
 }
 
-/// How many raw mappings starting at or below an address a raw sync inspects.
-const RAW_SYNC_LOOKBACK: usize = 64;
+/// A device's raw mappings ([`Mapping::into_raw`]): the records keyed by (DMA address, id), so
+/// that two direct mappings of the same buffer do not collide, plus an interval index over
+/// `[dma, dma + len)` so that a raw sync finds the mapping containing an address in O(log n)
+/// even where direct mappings overlap (see `interval`).
+#[derive(Default)]
+pub(crate) struct RawTable {
+    pub records: BTreeMap<(u64, u64), MapRecord>,
+    index: IntervalIndex,
+}
+
+impl RawTable {
+    fn end_of(key: (u64, u64), rec: &MapRecord) -> u64 {
+        let len: u64 = rec.parts.as_slice().iter().map(|p| p.len).sum();
+        key.0.saturating_add(len)
+    }
+
+    /// Adds a record under `key`, which must be new.
+    pub fn insert(&mut self, key: (u64, u64), rec: MapRecord) {
+        self.index.insert(key, Self::end_of(key, &rec));
+        self.records.insert(key, rec);
+    }
+
+    /// Takes the record under `key` out.
+    pub fn remove(&mut self, key: (u64, u64)) -> Option<MapRecord> {
+        let rec = self.records.remove(&key)?;
+        self.index.remove(key);
+        Some(rec)
+    }
+
+    /// Number of raw mappings.
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// The mapping that contains `a` and reaches furthest past it, with its start.
+    fn containing(&self, a: u64) -> Option<(u64, &MapRecord)> {
+        let (key, end) = self.index.reaching_furthest(a)?;
+        if end <= a {
+            return None;
+        }
+        self.records.get(&key).map(|r| (key.0, r))
+    }
+}
 
 pub(crate) fn check_attrs(attrs: Attrs) -> Result<(), DmaError> {
     let unknown = attrs.bits() & !Attrs::all().bits();
@@ -226,11 +269,18 @@ fn release_slot(inner: &DeviceInner, slot: Option<BounceSlot>) {
 /// Unmaps the page-table entries of `parts` into `gather`, each exactly as it was mapped
 /// (digest item 10). If one fails, `gather` is flushed and emptied and the ones already removed
 /// are mapped again, so the call is all-or-nothing.
+///
+/// Every restored part is made visible again with its own [`IommuDomain::sync_map`] (restored
+/// parts need not be contiguous): on hardware that caches not-present entries (VT-d caching
+/// mode) or buffers writes (RWBF), a re-created entry the hardware is not told about stays
+/// invisible, and the device would fault on a mapping its owner still holds.
+///
+/// [`IommuDomain::sync_map`]: crate::iommu::IommuDomain::sync_map
 pub(crate) fn unmap_parts(
     domain: &DmaDomain,
     parts: &[Part],
     gather: &mut IotlbGather,
-) -> Result<(), DmaError> {
+) -> Result<(), IommuError> {
     for (i, p) in parts.iter().enumerate() {
         if p.map_size == 0 {
             continue;
@@ -241,17 +291,18 @@ pub(crate) fn unmap_parts(
                 log::error!("dma: flush before restoring failed: {e2}");
             }
             for q in parts[..i].iter().filter(|q| q.map_size > 0) {
-                if let Err(e2) = domain
+                let restored = domain
                     .hw()
                     .map(q.map_iova, q.target_page, q.map_size, q.prot)
-                {
+                    .and_then(|()| domain.hw().sync_map(q.map_iova, q.map_size));
+                if let Err(e2) = restored {
                     log::error!(
                         "dma: could not restore {:?} after a failed unmap: {e2}",
                         q.map_iova
                     );
                 }
             }
-            return Err(e.into());
+            return Err(e);
         }
     }
     Ok(())
@@ -265,7 +316,7 @@ pub(crate) fn unmap_parts_best_effort(
     domain: &DmaDomain,
     parts: &[Part],
     gather: &mut IotlbGather,
-) -> Vec<(usize, DmaError)> {
+) -> Vec<(usize, IommuError)> {
     let mut stuck = Vec::new();
     for (i, p) in parts.iter().enumerate() {
         if p.map_size == 0 {
@@ -277,18 +328,60 @@ pub(crate) fn unmap_parts_best_effort(
                 p.map_iova,
                 p.map_size
             );
-            stuck.push((i, e.into()));
+            stuck.push((i, e));
         }
     }
     stuck
 }
 
+/// The [`DmaError::UnwindIncomplete`] for `parts` of which those at `stuck` (indices into
+/// `parts`, in order) are still mapped, the undo having failed with `undo`. `None` when none of
+/// them has page-table entries (nothing is reachable).
+pub(crate) fn unwind_incomplete(
+    parts: &[Part],
+    stuck: impl IntoIterator<Item = usize>,
+    undo: IommuError,
+) -> Option<DmaError> {
+    let mut stuck = stuck
+        .into_iter()
+        .filter_map(|i| parts.get(i))
+        .filter(|p| p.map_size > 0);
+    let first = stuck.next()?;
+    Some(DmaError::UnwindIncomplete {
+        still_mapped: (first.map_iova, first.map_size),
+        reaches: first.target_page,
+        stuck: 1 + stuck.count(),
+        undo,
+    })
+}
+
+/// The error a failed operation returns after its unwind: the unwind's own
+/// [`DmaError::UnwindIncomplete`] if something stayed mapped (`original` is then logged),
+/// `original` otherwise.
+pub(crate) fn after_unwind(incomplete: Option<DmaError>, original: DmaError) -> DmaError {
+    match incomplete {
+        None => original,
+        Some(incomplete) => {
+            log::error!("dma: unwinding after `{original}` failed: {incomplete}");
+            incomplete
+        }
+    }
+}
+
 /// Undoes `parts` of a mapping that never reached the caller: entries removed part by part (best
 /// effort, nothing restored), one flush for whatever was removed, then the IOVA and the bounce
-/// slots freed. A part whose unmap failed keeps its IOVA range and its slot for ever (logged):
-/// the entries still point at them, so they must never be handed out again. If the flush fails,
-/// everything is leaked. No copy-back (the device never had the mapping).
-pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr, u64)>) {
+/// slots freed. No copy-back (the device never had the mapping).
+///
+/// A part whose unmap failed keeps its IOVA range and its slot for ever: the entries still
+/// point at them, so they must never be handed out again. If the flush fails, everything is
+/// leaked (stale IOTLB entries may still reach any removed part). Either way the returned
+/// [`DmaError::UnwindIncomplete`] names what is still mapped, so that the caller does not free
+/// memory the device can still reach (`None`: everything was undone).
+pub(crate) fn unwind(
+    inner: &DeviceInner,
+    parts: &[Part],
+    iova: Option<(DmaAddr, u64)>,
+) -> Option<DmaError> {
     match &inner.translation {
         Translation::Iommu(domain) => {
             let mut gather = IotlbGather::new();
@@ -302,7 +395,7 @@ pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr,
                 log::error!(
                     "dma: flush during unwind failed ({e}); leaking {iova:?} and its bounce slots"
                 );
-                return;
+                return unwind_incomplete(parts, 0..parts.len(), e);
             }
             let keep: Vec<(DmaAddr, u64)> = stuck
                 .iter()
@@ -316,11 +409,14 @@ pub(crate) fn unwind(inner: &DeviceInner, parts: &[Part], iova: Option<(DmaAddr,
                     release_slot(inner, p.bounce);
                 }
             }
+            let &(_, undo) = stuck.first()?;
+            unwind_incomplete(parts, stuck.iter().map(|&(i, _)| i), undo)
         }
         Translation::Direct => {
             for p in parts {
                 release_slot(inner, p.bounce);
             }
+            None
         }
     }
 }
@@ -392,7 +488,7 @@ pub(crate) fn unmap_record(
     };
     let mut gather = IotlbGather::new();
     if let Err(e) = unmap_parts(domain, rec.parts.as_slice(), &mut gather) {
-        return Err((e, Some(rec)));
+        return Err((e.into(), Some(rec)));
     }
     if let Some(b) = batch {
         let entry = b.entry(domain);
@@ -524,8 +620,8 @@ impl DmaDevice {
                 };
                 if let Err(e) = domain.hw().sync_map(iova, size) {
                     // Digest item 2: a failed step after mapping unwinds and errors out.
-                    unwind(inner, &[part], Some((iova, size)));
-                    return Err(e.into());
+                    let unwound = unwind(inner, &[part], Some((iova, size)));
+                    return Err(after_unwind(unwound, e.into()));
                 }
                 MapRecord {
                     dir,
@@ -593,18 +689,14 @@ impl DmaDevice {
                 cursor.map(DmaAddr::new),
             ) {
                 Ok(p) => parts.push(p),
-                Err(e) => {
-                    unwind(inner, &parts, iova);
-                    return Err(e);
-                }
+                Err(e) => return Err(after_unwind(unwind(inner, &parts, iova), e)),
             }
             // 64-bit accumulation (digest item 4); cannot overflow: the total was checked.
             cursor = cursor.map(|c| c + span);
         }
         if let (Translation::Iommu(domain), Some((a, size))) = (&inner.translation, iova) {
             if let Err(e) = domain.hw().sync_map(a, size) {
-                unwind(inner, &parts, iova);
-                return Err(e.into());
+                return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
             }
         }
         let rec = MapRecord {
@@ -665,7 +757,7 @@ impl DmaDevice {
             let mut first = None;
             let mut same_len = None;
             let mut found = None;
-            for (k, rec) in table.range((a, 0)..=(a, u64::MAX)) {
+            for (k, rec) in table.records.range((a, 0)..=(a, u64::MAX)) {
                 let p = &rec.parts.as_slice()[0];
                 first.get_or_insert(p.len);
                 if p.len == len {
@@ -677,7 +769,7 @@ impl DmaDevice {
                 }
             }
             match (found, same_len, first) {
-                (Some(k), _, _) => table.remove(&k).map(|r| (k, r)),
+                (Some(k), _, _) => table.remove(k).map(|r| (k, r)),
                 (None, Some((d, _)), _) if d != dir => {
                     return Err(DmaError::DirectionMismatch { addr: a })
                 }
@@ -725,18 +817,10 @@ impl DmaDevice {
     fn sync_raw(&self, dma: DmaAddr, len: u64, for_cpu: bool) -> Result<(), DmaError> {
         let a = dma.as_u64();
         let table = self.inner.raw.lock();
-        // Bounded look-back: under an IOMMU raw mappings are disjoint, so the nearest start is
-        // the one; only overlapping direct mappings of the same buffer need more than one step.
-        let (_, rec) = table
-            .range(..=(a, u64::MAX))
-            .rev()
-            .take(RAW_SYNC_LOOKBACK)
-            .find(|(_, r)| {
-                let p = &r.parts.as_slice()[0];
-                a >= p.dma.as_u64() && a - p.dma.as_u64() < p.len
-            })
-            .ok_or(DmaError::NotMapped { addr: a })?;
-        let start = rec.parts.as_slice()[0].dma.as_u64();
+        // O(log n) whatever the overlap (direct mappings of one buffer may nest): the mapping
+        // that contains `a` and reaches furthest; if it does not hold the whole range, none
+        // does and `sync_record` reports `OutOfRange`.
+        let (start, rec) = table.containing(a).ok_or(DmaError::NotMapped { addr: a })?;
         sync_record(&self.inner, rec, a - start, len, for_cpu)
     }
 }

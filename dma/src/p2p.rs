@@ -235,6 +235,10 @@ pub enum BarSlot {
     UpperHalf,
     /// A memory BAR that firmware left unassigned (address 0): not usable.
     Unassigned,
+    /// A memory BAR that is not page granular (smaller than a page, or not aligned to its
+    /// size): a page-granular mapping of it would reach bytes the device does not decode,
+    /// which may be another device's MMIO. Never a provider.
+    NotPageGranular,
 }
 
 /// Why a BAR index names no provider (digest item 11: the index is always checked).
@@ -267,6 +271,12 @@ pub enum ProviderError {
         /// The index given.
         index: u8,
     },
+    /// The memory BAR is smaller than a page or not aligned to its size: exporting it would
+    /// expose the rest of its pages.
+    NotPageGranular {
+        /// The index given.
+        index: u8,
+    },
 }
 
 impl ProviderError {
@@ -291,6 +301,11 @@ impl fmt::Display for ProviderError {
                 write!(f, "BAR{index} is the upper half of a 64-bit BAR")
             }
             Self::Unassigned { index } => write!(f, "BAR{index} has no address assigned"),
+            Self::NotPageGranular { index } => write!(
+                f,
+                "BAR{index} is smaller than a page or not aligned to its size: a mapping would \
+                 expose the rest of its pages"
+            ),
         }
     }
 }
@@ -359,6 +374,7 @@ impl ProviderTable {
             Some(BarSlot::Unimplemented) => Err(ProviderError::Unimplemented { index }),
             Some(BarSlot::UpperHalf) => Err(ProviderError::UpperHalf { index }),
             Some(BarSlot::Unassigned) => Err(ProviderError::Unassigned { index }),
+            Some(BarSlot::NotPageGranular) => Err(ProviderError::NotPageGranular { index }),
         }
     }
 

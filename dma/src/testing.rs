@@ -98,6 +98,7 @@ struct FakeState {
     counts: FakeCounts,
     fail_map_after: Option<u64>,
     fail_unmap_after: Option<u64>,
+    fail_unmaps_at: Option<u64>,
     fail_sync_map: bool,
     fail_flush: bool,
     stale_reuses: u64,
@@ -205,6 +206,12 @@ impl FakeDomain {
     /// The next `n` unmaps succeed, the one after fails with `NotMapped` (once).
     pub fn fail_unmap_after(&self, n: u64) {
         self.st.lock().fail_unmap_after = Some(n);
+    }
+
+    /// While set, every unmap of a range containing IOVA `at` fails with `NotMapped` and
+    /// changes nothing (a persistent failure, for double faults: the undo fails too).
+    pub fn fail_unmaps_at(&self, at: Option<u64>) {
+        self.st.lock().fail_unmaps_at = at;
     }
 
     /// The next `sync_map` fails (once).
@@ -350,6 +357,12 @@ impl IommuDomain for FakeDomain {
         let iova = iova.as_u64();
         self.check_range(iova, 0, size)?;
         let mut st = self.st.lock();
+        if st
+            .fail_unmaps_at
+            .is_some_and(|a| a >= iova && a - iova < size)
+        {
+            return Err(IommuError::NotMapped { iova });
+        }
         if let Some(n) = st.fail_unmap_after {
             if n == 0 {
                 st.fail_unmap_after = None;

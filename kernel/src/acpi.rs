@@ -129,6 +129,15 @@ impl Acpi {
         self.raw::<RawDmar>()
     }
 
+    /// Whether the firmware describes an IOMMU the kernel can use: a DMAR that parses and has
+    /// at least one usable remapping unit ([`iommu_vtd::Dmar::require_unit`]). A DMAR without
+    /// one (no DRHD, or only refused ones) means no IOMMU, exactly as no DMAR does.
+    pub fn has_usable_iommu(&self) -> bool {
+        self.dmar()
+            .and_then(|(_, bytes)| iommu_vtd::Dmar::parse(bytes).ok())
+            .is_some_and(|dmar| dmar.require_unit().is_ok())
+    }
+
     /// The MCFG table (header included) and its physical address.
     pub fn mcfg(&self) -> Option<(u64, &'static [u8])> {
         self.raw::<RawMcfg>()

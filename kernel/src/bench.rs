@@ -88,6 +88,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     let b = Bench { unit };
     let cfg = DeviceConfig {
         mask: (1 << 39) - 1,
+        trusted: true,
         ..DeviceConfig::default()
     };
     // Keep the whole set-up alive: its group membership keeps the domain attached.
@@ -179,7 +180,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         batch.finish().map_err(e)?;
     }
 
-    revoke_latency(k, &b, &dev)?;
+    revoke_latency(k, &b, dev)?;
 
     // Unmapping N contiguous pages: invalidation requests must grow like log N, not N.
     let run4k = alloc(FrameRequest::contiguous(4096))?;

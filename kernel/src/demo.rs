@@ -55,6 +55,15 @@ pub fn dump_tables(k: &Kernel) {
     }
 }
 
+/// The requester ID the IOMMU sees for `bdf` (its last DMA alias).
+fn source_id(k: &Kernel, bdf: pci::Bdf) -> Result<u16, alloc::string::String> {
+    k.pci
+        .topology
+        .iommu_source_id(bdf)
+        .map(|b| b.requester_id())
+        .ok_or_else(|| alloc::format!("no source id for {bdf}"))
+}
+
 /// Device DMA through the IOMMU with the first edu device: its own domain, one page it reads,
 /// one it writes; then a write to an IOVA nobody mapped, and the fault it raises.
 fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
@@ -134,11 +143,38 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     }
     let unit = &iommu.unit_for(&k.pci, e.bdf()).ok_or("no unit")?.unit;
     unit.clear_faults();
-    let stray = 0x30_0000u64;
+    // The stray IOVA equals a sentinel page's physical address (below edu's mask), so a DMA
+    // that escaped translation would land there.
+    let mut sentinel = PhysPages::alloc(FrameRequest {
+        count: 1,
+        align: 1,
+        limit: Some(((mask + 1) >> 12) as usize),
+        min: 0,
+    })
+    .map_err(|e| format!("{e}"))?;
+    sentinel.as_mut_slice().fill(0x5a);
+    let stray = sentinel.paddr();
     edu_dev::dma(&mut e, Transfer::WriteToMemory, DmaAddr::new(stray), 0, len)
         .map_err(|e| format!("{e}"))?;
-    for f in unit.read_faults().records {
-        kprintln!("  blocked: edu wrote to unmapped IOVA {stray:#x}: {f}");
+    // SAFETY: the sentinel is owned and mapped; volatile because a device may have written it.
+    let untouched = (0..4096).all(|i| unsafe { sentinel.as_ptr().add(i).read_volatile() } == 0x5a);
+    let sid = source_id(k, e.bdf())?;
+    let faults = unit.read_faults().records;
+    let fault = faults.iter().find(|f| {
+        f.source.requester_id() == sid
+            && f.address == stray
+            && f.access == iommu_vtd::AccessKind::Write
+            && f.reason.raw() == 5
+    });
+    match (untouched, fault) {
+        (true, Some(f)) => kprintln!(
+            "  stray write to unmapped IOVA {stray:#x} blocked, sentinel page unchanged: {f}"
+        ),
+        _ => {
+            return Err(format!(
+                "stray write to {stray:#x}: sentinel unchanged {untouched}, faults {faults:?}"
+            ))
+        }
     }
     unit.clear_faults();
     let mut g = IotlbGather::new();
@@ -156,7 +192,9 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
 fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     use alloc::boxed::Box;
     use alloc::format;
+    use alloc::sync::Arc;
     use core::ptr::NonNull;
+    use core::sync::atomic::{AtomicUsize, Ordering};
 
     use dma::{Attrs, DeviceConfig, Direction, ExportRange, Importer, PhysAddr};
     use edu::Transfer;
@@ -192,6 +230,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         e.bdf(),
         DeviceConfig {
             mask: e.dma_mask(),
+            trusted: true,
             ..DeviceConfig::default()
         },
     )
@@ -238,11 +277,16 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
             }],
         )
         .map_err(|x| s(&x))?;
+    let notified = Arc::new(AtomicUsize::new(0));
+    let notified_by_cb = notified.clone();
     let importer = Importer {
         id: pci::p2p::device_id(e.bdf()),
         dev: d.dev.clone(),
         peer_to_peer: true,
-        move_notify: Box::new(|ev| kprintln!("  edu notified: {ev:?}")),
+        move_notify: Box::new(move |ev| {
+            notified_by_cb.fetch_add(1, Ordering::SeqCst);
+            kprintln!("  edu notified: {ev:?}");
+        }),
     };
     let att = handle.attach(importer).map_err(|x| s(&x))?;
     let pm = att.map(Direction::FromDevice).map_err(|x| s(&x))?;
@@ -262,29 +306,52 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     let unit = &iommu.unit_for(&k.pci, e.bdf()).ok_or("no unit")?.unit;
     unit.clear_faults();
     let stats = provider.revoke().map_err(|x| s(&x))?;
-    kprintln!("  revoke: {} importer(s) notified, {} mapping(s) torn down, IOTLB flushed before revoke returned", stats.notified, stats.unmapped);
+    let seen = notified.load(Ordering::SeqCst);
+    if seen == 0 || seen != stats.notified {
+        return Err(format!(
+            "revoke: {seen} notification(s) delivered, {} reported",
+            stats.notified
+        ));
+    }
+    kprintln!(
+        "  revoke: {seen} importer(s) notified, {} mapping(s) torn down, IOTLB flushed before revoke returned",
+        stats.unmapped
+    );
     view.fill(0, 0x1000, 0).map_err(|x| s(&x))?;
     edu_dev::dma(&mut e, Transfer::WriteToMemory, addr, 0, len).map_err(|x| s(&x))?;
     view.read_bytes(0, &mut got).map_err(|x| s(&x))?;
-    for f in unit.read_faults().records {
-        kprintln!("  the same DMA after revoke is blocked: {f}");
-    }
-    kprintln!(
-        "  BAR2 after the blocked DMA: {} (provider {} revoked: {})",
-        if got.iter().all(|&b| b == 0) {
-            "unchanged (zeros)"
-        } else {
-            "CHANGED"
-        },
-        provider.bdf(),
-        provider.is_revoked()
-    );
-    if got.iter().any(|&b| b != 0) {
-        return Err("a DMA after revoke reached the BAR".into());
+    let sid = source_id(k, e.bdf())?;
+    let faults = unit.read_faults().records;
+    let fault = faults.iter().find(|f| {
+        f.source.requester_id() == sid
+            && f.address == addr.page_align_down().as_u64()
+            && f.access == iommu_vtd::AccessKind::Write
+    });
+    let unchanged = got.iter().all(|&b| b == 0);
+    match (unchanged, fault) {
+        (true, Some(f)) => {
+            kprintln!("  the same DMA after revoke is blocked: {f}");
+            kprintln!(
+                "  BAR2 after the blocked DMA: unchanged (zeros) (provider {} revoked: {})",
+                provider.bdf(),
+                provider.is_revoked()
+            );
+        }
+        _ => {
+            return Err(format!(
+                "DMA after revoke: BAR unchanged {unchanged}, faults {faults:?}"
+            ))
+        }
     }
     unit.clear_faults();
-    if let Err(err) = att.map(Direction::FromDevice) {
-        kprintln!("  map while revoked: {err}");
+    match att.map(Direction::FromDevice) {
+        Err(err @ dma::DmaError::Revoked) => kprintln!("  map while revoked: {err}"),
+        Err(err) => {
+            return Err(format!(
+                "a map while revoked failed with {err}, not Revoked"
+            ))
+        }
+        Ok(_) => return Err("a map succeeded while the export was revoked".into()),
     }
     provider.restore().map_err(|x| s(&x))?;
     drop(pm);

@@ -90,10 +90,10 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
             exit(Status::Failure)
         }
     };
-    // ACS isolation is the default whenever an IOMMU exists (DMAR present); `acs=leave` keeps
-    // the firmware's settings (the embedder's choice).
+    // ACS isolation is the default whenever an IOMMU exists (a DMAR with a usable remapping
+    // unit); `acs=leave` keeps the firmware's settings (the embedder's choice).
     let cmdline = CommandLine::new(boot.cmdline());
-    let policy = match (cmdline.value("acs"), acpi.dmar().is_some()) {
+    let policy = match (cmdline.value("acs"), acpi.has_usable_iommu()) {
         (Some("leave"), _) | (None, false) => pci::acs::AcsPolicy::Leave,
         _ => pci::acs::AcsPolicy::Isolate,
     };

@@ -14,8 +14,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
         "(match)",
         "edu DMA through its domain with matching checksums",
     ),
-    ("blocked: edu wrote to unmapped IOVA", "a blocked DMA"),
-    ("reason 0x5", "the decoded write fault"),
+    (
+        "blocked, sentinel page unchanged: DMA write fault from",
+        "the stray DMA blocked, memory unchanged, its write fault decoded",
+    ),
     (
         "reads back: \"hello ivshmem",
         "the P2P bytes in ivshmem's BAR2",
@@ -23,9 +25,10 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
     ("THRU_HOST_BRIDGE", "the P2P classification"),
     ("importer(s) notified", "the revoke"),
     (
-        "the same DMA after revoke is blocked",
-        "the fault after revoke",
+        "the same DMA after revoke is blocked: DMA write fault from",
+        "the decoded fault after revoke",
     ),
+    ("map while revoked:", "a map refused while revoked"),
     ("unchanged (zeros)", "the BAR untouched after revoke"),
     ("message intact", "the DMA landing again after restore"),
 ];
@@ -33,18 +36,19 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
 /// What a scenario must produce.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Expect {
-    /// Every selected test passes (at least `min_passed`), the kernel exits with success.
+    /// Every selected test passes, exactly `passed` of them, the kernel exits with success.
     Pass {
-        /// Lower bound on passed tests (guards against a selection that silently ran nothing).
-        min_passed: usize,
+        /// How many tests the selection runs (guards against a selection that silently ran
+        /// nothing, or fewer tests than the scenario claims).
+        passed: usize,
     },
-    /// Exactly these tests fail, every other passes (at least `min_passed`), the kernel exits with
-    /// failure: proves a failed check fails one test, not the run.
+    /// Exactly these tests fail, every other passes (exactly `passed` of them), the kernel exits
+    /// with failure: proves a failed check fails one test, not the run.
     Failures {
         /// Full names of the tests that must fail.
         failed: &'static [&'static str],
-        /// Lower bound on passed tests.
-        min_passed: usize,
+        /// How many tests must pass.
+        passed: usize,
     },
     /// The kernel panics with a message containing this text and exits with failure.
     Panic {
@@ -67,6 +71,17 @@ pub enum Expect {
 /// A scenario-specific check of the parsed outcome and the raw log.
 pub type LogCheck = fn(&Scenario, &Outcome, &str) -> Result<String, String>;
 
+/// An ACPI table a scenario adds to the machine's firmware: xtask writes `bytes` (the whole
+/// table, header and checksum included) to a file under `target/` before QEMU starts and passes
+/// it with `-acpitable file=<path>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcpiTableFile {
+    /// Short name, used in the file name (`<scenario>.<name>.dat`).
+    pub name: &'static str,
+    /// The table bytes.
+    pub bytes: Vec<u8>,
+}
+
 /// One QEMU run and what it must show.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -84,6 +99,8 @@ pub struct Scenario {
     pub timeout_secs: u64,
     /// Extra check on the log, computed from the topology.
     pub check: Option<LogCheck>,
+    /// ACPI tables added with `-acpitable` (generated, never captured bytes).
+    pub acpi_tables: Vec<AcpiTableFile>,
 }
 
 /// How a QEMU process ended.
@@ -121,6 +138,7 @@ impl Scenario {
             expect,
             timeout_secs: 60,
             check: None,
+            acpi_tables: Vec::new(),
         }
     }
 
@@ -152,7 +170,7 @@ impl Scenario {
                 )?;
                 format!("killed after {}s as expected", self.timeout_secs)
             }
-            Expect::Pass { min_passed } => {
+            Expect::Pass { passed } => {
                 ensure(o.end == KernelEnd::Success, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -163,15 +181,15 @@ impl Scenario {
                 ensure(o.unknown.is_empty(), || {
                     format!("unknown test patterns: {:?}", o.unknown)
                 })?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed, expected >= {min_passed}", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 ensure(o.summary == Some((o.passed(), 0)), || {
                     format!("summary {:?} disagrees with the log", o.summary)
                 })?;
                 format!("{} tests passed", o.passed())
             }
-            Expect::Failures { failed, min_passed } => {
+            Expect::Failures { failed, passed } => {
                 ensure(o.end == KernelEnd::Failure, || {
                     format!("kernel ended with {:?}", o.end)
                 })?;
@@ -189,8 +207,8 @@ impl Scenario {
                         .all(|t| matches!(o.test(t), Some(TestStatus::Failed(_)))),
                     || "an expected failure did not report a failed check".into(),
                 )?;
-                ensure(o.passed() >= *min_passed, || {
-                    format!("only {} tests passed", o.passed())
+                ensure(o.passed() == *passed, || {
+                    format!("{} tests passed, expected exactly {passed}", o.passed())
                 })?;
                 format!("{} failed as expected, {} passed", failed.len(), o.passed())
             }
@@ -275,13 +293,7 @@ fn pci_scenarios() -> Vec<Scenario> {
         let cmdline = format!("test=pci expect.acs_ports={}", acs_ports(&topology));
         Scenario {
             check: Some(pci_listing_matches as LogCheck),
-            ..Scenario::new(
-                name,
-                about,
-                topology,
-                &cmdline,
-                Expect::Pass { min_passed: 3 },
-            )
+            ..Scenario::new(name, about, topology, &cmdline, Expect::Pass { passed: 3 })
         }
     };
     let root_port = |t: Topology, id: &str, chassis: u32| {
@@ -399,7 +411,7 @@ fn vtd_scenarios() -> Vec<Scenario> {
                 topology,
                 "",
                 Expect::Pass {
-                    min_passed: tests.len(),
+                    passed: tests.len(),
                 },
             )
         }
@@ -415,9 +427,9 @@ fn vtd_scenarios() -> Vec<Scenario> {
     vec![
         vtd(
             "vtd-default",
-            "3-level tables: DMA both ways, blocked DMA faults, strict unmap with a negative control, two isolated domains, 2 MiB superpage",
+            "3-level tables: DMA both ways, blocked DMA faults, strict unmap and detach each with a negative control, two isolated domains, 2 MiB superpage",
             two_edu.clone(),
-            &[&basic[..], &["vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
+            &[&basic[..], &["vtd::detach_blocks_at_once", "vtd::detach_without_invalidation_is_caught", "vtd::domains_isolated", "vtd::superpage_2m"]].concat(),
         ),
         vtd(
             "vtd-aw48",
@@ -433,13 +445,13 @@ fn vtd_scenarios() -> Vec<Scenario> {
         ),
         vtd(
             "vtd-aliases",
-            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias",
+            "edu behind a pcie-pci-bridge and behind a pci-bridge: attached through their requester-ID aliases, faults name the alias, detach clears the alias's context entry",
             Topology::base()
                 .device("pcie-pci-bridge,id=ppb,bus=pcie.0")
                 .device("edu,bus=ppb,addr=3")
                 .device("pci-bridge,id=pb,chassis_nr=5,bus=pcie.0")
                 .device("edu,bus=pb,addr=4"),
-            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked"],
+            &["vtd::capabilities", "vtd::dma_both_directions", "vtd::unmapped_iova_blocked", "vtd::detach_blocks_at_once"],
         ),
         vtd(
             "vtd-pxb",
@@ -477,7 +489,7 @@ fn group_dma_scenarios() -> Vec<Scenario> {
             topology,
             "",
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
@@ -511,18 +523,21 @@ fn dma_api_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
     vec![
         run(
             "dma-api-iommu",
-            "map_phys both ways, untrusted sub-page bounce isolation, scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
+            "map_phys both ways, untrusted sub-page bounce isolation, reused bounce slots zero-padded, strict Mapping::unmap then fault, direction enforced (write into ToDevice faults, with controls), scatter list, batched unmap then fault (with negative control), deferred unmap quarantine until flush, unaligned MMIO",
             Topology::base().device("edu"),
             &[
                 "dmaapi::map_phys_both_directions",
                 "dmaapi::untrusted_subpage_isolated",
+                "dmaapi::bounce_slot_reused_zero_padded",
+                "dmaapi::strict_unmap_then_fault",
+                "dmaapi::direction_enforced",
                 "dmaapi::scatter_list",
                 "dmaapi::batch_unmap_then_fault",
                 "dmaapi::batch_without_flush_is_caught",
@@ -608,7 +623,7 @@ fn p2p_scenarios() -> Vec<Scenario> {
             topology,
             &cmdline,
             Expect::Pass {
-                min_passed: tests.len(),
+                passed: tests.len(),
             },
         )
     };
@@ -655,6 +670,173 @@ fn p2p_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Where the injected DMARs put their (refused) remapping units: QEMU's own DRHD address, unused
+/// without `intel-iommu`, so a kernel that mapped and probed it anyway would read junk.
+const FAKE_DRHD_BASE: u64 = 0xFED9_0000;
+/// The kernel's line for a DMAR without a usable remapping unit.
+const NO_USABLE_UNIT: &str = "vt-d: DMAR has no usable remapping unit: no IOMMU";
+
+/// A DMAR with no DRHD at all: an RMRR and nothing that remaps.
+fn dmar_without_drhd() -> Vec<u8> {
+    use iommu_vtd::dmar::{PathEntry, ScopeSpec};
+    let edu = [PathEntry {
+        device: 1,
+        function: 0,
+    }];
+    iommu_vtd::DmarBuilder::new(39)
+        .oem_table_id(*b"NODRHD  ")
+        .rmrr(0, 0xE_0000, 0xF_FFFF, &[ScopeSpec::endpoint(0, &edu)])
+        .build()
+}
+
+/// A DMAR whose only DRHDs have absurd register sizes: Size byte 0xff (reserved bits set; the
+/// review's 2^267-byte window) and 0x0f (2^15 pages = 128 MiB, above the 1 MiB bound).
+fn dmar_with_absurd_register_sizes() -> Vec<u8> {
+    use iommu_vtd::dmar::{scope_type, PathEntry, ScopeSpec};
+    let ioapic = [PathEntry {
+        device: 0,
+        function: 0,
+    }];
+    let scope = ScopeSpec {
+        kind: scope_type::IOAPIC,
+        flags: 0,
+        enumeration_id: 0,
+        start_bus: 0xff,
+        path: &ioapic,
+    };
+    iommu_vtd::DmarBuilder::new(39)
+        .oem_table_id(*b"HUGEREGS")
+        .drhd(0, 0xff, 0, FAKE_DRHD_BASE, &[scope])
+        .drhd(0, 0x0f, 0, FAKE_DRHD_BASE + 0x1000, &[scope])
+        .build()
+}
+
+/// DRHD structures in a generated DMAR (walked by their length fields), to compute how many
+/// refusals the kernel must report.
+fn drhd_count(dmar: &[u8]) -> usize {
+    iommu_vtd::Dmar::parse(dmar).map_or(0, |d| {
+        d.refused()
+            .filter(|r| {
+                r.structure == iommu_vtd::dmar::structure_type::DRHD
+                    && !matches!(r.error, iommu_vtd::StructureError::ReservedScopeType { .. })
+            })
+            .count()
+            + d.drhds().count()
+    })
+}
+
+/// A scenario with an injected DMAR and no `intel-iommu`: the DMAR is listed, the kernel says
+/// exactly once that there is no usable IOMMU, reports each refused DRHD, never brings a unit
+/// up, and the DMA test ran on the direct path.
+fn no_usable_iommu(s: &Scenario, _: &Outcome, log: &str) -> Result<String, String> {
+    ensure(s.topology.iommu.is_none(), || {
+        "this check is for machines without intel-iommu".into()
+    })?;
+    ensure(
+        log.lines().any(|l| l.trim_start().starts_with("DMAR ")),
+        || "the injected DMAR is not in the ACPI list".into(),
+    )?;
+    let said = log.matches(NO_USABLE_UNIT).count();
+    ensure(said == 1, || {
+        format!("{NO_USABLE_UNIT:?} printed {said} times, expected once")
+    })?;
+    let dmar = s
+        .acpi_tables
+        .iter()
+        .find(|t| t.bytes.starts_with(b"DMAR"))
+        .ok_or("no DMAR among the scenario's tables")?;
+    let drhds = drhd_count(&dmar.bytes);
+    let ignored = log
+        .lines()
+        .filter(|l| l.contains("DMAR structure at") && l.contains("(DRHD) ignored"))
+        .count();
+    ensure(ignored == drhds, || {
+        format!("{ignored} refused DRHD(s) logged, the table has {drhds}")
+    })?;
+    ensure(!log.contains("VT-d unit(s) translating"), || {
+        "a VT-d unit was brought up".into()
+    })?;
+    ensure(log.contains("direct path:"), || {
+        "the DMA test did not run on the direct path".into()
+    })?;
+    Ok(format!(
+        "no usable IOMMU said once, {drhds} DRHD(s) refused, direct DMA"
+    ))
+}
+
+/// Firmware that must be refused: a DMAR injected with `-acpitable` on a machine without
+/// `intel-iommu`, once with no DRHD and once with DRHDs of absurd register size. Both must boot
+/// promptly (a kernel mapping a 2^267-byte window once stalled for 25 s, hence the short
+/// timeout), say once that there is no usable IOMMU, leave ACS alone (`pci::acs_isolation`
+/// checks the hardware against "no IOMMU") and DMA on the direct path.
+fn firmware_scenarios() -> Vec<Scenario> {
+    let tests = [
+        "boot::start_info",
+        "boot::sse",
+        "boot::idt_every_vector_on_ist",
+        "boot::tsc_calibrated",
+        "boot::acpi_tables",
+        "pci::acs_isolation",
+        "dmaapi::map_phys_both_directions",
+    ];
+    let run = |name, about, dmar: Vec<u8>| {
+        let topology = Topology::base()
+            .without_iommu()
+            .device("edu")
+            .device("pcie-root-port,id=rp1,chassis=1,bus=pcie.0");
+        let cmdline = format!(
+            "test={} expect.acs_ports={}",
+            tests.join(","),
+            acs_ports(&topology)
+        );
+        Scenario {
+            timeout_secs: 20,
+            check: Some(no_usable_iommu as LogCheck),
+            acpi_tables: vec![AcpiTableFile {
+                name: "dmar",
+                bytes: dmar,
+            }],
+            ..Scenario::new(
+                name,
+                about,
+                topology,
+                &cmdline,
+                Expect::Pass {
+                    passed: tests.len(),
+                },
+            )
+        }
+    };
+    vec![
+        run(
+            "firmware-dmar-no-drhd",
+            "a DMAR with no DRHD (injected, no intel-iommu): boots promptly, no IOMMU said once, ACS left alone, direct DMA",
+            dmar_without_drhd(),
+        ),
+        run(
+            "firmware-dmar-absurd-register-size",
+            "a DMAR whose DRHDs declare 2^267-byte and 128 MiB register windows: refused without mapping them, no IOMMU said once, direct DMA",
+            dmar_with_absurd_register_sizes(),
+        ),
+    ]
+}
+
+/// How many tests a kernel suite defines, counted in its source (one `Test {` entry per test in
+/// its `SUITE`), so a scenario that selects whole suites expects exactly the tests they hold.
+fn suite_size(source: &str) -> usize {
+    source.lines().filter(|l| l.trim() == "Test {").count()
+}
+
+/// Tests in the kernel's `boot` suite.
+fn boot_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/boot.rs"))
+}
+
+/// Tests in the kernel's `memory` suite.
+fn memory_suite() -> usize {
+    suite_size(include_str!("../../kernel/src/tests/memory.rs"))
+}
+
 /// Every scenario, in the order `cargo xtask test` runs them.
 pub fn all() -> Vec<Scenario> {
     let base = Topology::base;
@@ -666,7 +848,9 @@ pub fn all() -> Vec<Scenario> {
                 "boot, CPU setup, frame allocator, page tables, heap and ACPI on q35 + intel-iommu",
                 base(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario {
@@ -676,7 +860,9 @@ pub fn all() -> Vec<Scenario> {
                 "the same suites on q35 without an IOMMU (no DMAR table)",
                 base().without_iommu(),
                 "test=boot,memory",
-                Expect::Pass { min_passed: 10 },
+                Expect::Pass {
+                    passed: boot_suite() + memory_suite(),
+                },
             )
         },
         Scenario::new(
@@ -712,7 +898,7 @@ pub fn all() -> Vec<Scenario> {
             "test=crash::failing_check,boot",
             Expect::Failures {
                 failed: &["crash::failing_check"],
-                min_passed: 4,
+                passed: boot_suite(),
             },
         ),
         Scenario {
@@ -731,6 +917,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(group_dma_scenarios());
     all.extend(dma_api_scenarios());
     all.extend(p2p_scenarios());
+    all.extend(firmware_scenarios());
     all
 }
 
@@ -752,6 +939,66 @@ mod tests {
     }
 
     #[test]
+    fn generated_dmars_are_well_framed_and_unusable() {
+        for s in all().iter().filter(|s| s.name.starts_with("firmware-dmar")) {
+            let dmar = &s.acpi_tables[0].bytes;
+            let parsed = iommu_vtd::Dmar::parse(dmar).expect("framing is valid");
+            assert!(matches!(
+                parsed.require_unit(),
+                Err(iommu_vtd::DmarError::NoRemappingUnit { .. })
+            ));
+        }
+        assert_eq!(drhd_count(&dmar_without_drhd()), 0);
+        assert_eq!(drhd_count(&dmar_with_absurd_register_sizes()), 2);
+    }
+
+    #[test]
+    fn no_usable_iommu_check_needs_every_piece() {
+        let s = scenario("firmware-dmar-absurd-register-size");
+        let good = format!(
+            "  DMAR  rev  1\nvt-d: DMAR structure at 0x30 (DRHD) ignored: x\n\
+             vt-d: DMAR structure at 0x40 (DRHD) ignored: y\n{NO_USABLE_UNIT} (z)\n  direct path: ok\n"
+        );
+        let o = crate::outcome::parse(&good);
+        assert!(no_usable_iommu(&s, &o, &good).is_ok());
+        let twice = format!("{good}{NO_USABLE_UNIT}\n");
+        assert!(no_usable_iommu(&s, &o, &twice).is_err());
+        let up = format!("{good}iommu: 1 VT-d unit(s) translating\n");
+        assert!(no_usable_iommu(&s, &o, &up).is_err());
+        let one_refusal = good.replacen("(DRHD) ignored", "(RMRR) ignored", 1);
+        assert!(no_usable_iommu(&s, &o, &one_refusal).is_err());
+        assert!(no_usable_iommu(&s, &o, &good.replace("direct path", "IOMMU path")).is_err());
+    }
+
+    #[test]
+    fn suite_sizes_come_from_the_kernel_source() {
+        assert_eq!(
+            suite_size("    Test {\n        name: \"a\",\n    },\n    Test {\n"),
+            2
+        );
+        // Every test function named in the suites is counted (each entry names its `run`).
+        let boot = include_str!("../../kernel/src/tests/boot.rs");
+        assert_eq!(boot_suite(), boot.matches("run: ").count());
+        assert!(boot_suite() >= 5 && memory_suite() >= 9);
+        match scenario("boot-smoke").expect {
+            Expect::Pass { passed } => assert_eq!(passed, boot_suite() + memory_suite()),
+            other => panic!("boot-smoke expects {other:?}"),
+        }
+    }
+
+    #[test]
+    fn pass_count_is_exact() {
+        let s = Scenario {
+            expect: Expect::Pass { passed: 0 },
+            ..scenario("boot-smoke")
+        };
+        assert!(
+            s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err(),
+            "one more test than expected must fail"
+        );
+    }
+
+    #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
         names.sort_unstable();
@@ -762,7 +1009,7 @@ mod tests {
     #[test]
     fn pass_needs_success_status_and_enough_tests() {
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..scenario("boot-smoke")
         };
         assert!(s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_ok());
@@ -772,7 +1019,7 @@ mod tests {
         );
         assert!(s.judge(PASS_LOG, Exit::TimedOut).is_err());
         let s2 = Scenario {
-            expect: Expect::Pass { min_passed: 2 },
+            expect: Expect::Pass { passed: 2 },
             ..s.clone()
         };
         assert!(s2.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err());
@@ -782,7 +1029,7 @@ mod tests {
     fn dmar_check_follows_the_topology() {
         let s = scenario("boot-no-iommu");
         let s = Scenario {
-            expect: Expect::Pass { min_passed: 1 },
+            expect: Expect::Pass { passed: 1 },
             ..s
         };
         let err = s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).unwrap_err();
@@ -795,7 +1042,7 @@ mod tests {
         let s = Scenario {
             expect: Expect::Failures {
                 failed: &["a::y"],
-                min_passed: 1,
+                passed: 1,
             },
             ..s
         };

@@ -142,11 +142,27 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Runs one scenario; returns its log and how QEMU ended.
-fn run_one(kernel: &Path, s: &Scenario) -> Result<(String, Exit), String> {
+/// Runs one scenario; returns its log and how QEMU ended. The scenario's generated ACPI tables
+/// are written to `dir` first and passed with `-acpitable file=...`.
+fn run_one(kernel: &Path, s: &Scenario, dir: &Path) -> Result<(String, Exit), String> {
+    let mut topology = s.topology.clone();
+    for table in &s.acpi_tables {
+        let path = dir.join(format!("{}.{}.dat", s.name, table.name));
+        // QEMU splits option values at commas.
+        if path.to_string_lossy().contains(',') {
+            return Err(format!(
+                "{}: a comma in the path breaks -acpitable",
+                path.display()
+            ));
+        }
+        std::fs::write(&path, &table.bytes)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        topology.devices.push("-acpitable".into());
+        topology.devices.push(format!("file={}", path.display()));
+    }
     run_captured(
         kernel,
-        &s.topology,
+        &topology,
         &s.cmdline,
         Duration::from_secs(s.timeout_secs),
     )
@@ -214,7 +230,7 @@ pub fn run_scenarios(
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(s) = scenarios.get(i) else { break };
                 let start = Instant::now();
-                let verdict = run_one(kernel, s).and_then(|(log, exit)| {
+                let verdict = run_one(kernel, s, logs).and_then(|(log, exit)| {
                     let path = logs.join(format!("{}.log", s.name));
                     let _ = std::fs::write(&path, &log);
                     s.judge(&log, exit).map_err(|why| {

@@ -71,7 +71,7 @@ fn untrusted_unaligned_end_is_bounced_and_aligned_is_not() {
     assert!(end.is_bounced());
     // A trusted device never bounces under an IOMMU.
     let t = Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -168,7 +168,7 @@ fn bounce_skip_cpu_sync_does_not_copy_but_still_zeroes() {
 
 #[test]
 fn direct_mask_violation_bounces_below_mask() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap();
     let buf = HIGH + 0x3000;
     f.phys.fill(buf, 64, 0xC3);
     let m = f
@@ -207,7 +207,10 @@ fn bounce_slot_freed_only_after_flush() {
         .unwrap();
     assert_eq!(f.pool.free_pages(), free - 1);
     f.hw().fail_next_flush();
-    assert!(m.unmap().is_err());
+    assert_eq!(
+        m.unmap().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     assert_eq!(
         f.pool.free_pages(),
         free - 1,
@@ -236,15 +239,17 @@ fn reject_bounce_exhaustion_and_change_nothing() {
     }
     assert_eq!(live.len(), 256, "1 MiB pool, one page per slot");
     let s = snapshot(&f);
-    assert!(f
-        .dev
-        .map_phys(
-            PhysAddr::new(buf + 1),
-            10,
-            Direction::ToDevice,
-            Attrs::empty()
-        )
-        .is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(
+                PhysAddr::new(buf + 1),
+                10,
+                Direction::ToDevice,
+                Attrs::empty()
+            )
+            .unwrap_err(),
+        DmaError::BounceExhausted { size: 10 }
+    );
     assert_eq!(snapshot(&f), s);
 }
 
@@ -331,5 +336,61 @@ fn raw_sync_for_cpu_and_device_copy_when_bounced() {
     assert_eq!(
         f.dev.sync_for_cpu(dma, 1).unwrap_err(),
         DmaError::NotMapped { addr: dma.as_u64() }
+    );
+}
+
+/// Bounce padding on reuse: a slot the device dirtied (it wrote its whole page) is reused for
+/// another sub-page mapping; every byte of the slot page other than the new data must be zero
+/// as the device sees it (through its translation), not what the previous transfer left.
+#[test]
+fn bounce_slot_reuse_is_zero_padded_every_time() {
+    let f = untrusted();
+    let buf = buffer(&f, 2, u64::MAX);
+    f.phys.fill(buf, 8192, 0x11);
+    // 1. A device-writes mapping of 100 bytes at 0x80; the "device" writes the whole page.
+    let m = f
+        .dev
+        .map_phys(
+            PhysAddr::new(buf + 0x80),
+            100,
+            Direction::FromDevice,
+            Attrs::empty(),
+        )
+        .unwrap();
+    assert!(m.is_bounced());
+    let (slot, prot) = f.hw().translate(m.dma_addr().page_align_down()).unwrap();
+    assert!(prot.contains(crate::iommu::Prot::WRITE));
+    f.phys.fill(slot.as_u64(), PAGE_SIZE as usize, 0xEE);
+    m.unmap().unwrap();
+    // 2. Reuse: 50 bytes at 0x300 of another page.
+    let data = buf + PAGE_SIZE + 0x300;
+    f.phys.fill(data, 50, 0x5A);
+    let m = f
+        .dev
+        .map_phys(PhysAddr::new(data), 50, Direction::ToDevice, Attrs::empty())
+        .unwrap();
+    let (again, _) = f.hw().translate(m.dma_addr().page_align_down()).unwrap();
+    assert_eq!(again, slot, "the dirty slot is the one reused");
+    // 3. What the device reads through the mapping: the data, zeros around it.
+    let mut seen = Vec::new();
+    for off in (0..PAGE_SIZE).step_by(64) {
+        let (pa, _) = f
+            .hw()
+            .translate(crate::DmaAddr::new(
+                m.dma_addr().page_align_down().as_u64() + off,
+            ))
+            .unwrap();
+        seen.extend(f.phys.bytes(pa.as_u64(), 64));
+    }
+    let (lo, hi) = (0x300, 0x300 + 50);
+    assert!(seen[lo..hi].iter().all(|&b| b == 0x5A));
+    let dirty: Vec<usize> = (0..PAGE_SIZE as usize)
+        .filter(|&i| !(lo..hi).contains(&i) && seen[i] != 0)
+        .collect();
+    assert!(
+        dirty.is_empty(),
+        "{} padding bytes keep the previous transfer's data, first at {:#x}",
+        dirty.len(),
+        dirty[0]
     );
 }

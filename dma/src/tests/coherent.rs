@@ -1,14 +1,14 @@
 //! Coherent allocations: memory and DMA address together, zeroed, freed after a flush.
 
 use super::snapshot;
-use crate::iommu::{IommuDomain, Prot};
+use crate::iommu::{IommuDomain, IommuError, Prot};
 use crate::testing::Fixture;
 use crate::{DeviceConfig, DmaError, InvalidationMode};
 
 #[test]
 fn coherent_alloc_is_zeroed_mapped_and_freed_together() {
     let f = Fixture::iommu(
-        DeviceConfig::with_mask_bits(32).unwrap(),
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -34,7 +34,7 @@ fn coherent_alloc_is_zeroed_mapped_and_freed_together() {
 
 #[test]
 fn coherent_direct_comes_from_below_the_mask() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap();
     let buf = f.dev.alloc_coherent(4096).unwrap();
     assert_eq!(buf.dma_addr().as_u64(), buf.phys().as_u64());
     assert!(buf.phys().as_u64() < 1 << 32);
@@ -43,7 +43,7 @@ fn coherent_direct_comes_from_below_the_mask() {
 
 #[test]
 fn reject_coherent_zero_length_and_out_of_range_access() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let s = snapshot(&f);
     assert_eq!(f.dev.alloc_coherent(0).unwrap_err(), DmaError::ZeroLength);
     assert!(matches!(
@@ -72,26 +72,74 @@ fn reject_coherent_zero_length_and_out_of_range_access() {
 
 #[test]
 fn coherent_failure_paths_change_nothing() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let s = snapshot(&f);
     f.hw().fail_map_after(0);
-    assert!(f.dev.alloc_coherent(4096).is_err());
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
     assert_eq!(snapshot(&f), s);
     f.hw().fail_next_sync_map();
-    assert!(f.dev.alloc_coherent(4096).is_err());
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
 }
 
 #[test]
 fn coherent_flush_failure_leaks_pages() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let before = f.phys.free_pages();
     let buf = f.dev.alloc_coherent(4096).unwrap();
     f.hw().fail_next_flush();
-    assert!(buf.free().is_err());
+    assert_eq!(
+        buf.free().unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(
         f.phys.free_pages(),
         before - 1,
         "the device may still write there: never reused"
     );
+}
+
+/// The sync after mapping fails and the unwind cannot unmap: the error names the IOVA still
+/// mapped and the pages it reaches (which stay allocated for ever).
+#[test]
+fn coherent_alloc_double_fault_reports_what_is_still_mapped() {
+    let f = Fixture::iommu(
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
+        InvalidationMode::Strict,
+    )
+    .unwrap();
+    let free = f.phys.free_pages();
+    f.hw().fail_next_sync_map();
+    f.hw().fail_unmap_after(0);
+    let e = f.dev.alloc_coherent(8192).unwrap_err();
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 2);
+    let (iova, pte) = left[0];
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(iova), 8192),
+            reaches: crate::PhysAddr::new(pte.paddr),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova },
+        }
+    );
+    assert_eq!(
+        f.phys.free_pages(),
+        free - 2,
+        "the reachable pages are never freed"
+    );
+    // Without the double fault: the sync's error and nothing left.
+    f.hw().fail_next_sync_map();
+    assert_eq!(
+        f.dev.alloc_coherent(4096).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert_eq!(f.hw().entries(), 2);
 }

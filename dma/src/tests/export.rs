@@ -299,7 +299,7 @@ fn classifier(t: MapType) -> Arc<dyn P2pClassifier> {
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
@@ -477,6 +477,39 @@ fn revoke_unmaps_every_mapping_of_every_importer_and_flushes() {
     assert_eq!(f.hw().stale_reuses(), 0);
 }
 
+/// A revoke that cannot remove a mapping (its unmap keeps failing) says which range the
+/// importer can still reach, instead of a generic unmap error.
+#[test]
+fn revoke_reports_the_range_it_could_not_unmap() {
+    let f = iommu();
+    let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
+    let h = export(&ex);
+    let a = h.attach(Events::default().importer(&f.dev)).unwrap();
+    let m = a.map(RW).unwrap();
+    // The first range (16 KiB, one link) cannot be unmapped; the second can.
+    let first = m.segments()[0].addr.as_u64();
+    f.hw().fail_unmaps_at(Some(first + 0x1000));
+    let e = ex.revoke().unwrap_err();
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(first), 0x4000),
+            reaches: PhysAddr::new(BAR),
+            stuck: 1,
+            undo: crate::iommu::IommuError::NotMapped { iova: first },
+        }
+    );
+    assert_eq!(h.state(), ExportState::Revoked, "revoked regardless");
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 4, "only the stuck range is left");
+    assert!(left
+        .iter()
+        .all(|(_, pte)| (BAR..BAR + 0x4000).contains(&pte.paddr)));
+    assert_eq!(f.hw().unflushed_bytes(), 0);
+    f.hw().fail_unmaps_at(None);
+    drop(m);
+}
+
 #[test]
 fn revoke_with_many_importers_flushes_once_per_domain() {
     let f = iommu();
@@ -645,7 +678,7 @@ fn export_attachment_drop_unmaps_and_detaches() {
 
 #[test]
 fn export_direct_importer_maps_each_range() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap().trusted()).unwrap();
     let ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
     let h = export(&ex);
     let a = h.attach(Events::default().importer(&f.dev)).unwrap();
@@ -659,39 +692,36 @@ fn export_direct_importer_maps_each_range() {
 }
 
 /// Importer threads attach, map, unmap (or drop) in a loop while the exporter revokes and
-/// restores: every revoke returns with nothing mapped and every flush complete, and nothing is
-/// leaked at the end. Negative control (checked by hand): releasing the export lock between
-/// taking a mapping out of the table and unmapping it makes this fail in every run.
-#[test]
-fn revoke_racing_unmap_threads() {
+/// restores. Returns the first violation seen right after a revoke returned (a mapping left in
+/// the page table, or an unmap not flushed yet), or `None` after `min_revokes` revokes with at
+/// least `min_maps` mappings made. With `broken`, the test-only hook releases the export lock
+/// between taking a mapping out of the table and unmapping it; then it runs until a violation
+/// (or `max_revokes`).
+fn revoke_unmap_race(
+    broken: bool,
+    min_revokes: usize,
+    min_maps: usize,
+    max_revokes: usize,
+) -> RaceOutcome {
     let f = iommu();
     let before = snapshot(&f);
     let mut ex = Exporter::new(table(), classifier(MapType::ThruHostBridge));
     let h = export(&ex);
+    h.test_unlock_before_unmap(broken);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let notified = Arc::new(AtomicUsize::new(0));
     let mapped = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     for t in 0..4 {
-        let (h, dev, stop, notified, mapped) = (
-            h.clone(),
-            f.dev.clone(),
-            stop.clone(),
-            notified.clone(),
-            mapped.clone(),
-        );
+        let (h, dev, stop, mapped) = (h.clone(), f.dev.clone(), stop.clone(), mapped.clone());
         threads.push(thread::spawn(move || {
             let mut i = 0u64;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
-                let n = notified.clone();
                 let Ok(a) = h.attach(Importer {
                     id: CLIENT,
                     dev: dev.clone(),
                     peer_to_peer: true,
-                    move_notify: Box::new(move |_| {
-                        n.fetch_add(1, Ordering::SeqCst);
-                    }),
+                    move_notify: Box::new(|_| {}),
                 }) else {
                     continue;
                 };
@@ -700,7 +730,7 @@ fn revoke_racing_unmap_threads() {
                         Ok(m) => {
                             mapped.fetch_add(1, Ordering::SeqCst);
                             if (i + t).is_multiple_of(2) {
-                                let _ = m.unmap();
+                                m.unmap().unwrap();
                             } else {
                                 drop(m);
                             }
@@ -713,29 +743,68 @@ fn revoke_racing_unmap_threads() {
         }));
     }
     let mut revokes = 0;
-    while revokes < 2000 || mapped.load(Ordering::SeqCst) < 1000 {
+    let mut violation = None;
+    while violation.is_none()
+        && revokes < max_revokes
+        && (broken || revokes < min_revokes || mapped.load(Ordering::SeqCst) < min_maps)
+    {
         ex.revoke().unwrap();
-        assert_eq!(f.hw().entries(), 0, "a mapping survived revoke");
-        assert_eq!(
-            f.hw().unflushed_bytes(),
-            0,
-            "revoke returned before a flush"
-        );
+        let (entries, unflushed) = (f.hw().entries(), f.hw().unflushed_bytes());
+        if entries != 0 {
+            violation = Some(format!("{entries} entries survived revoke {revokes}"));
+        } else if unflushed != 0 {
+            violation = Some(format!("revoke {revokes} returned before a flush"));
+        }
         ex.restore();
         revokes += 1;
-        if revokes > 1_000_000 {
-            break;
-        }
     }
     stop.store(true, Ordering::SeqCst);
     for t in threads {
         t.join().unwrap();
     }
     assert!(mapped.load(Ordering::SeqCst) > 0);
-    assert_eq!(h.attachments(), 0);
-    assert_eq!(snapshot(&f), before);
-    assert_eq!(f.hw().stale_reuses(), 0);
-    ex.teardown().unwrap();
+    RaceOutcome {
+        f,
+        before,
+        ex,
+        h,
+        violation,
+    }
+}
+
+struct RaceOutcome {
+    f: Fixture,
+    before: super::Snapshot,
+    ex: Exporter,
+    h: ExportHandle,
+    violation: Option<String>,
+}
+
+/// Revoke racing importers' unmaps: every revoke returns with nothing mapped and every flush
+/// complete, and nothing is leaked at the end. Its negative control is
+/// `revoke_racing_unmap_threads_detects_the_broken_lock_order`.
+#[test]
+fn revoke_racing_unmap_threads() {
+    let r = revoke_unmap_race(false, 2000, 1000, 1_000_000);
+    assert_eq!(r.violation, None);
+    assert_eq!(r.h.attachments(), 0);
+    assert_eq!(snapshot(&r.f), r.before, "nothing leaked");
+    assert_eq!(r.f.hw().stale_reuses(), 0);
+    r.ex.teardown().unwrap();
+}
+
+/// Negative control of `revoke_racing_unmap_threads`, automated: the same race with the safety
+/// step (unmap under the export's state lock) disabled through the test-only hook must be
+/// detected, so the race test is able to fail.
+#[test]
+fn revoke_racing_unmap_threads_detects_the_broken_lock_order() {
+    let r = revoke_unmap_race(true, 0, 0, 200_000);
+    assert!(
+        r.violation.is_some(),
+        "200000 revokes raced importers that unmap outside the lock and saw nothing wrong"
+    );
+    std::println!("negative control: {}", r.violation.unwrap_or_default());
+    r.ex.teardown().unwrap();
 }
 
 #[test]
@@ -757,7 +826,10 @@ fn export_importer_with_translation_direct_and_untrusted_is_impossible() {
         f.phys.clone(),
         None,
     );
-    assert!(e.is_err());
+    assert_eq!(
+        e.unwrap_err(),
+        DmaError::InvalidConfig("an untrusted device needs an IOMMU domain for isolation")
+    );
 }
 
 #[test]

@@ -16,12 +16,12 @@ fn deferred(max_pending: u32, max_delay_us: u64) -> Fixture {
         max_pending,
         max_delay_us,
     });
-    Fixture::iommu(DeviceConfig::with_mask_bits(39).unwrap(), mode).unwrap()
+    Fixture::iommu(DeviceConfig::with_mask_bits(39).unwrap().trusted(), mode).unwrap()
 }
 
 #[test]
 fn strict_unmap_returns_after_flush_completed() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     for _ in 0..10 {
         let m = f
             .dev
@@ -36,7 +36,7 @@ fn strict_unmap_returns_after_flush_completed() {
 
 #[test]
 fn batched_unmap_issues_one_flush_and_frees_after_it() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let ms: Vec<_> = (0..16)
         .map(|i| {
             f.dev
@@ -73,7 +73,7 @@ fn batched_unmap_issues_one_flush_and_frees_after_it() {
 
 #[test]
 fn batch_dropped_unfinished_still_flushes() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let m = f
         .dev
         .map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
@@ -88,7 +88,7 @@ fn batch_dropped_unfinished_still_flushes() {
 
 #[test]
 fn batch_flush_failure_leaks_instead_of_reusing() {
-    let f = Fixture::iommu(DeviceConfig::default(), InvalidationMode::Strict).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), InvalidationMode::Strict).unwrap();
     let m = f
         .dev
         .map_phys(PhysAddr::new(LOW), 4096, TO, Attrs::empty())
@@ -96,7 +96,10 @@ fn batch_flush_failure_leaks_instead_of_reusing() {
     let mut batch = UnmapBatch::new();
     m.unmap_in(&mut batch).unwrap();
     f.hw().fail_next_flush();
-    assert!(batch.finish().is_err());
+    assert_eq!(
+        batch.finish().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     assert_eq!(f.domain().iova_stats().live, 1);
 }
 
@@ -210,7 +213,7 @@ fn deferred_exhaustion_flushes_quarantine_and_retries() {
     )
     .unwrap();
     let dev = crate::DmaDevice::new(
-        DeviceConfig::default(),
+        DeviceConfig::default().trusted(),
         crate::Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,
@@ -253,7 +256,10 @@ fn deferred_flush_failure_keeps_quarantine() {
         .unmap()
         .unwrap();
     f.hw().fail_next_flush();
-    assert!(f.domain().flush_deferred().is_err());
+    assert_eq!(
+        f.domain().flush_deferred().unwrap_err(),
+        DmaError::Iommu(crate::iommu::IommuError::InvalidationTimeout)
+    );
     // The IOVA never comes back: it stays allocated for ever.
     assert_eq!(pages(&f), before);
     assert_eq!(f.domain().iova_stats().live, 1);
@@ -283,7 +289,7 @@ fn no_mode_hands_out_iova_before_flush() {
     ];
     for mode in modes {
         let f = Fixture::iommu_with(
-            DeviceConfig::with_mask_bits(20).unwrap(),
+            DeviceConfig::with_mask_bits(20).unwrap().trusted(),
             crate::DomainConfig {
                 mode,
                 ..Default::default()
@@ -419,7 +425,7 @@ fn deferred_exhaustion_waits_for_a_flush_in_flight() {
     )
     .unwrap();
     let dev = crate::DmaDevice::new(
-        DeviceConfig::default(),
+        DeviceConfig::default().trusted(),
         crate::Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,

@@ -12,7 +12,7 @@ const RAM: Attrs = Attrs::empty();
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
@@ -24,7 +24,7 @@ fn p(a: u64) -> PhysAddr {
 
 #[test]
 fn iova_try_alloc_on_direct_is_no_iommu() {
-    let f = Fixture::direct(DeviceConfig::default()).unwrap();
+    let f = Fixture::direct(DeviceConfig::default().trusted()).unwrap();
     assert_eq!(
         f.dev.iova_try_alloc(p(LOW), 4096).unwrap_err(),
         DmaError::NoIommu
@@ -206,7 +206,10 @@ fn link_failure_at_index_k_unwinds_exactly_k() {
         let ranges: Vec<_> = (0..8).map(|i| (p(LOW + i * 0x10000), 0x2000)).collect();
         f.hw().record_ops(true);
         f.hw().fail_map_after(k);
-        assert!(f.dev.map_linked(&ranges, TO, RAM).is_err());
+        assert_eq!(
+            f.dev.map_linked(&ranges, TO, RAM).unwrap_err(),
+            DmaError::Iommu(IommuError::OutOfMemory)
+        );
         let ops = f.hw().ops();
         let maps: Vec<_> = ops
             .iter()
@@ -409,9 +412,24 @@ fn unlink_failure_restores_links() {
     }
     f.hw().fail_unmap_after(2);
     let s = snapshot(&f);
-    assert!(l.unlink(0, 0x4000).is_err());
+    f.hw().record_ops(true);
+    assert_eq!(
+        l.unlink(0, 0x4000).unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped {
+            iova: l.addr().as_u64() + 0x2000
+        })
+    );
     assert_eq!(snapshot(&f), s);
     assert_eq!(l.link_count(), 4);
+    // The two links taken off and put back were each made visible again (CM=1 / RWBF).
+    let ops = f.hw().ops();
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, FakeOp::Map { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(super::maps_without_sync(&ops), [], "{ops:?}");
     for i in 0..4 {
         assert!(f
             .hw()
@@ -479,7 +497,7 @@ fn link_in_deferred_domain_unlink_is_still_strict() {
         max_pending: 1000,
         max_delay_us: u64::MAX,
     });
-    let f = Fixture::iommu(DeviceConfig::default(), mode).unwrap();
+    let f = Fixture::iommu(DeviceConfig::default().trusted(), mode).unwrap();
     let mut l = f.dev.iova_try_alloc(p(0), 0x4000).unwrap();
     l.link(p(LOW), 0, 0x4000, TO, RAM).unwrap();
     l.unlink(0, 0x4000).unwrap();
@@ -541,7 +559,10 @@ fn link_destroy_in_of_a_poisoned_range_unlinks_into_the_batch_and_reports() {
     let f = iommu();
     let mut l = four_links(&f);
     f.hw().fail_next_flush();
-    assert!(l.unlink(0x1000, 0x1000).is_err());
+    assert_eq!(
+        l.unlink(0x1000, 0x1000).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     let mut b = crate::UnmapBatch::new();
     assert_eq!(
         l.destroy_in(&mut b).unwrap_err(),
@@ -571,7 +592,12 @@ fn link_destroy_in_unmap_failure_does_not_flush_the_batch_early() {
     l.link(p(LOW + 0x1000), 0x1000, 0x1000, TO, RAM).unwrap();
     f.hw().fail_unmap_after(1);
     f.hw().fail_next_flush();
-    assert!(l.destroy_in(&mut b).is_err()); // dropped: destroyed the strict way
+    // Destroyed the strict way at once; that succeeded, so the unmap's own error is reported.
+    let second = l.addr().as_u64() + 0x1000;
+    assert_eq!(
+        l.destroy_in(&mut b).unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped { iova: second })
+    );
     b.finish().unwrap();
     assert_eq!(f.hw().entries(), 0);
     assert_eq!(
@@ -610,7 +636,7 @@ fn link_destroy_with_a_failing_unmap_removes_the_rest_and_leaks_only_that_granul
 }
 
 #[test]
-fn link_ranges_returns_the_original_error_when_the_unwind_fails() {
+fn link_ranges_reports_the_links_still_mapped_when_the_unwind_fails() {
     let f = iommu();
     let mut l = f.dev.iova_try_alloc(p(LOW), 0x4000).unwrap();
     let ranges = [
@@ -620,14 +646,96 @@ fn link_ranges_returns_the_original_error_when_the_unwind_fails() {
     ];
     f.hw().fail_map_after(2);
     f.hw().fail_unmap_after(0);
+    // The two links made stay mapped (the unwind restored them): the error says so, naming
+    // the first, so that the caller does not free buffers the device can still reach.
     assert_eq!(
         l.link_ranges(0, &ranges, TO, RAM).unwrap_err(),
-        DmaError::Iommu(IommuError::OutOfMemory),
-        "the link failure, not the unwind's"
+        DmaError::UnwindIncomplete {
+            still_mapped: (l.addr(), 0x1000),
+            reaches: p(LOW),
+            stuck: 2,
+            undo: IommuError::NotMapped {
+                iova: l.addr().as_u64()
+            },
+        }
+    );
+    assert_eq!(
+        f.hw().translate(l.addr()).map(|(pa, _)| pa),
+        Some(p(LOW)),
+        "still mapped, as reported"
     );
     // What the unwind could not remove is still owned and goes with destroy.
     assert_eq!(l.link_count(), 2);
     l.destroy().unwrap();
     assert_eq!(f.hw().entries(), 0);
     assert_eq!(f.domain().iova_stats().live, 0);
+}
+
+/// `map_linked` whose sync fails and whose teardown cannot unlink: the error names the link
+/// still mapped; its IOVA page is never handed out again.
+#[test]
+fn map_linked_double_fault_reports_what_is_still_mapped() {
+    let f = iommu();
+    let ranges = [(p(LOW), 0x1000), (p(LOW + 0x1000), 0x1000)];
+    f.hw().fail_next_sync_map();
+    f.hw().fail_unmap_after(0);
+    let e = f.dev.map_linked(&ranges, TO, RAM).unwrap_err();
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1);
+    let (iova, pte) = left[0];
+    assert_eq!(pte.paddr, LOW);
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(iova), 0x1000),
+            reaches: p(LOW),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova },
+        }
+    );
+    // Without the double fault: the sync's error, nothing left.
+    let g = iommu();
+    g.hw().fail_next_sync_map();
+    assert_eq!(
+        g.dev.map_linked(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
+    assert_eq!(g.hw().entries(), 0);
+    assert_eq!(g.domain().iova_stats().live, 0);
+}
+
+/// `destroy_in` whose unmap fails falls back to a strict destroy; when that cannot unlink
+/// either, the error names the link still mapped and the batch stays empty.
+#[test]
+fn destroy_in_double_fault_reports_what_is_still_mapped() {
+    let f = iommu();
+    let mut l = f.dev.iova_try_alloc(p(LOW), 0x3000).unwrap();
+    for i in 0..3 {
+        l.link(p(LOW + i * 0x1000), i * 0x1000, 0x1000, TO, RAM)
+            .unwrap();
+    }
+    let stuck = l.addr().as_u64() + 0x1000;
+    f.hw().fail_unmaps_at(Some(stuck));
+    let mut b = crate::UnmapBatch::new();
+    let e = l.destroy_in(&mut b).unwrap_err();
+    assert!(b.is_empty());
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (crate::DmaAddr::new(stuck), 0x1000),
+            reaches: p(LOW + 0x1000),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova: stuck },
+        }
+    );
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, stuck);
+    assert_eq!(
+        f.hw().unflushed_bytes(),
+        0,
+        "the others were removed and flushed"
+    );
+    f.hw().fail_unmaps_at(None);
+    b.finish().unwrap();
 }

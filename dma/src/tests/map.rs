@@ -13,14 +13,14 @@ use crate::{
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
 }
 
 fn direct32() -> Fixture {
-    Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap()
+    Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap()
 }
 
 const RAM: Attrs = Attrs::empty();
@@ -125,7 +125,7 @@ fn reject_unknown_attribute_bits_distinctly() {
 fn reject_dma_mask_violation_direct_without_pool() {
     let phys = Arc::new(FakePhysMemory::standard());
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(32).unwrap(),
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
         Translation::Direct,
         phys,
         None,
@@ -235,7 +235,7 @@ fn reject_iova_exhaustion() {
     }));
     let domain = DmaDomain::new(hw.clone(), DomainConfig::default()).unwrap();
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,
@@ -324,34 +324,46 @@ fn reject_mmio_needing_bounce_untrusted_subpage() {
 #[test]
 fn reject_bad_device_configs() {
     let phys: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::standard());
-    let cfg = DeviceConfig::with_mask_bits(32).unwrap();
-    assert!(DeviceConfig::mask_bits(11).is_err());
-    assert!(DeviceConfig::mask_bits(65).is_err());
+    let cfg = DeviceConfig::with_mask_bits(32).unwrap().trusted();
+    for bits in [11, 65] {
+        assert_eq!(
+            DeviceConfig::mask_bits(bits).unwrap_err(),
+            DmaError::InvalidConfig("DMA mask width must be 12..=64 bits")
+        );
+    }
     let bad_mask = DeviceConfig {
         mask: 0x1234_5678,
         ..cfg
     };
     assert!(matches!(
         DmaDevice::new(bad_mask, Translation::Direct, phys.clone(), None),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "DMA mask must be 2^n - 1 with n >= 12"
+        ))
     ));
     assert!(matches!(
         DmaDevice::new(cfg.untrusted(), Translation::Direct, phys.clone(), None),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "an untrusted device needs an IOMMU domain for isolation"
+        ))
     ));
     // A pool above the device's mask is refused at creation, not at first bounce.
     let high: Arc<dyn crate::PhysMemory> = Arc::new(FakePhysMemory::new(&[(HIGH, 1 << 20)]));
     let pool = crate::BouncePool::new(high, 4096, u64::MAX).unwrap();
     assert!(pool.last_byte() > u32::MAX as u64);
-    let cfg24 = DeviceConfig::with_mask_bits(24).unwrap();
+    let cfg24 = DeviceConfig::with_mask_bits(24).unwrap().trusted();
     let low_pool = crate::BouncePool::new(phys.clone(), 4096, u32::MAX as u64).unwrap();
     assert!(matches!(
         DmaDevice::new(cfg24, Translation::Direct, phys.clone(), Some(low_pool)),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "the bounce pool is beyond the device's DMA mask"
+        ))
     ));
     assert!(matches!(
         DmaDevice::new(cfg, Translation::Direct, phys, Some(pool)),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "the bounce pool is beyond the device's DMA mask"
+        ))
     ));
 }
 
@@ -366,13 +378,17 @@ fn reject_deferred_without_clock_and_untrusted_on_deferred_domain() {
                 ..Default::default()
             }
         ),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "deferred invalidation needs a clock"
+        ))
     ));
     assert!(matches!(
         Fixture::iommu(DeviceConfig::default().untrusted(), deferred),
-        Err(DmaError::InvalidConfig(_))
+        Err(DmaError::InvalidConfig(
+            "deferred invalidation is for trusted devices only"
+        ))
     ));
-    assert!(Fixture::iommu(DeviceConfig::default(), deferred).is_ok());
+    assert!(Fixture::iommu(DeviceConfig::default().trusted(), deferred).is_ok());
 }
 
 // ---- Mapping behaviour ----
@@ -412,7 +428,7 @@ fn map_under_iommu_translates_with_direction_rights() {
 #[test]
 fn map_respects_device_mask_under_iommu() {
     let f = Fixture::iommu(
-        DeviceConfig::with_mask_bits(28).unwrap(),
+        DeviceConfig::with_mask_bits(28).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -501,16 +517,112 @@ fn sync_map_failure_unwinds_and_errors() {
     let f = iommu();
     let s = snapshot(&f);
     f.hw().fail_next_sync_map();
-    assert!(f.dev.map_phys(PhysAddr::new(LOW), 4096, TO, RAM).is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(PhysAddr::new(LOW), 4096, TO, RAM)
+            .unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
     f.hw().fail_next_sync_map();
     let ranges = [
         (PhysAddr::new(LOW), 4096),
         (PhysAddr::new(LOW + 0x10000), 8192),
     ];
-    assert!(f.dev.map_sg(&ranges, TO, RAM).is_err());
+    assert_eq!(
+        f.dev.map_sg(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::InvalidationTimeout)
+    );
     assert_eq!(snapshot(&f), s);
     assert_eq!(f.hw().unflushed_bytes(), 0);
+}
+
+/// Double fault in `map_phys`: the sync fails, then the unwind's unmap fails. The error names
+/// the range the device can still reach, and it really is still mapped.
+#[test]
+fn unwind_double_fault_in_map_phys_reports_what_is_still_mapped() {
+    let f = iommu();
+    f.hw().fail_next_sync_map();
+    f.hw().fail_unmap_after(0);
+    let e = f
+        .dev
+        .map_phys(
+            PhysAddr::new(LOW + 0x3000),
+            4096,
+            Direction::FromDevice,
+            RAM,
+        )
+        .unwrap_err();
+    let left = f.hw().entries_in(0, 1 << 39);
+    assert_eq!(left.len(), 1, "the undo failed: the entry is still there");
+    let (iova, pte) = left[0];
+    assert_eq!(pte.paddr, LOW + 0x3000);
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(iova), 4096),
+            reaches: PhysAddr::new(LOW + 0x3000),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova },
+        }
+    );
+    let text = e.to_string();
+    assert!(
+        text.contains("still mapped") && text.contains("0x1003000"),
+        "{text}"
+    );
+    // The stuck IOVA stays out of the allocator.
+    assert_eq!(f.domain().iova_stats().live, 1);
+}
+
+/// The unwind's flush fails: everything it removed may still be reachable through a stale
+/// IOTLB entry, and the error says so.
+#[test]
+fn unwind_flush_failure_in_map_sg_reports_the_unflushed_parts() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 8192),
+        (PhysAddr::new(LOW + 0x8000), 4096),
+    ];
+    f.hw().fail_map_after(2);
+    f.hw().fail_next_flush();
+    let e = f.dev.map_sg(&ranges, TO, RAM).unwrap_err();
+    assert_eq!(f.hw().entries(), 0, "the entries were removed");
+    assert_eq!(
+        f.hw().unflushed_bytes(),
+        3 * 4096,
+        "but never flushed: both parts are reachable"
+    );
+    let DmaError::UnwindIncomplete {
+        still_mapped,
+        reaches,
+        stuck,
+        undo,
+    } = e
+    else {
+        panic!("expected UnwindIncomplete, got {e:?}");
+    };
+    assert_eq!(still_mapped.1, 4096);
+    assert_eq!(reaches, PhysAddr::new(LOW));
+    assert_eq!(stuck, 2);
+    assert_eq!(undo, IommuError::InvalidationTimeout);
+}
+
+/// Without a double fault the original error is returned unchanged.
+#[test]
+fn unwind_that_succeeds_returns_the_original_error() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 4096),
+    ];
+    f.hw().fail_map_after(1);
+    assert_eq!(
+        f.dev.map_sg(&ranges, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::OutOfMemory)
+    );
+    assert_eq!(f.hw().entries(), 0);
 }
 
 #[test]
@@ -550,9 +662,53 @@ fn raw_unmap_failure_keeps_the_mapping() {
         .into_raw();
     f.hw().fail_unmap_after(0);
     let s = snapshot(&f);
-    assert!(f.dev.unmap_phys(dma, 4096, TO, RAM).is_err());
+    assert_eq!(
+        f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped { iova: dma.as_u64() })
+    );
     assert_eq!(snapshot(&f), s);
     f.dev.unmap_phys(dma, 4096, TO, RAM).unwrap();
+}
+
+/// A failed unmap re-maps what it had already removed; every re-created entry must be synced
+/// (CM=1 / RWBF hardware would not see it otherwise, and the owner's mapping would fault).
+#[test]
+fn unmap_failure_restore_syncs_every_restored_part() {
+    let f = iommu();
+    let ranges = [
+        (PhysAddr::new(LOW), 4096),
+        (PhysAddr::new(LOW + 0x4000), 8192),
+        (PhysAddr::new(LOW + 0x8000), 4096),
+    ];
+    let sg = f.dev.map_sg(&ranges, TO, RAM).unwrap();
+    let segs: Vec<_> = sg.segments().collect();
+    f.hw().reset_counts();
+    f.hw().record_ops(true);
+    f.hw().fail_unmap_after(2); // parts 0 and 1 come off, part 2 fails
+    assert_eq!(
+        sg.unmap().unwrap_err(),
+        DmaError::Iommu(IommuError::NotMapped {
+            iova: segs[2].addr.page_align_down().as_u64()
+        })
+    );
+    let ops = f.hw().ops();
+    let restored: Vec<(u64, u64)> = ops
+        .iter()
+        .filter_map(|op| match *op {
+            FakeOp::Map { iova, size, .. } => Some((iova, size)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        restored,
+        [(segs[0].addr.as_u64(), 4096), (segs[1].addr.as_u64(), 8192)],
+        "the two removed parts were re-mapped"
+    );
+    assert_eq!(super::maps_without_sync(&ops), [], "{ops:?}");
+    assert_eq!(f.hw().counts().sync_maps, 2);
+    for s in &segs {
+        assert!(f.hw().translate(s.addr).is_some());
+    }
 }
 
 #[test]
@@ -593,7 +749,7 @@ fn reserved_host_bridge_window_is_never_handed_out() {
     )
     .unwrap();
     let dev = DmaDevice::new(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         Translation::Iommu(domain.clone()),
         Arc::new(FakePhysMemory::standard()),
         None,
@@ -670,7 +826,10 @@ fn mmio_never_gets_prot_cache_even_on_coherent_devices() {
 
 #[test]
 fn mmio_never_bounced_never_synced() {
-    let cfg = DeviceConfig::with_mask_bits(39).unwrap().non_coherent();
+    let cfg = DeviceConfig::with_mask_bits(39)
+        .unwrap()
+        .trusted()
+        .non_coherent();
     let f = Fixture::iommu(cfg, InvalidationMode::Strict).unwrap();
     let copies = f.phys.copy_calls();
     let m = f
@@ -694,7 +853,10 @@ fn mmio_never_bounced_never_synced() {
 
 #[test]
 fn non_coherent_ram_gets_cache_maintenance_and_no_prot_cache() {
-    let cfg = DeviceConfig::with_mask_bits(39).unwrap().non_coherent();
+    let cfg = DeviceConfig::with_mask_bits(39)
+        .unwrap()
+        .trusted()
+        .non_coherent();
     let f = Fixture::iommu(cfg, InvalidationMode::Strict).unwrap();
     let m = f
         .dev
@@ -836,7 +998,7 @@ fn concurrent_map_unmap_from_threads() {
             max_delay_us: 100,
         }),
     ] {
-        let f = Fixture::iommu(DeviceConfig::with_mask_bits(32).unwrap(), mode).unwrap();
+        let f = Fixture::iommu(DeviceConfig::with_mask_bits(32).unwrap().trusted(), mode).unwrap();
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let dev = f.dev.clone();
@@ -878,18 +1040,27 @@ fn sg_unwind_with_failing_unmap_removes_the_rest_and_leaks_only_the_stuck_iova()
     ];
     f.hw().fail_map_after(2);
     f.hw().fail_unmap_after(1);
-    assert_eq!(
-        f.dev
-            .map_sg(&ranges, Direction::FromDevice, RAM)
-            .unwrap_err(),
-        DmaError::Iommu(IommuError::OutOfMemory)
-    );
+    let e = f
+        .dev
+        .map_sg(&ranges, Direction::FromDevice, RAM)
+        .unwrap_err();
     // Only the entry that could not be unmapped is left (not 8 KiB of the caller's buffer).
     assert_eq!(f.hw().mapped_bytes(), 4096);
     let left = f.hw().entries_in(0, 1 << 39);
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].1.paddr, LOW + 0x4000);
     let stuck_iova = left[0].0;
+    // The error says so (not the map failure that started the unwind): the caller must not
+    // free entry 1's buffer, which the device can still write.
+    assert_eq!(
+        e,
+        DmaError::UnwindIncomplete {
+            still_mapped: (DmaAddr::new(stuck_iova), 4096),
+            reaches: PhysAddr::new(LOW + 0x4000),
+            stuck: 1,
+            undo: IommuError::NotMapped { iova: stuck_iova },
+        }
+    );
     assert_eq!(f.hw().unflushed_bytes(), 0, "what was removed was flushed");
     let st = f.domain().iova_stats();
     assert_eq!(
@@ -930,20 +1101,34 @@ fn untrusted_map_ending_at_the_top_of_the_address_space_does_not_panic() {
             paddr: u64::MAX - 0xfff
         })
     );
-    assert!(f.dev.map_sg(&[(top, 0x1000)], TO, RAM).is_err());
+    let beyond = DmaError::Iommu(IommuError::OutputBeyondLimit {
+        paddr: u64::MAX - 0xfff,
+    });
+    assert_eq!(f.dev.map_sg(&[(top, 0x1000)], TO, RAM).unwrap_err(), beyond);
     let mut l = f.dev.iova_try_alloc(top, 0x1000).unwrap();
-    assert!(l.link(top, 0, 0x1000, TO, RAM).is_err());
+    assert_eq!(l.link(top, 0, 0x1000, TO, RAM).unwrap_err(), beyond);
     drop(l);
     // A sub-page range at the top is bounced (the pool cannot read it: an error, no panic).
-    assert!(f
-        .dev
-        .map_phys(PhysAddr::new(u64::MAX - 0xff), 0x100, TO, RAM)
-        .is_err());
+    assert_eq!(
+        f.dev
+            .map_phys(PhysAddr::new(u64::MAX - 0xff), 0x100, TO, RAM)
+            .unwrap_err(),
+        DmaError::Phys(crate::PhysError::OutOfRange {
+            addr: u64::MAX - 0xff,
+            len: 0x100
+        })
+    );
     assert_eq!(snapshot(&f), s);
     // Direct path at the top: refused or bounced, never a panic.
     let d = direct32();
     let s = snapshot(&d);
-    assert!(d.dev.map_phys(top, 0x1000, TO, RAM).is_err());
+    assert_eq!(
+        d.dev.map_phys(top, 0x1000, TO, RAM).unwrap_err(),
+        DmaError::Phys(crate::PhysError::OutOfRange {
+            addr: u64::MAX - 0xfff,
+            len: 0x1000
+        })
+    );
     assert_eq!(snapshot(&d), s);
 }
 
@@ -1011,5 +1196,79 @@ fn raw_unmap_finds_the_matching_mapping_among_same_length_ones() {
         DmaError::DirectionMismatch { .. }
     ));
     f.dev.unmap_phys(a, 4096, TO, RAM).unwrap();
+    assert_eq!(f.dev.raw_mappings(), 0);
+}
+
+/// Raw sync on the direct path with many live, overlapping raw mappings: a large buffer is
+/// mapped, then more than 64 small mappings inside it (some at its very start). A sync of an
+/// address in the large buffer past all of them must find it (it used to look back only 64
+/// entries and report `NotMapped`), and the cache maintenance must cover that range with that
+/// mapping's direction.
+#[test]
+fn raw_sync_finds_a_mapping_behind_more_than_64_later_starts() {
+    let cfg = DeviceConfig::with_mask_bits(32)
+        .unwrap()
+        .trusted()
+        .non_coherent();
+    let f = Fixture::direct(cfg).unwrap();
+    let big = f
+        .dev
+        .map_phys(PhysAddr::new(LOW), 0x10000, Direction::FromDevice, RAM)
+        .unwrap()
+        .into_raw();
+    let mut small = Vec::new();
+    for _ in 0..40 {
+        // Same start as the big one ...
+        small.push((
+            f.dev
+                .map_phys(PhysAddr::new(LOW), 16, TO, RAM)
+                .unwrap()
+                .into_raw(),
+            16,
+        ));
+    }
+    for i in 0..100u64 {
+        // ... and starts between it and the address synced.
+        let a = PhysAddr::new(LOW + 0x100 + i * 0x40);
+        small.push((f.dev.map_phys(a, 32, TO, RAM).unwrap().into_raw(), 32));
+    }
+    assert_eq!(f.dev.raw_mappings(), 141);
+    let at = DmaAddr::new(LOW + 0x8000);
+    let before = f.phys.cache_ops().len();
+    f.dev.sync_for_cpu(at, 0x200).unwrap();
+    assert_eq!(
+        &f.phys.cache_ops()[before..],
+        [(
+            LOW + 0x8000,
+            0x200,
+            crate::CacheOp::ForCpu(Direction::FromDevice)
+        )]
+    );
+    // Past the end of every mapping: no mapping holds the range.
+    assert_eq!(
+        f.dev.sync_for_cpu(DmaAddr::new(LOW + 0xff00), 0x200),
+        Err(DmaError::OutOfRange {
+            offset: 0xff00,
+            len: 0x200,
+            size: 0x10000
+        })
+    );
+    assert_eq!(
+        f.dev.sync_for_device(DmaAddr::new(LOW + 0x10000), 1),
+        Err(DmaError::NotMapped {
+            addr: LOW + 0x10000
+        })
+    );
+    // Once the big mapping is gone, the same address is not mapped any more.
+    f.dev
+        .unmap_phys(big, 0x10000, Direction::FromDevice, RAM)
+        .unwrap();
+    assert_eq!(
+        f.dev.sync_for_cpu(at, 0x200),
+        Err(DmaError::NotMapped { addr: at.as_u64() })
+    );
+    for (dma, len) in small {
+        f.dev.unmap_phys(dma, len, TO, RAM).unwrap();
+    }
     assert_eq!(f.dev.raw_mappings(), 0);
 }

@@ -10,6 +10,7 @@ mod link;
 mod map;
 mod p2p;
 mod prop;
+mod trust;
 
 use crate::testing::Fixture;
 use crate::{IovaStats, PhysMemory};
@@ -48,4 +49,23 @@ pub(crate) fn snapshot(f: &Fixture) -> Snapshot {
 /// Allocates `pages` pages of fake RAM at or below `limit`.
 pub(crate) fn buffer(f: &Fixture, pages: u64, limit: u64) -> u64 {
     f.phys.alloc_pages(pages, limit).expect("fake RAM").as_u64()
+}
+
+/// The `Map` operations in `ops` that no later `SyncMap` covers: entries that hardware caching
+/// not-present entries (VT-d caching mode) or buffering writes (RWBF) would never see.
+pub(crate) fn maps_without_sync(ops: &[crate::testing::FakeOp]) -> Vec<(u64, u64)> {
+    use crate::testing::FakeOp;
+    ops.iter()
+        .enumerate()
+        .filter_map(|(i, op)| match *op {
+            FakeOp::Map { iova, size, .. } => {
+                let synced = ops[i + 1..].iter().any(|later| {
+                    matches!(*later, FakeOp::SyncMap { iova: s, size: n }
+                        if s <= iova && iova + size <= s + n)
+                });
+                (!synced).then_some((iova, size))
+            }
+            _ => None,
+        })
+        .collect()
 }

@@ -36,14 +36,14 @@ pub(crate) fn provider() -> Provider {
 
 fn iommu() -> Fixture {
     Fixture::iommu(
-        DeviceConfig::with_mask_bits(39).unwrap(),
+        DeviceConfig::with_mask_bits(39).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap()
 }
 
 fn direct() -> Fixture {
-    Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap()).unwrap()
+    Fixture::direct(DeviceConfig::with_mask_bits(64).unwrap().trusted()).unwrap()
 }
 
 fn r(offset: u64, len: u64) -> (PhysAddr, u64) {
@@ -104,7 +104,7 @@ fn p2p_bus_addr_with_nonzero_offset_is_paddr_plus_offset() {
 #[test]
 fn p2p_bus_addr_positive_offset_and_mask_violation() {
     let f = Fixture::iommu(
-        DeviceConfig::with_mask_bits(32).unwrap(),
+        DeviceConfig::with_mask_bits(32).unwrap().trusted(),
         InvalidationMode::Strict,
     )
     .unwrap();
@@ -290,7 +290,7 @@ fn p2p_thru_host_bridge_direct_one_mapping_per_range() {
 
 #[test]
 fn p2p_direct_mmio_beyond_mask_is_refused_never_bounced() {
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap();
     let pool_before = f.pool.free_pages();
     let err = f
         .dev
@@ -421,7 +421,7 @@ fn digest_item_4_just_over_8gib_in_two_ranges_is_one_contiguous_iova_span() {
 
 #[test]
 fn p2p_max_segment_of_the_device_applies_too() {
-    let mut cfg = DeviceConfig::with_mask_bits(39).unwrap();
+    let mut cfg = DeviceConfig::with_mask_bits(39).unwrap().trusted();
     cfg.max_segment = 0x10_0000 + 123; // rounded down to a page
     let f = Fixture::iommu(cfg, InvalidationMode::Strict).unwrap();
     let m = f
@@ -506,7 +506,7 @@ fn digest_item_2_sync_failure_after_linking_unwinds_everything() {
 fn digest_item_1_direct_failure_at_range_k_drops_the_k_mappings() {
     // Range 2 lies beyond a 40-bit mask: refused, never bounced; ranges 0-1 were mapped and are
     // released again.
-    let f = Fixture::direct(DeviceConfig::with_mask_bits(40).unwrap()).unwrap();
+    let f = Fixture::direct(DeviceConfig::with_mask_bits(40).unwrap().trusted()).unwrap();
     let p = Provider::new(
         DeviceId::new(0, 8),
         0,

@@ -232,7 +232,7 @@ proptest! {
     fn prop_map_unmap_model_all_modes(setup in setup(), ops in prop::collection::vec(op(), 1..60)) {
         let f = match setup {
             Setup::Iommu { trusted, deferred, mask_bits } => {
-                let mut cfg = DeviceConfig::with_mask_bits(mask_bits).unwrap();
+                let mut cfg = DeviceConfig::with_mask_bits(mask_bits).unwrap().trusted();
                 cfg.trusted = trusted;
                 let mode = if deferred {
                     InvalidationMode::Deferred(DeferredPolicy { max_pending: 5, max_delay_us: 300 })
@@ -241,7 +241,7 @@ proptest! {
                 };
                 Fixture::iommu(cfg, mode).unwrap()
             }
-            Setup::Direct => Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap()).unwrap(),
+            Setup::Direct => Fixture::direct(DeviceConfig::with_mask_bits(32).unwrap().trusted()).unwrap(),
         };
         let initial_pool = f.pool.free_pages();
         let initial_iova = f.domain.as_ref().map(|d| {
@@ -386,7 +386,7 @@ proptest! {
         size_pages in 1u64..64,
         ops in prop::collection::vec((any::<bool>(), 0u64..70, 0u64..12, any::<bool>(), prop::bool::weighted(0.1)), 1..80),
     ) {
-        let f = Fixture::iommu(DeviceConfig::with_mask_bits(39).unwrap(), InvalidationMode::Strict).unwrap();
+        let f = Fixture::iommu(DeviceConfig::with_mask_bits(39).unwrap().trusted(), InvalidationMode::Strict).unwrap();
         let initial = core(&f);
         let initial_iova = f.domain().iova_stats();
         let size = size_pages * PAGE_SIZE;

@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use iommu_vtd::fake::{FakeVtd, HostPlatform};
-use iommu_vtd::{Domain, DomainConfig, UnitConfig, VtdUnit};
+use iommu_vtd::{Domain, DomainConfig, GroupRef, UnitConfig, VtdUnit};
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
@@ -20,7 +20,14 @@ fn domain() -> Domain<FakeVtd, Arc<HostPlatform>> {
         Arc::new(VtdUnit::new(FakeVtd::qemu_default(p.clone()), p, UnitConfig::new(39)).unwrap());
     unit.enable().unwrap();
     let d = unit.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[0x18]).unwrap();
+    d.attach_device(
+        GroupRef {
+            key: 0x18,
+            requester_ids: &[0x18],
+        },
+        0x18,
+    )
+    .unwrap();
     // Keep the tables populated so a single map/unmap does not allocate/free tables.
     d.map(DmaAddr::new(0), PhysAddr::new(0x1000_0000), K4, RW)
         .unwrap();

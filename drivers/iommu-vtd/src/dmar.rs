@@ -1,15 +1,28 @@
-//! The ACPI DMA Remapping Reporting table (DMAR): parsing and device-scope resolution.
+//! The ACPI DMA Remapping Reporting table (DMAR): parsing, validation and device-scope
+//! resolution, plus a builder for tables (virtual firmware, tests).
 //!
 //! Implements VT-d spec §8 (rev 3.x/4.x): the DMAR header (§8.1), the remapping-structure
 //! list walked by its length fields (§8.2), DRHD (§8.3), device scopes and their path
-//! resolution (§8.3.1), RMRR (§8.4) and ATSR (§8.5). Other structure types (RHSA, ANDD, SATC,
-//! SIDP) are walked over and exposed as [`RemappingStructure::Other`].
+//! resolution (§8.3.1), RMRR (§8.4), ATSR (§8.5), RHSA (§8.6), ANDD (§8.7), SATC (§8.8) and
+//! SIDP (§8.9, rev 4.x). Reserved structure types (7 and above) are walked over and exposed as
+//! [`RemappingStructure::Other`], as the spec asks software to do.
 //!
-//! [`Dmar::parse`] validates the whole table up front (signature, length, checksum, every
-//! structure and every scope length), so the iterators afterwards never meet a malformed
-//! record; a length that lies (zero, shorter than the fixed part, past the end) is a typed
-//! [`DmarError`], never a panic or an out-of-bounds read.
+//! Validation happens at two levels:
+//!
+//! - **Framing** ([`Dmar::parse`]): signature, length, checksum, the host address width, every
+//!   structure length and every scope length and path entry. A table that fails here is a typed
+//!   [`DmarError`]; nothing of it is trusted, and the iterators afterwards never meet a malformed
+//!   record (no panic, no out-of-bounds read, whatever the bytes).
+//! - **Content** (per structure): a DRHD whose register window is at address 0, not page
+//!   aligned, or absurdly large, an RMRR whose range is inverted or not 4 KiB aligned, and a
+//!   device scope of a reserved type are *refused individually*: they are kept out of
+//!   [`Dmar::structures`], [`Dmar::drhds`], [`Dmar::rmrrs`] and the scope iterators, and listed
+//!   with their reason by [`Dmar::refused`] so the caller can log them. This is what Linux does
+//!   with such records (warn, skip), and it lets a platform with one broken unit keep the others.
+//!   A table left without any usable DRHD means "no IOMMU": [`Dmar::require_unit`] says so with
+//!   [`DmarError::NoRemappingUnit`].
 
+use alloc::vec::Vec;
 use core::fmt;
 
 use zerocopy::little_endian::{U16, U32, U64};
@@ -17,6 +30,28 @@ use zerocopy::{FromBytes, Immutable, KnownLayout, Unaligned};
 
 /// The DMAR table signature.
 pub const SIGNATURE: [u8; 4] = *b"DMAR";
+
+/// Narrowest host address width accepted, in bits. Every x86-64 platform with VT-d addresses at
+/// least 4 GiB; a smaller value is a corrupt table (Linux refuses widths below a page shift).
+pub const MIN_HOST_ADDRESS_WIDTH: u8 = 32;
+/// Widest host address width accepted, in bits. The field is N-1 in a byte, so up to 256 can be
+/// encoded; 64 and above cannot be an address width of a 64-bit machine (and would overflow
+/// `1 << haw`). x86-64 physical addresses stop at 52 bits: a width between 53 and 63 is accepted
+/// because it only widens the range an output address is checked against; the hardware still
+/// faults an address it cannot reach.
+pub const MAX_HOST_ADDRESS_WIDTH: u8 = 63;
+
+/// Largest register window a DRHD may declare, as log2 of 4 KiB pages: 2^8 pages = 1 MiB.
+///
+/// The Size field (§8.3, bits 3:0) encodes 2^N pages with N up to 15 (128 MiB); bits 7:4 are
+/// reserved. Every register the spec defines, including the IOTLB registers at IRO and up to
+/// 256 fault-recording registers at FRO, lies within the first 64 KiB (IRO and FRO are 10-bit
+/// offsets in 16-byte units), so 1 MiB is a generous bound; anything larger is refused rather
+/// than mapped (an unbounded value once made the kernel map 2^267 bytes and stall).
+pub const MAX_REGISTER_SIZE_LOG2_PAGES: u8 = 8;
+
+const PAGE_SHIFT: u32 = 12;
+const PAGE_MASK: u64 = (1 << PAGE_SHIFT) - 1;
 
 /// Remapping structure types, §8.2.
 pub mod structure_type {
@@ -30,9 +65,13 @@ pub mod structure_type {
     pub const RHSA: u16 = 3;
     /// ACPI name-space device declaration.
     pub const ANDD: u16 = 4;
+    /// SoC integrated address translation cache reporting.
+    pub const SATC: u16 = 5;
+    /// SoC integrated device property reporting (rev 4.x).
+    pub const SIDP: u16 = 6;
 }
 
-/// Device scope types, §8.3.1.
+/// Device scope types, §8.3.1. 0 and 6..=255 are reserved.
 pub mod scope_type {
     /// A PCI endpoint device.
     pub const PCI_ENDPOINT: u8 = 1;
@@ -44,6 +83,20 @@ pub mod scope_type {
     pub const HPET: u8 = 4;
     /// An ACPI name-space device.
     pub const ACPI_NAMESPACE: u8 = 5;
+}
+
+/// Device scope flags (byte 2 of a scope, rev 3+; reserved before), §8.3.1 and §8.9.
+pub mod scope_flags {
+    /// Requests without PASID from this device must not use nested translation.
+    pub const REQ_WO_PASID_NESTED_NOT_ALLOWED: u8 = 1 << 0;
+    /// Requests without PASID must not use page-walk snooping.
+    pub const REQ_WO_PASID_PWSNP_NOT_ALLOWED: u8 = 1 << 1;
+    /// Requests without PASID must not use page snooping.
+    pub const REQ_WO_PASID_PGSNP_NOT_ALLOWED: u8 = 1 << 2;
+    /// The device's address translation cache is hardened (trusted to honour invalidations).
+    pub const ATC_HARDENED: u8 = 1 << 3;
+    /// The device requires its address translation cache to be enabled to work.
+    pub const ATC_REQUIRED: u8 = 1 << 4;
 }
 
 /// DMAR header flags (byte 37), §8.1.
@@ -66,6 +119,12 @@ pub mod drhd_flags {
 pub mod atsr_flags {
     /// Every root port of the segment supports ATS.
     pub const ALL_PORTS: u8 = 1 << 0;
+}
+
+/// SATC flags, §8.8.
+pub mod satc_flags {
+    /// The listed devices require their ATC to be enabled (ATC_REQUIRED).
+    pub const ATC_REQUIRED: u8 = 1 << 0;
 }
 
 /// The DMAR table header: the ACPI SDT header plus the DMAR fields, §8.1.
@@ -116,7 +175,8 @@ pub struct DrhdFixed {
     pub header: StructureHeader,
     /// Flags ([`drhd_flags`]).
     pub flags: u8,
-    /// Register set size (rev 3+: 2^(size+12) bytes; 0 in older tables).
+    /// Register set size: bits 3:0 = N for 2^N 4 KiB pages, bits 7:4 reserved (0 in tables
+    /// older than rev 3, which means one page).
     pub size: u8,
     /// PCI segment number.
     pub segment: U16,
@@ -154,6 +214,58 @@ pub struct AtsrFixed {
     pub segment: U16,
 }
 
+/// An RHSA, §8.6 (fixed length, no scopes).
+#[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct RhsaFixed {
+    /// Common header.
+    pub header: StructureHeader,
+    /// Reserved.
+    pub reserved: U32,
+    /// Register base of the DRHD this affinity is for.
+    pub register_base: U64,
+    /// The NUMA proximity domain (as in the SRAT) the unit belongs to.
+    pub proximity_domain: U32,
+}
+
+/// The fixed part of an ANDD, §8.7; the ACPI object name follows.
+#[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct AnddFixed {
+    /// Common header.
+    pub header: StructureHeader,
+    /// Reserved.
+    pub reserved: [u8; 3],
+    /// The ACPI device number that ACPI name-space device scopes refer to.
+    pub device_number: u8,
+}
+
+/// The fixed part of a SATC, §8.8; device scopes follow.
+#[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SatcFixed {
+    /// Common header.
+    pub header: StructureHeader,
+    /// Flags ([`satc_flags`]).
+    pub flags: u8,
+    /// Reserved.
+    pub reserved: u8,
+    /// PCI segment number.
+    pub segment: U16,
+}
+
+/// The fixed part of a SIDP, §8.9; device scopes (whose flags carry the properties) follow.
+#[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable, Unaligned)]
+#[repr(C)]
+pub struct SidpFixed {
+    /// Common header.
+    pub header: StructureHeader,
+    /// Reserved.
+    pub reserved: U16,
+    /// PCI segment number.
+    pub segment: U16,
+}
+
 /// The fixed part of a device scope, §8.3.1.
 #[derive(Debug, Clone, Copy, FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
@@ -162,7 +274,7 @@ pub struct ScopeFixed {
     pub kind: u8,
     /// Length in bytes, including the path.
     pub length: u8,
-    /// Flags (rev 3+), else reserved.
+    /// Flags ([`scope_flags`], rev 3+), else reserved.
     pub flags: u8,
     /// Reserved.
     pub reserved: u8,
@@ -182,7 +294,8 @@ pub struct PathEntry {
     pub function: u8,
 }
 
-const HEADER_LEN: usize = core::mem::size_of::<DmarHeader>();
+/// Length of the DMAR header.
+pub const HEADER_LEN: usize = core::mem::size_of::<DmarHeader>();
 const STRUCT_HEADER_LEN: usize = core::mem::size_of::<StructureHeader>();
 const SCOPE_FIXED_LEN: usize = core::mem::size_of::<ScopeFixed>();
 const PATH_ENTRY_LEN: usize = core::mem::size_of::<PathEntry>();
@@ -191,7 +304,7 @@ const MAX_DEVICE: u8 = 31;
 /// Highest PCI function number.
 const MAX_FUNCTION: u8 = 7;
 
-/// Why a DMAR table was rejected.
+/// Why a DMAR table was rejected as a whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DmarError {
     /// The buffer is shorter than the DMAR header.
@@ -212,6 +325,12 @@ pub enum DmarError {
     BadChecksum {
         /// The sum found.
         sum: u8,
+    },
+    /// The host address width (field + 1) is outside
+    /// [`MIN_HOST_ADDRESS_WIDTH`]..=[`MAX_HOST_ADDRESS_WIDTH`].
+    BadHostAddressWidth {
+        /// The width the table declares, in bits (field + 1).
+        width: u16,
     },
     /// A remapping structure's header does not fit in the table.
     TruncatedStructure {
@@ -243,6 +362,12 @@ pub enum DmarError {
         /// The entry.
         entry: PathEntry,
     },
+    /// The table has no usable DRHD: no DMA remapping unit, so no IOMMU
+    /// ([`Dmar::require_unit`]).
+    NoRemappingUnit {
+        /// DRHD structures present but refused ([`Dmar::refused`] says why).
+        refused: usize,
+    },
 }
 
 impl fmt::Display for DmarError {
@@ -257,6 +382,11 @@ impl fmt::Display for DmarError {
                 )
             }
             Self::BadChecksum { sum } => write!(f, "DMAR: checksum does not add up (sum {sum:#x})"),
+            Self::BadHostAddressWidth { width } => write!(
+                f,
+                "DMAR: host address width {width} is outside \
+                 {MIN_HOST_ADDRESS_WIDTH}..={MAX_HOST_ADDRESS_WIDTH} bits"
+            ),
             Self::TruncatedStructure { offset } => {
                 write!(f, "DMAR: remapping structure at {offset:#x} is truncated")
             }
@@ -279,11 +409,140 @@ impl fmt::Display for DmarError {
                 "DMAR: device scope at {offset:#x} has invalid path entry {:02x}.{:x}",
                 entry.device, entry.function
             ),
+            Self::NoRemappingUnit { refused: 0 } => {
+                f.write_str("DMAR has no remapping unit (no DRHD)")
+            }
+            Self::NoRemappingUnit { refused } => write!(
+                f,
+                "DMAR has no usable remapping unit ({refused} DRHD(s) refused)"
+            ),
         }
     }
 }
 
 impl core::error::Error for DmarError {}
+
+/// Why one structure (or one device scope) of a well-framed table was refused and left out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StructureError {
+    /// A DRHD's register base is 0.
+    RegisterBaseZero,
+    /// A DRHD's register base is not 4 KiB aligned.
+    RegisterBaseMisaligned {
+        /// The base.
+        base: u64,
+    },
+    /// A DRHD's Size byte has reserved bits 7:4 set.
+    RegisterSizeReserved {
+        /// The raw Size byte.
+        raw: u8,
+    },
+    /// A DRHD's register window (2^N pages) is larger than
+    /// [`MAX_REGISTER_SIZE_LOG2_PAGES`] allows.
+    RegisterSizeTooLarge {
+        /// N (log2 of the number of 4 KiB pages).
+        log2_pages: u8,
+    },
+    /// A DRHD's register window runs past the end of the 64-bit address space.
+    RegisterWindowOverflow {
+        /// The base.
+        base: u64,
+    },
+    /// An RMRR's base is not 4 KiB aligned, or its limit is not the last byte of a page.
+    RmrrMisaligned {
+        /// First byte.
+        base: u64,
+        /// Last byte.
+        limit: u64,
+    },
+    /// An RMRR's base is above its limit.
+    RmrrBaseAboveLimit {
+        /// First byte.
+        base: u64,
+        /// Last byte.
+        limit: u64,
+    },
+    /// A device scope has a reserved type (0, or 6 and above); the scope is skipped.
+    ReservedScopeType {
+        /// The type byte.
+        kind: u8,
+    },
+}
+
+impl fmt::Display for StructureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::RegisterBaseZero => f.write_str("register base is 0"),
+            Self::RegisterBaseMisaligned { base } => {
+                write!(f, "register base {base:#x} is not page aligned")
+            }
+            Self::RegisterSizeReserved { raw } => {
+                write!(f, "register size byte {raw:#04x} has reserved bits 7:4 set")
+            }
+            Self::RegisterSizeTooLarge { log2_pages } => write!(
+                f,
+                "register window of 2^{log2_pages} pages exceeds the limit of \
+                 2^{MAX_REGISTER_SIZE_LOG2_PAGES} pages"
+            ),
+            Self::RegisterWindowOverflow { base } => {
+                write!(
+                    f,
+                    "register window at {base:#x} overflows the address space"
+                )
+            }
+            Self::RmrrMisaligned { base, limit } => {
+                write!(f, "RMRR {base:#x}..={limit:#x} is not 4 KiB aligned")
+            }
+            Self::RmrrBaseAboveLimit { base, limit } => {
+                write!(f, "RMRR base {base:#x} is above its limit {limit:#x}")
+            }
+            Self::ReservedScopeType { kind } => write!(f, "device scope type {kind} is reserved"),
+        }
+    }
+}
+
+impl core::error::Error for StructureError {}
+
+/// A structure or scope [`Dmar::refused`] left out, where it was and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// Offset in the table of the structure (or of the scope, for a scope).
+    pub offset: usize,
+    /// Type of the structure ([`structure_type`]) it is, or belongs to.
+    pub structure: u16,
+    /// Why.
+    pub error: StructureError,
+}
+
+impl fmt::Display for Refused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = match self.error {
+            StructureError::ReservedScopeType { .. } => "device scope",
+            _ => "structure",
+        };
+        write!(
+            f,
+            "DMAR {what} at {:#x} ({}) ignored: {}",
+            self.offset,
+            structure_name(self.structure),
+            self.error
+        )
+    }
+}
+
+/// The spec's short name of a structure type.
+pub fn structure_name(kind: u16) -> &'static str {
+    match kind {
+        structure_type::DRHD => "DRHD",
+        structure_type::RMRR => "RMRR",
+        structure_type::ATSR => "ATSR",
+        structure_type::RHSA => "RHSA",
+        structure_type::ANDD => "ANDD",
+        structure_type::SATC => "SATC",
+        structure_type::SIDP => "SIDP",
+        _ => "reserved type",
+    }
+}
 
 /// A PCI bus/device/function within one segment.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -376,13 +635,16 @@ impl fmt::Debug for Dmar<'_> {
             .field("host_address_width", &self.host_address_width())
             .field("flags", &self.flags())
             .field("structures", &self.structures().count())
+            .field("refused", &self.refused().count())
             .finish()
     }
 }
 
 impl<'a> Dmar<'a> {
-    /// Parses and validates a DMAR table. `bytes` may be longer than the table (the header's
-    /// length decides); everything is checked before anything is returned.
+    /// Parses and validates a DMAR table's framing. `bytes` may be longer than the table (the
+    /// header's length decides); everything is checked before anything is returned. Structures
+    /// whose content is unusable are not an error here: they are left out of the iterators and
+    /// listed by [`Dmar::refused`].
     pub fn parse(bytes: &'a [u8]) -> Result<Self, DmarError> {
         let (header, _) = DmarHeader::read_from_prefix(bytes)
             .map_err(|_| DmarError::TooShort { len: bytes.len() })?;
@@ -401,6 +663,11 @@ impl<'a> Dmar<'a> {
         let sum = table.iter().fold(0u8, |acc, b| acc.wrapping_add(*b));
         if sum != 0 {
             return Err(DmarError::BadChecksum { sum });
+        }
+        let width = u16::from(header.host_address_width) + 1;
+        if !(u16::from(MIN_HOST_ADDRESS_WIDTH)..=u16::from(MAX_HOST_ADDRESS_WIDTH)).contains(&width)
+        {
+            return Err(DmarError::BadHostAddressWidth { width });
         }
         let dmar = Self {
             header,
@@ -436,12 +703,29 @@ impl<'a> Dmar<'a> {
         Ok(())
     }
 
+    /// `Ok` when the table has at least one usable DRHD; otherwise
+    /// [`DmarError::NoRemappingUnit`]: the platform has no IOMMU to use.
+    pub fn require_unit(&self) -> Result<(), DmarError> {
+        if self.drhds().next().is_some() {
+            return Ok(());
+        }
+        let refused = self
+            .refused()
+            .filter(|r| {
+                r.structure == structure_type::DRHD
+                    && !matches!(r.error, StructureError::ReservedScopeType { .. })
+            })
+            .count();
+        Err(DmarError::NoRemappingUnit { refused })
+    }
+
     /// The header.
     pub fn header(&self) -> &DmarHeader {
         &self.header
     }
 
-    /// Host address width in bits: DMA output addresses must be below `2^haw`.
+    /// Host address width in bits: DMA output addresses must be below `2^haw`. Always within
+    /// [`MIN_HOST_ADDRESS_WIDTH`]..=[`MAX_HOST_ADDRESS_WIDTH`] (checked by [`Dmar::parse`]).
     pub fn host_address_width(&self) -> u8 {
         self.header.host_address_width.saturating_add(1)
     }
@@ -456,7 +740,7 @@ impl<'a> Dmar<'a> {
         self.header.flags & dmar_flags::INTR_REMAP != 0
     }
 
-    /// Every remapping structure, in table order.
+    /// Every usable remapping structure, in table order (refused ones left out).
     pub fn structures(&self) -> Structures<'a> {
         Structures {
             bytes: self.structures,
@@ -464,7 +748,54 @@ impl<'a> Dmar<'a> {
         }
     }
 
-    /// The remapping hardware units.
+    /// Every structure and device scope that was refused, in table order, with the reason.
+    pub fn refused(&self) -> impl Iterator<Item = Refused> + 'a {
+        let bytes = self.structures;
+        let mut offset = 0;
+        let mut pending: Vec<Refused> = Vec::new();
+        core::iter::from_fn(move || loop {
+            if let Some(r) = pending.pop() {
+                return Some(r);
+            }
+            if offset >= bytes.len() {
+                return None;
+            }
+            let Ok((kind, body)) = split_structure(bytes, offset) else {
+                offset = bytes.len();
+                return None;
+            };
+            let abs = HEADER_LEN + offset;
+            offset += body.len();
+            if let Err(error) = check_structure(kind, body) {
+                return Some(Refused {
+                    offset: abs,
+                    structure: kind,
+                    error,
+                });
+            }
+            if has_scopes(kind) {
+                let mut scopes = RawScopes {
+                    bytes: body.get(fixed_len(kind)..).unwrap_or(&[]),
+                    offset: abs + fixed_len(kind),
+                };
+                // Collected in reverse so `pop` yields them in table order.
+                let mut found: Vec<Refused> = Vec::new();
+                for (scope_offset, scope) in &mut scopes {
+                    if let Err(error) = check_scope(&scope.fixed) {
+                        found.push(Refused {
+                            offset: scope_offset,
+                            structure: kind,
+                            error,
+                        });
+                    }
+                }
+                found.reverse();
+                pending = found;
+            }
+        })
+    }
+
+    /// The usable remapping hardware units.
     pub fn drhds(&self) -> impl Iterator<Item = Drhd<'a>> {
         self.structures().filter_map(|s| match s {
             RemappingStructure::Drhd(d) => Some(d),
@@ -472,7 +803,7 @@ impl<'a> Dmar<'a> {
         })
     }
 
-    /// The reserved memory regions.
+    /// The usable reserved memory regions.
     pub fn rmrrs(&self) -> impl Iterator<Item = Rmrr<'a>> {
         self.structures().filter_map(|s| match s {
             RemappingStructure::Rmrr(r) => Some(r),
@@ -487,12 +818,51 @@ impl<'a> Dmar<'a> {
             _ => None,
         })
     }
+
+    /// The static affinity reports.
+    pub fn rhsas(&self) -> impl Iterator<Item = Rhsa> + 'a {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Rhsa(r) => Some(r),
+            _ => None,
+        })
+    }
+
+    /// The ACPI name-space device declarations.
+    pub fn andds(&self) -> impl Iterator<Item = Andd<'a>> {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Andd(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    /// The SoC integrated ATC reports.
+    pub fn satcs(&self) -> impl Iterator<Item = Satc<'a>> {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Satc(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The SoC integrated device property reports.
+    pub fn sidps(&self) -> impl Iterator<Item = Sidp<'a>> {
+        self.structures().filter_map(|s| match s {
+            RemappingStructure::Sidp(s) => Some(s),
+            _ => None,
+        })
+    }
+
+    /// The NUMA proximity domain of `drhd`, from the RHSA naming its register base.
+    pub fn proximity_domain(&self, drhd: &Drhd<'_>) -> Option<u32> {
+        self.rhsas()
+            .find(|r| r.register_base() == drhd.register_base())
+            .map(|r| r.proximity_domain())
+    }
 }
 
 /// Splits the structure at `offset` out of `bytes`: its type and its whole body (header
 /// included), checked against the end.
 fn split_structure(bytes: &[u8], offset: usize) -> Result<(u16, &[u8]), DmarError> {
-    let rest = &bytes[offset..];
+    let rest = bytes.get(offset..).unwrap_or(&[]);
     let (head, _) =
         StructureHeader::read_from_prefix(rest).map_err(|_| DmarError::TruncatedStructure {
             offset: offset + HEADER_LEN,
@@ -539,11 +909,71 @@ fn split_scope(bytes: &[u8], abs_offset: usize) -> Result<(ScopeFixed, &[u8]), D
     Ok((fixed, path))
 }
 
+/// The content checks of one well-framed structure (§8.3, §8.4).
+fn check_structure(kind: u16, body: &[u8]) -> Result<(), StructureError> {
+    match kind {
+        structure_type::DRHD => {
+            let Ok((d, _)) = DrhdFixed::read_from_prefix(body) else {
+                return Ok(());
+            };
+            let base = d.register_base.get();
+            if d.size & 0xf0 != 0 {
+                return Err(StructureError::RegisterSizeReserved { raw: d.size });
+            }
+            if d.size > MAX_REGISTER_SIZE_LOG2_PAGES {
+                return Err(StructureError::RegisterSizeTooLarge { log2_pages: d.size });
+            }
+            if base == 0 {
+                return Err(StructureError::RegisterBaseZero);
+            }
+            if base & PAGE_MASK != 0 {
+                return Err(StructureError::RegisterBaseMisaligned { base });
+            }
+            if base.checked_add(register_size(d.size) - 1).is_none() {
+                return Err(StructureError::RegisterWindowOverflow { base });
+            }
+            Ok(())
+        }
+        structure_type::RMRR => {
+            let Ok((r, _)) = RmrrFixed::read_from_prefix(body) else {
+                return Ok(());
+            };
+            let (base, limit) = (r.base.get(), r.limit.get());
+            if base > limit {
+                return Err(StructureError::RmrrBaseAboveLimit { base, limit });
+            }
+            // limit + 1 wraps to 0 for a region ending at the top: aligned.
+            if base & PAGE_MASK != 0 || limit.wrapping_add(1) & PAGE_MASK != 0 {
+                return Err(StructureError::RmrrMisaligned { base, limit });
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The content check of one device scope: its type must be one the spec defines.
+fn check_scope(fixed: &ScopeFixed) -> Result<(), StructureError> {
+    match ScopeKind::from_raw(fixed.kind) {
+        ScopeKind::Other(kind) => Err(StructureError::ReservedScopeType { kind }),
+        _ => Ok(()),
+    }
+}
+
+/// Bytes of a register window of 2^`log2_pages` pages (`log2_pages` already bounded).
+const fn register_size(log2_pages: u8) -> u64 {
+    1u64 << (log2_pages as u32 + PAGE_SHIFT)
+}
+
 fn fixed_len(kind: u16) -> usize {
     match kind {
         structure_type::DRHD => core::mem::size_of::<DrhdFixed>(),
         structure_type::RMRR => core::mem::size_of::<RmrrFixed>(),
         structure_type::ATSR => core::mem::size_of::<AtsrFixed>(),
+        structure_type::RHSA => core::mem::size_of::<RhsaFixed>(),
+        structure_type::ANDD => core::mem::size_of::<AnddFixed>(),
+        structure_type::SATC => core::mem::size_of::<SatcFixed>(),
+        structure_type::SIDP => core::mem::size_of::<SidpFixed>(),
         _ => STRUCT_HEADER_LEN,
     }
 }
@@ -551,11 +981,15 @@ fn fixed_len(kind: u16) -> usize {
 fn has_scopes(kind: u16) -> bool {
     matches!(
         kind,
-        structure_type::DRHD | structure_type::RMRR | structure_type::ATSR
+        structure_type::DRHD
+            | structure_type::RMRR
+            | structure_type::ATSR
+            | structure_type::SATC
+            | structure_type::SIDP
     )
 }
 
-/// Iterator over the remapping structures of a validated table.
+/// Iterator over the usable remapping structures of a validated table.
 #[derive(Debug, Clone)]
 pub struct Structures<'a> {
     bytes: &'a [u8],
@@ -566,44 +1000,55 @@ impl<'a> Iterator for Structures<'a> {
     type Item = RemappingStructure<'a>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.offset >= self.bytes.len() {
-            return None;
+        loop {
+            if self.offset >= self.bytes.len() {
+                return None;
+            }
+            // The table was validated; on any inconsistency stop rather than panic.
+            let Ok((kind, body)) = split_structure(self.bytes, self.offset) else {
+                self.offset = self.bytes.len();
+                return None;
+            };
+            let base_offset = HEADER_LEN + self.offset;
+            self.offset += body.len();
+            if check_structure(kind, body).is_err() {
+                continue;
+            }
+            let scopes = DeviceScopes {
+                inner: RawScopes {
+                    bytes: body.get(fixed_len(kind)..).unwrap_or(&[]),
+                    offset: base_offset + fixed_len(kind),
+                },
+            };
+            let structure = match kind {
+                structure_type::DRHD => DrhdFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Drhd(Drhd { fixed, scopes })),
+                structure_type::RMRR => RmrrFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Rmrr(Rmrr { fixed, scopes })),
+                structure_type::ATSR => AtsrFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Atsr(Atsr { fixed, scopes })),
+                structure_type::RHSA => RhsaFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Rhsa(Rhsa { fixed })),
+                structure_type::ANDD => AnddFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Andd(Andd {
+                        fixed,
+                        name: body.get(fixed_len(kind)..).unwrap_or(&[]),
+                    })
+                }),
+                structure_type::SATC => SatcFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Satc(Satc { fixed, scopes })),
+                structure_type::SIDP => SidpFixed::read_from_prefix(body)
+                    .ok()
+                    .map(|(fixed, _)| RemappingStructure::Sidp(Sidp { fixed, scopes })),
+                _ => Some(RemappingStructure::Other { kind, body }),
+            };
+            return structure;
         }
-        // The table was validated; on any inconsistency stop rather than panic.
-        let Ok((kind, body)) = split_structure(self.bytes, self.offset) else {
-            self.offset = self.bytes.len();
-            return None;
-        };
-        let base_offset = HEADER_LEN + self.offset;
-        self.offset += body.len();
-        let scopes = |fixed: usize| DeviceScopes {
-            bytes: body.get(fixed..).unwrap_or(&[]),
-            offset: base_offset + fixed,
-        };
-        Some(match kind {
-            structure_type::DRHD => match DrhdFixed::read_from_prefix(body) {
-                Ok((fixed, _)) => RemappingStructure::Drhd(Drhd {
-                    fixed,
-                    scopes: scopes(fixed_len(kind)),
-                }),
-                Err(_) => return None,
-            },
-            structure_type::RMRR => match RmrrFixed::read_from_prefix(body) {
-                Ok((fixed, _)) => RemappingStructure::Rmrr(Rmrr {
-                    fixed,
-                    scopes: scopes(fixed_len(kind)),
-                }),
-                Err(_) => return None,
-            },
-            structure_type::ATSR => match AtsrFixed::read_from_prefix(body) {
-                Ok((fixed, _)) => RemappingStructure::Atsr(Atsr {
-                    fixed,
-                    scopes: scopes(fixed_len(kind)),
-                }),
-                Err(_) => return None,
-            },
-            _ => RemappingStructure::Other { kind, body },
-        })
     }
 }
 
@@ -616,7 +1061,15 @@ pub enum RemappingStructure<'a> {
     Rmrr(Rmrr<'a>),
     /// A root-port ATS report.
     Atsr(Atsr<'a>),
-    /// A structure this crate does not interpret (RHSA, ANDD, SATC, ...).
+    /// A remapping unit's NUMA affinity.
+    Rhsa(Rhsa),
+    /// An ACPI name-space device declaration.
+    Andd(Andd<'a>),
+    /// SoC integrated devices with an address translation cache.
+    Satc(Satc<'a>),
+    /// SoC integrated device properties.
+    Sidp(Sidp<'a>),
+    /// A structure of a reserved type (7 and above), which software must skip.
     Other {
         /// Its type.
         kind: u16,
@@ -625,7 +1078,8 @@ pub enum RemappingStructure<'a> {
     },
 }
 
-/// A DMA remapping hardware unit definition, §8.3.
+/// A DMA remapping hardware unit definition, §8.3. Only units with a nonzero, page-aligned
+/// register base and a bounded register window are ever handed out.
 #[derive(Debug, Clone)]
 pub struct Drhd<'a> {
     fixed: DrhdFixed,
@@ -633,7 +1087,7 @@ pub struct Drhd<'a> {
 }
 
 impl<'a> Drhd<'a> {
-    /// Physical address of the unit's register page.
+    /// Physical address of the unit's register page (nonzero, 4 KiB aligned).
     pub fn register_base(&self) -> u64 {
         self.fixed.register_base.get()
     }
@@ -653,22 +1107,21 @@ impl<'a> Drhd<'a> {
         self.fixed.flags & drhd_flags::INCLUDE_PCI_ALL != 0
     }
 
-    /// Size of the register window in bytes, when the table reports it (rev 3+: `size` field
-    /// non-zero); `None` means "at least one 4 KiB page".
-    pub fn register_size(&self) -> Option<u64> {
-        const PAGE_SHIFT: u32 = 12;
-        let size = u32::from(self.fixed.size);
-        (size != 0).then(|| 1u64.checked_shl(size + PAGE_SHIFT).unwrap_or(u64::MAX))
+    /// Size of the register window in bytes: 2^N 4 KiB pages (one page when the Size field is
+    /// 0, as in tables older than rev 3), at most 2^[`MAX_REGISTER_SIZE_LOG2_PAGES`] pages.
+    pub fn register_size(&self) -> u64 {
+        register_size(self.fixed.size & 0x0f)
     }
 
-    /// The device scopes.
+    /// The device scopes (reserved scope types left out).
     pub fn scopes(&self) -> DeviceScopes<'a> {
         self.scopes.clone()
     }
 }
 
 /// A reserved memory region that devices use before and after the OS takes over, §8.4: it
-/// must stay identity-mapped for the listed devices.
+/// must stay identity-mapped for the listed devices. Only regions with `base <= limit`, a
+/// page-aligned base and a limit on the last byte of a page are ever handed out.
 #[derive(Debug, Clone)]
 pub struct Rmrr<'a> {
     fixed: RmrrFixed,
@@ -681,12 +1134,12 @@ impl<'a> Rmrr<'a> {
         self.fixed.segment.get()
     }
 
-    /// First byte of the region.
+    /// First byte of the region (4 KiB aligned).
     pub fn base(&self) -> u64 {
         self.fixed.base.get()
     }
 
-    /// Last byte of the region (inclusive).
+    /// Last byte of the region (inclusive; the last byte of a page).
     pub fn limit(&self) -> u64 {
         self.fixed.limit.get()
     }
@@ -721,15 +1174,108 @@ impl<'a> Atsr<'a> {
     }
 }
 
-/// Iterator over the device scopes of one structure.
+/// Remapping hardware static affinity, §8.6: which NUMA proximity domain a unit is in.
+#[derive(Debug, Clone, Copy)]
+pub struct Rhsa {
+    fixed: RhsaFixed,
+}
+
+impl Rhsa {
+    /// Register base of the DRHD this is for.
+    pub fn register_base(&self) -> u64 {
+        self.fixed.register_base.get()
+    }
+
+    /// The proximity domain (as in the SRAT).
+    pub fn proximity_domain(&self) -> u32 {
+        self.fixed.proximity_domain.get()
+    }
+}
+
+/// An ACPI name-space device declaration, §8.7: names the ACPI object that ACPI name-space
+/// device scopes with this device number refer to.
+#[derive(Debug, Clone, Copy)]
+pub struct Andd<'a> {
+    fixed: AnddFixed,
+    name: &'a [u8],
+}
+
+impl<'a> Andd<'a> {
+    /// The ACPI device number scopes use as their enumeration ID.
+    pub fn device_number(&self) -> u8 {
+        self.fixed.device_number
+    }
+
+    /// The object's fully qualified ACPI name (e.g. `\_SB.PCI0.SDMA`), without the
+    /// terminating NUL and anything after it.
+    pub fn object_name(&self) -> &'a [u8] {
+        let end = self
+            .name
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.name.len());
+        &self.name[..end]
+    }
+}
+
+/// SoC integrated address translation cache reporting, §8.8.
 #[derive(Debug, Clone)]
-pub struct DeviceScopes<'a> {
+pub struct Satc<'a> {
+    fixed: SatcFixed,
+    scopes: DeviceScopes<'a>,
+}
+
+impl<'a> Satc<'a> {
+    /// PCI segment.
+    pub fn segment(&self) -> u16 {
+        self.fixed.segment.get()
+    }
+
+    /// Raw flags ([`satc_flags`]).
+    pub fn flags(&self) -> u8 {
+        self.fixed.flags
+    }
+
+    /// Whether the listed devices need their ATC enabled to work.
+    pub fn atc_required(&self) -> bool {
+        self.fixed.flags & satc_flags::ATC_REQUIRED != 0
+    }
+
+    /// The SoC integrated devices listed.
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        self.scopes.clone()
+    }
+}
+
+/// SoC integrated device property reporting, §8.9 (rev 4.x): the properties are in each
+/// scope's [`DeviceScope::flags`].
+#[derive(Debug, Clone)]
+pub struct Sidp<'a> {
+    fixed: SidpFixed,
+    scopes: DeviceScopes<'a>,
+}
+
+impl<'a> Sidp<'a> {
+    /// PCI segment.
+    pub fn segment(&self) -> u16 {
+        self.fixed.segment.get()
+    }
+
+    /// The devices and their property flags.
+    pub fn scopes(&self) -> DeviceScopes<'a> {
+        self.scopes.clone()
+    }
+}
+
+/// Every scope of one structure's scope area, with its table offset (reserved types included).
+#[derive(Debug, Clone)]
+struct RawScopes<'a> {
     bytes: &'a [u8],
     offset: usize,
 }
 
-impl<'a> Iterator for DeviceScopes<'a> {
-    type Item = DeviceScope<'a>;
+impl<'a> Iterator for RawScopes<'a> {
+    type Item = (usize, DeviceScope<'a>);
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.bytes.is_empty() {
@@ -739,10 +1285,29 @@ impl<'a> Iterator for DeviceScopes<'a> {
             self.bytes = &[];
             return None;
         };
+        let at = self.offset;
         let len = fixed.length as usize;
         self.bytes = self.bytes.get(len..).unwrap_or(&[]);
         self.offset += len;
-        Some(DeviceScope { fixed, path })
+        Some((at, DeviceScope { fixed, path }))
+    }
+}
+
+/// Iterator over the device scopes of one structure; scopes of a reserved type are skipped
+/// (and listed by [`Dmar::refused`]).
+#[derive(Debug, Clone)]
+pub struct DeviceScopes<'a> {
+    inner: RawScopes<'a>,
+}
+
+impl<'a> Iterator for DeviceScopes<'a> {
+    type Item = DeviceScope<'a>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.inner
+            .by_ref()
+            .map(|(_, s)| s)
+            .find(|s| check_scope(&s.fixed).is_ok())
     }
 }
 
@@ -759,7 +1324,8 @@ pub enum ScopeKind {
     Hpet,
     /// An ACPI name-space device.
     AcpiNamespace,
-    /// A type this crate does not know.
+    /// A reserved type. [`ScopeKind::from_raw`] can return it, but the scope iterators of a
+    /// parsed table never yield such a scope.
     Other(u8),
 }
 
@@ -788,10 +1354,11 @@ impl fmt::Debug for DeviceScope<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{:?} id {} bus {:#04x} path",
+            "{:?} id {} bus {:#04x} flags {:#04x} path",
             self.kind(),
             self.enumeration_id(),
-            self.start_bus()
+            self.start_bus(),
+            self.flags()
         )?;
         for e in self.path() {
             write!(f, " {:02x}.{:x}", e.device, e.function)?;
@@ -804,6 +1371,11 @@ impl<'a> DeviceScope<'a> {
     /// The scope's kind.
     pub fn kind(&self) -> ScopeKind {
         ScopeKind::from_raw(self.fixed.kind)
+    }
+
+    /// The flags byte ([`scope_flags`]; reserved, normally 0, in tables older than rev 3).
+    pub fn flags(&self) -> u8 {
+        self.fixed.flags
     }
 
     /// Enumeration ID (I/O APIC ID, HPET number).
@@ -849,6 +1421,184 @@ impl<'a> DeviceScope<'a> {
             }
         }
         Ok(Bdf::new(bus, last.device, last.function))
+    }
+}
+
+/// A device scope to write with [`DmarBuilder`].
+#[derive(Debug, Clone, Copy)]
+pub struct ScopeSpec<'p> {
+    /// Raw type ([`scope_type`]; any byte, so reserved types can be written).
+    pub kind: u8,
+    /// Flags ([`scope_flags`]).
+    pub flags: u8,
+    /// Enumeration ID.
+    pub enumeration_id: u8,
+    /// Start bus.
+    pub start_bus: u8,
+    /// The path (device, function) entries, written as given.
+    pub path: &'p [PathEntry],
+}
+
+impl<'p> ScopeSpec<'p> {
+    /// A PCI endpoint scope at `bus`, reached through `path`.
+    pub const fn endpoint(bus: u8, path: &'p [PathEntry]) -> Self {
+        Self {
+            kind: scope_type::PCI_ENDPOINT,
+            flags: 0,
+            enumeration_id: 0,
+            start_bus: bus,
+            path,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) {
+        let len = SCOPE_FIXED_LEN + PATH_ENTRY_LEN * self.path.len();
+        out.extend_from_slice(&[
+            self.kind,
+            u8::try_from(len).unwrap_or(u8::MAX),
+            self.flags,
+            0,
+            self.enumeration_id,
+            self.start_bus,
+        ]);
+        for e in self.path {
+            out.extend_from_slice(&[e.device, e.function]);
+        }
+    }
+}
+
+/// Builds DMAR tables byte by byte, with the length and checksum filled in: for a hypervisor
+/// handing a guest a virtual DMAR, and for tests that need a table firmware would not give
+/// them. Field values are written as given, *not* validated, so malformed content (a register
+/// base of 0, a reserved size bit) can be produced on purpose; a structure or scope too long
+/// for its length field gets the largest value the field holds, which [`Dmar::parse`] refuses.
+#[derive(Debug, Clone)]
+pub struct DmarBuilder {
+    host_address_width_field: u8,
+    flags: u8,
+    oem_table_id: [u8; 8],
+    structures: Vec<u8>,
+}
+
+impl DmarBuilder {
+    /// An empty table declaring `host_address_width` bits (stored as width - 1, wrapping).
+    pub fn new(host_address_width: u8) -> Self {
+        Self {
+            host_address_width_field: host_address_width.wrapping_sub(1),
+            flags: 0,
+            oem_table_id: *b"VTDDMA  ",
+            structures: Vec::new(),
+        }
+    }
+
+    /// Sets the header flags ([`dmar_flags`]).
+    pub fn flags(mut self, flags: u8) -> Self {
+        self.flags = flags;
+        self
+    }
+
+    /// Sets the OEM table ID (to tell generated tables apart in a listing).
+    pub fn oem_table_id(mut self, id: [u8; 8]) -> Self {
+        self.oem_table_id = id;
+        self
+    }
+
+    /// Appends a structure of any type: `fixed` is what follows the 4-byte structure header.
+    pub fn raw(mut self, kind: u16, fixed: &[u8]) -> Self {
+        let len = u16::try_from(STRUCT_HEADER_LEN + fixed.len()).unwrap_or(u16::MAX);
+        self.structures.extend_from_slice(&kind.to_le_bytes());
+        self.structures.extend_from_slice(&len.to_le_bytes());
+        self.structures.extend_from_slice(fixed);
+        self
+    }
+
+    fn with_scopes(self, kind: u16, mut fixed: Vec<u8>, scopes: &[ScopeSpec<'_>]) -> Self {
+        for s in scopes {
+            s.write(&mut fixed);
+        }
+        self.raw(kind, &fixed)
+    }
+
+    /// Appends a DRHD with the raw Size byte `size` (2^N pages in bits 3:0).
+    pub fn drhd(
+        self,
+        flags: u8,
+        size: u8,
+        segment: u16,
+        register_base: u64,
+        scopes: &[ScopeSpec<'_>],
+    ) -> Self {
+        let mut fixed = Vec::from([flags, size]);
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        fixed.extend_from_slice(&register_base.to_le_bytes());
+        self.with_scopes(structure_type::DRHD, fixed, scopes)
+    }
+
+    /// Appends an RMRR for `base..=limit`.
+    pub fn rmrr(self, segment: u16, base: u64, limit: u64, scopes: &[ScopeSpec<'_>]) -> Self {
+        let mut fixed = Vec::from([0, 0]);
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        fixed.extend_from_slice(&base.to_le_bytes());
+        fixed.extend_from_slice(&limit.to_le_bytes());
+        self.with_scopes(structure_type::RMRR, fixed, scopes)
+    }
+
+    /// Appends an ATSR.
+    pub fn atsr(self, flags: u8, segment: u16, scopes: &[ScopeSpec<'_>]) -> Self {
+        let mut fixed = Vec::from([flags, 0]);
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        self.with_scopes(structure_type::ATSR, fixed, scopes)
+    }
+
+    /// Appends an RHSA.
+    pub fn rhsa(self, register_base: u64, proximity_domain: u32) -> Self {
+        let mut fixed = Vec::from([0; 4]);
+        fixed.extend_from_slice(&register_base.to_le_bytes());
+        fixed.extend_from_slice(&proximity_domain.to_le_bytes());
+        self.raw(structure_type::RHSA, &fixed)
+    }
+
+    /// Appends an ANDD naming `object_name` (a NUL is appended).
+    pub fn andd(self, device_number: u8, object_name: &[u8]) -> Self {
+        let mut fixed = Vec::from([0, 0, 0, device_number]);
+        fixed.extend_from_slice(object_name);
+        fixed.push(0);
+        self.raw(structure_type::ANDD, &fixed)
+    }
+
+    /// Appends a SATC.
+    pub fn satc(self, flags: u8, segment: u16, scopes: &[ScopeSpec<'_>]) -> Self {
+        let mut fixed = Vec::from([flags, 0]);
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        self.with_scopes(structure_type::SATC, fixed, scopes)
+    }
+
+    /// Appends a SIDP.
+    pub fn sidp(self, segment: u16, scopes: &[ScopeSpec<'_>]) -> Self {
+        let mut fixed = Vec::from([0, 0]);
+        fixed.extend_from_slice(&segment.to_le_bytes());
+        self.with_scopes(structure_type::SIDP, fixed, scopes)
+    }
+
+    /// The table: header (revision 1, OEM "VTDDMA"), structures, checksum.
+    pub fn build(&self) -> Vec<u8> {
+        let len = HEADER_LEN + self.structures.len();
+        let mut t = Vec::with_capacity(len);
+        t.extend_from_slice(&SIGNATURE);
+        t.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+        t.extend_from_slice(&[1, 0]);
+        t.extend_from_slice(b"VTDDMA");
+        t.extend_from_slice(&self.oem_table_id);
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.extend_from_slice(b"VTDD");
+        t.extend_from_slice(&1u32.to_le_bytes());
+        t.push(self.host_address_width_field);
+        t.push(self.flags);
+        t.extend_from_slice(&[0; 10]);
+        t.extend_from_slice(&self.structures);
+        let sum = t.iter().fold(0u8, |a, b| a.wrapping_add(*b));
+        t[9] = sum.wrapping_neg();
+        t
     }
 }
 
@@ -1013,7 +1763,7 @@ mod tests {
         assert_eq!(a.scopes().count(), 0);
         assert!(matches!(
             dmar.structures().last(),
-            Some(RemappingStructure::Other { kind: 3, .. })
+            Some(RemappingStructure::Rhsa(r)) if r.register_base() == 0 && r.proximity_domain() == 0
         ));
     }
 

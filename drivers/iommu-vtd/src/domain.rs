@@ -1,16 +1,18 @@
-//! A translation domain: one second-level table, one domain ID, the requester IDs attached.
+//! A translation domain: one second-level table, one domain ID, the isolation groups attached.
 //!
 //! Implements [`dma::iommu::IommuDomain`] over VT-d (§3.6 translation, §6.5 invalidation):
 //! map/unmap edit the page table under the domain's own lock; `sync_map` issues the
 //! caching-mode page-selective invalidation (CAP.CM = 1: not-present entries may be cached,
 //! §6.1) or the write-buffer flush (CAP.RWBF); `flush` turns a gather into page-selective
 //! IOTLB invalidations (O(log N) descriptors for N contiguous pages) or one domain-selective
-//! one, and returns only after the hardware completed them. Page-table pages freed by unmaps are
-//! handed back to the platform only after the invalidation that covers them completed.
+//! one, and returns only after the hardware completed them. A page-table page an unmap unlinks
+//! belongs to that unmap's gather; the gather's flush frees exactly its own pages, after an
+//! IH = 0 invalidation covering them completed (a gather never flushed leaks them).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use dma::iommu::{DomainInfo, IommuDomain, IommuError, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr, PAGE_SIZE};
@@ -22,7 +24,14 @@ use crate::invalidation::{self, Invalidation};
 use crate::pagetable::SecondLevelTable;
 use crate::platform::Platform;
 use crate::registers::RegisterIo;
-use crate::unit::{VtdError, VtdUnit};
+use crate::unit::{GroupRef, VtdError, VtdUnit};
+
+/// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
+/// the life of the program, so a gather flushed through the wrong domain cannot free pages.
+pub(crate) fn next_table_owner() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
 
 /// How to build a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,15 +56,17 @@ impl Default for DomainConfig {
 struct DomainState {
     /// `None` only after `Drop` took it.
     table: Option<SecondLevelTable>,
-    attached: Vec<u16>,
 }
 
-/// A VT-d translation domain. Dropping it detaches every requester ID and frees its tables.
+/// A VT-d translation domain. Dropping it detaches every group still attached and frees its
+/// tables.
 pub struct Domain<R: RegisterIo, P: Platform> {
     unit: Arc<VtdUnit<R, P>>,
     did: u16,
     info: DomainInfo,
     levels: PagingLevels,
+    /// Owner token of the unlinked tables this domain's table hands out.
+    table_owner: u64,
     state: Mutex<DomainState>,
 }
 
@@ -82,10 +93,8 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
             did,
             info,
             levels,
-            state: Mutex::new(DomainState {
-                table: Some(table),
-                attached: Vec::new(),
-            }),
+            table_owner: table.owner(),
+            state: Mutex::new(DomainState { table: Some(table) }),
         }
     }
 
@@ -104,9 +113,15 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         &self.unit
     }
 
-    /// The requester IDs attached.
+    /// The requester IDs of every attached group (each has a present context entry for this
+    /// domain, or had one whose detach did not complete).
     pub fn attached(&self) -> Vec<u16> {
-        self.state.lock().attached.clone()
+        self.unit.requester_ids_of(self.did)
+    }
+
+    /// The keys of the isolation groups attached to this domain.
+    pub fn attached_groups(&self) -> Vec<u32> {
+        self.unit.groups_of(self.did)
     }
 
     /// Physical address of the top-level table.
@@ -114,59 +129,43 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         self.state.lock().table.as_ref().map(|t| t.root())
     }
 
-    /// Attaches requester IDs (the kernel passes a device's whole alias set: its own BDF, a
-    /// bridge's, `(secondary bus, 00.0)` behind a PCIe-to-PCI bridge). Each gets a present
-    /// context entry (TT = 00, AW = depth, this DID, SLPTPTR); the context cache and the
-    /// domain's IOTLB are invalidated before this returns. Nothing changes on a validation
-    /// error (already attached anywhere, duplicate, out of memory).
-    pub fn attach(&self, rids: &[u16]) -> Result<(), VtdError> {
-        let mut guard = self.state.lock();
-        let state = &mut *guard;
+    /// Attaches `device` (the member's own requester ID, which identifies it within the
+    /// member set) of isolation group `group` to this domain. A domain is attached to a whole
+    /// group (SPEC.md: the isolation unit):
+    ///
+    /// - the group's first member: every requester ID of the group gets a present context
+    ///   entry (TT = 00, AW = depth, this DID, SLPTPTR), then the context cache and the
+    ///   domain's IOTLB are invalidated before this returns. All-or-nothing up to the
+    ///   invalidation: an ID with a context entry or in another group is refused with
+    ///   [`VtdError::AlreadyAttached`] before anything is written;
+    /// - another member of a group already attached here: the member is added (refcount), no
+    ///   hardware change; the same member twice is [`VtdError::AlreadyMember`];
+    /// - a group attached to another domain: [`VtdError::GroupAttachedElsewhere`];
+    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`].
+    ///
+    /// If the invalidation fails the entries are written and the group stays tracked (so a
+    /// detach or the drop can clear them); the next member's attach retries it.
+    pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
+        let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {
             return Err(VtdError::OutOfMemory);
         };
-        state
-            .attached
-            .try_reserve(rids.len())
-            .map_err(|_| VtdError::OutOfMemory)?;
-        let result = self.unit.attach(self.did, table, rids);
-        if matches!(
-            result,
-            Ok(()) | Err(VtdError::Invalidation(_) | VtdError::Timeout { .. })
-        ) {
-            // The entries were written; record them so detach can clear them (an ID may still
-            // be tracked after a failed detach: record it once).
-            for &rid in rids {
-                if !state.attached.contains(&rid) {
-                    state.attached.push(rid);
-                }
-            }
-        }
-        result
+        self.unit.attach_group(self.did, table, group, device)
     }
 
-    /// Detaches requester IDs: clears their context entries and invalidates the context cache
-    /// and the domain's IOTLB before returning. A detached device has no valid context entry
-    /// (its DMA faults with reason 2).
+    /// Removes member `device` from group `group_key`. While other members remain, nothing
+    /// changes in hardware (their DMA keeps translating). When the last member goes, every
+    /// context entry of the group is cleared and the context cache and the domain's IOTLB are
+    /// invalidated before this returns; its DMA then faults (reason 2).
     ///
-    /// The IDs stay attached (in [`Domain::attached`]) unless this returns `Ok`: after a failure
-    /// a context entry, or a cached copy of one, may still point at the domain's table, so the
-    /// domain keeps tracking them; a later `detach` or the drop retries (and a drop that cannot
-    /// complete it leaks the table and the domain ID rather than free them).
-    pub fn detach(&self, rids: &[u16]) -> Result<(), VtdError> {
-        let mut state = self.state.lock();
-        for (i, &rid) in rids.iter().enumerate() {
-            if rids[..i].contains(&rid) {
-                return Err(VtdError::DuplicateRequesterId { rid });
-            }
-            if !state.attached.contains(&rid) {
-                return Err(VtdError::NotAttached { rid });
-            }
-        }
-        // Forget the IDs only once the entries are cleared *and* the invalidation completed.
-        self.unit.detach(self.did, rids)?;
-        state.attached.retain(|r| !rids.contains(r));
-        Ok(())
+    /// The last member stays attached (in [`Domain::attached_groups`]) unless this returns
+    /// `Ok`: after a failure a context entry, or a cached copy of one, may still point at the
+    /// domain's table, so the domain keeps tracking it; a later `detach_device` or the drop
+    /// retries (and a drop that cannot complete it leaks the table and the domain ID rather
+    /// than free them).
+    pub fn detach_device(&self, group_key: u32, device: u16) -> Result<(), VtdError> {
+        let _state = self.state.lock();
+        self.unit.detach_group_member(self.did, group_key, device)
     }
 
     /// Identity-maps `[start, end]` (inclusive, rounded out to pages) read/write, then makes it
@@ -242,28 +241,44 @@ impl<R: RegisterIo, P: Platform> IommuDomain for Domain<R, P> {
         table.unmap(self.unit.platform(), iova.as_u64(), size, gather)
     }
 
-    fn flush(&self, gather: IotlbGather) -> Result<(), IommuError> {
+    fn flush(&self, mut gather: IotlbGather) -> Result<(), IommuError> {
         let Some((start, size)) = gather.span() else {
             return Ok(());
         };
-        let start = start.as_u64();
+        // The tables this gather's own unmaps unlinked: nothing else is freed here (tables of
+        // other gathers wait for *their* flush, whatever this one invalidates).
+        let leaf_only = !gather.freed_tables();
+        let tables = gather.take_unlinked_tables();
         let caps = self.unit.capabilities();
-        let requests =
-            invalidation::iotlb_range(caps, self.did, start, size, !gather.freed_tables());
-        let domain_wide = matches!(requests.as_slice(), [Invalidation::IotlbDomain { .. }]);
-        // Take the unlinked tables this invalidation will make unreachable *before* issuing it.
-        let freed = {
-            let mut state = self.state.lock();
-            match state.table.as_mut() {
-                Some(t) => t.take_freed(start, start.saturating_add(size), domain_wide),
-                None => Vec::new(),
+        // IH = 0 whenever tables were unlinked: the page-selective (or domain-selective)
+        // invalidation of the span, which covers each table's whole region, then also drops
+        // the paging-structure cache entries that point at them (§6.5.1).
+        let requests = invalidation::iotlb_range(caps, self.did, start.as_u64(), size, leaf_only);
+        if let Err(e) = self.invalidate(&requests) {
+            if !tables.is_empty() {
+                log::warn!(
+                    "VT-d: domain {}: flush failed; leaking {} unlinked table page(s)",
+                    self.did,
+                    tables.len()
+                );
             }
-        };
-        self.invalidate(&requests)?;
-        for phys in freed {
-            // SAFETY: the table was unlinked before the invalidation covering it was issued,
-            // and that invalidation completed: no hardware reference is left.
-            unsafe { self.unit.platform().free_table_page(phys) };
+            return Err(e);
+        }
+        for t in tables {
+            if t.owner != self.table_owner {
+                // Unlinked by another domain's table: this flush did not invalidate that
+                // domain's caches, so the page may still be walked.
+                log::warn!(
+                    "VT-d: domain {}: gather holds table {} of another domain; leaking it",
+                    self.did,
+                    t.phys
+                );
+                continue;
+            }
+            // SAFETY: the table was unlinked by an unmap into this gather (its parent entry
+            // cleared and written back), and an IH = 0 invalidation covering its whole region
+            // in this domain completed after that: no hardware reference is left.
+            unsafe { self.unit.platform().free_table_page(t.phys) };
         }
         Ok(())
     }
@@ -279,20 +294,18 @@ impl<R: RegisterIo, P: Platform> IommuDomain for Domain<R, P> {
 
 impl<R: RegisterIo, P: Platform> Drop for Domain<R, P> {
     fn drop(&mut self) {
-        let state = self.state.get_mut();
-        let rids = core::mem::take(&mut state.attached);
-        let table = state.table.take();
-        // Detach everything still attached (including IDs whose earlier detach failed); the
-        // domain-selective IOTLB invalidation also drops cached paging-structure entries, after
-        // which no hardware reference to the tables is left.
-        if let Err(e) = self.unit.detach(self.did, &rids) {
+        let table = self.state.get_mut().table.take();
+        // Detach every group still attached (including groups whose earlier detach failed);
+        // the domain-selective IOTLB invalidation also drops cached paging-structure entries,
+        // after which no hardware reference to the tables is left.
+        if let Err(e) = self.unit.detach_domain(self.did) {
             // The hardware may still walk the table (a context entry or a cached copy of one
             // points at it): leak the table pages and the domain ID rather than reuse them.
             log::warn!(
                 "VT-d: domain {} dropped without a completed detach ({e}); leaking its tables and domain ID",
                 self.did
             );
-            core::mem::forget(table);
+            // Returning without `destroy`: dropping a `SecondLevelTable` frees no page.
             return;
         }
         if let Some(table) = table {

@@ -69,6 +69,19 @@ struct HostMem {
     flushes: Vec<(u64, usize)>,
     freed: Vec<u64>,
     flush_disabled: bool,
+    timeline: Vec<MemEvent>,
+}
+
+/// One entry of [`HostPlatform::timeline`]: table frees and completed invalidations in the
+/// order they happened, so a test can check that a page was freed only after the invalidation
+/// that made it unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemEvent {
+    /// A table page was returned with `free_table_page`.
+    TableFreed(u64),
+    /// A [`FakeVtd`] on this platform completed an invalidation (it processes each one
+    /// synchronously, so processing is completion).
+    Invalidated(Invalidation),
 }
 
 /// Heap-backed [`Platform`] that records every cache write-back.
@@ -158,6 +171,21 @@ impl HostPlatform {
     /// Pages freed so far, in order.
     pub fn freed_pages(&self) -> Vec<u64> {
         self.mem.lock().freed.clone()
+    }
+
+    /// Table frees and completed invalidations so far, in order.
+    pub fn timeline(&self) -> Vec<MemEvent> {
+        self.mem.lock().timeline.clone()
+    }
+
+    /// Number of [`HostPlatform::timeline`] entries so far (a timestamp: everything recorded
+    /// later has an index at or above it).
+    pub fn timeline_len(&self) -> usize {
+        self.mem.lock().timeline.len()
+    }
+
+    fn record_invalidation(&self, inv: Invalidation) {
+        self.mem.lock().timeline.push(MemEvent::Invalidated(inv));
     }
 
     fn with_page<T>(&self, phys: u64, f: impl FnOnce(&mut HostPage, usize) -> T) -> Option<T> {
@@ -262,6 +290,7 @@ unsafe impl Platform for HostPlatform {
             m.by_virt.remove(&page.virt);
             m.frees += 1;
             m.freed.push(phys.as_u64());
+            m.timeline.push(MemEvent::TableFreed(phys.as_u64()));
             // SAFETY: allocated with this layout in `alloc_table_page`; the caller guarantees
             // no further use.
             unsafe { dealloc(page.virt as *mut u8, page_layout()) };
@@ -376,6 +405,11 @@ struct FakeState {
     fetch_budget: Option<usize>,
     /// Descriptor type the queue rejects with FSTS.IQE (failure injection).
     rejected_kind: Option<u64>,
+    /// Register-based invalidations complete with CAIG/IAIG = 00 ("not performed").
+    register_not_performed: bool,
+    /// A fault to record when the next fault-record F bit is cleared (a fault arriving between
+    /// software's read and its clear).
+    fault_on_clear: Option<(u16, u64, bool)>,
     global_invalidated_since_root: bool,
 }
 
@@ -439,6 +473,8 @@ impl FakeVtd {
                 unresponsive: false,
                 fetch_budget: None,
                 rejected_kind: None,
+                register_not_performed: false,
+                fault_on_clear: None,
                 global_invalidated_since_root: false,
             }),
         }
@@ -489,6 +525,52 @@ impl FakeVtd {
     /// process; `None` accepts them again.
     pub fn set_rejected_descriptor(&self, kind: Option<u64>) {
         self.state.lock().rejected_kind = kind;
+    }
+
+    /// Puts the unit in a state firmware can leave it in: queued invalidation on (with its own
+    /// queue page, drained, or with `pending` descriptors not fetched yet), translation on
+    /// (through a firmware root table with no present entry), interrupt remapping on. Call it
+    /// before [`crate::VtdUnit::enable`].
+    pub fn firmware_left(&self, qi: bool, te: bool, ire: bool, pending: usize) {
+        let mut s = self.state.lock();
+        if qi {
+            let queue = self.platform.alloc_table_page().map(|p| p.phys.as_u64());
+            s.iqa = queue.unwrap_or(0);
+            s.iqh = 3 << iq::INDEX_SHIFT;
+            s.iqt = (3 + pending as u64) << iq::INDEX_SHIFT;
+            s.gsts |= Global::QIE.bits();
+            if pending > 0 {
+                // Descriptors the hardware has not fetched yet (it is stalled).
+                s.fetch_budget = Some(0);
+            }
+        }
+        if te {
+            let root = self.platform.alloc_table_page().map(|p| p.phys.as_u64());
+            s.rtaddr = root.unwrap_or(0);
+            s.active_root = root;
+            s.global_invalidated_since_root = true;
+            s.gsts |= Global::SRTP.bits() | Global::TE.bits();
+        }
+        if ire {
+            s.gsts |= Global::IRE.bits();
+        }
+    }
+
+    /// The root table the unit translates through (latched by the last SRTP).
+    pub fn active_root(&self) -> Option<u64> {
+        self.state.lock().active_root
+    }
+
+    /// Makes register-based invalidations complete without performing anything, reporting
+    /// CCMD.CAIG / IOTLB.IAIG = 00 (§11.4.6.1, §11.4.8.1: "not performed").
+    pub fn set_register_invalidation_not_performed(&self, on: bool) {
+        self.state.lock().register_not_performed = on;
+    }
+
+    /// Records a fault from `sid` at `iova` at the moment software next clears a fault
+    /// record's F bit: a fault arriving between the read and the clear.
+    pub fn inject_fault_on_next_clear(&self, sid: u16, iova: u64, write: bool) {
+        self.state.lock().fault_on_clear = Some((sid, iova, write));
     }
 
     /// Everything the unit did so far.
@@ -695,7 +777,7 @@ impl FakeVtd {
         )
     }
 
-    fn process_invalidation(s: &mut FakeState, via: Via, inv: Invalidation) -> bool {
+    fn process_invalidation(&self, s: &mut FakeState, via: Via, inv: Invalidation) -> bool {
         match inv {
             Invalidation::ContextGlobal => s.context_cache.clear(),
             Invalidation::ContextDevice { did, sid } => {
@@ -730,6 +812,7 @@ impl FakeVtd {
             }
         }
         s.events.push(HwEvent::Invalidation(via, inv));
+        self.platform.record_invalidation(inv);
         true
     }
 
@@ -770,7 +853,7 @@ impl FakeVtd {
                     true
                 }
                 desc::TYPE_CONTEXT | desc::TYPE_IOTLB => match d.decode() {
-                    Some(inv) => Self::process_invalidation(s, Via::Queue, inv),
+                    Some(inv) => self.process_invalidation(s, Via::Queue, inv),
                     None => false,
                 },
                 desc::TYPE_IEC | desc::TYPE_DEVICE_TLB => true,
@@ -969,6 +1052,15 @@ impl RegisterIo for FakeVtd {
                     == registers::FAULT_RECORD_F_DWORD =>
             {
                 if value & frcd::F_IN_DWORD != 0 {
+                    if let Some((sid, iova, write)) = s.fault_on_clear.take() {
+                        Self::record_fault(
+                            &mut s,
+                            sid,
+                            iova,
+                            write,
+                            FaultReason::ContextEntryNotPresent,
+                        );
+                    }
                     s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1 &= !frcd::F;
                 }
             }
@@ -999,12 +1091,17 @@ impl RegisterIo for FakeVtd {
                         ccmd::GRANULARITY_DEVICE => Some(Invalidation::ContextDevice { did, sid }),
                         _ => None,
                     };
-                    if let Some(inv) = inv {
-                        Self::process_invalidation(&mut s, Via::Register, inv);
+                    let actual = if s.register_not_performed {
+                        0
                     } else {
-                        s.context_cache.clear();
-                    }
-                    s.ccmd = (value & !ccmd::ICC) | gran << ccmd::CAIG_SHIFT;
+                        if let Some(inv) = inv {
+                            self.process_invalidation(&mut s, Via::Register, inv);
+                        } else {
+                            s.context_cache.clear();
+                        }
+                        gran
+                    };
+                    s.ccmd = (value & !ccmd::ICC) | actual << ccmd::CAIG_SHIFT;
                 }
             }
             o if o == iva => s.iva = value,
@@ -1023,11 +1120,22 @@ impl RegisterIo for FakeVtd {
                             leaf_only: s.iva & iotlb::IVA_IH != 0,
                         },
                     };
-                    Self::process_invalidation(&mut s, Via::Register, inv);
-                    s.iotlb_reg = (value & !iotlb::IVT) | gran << iotlb::IAIG_SHIFT;
+                    let actual = if s.register_not_performed {
+                        0
+                    } else {
+                        self.process_invalidation(&mut s, Via::Register, inv);
+                        gran
+                    };
+                    s.iotlb_reg = (value & !iotlb::IVT) | actual << iotlb::IAIG_SHIFT;
                 }
             }
-            registers::IQA => s.iqa = value,
+            registers::IQA => {
+                if s.gsts & Global::QIE.bits() != 0 {
+                    s.violations
+                        .push("IQA written while queued invalidation is on (§6.5.2)".into());
+                }
+                s.iqa = value;
+            }
             registers::IQT => {
                 s.iqt = value & (iq::INDEX_MASK << iq::INDEX_SHIFT);
                 self.resume_queue(&mut s);

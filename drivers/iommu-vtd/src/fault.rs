@@ -5,6 +5,7 @@
 //! CAP.NFR + 1 records of 16 bytes sit at CAP.FRO × 16. While a record's F bit is set, QEMU
 //! drops new faults from the same source-id and sets FSTS.PFO for others, so a test clears F
 //! and PFO before each expected fault. FECTL.IM is set at reset: faults are polled.
+//! [`read_and_clear_faults`] clears exactly what it returned.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -209,7 +210,27 @@ pub fn read_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) -> Fau
     }
 }
 
-/// Clears F in every record and FSTS.PFO (both write-1-to-clear).
+/// Reads every pending record, then clears exactly those (F of each record returned, and
+/// FSTS.PFO only if the returned log reports it): a fault recorded after the read, or an
+/// overflow after it, stays pending for the next call instead of being cleared unread.
+///
+/// Clearing a record only once its contents were read is what §7.1.3 asks of software; a
+/// record whose F is cleared is free for hardware to reuse immediately.
+pub fn read_and_clear_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) -> FaultLog {
+    let log = read_faults(regs, caps);
+    for rec in &log.records {
+        let offset = registers::fault_record_offset(caps.cap.fro, rec.index);
+        regs.write32(offset + registers::FAULT_RECORD_F_DWORD, frcd::F_IN_DWORD);
+    }
+    if log.overflow {
+        regs.write32(registers::FSTS, FaultStatus::PFO.bits());
+    }
+    log
+}
+
+/// Clears F in every record and FSTS.PFO (both write-1-to-clear), read or not: for a caller
+/// that discards whatever is pending (e.g. before provoking an expected fault). To consume
+/// faults use [`read_and_clear_faults`], which never clears a record it did not return.
 pub fn clear_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) {
     for index in 0..caps.cap.fault_records {
         let offset = registers::fault_record_offset(caps.cap.fro, index);

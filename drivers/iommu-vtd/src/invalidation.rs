@@ -1,7 +1,8 @@
 //! Invalidation of the context cache and the IOTLB: queued or register-based.
 //!
 //! Implements VT-d spec §6.5: register-based invalidation through CCMD and the IOTLB register
-//! pair (§6.5.1, §11.4.6, §11.4.8) and queued invalidation (§6.5.2): a one-page ring of 128-bit
+//! pair (§6.5.1, §11.4.6, §11.4.8; a completion whose actual granularity CAIG/IAIG is 00 means
+//! "not performed" and is an error) and queued invalidation (§6.5.2): a one-page ring of 128-bit
 //! descriptors (context-cache §6.5.2.1, IOTLB §6.5.2.3, invalidation wait §6.5.2.8) written by
 //! software, fetched by hardware between IQH and IQT. A batch is always closed with a wait
 //! descriptor whose status write lands in a memory word this module polls with a timeout, so
@@ -239,6 +240,12 @@ pub enum InvalidationError {
     },
     /// The request needs a capability the unit lacks (e.g. page-selective without CAP.PSI).
     Unsupported,
+    /// A register-based invalidation completed with its actual granularity (CCMD.CAIG or
+    /// IOTLB.IAIG) = 00: the hardware did not perform it (§11.4.6.1, §11.4.8.1).
+    NotPerformed {
+        /// Which invalidation register reported it.
+        what: &'static str,
+    },
     /// No memory for the queue.
     OutOfMemory,
 }
@@ -254,6 +261,12 @@ impl fmt::Display for InvalidationError {
                 )
             }
             Self::Unsupported => f.write_str("invalidation granularity not supported by the unit"),
+            Self::NotPerformed { what } => {
+                write!(
+                    f,
+                    "{what} invalidation not performed (actual granularity 00)"
+                )
+            }
             Self::OutOfMemory => f.write_str("out of memory for the invalidation queue"),
         }
     }
@@ -530,9 +543,19 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
             | (sid as u64) << ccmd::SID_SHIFT
             | (did_of(did) & ccmd::DID_MASK);
         regs.write64(registers::CCMD, value);
+        let mut done = 0;
         poll(platform, timeout_us, "CCMD.ICC to clear", || {
-            Ok(regs.read64(registers::CCMD) & ccmd::ICC == 0)
-        })
+            done = regs.read64(registers::CCMD);
+            Ok(done & ccmd::ICC == 0)
+        })?;
+        // CAIG = 00: the request was not performed (any other value is at least as wide as
+        // what was asked, which is fine).
+        if (done >> ccmd::CAIG_SHIFT) & ccmd::GRANULARITY_MASK == 0 {
+            return Err(InvalidationError::NotPerformed {
+                what: "context-cache (CCMD.CAIG = 00)",
+            });
+        }
+        Ok(())
     };
     let drains =
         if caps.cap.drd { iotlb::DR } else { 0 } | if caps.cap.dwd { iotlb::DW } else { 0 };
@@ -542,9 +565,17 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
             offset,
             iotlb::IVT | gran << iotlb::IIRG_SHIFT | drains | did_of(did) << iotlb::DID_SHIFT,
         );
+        let mut done = 0;
         poll(platform, timeout_us, "IOTLB.IVT to clear", || {
-            Ok(regs.read64(offset) & iotlb::IVT == 0)
-        })
+            done = regs.read64(offset);
+            Ok(done & iotlb::IVT == 0)
+        })?;
+        if (done >> iotlb::IAIG_SHIFT) & iotlb::GRANULARITY_MASK == 0 {
+            return Err(InvalidationError::NotPerformed {
+                what: "IOTLB (IOTLB_REG.IAIG = 00)",
+            });
+        }
+        Ok(())
     };
     match *req {
         Invalidation::ContextGlobal => context(ccmd::GRANULARITY_GLOBAL, 0, 0),

@@ -8,7 +8,7 @@
 //!
 //! | module | what it implements |
 //! |---|---|
-//! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, device scopes and their path resolution |
+//! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, RHSA, ANDD, SATC, SIDP, device scopes and their path resolution, refused structures, a table builder |
 //! | [`registers`] | the register map (§11.4), declared once, and the [`RegisterIo`] seam |
 //! | [`caps`] | CAP/ECAP decoding (§11.4.2, §11.4.3) |
 //! | [`platform`] | what the unit needs from the host kernel |
@@ -27,7 +27,7 @@
 //! use dma::iommu::{IommuDomain, IotlbGather, Prot};
 //! use dma::{DmaAddr, PhysAddr};
 //! use iommu_vtd::fake::{FakeVtd, HostPlatform};
-//! use iommu_vtd::{Bdf, DomainConfig, UnitConfig, VtdUnit};
+//! use iommu_vtd::{Bdf, DomainConfig, GroupRef, UnitConfig, VtdUnit};
 //!
 //! // In a kernel: `MmioRegisters::new(base, len)` and the kernel's own `Platform`.
 //! let platform = Arc::new(HostPlatform::new());
@@ -35,8 +35,10 @@
 //! let unit = Arc::new(VtdUnit::new(regs, platform, UnitConfig::new(39))?);
 //! unit.enable()?;
 //! let domain = unit.create_domain(DomainConfig::default())?;
-//! let edu = Bdf::new(0, 3, 0);
-//! domain.attach(&[edu.requester_id()])?;
+//! let edu = Bdf::new(0, 3, 0).requester_id();
+//! // A one-device isolation group (the kernel passes the PCI crate's groups).
+//! domain.attach_device(GroupRef { key: 1, requester_ids: &[edu] }, edu)?;
+//! assert_eq!(unit.group_domain(1), Some(domain.did()));
 //! domain.map(DmaAddr::new(0x10_0000), PhysAddr::new(0x20_0000), 0x2000, Prot::READ | Prot::WRITE)?;
 //! domain.sync_map(DmaAddr::new(0x10_0000), 0x2000)?;
 //! let mut gather = IotlbGather::new();
@@ -66,11 +68,11 @@ pub mod registers;
 pub mod unit;
 
 pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
-pub use dmar::{Bdf, Dmar, DmarError};
+pub use dmar::{Bdf, Dmar, DmarBuilder, DmarError, Refused, StructureError};
 pub use domain::{Domain, DomainConfig};
 pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
 pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo};
-pub use unit::{InvalidationStats, UnitConfig, VtdError, VtdUnit};
+pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};

@@ -15,9 +15,10 @@
 //! - unmap removes exactly what was mapped: a range must be fully mapped and may not split a
 //!   superpage ([`IommuError::PartialSuperpage`]; callers unmap superpages whole);
 //! - a table is unlinked only when the unmapped range covers the whole region it maps (2 MiB
-//!   for a leaf table, 1 GiB for a directory, ...; Linux's rule). It is then recorded in the
-//!   gather ([`IotlbGather::add_freed_tables`]) and its memory is only reused after the IOTLB
-//!   and paging-structure caches were invalidated ([`SecondLevelTable::take_freed`]). A table
+//!   for a leaf table, 1 GiB for a directory, ...; Linux's rule). It is then handed to *that
+//!   unmap's* gather ([`IotlbGather::add_unlinked_table`], with the region it mapped), and
+//!   only the flush of that gather frees it, after an invalidation that drops the
+//!   paging-structure caches for the region completed (§6.5.1: IH = 0). A table
 //!   an unmap merely leaves *empty* stays linked: another mapping may be made in its region
 //!   before this unmap's invalidation completes, and hardware without caching mode may still
 //!   walk the table through a stale paging-structure cache entry, so it must stay the live
@@ -27,8 +28,8 @@
 
 use alloc::vec::Vec;
 
-use dma::iommu::{IommuError, IotlbGather, PageSizes, Prot};
-use dma::PhysAddr;
+use dma::iommu::{IommuError, IotlbGather, PageSizes, Prot, UnlinkedTable};
+use dma::{DmaAddr, PhysAddr};
 
 use crate::caps::PagingLevels;
 use crate::platform::{Platform, TableMem, TablePage, ENTRIES_PER_TABLE};
@@ -107,15 +108,6 @@ impl TableConfig {
     }
 }
 
-/// A table page unlinked by an unmap, waiting for the invalidation that makes it unreachable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FreedTable {
-    phys: PhysAddr,
-    /// An IOVA inside the unmapped range that made this table empty: a page-selective
-    /// invalidation (IH = 0) covering it drops every cached reference to the table.
-    iova: u64,
-}
-
 /// The walk position of one recursive step.
 #[derive(Clone, Copy)]
 struct Span {
@@ -172,25 +164,42 @@ impl MapArgs {
 pub struct SecondLevelTable {
     root: PhysAddr,
     cfg: TableConfig,
-    freed: Vec<FreedTable>,
+    /// Opaque token put into every [`UnlinkedTable`] this table hands out.
+    owner: u64,
 }
 
 impl SecondLevelTable {
-    /// Allocates an empty table (its root page).
+    /// Allocates an empty table (its root page). Its unlinked tables carry owner token 0; use
+    /// [`SecondLevelTable::with_owner`] to tell tables apart.
     pub fn new<P: Platform + ?Sized>(platform: &P, cfg: TableConfig) -> Result<Self, IommuError> {
+        Self::with_owner(platform, cfg, 0)
+    }
+
+    /// Allocates an empty table whose unlinked tables carry `owner`
+    /// ([`UnlinkedTable::owner`]).
+    pub fn with_owner<P: Platform + ?Sized>(
+        platform: &P,
+        cfg: TableConfig,
+        owner: u64,
+    ) -> Result<Self, IommuError> {
         let root = platform.alloc_table_page().ok_or(IommuError::OutOfMemory)?;
         // SAFETY: freshly allocated and owned by us.
         unsafe { TableMem::new(platform, root.phys, cfg.coherent) }.flush_all();
         Ok(Self {
             root: root.phys,
             cfg,
-            freed: Vec::new(),
+            owner,
         })
     }
 
     /// Physical address of the top-level table (the context entry's SLPTPTR).
     pub fn root(&self) -> PhysAddr {
         self.root
+    }
+
+    /// The owner token of the tables this table unlinks.
+    pub fn owner(&self) -> u64 {
+        self.owner
     }
 
     /// The configuration.
@@ -416,11 +425,12 @@ impl SecondLevelTable {
     }
 
     /// Unmaps exactly `[iova, iova + size)`, which must be fully mapped and must not split a
-    /// superpage, and records the range (and freed tables) in `gather`. All-or-nothing.
+    /// superpage, and records the range in `gather`. All-or-nothing.
     ///
-    /// Tables whose whole region lies in the range are unlinked at once but kept until
-    /// [`SecondLevelTable::take_freed`] hands them out after the invalidation; tables the range
-    /// covers only partly stay linked, even when left empty (see the module docs).
+    /// Tables whose whole region lies in the range are unlinked at once and handed to `gather`
+    /// ([`IotlbGather::unlinked_tables`]): they are freed by the flush of that gather, after its
+    /// invalidation completed, and leak if it is never flushed. Tables the range covers only
+    /// partly stay linked, even when left empty (see the module docs).
     pub fn unmap<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -442,15 +452,13 @@ impl SecondLevelTable {
             ..self.top()
         };
         self.check_unmap(platform, self.root, span)?;
-        if self.freed.try_reserve(span.level as usize * 2).is_err() {
+        // Room for the common case (one table per level at each end of the range); a range
+        // that unlinks more grows the list as it goes, and a failed push only leaks a page.
+        if !gather.try_reserve_unlinked(span.level as usize * 2) {
             return Err(IommuError::OutOfMemory);
         }
-        let freed_before = self.freed.len();
-        self.apply_unmap(platform, self.root, span);
-        gather.add(dma::DmaAddr::new(iova), size);
-        if self.freed.len() > freed_before {
-            gather.add_freed_tables();
-        }
+        gather.add(DmaAddr::new(iova), size);
+        self.apply_unmap(platform, self.root, span, gather);
         Ok(())
     }
 
@@ -479,14 +487,20 @@ impl SecondLevelTable {
         Ok(())
     }
 
-    fn apply_unmap<P: Platform + ?Sized>(&mut self, platform: &P, table: PhysAddr, span: Span) {
+    fn apply_unmap<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        table: PhysAddr,
+        span: Span,
+        gather: &mut IotlbGather,
+    ) {
         let mem = self.mem(platform, table);
         let (mut first, mut last) = (usize::MAX, 0);
         for (index, base, seg_start, seg_end) in span.slots() {
             let entry = mem.read(index);
             if !Self::is_leaf(span.level, entry) {
                 let child = PhysAddr::new(entry & pte::ADDR_MASK);
-                self.apply_unmap(platform, child, span.child(seg_start, seg_end));
+                self.apply_unmap(platform, child, span.child(seg_start, seg_end), gather);
                 let covers_region =
                     seg_start == base && seg_end - seg_start == slot_size(span.level);
                 if !covers_region {
@@ -496,13 +510,16 @@ impl SecondLevelTable {
                 }
                 // `check_unmap` proved the whole region mapped, so the table is empty now.
                 debug_assert!(self.mem(platform, child).is_empty());
-                // Capacity was reserved in `unmap` for the common case; a failed push would
-                // only leak the page, never free it early.
-                if self.freed.try_reserve(1).is_ok() {
-                    self.freed.push(FreedTable {
-                        phys: child,
-                        iova: seg_start,
-                    });
+                // A failed push leaks the page (never frees it early); the gather still asks
+                // for IH = 0 over the region.
+                let recorded = gather.add_unlinked_table(UnlinkedTable {
+                    phys: child,
+                    iova: DmaAddr::new(seg_start),
+                    size: slot_size(span.level),
+                    owner: self.owner,
+                });
+                if !recorded {
+                    log::warn!("VT-d: no memory to record unlinked table {child}; leaking it");
                 }
             }
             mem.write(index, 0);
@@ -549,39 +566,15 @@ impl SecondLevelTable {
         }
     }
 
-    /// Removes and returns the unlinked tables whose region overlaps `[start, end)` (all of
-    /// them when `all`). Call it *before* issuing the invalidation that covers that range, and
-    /// free the pages only after the invalidation completed.
-    pub fn take_freed(&mut self, start: u64, end: u64, all: bool) -> Vec<PhysAddr> {
-        let mut out = Vec::new();
-        self.freed.retain(|f| {
-            let take = all || (f.iova >= start && f.iova < end);
-            if take {
-                out.push(f.phys);
-            }
-            !take
-        });
-        out
-    }
-
-    /// Number of unlinked tables waiting for an invalidation.
-    pub fn pending_freed(&self) -> usize {
-        self.freed.len()
-    }
-
-    /// Frees every table page, including unlinked ones.
+    /// Frees every table page still linked (unlinked ones belong to their gathers).
     ///
     /// # Safety
     ///
     /// No context entry may refer to this table any more and the hardware caches must have been
     /// invalidated (the domain is detached): otherwise the hardware could walk freed memory.
-    pub unsafe fn destroy<P: Platform + ?Sized>(mut self, platform: &P) {
+    pub unsafe fn destroy<P: Platform + ?Sized>(self, platform: &P) {
         let levels = self.cfg.levels.count();
         self.free_subtree(platform, self.root, levels);
-        for f in core::mem::take(&mut self.freed) {
-            // SAFETY: unlinked, owned by us, and the caller guarantees no hardware reference.
-            unsafe { platform.free_table_page(f.phys) };
-        }
     }
 
     fn free_subtree<P: Platform + ?Sized>(&self, platform: &P, table: PhysAddr, level: u8) {

@@ -130,6 +130,9 @@ pub mod ccmd {
     pub const GRANULARITY_DOMAIN: u64 = 0b10;
     /// Granularity: device-selective.
     pub const GRANULARITY_DEVICE: u64 = 0b11;
+    /// Mask of a (requested or actual) granularity field after shifting; actual 00 means the
+    /// invalidation was not performed.
+    pub const GRANULARITY_MASK: u64 = 0b11;
     /// Shift of the function mask (FM, bits 33:32).
     pub const FM_SHIFT: u32 = 32;
     /// Shift of the source-id (SID, bits 31:16).
@@ -152,6 +155,9 @@ pub mod iotlb {
     pub const GRANULARITY_DOMAIN: u64 = 0b10;
     /// Granularity: page-selective within a domain.
     pub const GRANULARITY_PAGE: u64 = 0b11;
+    /// Mask of a (requested or actual) granularity field after shifting; actual 00 means the
+    /// invalidation was not performed.
+    pub const GRANULARITY_MASK: u64 = 0b11;
     /// Drain reads.
     pub const DR: u64 = 1 << 49;
     /// Drain writes.

@@ -12,15 +12,26 @@
 //! 3. global context-cache and IOTLB invalidation, closed by a wait descriptor;
 //! 4. GCMD.TE, wait for GSTS.TES.
 //!
+//! Before step 1, a queue firmware left on is drained and turned off (§6.5.2); translation left
+//! on stays on and step 2 swaps the root table under it (see [`VtdUnit::enable`]).
+//!
 //! Every GCMD write is `(GSTS & 0x96FF_FFFF) | bit` ([`registers::GSTS_PERSISTENT_MASK`]) and
 //! every wait has a timeout ([`UnitConfig::timeout_us`]) that turns into [`VtdError::Timeout`].
 //!
 //! # Locking
 //!
 //! A [`VtdUnit`] is `Send + Sync` and internally locked. Lock order (never taken in reverse):
-//! a domain's state lock → the unit's *tables* lock (root/context tables, domain IDs) → the
-//! unit's *invalidation* lock (the queue). Map/unmap take only their domain's lock, so
-//! different domains never contend; `flush` takes only the invalidation lock.
+//! a domain's state lock → the unit's *tables* lock (root/context tables, domain IDs, attached
+//! isolation groups) → the unit's *invalidation* lock (the queue). Map/unmap take only their
+//! domain's lock, so different domains never contend; `flush` takes the domain's lock only
+//! around table edits, never while invalidating, then the invalidation lock.
+//!
+//! # Isolation groups
+//!
+//! A domain is attached to whole isolation groups ([`GroupRef`]: a key and the requester IDs
+//! the group's DMA can carry). Which group belongs to which domain, and which members use it,
+//! lives here under the tables lock, so two domains can never both claim a group or a
+//! requester ID; the last member's detach clears the group's context entries.
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -79,7 +90,7 @@ pub enum VtdError {
     Invalidation(InvalidationError),
     /// No memory for tables.
     OutOfMemory,
-    /// Translation is already enabled (by firmware or an earlier call).
+    /// This unit's enable already completed (call [`VtdUnit::disable`] first).
     AlreadyEnabled,
     /// Every domain ID the unit supports (CAP.ND) is in use.
     DomainIdsExhausted,
@@ -97,15 +108,48 @@ pub enum VtdError {
         /// The domain it is attached to.
         did: u16,
     },
-    /// The requester ID is not attached to this domain.
-    NotAttached {
-        /// The requester ID.
-        rid: u16,
-    },
     /// The same requester ID was given twice.
     DuplicateRequesterId {
         /// The requester ID.
         rid: u16,
+    },
+    /// The isolation group is attached to another domain (`did`): a group is never split
+    /// across domains; detach every member from that domain first.
+    GroupAttachedElsewhere {
+        /// The group key.
+        group: u32,
+        /// The domain the group is attached to.
+        did: u16,
+    },
+    /// The group key is known with a different set of requester IDs (a stale or inconsistent
+    /// group computation).
+    GroupRequesterIdsDiffer {
+        /// The group key.
+        group: u32,
+    },
+    /// A group with no requester ID: nothing could be attached.
+    EmptyGroup {
+        /// The group key.
+        group: u32,
+    },
+    /// The device is already a member of the attached group.
+    AlreadyMember {
+        /// The group key.
+        group: u32,
+        /// The member's requester ID.
+        device: u16,
+    },
+    /// The group is not attached to this domain.
+    GroupNotAttached {
+        /// The group key.
+        group: u32,
+    },
+    /// The group is attached to this domain, but `device` is not one of its members.
+    NotAMember {
+        /// The group key.
+        group: u32,
+        /// The requester ID given.
+        device: u16,
     },
 }
 
@@ -132,13 +176,6 @@ impl fmt::Display for VtdError {
                 "requester {} is already attached to domain {did}",
                 crate::Bdf::from_requester_id(rid)
             ),
-            Self::NotAttached { rid } => {
-                write!(
-                    f,
-                    "requester {} is not attached to this domain",
-                    crate::Bdf::from_requester_id(rid)
-                )
-            }
             Self::DuplicateRequesterId { rid } => {
                 write!(
                     f,
@@ -146,6 +183,29 @@ impl fmt::Display for VtdError {
                     crate::Bdf::from_requester_id(rid)
                 )
             }
+            Self::GroupAttachedElsewhere { group, did } => {
+                write!(f, "isolation group {group} is attached to domain {did}")
+            }
+            Self::GroupRequesterIdsDiffer { group } => write!(
+                f,
+                "isolation group {group} is attached with a different set of requester IDs"
+            ),
+            Self::EmptyGroup { group } => {
+                write!(f, "isolation group {group} has no requester ID")
+            }
+            Self::AlreadyMember { group, device } => write!(
+                f,
+                "{} is already a member of isolation group {group}",
+                crate::Bdf::from_requester_id(device)
+            ),
+            Self::GroupNotAttached { group } => {
+                write!(f, "isolation group {group} is not attached to this domain")
+            }
+            Self::NotAMember { group, device } => write!(
+                f,
+                "{} is not an attached member of isolation group {group}",
+                crate::Bdf::from_requester_id(device)
+            ),
         }
     }
 }
@@ -193,11 +253,56 @@ impl DomainIds {
     }
 }
 
+/// The state [`VtdUnit::enable`] found the unit in (what firmware or an earlier owner left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FirmwareState {
+    /// GSTS.TES was set: translation was on (through someone else's root table).
+    pub translation: bool,
+    /// GSTS.QIES was set: queued invalidation was on (with someone else's queue).
+    pub queued_invalidation: bool,
+    /// GSTS.IRES was set: interrupt remapping was on (left as it is).
+    pub interrupt_remapping: bool,
+}
+
+/// An isolation group as the caller computed it (the PCI crate's groups; this crate does not
+/// depend on it): a key naming the group and the union of the requester IDs every member's DMA
+/// can carry (own BDFs and DMA aliases). A one-device group is
+/// `GroupRef { key, requester_ids: &[rid] }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroupRef<'a> {
+    /// The group's key, unique per group on this unit.
+    pub key: u32,
+    /// Every requester ID the group's DMA can arrive with.
+    pub requester_ids: &'a [u16],
+}
+
+/// A group attached to a domain: its requester IDs (each with a present context entry for
+/// `did`) and the members using it.
+#[derive(Debug)]
+struct GroupAttachment {
+    key: u32,
+    did: u16,
+    rids: Vec<u16>,
+    members: Vec<u16>,
+    /// The context cache and IOTLB invalidation after writing the entries completed; `false`
+    /// after a failed one (retried when the next member attaches).
+    synced: bool,
+}
+
 #[derive(Debug)]
 struct Tables {
     root: RootTable,
     dids: DomainIds,
     enabled: bool,
+    /// What `enable` found (see [`VtdUnit::firmware_state`]).
+    firmware: Option<FirmwareState>,
+    /// Every attached group of this unit. Held under the tables lock, so two domains can never
+    /// both claim a group (or a requester ID).
+    groups: Vec<GroupAttachment>,
+}
+
+fn same_set(a: &[u16], b: &[u16]) -> bool {
+    a.len() == b.len() && a.iter().all(|r| b.contains(r))
 }
 
 #[derive(Debug)]
@@ -288,6 +393,8 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 root,
                 dids,
                 enabled: false,
+                firmware: None,
+                groups: Vec::new(),
             }),
             invalidation: Mutex::new(InvalidationState {
                 active: Invalidator::Registers,
@@ -320,6 +427,12 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Whether [`VtdUnit::enable`] completed (and [`VtdUnit::disable`] was not called since).
     pub fn is_enabled(&self) -> bool {
         self.tables.lock().enabled
+    }
+
+    /// What the last [`VtdUnit::enable`] found the unit doing when it started (`None` before
+    /// the first call).
+    pub fn firmware_state(&self) -> Option<FirmwareState> {
+        self.tables.lock().firmware
     }
 
     /// Whether invalidations go through the queue.
@@ -377,14 +490,48 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))
     }
 
-    /// Runs the enable sequence (see the module docs). Fails with [`VtdError::AlreadyEnabled`]
-    /// if translation is already on.
+    /// Runs the enable sequence (see the module docs), taking the unit over from whatever
+    /// state firmware left it in ([`FirmwareState`], kept in [`VtdUnit::firmware_state`]):
+    ///
+    /// - queued invalidation left on: the firmware's queue is drained (IQH = IQT) and queued
+    ///   invalidation turned off (GCMD.QIE = 0, wait for QIES to clear) before IQA/IQT are
+    ///   reprogrammed (§6.5.2); a queue that does not drain is [`VtdError::Timeout`];
+    /// - translation left on: it stays on. Our root table (no present entry yet) replaces the
+    ///   firmware's (SRTP while TE = 1) and the global context-cache and IOTLB invalidation
+    ///   makes the switch effective, so from then on every device is blocked until attached.
+    ///   Turning translation off first would open a window in which DMA is not translated at
+    ///   all. (RMRR identity maps are installed by the embedder's attach, as for any device.)
+    /// - interrupt remapping left on: left as it is (every GCMD write keeps IRE/CFI, being
+    ///   `(GSTS & 0x96FF_FFFF) | bit`); the interrupt-remapping owner reprograms it.
+    ///
+    /// Fails with [`VtdError::AlreadyEnabled`] if this unit's own enable already completed.
     pub fn enable(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
-        if tables.enabled || self.gsts().contains(Global::TE) {
+        if tables.enabled {
             return Err(VtdError::AlreadyEnabled);
         }
+        let found = self.gsts();
+        let firmware = FirmwareState {
+            translation: found.contains(Global::TE),
+            queued_invalidation: found.contains(Global::QIE),
+            interrupt_remapping: found.contains(Global::IRE),
+        };
+        tables.firmware = Some(firmware);
         let mut inval = self.invalidation.lock();
+        // 0. A queue someone else left running (firmware; not ours): drain it, then stop it.
+        if firmware.queued_invalidation && !matches!(inval.active, Invalidator::Queued(_)) {
+            let start = self.platform.now_us();
+            while self.regs.read64(registers::IQH) != self.regs.read64(registers::IQT) {
+                if self.platform.now_us().saturating_sub(start) > self.config.timeout_us {
+                    return Err(VtdError::Timeout {
+                        what: "the firmware's invalidation queue to drain",
+                    });
+                }
+                core::hint::spin_loop();
+            }
+            self.write_gcmd(Global::QIE, false);
+            self.wait_status("GSTS.QIES to clear", |g| !g.contains(Global::QIE))?;
+        }
         // 1. Queued invalidation.
         if let Some(mut queue) = inval.spare.take() {
             self.regs.write64(registers::IQT, 0);
@@ -417,9 +564,13 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             self.config.timeout_us,
         )?;
         drop(inval);
-        // 4. Translation.
-        self.write_gcmd(Global::TE, true);
-        self.wait_status("GSTS.TES", |g| g.contains(Global::TE))?;
+        // 4. Translation (already on if firmware left it on: the switch above took effect).
+        if self.gsts().contains(Global::TE) {
+            log::warn!("VT-d: translation was left on by firmware; now through our root table");
+        } else {
+            self.write_gcmd(Global::TE, true);
+            self.wait_status("GSTS.TES", |g| g.contains(Global::TE))?;
+        }
         tables.enabled = true;
         log::info!(
             "VT-d: translation enabled (root table {})",
@@ -514,7 +665,11 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .dids
             .alloc()
             .ok_or(VtdError::DomainIdsExhausted)?;
-        match SecondLevelTable::new(&self.platform, table_cfg) {
+        match SecondLevelTable::with_owner(
+            &self.platform,
+            table_cfg,
+            crate::domain::next_table_owner(),
+        ) {
             Ok(table) => Ok(Domain::new(self.clone(), did, table)),
             Err(_) => {
                 self.tables.lock().dids.free(did);
@@ -533,20 +688,93 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         self.tables.lock().root.context(&self.platform, rid)
     }
 
-    /// Points the context entries of `rids` at `table` in domain `did`, then invalidates the
-    /// context cache (device-selective) and the domain's IOTLB. All-or-nothing up to the
-    /// invalidation: every rid is checked and every context table allocated before any write.
-    pub(crate) fn attach(
+    /// Which domain ID holds the isolation group `key` (`None`: not attached).
+    pub fn group_domain(&self, key: u32) -> Option<u16> {
+        self.tables
+            .lock()
+            .groups
+            .iter()
+            .find(|g| g.key == key)
+            .map(|g| g.did)
+    }
+
+    /// The keys of the groups attached to domain `did`.
+    pub(crate) fn groups_of(&self, did: u16) -> Vec<u32> {
+        self.tables
+            .lock()
+            .groups
+            .iter()
+            .filter(|g| g.did == did)
+            .map(|g| g.key)
+            .collect()
+    }
+
+    /// The requester IDs of the groups attached to domain `did`.
+    pub(crate) fn requester_ids_of(&self, did: u16) -> Vec<u16> {
+        self.tables
+            .lock()
+            .groups
+            .iter()
+            .filter(|g| g.did == did)
+            .flat_map(|g| g.rids.iter().copied())
+            .collect()
+    }
+
+    /// Attaches member `device` of `group` to domain `did` (see [`Domain::attach_device`]).
+    pub(crate) fn attach_group(
         &self,
         did: u16,
         table: &SecondLevelTable,
-        rids: &[u16],
+        group: GroupRef<'_>,
+        device: u16,
     ) -> Result<(), VtdError> {
-        let mut tables = self.tables.lock();
-        let mut missing_buses: Vec<u8> = Vec::new();
+        let key = group.key;
+        let rids = group.requester_ids;
+        if rids.is_empty() {
+            return Err(VtdError::EmptyGroup { group: key });
+        }
         for (i, &rid) in rids.iter().enumerate() {
             if rids[..i].contains(&rid) {
                 return Err(VtdError::DuplicateRequesterId { rid });
+            }
+        }
+        let mut guard = self.tables.lock();
+        let tables = &mut *guard;
+        if let Some(g) = tables.groups.iter_mut().find(|g| g.key == key) {
+            if !same_set(&g.rids, rids) {
+                return Err(VtdError::GroupRequesterIdsDiffer { group: key });
+            }
+            if g.did != did {
+                return Err(VtdError::GroupAttachedElsewhere {
+                    group: key,
+                    did: g.did,
+                });
+            }
+            if g.members.contains(&device) {
+                return Err(VtdError::AlreadyMember { group: key, device });
+            }
+            g.members
+                .try_reserve(1)
+                .map_err(|_| VtdError::OutOfMemory)?;
+            if !g.synced {
+                // The first member's invalidation failed: finish it before another member
+                // relies on the entries.
+                let requests = self.context_requests(did, &g.rids, self.cached_did(did))?;
+                self.sync_context_writes()?;
+                self.invalidate(&requests)?;
+                g.synced = true;
+            }
+            g.members.push(device);
+            return Ok(());
+        }
+        // A new group: every ID must be free (no other group, no present entry).
+        let mut missing_buses: Vec<u8> = Vec::new();
+        for &rid in rids {
+            if let Some(other) = tables.groups.iter().find(|g| g.rids.contains(&rid)) {
+                return Err(VtdError::AlreadyAttached {
+                    rid,
+                    did: other.did,
+                });
             }
             match tables.root.context(&self.platform, rid) {
                 Some(entry) if entry.present() => {
@@ -567,10 +795,24 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 }
             }
         }
+        // Every heap reservation happens before the first table page is allocated, so a
+        // failure after it can only be a page allocation, which frees what this call took.
+        let oom = |_| VtdError::OutOfMemory;
+        let requests = self.context_requests(did, rids, self.cached_did(did))?;
+        let mut record = GroupAttachment {
+            key,
+            did,
+            rids: Vec::new(),
+            members: Vec::new(),
+            synced: false,
+        };
+        record.rids.try_reserve_exact(rids.len()).map_err(oom)?;
+        record.rids.extend_from_slice(rids);
+        record.members.try_reserve(1).map_err(oom)?;
+        record.members.push(device);
+        tables.groups.try_reserve(1).map_err(oom)?;
         let mut pages: Vec<TablePage> = Vec::new();
-        pages
-            .try_reserve_exact(missing_buses.len())
-            .map_err(|_| VtdError::OutOfMemory)?;
+        pages.try_reserve_exact(missing_buses.len()).map_err(oom)?;
         for _ in &missing_buses {
             match self.platform.alloc_table_page() {
                 Some(p) => pages.push(p),
@@ -583,55 +825,133 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 }
             }
         }
-        let mut requests: Vec<Invalidation> = Vec::new();
-        requests
-            .try_reserve_exact(rids.len() + 1)
-            .map_err(|_| VtdError::OutOfMemory)?;
+        // Nothing can fail from here up to the invalidation.
         for (bus, page) in missing_buses.iter().zip(pages) {
             tables.root.link_context_table(&self.platform, *bus, page);
         }
         let entry = ContextEntry::translated(table.root(), table.levels(), did);
-        // Under caching mode, not-present entries may be cached tagged with domain 0.
-        let cached_did = if self.caps.cap.caching_mode { 0 } else { did };
         for &rid in rids {
             tables.root.set_context(&self.platform, rid, entry);
-            requests.push(Invalidation::ContextDevice {
-                did: cached_did,
-                sid: rid,
-            });
         }
-        requests.push(Invalidation::IotlbDomain { did });
-        if self.caps.cap.rwbf && !self.caps.cap.caching_mode {
-            self.write_gcmd(Global::WBF, true);
-            self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))?;
-        }
+        // Tracked from now on, so a failed invalidation leaves something detach can clear.
+        tables.groups.push(record);
+        self.sync_context_writes()?;
         self.invalidate(&requests)?;
+        if let Some(g) = tables.groups.last_mut() {
+            g.synced = true;
+        }
         Ok(())
     }
 
-    /// Clears the context entries of `rids` (which the caller tracks as attached to `did`),
-    /// then invalidates the context cache for each and the domain's IOTLB. An entry that no
-    /// longer belongs to `did` (cleared by an earlier detach whose invalidation failed, then
-    /// attached elsewhere) is left alone; its cached copy tagged `did` is still invalidated.
-    pub(crate) fn detach(&self, did: u16, rids: &[u16]) -> Result<(), VtdError> {
-        let mut tables = self.tables.lock();
+    /// Removes member `device` of group `key` from domain `did` (see
+    /// [`Domain::detach_device`]); the last member clears the group's context entries.
+    pub(crate) fn detach_group_member(
+        &self,
+        did: u16,
+        key: u32,
+        device: u16,
+    ) -> Result<(), VtdError> {
+        let mut guard = self.tables.lock();
+        let tables = &mut *guard;
+        let Some(index) = tables
+            .groups
+            .iter()
+            .position(|g| g.key == key && g.did == did)
+        else {
+            return Err(VtdError::GroupNotAttached { group: key });
+        };
+        let g = &mut tables.groups[index];
+        let Some(member) = g.members.iter().position(|&m| m == device) else {
+            return Err(VtdError::NotAMember { group: key, device });
+        };
+        if g.members.len() > 1 {
+            // Another member still uses the entries: nothing changes in hardware.
+            g.members.swap_remove(member);
+            return Ok(());
+        }
+        let requests = self.context_requests(did, &g.rids, did)?;
+        Self::clear_entries(
+            &self.platform,
+            &mut tables.root,
+            did,
+            &tables.groups[index].rids,
+        );
+        // Forget the group only once the entries are cleared *and* the invalidation completed.
+        self.invalidate(&requests)?;
+        tables.groups.swap_remove(index);
+        Ok(())
+    }
+
+    /// Detaches every group of domain `did` (the domain is going away). On failure every group
+    /// stays tracked (a context entry or a cached copy may still point at the domain's table).
+    pub(crate) fn detach_domain(&self, did: u16) -> Result<(), VtdError> {
+        let mut guard = self.tables.lock();
+        let tables = &mut *guard;
+        let mut rids: Vec<u16> = Vec::new();
+        for g in tables.groups.iter().filter(|g| g.did == did) {
+            rids.try_reserve(g.rids.len())
+                .map_err(|_| VtdError::OutOfMemory)?;
+            rids.extend_from_slice(&g.rids);
+        }
+        let requests = self.context_requests(did, &rids, did)?;
+        Self::clear_entries(&self.platform, &mut tables.root, did, &rids);
+        self.invalidate(&requests)?;
+        tables.groups.retain(|g| g.did != did);
+        Ok(())
+    }
+
+    /// The domain ID a cached copy of a *not-present* entry may carry: 0 under caching mode.
+    fn cached_did(&self, did: u16) -> u16 {
+        if self.caps.cap.caching_mode {
+            0
+        } else {
+            did
+        }
+    }
+
+    /// Device-selective context-cache invalidations of `rids` (tagged `cached_did`), then the
+    /// domain's IOTLB.
+    fn context_requests(
+        &self,
+        did: u16,
+        rids: &[u16],
+        cached_did: u16,
+    ) -> Result<Vec<Invalidation>, VtdError> {
         let mut requests: Vec<Invalidation> = Vec::new();
         requests
             .try_reserve_exact(rids.len() + 1)
             .map_err(|_| VtdError::OutOfMemory)?;
+        requests.extend(rids.iter().map(|&sid| Invalidation::ContextDevice {
+            did: cached_did,
+            sid,
+        }));
+        requests.push(Invalidation::IotlbDomain { did });
+        Ok(requests)
+    }
+
+    /// Makes context-entry writes visible where the unit buffers writes (CAP.RWBF without
+    /// caching mode, §6.8).
+    fn sync_context_writes(&self) -> Result<(), VtdError> {
+        if self.caps.cap.rwbf && !self.caps.cap.caching_mode {
+            self.write_gcmd(Global::WBF, true);
+            self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))?;
+        }
+        Ok(())
+    }
+
+    /// Clears the context entries of `rids` that still belong to `did`. An entry that no
+    /// longer does (cleared by an earlier detach whose invalidation failed, then attached
+    /// elsewhere) is left alone; its cached copy tagged `did` is still invalidated by the
+    /// caller.
+    fn clear_entries(platform: &P, root: &mut RootTable, did: u16, rids: &[u16]) {
         for &rid in rids {
-            let ours = tables
-                .root
-                .context(&self.platform, rid)
+            let ours = root
+                .context(platform, rid)
                 .is_some_and(|e| e.present() && e.did() == did);
             if ours {
-                tables.root.clear_context(&self.platform, rid);
+                root.clear_context(platform, rid);
             }
-            requests.push(Invalidation::ContextDevice { did, sid: rid });
         }
-        requests.push(Invalidation::IotlbDomain { did });
-        self.invalidate(&requests)?;
-        Ok(())
     }
 
     /// Reads every pending fault record (and FSTS.PFO).
@@ -639,7 +959,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         fault::read_faults(&self.regs, &self.caps)
     }
 
-    /// Clears every fault record's F bit and FSTS.PFO.
+    /// Reads every pending fault record and clears exactly the records returned (and FSTS.PFO
+    /// only if the log reports it), so a fault arriving in between is never lost.
+    pub fn read_and_clear_faults(&self) -> FaultLog {
+        fault::read_and_clear_faults(&self.regs, &self.caps)
+    }
+
+    /// Clears every fault record's F bit and FSTS.PFO, read or not (see
+    /// [`VtdUnit::read_and_clear_faults`] to consume faults).
     pub fn clear_faults(&self) {
         fault::clear_faults(&self.regs, &self.caps)
     }

@@ -284,7 +284,7 @@ fn unmap_exactly_what_was_mapped() {
 }
 
 #[test]
-fn covered_tables_are_freed_only_after_take_freed() {
+fn covered_tables_go_to_the_unmaps_gather() {
     let p = HostPlatform::new();
     let mut t = table(&p, cfg(PagingLevels::Three));
     let live = p.live_pages();
@@ -295,11 +295,20 @@ fn covered_tables_are_freed_only_after_take_freed() {
     let mut g = IotlbGather::new();
     t.unmap(&p, iova, M2, &mut g).unwrap();
     assert!(g.freed_tables());
+    let l1 = raw_entry(&p, &t, iova, 2);
+    assert_eq!(l1, 0);
     assert_eq!(
-        t.pending_freed(),
+        g.unlinked_tables().len(),
         1,
         "the L1 table (whose whole 2 MiB was unmapped) is unlinked, the L2 (1 GiB) is not"
     );
+    let u = g.unlinked_tables()[0];
+    assert_eq!(
+        (u.iova, u.size),
+        (dma::DmaAddr::new(iova), M2),
+        "with its region"
+    );
+    assert!(p.is_live(u.phys.as_u64()));
     assert_eq!(
         p.live_pages(),
         live + 2,
@@ -308,31 +317,45 @@ fn covered_tables_are_freed_only_after_take_freed() {
     assert_eq!(raw_entry(&p, &t, iova, 2), 0, "unlinked from the L2 table");
     assert_ne!(raw_entry(&p, &t, iova, 3), 0, "the L2 table stays linked");
     assert!(all_flushed(&p));
-    // Tables outside the flushed range stay pending.
-    assert!(t.take_freed(0, 0x1000, false).is_empty());
-    let freed = t.take_freed(iova, iova + M2, false);
-    assert_eq!(freed.len(), 1);
-    for phys in freed {
+    // Another gather's unmap elsewhere gets none of them.
+    t.map(&p, 0x1000, 0x1000, K4, RW).unwrap();
+    let mut other = IotlbGather::new();
+    t.unmap(&p, 0x1000, K4, &mut other).unwrap();
+    assert!(other.unlinked_tables().is_empty() && !other.freed_tables());
+    for u in g.take_unlinked_tables() {
         // SAFETY: unlinked; this host test has no hardware walking it.
-        unsafe { p.free_table_page(phys) };
+        unsafe { p.free_table_page(u.phys) };
     }
-    assert_eq!(p.live_pages(), live + 1);
+    assert_eq!(
+        p.live_pages(),
+        live + 1 + 2,
+        "plus the L2 and L1 tables of the page at 0x1000"
+    );
 
     // A whole 1 GiB region (2 MiB leaves under one L2 table): the L2 table goes too, and so do
     // the L1 tables below it.
     t.map(&p, 3 * G1, 0x20_0000, G1 - M2, RW).unwrap();
     t.map(&p, 4 * G1 - M2, 0x4000_1000, M2, RW).unwrap();
-    assert_eq!(p.live_pages(), live + 3);
+    assert_eq!(p.live_pages(), live + 5);
     let mut g = IotlbGather::new();
     t.unmap(&p, 3 * G1, G1, &mut g).unwrap();
     assert!(g.freed_tables());
-    assert_eq!(t.pending_freed(), 2, "the L2 table and its L1 table");
+    let regions: Vec<_> = g
+        .unlinked_tables()
+        .iter()
+        .map(|u| (u.iova.as_u64(), u.size))
+        .collect();
+    assert_eq!(
+        regions,
+        [(4 * G1 - M2, M2), (3 * G1, G1)],
+        "the L1 table and the L2 table above it"
+    );
     assert_eq!(raw_entry(&p, &t, 3 * G1, 3), 0, "unlinked from the root");
-    for phys in t.take_freed(3 * G1, 4 * G1, false) {
+    for u in g.take_unlinked_tables() {
         // SAFETY: unlinked; no hardware.
-        unsafe { p.free_table_page(phys) };
+        unsafe { p.free_table_page(u.phys) };
     }
-    assert_eq!(p.live_pages(), live + 1);
+    assert_eq!(p.live_pages(), live + 3);
     assert!(all_flushed(&p));
 }
 
@@ -352,7 +375,7 @@ fn a_partly_covered_table_left_empty_stays_linked() {
     // The L1 table is empty now, but neither unmap covered its 2 MiB: another mapping in that
     // region may be walked through a cached link to it before the flush, so it stays.
     assert!(!g.freed_tables());
-    assert_eq!(t.pending_freed(), 0);
+    assert!(g.unlinked_tables().is_empty());
     assert_eq!(raw_entry(&p, &t, iova, 3), l2, "L2 still linked");
     assert_eq!(raw_entry(&p, &t, iova, 2), l1, "L1 still linked");
     assert_eq!(t.translate(&p, iova), None);
@@ -396,9 +419,8 @@ fn four_level_tables_reach_beyond_39_bits() {
     }
     let mut g = IotlbGather::new();
     t.unmap(&p, iova, K4, &mut g).unwrap();
-    assert_eq!(
-        t.pending_freed(),
-        0,
+    assert!(
+        g.unlinked_tables().is_empty(),
         "a 4 KiB unmap covers no table's region"
     );
     assert_eq!(t.translate(&p, iova), None);
@@ -580,6 +602,8 @@ proptest! {
         let mut model = Model::new();
         let mut tables = Tables::new();
         let mut probes = Vec::new();
+        // Unlinked tables the test has not freed yet (each unmap's gather hands them over).
+        let mut unlinked = Vec::new();
         for op in ops {
             match op {
                 Op::Map { iova, paddr, size, write } => {
@@ -599,6 +623,7 @@ proptest! {
                     let want = model_unmap(&mut model, &mut tables, iova, size);
                     prop_assert_eq!(got, want);
                     prop_assert_eq!(g.is_empty(), got.is_err());
+                    unlinked.extend(g.take_unlinked_tables());
                     probes.extend([iova, iova + size - K4]);
                 }
             }
@@ -608,7 +633,7 @@ proptest! {
             }
             prop_assert!(all_flushed(&p));
             // Exactly the modelled tables are linked (plus the root); unlinked ones wait.
-            prop_assert_eq!(p.live_pages(), 1 + tables.len() + t.pending_freed());
+            prop_assert_eq!(p.live_pages(), 1 + tables.len() + unlinked.len());
         }
         // Unmap everything left, leaf by leaf: the tables the model keeps stay linked.
         let leaves: Vec<_> = model.iter().map(|(&i, &(s, _, _))| (i, s)).collect();
@@ -617,9 +642,10 @@ proptest! {
             t.unmap(&p, i, s, &mut g).unwrap();
             model_unmap(&mut model, &mut tables, i, s).unwrap();
         }
-        for phys in t.take_freed(0, u64::MAX, true) {
+        unlinked.extend(g.take_unlinked_tables());
+        for u in unlinked {
             // SAFETY: unlinked, no hardware.
-            unsafe { p.free_table_page(phys) };
+            unsafe { p.free_table_page(u.phys) };
         }
         prop_assert_eq!(p.live_pages(), 1 + tables.len());
         // SAFETY: no hardware walks this table.

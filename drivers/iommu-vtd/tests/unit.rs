@@ -9,7 +9,8 @@ use iommu_vtd::invalidation::{desc, Invalidation};
 use iommu_vtd::registers::{Global, GSTS_PERSISTENT_MASK};
 use iommu_vtd::RegisterIo;
 use iommu_vtd::{
-    AccessKind, Bdf, DomainConfig, FaultReason, PagingLevels, UnitConfig, VtdError, VtdUnit,
+    AccessKind, Bdf, DomainConfig, FaultReason, GroupRef, PagingLevels, UnitConfig, VtdError,
+    VtdUnit,
 };
 
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
@@ -30,6 +31,24 @@ fn enabled(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
     let u = unit_with(cap, ecap, haw);
     u.enable().unwrap();
     u
+}
+
+type Dom = iommu_vtd::Domain<FakeVtd, Arc<HostPlatform>>;
+
+/// Attaches `rid` as a one-device isolation group keyed by the requester ID.
+fn attach(d: &Dom, rid: u16) -> Result<(), VtdError> {
+    d.attach_device(
+        GroupRef {
+            key: u32::from(rid),
+            requester_ids: &[rid],
+        },
+        rid,
+    )
+}
+
+/// Detaches the one-device group of `rid`.
+fn detach(d: &Dom, rid: u16) -> Result<(), VtdError> {
+    d.detach_device(u32::from(rid), rid)
 }
 
 fn hw(u: &Unit) -> &FakeVtd {
@@ -89,7 +108,7 @@ fn enable_without_queued_invalidation_uses_registers() {
         ]
     );
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
     let mut g = IotlbGather::new();
@@ -106,7 +125,7 @@ fn enable_without_queued_invalidation_uses_registers() {
 fn registers_are_never_touched_once_qie_is_set() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     for i in 0..20 {
         d.map(
             DmaAddr::new(i * K4),
@@ -119,7 +138,7 @@ fn registers_are_never_touched_once_qie_is_set() {
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0), 20 * K4, &mut g).unwrap();
     d.flush(g).unwrap();
-    d.detach(&[EDU.requester_id()]).unwrap();
+    detach(&d, EDU.requester_id()).unwrap();
     assert!(hw(&u)
         .invalidations()
         .iter()
@@ -176,7 +195,12 @@ fn attach_programs_context_entries_and_invalidates() {
     let rids = [EDU.requester_id(), Bdf::new(2, 0, 0).requester_id()];
     assert_eq!(u.context_entry(rids[0]), None, "no context table yet");
     hw(&u).take_events();
-    d.attach(&rids).unwrap();
+    let group = GroupRef {
+        key: 100,
+        requester_ids: &rids,
+    };
+    d.attach_device(group, rids[0]).unwrap();
+    assert_eq!(d.attached_groups(), [100]);
     for rid in rids {
         let c = u.context_entry(rid).unwrap();
         assert!(c.present());
@@ -213,8 +237,15 @@ fn attach_programs_context_entries_and_invalidates() {
     // Attaching again, to this or another domain, is refused and changes nothing.
     let other = u.create_domain(DomainConfig::default()).unwrap();
     let unrelated = Bdf::new(0, 4, 0).requester_id();
+    let overlapping = [unrelated, rids[0]];
     assert_eq!(
-        other.attach(&[unrelated, rids[0]]),
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &overlapping
+            },
+            unrelated
+        ),
         Err(VtdError::AlreadyAttached {
             rid: rids[0],
             did: d.did()
@@ -225,12 +256,40 @@ fn attach_programs_context_entries_and_invalidates() {
         "validation before any write"
     );
     assert_eq!(
-        other.attach(&[unrelated, unrelated]),
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &[unrelated, unrelated]
+            },
+            unrelated
+        ),
         Err(VtdError::DuplicateRequesterId { rid: unrelated })
     );
     assert_eq!(
-        other.detach(&[rids[0]]),
-        Err(VtdError::NotAttached { rid: rids[0] })
+        other.attach_device(
+            GroupRef {
+                key: 200,
+                requester_ids: &[]
+            },
+            unrelated
+        ),
+        Err(VtdError::EmptyGroup { group: 200 })
+    );
+    assert_eq!(
+        other.detach_device(100, rids[0]),
+        Err(VtdError::GroupNotAttached { group: 100 })
+    );
+    assert_eq!(
+        d.detach_device(100, unrelated),
+        Err(VtdError::NotAMember {
+            group: 100,
+            device: unrelated
+        })
+    );
+    assert_eq!(
+        d.attached_groups(),
+        [100],
+        "refused detaches change nothing"
     );
     no_violations(&u);
 }
@@ -260,7 +319,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
     assert!(u.read_faults().records.is_empty());
 
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(
         DmaAddr::new(0x40_0000),
         PhysAddr::new(0x1234_5000),
@@ -324,7 +383,7 @@ fn unmap_then_flush_cuts_off_a_warmed_translation() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x8000), PhysAddr::new(0x30_0000), K4, RW)
         .unwrap();
     assert_eq!(
@@ -349,11 +408,11 @@ fn detach_cuts_off_a_warmed_device() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x30_0000), K4, RW)
         .unwrap();
     assert!(hw(&u).dma(sid, 0, false).is_ok());
-    d.detach(&[sid]).unwrap();
+    detach(&d, sid).unwrap();
     assert!(!u.context_entry(sid).unwrap().present());
     assert_eq!(
         hw(&u).dma(sid, 0, false),
@@ -367,7 +426,7 @@ fn detach_cuts_off_a_warmed_device() {
 fn unmapping_n_pages_issues_log_n_aligned_psi() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[EDU.requester_id()]).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
     let pages = 1000u64;
     let base = 0x1_0000_3000u64;
     // Unaligned physical address: 4 KiB leaves only.
@@ -470,7 +529,7 @@ fn caching_mode_reserves_domain_zero_and_invalidates_on_map() {
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.did(), 1, "domain 0 is reserved under CM");
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     // Under CM, a not-present context entry is tagged with domain 0.
     assert!(hw(&u)
         .invalidations()
@@ -534,7 +593,7 @@ fn aw48_chooses_the_depth_asked_for() {
     assert_eq!(d4.levels(), PagingLevels::Four);
     assert_eq!(d4.info().aperture_end, DmaAddr::new((1 << 48) - 1));
     let sid = EDU.requester_id();
-    d4.attach(&[sid]).unwrap();
+    attach(&d4, sid).unwrap();
     assert_eq!(u.context_entry(sid).unwrap().aw(), 2, "AW = 4-level");
     let iova = 1u64 << 45;
     d4.map(DmaAddr::new(iova), PhysAddr::new(0x80_0000_0000), K4, RW)
@@ -571,7 +630,7 @@ fn wrong_aw_in_a_context_entry_faults_with_reason_3() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     let c = u.context_entry(sid).unwrap();
     assert_eq!(c.aw(), 1);
     let root_lo = u.platform().read_cpu_u64(u.root_table().as_u64()).unwrap();
@@ -622,7 +681,7 @@ fn missing_clflush_would_be_caught() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     u.platform().set_flush_disabled(true);
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
@@ -631,7 +690,7 @@ fn missing_clflush_would_be_caught() {
     // With write-backs, the same works (a fresh domain: the first one's tables stay stale).
     let sid2 = Bdf::new(0, 4, 0).requester_id();
     let d2 = u.create_domain(DomainConfig::default()).unwrap();
-    d2.attach(&[sid2]).unwrap();
+    attach(&d2, sid2).unwrap();
     d2.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     assert_eq!(hw(&u).dma(sid2, 0x2000, false), Ok(0x3000));
@@ -642,7 +701,7 @@ fn coherent_units_flush_nothing() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     assert_eq!(hw(&u).dma(sid, 0x2000, false), Ok(0x3000));
@@ -654,7 +713,7 @@ fn snoop_control_units_get_snp_on_ram_only() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1 << 7, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW | Prot::CACHE)
         .unwrap();
     d.map(
@@ -698,7 +757,7 @@ fn dropping_a_domain_detaches_and_frees_it() {
     let sid = EDU.requester_id();
     let live = u.platform().live_pages();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), 300 * K4, RW)
         .unwrap();
     assert!(hw(&u).dma(sid, 0, false).is_ok());
@@ -721,7 +780,7 @@ fn rmrr_identity_map() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map_identity(0xE_0000, 0xF_FFFF).unwrap();
     assert_eq!(hw(&u).dma(sid, 0xE_1234, false), Ok(0xE_1234));
     assert_eq!(hw(&u).dma(sid, 0xF_F000, true), Ok(0xF_F000));
@@ -738,7 +797,7 @@ fn units_and_domains_are_shareable_across_threads() {
             let u = u.clone();
             std::thread::spawn(move || {
                 let d = u.create_domain(DomainConfig::default()).unwrap();
-                d.attach(&[Bdf::new(1, t as u8, 0).requester_id()]).unwrap();
+                attach(&d, Bdf::new(1, t as u8, 0).requester_id()).unwrap();
                 for i in 0..64 {
                     let iova = DmaAddr::new(i * K4);
                     d.map(iova, PhysAddr::new((t << 30) | (i * K4)), K4, RW)
@@ -774,7 +833,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     let did = d.did();
@@ -784,7 +843,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     // copy may still point at the table.
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
     assert!(matches!(
-        d.detach(&[sid]),
+        detach(&d, sid),
         Err(VtdError::Invalidation(
             iommu_vtd::InvalidationError::QueueError { .. }
         ))
@@ -807,13 +866,13 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    d.attach(&[sid]).unwrap();
+    attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
         .unwrap();
     // Warm the context cache, then fail the detach's context-cache invalidation.
     assert_eq!(hw(&u).dma(sid, 0, false), Ok(0x3000));
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
-    assert!(d.detach(&[sid]).is_err());
+    assert!(detach(&d, sid).is_err());
     hw(&u).set_rejected_descriptor(None);
     let did = d.did();
     // The drop detaches `sid` again, so the cached entry goes before the table is freed.
@@ -831,20 +890,30 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
 }
 
 #[test]
-fn a_retried_detach_leaves_a_device_attached_elsewhere_alone() {
+fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     let u = enabled_quick();
     let sid = EDU.requester_id();
     let a = u.create_domain(DomainConfig::default()).unwrap();
-    a.attach(&[sid]).unwrap();
+    attach(&a, sid).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
-    assert!(a.detach(&[sid]).is_err());
+    assert!(detach(&a, sid).is_err());
     hw(&u).set_rejected_descriptor(None);
-    // The entry was cleared, so another domain may take the device.
+    // The entry is cleared but a cached copy may remain: the group is still a's.
     let b = u.create_domain(DomainConfig::default()).unwrap();
-    b.attach(&[sid]).unwrap();
+    assert_eq!(
+        attach(&b, sid),
+        Err(VtdError::GroupAttachedElsewhere {
+            group: u32::from(sid),
+            did: a.did()
+        })
+    );
+    assert_eq!(u.group_domain(u32::from(sid)), Some(a.did()));
+    // a's drop retries the detach and succeeds; then b may take the device.
     drop(a);
+    assert_eq!(u.group_domain(u32::from(sid)), None);
+    attach(&b, sid).unwrap();
     let entry = u.context_entry(sid).unwrap();
-    assert!(entry.present(), "b's entry survives a's retried detach");
+    assert!(entry.present());
     assert_eq!(entry.did(), b.did());
     no_violations(&u);
 }
@@ -899,4 +968,198 @@ fn a_stalled_queue_is_never_overwritten() {
     let want: Vec<Invalidation> = a.iter().chain(&b).chain(&c).copied().collect();
     assert_eq!(done, want);
     no_violations(&u);
+}
+
+#[test]
+fn register_invalidation_not_performed_is_an_error() {
+    // Register mode (no QI); the unit acknowledges but reports CAIG/IAIG = 00.
+    let u = enabled(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
+    d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    hw(&u).set_register_invalidation_not_performed(true);
+    let mut g = IotlbGather::new();
+    d.unmap(DmaAddr::new(0x1000), K4, &mut g).unwrap();
+    assert_eq!(d.flush(g), Err(IommuError::InvalidationTimeout));
+    assert_eq!(
+        u.invalidate(&[Invalidation::IotlbGlobal]),
+        Err(iommu_vtd::InvalidationError::NotPerformed {
+            what: "IOTLB (IOTLB_REG.IAIG = 00)"
+        })
+    );
+    assert_eq!(
+        u.invalidate(&[Invalidation::ContextGlobal]),
+        Err(iommu_vtd::InvalidationError::NotPerformed {
+            what: "context-cache (CCMD.CAIG = 00)"
+        })
+    );
+    // The stale translation is indeed still there: reporting success would have been a lie.
+    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    hw(&u).set_register_invalidation_not_performed(false);
+    u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
+    assert_eq!(
+        hw(&u).dma(EDU.requester_id(), 0x1000, true),
+        Err(FaultReason::WriteNotPermitted)
+    );
+}
+
+/// QEMU's CAP with NFR = 1: two fault recording registers.
+const CAP_TWO_RECORDS: u64 = qemu::CAP_DEFAULT | 1 << 40;
+
+#[test]
+fn read_and_clear_clears_only_what_it_read() {
+    let (a, b) = (EDU.requester_id(), Bdf::new(0, 4, 0).requester_id());
+    // Two records: a fault from `b` lands in the free record between the read and the clear.
+    let u = enabled(CAP_TWO_RECORDS, qemu::ECAP_DEFAULT, 39);
+    assert_eq!(u.capabilities().cap.fault_records, 2);
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    let first = u.read_and_clear_faults();
+    assert_eq!(first.records.len(), 1);
+    assert_eq!(first.records[0].source, EDU);
+    let second = u.read_and_clear_faults();
+    assert_eq!(
+        second.records.len(),
+        1,
+        "the late fault was not cleared unread"
+    );
+    let f = second.records[0];
+    assert_eq!((f.source.bus, f.source.device, f.address), (0, 4, 0x2000));
+    assert!(u.read_and_clear_faults().records.is_empty());
+    // Negative control: the old read-then-clear-everything pair loses that fault.
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    assert_eq!(u.read_faults().records.len(), 1);
+    u.clear_faults();
+    assert!(u.read_faults().records.is_empty(), "cleared unread");
+
+    // One record (QEMU's default): the late fault finds it busy and sets PFO; PFO was not seen
+    // by the read, so it must survive the clear.
+    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    let first = u.read_and_clear_faults();
+    assert_eq!((first.records.len(), first.overflow), (1, false));
+    let second = u.read_and_clear_faults();
+    assert!(second.records.is_empty());
+    assert!(second.overflow, "the overflow after the read is reported");
+    let third = u.read_and_clear_faults();
+    assert!(!third.overflow, "and cleared once it was seen");
+    // Negative control: clear_faults clears PFO unseen.
+    assert!(hw(&u).dma(a, 0x1000, false).is_err());
+    hw(&u).inject_fault_on_next_clear(b, 0x2000, true);
+    assert!(!u.read_faults().overflow);
+    u.clear_faults();
+    assert!(!u.read_faults().overflow, "the overflow was cleared unread");
+}
+
+/// A unit that firmware left in the given state, not yet enabled by us.
+fn left_by_firmware(qi: bool, te: bool, ire: bool, pending: usize) -> Arc<Unit> {
+    let u = unit_with(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+    hw(&u).firmware_left(qi, te, ire, pending);
+    hw(&u).take_events();
+    u
+}
+
+/// After a hand-off: our root table is active, translation and our queue are on, an attached
+/// device translates and an unattached one is blocked.
+fn works_after_handoff(u: &Arc<Unit>) {
+    assert!(u.is_enabled() && u.queued_invalidation_active());
+    assert!(hw(u).gsts().contains(Global::TE | Global::QIE));
+    assert_eq!(hw(u).active_root(), Some(u.root_table().as_u64()));
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    attach(&d, EDU.requester_id()).unwrap();
+    d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
+        .unwrap();
+    assert_eq!(hw(u).dma(EDU.requester_id(), 0x1000, false), Ok(0x9000));
+    assert_eq!(
+        hw(u).dma(Bdf::new(5, 0, 0).requester_id(), 0x1000, false),
+        Err(FaultReason::RootEntryNotPresent),
+        "the firmware's tables no longer apply"
+    );
+    no_violations(u);
+}
+
+#[test]
+fn enable_takes_over_a_queue_firmware_left_on() {
+    let u = left_by_firmware(true, false, false, 0);
+    u.enable().unwrap();
+    let qie = Global::QIE.bits();
+    let ev = hw(&u).events();
+    // QIE is cleared before anything else (then IQA is reprogrammed: the fake flags an IQA
+    // write while QIE is on as a violation).
+    assert_eq!(ev.first(), Some(&HwEvent::Gcmd(0)));
+    assert!(ev.contains(&HwEvent::Gcmd(qie)));
+    assert_eq!(
+        u.firmware_state(),
+        Some(iommu_vtd::FirmwareState {
+            queued_invalidation: true,
+            ..Default::default()
+        })
+    );
+    works_after_handoff(&u);
+}
+
+#[test]
+fn a_firmware_queue_that_never_drains_times_out() {
+    let u = {
+        // A stalled firmware queue with two unfetched descriptors, and a quick timeout.
+        let p = Arc::new(HostPlatform::new());
+        let regs = FakeVtd::qemu_default(p.clone());
+        regs.firmware_left(true, false, false, 2);
+        let config = UnitConfig {
+            timeout_us: 2_000,
+            ..UnitConfig::new(39)
+        };
+        Arc::new(VtdUnit::new(regs, p, config).unwrap())
+    };
+    assert_eq!(
+        u.enable(),
+        Err(VtdError::Timeout {
+            what: "the firmware's invalidation queue to drain"
+        })
+    );
+    assert!(
+        hw(&u).gsts().contains(Global::QIE),
+        "a queue still holding work is not switched off"
+    );
+    no_violations(&u);
+}
+
+#[test]
+fn enable_takes_over_translation_firmware_left_on() {
+    let u = left_by_firmware(false, true, false, 0);
+    let firmware_root = hw(&u).active_root();
+    assert!(firmware_root.is_some());
+    u.enable().unwrap();
+    assert_ne!(hw(&u).active_root(), firmware_root);
+    // TE was never turned off (no window without translation): no GCMD write without TE.
+    let te = Global::TE.bits();
+    assert!(hw(&u)
+        .events()
+        .iter()
+        .all(|e| !matches!(e, HwEvent::Gcmd(v) if v & te == 0)));
+    assert_eq!(u.firmware_state().map(|f| f.translation), Some(true));
+    works_after_handoff(&u);
+}
+
+#[test]
+fn enable_takes_over_queue_translation_and_keeps_interrupt_remapping() {
+    let u = left_by_firmware(true, true, true, 0);
+    u.enable().unwrap();
+    assert!(
+        hw(&u).gsts().contains(Global::IRE),
+        "interrupt remapping left as it was"
+    );
+    assert_eq!(
+        u.firmware_state(),
+        Some(iommu_vtd::FirmwareState {
+            translation: true,
+            queued_invalidation: true,
+            interrupt_remapping: true,
+        })
+    );
+    works_after_handoff(&u);
 }

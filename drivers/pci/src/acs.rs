@@ -5,7 +5,14 @@
 //! default when the IOMMU is on) enables Source Validation, P2P Request Redirect, P2P Completion
 //! Redirect and Upstream Forwarding on every function that has the capability; it is a policy the
 //! embedder can change ([`AcsPolicy`]). Only control bits the capability advertises are set:
-//! the others are hardwired to 0 and setting them proves nothing.
+//! the others are hardwired to 0 and setting them proves nothing. The write-back keeps every
+//! other bit of the Control register as it was, including bits this crate does not name
+//! (PCIe 5.0 and later define bits 7-12: I/O Request Blocking, Memory Target Access Control,
+//! Unclaimed Request Redirect): the register is read and written as a raw `u16`.
+//!
+//! ACS Control is not sticky: a Function Level Reset or a bus reset clears it. The
+//! configuration save/restore around resets (`crate::reset::SavedConfig`) saves and restores it
+//! with the Egress Control Vector.
 //!
 //! In QEMU 7.2 only `pcie-root-port` has ACS (control 0 at reset); switch ports have none.
 
@@ -41,6 +48,12 @@ pub fn read_acs(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16) -> AcsState {
         capability: read(acs_regs::CAPABILITY),
         control: read(acs_regs::CONTROL),
     }
+}
+
+/// The ACS Control register of the capability at `offset`, every bit of it (all-ones when the
+/// register falls outside configuration space).
+pub fn read_control_raw(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16) -> u16 {
+    cfg.read16(bdf, offset.saturating_add(acs_regs::CONTROL))
 }
 
 /// What to do with ACS controls.
@@ -168,9 +181,9 @@ impl fmt::Display for AcsState {
 
 /// Applies `policy` to every function of `topology` that has an ACS capability.
 ///
-/// Each control register is written once, with a 16-bit write of `before | (requested &
-/// capability)`, and only when that differs from `before`; controls already enabled are never
-/// cleared. The report gives the control value read back.
+/// Each control register is written once, with a 16-bit write of the raw value read (every bit,
+/// named or not) OR `requested & capability`, and only when that differs from what was read;
+/// no bit is ever cleared. The report gives the control value read back.
 pub fn apply_acs_policy(
     cfg: &impl ConfigSpace,
     topology: &Topology,
@@ -184,11 +197,10 @@ pub fn apply_acs_policy(
         };
         let bdf = function.bdf;
         let state = read_acs(cfg, bdf, offset);
-        let wanted = state
-            .control
-            .union(requested.intersection(state.capability));
-        let after = if wanted != state.control {
-            cfg.write16(bdf, offset.saturating_add(acs_regs::CONTROL), wanted.bits());
+        let raw = read_control_raw(cfg, bdf, offset);
+        let wanted = raw | requested.intersection(state.capability).bits();
+        let after = if wanted != raw {
+            cfg.write16(bdf, offset.saturating_add(acs_regs::CONTROL), wanted);
             read_acs(cfg, bdf, offset).control
         } else {
             state.control
@@ -288,6 +300,38 @@ mod tests {
         let report = apply_acs_policy(&fake, &topo, AcsPolicy::Enable(AcsFlags::TB));
         assert_eq!(report.ports[0].after, AcsFlags::SV | AcsFlags::TB);
         assert!(!report.ports[0].after.intersects(AcsFlags::REDIRECT));
+    }
+
+    /// Control bits this crate does not name (PCIe 5.0's I/O Request Blocking, bit 7, and
+    /// Memory Target Access Control, bits 9:8) survive the write-back.
+    #[test]
+    fn write_back_preserves_control_bits_it_does_not_know() {
+        let fake = FakeConfigSpace::new();
+        fake.add_bridge(bdf(0, 1), 0x1b36, 0x000c, 0, 1, 1);
+        fake.add_pcie_capability(bdf(0, 1), DevicePortType::RootPort);
+        // Advertises SV TB RR CR UF DT and the Enhanced Capability (bit 7); bits 15:8 are the
+        // egress vector size, so control bits 8+ are read-only in the fake.
+        let offset = fake.add_acs(bdf(0, 1), AcsFlags::from_bits_retain(0xdf));
+        let unknown = 0x0180;
+        fake.poke16(bdf(0, 1), offset + acs_regs::CONTROL, unknown);
+        let topo = enumerate(&fake, &[region()]);
+        fake.clear_writes();
+        let report = apply_acs_policy(&fake, &topo, AcsPolicy::Isolate);
+        assert_eq!(report.ports[0].after, AcsPolicy::ISOLATION);
+        let writes = fake.writes();
+        assert_eq!(writes.len(), 1);
+        assert_eq!(
+            writes[0].value,
+            u32::from(unknown | AcsPolicy::ISOLATION.bits())
+        );
+        assert_eq!(
+            read_control_raw(&fake, bdf(0, 1), offset),
+            unknown | AcsPolicy::ISOLATION.bits()
+        );
+        // Nothing to add: no write, even with unknown bits set.
+        fake.clear_writes();
+        apply_acs_policy(&fake, &topo, AcsPolicy::Isolate);
+        assert!(fake.writes().is_empty());
     }
 
     #[test]

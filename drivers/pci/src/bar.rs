@@ -1,5 +1,15 @@
-//! Base Address Registers: decoding, size probing and CPU/bus address translation (PCI Local
-//! Bus 3.0 §6.2.5.1, PCIe Base 4.0 §7.5.1.2.1).
+//! Base Address Registers and the Expansion ROM BAR: decoding, size probing and CPU/bus address
+//! translation (PCI Local Bus 3.0 §6.2.5.1 and §6.2.5.2, PCIe Base 4.0 §7.5.1.2.1).
+//!
+//! Input from a device is checked before anything trusts it: a BAR whose range overflows its
+//! decoder, or whose bus address (or CPU physical address after host-bridge translation) is
+//! not a multiple of its size, is refused: reported in [`BarProbe::errors`] and left out of
+//! [`BarProbe::bars`], so no driver, P2P provider or export is ever built from it. (A
+//! conforming decoder hardwires the address bits below its size to 0; a BAR that reads back
+//! otherwise decodes something nobody can name, and a page-granular mapping of the claimed
+//! range would reach the neighbouring page, which may be another device's MMIO.) Sub-page
+//! memory BARs are valid and listed, but [`Bar::is_page_granular`] is false for them: the rest
+//! of their page is not theirs, so `crate::p2p` never makes them providers.
 //!
 //! A BAR holds a *bus* address: the address the device decodes on PCI. The CPU reaches it at a
 //! *CPU physical* address; the two differ when the host bridge translates its windows (common on
@@ -10,8 +20,28 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::regs::{bar_bits, header, Command};
+use crate::regs::{bar_bits, header, rom_bits, Command, HeaderLayout};
 use crate::{Bdf, ConfigSpace};
+
+/// The slot index [`BarError`] uses for the Expansion ROM BAR (Linux's `PCI_ROM_RESOURCE`): one
+/// past the last BAR of a type-0 header, so it never names a BAR.
+pub const EXPANSION_ROM_INDEX: u8 = header::TYPE0_BAR_COUNT;
+
+/// The granule of every mapping made of a BAR (an IOMMU or CPU page).
+pub const PAGE_SIZE: u64 = dma::PAGE_SIZE;
+
+/// `BAR<n>`, or `ROM` for [`EXPANSION_ROM_INDEX`].
+struct SlotName(u8);
+
+impl fmt::Display for SlotName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == EXPANSION_ROM_INDEX {
+            f.write_str("ROM")
+        } else {
+            write!(f, "BAR{}", self.0)
+        }
+    }
+}
 
 /// The kind of a BAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -167,6 +197,46 @@ impl Bar {
     pub const fn is_unassigned(&self) -> bool {
         self.bus_address == 0
     }
+
+    /// Whether the BAR covers whole pages only: at least [`PAGE_SIZE`] bytes, with bus and CPU
+    /// physical addresses aligned to its size (so to a page). Only such a BAR can be mapped
+    /// page by page without exposing bytes it does not decode; a sub-page BAR (QEMU's 256-byte
+    /// SHPC and `ivshmem` register BARs) shares its page with whatever firmware put next to it.
+    pub const fn is_page_granular(&self) -> bool {
+        self.size >= PAGE_SIZE
+            && self.bus_address & (self.size - 1) == 0
+            && self.phys_address & (self.size - 1) == 0
+    }
+}
+
+/// A function's Expansion ROM BAR (PCI Local Bus 3.0 §6.2.5.2): a 32-bit memory decoder,
+/// read-only memory, that decodes only while its enable bit and Command.Memory Space are set.
+///
+/// Why not a [`Bar`] with its own [`BarKind`]: it sits outside the BAR slots (0x30 in a type-0
+/// header, 0x38 in a type-1 header), has an enable bit, and is never a P2P provider; code that
+/// walks `bars` (drivers, providers, the kernel's listing) must not meet it by accident. What
+/// it shares with BARs, reserving its range in IOVA space, code does on purpose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExpansionRom {
+    /// Offset of the register in configuration space.
+    pub offset: u16,
+    /// The address programmed in the register: the bus address.
+    pub bus_address: u64,
+    /// The CPU physical address the ROM is reached at.
+    pub phys_address: u64,
+    /// Size in bytes (a power of two, at least 2 KiB).
+    pub size: u64,
+    /// Expansion ROM Enable (bit 0) at probe time.
+    pub enabled: bool,
+    /// `bus_address - phys_address`.
+    pub bus_offset: BusOffset,
+}
+
+impl ExpansionRom {
+    /// Whether firmware left the ROM unassigned (address 0).
+    pub const fn is_unassigned(&self) -> bool {
+        self.bus_address == 0
+    }
 }
 
 /// A BAR slot whose contents cannot be used.
@@ -182,23 +252,70 @@ pub enum BarError {
         /// Slot index.
         index: u8,
     },
-    /// Address + size overflows the decoder (64-bit space, or 4 GiB for a 32-bit BAR).
+    /// Address + size overflows the decoder (64-bit space, or 4 GiB for a 32-bit BAR), or the
+    /// CPU physical range a host-bridge window translates it to overflows 64 bits.
     RangeOverflow {
-        /// Slot index.
+        /// Slot index ([`EXPANSION_ROM_INDEX`] for the ROM).
         index: u8,
         /// The bus address.
         bus_address: u64,
         /// The probed size.
         size: u64,
     },
+    /// The bus address, or the CPU physical address a host-bridge window translates it to, is
+    /// not a multiple of the size: a conforming decoder hardwires those bits to 0, so the device
+    /// (or the window) is lying, and a mapping of the claimed range would reach past it.
+    Misaligned {
+        /// Slot index ([`EXPANSION_ROM_INDEX`] for the ROM).
+        index: u8,
+        /// The bus address read from the register.
+        bus_address: u64,
+        /// The CPU physical address it translates to.
+        phys_address: u64,
+        /// The probed size.
+        size: u64,
+    },
+}
+
+impl BarError {
+    /// The slot the error is about ([`EXPANSION_ROM_INDEX`] for the ROM).
+    pub const fn index(&self) -> u8 {
+        match *self {
+            Self::ReservedMemoryType { index }
+            | Self::Memory64InLastSlot { index }
+            | Self::RangeOverflow { index, .. }
+            | Self::Misaligned { index, .. } => index,
+        }
+    }
+
+    /// The range a refused memory decoder may still claim, for reserving it in IOVA space: for
+    /// a misaligned BAR, the naturally aligned blocks of its size covering the claimed range
+    /// (what a decoder ignoring the stray low bits decodes, and what the register claims).
+    /// `None` when nothing can be said (or the range is I/O space: the caller knows the kind).
+    pub fn claimed_bus_range(&self) -> Option<(u64, u64)> {
+        match *self {
+            Self::Misaligned {
+                bus_address, size, ..
+            } => {
+                let start = bus_address & !(size - 1);
+                let end = bus_address
+                    .checked_add(size)?
+                    .checked_next_multiple_of(size)?;
+                Some((start, end - start))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for BarError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::ReservedMemoryType { index } => write!(f, "BAR{index}: reserved memory type"),
+            Self::ReservedMemoryType { index } => {
+                write!(f, "{}: reserved memory type", SlotName(*index))
+            }
             Self::Memory64InLastSlot { index } => {
-                write!(f, "BAR{index}: 64-bit BAR in the last slot")
+                write!(f, "{}: 64-bit BAR in the last slot", SlotName(*index))
             }
             Self::RangeOverflow {
                 index,
@@ -207,7 +324,21 @@ impl fmt::Display for BarError {
             } => {
                 write!(
                     f,
-                    "BAR{index}: {bus_address:#x} + {size:#x} overflows its decoder"
+                    "{}: {bus_address:#x} + {size:#x} overflows its decoder",
+                    SlotName(*index)
+                )
+            }
+            Self::Misaligned {
+                index,
+                bus_address,
+                phys_address,
+                size,
+            } => {
+                write!(
+                    f,
+                    "{}: bus {bus_address:#x} (CPU {phys_address:#x}) is not aligned to its size \
+                     {size:#x}; refused",
+                    SlotName(*index)
                 )
             }
         }
@@ -219,9 +350,12 @@ impl core::error::Error for BarError {}
 /// The result of probing a function's BARs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BarProbe {
-    /// Implemented BARs, in slot order. Unimplemented slots (size 0) are absent.
+    /// Implemented BARs, in slot order. Unimplemented slots (size 0) and refused ones (see
+    /// [`BarProbe::errors`]) are absent.
     pub bars: Vec<Bar>,
-    /// Slots that could not be decoded.
+    /// The Expansion ROM BAR, if implemented and not refused.
+    pub expansion_rom: Option<ExpansionRom>,
+    /// Slots that could not be decoded or were refused.
     pub errors: Vec<BarError>,
 }
 
@@ -233,24 +367,111 @@ fn size_mask(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16, original: u32) -> u3
     mask
 }
 
-/// Size probing of the BARs of one function (PCI Local Bus 3.0 §6.2.5.1).
+/// Checks a probed decoder range and translates it: refuses (`Err`) a range that overflows its
+/// decoder or 64-bit CPU space, and one whose bus or CPU physical address is not a multiple of
+/// its size.
+fn decoded_range(
+    bdf: Bdf,
+    index: u8,
+    bus_address: u64,
+    size: u64,
+    limit: u64,
+    translated: bool,
+    windows: &[HostBridgeWindow],
+) -> Result<(u64, BusOffset), BarError> {
+    let overflow = BarError::RangeOverflow {
+        index,
+        bus_address,
+        size,
+    };
+    if bus_address > limit - (size - 1) {
+        return Err(overflow);
+    }
+    let bus_offset = if translated {
+        windows
+            .iter()
+            .find(|w| w.contains_bus_range(bdf.segment(), bus_address, size))
+            .map_or(BusOffset(0), HostBridgeWindow::bus_offset)
+    } else {
+        BusOffset(0)
+    };
+    let phys_address = bus_offset.to_phys(bus_address);
+    if phys_address.checked_add(size - 1).is_none() {
+        return Err(overflow);
+    }
+    if (bus_address | phys_address) & (size - 1) != 0 {
+        return Err(BarError::Misaligned {
+            index,
+            bus_address,
+            phys_address,
+            size,
+        });
+    }
+    Ok((phys_address, bus_offset))
+}
+
+/// Sizes the Expansion ROM BAR at `offset` (PCI Local Bus 3.0 §6.2.5.2): writes the address
+/// mask with the enable bit clear (so the ROM never decodes all-ones), reads it back and
+/// restores the original value.
+fn probe_expansion_rom(
+    cfg: &impl ConfigSpace,
+    bdf: Bdf,
+    offset: u16,
+    windows: &[HostBridgeWindow],
+) -> Result<Option<ExpansionRom>, BarError> {
+    let original = cfg.read32(bdf, offset);
+    cfg.write32(bdf, offset, rom_bits::ADDRESS_MASK);
+    let mask = cfg.read32(bdf, offset) & rom_bits::ADDRESS_MASK;
+    cfg.write32(bdf, offset, original);
+    if mask == 0 {
+        return Ok(None);
+    }
+    let size = 1u64 << mask.trailing_zeros();
+    let bus_address = u64::from(original & rom_bits::ADDRESS_MASK);
+    let (phys_address, bus_offset) = decoded_range(
+        bdf,
+        EXPANSION_ROM_INDEX,
+        bus_address,
+        size,
+        u64::from(u32::MAX),
+        true,
+        windows,
+    )?;
+    Ok(Some(ExpansionRom {
+        offset,
+        bus_address,
+        phys_address,
+        size,
+        enabled: original & rom_bits::ENABLE != 0,
+        bus_offset,
+    }))
+}
+
+/// Size probing of the BARs and the Expansion ROM BAR of one function (PCI Local Bus 3.0
+/// §6.2.5.1 and §6.2.5.2).
 ///
-/// `slots` is 6 for a type-0 header and 2 for a bridge. Address decoding (Command.IO_SPACE and
-/// MEMORY_SPACE) is turned off while a BAR holds all-ones, so the device never decodes a bogus
-/// range, and the Command register and every BAR are restored afterwards. With
-/// `keep_decode_enabled` the Command register is left alone: Linux does this for host bridges
-/// (`mmio_always_on`), where turning decode off can cut the CPU off from memory.
+/// `layout` says where they are: six BARs and the ROM at 0x30 for a type-0 header, two BARs
+/// and the ROM at 0x38 for a bridge, nothing for the other layouts. Address decoding
+/// (Command.IO_SPACE and MEMORY_SPACE) is turned off while a BAR holds all-ones, so the device
+/// never decodes a bogus range, and the Command register and every BAR are restored
+/// afterwards. With `keep_decode_enabled` the Command register is left alone: Linux does this
+/// for host bridges (`mmio_always_on`), where turning decode off can cut the CPU off from
+/// memory (the ROM is still sized with its enable bit clear).
+///
+/// Refused, reported in [`BarProbe::errors`] and left out of the result: reserved memory
+/// types, a 64-bit BAR in the last slot, ranges that overflow, and misaligned addresses (see
+/// the module documentation).
 ///
 /// Do not probe a function a driver is using: its BARs move to all-ones for a moment.
 pub fn probe_bars(
     cfg: &impl ConfigSpace,
     bdf: Bdf,
-    slots: u8,
+    layout: HeaderLayout,
     windows: &[HostBridgeWindow],
     keep_decode_enabled: bool,
 ) -> BarProbe {
     let mut probe = BarProbe::default();
-    let slots = slots.min(header::TYPE0_BAR_COUNT);
+    let slots = layout.bar_count().min(header::TYPE0_BAR_COUNT);
     let command = cfg.read16(bdf, header::COMMAND);
     let decode = Command::from_bits_retain(command).intersects(Command::DECODE);
     let disable = decode && !keep_decode_enabled;
@@ -314,30 +535,25 @@ pub fn probe_bars(
             BarKind::Memory64 { .. } => u64::MAX,
             _ => u64::from(u32::MAX),
         };
-        if bus_address > limit - (size - 1) {
-            probe.errors.push(BarError::RangeOverflow {
+        // Port I/O is not translated by memory windows.
+        let translated = kind.is_memory();
+        match decoded_range(bdf, this, bus_address, size, limit, translated, windows) {
+            Ok((phys_address, bus_offset)) => probe.bars.push(Bar {
                 index: this,
+                kind,
                 bus_address,
+                phys_address,
                 size,
-            });
-            continue;
+                bus_offset,
+            }),
+            Err(error) => probe.errors.push(error),
         }
-        let bus_offset = match kind {
-            // Port I/O is not translated by memory windows.
-            BarKind::Io => BusOffset(0),
-            _ => windows
-                .iter()
-                .find(|w| w.contains_bus_range(bdf.segment(), bus_address, size))
-                .map_or(BusOffset(0), HostBridgeWindow::bus_offset),
-        };
-        probe.bars.push(Bar {
-            index: this,
-            kind,
-            bus_address,
-            phys_address: bus_offset.to_phys(bus_address),
-            size,
-            bus_offset,
-        });
+    }
+    if let Some(offset) = layout.expansion_rom_offset() {
+        match probe_expansion_rom(cfg, bdf, offset, windows) {
+            Ok(rom) => probe.expansion_rom = rom,
+            Err(error) => probe.errors.push(error),
+        }
     }
     if disable {
         cfg.write16(bdf, header::COMMAND, command);
@@ -349,6 +565,7 @@ pub fn probe_bars(
 mod tests {
     use super::*;
     use crate::testing::{ConfigWrite, FakeConfigSpace};
+    use alloc::string::ToString;
     use proptest::prelude::*;
 
     fn bdf() -> Bdf {
@@ -375,7 +592,7 @@ mod tests {
             0x4000,
             0xfe00_0000,
         );
-        let probe = probe_bars(&fake, bdf(), 6, &[], false);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
         assert!(probe.errors.is_empty());
         assert_eq!(probe.bars.len(), 2);
         let bar = probe.bars[0];
@@ -391,7 +608,7 @@ mod tests {
     fn io_bar() {
         let fake = device();
         fake.define_bar(bdf(), 0, BarKind::Io, 32, 0xe040);
-        let probe = probe_bars(&fake, bdf(), 6, &[], false);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
         assert_eq!(probe.bars.len(), 1);
         assert_eq!(
             (
@@ -434,7 +651,7 @@ mod tests {
         let before: Vec<u32> = (0..6).map(|i| fake.peek32(bdf(), header::bar(i))).collect();
         fake.clear_writes();
 
-        let probe = probe_bars(&fake, bdf(), 6, &[], false);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
         assert_eq!(
             probe.bars.iter().map(|b| b.size).collect::<Vec<_>>(),
             [0x4000, 2 << 20, 64]
@@ -488,7 +705,7 @@ mod tests {
         );
         fake.poke16(bdf(), header::COMMAND, Command::MEMORY_SPACE.bits());
         fake.clear_writes();
-        let probe = probe_bars(&fake, bdf(), 6, &[], true);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], true);
         assert_eq!(probe.bars.len(), 1);
         assert!(fake.writes().iter().all(|w| w.offset != header::COMMAND));
     }
@@ -519,7 +736,7 @@ mod tests {
             bus_address: 0x4000_0000,
             size: 1 << 30,
         };
-        let probe = probe_bars(&fake, bdf(), 6, &[window], false);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[window], false);
         let bar = probe.bars[0];
         assert_eq!(bar.bus_address, 0x4000_0000);
         assert_eq!(bar.phys_address, 0x10_4000_0000);
@@ -543,7 +760,7 @@ mod tests {
             ..window
         };
         assert_eq!(
-            probe_bars(&fake, bdf(), 6, &[other], false).bars[0].bus_offset,
+            probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[other], false).bars[0].bus_offset,
             BusOffset(0)
         );
     }
@@ -561,7 +778,7 @@ mod tests {
             0x1000,
             0x1000,
         );
-        let probe = probe_bars(&fake, bdf(), 6, &[], false);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
         assert_eq!(
             probe.errors,
             [
@@ -569,9 +786,12 @@ mod tests {
                 BarError::Memory64InLastSlot { index: 5 }
             ]
         );
-        // A bridge has two slots: a 64-bit BAR in slot 1 is in its last slot.
+        // A bridge has two slots: a 64-bit BAR in slot 1 is in its last slot, and its upper
+        // half would be the bus numbers at 0x18, which stay what they were.
+        let bridge = Bdf::new(0, 0, 4, 0).unwrap();
+        fake.add_bridge(bridge, 0x1b36, 0x000c, 0, 1, 2);
         fake.define_bar(
-            bdf(),
+            bridge,
             1,
             BarKind::Memory64 {
                 prefetchable: false,
@@ -579,16 +799,290 @@ mod tests {
             0x1000,
             0x1000,
         );
-        let probe = probe_bars(&fake, bdf(), 2, &[], false);
-        assert!(probe
-            .errors
-            .contains(&BarError::Memory64InLastSlot { index: 1 }));
+        let probe = probe_bars(&fake, bridge, HeaderLayout::PciBridge, &[], false);
+        assert_eq!(probe.errors, [BarError::Memory64InLastSlot { index: 1 }]);
+        assert_eq!(
+            fake.peek32(bridge, crate::regs::bridge::PRIMARY_BUS),
+            0x02_01_00
+        );
+    }
+
+    fn mem32() -> BarKind {
+        BarKind::Memory32 {
+            prefetchable: false,
+        }
+    }
+
+    /// A device whose BAR reads back an address that is not a multiple of its size is refused:
+    /// reported with both addresses, and absent from `bars`, so nothing maps the page after it.
+    #[test]
+    fn misaligned_bar_is_refused() {
+        let fake = device();
+        // 8 KiB claimed at 0xfe00_1000: a mapping of [0, 4K) would start a page early...
+        fake.define_bar(bdf(), 0, mem32(), 0x2000, 0xfe00_1000);
+        // ...and a 64-bit one whose upper half is fine but whose low bits are not.
+        let kind = BarKind::Memory64 { prefetchable: true };
+        fake.define_bar(bdf(), 2, kind, 1 << 20, 0x8_0008_0000);
+        fake.define_bar(bdf(), 4, mem32(), 0x1000, 0xfe01_0000);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
+        assert_eq!(
+            probe.errors,
+            [
+                BarError::Misaligned {
+                    index: 0,
+                    bus_address: 0xfe00_1000,
+                    phys_address: 0xfe00_1000,
+                    size: 0x2000
+                },
+                BarError::Misaligned {
+                    index: 2,
+                    bus_address: 0x8_0008_0000,
+                    phys_address: 0x8_0008_0000,
+                    size: 1 << 20
+                }
+            ]
+        );
+        assert_eq!(probe.bars.iter().map(|b| b.index).collect::<Vec<_>>(), [4]);
+        assert!(probe.errors[0].to_string().contains("not aligned"));
+        // What the refused BAR may still claim: both 8 KiB blocks the register touches.
+        assert_eq!(
+            probe.errors[0].claimed_bus_range(),
+            Some((0xfe00_0000, 0x4000))
+        );
+        assert_eq!(probe.errors[1].index(), 2);
+    }
+
+    /// A host-bridge window whose translation offset is not a multiple of the BAR size gives a
+    /// CPU range that straddles pages: refused as well, although the bus address is aligned.
+    #[test]
+    fn bar_misaligned_after_translation_is_refused() {
+        let fake = device();
+        fake.define_bar(bdf(), 0, mem32(), 0x4000, 0x4000_0000);
+        let window = HostBridgeWindow {
+            segment: 0,
+            cpu_address: 0x10_0000_0800,
+            bus_address: 0x4000_0000,
+            size: 1 << 30,
+        };
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[window], false);
+        assert!(probe.bars.is_empty());
+        assert_eq!(
+            probe.errors,
+            [BarError::Misaligned {
+                index: 0,
+                bus_address: 0x4000_0000,
+                phys_address: 0x10_0000_0800,
+                size: 0x4000
+            }]
+        );
+    }
+
+    #[test]
+    fn sub_page_bars_are_listed_but_not_page_granular() {
+        let fake = device();
+        fake.define_bar(bdf(), 0, mem32(), 0x100, 0xfe00_0000);
+        fake.define_bar(bdf(), 1, mem32(), 0x1000, 0xfe00_1000);
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
+        assert!(probe.errors.is_empty());
+        let granular: Vec<(u8, bool)> = probe
+            .bars
+            .iter()
+            .map(|b| (b.index, b.is_page_granular()))
+            .collect();
+        assert_eq!(granular, [(0, false), (1, true)]);
+    }
+
+    /// The Expansion ROM BAR is sized with its enable bit clear and decode off, restored
+    /// exactly (enable bit included), and reported apart from the BARs.
+    #[test]
+    fn expansion_rom_is_probed_with_enable_clear_and_restored() {
+        let fake = device();
+        fake.define_bar(bdf(), 0, mem32(), 0x1000, 0xfe00_0000);
+        fake.define_expansion_rom(bdf(), 256 << 10, 0xfea8_0000, true);
+        fake.poke16(bdf(), header::COMMAND, Command::MEMORY_SPACE.bits());
+        let rom_offset = header::EXPANSION_ROM;
+        let before = fake.peek32(bdf(), rom_offset);
+        fake.clear_writes();
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
+        assert!(probe.errors.is_empty());
+        assert_eq!(probe.bars.len(), 1);
+        assert_eq!(
+            probe.expansion_rom,
+            Some(ExpansionRom {
+                offset: rom_offset,
+                bus_address: 0xfea8_0000,
+                phys_address: 0xfea8_0000,
+                size: 256 << 10,
+                enabled: true,
+                bus_offset: BusOffset(0),
+            })
+        );
+        assert_eq!(fake.peek32(bdf(), rom_offset), before);
+        let rom_writes: Vec<ConfigWrite> = fake
+            .writes()
+            .into_iter()
+            .filter(|w| w.offset == rom_offset)
+            .collect();
+        assert_eq!(rom_writes.len(), 2, "{rom_writes:?}");
+        assert_eq!(rom_writes[0].value, rom_bits::ADDRESS_MASK);
+        assert_eq!(rom_writes[0].value & rom_bits::ENABLE, 0);
+        assert_eq!(rom_writes[1].value, before);
+        assert!(rom_writes
+            .iter()
+            .all(|w| w.command_before & Command::DECODE.bits() == 0));
+        // No ROM: nothing reported.
+        let plain = Bdf::new(0, 0, 5, 0).unwrap();
+        fake.add_endpoint(plain, 0x1234, 0x11e8, 0);
+        assert_eq!(
+            probe_bars(&fake, plain, HeaderLayout::Endpoint, &[], false).expansion_rom,
+            None
+        );
+    }
+
+    /// A bridge's ROM register is at 0x38; 0x30 is its I/O Base Upper and is not touched.
+    #[test]
+    fn bridge_expansion_rom_is_at_0x38_and_checked_like_a_bar() {
+        let fake = FakeConfigSpace::new();
+        let bridge = Bdf::new(0, 0, 4, 0).unwrap();
+        fake.add_bridge(bridge, 0x1b36, 0x000c, 0, 1, 1);
+        fake.define_expansion_rom(bridge, 0x8000, 0xfe00_0000, false);
+        fake.clear_writes();
+        let probe = probe_bars(&fake, bridge, HeaderLayout::PciBridge, &[], false);
+        let rom = probe.expansion_rom.unwrap();
+        assert_eq!(
+            (rom.offset, rom.bus_address, rom.size, rom.enabled),
+            (
+                crate::regs::bridge::EXPANSION_ROM,
+                0xfe00_0000,
+                0x8000,
+                false
+            )
+        );
+        assert!(fake
+            .writes()
+            .iter()
+            .all(|w| w.offset != crate::regs::bridge::IO_BASE_UPPER));
+        // A misaligned ROM is refused like a BAR.
+        fake.define_expansion_rom(bridge, 0x8000, 0xfe00_4000, false);
+        let probe = probe_bars(&fake, bridge, HeaderLayout::PciBridge, &[], false);
+        assert_eq!(probe.expansion_rom, None);
+        assert_eq!(
+            probe.errors,
+            [BarError::Misaligned {
+                index: EXPANSION_ROM_INDEX,
+                bus_address: 0xfe00_4000,
+                phys_address: 0xfe00_4000,
+                size: 0x8000
+            }]
+        );
+        assert!(probe.errors[0].to_string().starts_with("ROM: "));
+        // Other layouts have no ROM register.
+        assert_eq!(
+            probe_bars(&fake, bridge, HeaderLayout::CardBusBridge, &[], false),
+            BarProbe::default()
+        );
     }
 
     #[test]
     fn unimplemented_bars_are_skipped() {
         let fake = device();
-        assert_eq!(probe_bars(&fake, bdf(), 6, &[], false), BarProbe::default());
+        assert_eq!(
+            probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false),
+            BarProbe::default()
+        );
+    }
+
+    /// On the QEMU `default` capture, enumeration finds the ROMs of std VGA (64 KiB) and e1000e
+    /// (256 KiB) where SeaBIOS programmed them (enable bit clear), and none elsewhere.
+    #[test]
+    fn qemu_fixture_expansion_roms() {
+        let fake =
+            FakeConfigSpace::from_qemu_fixture(include_str!("../tests/fixtures/default.cfg"))
+                .unwrap();
+        let region = crate::McfgRegion::new(0xb000_0000, 0, 0, 0xff).unwrap();
+        let topo = crate::enumerate(&fake, &[region]);
+        assert!(topo.warnings().is_empty(), "{:?}", topo.warnings());
+        let roms: Vec<(u16, u16, u64, u64, bool)> = topo
+            .functions()
+            .iter()
+            .filter_map(|f| {
+                let r = f.expansion_rom?;
+                Some((f.vendor_id, f.device_id, r.bus_address, r.size, r.enabled))
+            })
+            .collect();
+        let address = |bdf: &str| {
+            u64::from(
+                fake.peek32(bdf.parse().unwrap(), header::EXPANSION_ROM) & rom_bits::ADDRESS_MASK,
+            )
+        };
+        assert_eq!(
+            roms,
+            [
+                (0x1234, 0x1111, address("00:01.0"), 64 << 10, false),
+                (0x8086, 0x10d3, address("00:02.0"), 256 << 10, false)
+            ]
+        );
+        assert!(roms.iter().all(|r| r.2 != 0));
+        assert!(topo.to_string().contains(&alloc::format!(
+            "ROM {:#x} size 256K (disabled)",
+            address("00:02.0")
+        )));
+    }
+
+    /// The fake refuses to define a bridge BAR that does not exist: BAR2 of a type-1 header
+    /// would be the bus-number register.
+    #[test]
+    #[should_panic(expected = "has 2 BAR slot(s), not slot 2")]
+    fn fake_define_bar_refuses_a_bridge_slot_past_bar1() {
+        let fake = FakeConfigSpace::new();
+        fake.add_bridge(bdf(), 0x1b36, 0x000c, 0, 1, 1);
+        fake.define_bar(bdf(), 2, mem32(), 0x1000, 0xfe00_0000);
+    }
+
+    /// A 64-bit BAR1 of a bridge has no register for its upper half (offset 0x18 holds the bus
+    /// numbers): the fake refuses an address that needs one instead of overwriting them.
+    #[test]
+    #[should_panic(expected = "no register for its upper half")]
+    fn fake_define_bar_refuses_a_bridge_bar1_upper_half() {
+        let fake = FakeConfigSpace::new();
+        fake.add_bridge(bdf(), 0x1b36, 0x000c, 0, 1, 1);
+        let kind = BarKind::Memory64 {
+            prefetchable: false,
+        };
+        fake.define_bar(bdf(), 1, kind, 0x1000, 0x8_0000_0000);
+    }
+
+    /// A 64-bit BAR0 of a bridge uses BAR1 as its upper half, and the bus numbers stay.
+    #[test]
+    fn fake_define_bar_bridge_bar0_sixty_four_bit() {
+        let fake = FakeConfigSpace::new();
+        fake.add_bridge(bdf(), 0x1b36, 0x000c, 0, 1, 3);
+        let kind = BarKind::Memory64 { prefetchable: true };
+        fake.define_bar(bdf(), 0, kind, 0x4000, 0x8_0000_4000);
+        assert_eq!(fake.peek32(bdf(), header::bar(1)), 8);
+        assert_eq!(
+            fake.peek32(bdf(), crate::regs::bridge::PRIMARY_BUS),
+            0x03_01_00
+        );
+        let probe = probe_bars(&fake, bdf(), HeaderLayout::PciBridge, &[], false);
+        assert_eq!(
+            probe
+                .bars
+                .iter()
+                .map(|b| (b.index, b.bus_address, b.size))
+                .collect::<Vec<_>>(),
+            [(0, 0x8_0000_4000, 0x4000)]
+        );
+        assert_eq!(
+            fake.peek32(bdf(), crate::regs::bridge::PRIMARY_BUS),
+            0x03_01_00
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no function at")]
+    fn fake_define_bar_refuses_an_absent_function() {
+        FakeConfigSpace::new().define_bar(bdf(), 0, mem32(), 0x1000, 0);
     }
 
     proptest! {
@@ -611,7 +1105,7 @@ mod tests {
             let address = (address_bits % limit) & !(size - 1);
             let fake = device();
             fake.define_bar(bdf(), slot, kind, size, address);
-            let probe = probe_bars(&fake, bdf(), 6, &[], false);
+            let probe = probe_bars(&fake, bdf(), HeaderLayout::Endpoint, &[], false);
             prop_assert!(probe.errors.is_empty());
             prop_assert_eq!(probe.bars.len(), 1);
             prop_assert_eq!((probe.bars[0].index, probe.bars[0].kind), (slot, kind));

@@ -80,6 +80,16 @@ fn write_function(
         }
         writeln!(f)?;
     }
+    if let Some(rom) = function.expansion_rom {
+        writeln!(
+            f,
+            "{:detail$}ROM {:#x} size {}{}",
+            "",
+            rom.phys_address,
+            Size(rom.size),
+            if rom.enabled { "" } else { " (disabled)" }
+        )?;
+    }
     let caps = &function.capabilities;
     if !caps.standard.is_empty() || !caps.extended.is_empty() {
         write!(f, "{:detail$}caps:", "")?;

@@ -11,6 +11,14 @@
 //!   BARs and indices past the header's slots are refused with a typed
 //!   [`ProviderError`]. [`ProviderRegistry::init`] is idempotent: a second call returns the
 //!   same table (`Arc::ptr_eq`).
+//! - **Only page-granular BARs are providers**: every mapping of a provider is made of whole
+//!   pages, so a BAR smaller than a page (QEMU's 256-byte `ivshmem` and SHPC register BARs) or
+//!   not aligned to its size would expose bytes its device does not decode, possibly another
+//!   device's MMIO. Such a slot is `NotPageGranular` (enumeration already refuses misaligned
+//!   BARs; the table checks again, since `Function` fields are public). The rest of a sub-page
+//!   BAR's page cannot be proven unused, so the rule is simply: refused.
+//! - **Decoded ranges** ([`peer_decoded_ranges`]): every bus range a peer may decode (memory
+//!   BARs, Expansion ROMs, refused BARs, bridge windows), for the IOVA allocator to keep out.
 //! - **Classification** ([`P2pRouting`], the [`P2pClassifier`] the `dma` export layer asks):
 //!   walk up from the provider (itself included) to the first function that is also on the
 //!   client's path (itself included): the *common upstream bridge*. A *redirect* is any of ACS
@@ -43,6 +51,7 @@ use spin::Mutex;
 use crate::acs;
 use crate::bar::BarKind;
 use crate::regs::{header, Command};
+use crate::topology::TopologyWarning;
 use crate::{Bdf, ConfigSpace, Function, Topology};
 
 pub use dma::p2p::ProviderTable;
@@ -77,7 +86,8 @@ pub fn memory_decode(cfg: &impl ConfigSpace, bdf: Bdf) -> MemoryDecode {
 }
 
 /// The provider table of a probed function: one slot per BAR of its header (6 for a type-0
-/// header, 2 for a bridge), a provider for each assigned memory BAR.
+/// header, 2 for a bridge), a provider for each assigned, page-granular memory BAR
+/// ([`crate::Bar::is_page_granular`]; the others are `NotPageGranular`).
 ///
 /// Built from the BARs enumeration recorded (enumerate with `probe_bars`, the default; without
 /// it every slot is `Unimplemented`). Errors only if a BAR's range overflows (enumeration
@@ -99,6 +109,8 @@ pub fn provider_table(function: &Function) -> Result<ProviderTable, dma::DmaErro
                     upper_half_next = matches!(kind, BarKind::Memory64 { .. });
                     if bar.is_unassigned() {
                         BarSlot::Unassigned
+                    } else if !bar.is_page_granular() {
+                        BarSlot::NotPageGranular
                     } else {
                         BarSlot::Memory {
                             phys: dma::PhysAddr::new(bar.phys_address),
@@ -112,6 +124,95 @@ pub fn provider_table(function: &Function) -> Result<ProviderTable, dma::DmaErro
         slots.push(slot);
     }
     ProviderTable::new(device_id(function.bdf), slots)
+}
+
+/// What put a range in [`peer_decoded_ranges`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodedBy {
+    /// An assigned memory BAR of the function, by slot.
+    Bar(u8),
+    /// The function's assigned Expansion ROM BAR (enabled or not: anyone may enable it later).
+    ExpansionRom,
+    /// A BAR or ROM enumeration refused as misaligned ([`crate::bar::BarError::Misaligned`],
+    /// slot index as reported): the aligned blocks its register touches, since what it decodes
+    /// is unknown. (Its kind is not recorded, so a refused I/O BAR reserves a harmless low range.)
+    RefusedBar(u8),
+    /// A bridge's memory or prefetchable window.
+    BridgeWindow,
+}
+
+/// A bus address range a peer decodes (see [`peer_decoded_ranges`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DecodedRange {
+    /// The function decoding it.
+    pub bdf: Bdf,
+    /// First bus address.
+    pub start: u64,
+    /// Size in bytes (never 0).
+    pub size: u64,
+    /// Why it is listed.
+    pub by: DecodedBy,
+}
+
+/// Every bus address range a PCI function of `topology` decodes or may decode: assigned memory
+/// BARs, assigned Expansion ROMs, the claimed ranges of BARs enumeration refused as
+/// misaligned, and bridge memory/prefetchable windows.
+///
+/// An IOVA equal to one of these could be claimed by the peer instead of reaching the IOMMU,
+/// so every domain reserves them (SPEC.md "Reserved IOVA space"; on x86 firmware describes
+/// host-bridge apertures only in AML, and the union of what it programmed covers every address
+/// a peer actually decodes). Unassigned BARs and ROMs (address 0) and I/O BARs are left out.
+pub fn peer_decoded_ranges(topology: &Topology) -> Vec<DecodedRange> {
+    let mut out = Vec::new();
+    for f in topology.functions() {
+        let bdf = f.bdf;
+        for b in f
+            .bars
+            .iter()
+            .filter(|b| b.kind.is_memory() && !b.is_unassigned())
+        {
+            out.push(DecodedRange {
+                bdf,
+                start: b.bus_address,
+                size: b.size,
+                by: DecodedBy::Bar(b.index),
+            });
+        }
+        if let Some(rom) = f.expansion_rom.filter(|r| !r.is_unassigned()) {
+            out.push(DecodedRange {
+                bdf,
+                start: rom.bus_address,
+                size: rom.size,
+                by: DecodedBy::ExpansionRom,
+            });
+        }
+        if let Some(br) = &f.bridge {
+            for w in [br.memory_window, br.prefetchable_window]
+                .into_iter()
+                .flatten()
+            {
+                out.push(DecodedRange {
+                    bdf,
+                    start: w.base,
+                    size: (w.limit - w.base).saturating_add(1),
+                    by: DecodedBy::BridgeWindow,
+                });
+            }
+        }
+    }
+    for w in topology.warnings() {
+        if let TopologyWarning::Bar { bdf, error } = *w {
+            if let Some((start, size)) = error.claimed_bus_range() {
+                out.push(DecodedRange {
+                    bdf,
+                    start,
+                    size,
+                    by: DecodedBy::RefusedBar(error.index()),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// Why [`ProviderRegistry::remove`] refused.
@@ -877,13 +978,17 @@ mod tests {
         let topo = enumerate(&fake, &[region()]);
         let t = provider_table(topo.function(at(C)).unwrap()).unwrap();
         assert_eq!(t.owner(), device_id(at(C)));
-        assert_eq!(t.providers().count(), 2);
+        assert_eq!(t.providers().count(), 1);
         let bar2 = t.provider(2).unwrap();
         assert_eq!(
             (bar2.phys().as_u64(), bar2.size(), bar2.bus_offset()),
             (0x80_0000_0000, 1 << 20, 0)
         );
-        assert_eq!(t.provider(0).unwrap().size(), 0x100);
+        // The 256-byte register BAR shares its page with whatever sits next to it.
+        assert_eq!(
+            t.provider(0),
+            Err(ProviderError::NotPageGranular { index: 0 })
+        );
         assert_eq!(
             t.provider(1),
             Err(ProviderError::Unimplemented { index: 1 })
@@ -952,7 +1057,7 @@ mod tests {
         assert_ne!(p.bus_offset(), 0);
         // BUS_ADDR mapping programs paddr + bus_offset.
         let f = Fixture::iommu(
-            DeviceConfig::with_mask_bits(64).unwrap(),
+            DeviceConfig::with_mask_bits(64).unwrap().trusted(),
             InvalidationMode::Strict,
         )
         .unwrap();
@@ -1011,6 +1116,124 @@ mod tests {
         assert_eq!(DeviceId::from(at(D)), device_id(at(D)));
     }
 
+    /// Neither a sub-page BAR nor a misaligned one can be exported, whatever range is asked
+    /// for: the export of `[0, 4K)` of either would map a page the device does not (wholly)
+    /// decode. A page-granular BAR of the same device still exports.
+    #[test]
+    fn p2p_export_refuses_bars_that_are_not_page_granular() {
+        let fake = machine();
+        // F: a 4 KiB BAR0 that reads back at 0xfe90_0800, a 512-byte BAR1 and a fine BAR2.
+        let mem32 = BarKind::Memory32 {
+            prefetchable: false,
+        };
+        fake.define_bar(at(F), 0, mem32, 0x1000, 0xfe90_0800);
+        fake.define_bar(at(F), 1, mem32, 0x200, 0xfe90_2000);
+        fake.define_bar(at(F), 2, mem32, 0x4000, 0xfe90_4000);
+        let topo = enumerate(&fake, &[region()]);
+        assert_eq!(
+            topo.warnings(),
+            [TopologyWarning::Bar {
+                bdf: at(F),
+                error: crate::bar::BarError::Misaligned {
+                    index: 0,
+                    bus_address: 0xfe90_0800,
+                    phys_address: 0xfe90_0800,
+                    size: 0x1000
+                }
+            }]
+        );
+        let t = provider_table(topo.function(at(F)).unwrap()).unwrap();
+        let (_, r) = routing(&machine(), q35_policy());
+        let mut ex = Exporter::new(Arc::new(t), Arc::new(r));
+        let page = [ExportRange {
+            offset: 0,
+            len: 0x1000,
+        }];
+        let export = |ex: &mut Exporter, bar| {
+            ex.export(
+                &ExportRequest {
+                    bar,
+                    ranges: &page,
+                    flags: 0,
+                },
+                MemoryDecode::Enabled,
+            )
+            .map(|_| ())
+        };
+        // The misaligned BAR was refused at enumeration: its slot is empty.
+        assert_eq!(
+            export(&mut ex, 0),
+            Err(DmaError::Provider(ProviderError::Unimplemented {
+                index: 0
+            }))
+        );
+        assert_eq!(
+            export(&mut ex, 1),
+            Err(DmaError::Provider(ProviderError::NotPageGranular {
+                index: 1
+            }))
+        );
+        assert_eq!(export(&mut ex, 2), Ok(()));
+        ex.teardown().unwrap();
+        // A misaligned BAR put into a Function by hand is refused by the table too.
+        let mut f = topo.function(at(F)).unwrap().clone();
+        f.bars[0].bus_address = 0xfe90_4800;
+        f.bars[0].phys_address = 0xfe90_4800;
+        f.bars[0].index = 2;
+        f.bars.retain(|b| b.index == 2);
+        assert_eq!(
+            provider_table(&f).unwrap().provider(2),
+            Err(ProviderError::NotPageGranular { index: 2 })
+        );
+    }
+
+    /// Every range a peer decodes is listed for IOVA reservation: memory BARs (not I/O),
+    /// Expansion ROMs (assigned ones, enabled or not), bridge windows and the blocks a refused
+    /// misaligned BAR touches.
+    #[test]
+    fn peer_decoded_ranges_cover_bars_roms_windows_and_refused_bars() {
+        let fake = machine();
+        fake.define_expansion_rom(at(C), 0x8_0000, 0xfe88_0000, false);
+        fake.define_expansion_rom(at(E), 0x800, 0, false); // unassigned: nothing to reserve
+        let mem32 = BarKind::Memory32 {
+            prefetchable: false,
+        };
+        fake.define_bar(at(F), 0, mem32, 0x2000, 0xfe90_1000);
+        // Root port 00:02.0 forwards a 1 MiB memory window to bus 5.
+        fake.poke16(bdf(0, 2, 0), crate::regs::bridge::MEMORY_BASE, 0xfe80);
+        fake.poke16(bdf(0, 2, 0), crate::regs::bridge::MEMORY_LIMIT, 0xfe80);
+        let topo = enumerate(&fake, &[region()]);
+        let ranges = peer_decoded_ranges(&topo);
+        let has = |bdf: Bdf, start: u64, size: u64, by: DecodedBy| {
+            ranges.contains(&DecodedRange {
+                bdf,
+                start,
+                size,
+                by,
+            })
+        };
+        assert!(
+            has(at(C), 0xfe80_0000, 0x100, DecodedBy::Bar(0)),
+            "{ranges:?}"
+        );
+        assert!(has(at(C), 0x80_0000_0000, 1 << 20, DecodedBy::Bar(2)));
+        assert!(has(at(C), 0xfe88_0000, 0x8_0000, DecodedBy::ExpansionRom));
+        assert!(has(
+            bdf(0, 2, 0),
+            0xfe80_0000,
+            1 << 20,
+            DecodedBy::BridgeWindow
+        ));
+        assert!(has(at(F), 0xfe90_0000, 0x4000, DecodedBy::RefusedBar(0)));
+        // Nothing else but windows (the fake's other bridges have zeroed window registers,
+        // which decode 0..1M): no I/O BAR (C's BAR4), no unassigned ROM (E).
+        let not_windows = ranges
+            .iter()
+            .filter(|r| r.by != DecodedBy::BridgeWindow)
+            .count();
+        assert_eq!(not_windows, 4, "{ranges:?}");
+    }
+
     /// End to end: ivshmem BAR2 exported, edu importers classified by the topology.
     #[test]
     fn p2p_export_through_pci_classification() {
@@ -1037,7 +1260,7 @@ mod tests {
         assert_eq!(h.state(), dma::ExportState::Revoked);
         ex.restore();
         let f = Fixture::iommu(
-            DeviceConfig::with_mask_bits(39).unwrap(),
+            DeviceConfig::with_mask_bits(39).unwrap().trusted(),
             InvalidationMode::Strict,
         )
         .unwrap();

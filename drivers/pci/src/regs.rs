@@ -43,6 +43,9 @@ pub mod header {
     pub const SUBSYSTEM_VENDOR_ID: u16 = 0x2c;
     /// Subsystem ID (type 0 only).
     pub const SUBSYSTEM_ID: u16 = 0x2e;
+    /// Expansion ROM Base Address of a type-0 header (a type-1 header has it at
+    /// [`super::bridge::EXPANSION_ROM`]), see [`super::rom_bits`].
+    pub const EXPANSION_ROM: u16 = 0x30;
     /// Offset of BAR `index`.
     pub const fn bar(index: u8) -> u16 {
         BAR0 + 4 * index as u16
@@ -231,6 +234,16 @@ impl HeaderLayout {
             Self::CardBusBridge | Self::Reserved(_) => 0,
         }
     }
+
+    /// Offset of the Expansion ROM Base Address register: 0x30 in a type-0 header, 0x38 in a
+    /// type-1 header (PCI-to-PCI Bridge 1.2 §3.2.5.16), none for the other layouts.
+    pub const fn expansion_rom_offset(self) -> Option<u16> {
+        match self {
+            Self::Endpoint => Some(header::EXPANSION_ROM),
+            Self::PciBridge => Some(bridge::EXPANSION_ROM),
+            Self::CardBusBridge | Self::Reserved(_) => None,
+        }
+    }
 }
 
 bitflags! {
@@ -275,6 +288,15 @@ pub mod bar_bits {
     pub const MEMORY_ADDRESS_MASK: u32 = !0xf;
     /// Address bits of an I/O BAR.
     pub const IO_ADDRESS_MASK: u32 = !0x3;
+}
+
+/// Expansion ROM Base Address Register bits (PCI Local Bus 3.0 §6.2.5.2): a 32-bit memory
+/// decoder of at least 2 KiB, sized like a BAR with the enable bit clear.
+pub mod rom_bits {
+    /// Bit 0: Expansion ROM Enable (the ROM decodes only with this and Command.Memory Space).
+    pub const ENABLE: u32 = 1 << 0;
+    /// Bits 31:11: the ROM's address (bits 10:1 are reserved).
+    pub const ADDRESS_MASK: u32 = 0xffff_f800;
 }
 
 /// A standard capability ID (PCI Code and ID Assignment 1.11 §2, listed in PCI Local Bus 3.0
@@ -602,6 +624,11 @@ pub mod acs {
     pub const CONTROL: u16 = 0x06;
     /// ACS Capability bits 15:8: Egress Control Vector Size.
     pub const EGRESS_CONTROL_VECTOR_SIZE_SHIFT: u16 = 8;
+    /// Egress Control Vector (32 bits per 32 ports, only with ACS P2P Egress Control
+    /// advertised) offset from the capability header (§7.7.7.4).
+    pub const EGRESS_CONTROL_VECTOR: u16 = 0x08;
+    /// An Egress Control Vector Size field of 0 means 256 bits.
+    pub const EGRESS_CONTROL_VECTOR_MAX_BITS: u16 = 256;
 }
 
 bitflags! {

@@ -38,8 +38,11 @@
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::capability::standard_capabilities;
-use crate::regs::{bridge, header, pcie, BridgeControl, CapabilityId, Command, HeaderLayout};
+use crate::capability::{extended_capabilities, standard_capabilities};
+use crate::regs::{
+    acs, bridge, header, pcie, AcsFlags, BridgeControl, CapabilityId, Command,
+    ExtendedCapabilityId, HeaderLayout,
+};
 use crate::{Bdf, ConfigSpace, Topology};
 
 /// Register layouts this module needs that [`crate::regs`] does not declare.
@@ -50,9 +53,6 @@ pub mod layout {
         pub const CACHE_LINE_SIZE: u16 = 0x0c;
         /// Latency Timer (8 bits).
         pub const LATENCY_TIMER: u16 = 0x0d;
-        /// Expansion ROM Base Address of a type-0 header (a type-1 header has it at
-        /// [`crate::regs::bridge::EXPANSION_ROM`]).
-        pub const EXPANSION_ROM: u16 = 0x30;
     }
 
     /// PCI Express capability fields not in [`crate::regs::pcie`] (PCIe Base 4.0 §7.5.3).
@@ -860,6 +860,61 @@ struct SavedPcie {
     control_2: Option<(u16, u16)>,
 }
 
+/// Dwords of the largest ACS Egress Control Vector (256 bits).
+const ACS_EGRESS_DWORDS_MAX: usize = (acs::EGRESS_CONTROL_VECTOR_MAX_BITS / 32) as usize;
+
+/// ACS extended capability registers a reset clears (PCIe Base 4.0 §7.7.7): the Control
+/// register, raw (bits a newer revision defines included), and the Egress Control Vector when
+/// P2P Egress Control is advertised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SavedAcs {
+    offset: u16,
+    control: u16,
+    egress_vector: [u32; ACS_EGRESS_DWORDS_MAX],
+    /// Dwords of `egress_vector` in use (0 without Egress Control).
+    egress_dwords: u8,
+}
+
+impl SavedAcs {
+    fn save(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16) -> Option<Self> {
+        // The registers must lie inside configuration space (a header at 0xffc cannot hold them).
+        let end = |len: u16| {
+            offset
+                .checked_add(len)
+                .filter(|&e| e <= crate::CONFIG_SPACE_SIZE)
+        };
+        end(acs::CONTROL + 2)?;
+        let capability = cfg.read16(bdf, offset + acs::CAPABILITY);
+        let mut saved = Self {
+            offset,
+            control: cfg.read16(bdf, offset + acs::CONTROL),
+            egress_vector: [0; ACS_EGRESS_DWORDS_MAX],
+            egress_dwords: 0,
+        };
+        if AcsFlags::from_bits_truncate(capability).contains(AcsFlags::EC) {
+            let bits = match capability >> acs::EGRESS_CONTROL_VECTOR_SIZE_SHIFT {
+                0 => acs::EGRESS_CONTROL_VECTOR_MAX_BITS,
+                n => n,
+            };
+            let dwords = bits.div_ceil(32);
+            if end(acs::EGRESS_CONTROL_VECTOR + 4 * dwords).is_some() {
+                for (i, dword) in (0..dwords).zip(saved.egress_vector.iter_mut()) {
+                    *dword = cfg.read32(bdf, offset + acs::EGRESS_CONTROL_VECTOR + 4 * i);
+                }
+                saved.egress_dwords = dwords as u8;
+            }
+        }
+        Some(saved)
+    }
+
+    fn restore(&self, cfg: &impl ConfigSpace, bdf: Bdf) {
+        for (i, &dword) in (0u16..).zip(&self.egress_vector[..usize::from(self.egress_dwords)]) {
+            cfg.write32(bdf, self.offset + acs::EGRESS_CONTROL_VECTOR + 4 * i, dword);
+        }
+        cfg.write16(bdf, self.offset + acs::CONTROL, self.control);
+    }
+}
+
 /// MSI registers (PCI Local Bus 3.0 §6.8.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SavedMsi {
@@ -894,8 +949,12 @@ impl SavedMsi {
 /// Saved: every BAR dword (upper halves of 64-bit BARs included) and the expansion ROM, Command,
 /// Cache Line Size, Latency Timer, Interrupt Line; for bridges the bus numbers, I/O, memory and
 /// prefetchable windows and Bridge Control; PCI Express Device/Link Control (and the "2"
-/// registers); MSI address/data/mask/enable and MSI-X enable/function mask. Not saved: Status
-/// (RW1C), read-only identification, the MSI-X table (in a BAR).
+/// registers); MSI address/data/mask/enable and MSI-X enable/function mask; and of the
+/// extended capabilities, ACS: the ACS Control register (every bit, raw) and, with P2P Egress
+/// Control advertised, the Egress Control Vector, so an ACS isolation policy survives a reset.
+/// Not saved: Status (RW1C), read-only identification, the MSI-X table (in a BAR), and every
+/// other extended capability (AER masks and severities, LTR, L1 PM Substates, Resizable BAR,
+/// ATS, PASID, PRI, SR-IOV): a function that needs them is reprogrammed by its driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedConfig {
     bdf: Bdf,
@@ -912,6 +971,7 @@ pub struct SavedConfig {
     pcie: Option<SavedPcie>,
     msi: Option<SavedMsi>,
     msix: Option<(u16, u16)>,
+    acs: Option<SavedAcs>,
 }
 
 impl SavedConfig {
@@ -924,11 +984,9 @@ impl SavedConfig {
         for (index, bar) in bars.iter_mut().enumerate().take(usize::from(bar_count)) {
             *bar = cfg.read32(bdf, header::bar(index as u8));
         }
-        let expansion_rom = match layout {
-            HeaderLayout::Endpoint => Some(cfg.read32(bdf, layout::header::EXPANSION_ROM)),
-            HeaderLayout::PciBridge => Some(cfg.read32(bdf, bridge::EXPANSION_ROM)),
-            _ => None,
-        };
+        let expansion_rom = layout
+            .expansion_rom_offset()
+            .map(|offset| cfg.read32(bdf, offset));
         let bridge = (layout == HeaderLayout::PciBridge).then(|| SavedBridge {
             bus_numbers: cfg.read32(bdf, bridge::PRIMARY_BUS),
             io_base: cfg.read8(bdf, bridge::IO_BASE),
@@ -987,6 +1045,11 @@ impl SavedConfig {
                 control & (msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK),
             )
         });
+        let acs = extended_capabilities(cfg, bdf)
+            .entries
+            .iter()
+            .find(|c| c.id == ExtendedCapabilityId::ACS)
+            .and_then(|c| SavedAcs::save(cfg, bdf, c.offset));
         Ok(Self {
             bdf,
             id: vendor_device(cfg, bdf),
@@ -1002,7 +1065,13 @@ impl SavedConfig {
             pcie,
             msi,
             msix,
+            acs,
         })
+    }
+
+    /// The ACS Control register saved (raw), if the function has an ACS capability.
+    pub fn acs_control(&self) -> Option<u16> {
+        self.acs.map(|a| a.control)
     }
 
     /// The function this was saved from.
@@ -1023,8 +1092,9 @@ impl SavedConfig {
     /// Writes the saved configuration back.
     ///
     /// Refuses a function that no longer answers or whose vendor/device ID changed. If decoding
-    /// or bus mastering is on, it is turned off first; then PCI Express controls, bridge bus
-    /// numbers and windows, BARs and ROM, header bytes, MSI/MSI-X and Bridge Control are written,
+    /// or bus mastering is on, it is turned off first; then PCI Express controls, ACS (Egress
+    /// Control Vector, then Control), bridge bus numbers and windows, BARs and ROM, header bytes,
+    /// MSI/MSI-X and Bridge Control are written,
     /// the BARs are read back, and the Command register is written last. A BAR that does not
     /// read back what was written fails with [`ResetError::RestoreMismatch`] and the function is
     /// left with decoding and bus mastering off.
@@ -1052,6 +1122,9 @@ impl SavedConfig {
                 cfg.write16(bdf, p.offset + layout::pcie::LINK_CONTROL_2, link_control_2);
             }
         }
+        if let Some(a) = &self.acs {
+            a.restore(cfg, bdf);
+        }
         if let Some(b) = self.bridge {
             cfg.write32(bdf, bridge::PRIMARY_BUS, b.bus_numbers);
             cfg.write8(bdf, bridge::IO_BASE, b.io_base);
@@ -1073,11 +1146,8 @@ impl SavedConfig {
         for (index, &value) in self.bars().iter().enumerate() {
             cfg.write32(bdf, header::bar(index as u8), value);
         }
-        if let Some(rom) = self.expansion_rom {
-            let offset = match self.layout {
-                HeaderLayout::PciBridge => bridge::EXPANSION_ROM,
-                _ => layout::header::EXPANSION_ROM,
-            };
+        if let (Some(rom), Some(offset)) = (self.expansion_rom, self.layout.expansion_rom_offset())
+        {
             cfg.write32(bdf, offset, rom);
         }
         cfg.write8(bdf, layout::header::CACHE_LINE_SIZE, self.cache_line_size);
@@ -1359,6 +1429,90 @@ mod tests {
         assert_eq!(fake.read8(ep, layout::header::CACHE_LINE_SIZE), 0);
     }
 
+    /// Gives the endpoint an ACS capability with P2P Egress Control and a 40-port egress vector
+    /// (two dwords), controls SV RR CR EC plus bit 7 (defined only by newer revisions), and a
+    /// vector with bits in both dwords. Returns the capability offset.
+    fn add_acs_with_egress(fake: &FakeConfigSpace, ep: Bdf) -> u16 {
+        let offset = fake.add_extended_capability(ep, ExtendedCapabilityId::ACS, 1, 8 + 2 * 4);
+        let capability = (40 << acs::EGRESS_CONTROL_VECTOR_SIZE_SHIFT) | 0x00ff;
+        fake.poke16(ep, offset + acs::CAPABILITY, capability);
+        fake.poke16(ep, offset + acs::CONTROL, 0x80 | 0x2d);
+        fake.poke32(ep, offset + acs::EGRESS_CONTROL_VECTOR, 0x8000_0001);
+        fake.poke32(ep, offset + acs::EGRESS_CONTROL_VECTOR + 4, 0xa5);
+        offset
+    }
+
+    /// An FLR clears ACS Control and the Egress Control Vector (they are not sticky); the
+    /// reset's save/restore puts every bit back, and writes them before the Command register.
+    #[test]
+    fn reset_restores_acs_control_and_egress_vector() {
+        let fake = endpoint_behind_root_port();
+        let ep = bdf(1, 0, 0);
+        fake.set_flr_capable(ep, true);
+        let offset = add_acs_with_egress(&fake, ep);
+        let topo = enumerate(&fake, &[region()]);
+        // Negative control: the FLR itself clears them.
+        let saved = SavedConfig::save(&fake, ep).unwrap();
+        assert_eq!(saved.acs_control(), Some(0xad));
+        function_level_reset(&fake, ep, &mut |_| {}).unwrap();
+        assert_eq!(fake.read16(ep, offset + acs::CONTROL), 0);
+        assert_eq!(fake.read32(ep, offset + acs::EGRESS_CONTROL_VECTOR + 4), 0);
+        saved.restore(&fake).unwrap();
+        // Now through reset(): everything comes back.
+        fake.clear_writes();
+        reset(&fake, &topo, ep, ResetMethod::FunctionLevel, &mut |_| {}).unwrap();
+        assert_eq!(fake.reset_count(ep), 2);
+        assert_eq!(fake.read16(ep, offset + acs::CONTROL), 0xad);
+        assert_eq!(
+            fake.read32(ep, offset + acs::EGRESS_CONTROL_VECTOR),
+            0x8000_0001
+        );
+        assert_eq!(
+            fake.read32(ep, offset + acs::EGRESS_CONTROL_VECTOR + 4),
+            0xa5
+        );
+        let writes = fake.writes();
+        let position = |o: u16| writes.iter().rposition(|w| w.offset == o).unwrap();
+        assert!(position(offset + acs::CONTROL) < position(header::COMMAND));
+        // Not past the vector's two dwords.
+        assert!(writes
+            .iter()
+            .all(|w| w.offset != offset + acs::EGRESS_CONTROL_VECTOR + 8));
+    }
+
+    /// Without Egress Control advertised only the Control register is saved; a function with
+    /// no ACS capability saves none.
+    #[test]
+    fn acs_without_egress_control_saves_control_only() {
+        let fake = endpoint_behind_root_port();
+        let port = bdf(0, 1, 0);
+        let offset = fake.add_acs(port, AcsFlags::SV | AcsFlags::RR);
+        fake.write16(
+            port,
+            offset + acs::CONTROL,
+            (AcsFlags::SV | AcsFlags::RR).bits(),
+        );
+        let saved = SavedConfig::save(&fake, port).unwrap();
+        assert_eq!(saved.acs_control(), Some(0x5));
+        fake.poke16(port, offset + acs::CONTROL, 0);
+        fake.clear_writes();
+        saved.restore(&fake).unwrap();
+        assert_eq!(fake.read16(port, offset + acs::CONTROL), 0x5);
+        let acs_writes: Vec<u16> = fake
+            .writes()
+            .iter()
+            .map(|w| w.offset)
+            .filter(|&o| o >= 0x100)
+            .collect();
+        assert_eq!(acs_writes, [offset + acs::CONTROL]);
+        assert_eq!(
+            SavedConfig::save(&fake, bdf(1, 0, 0))
+                .unwrap()
+                .acs_control(),
+            None
+        );
+    }
+
     #[test]
     fn flr_waits_for_pending_transactions_then_goes_ahead() {
         let fake = endpoint_behind_root_port();
@@ -1417,7 +1571,14 @@ mod tests {
         fake.set_ready_delay(ep, u32::MAX);
         let topo = enumerate(&fake, &[region()]);
         let err = reset(&fake, &topo, ep, ResetMethod::FunctionLevel, &mut |_| {}).unwrap_err();
-        assert!(matches!(err, ResetError::NotReady { bdf, .. } if bdf == ep));
+        // The FLR's own wait, then the whole ready timeout (the restore was attempted).
+        assert_eq!(
+            err,
+            ResetError::NotReady {
+                bdf: ep,
+                waited_us: u64::from(FLR_COMPLETION_US + READY_TIMEOUT_US)
+            }
+        );
     }
 
     #[test]

@@ -9,15 +9,17 @@
 //! - Status error bits are write-1-to-clear, so a dword read-modify-write of Command would
 //!   visibly clear them;
 //! - BARs with a declared size emulate size masks (writing all-ones reads back the size mask
-//!   and the hardwired type bits); BARs without one are read-only;
+//!   and the hardwired type bits); BARs without one are read-only; the same holds for the
+//!   Expansion ROM BAR (0x30 in a type-0 header, 0x38 in a type-1 header), whose enable bit is
+//!   writable once a size is declared;
 //! - ACS Control bits the ACS Capability does not advertise are hardwired to 0;
 //! - a bridge's bus numbers and windows are writable (their low type nibbles are not);
 //! - setting Secondary Bus Reset in a bridge's Bridge Control clears the Command register and
 //!   BARs of every function on its secondary bus (what SPEC.md records QEMU 7.2 doing);
 //! - setting Initiate FLR in the PCI Express Device Control register of a function whose Device
 //!   Capabilities advertise FLR resets it: Command, BARs, Cache Line Size, Latency Timer,
-//!   Interrupt Line, Status errors, Device Control, MSI/MSI-X enables, PMCSR and bridge
-//!   registers go back to 0 (the bit itself always reads 0);
+//!   Interrupt Line, Status errors, Device Control, MSI/MSI-X enables, PMCSR, ACS Control and
+//!   Egress Control Vector, and bridge registers go back to 0 (the bit itself always reads 0);
 //! - PMCSR behaves as PCI PM 1.2 §7.2.2 says: PowerState and PME_En are writable, No_Soft_Reset
 //!   is read-only, PME_Status is write-1-to-clear, writes of unsupported states (D1/D2 not
 //!   advertised, or anything but D0 from D3hot) are discarded, and D3hot→D0 with No_Soft_Reset
@@ -39,8 +41,8 @@ use spin::Mutex;
 use crate::bar::BarKind;
 use crate::config::is_valid_access;
 use crate::regs::{
-    acs, bar_bits, bridge, header, pcie, AcsFlags, BridgeControl, CapabilityId, DevicePortType,
-    ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
+    acs, bar_bits, bridge, header, pcie, rom_bits, AcsFlags, BridgeControl, CapabilityId,
+    DevicePortType, ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
 };
 use crate::reset::layout::{self as reset_layout, msi, msix, pm};
 use crate::{Bdf, ConfigSpace};
@@ -69,6 +71,8 @@ struct FakeFunction {
     rw1c: Box<[u8; 4096]>,
     /// Declared BARs: (kind, size) at the slot of the low dword.
     bars: [Option<(BarKind, u64)>; 6],
+    /// Declared Expansion ROM size.
+    rom: Option<u64>,
     /// Where the next standard / extended capability goes, and the last one added.
     next_capability: u16,
     last_capability: Option<u16>,
@@ -89,6 +93,7 @@ impl FakeFunction {
             read_only: Box::new([0; 4096]),
             rw1c: Box::new([0; 4096]),
             bars: [None; 6],
+            rom: None,
             next_capability: header::HEADER_END,
             last_capability: None,
             next_extended: 0x100,
@@ -102,7 +107,8 @@ impl FakeFunction {
                 f.read_only[i] = 0xff;
             }
         }
-        // BARs and expansion ROMs are read-only until a size is declared.
+        // BARs are read-only until a size is declared (the Expansion ROM register too, see
+        // `FakeFunction::write`: where it lives depends on the layout).
         for i in 0x10..0x28 {
             f.read_only[i] = 0xff;
         }
@@ -152,11 +158,25 @@ impl FakeFunction {
         self.bars[slot].map_or(0, |(kind, _)| kind.flag_bits())
     }
 
+    /// The writable-bit mask of the Expansion ROM register: address bits down to its size and
+    /// the enable bit once a size is declared, nothing otherwise.
+    fn rom_mask(&self) -> u32 {
+        self.rom.map_or(0, |size| {
+            (!(size - 1) as u32 & rom_bits::ADDRESS_MASK) | rom_bits::ENABLE
+        })
+    }
+
     fn write(&mut self, offset: u16, width: usize, value: u32) {
         let bar_slots = usize::from(self.layout().bar_count());
+        let rom = self.layout().expansion_rom_offset().map(usize::from);
         for k in 0..width {
             let o = usize::from(offset) + k;
             let byte = (value >> (8 * k)) as u8;
+            if let Some(rom) = rom.filter(|rom| (*rom..*rom + 4).contains(&o)) {
+                // Like a BAR: bits that are not writable read 0 after a write.
+                self.bytes[o] = byte & (self.rom_mask() >> (8 * (o - rom))) as u8;
+                continue;
+            }
             if (0x10..0x10 + 4 * bar_slots).contains(&o) {
                 let slot = (o - 0x10) / 4;
                 if let Some(mask) = self.bar_mask(slot) {
@@ -205,6 +225,9 @@ impl FakeFunction {
             };
             self.put(header::bar(slot as u8), 4, flags);
         }
+        if let (Some(_), Some(rom)) = (self.rom, self.layout().expansion_rom_offset()) {
+            self.put(rom, 4, 0);
+        }
     }
 
     /// The first standard capability with this ID, walked over the raw bytes.
@@ -221,6 +244,26 @@ impl FakeFunction {
                 return Some(u16::from(pointer));
             }
             pointer = self.bytes[usize::from(pointer) + 1] & 0xfc;
+        }
+        None
+    }
+
+    /// The first extended capability with this ID, walked over the raw bytes.
+    fn find_extended_capability(&self, id: ExtendedCapabilityId) -> Option<u16> {
+        let mut offset = 0x100u16;
+        for _ in 0..(4096 / 4) {
+            let entry = self.get(offset, 4);
+            if entry == 0 || entry == u32::MAX {
+                return None;
+            }
+            if entry & 0xffff == u32::from(id.0) {
+                return Some(offset);
+            }
+            let next = (entry >> 20) as u16 & 0xffc;
+            if next < 0x100 {
+                return None;
+            }
+            offset = next;
         }
         None
     }
@@ -246,6 +289,23 @@ impl FakeFunction {
             let bits = msix::CONTROL_ENABLE | msix::CONTROL_FUNCTION_MASK;
             let control = self.get(p + msix::CONTROL, 2) & !u32::from(bits);
             self.put(p + msix::CONTROL, 2, control);
+        }
+        if let Some(a) = self.find_extended_capability(ExtendedCapabilityId::ACS) {
+            // ACS Control is not sticky; neither is the Egress Control Vector.
+            self.put(a + acs::CONTROL, 2, 0);
+            let capability = self.get(a + acs::CAPABILITY, 2) as u16;
+            if capability & AcsFlags::EC.bits() != 0 {
+                let bits = match capability >> acs::EGRESS_CONTROL_VECTOR_SIZE_SHIFT {
+                    0 => acs::EGRESS_CONTROL_VECTOR_MAX_BITS,
+                    n => n,
+                };
+                for i in 0..bits.div_ceil(32) {
+                    let o = a + acs::EGRESS_CONTROL_VECTOR + 4 * i;
+                    if usize::from(o) + 4 <= self.bytes.len() {
+                        self.put(o, 4, 0);
+                    }
+                }
+            }
         }
         if let Some(p) = self.find_capability(CapabilityId::POWER_MANAGEMENT) {
             let keep = pm::PMCSR_NO_SOFT_RESET;
@@ -432,6 +492,9 @@ impl FakeConfigSpace {
                     fake.set_bar_size(bdf, slot, size);
                 }
             }
+            if let Some(size) = qemu_rom_size(vendor, device) {
+                fake.with(bdf, |f| f.rom = Some(size));
+            }
         }
         Ok(fake)
     }
@@ -521,20 +584,80 @@ impl FakeConfigSpace {
     }
 
     /// Declares BAR `slot` as `kind` and `size` (a power of two) at bus address `address`.
+    ///
+    /// Address bits below `size` are stored as given, so a test can model a device whose BAR
+    /// reads back misaligned. A 64-bit BAR takes the next slot for its upper half; in the last
+    /// slot of the header (5 for a type-0 header, 1 for a bridge) only its low dword is written,
+    /// which models the malformed BAR probing must refuse.
+    ///
+    /// # Panics
+    ///
+    /// On a mistake in the test that would corrupt other registers instead of defining a BAR:
+    /// an absent function, a slot the header does not have (a bridge has only BAR0 and BAR1;
+    /// its offset 0x18 holds the bus numbers), a size that is not a power of two, a 32-bit
+    /// BAR with an address above 4 GiB, or a 64-bit BAR in the last slot with an address above
+    /// 4 GiB (its upper half has no register).
     pub fn define_bar(&self, bdf: Bdf, slot: u8, kind: BarKind, size: u64, address: u64) {
         let s = usize::from(slot);
-        self.with(bdf, |f| {
-            if s >= 6 || !size.is_power_of_two() {
-                return;
-            }
+        let defined = self.with(bdf, |f| {
+            let slots = f.layout().bar_count();
+            assert!(
+                slot < slots,
+                "define_bar: {bdf} has {slots} BAR slot(s), not slot {slot}"
+            );
+            assert!(
+                size.is_power_of_two(),
+                "define_bar: size {size:#x} is not a power of two"
+            );
+            let has_upper_half = matches!(kind, BarKind::Memory64 { .. }) && slot + 1 < slots;
+            assert!(
+                has_upper_half || address <= u64::from(u32::MAX),
+                "define_bar: {bdf} BAR{slot} ({kind}) cannot hold address {address:#x}: no \
+                 register for its upper half"
+            );
             f.bars[s] = Some((kind, size));
             let value = address | u64::from(kind.flag_bits());
             f.put(header::bar(slot), 4, value as u32);
-            if matches!(kind, BarKind::Memory64 { .. }) && s + 1 < 6 {
+            if has_upper_half {
                 f.bars[s + 1] = None;
                 f.put(header::bar(slot + 1), 4, (value >> 32) as u32);
             }
         });
+        assert!(defined.is_some(), "define_bar: no function at {bdf}");
+    }
+
+    /// Declares the Expansion ROM BAR of a type-0 or type-1 function: `size` (a power of two,
+    /// at least 2 KiB) at bus address `address`, enabled or not. Address bits below `size` are
+    /// stored as given (a misaligned ROM for refusal tests).
+    ///
+    /// # Panics
+    ///
+    /// On an absent function, a layout without a ROM register, a size that is not a power of
+    /// two of at least 2 KiB, or an address that is not a 32-bit ROM address (bits 10:0 set,
+    /// or above 4 GiB).
+    pub fn define_expansion_rom(&self, bdf: Bdf, size: u64, address: u64, enabled: bool) {
+        let defined = self.with(bdf, |f| {
+            let offset = f
+                .layout()
+                .expansion_rom_offset()
+                .unwrap_or_else(|| panic!("define_expansion_rom: {bdf} has no ROM register"));
+            let min = u64::from(!rom_bits::ADDRESS_MASK) + 1;
+            assert!(
+                size.is_power_of_two() && size >= min,
+                "define_expansion_rom: size {size:#x} is not a power of two >= {min:#x}"
+            );
+            let address = u32::try_from(address)
+                .ok()
+                .filter(|a| a & !rom_bits::ADDRESS_MASK == 0)
+                .unwrap_or_else(|| panic!("define_expansion_rom: bad address {address:#x}"));
+            f.rom = Some(size);
+            let enable = if enabled { rom_bits::ENABLE } else { 0 };
+            f.put(offset, 4, address | enable);
+        });
+        assert!(
+            defined.is_some(),
+            "define_expansion_rom: no function at {bdf}"
+        );
     }
 
     /// Declares the size of BAR `slot`, taking its kind from the register's current type bits
@@ -957,6 +1080,18 @@ pub fn qemu_bar_size(vendor_id: u16, device_id: u16, slot: u8, params: &QemuPara
         (0x8086, 0x2930, 4) => 64,
         _ => return None,
     })
+}
+
+/// Expansion ROM sizes of the QEMU 7.2 device models with a `romfile` in our fixtures: the
+/// file's size rounded up to a power of two (`pci_add_option_rom`), measured with `info pci`
+/// (`BAR6`) on Debian's QEMU 7.2: std VGA (`vgabios-stdvga.bin`) 64 KiB, e1000e
+/// (`efi-e1000e.rom`) 256 KiB.
+pub fn qemu_rom_size(vendor_id: u16, device_id: u16) -> Option<u64> {
+    match (vendor_id, device_id) {
+        (0x1234, 0x1111) => Some(64 << 10),
+        (0x8086, 0x10d3) => Some(256 << 10),
+        _ => None,
+    }
 }
 
 /// The bytes of one ACPI table from an `.acpi` fixture dump (lines `SIG 0000: 4d 43 ...`).

@@ -19,7 +19,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::acs::{self, AcsState};
-use crate::bar::{probe_bars, Bar, BarError, HostBridgeWindow};
+use crate::bar::{probe_bars, Bar, BarError, ExpansionRom, HostBridgeWindow};
 use crate::capability::{Capabilities, CapabilityError};
 use crate::regs::{
     bridge, header, BridgeControl, CapabilityId, Command, DevicePortType, ExtendedCapabilityId,
@@ -174,6 +174,8 @@ pub struct Function {
     pub capabilities: Capabilities,
     /// Implemented BARs (empty when enumeration did not probe BARs).
     pub bars: Vec<Bar>,
+    /// The Expansion ROM BAR, if implemented (`None` when enumeration did not probe BARs).
+    pub expansion_rom: Option<ExpansionRom>,
     /// Bridge registers, for type-1 functions.
     pub bridge: Option<BridgeInfo>,
     /// Index of the upstream bridge in [`Topology::functions`].
@@ -601,20 +603,20 @@ impl<C: ConfigSpace> Scanner<'_, C> {
                 slot_implemented: reg & crate::regs::pcie::SLOT_IMPLEMENTED != 0,
             }
         });
-        let bars = if self.options.probe_bars {
+        let (bars, expansion_rom) = if self.options.probe_bars {
             let probe = probe_bars(
                 cfg,
                 bdf,
-                layout.bar_count(),
+                layout,
                 self.options.windows,
                 class.is_host_bridge(),
             );
             for error in probe.errors {
                 self.warnings.push(TopologyWarning::Bar { bdf, error });
             }
-            probe.bars
+            (probe.bars, probe.expansion_rom)
         } else {
-            Vec::new()
+            (Vec::new(), None)
         };
         Function {
             bdf,
@@ -628,6 +630,7 @@ impl<C: ConfigSpace> Scanner<'_, C> {
             pcie,
             capabilities,
             bars,
+            expansion_rom,
             bridge: (layout == HeaderLayout::PciBridge).then(|| BridgeInfo::read(cfg, bdf)),
             parent,
             root_bus,

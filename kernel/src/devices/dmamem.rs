@@ -88,10 +88,11 @@ impl PhysMemory for KernelPhysMemory {
 }
 
 /// IOVA ranges no domain may hand out besides page 0 and the interrupt window (which the `dma`
-/// crate always reserves): every RMRR, and every address a PCI peer decodes (memory BARs and
-/// bridge windows), so an IOVA can never equal a peer's bus address. x86 firmware describes the
-/// host-bridge apertures only in AML (`_CRS`), which this kernel does not interpret; the union of
-/// the windows and BARs firmware programmed covers every address a peer actually decodes.
+/// crate always reserves): every RMRR, and every bus range a PCI peer decodes or may decode
+/// ([`pci::p2p::peer_decoded_ranges`]: memory BARs, Expansion ROM BARs, BARs refused as
+/// misaligned, bridge windows), so an IOVA can never equal a peer's bus address. x86 firmware
+/// describes the host-bridge apertures only in AML (`_CRS`), which this kernel does not
+/// interpret; the union of what firmware programmed covers every address a peer decodes.
 pub fn reserved_regions(pci: &PciSystem, iommu: &Iommu) -> Vec<ReservedRegion> {
     let mut out: Vec<ReservedRegion> = iommu
         .rmrrs
@@ -101,31 +102,11 @@ pub fn reserved_regions(pci: &PciSystem, iommu: &Iommu) -> Vec<ReservedRegion> {
             Some(ReservedRegion::new(r.base, len, ReservedKind::Rmrr))
         })
         .collect();
-    for f in pci.topology.functions() {
-        for b in f
-            .bars
-            .iter()
-            .filter(|b| !matches!(b.kind, pci::bar::BarKind::Io) && !b.is_unassigned())
-        {
-            out.push(ReservedRegion::new(
-                b.bus_address,
-                b.size,
-                ReservedKind::HostBridgeWindow,
-            ));
-        }
-        if let Some(br) = &f.bridge {
-            for w in [br.memory_window, br.prefetchable_window]
-                .into_iter()
-                .flatten()
-            {
-                out.push(ReservedRegion::new(
-                    w.base,
-                    (w.limit - w.base).saturating_add(1),
-                    ReservedKind::HostBridgeWindow,
-                ));
-            }
-        }
-    }
+    out.extend(
+        pci::p2p::peer_decoded_ranges(&pci.topology)
+            .into_iter()
+            .map(|r| ReservedRegion::new(r.start, r.size, ReservedKind::HostBridgeWindow)),
+    );
     out
 }
 
@@ -164,8 +145,8 @@ pub struct DeviceDma {
     pub dev: DmaDevice,
     /// The VT-d domain behind it (its group's default domain), if any.
     pub hw: Option<Arc<Domain>>,
-    /// Its membership of the group's attachment to `hw`.
-    pub member: Option<Membership>,
+    /// Its membership of the group's attachment to `hw`, held for its `Drop` (the detach).
+    _member: Option<Membership>,
 }
 
 /// Size of the bounce pool of a direct-mapped device.
@@ -206,9 +187,8 @@ pub fn group_domain(
     let group = pci
         .groups()
         .group_of(bdf)
-        .ok_or(SetupError::Attach(AttachError::NoSuchDevice(bdf)))?
-        .id()
-        .0;
+        .map(super::iommu::group_key)
+        .ok_or(SetupError::Attach(AttachError::NoSuchDevice(bdf)))?;
     let mut defaults = iommu.defaults.lock();
     defaults.retain(|d| d.dma.strong_count() > 0);
     if let Some(d) = defaults.iter().find(|d| d.group == group) {
@@ -267,7 +247,7 @@ pub fn setup_with(
             Ok(DeviceDma {
                 dev,
                 hw: Some(hw),
-                member: Some(member),
+                _member: Some(member),
             })
         }
         None => {
@@ -278,7 +258,7 @@ pub fn setup_with(
             Ok(DeviceDma {
                 dev,
                 hw: None,
-                member: None,
+                _member: None,
             })
         }
     }
@@ -299,14 +279,13 @@ pub fn attach_rmrr_devices(pci: &PciSystem, iommu: &Iommu) {
         }
     }
     for bdf in devices {
-        let attached = group_domain(pci, iommu, bdf, InvalidationMode::Strict).and_then(
-            |(hw, dma)| {
+        let attached =
+            group_domain(pci, iommu, bdf, InvalidationMode::Strict).and_then(|(hw, dma)| {
                 iommu
                     .attach_member(pci, &hw, bdf)
                     .map(|m| (m, dma))
                     .map_err(SetupError::Attach)
-            },
-        );
+            });
         match attached {
             Ok((member, dma)) => {
                 log::info!(

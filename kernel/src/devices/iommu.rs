@@ -12,13 +12,13 @@ use core::ptr::NonNull;
 
 use dma::iommu::{IommuDomain, IotlbGather};
 use dma::{DmaAddr, DmaDomain, PhysAddr};
-use spin::Mutex;
 use iommu_vtd::dmar::ScopeKind;
 use iommu_vtd::{
     Dmar, DomainConfig, GroupRef, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig,
     VtdError, VtdUnit,
 };
 use kernel::frames::FrameRequest;
+use spin::Mutex;
 
 use super::pci::PciSystem;
 use crate::acpi::Acpi;
@@ -119,7 +119,7 @@ pub struct RmrrInfo {
 /// Linux's default domains), so no function is ever translated by a domain that was not attached
 /// to its group. Held weakly: the devices (and boot-time RMRR attachments) keep it alive.
 pub struct DefaultDomain {
-    /// The group's key ([`pci::GroupId`]'s value).
+    /// The group's key ([`group_key`]).
     pub group: u32,
     /// The VT-d domain.
     pub hw: Weak<Domain>,
@@ -195,7 +195,11 @@ impl fmt::Display for AttachError {
     }
 }
 
-/// Brings every DRHD up. `None` when there is no DMAR (no IOMMU).
+/// Brings every usable DRHD up. `None` when there is no IOMMU: no DMAR, or a DMAR without a
+/// usable remapping unit (said once in the log). Structures the DMAR parser refused (a DRHD
+/// with register base 0 or an absurd register size, an inverted or misaligned RMRR, a scope of
+/// a reserved type) are logged and left out; only validated, bounded register windows are
+/// mapped.
 pub fn init(
     acpi: &Acpi,
     pci: &PciSystem,
@@ -205,11 +209,22 @@ pub fn init(
         return Ok(None);
     };
     let dmar = Dmar::parse(bytes).map_err(IommuInitError::Dmar)?;
+    for refused in dmar.refused() {
+        log::warn!("vt-d: {refused}");
+    }
+    if let Err(e) = dmar.require_unit() {
+        let why = match e {
+            iommu_vtd::DmarError::NoRemappingUnit { refused: 0 } => "the table has no DRHD",
+            _ => "every DRHD was refused",
+        };
+        log::warn!("vt-d: DMAR has no usable remapping unit: no IOMMU ({why})");
+        return Ok(None);
+    }
     let haw = dmar.host_address_width();
     let mut units = Vec::new();
     for drhd in dmar.drhds() {
         let base = drhd.register_base();
-        let size = drhd.register_size().unwrap_or(4096);
+        let size = drhd.register_size();
         let ptr = paging::map_phys(base, size, Cache::Uncached).map_err(IommuInitError::Map)?;
         let ptr = NonNull::new(ptr).ok_or(IommuInitError::Map(paging::MapError::BadRange))?;
         // SAFETY: the DRHD register page was just mapped uncached for `size` bytes, is never
@@ -278,14 +293,7 @@ pub fn init(
             .filter_map(|s| s.resolve(secondary).ok())
             .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
             .collect();
-        if r.limit() < r.base() {
-            log::warn!(
-                "vt-d: ignoring RMRR with limit {:#x} below base {:#x}",
-                r.limit(),
-                r.base()
-            );
-            continue;
-        }
+        // Inverted or misaligned RMRRs were refused (and logged) by the parser.
         rmrrs.push(RmrrInfo {
             base: r.base(),
             limit: r.limit(),
@@ -346,10 +354,8 @@ impl Iommu {
             return Err(AttachError::WrongUnit(bdf));
         }
         let groups = pci.groups();
-        let group = groups
-            .group_of(bdf)
-            .ok_or(AttachError::NoSuchDevice(bdf))?;
-        let key = group.id().0;
+        let group = groups.group_of(bdf).ok_or(AttachError::NoSuchDevice(bdf))?;
+        let key = group_key(group);
         let rids = group.requester_ids().to_vec();
         let first = !domain.attached_groups().contains(&key);
         // RMRR memory a member keeps using must be reachable before the group is switched over.
@@ -412,7 +418,7 @@ impl Iommu {
         let key = pci
             .groups()
             .group_of(bdf)
-            .map(|g| g.id().0)
+            .map(group_key)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
         domain
             .detach_device(key, bdf.requester_id())
@@ -430,7 +436,7 @@ impl Iommu {
         let key = pci
             .groups()
             .group_of(bdf)
-            .map(|g| g.id().0)
+            .map(group_key)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
         Ok(Membership {
             domain: domain.clone(),
@@ -438,6 +444,14 @@ impl Iommu {
             bdf,
         })
     }
+}
+
+/// The key a group is known by to the VT-d units: its segment and lowest member BDF. Unlike
+/// the group's index it does not change when the groups are recomputed and the group itself
+/// stays the same.
+pub fn group_key(group: &pci::Group) -> u32 {
+    let lowest = group.members().first().map_or(0, |b| b.requester_id());
+    u32::from(group.segment()) << 16 | u32::from(lowest)
 }
 
 /// One function's membership of its group's attachment to a domain: dropping it detaches the

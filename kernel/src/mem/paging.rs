@@ -245,3 +245,28 @@ pub fn is_mapped(addr: u64) -> bool {
         )
     })
 }
+
+/// The leaf entry that maps `addr` in the kernel page tables: the raw entry (cache-control
+/// bits PWT, PCD and PAT included: PAT is bit 7 of a 4 KiB entry, bit 12 of a larger one) and
+/// the page size. `None` when unmapped or before [`init`]. Read-only: nothing changes.
+pub fn leaf_entry(addr: u64) -> Option<(u64, u64)> {
+    let guard = MAPPER.lock();
+    guard.as_ref()?;
+    let (pml4, _) = Cr3::read();
+    let mut table = pml4.start_address().as_u64();
+    for level in (1..=4u32).rev() {
+        let index = (addr >> (12 + 9 * (level - 1))) & 0x1ff;
+        // SAFETY: every table frame is RAM, identity-mapped, owned by the kernel page tables;
+        // the mapper lock held above keeps writers out while we read.
+        let entry = unsafe { ((table + index * 8) as *const u64).read_volatile() };
+        if entry & F::PRESENT.bits() == 0 {
+            return None;
+        }
+        let size = 1u64 << (12 + 9 * (level - 1));
+        if level == 1 || (level <= 3 && entry & F::HUGE_PAGE.bits() != 0) {
+            return Some((entry, size));
+        }
+        table = entry & 0x000f_ffff_ffff_f000;
+    }
+    None
+}

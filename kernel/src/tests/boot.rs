@@ -3,9 +3,12 @@
 use x86_64::instructions::tables::sidt;
 
 use crate::arch::time;
-use crate::ktest::{OrFail, Suite, Test, TestResult};
+use alloc::format;
+use alloc::vec::Vec;
+
+use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
 use crate::pvh::MemoryType;
-use crate::{check, check_eq, Kernel};
+use crate::{check, check_eq, kprintln, Kernel};
 
 pub const SUITE: Suite = Suite {
     name: "boot",
@@ -90,16 +93,86 @@ fn idt_every_vector_on_ist(_: &Kernel) -> TestResult {
     Ok(())
 }
 
-fn tsc_calibrated(_: &Kernel) -> TestResult {
+/// Ticks per second of the ACPI PM timer (ACPI 6.5 §4.8.3.3).
+const PM_TIMER_HZ: u64 = 3_579_545;
+
+/// The TSC calibration checked against an independent clock, the ACPI PM timer (its I/O port
+/// from the FADT): a 100 ms busy wait measured by the TSC must last 100 ms by the PM timer too
+/// (within 20 %: generous for TCG). A wrong calibration stretches or shrinks every TSC interval
+/// by the same factor, which the PM timer sees.
+fn tsc_calibrated(k: &Kernel) -> TestResult {
+    use acpi::address::AddressSpace;
+    use x86_64::instructions::port::Port;
+
     let hz = time::tsc_hz();
     check!(
         (50_000_000..=20_000_000_000).contains(&hz),
         "implausible TSC frequency {hz} Hz"
     );
-    let t0 = time::now_us();
-    time::delay_us(2000);
-    let t1 = time::now_us();
-    check!(t1 - t0 >= 2000, "delay_us(2000) took {}us", t1 - t0);
+    let fadt = k
+        .acpi
+        .tables()
+        .find_table::<acpi::fadt::Fadt>()
+        .map_err(|e| Failure::new(format!("FADT: {e:?}")))?;
+    let block = fadt
+        .pm_timer_block()
+        .map_err(|e| Failure::new(format!("FADT PM timer block: {e:?}")))?
+        .or_fail("PM timer")?;
+    check_eq!(block.address_space, AddressSpace::SystemIo);
+    let port = u16::try_from(block.address).or_fail("PM timer port")?;
+    let flags = fadt.flags;
+    let mask: u32 = if flags.pm_timer_is_32_bit() {
+        u32::MAX
+    } else {
+        0xff_ffff
+    };
+    let read = || {
+        // SAFETY: the FADT names this I/O port as the PM timer, a read-only counter; reading it
+        // has no side effects.
+        unsafe { Port::<u32>::new(port).read() & mask }
+    };
+    // One PM timer sample bracketed by TSC time stamps; a port read is an exit into QEMU that
+    // can stall on a loaded host, so a sample whose bracket is wider than 1 ms is taken again.
+    let sample = || -> Result<(u32, u64, u64), Failure> {
+        for _ in 0..100 {
+            let before = time::now_us();
+            let v = read();
+            let after = time::now_us();
+            if after - before <= 1000 {
+                return Ok((v, before, after));
+            }
+        }
+        Err(Failure::new(
+            "every PM timer read stalled for over 1 ms".into(),
+        ))
+    };
+    // Nine 10 ms windows; the median ratio is compared, so one window disturbed by the host
+    // (a vCPU thread moved between host CPUs whose TSCs differ, seen under load) cannot decide.
+    const WAIT_US: u64 = 10_000;
+    let mut ratios = Vec::new();
+    for _ in 0..9 {
+        let (p0, t0_before, t0_after) = sample()?;
+        time::delay_us(WAIT_US);
+        let (p1, t1_before, t1_after) = sample()?;
+        let tsc_us = (t1_before - t0_after + t1_after - t0_before) / 2;
+        check!(
+            tsc_us >= WAIT_US - 1000,
+            "delay_us({WAIT_US}) took {tsc_us}us"
+        );
+        // A 24-bit counter wraps every 4.7 s: at most once in 10 ms.
+        let ticks = u64::from(p1.wrapping_sub(p0) & mask);
+        // PM timer microseconds per 1000 TSC microseconds.
+        ratios.push(ticks * 1_000_000_000 / PM_TIMER_HZ / tsc_us);
+    }
+    ratios.sort_unstable();
+    let median = ratios[ratios.len() / 2];
+    check!(
+        (800..=1200).contains(&median),
+        "PM timer / TSC time, per mille, over nine 10 ms windows: {ratios:?}"
+    );
+    kprintln!(
+        "  TSC {hz} Hz; ACPI PM timer (port {port:#x}) time per TSC time, per mille: {ratios:?}"
+    );
     Ok(())
 }
 

@@ -34,6 +34,18 @@ pub const SUITE: Suite = Suite {
             run: untrusted_subpage_isolated,
         },
         Test {
+            name: "bounce_slot_reused_zero_padded",
+            run: bounce_slot_reused_zero_padded,
+        },
+        Test {
+            name: "strict_unmap_then_fault",
+            run: strict_unmap_then_fault,
+        },
+        Test {
+            name: "direction_enforced",
+            run: direction_enforced,
+        },
+        Test {
             name: "scatter_list",
             run: scatter_list,
         },
@@ -63,13 +75,11 @@ pub const SUITE: Suite = Suite {
 const LEN: u64 = 256;
 
 fn device(k: &Kernel, edu: &Edu, trusted: bool) -> Result<DeviceDma, Failure> {
-    let mut config = DeviceConfig {
+    let config = DeviceConfig {
         mask: edu.dma_mask(),
+        trusted,
         ..DeviceConfig::default()
     };
-    if !trusted {
-        config = config.untrusted();
-    }
     dmamem::setup(&k.pci, k.iommu.as_ref(), edu.bdf(), config).or_fail("DMA device setup")
 }
 
@@ -223,6 +233,218 @@ fn untrusted_subpage_isolated(k: &Kernel) -> TestResult {
     check!(faults(k)?.is_empty(), "unexpected faults");
     m.unmap().or_fail("unmap")?;
     md.unmap().or_fail("unmap dst")?;
+    Ok(())
+}
+
+/// The physical page a mapping's first IOVA page translates to (the bounce slot when bounced).
+fn slot_page(d: &DeviceDma, m: &Mapping) -> Result<u64, Failure> {
+    let hw = d.hw.as_ref().or_fail("hardware domain")?;
+    let (pa, _) = hw
+        .translate(m.dma_addr().page_align_down())
+        .or_fail("translation of the mapping")?;
+    Ok(pa.as_u64())
+}
+
+/// Bounce slots are zero-padded on every use, not only when fresh: an untrusted device gets a
+/// sub-page mapping, writes almost the whole slot page with non-zero bytes (checked in the slot),
+/// the mapping is released; the next sub-page mapping gets the same slot (checked through the
+/// translation) and the device, reading almost the whole slot page, sees its 100 data bytes and
+/// zeros around them, not the previous mapping's bytes. The dirtied slot is the negative
+/// control: without the padding the device would read it back.
+fn bounce_slot_reused_zero_padded(k: &Kernel) -> TestResult {
+    check!(k.iommu.is_some(), "this test needs intel-iommu");
+    clear_faults(k)?;
+    let mut e = first_edu(k)?;
+    let d = device(k, &e, false)?;
+    // Edu's buffer full of 0xc5, loaded through a whole-page (never bounced) mapping.
+    let span: u64 = 0xf00;
+    let fill = page(0xc5)?;
+    let mf = map(&d, &fill, 4096, Direction::ToDevice, "map fill")?;
+    check!(!mf.is_bounced(), "a page-aligned mapping was bounced");
+    edu_dev::dma(&mut e, Transfer::ReadFromMemory, mf.dma_addr(), 0, span).or_fail("load 0xc5")?;
+    // First use of the slot: the device writes 0xc5 over [0, span) of the slot page.
+    let first = page(0)?;
+    let m1 = d
+        .dev
+        .map_phys(
+            PhysAddr::new(first.paddr() + 0x80),
+            100,
+            Direction::FromDevice,
+            Attrs::empty(),
+        )
+        .or_fail("first sub-page map")?;
+    check!(
+        m1.is_bounced(),
+        "an untrusted sub-page mapping was not bounced"
+    );
+    let slot = slot_page(&d, &m1)?;
+    check!(slot != first.paddr(), "the slot is the original page");
+    edu_dev::dma(
+        &mut e,
+        Transfer::WriteToMemory,
+        m1.dma_addr().page_align_down(),
+        0,
+        span,
+    )
+    .or_fail("dirtying write")?;
+    // SAFETY: the slot is a RAM page of the pool (identity-mapped), mapped for the device only
+    // while m1 lives; read before m1 is released.
+    let dirty =
+        (0..span as usize).all(|i| unsafe { (slot as *const u8).add(i).read_volatile() } == 0xc5);
+    check!(
+        dirty,
+        "the device's write did not land in the slot: the control proves nothing"
+    );
+    m1.unmap().or_fail("unmap first")?;
+    // Copy-back is exactly the 100 data bytes.
+    let back = read_back(&first, 4096);
+    check!(
+        back[0x80..0x80 + 100].iter().all(|&b| b == 0xc5),
+        "copy-back lost the data"
+    );
+    check!(
+        back[..0x80]
+            .iter()
+            .chain(&back[0x80 + 100..])
+            .all(|&b| b == 0),
+        "copy-back wrote outside the mapped bytes"
+    );
+    // Second use: 100 bytes (1..=100) at 0x80 of a page of 0xee secrets.
+    let mut secret = page(0xee)?;
+    let data: Vec<u8> = (1..=100u8).collect();
+    secret.as_mut_slice()[0x80..0x80 + 100].copy_from_slice(&data);
+    let m2 = d
+        .dev
+        .map_phys(
+            PhysAddr::new(secret.paddr() + 0x80),
+            100,
+            Direction::ToDevice,
+            Attrs::empty(),
+        )
+        .or_fail("second sub-page map")?;
+    check!(m2.is_bounced(), "second mapping not bounced");
+    check_eq!(slot_page(&d, &m2)?, slot);
+    let dst = page(0x5a)?;
+    let md = map(&d, &dst, 4096, Direction::FromDevice, "map dst")?;
+    edu_dev::dma(
+        &mut e,
+        Transfer::ReadFromMemory,
+        m2.dma_addr().page_align_down(),
+        0,
+        span,
+    )
+    .or_fail("edu reads the slot page")?;
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, md.dma_addr(), 0, span).or_fail("edu write")?;
+    md.sync_for_cpu().or_fail("sync dst")?;
+    let got = read_back(&dst, span as usize);
+    check_eq!(&got[0x80..0x80 + 100], &data[..]);
+    check!(
+        !got.contains(&0xc5),
+        "the device saw the previous mapping's bytes in a reused slot"
+    );
+    check!(
+        !got.contains(&0xee),
+        "the device saw a byte of the original page"
+    );
+    check!(
+        got[..0x80]
+            .iter()
+            .chain(&got[0x80 + 100..])
+            .all(|&b| b == 0),
+        "reused slot not zero-padded"
+    );
+    check!(faults(k)?.is_empty(), "unexpected faults");
+    m2.unmap().or_fail("unmap second")?;
+    md.unmap().or_fail("unmap dst")?;
+    mf.unmap().or_fail("unmap fill")?;
+    Ok(())
+}
+
+/// Strict `Mapping::unmap` through the DMA API (not the raw domain): a device write through the
+/// mapping lands (so the IOTLB holds a writable entry), `unmap` returns, the same write to the
+/// same IOVA is blocked: memory unchanged, a write fault at that IOVA. Negative control:
+/// `batch_without_flush_is_caught` shows the same warm entry is used when the flush is skipped.
+fn strict_unmap_then_fault(k: &Kernel) -> TestResult {
+    check!(k.iommu.is_some(), "this test needs intel-iommu");
+    clear_faults(k)?;
+    let mut e = first_edu(k)?;
+    let d = device(k, &e, true)?;
+    let mut src = page(0)?;
+    pattern(&mut src, 0x91);
+    let ms = map(&d, &src, LEN, Direction::ToDevice, "map src")?;
+    edu_dev::dma(&mut e, Transfer::ReadFromMemory, ms.dma_addr(), 0, LEN).or_fail("load")?;
+    let mut target = page(0)?;
+    let mt = map(&d, &target, 4096, Direction::FromDevice, "map target")?;
+    let iova = mt.dma_addr();
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, iova, 0, LEN).or_fail("warming write")?;
+    mt.sync_for_cpu().or_fail("sync")?;
+    check_eq!(
+        read_back(&target, LEN as usize),
+        src.as_slice()[..LEN as usize].to_vec()
+    );
+    mt.unmap().or_fail("strict unmap")?;
+    let hw = d.hw.as_ref().or_fail("hardware domain")?;
+    check!(
+        hw.translate(iova).is_none(),
+        "the page table still maps {iova}"
+    );
+    target.as_mut_slice().fill(0x33);
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, iova, 0, LEN).or_fail("write after unmap")?;
+    check!(
+        read_back(&target, 4096).iter().all(|&b| b == 0x33),
+        "DMA reached memory after a strict Mapping::unmap"
+    );
+    expect_one_fault(k, &e, iova.as_u64(), AccessKind::Write, 5)?;
+    ms.unmap().or_fail("unmap src")?;
+    Ok(())
+}
+
+/// The direction decides the device's rights: a device write into a `ToDevice` (read-only)
+/// mapping is blocked (write fault, memory unchanged) and a device read from a `FromDevice`
+/// (write-only) mapping is blocked (read fault). Negative control: the same write into a
+/// `FromDevice` and a `Bidirectional` mapping of a page filled the same way lands, and the
+/// device can read the `ToDevice` page, so the refusals are the direction's doing.
+fn direction_enforced(k: &Kernel) -> TestResult {
+    check!(k.iommu.is_some(), "this test needs intel-iommu");
+    clear_faults(k)?;
+    let mut e = first_edu(k)?;
+    let d = device(k, &e, true)?;
+    let mut src = page(0)?;
+    pattern(&mut src, 0xa7);
+    let ms = map(&d, &src, 4096, Direction::ToDevice, "map src")?;
+    // The device can read a ToDevice mapping (this loads its buffer).
+    edu_dev::dma(&mut e, Transfer::ReadFromMemory, ms.dma_addr(), 0, LEN).or_fail("load")?;
+    let want = src.as_slice()[..LEN as usize].to_vec();
+    let ro = page(0x33)?;
+    let mro = map(&d, &ro, 4096, Direction::ToDevice, "map read-only")?;
+    edu_dev::dma(&mut e, Transfer::WriteToMemory, mro.dma_addr(), 0, LEN)
+        .or_fail("write into ToDevice")?;
+    check!(
+        read_back(&ro, 4096).iter().all(|&b| b == 0x33),
+        "a device write reached a ToDevice (read-only) mapping"
+    );
+    expect_one_fault(k, &e, mro.dma_addr().as_u64(), AccessKind::Write, 5)?;
+    for dir in [Direction::FromDevice, Direction::Bidirectional] {
+        let p = page(0x33)?;
+        let m = map(&d, &p, 4096, dir, "map writable")?;
+        edu_dev::dma(&mut e, Transfer::WriteToMemory, m.dma_addr(), 0, LEN)
+            .or_fail("write into a writable mapping")?;
+        m.sync_for_cpu().or_fail("sync")?;
+        check!(
+            read_back(&p, LEN as usize) == want,
+            "the control write into a {dir:?} mapping did not land"
+        );
+        m.unmap().or_fail("unmap writable")?;
+    }
+    let wo = page(0x44)?;
+    let mwo = map(&d, &wo, 4096, Direction::FromDevice, "map write-only")?;
+    edu_dev::dma(&mut e, Transfer::ReadFromMemory, mwo.dma_addr(), 0, LEN)
+        .or_fail("read from FromDevice")?;
+    expect_one_fault(k, &e, mwo.dma_addr().as_u64(), AccessKind::Read, 6)?;
+    check!(faults(k)?.is_empty(), "unexpected faults");
+    mwo.unmap().or_fail("unmap write-only")?;
+    mro.unmap().or_fail("unmap read-only")?;
+    ms.unmap().or_fail("unmap src")?;
     Ok(())
 }
 
@@ -429,6 +651,7 @@ fn deferred_unmap_quarantines_until_flush(k: &Kernel) -> TestResult {
     };
     let cfg = DeviceConfig {
         mask: e.dma_mask(),
+        trusted: true, // deferred invalidation is for trusted devices only
         ..DeviceConfig::default()
     };
     let d = dmamem::setup_with(

@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 
 use kernel::frames::{FrameError, FrameRequest};
 
-use crate::ktest::{OrFail, Suite, Test, TestResult};
+use x86_64::registers::model_specific::Msr;
+
+use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
 use crate::mem::paging::{self, Cache, MapError};
 use crate::mem::{self, heap, PhysPages};
 use crate::{check, check_eq, Kernel};
@@ -123,11 +125,30 @@ fn null_page_unmapped(_: &Kernel) -> TestResult {
     Ok(())
 }
 
-/// HPET (QEMU q35 places it at 0xFED00000): map its registers uncached and read the capability
-/// register: a vendor ID and a non-zero counter period prove the access reached the device.
+/// The memory type the CPU uses for the page mapping `addr` (0 = UC, 6 = WB, ...): the PAT
+/// entry selected by the leaf's PWT, PCD and PAT bits, read from IA32_PAT (Intel SDM vol. 3,
+/// §13.12.3).
+fn memory_type(addr: u64) -> Result<u8, Failure> {
+    let (entry, size) = paging::leaf_entry(addr).or_fail("leaf entry")?;
+    let pat_bit = if size == 4096 { 7 } else { 12 };
+    let index = ((entry >> 3) & 1) | ((entry >> 4) & 1) << 1 | ((entry >> pat_bit) & 1) << 2;
+    // SAFETY: IA32_PAT (0x277) exists on every x86_64 CPU; reading it has no side effects.
+    let pat = unsafe { Msr::new(0x277).read() };
+    Ok(((pat >> (8 * index)) & 0x7) as u8)
+}
+
+/// HPET (QEMU q35 places it at 0xFED00000): mapped uncached, checked in the page tables (the
+/// leaf's PWT/PCD/PAT bits select the UC type in IA32_PAT; a RAM page, the control, is WB) and
+/// by reading the capability register: a vendor ID and a non-zero counter period prove the
+/// access reached the device.
 fn mmio_mapped_uncached(_: &Kernel) -> TestResult {
     const HPET: u64 = 0xfed0_0000;
+    const UC: u8 = 0;
+    const WB: u8 = 6;
     let regs = paging::map_phys(HPET, 0x400, Cache::Uncached).or_fail("map HPET")?;
+    check_eq!(memory_type(HPET)?, UC);
+    let ram = PhysPages::alloc(FrameRequest::one()).or_fail("a RAM page")?;
+    check_eq!(memory_type(ram.paddr())?, WB);
     // SAFETY: the HPET general capabilities register is a read-only 64-bit register at offset 0
     // of the page just mapped uncached.
     let cap = unsafe { (regs as *const u64).read_volatile() };
@@ -138,8 +159,9 @@ fn mmio_mapped_uncached(_: &Kernel) -> TestResult {
         (1..=100_000_000).contains(&period_fs),
         "HPET period {period_fs} fs"
     );
-    // Mapping the same range again is idempotent.
+    // Mapping the same range again is idempotent and keeps it uncached.
     paging::map_phys(HPET, 0x400, Cache::Uncached).or_fail("map HPET again")?;
+    check_eq!(memory_type(HPET)?, UC);
     Ok(())
 }
 

@@ -98,6 +98,7 @@ fn importing(k: &Kernel) -> Result<Importing, Failure> {
         edu.bdf(),
         DeviceConfig {
             mask: edu.dma_mask(),
+            trusted: true,
             ..DeviceConfig::default()
         },
     )

@@ -62,7 +62,7 @@ fn listing(k: &Kernel) -> TestResult {
 /// port advertises them), read back from the hardware, not from the report.
 fn acs_isolation(k: &Kernel) -> TestResult {
     let want = AcsFlags::SV | AcsFlags::RR | AcsFlags::CR | AcsFlags::UF;
-    let iommu = k.acpi.dmar().is_some();
+    let iommu = k.iommu.is_some();
     // How many ports have ACS is decided by the topology (set by the scenario), so a capability
     // walk that missed ACS cannot pass by finding nothing to check.
     let expected = CommandLine::new(k.boot.cmdline())

@@ -10,13 +10,14 @@ use alloc::vec::Vec;
 use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use edu::Transfer;
+use iommu_vtd::invalidation::Invalidation;
 use iommu_vtd::AccessKind;
 use kernel::frames::FrameRequest;
 
 use super::common::*;
 use crate::devices::edu as edu_dev;
 use crate::devices::iommu::Domain;
-use crate::ktest::{OrFail, Suite, Test, TestResult};
+use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
 use crate::mem::PhysPages;
 use crate::{check, check_eq, kprintln, Kernel};
 
@@ -43,6 +44,14 @@ pub const SUITE: Suite = Suite {
         Test {
             name: "skipped_invalidation_is_caught",
             run: skipped_invalidation_is_caught,
+        },
+        Test {
+            name: "detach_blocks_at_once",
+            run: detach_blocks_at_once,
+        },
+        Test {
+            name: "detach_without_invalidation_is_caught",
+            run: detach_without_invalidation_is_caught,
         },
         Test {
             name: "domains_isolated",
@@ -253,6 +262,140 @@ fn stale_translation(k: &Kernel, flush: bool) -> TestResult {
         let mut g = IotlbGather::new();
         g.add(DmaAddr::new(IOVA_A), 4096);
         d.flush(g).or_fail("late flush")?;
+        check!(faults(k)?.is_empty(), "unexpected faults");
+    }
+    Ok(())
+}
+
+/// Warm the context cache and the IOTLB with a device write that lands, detach (context entries
+/// cleared, context cache and IOTLB invalidated before detach returns), write again through the
+/// same IOVA: blocked with a context fault (reason 2, "no context entry") from the device's
+/// requester ID, the page unchanged.
+fn detach_blocks_at_once(k: &Kernel) -> TestResult {
+    stale_context(k, true)
+}
+
+/// Negative control for the test above: the same sequence with the context entries cleared in
+/// memory but no invalidation issued lets the second write through the cached entries, so the
+/// test above would catch a detach that skipped its invalidation.
+fn detach_without_invalidation_is_caught(k: &Kernel) -> TestResult {
+    stale_context(k, false)
+}
+
+/// Address of `rid`'s 16-byte context entry, read from the unit's root table in memory.
+fn context_entry_addr(unit: &crate::devices::iommu::Unit, rid: u16) -> Result<u64, Failure> {
+    let root = unit.root_table().as_u64();
+    let bus = u64::from(rid >> 8);
+    // SAFETY: the root table is a kernel frame owned by the unit (identity-mapped); entry `bus`
+    // lies within its 4 KiB page.
+    let lo = unsafe { ((root + bus * 16) as *const u64).read_volatile() };
+    check!(lo & 1 == 1, "no context table for bus {bus:#x}");
+    Ok((lo & !0xfff) + u64::from(rid & 0xff) * 16)
+}
+
+fn stale_context(k: &Kernel, invalidate: bool) -> TestResult {
+    clear_faults(k)?;
+    let mut e = edus(k)?.into_iter().next().or_fail("edu")?;
+    let unit = iommu(k)?
+        .unit_for(&k.pci, e.bdf())
+        .or_fail("unit")?
+        .unit
+        .clone();
+    let d = domain_for(k, &e)?;
+    let rids = d.attached();
+    check!(!rids.is_empty(), "nothing attached");
+    let mut src = page(0)?;
+    pattern(&mut src, 0x2d);
+    let mut target = page(0)?;
+    map(&d, IOVA_A, &src, Prot::READ)?;
+    map(&d, IOVA_B, &target, RW)?;
+    edu_dev::dma(
+        &mut e,
+        Transfer::ReadFromMemory,
+        DmaAddr::new(IOVA_A),
+        0,
+        LEN,
+    )
+    .or_fail("load buffer")?;
+    // Warm: a write through IOVA_B that lands caches the context entry and a writable IOTLB
+    // entry, so a stale cache would let the next write through.
+    edu_dev::dma(
+        &mut e,
+        Transfer::WriteToMemory,
+        DmaAddr::new(IOVA_B),
+        0,
+        LEN,
+    )
+    .or_fail("warming write")?;
+    check_eq!(
+        read_back(&target, LEN as usize),
+        src.as_slice()[..LEN as usize].to_vec()
+    );
+    target.as_mut_slice().fill(0x33);
+    let mut saved = Vec::new();
+    if invalidate {
+        iommu(k)?.detach(&k.pci, &d, e.bdf()).or_fail("detach")?;
+        check!(d.attached().is_empty(), "detach left IDs attached");
+        for &rid in &rids {
+            check!(
+                !unit.context_entry(rid).is_some_and(|c| c.present()),
+                "context entry of {rid:#06x} still present after detach"
+            );
+        }
+    } else {
+        // Deliberately clear the present bits behind the unit's back, without invalidating (the
+        // point of this negative control); restored below.
+        for &rid in &rids {
+            let at = context_entry_addr(&unit, rid)?;
+            // SAFETY: `at` is this device's context entry, in a context-table frame owned by the
+            // unit (identity-mapped).
+            let lo = unsafe { (at as *const u64).read_volatile() };
+            check_eq!(unit.context_entry(rid).map(|c| c.lo), Some(lo));
+            saved.push((at, lo));
+            // SAFETY: as above; tests run alone, so no other CPU writer races this store.
+            // Clearing the present bit only removes a translation; the flush makes the store
+            // visible to a non-coherent walker.
+            unsafe {
+                (at as *mut u64).write_volatile(lo & !1);
+                core::arch::x86_64::_mm_clflush(at as *const u8);
+            }
+        }
+    }
+    edu_dev::dma(
+        &mut e,
+        Transfer::WriteToMemory,
+        DmaAddr::new(IOVA_B),
+        0,
+        LEN,
+    )
+    .or_fail("write after detach")?;
+    let after = read_back(&target, 4096);
+    if invalidate {
+        check!(
+            after.iter().all(|&b| b == 0x33),
+            "DMA reached memory after detach"
+        );
+        expect_one_fault(k, &e, IOVA_B, AccessKind::Write, 2)?;
+    } else {
+        check!(
+            after[..LEN as usize] == src.as_slice()[..LEN as usize],
+            "the cached context entry was not used: the control proves nothing"
+        );
+        // Clean up: restore the entries and complete the invalidation the control skipped; the
+        // domain's drop then detaches for real.
+        for (at, lo) in saved {
+            // SAFETY: as above, writing back the value read there.
+            unsafe {
+                (at as *mut u64).write_volatile(lo);
+                core::arch::x86_64::_mm_clflush(at as *const u8);
+            }
+        }
+        let mut reqs: Vec<Invalidation> = rids
+            .iter()
+            .map(|&sid| Invalidation::ContextDevice { did: d.did(), sid })
+            .collect();
+        reqs.push(Invalidation::IotlbDomain { did: d.did() });
+        unit.invalidate(&reqs).or_fail("late invalidation")?;
         check!(faults(k)?.is_empty(), "unexpected faults");
     }
     Ok(())
