@@ -159,7 +159,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     // SAFETY: the sentinel is owned and mapped; volatile because a device may have written it.
     let untouched = (0..4096).all(|i| unsafe { sentinel.as_ptr().add(i).read_volatile() } == 0x5a);
     let sid = source_id(k, e.bdf())?;
-    let faults = unit.read_faults().records;
+    let faults = unit.read_and_clear_faults().records;
     let fault = faults.iter().find(|f| {
         f.source.requester_id() == sid
             && f.address == stray
@@ -321,7 +321,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     edu_dev::dma(&mut e, Transfer::WriteToMemory, addr, 0, len).map_err(|x| s(&x))?;
     view.read_bytes(0, &mut got).map_err(|x| s(&x))?;
     let sid = source_id(k, e.bdf())?;
-    let faults = unit.read_faults().records;
+    let faults = unit.read_and_clear_faults().records;
     let fault = faults.iter().find(|f| {
         f.source.requester_id() == sid
             && f.address == addr.page_align_down().as_u64()

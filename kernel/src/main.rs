@@ -113,14 +113,14 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         Some("4") => Some(iommu_vtd::PagingLevels::Four),
         _ => None,
     };
-    let iommu = match devices::iommu::init(&acpi, &pci, levels) {
+    let mut iommu = match devices::iommu::init(&acpi, &pci, levels) {
         Ok(i) => i,
         Err(e) => {
             log::error!("iommu: {e}");
             exit(Status::Failure)
         }
     };
-    if let Some(i) = &iommu {
+    if let Some(i) = &mut iommu {
         for u in &i.units {
             log::info!(
                 "iommu: VT-d unit {:#x} translating, host address width {}, {}-level tables",
@@ -128,6 +128,20 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
                 i.host_address_width,
                 u.levels.count()
             );
+        }
+        if let Some(spec) = cmdline.value("vtd.rmrr") {
+            match devices::iommu::RmrrInfo::parse_override(spec) {
+                Some(r) => {
+                    log::info!(
+                        "vt-d: RMRR {:#x}-{:#x} for {:?} added from the command line",
+                        r.base,
+                        r.limit,
+                        r.devices
+                    );
+                    i.rmrrs.push(r);
+                }
+                None => log::warn!("vt-d: ignoring malformed vtd.rmrr={spec:?}"),
+            }
         }
         devices::dmamem::attach_rmrr_devices(&pci, i);
     }

@@ -493,7 +493,30 @@ fn group_dma_scenarios() -> Vec<Scenario> {
             },
         )
     };
+    let rmrr_tests = [
+        "rmrr::identity_mapped_from_boot",
+        "rmrr::driver_joins_the_boot_domain",
+    ];
+    let rmrr_topology = Topology::base().device("edu,bus=pcie.0,addr=6");
+    let rmrr = Scenario {
+        // QEMU's DMAR has no RMRR: name one for the edu at 00:06.0 in low RAM the kernel never
+        // allocates, treated by the kernel exactly like a firmware RMRR.
+        cmdline: format!(
+            "{} vtd.rmrr=00:06.0@0x70000-0x7ffff",
+            vtd_cmdline(&rmrr_topology, &rmrr_tests)
+        ),
+        ..Scenario::new(
+            "vtd-rmrr-from-boot",
+            "an RMRR device is attached at boot with its region identity-mapped (DMA works with no driver, outside the region faults); a driver joins that domain and the IOVA space avoids the region",
+            rmrr_topology,
+            "",
+            Expect::Pass {
+                passed: rmrr_tests.len(),
+            },
+        )
+    };
     vec![
+        rmrr,
         run(
             "groups-bridge-dma",
             "two edus behind one pcie-pci-bridge (one DMA alias) are one group: one domain, both DMA, no split, detach with the last member",

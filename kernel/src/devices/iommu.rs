@@ -137,6 +137,8 @@ pub struct Iommu {
     pub host_address_width: u8,
     /// Default domains of the groups set up for the DMA API (see [`DefaultDomain`]).
     pub defaults: Mutex<Vec<DefaultDomain>>,
+    /// Every live [`Membership`], so guards for one function and domain are shared.
+    pub memberships: Mutex<Vec<Weak<MemberInner>>>,
     /// Attachments made at boot for the devices an RMRR names (kept for the kernel's
     /// lifetime: that memory must stay reachable whether or not a driver binds).
     pub boot_attachments: Mutex<Vec<(Membership, Arc<DmaDomain>)>>,
@@ -305,6 +307,7 @@ pub fn init(
         rmrrs,
         host_address_width: haw,
         defaults: Mutex::new(Vec::new()),
+        memberships: Mutex::new(Vec::new()),
         boot_attachments: Mutex::new(Vec::new()),
     }))
 }
@@ -425,24 +428,37 @@ impl Iommu {
             .map_err(AttachError::Vtd)
     }
 
-    /// [`Iommu::attach`] whose detach is tied to the returned guard's lifetime.
+    /// [`Iommu::attach`] whose detach is tied to the returned guard's lifetime. Guards for the
+    /// same function and domain are shared (a boot-time RMRR attachment and a driver's set-up
+    /// hold one membership): the function is detached when the last guard is dropped.
     pub fn attach_member(
         &self,
         pci: &PciSystem,
         domain: &Arc<Domain>,
         bdf: pci::Bdf,
     ) -> Result<Membership, AttachError> {
+        let mut live = self.memberships.lock();
+        live.retain(|m| m.strong_count() > 0);
+        let existing = live
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|m| m.bdf == bdf && Arc::ptr_eq(&m.domain, domain));
+        if let Some(inner) = existing {
+            return Ok(Membership(inner));
+        }
         self.attach(pci, domain, bdf)?;
         let key = pci
             .groups()
             .group_of(bdf)
             .map(group_key)
             .ok_or(AttachError::NoSuchDevice(bdf))?;
-        Ok(Membership {
+        let inner = Arc::new(MemberInner {
             domain: domain.clone(),
             group: key,
             bdf,
-        })
+        });
+        live.push(Arc::downgrade(&inner));
+        Ok(Membership(inner))
     }
 }
 
@@ -454,10 +470,14 @@ pub fn group_key(group: &pci::Group) -> u32 {
     u32::from(group.segment()) << 16 | u32::from(lowest)
 }
 
-/// One function's membership of its group's attachment to a domain: dropping it detaches the
-/// function ([`Domain::detach_device`]), which clears the group's context entries only when it
-/// was the last member.
-pub struct Membership {
+/// One function's membership of its group's attachment to a domain, shared by every holder
+/// (see [`Iommu::attach_member`]): when the last holder drops it the function is detached
+/// ([`Domain::detach_device`]), which clears the group's context entries only when it was the
+/// group's last member.
+pub struct Membership(Arc<MemberInner>);
+
+/// The shared part of a [`Membership`].
+pub struct MemberInner {
     domain: Arc<Domain>,
     group: u32,
     bdf: pci::Bdf,
@@ -466,16 +486,16 @@ pub struct Membership {
 impl Membership {
     /// The function.
     pub fn bdf(&self) -> pci::Bdf {
-        self.bdf
+        self.0.bdf
     }
 
     /// The domain.
     pub fn domain(&self) -> &Arc<Domain> {
-        &self.domain
+        &self.0.domain
     }
 }
 
-impl Drop for Membership {
+impl Drop for MemberInner {
     fn drop(&mut self) {
         if let Err(e) = self
             .domain
@@ -491,6 +511,25 @@ impl Drop for Membership {
 }
 
 impl RmrrInfo {
+    /// Parses a command-line RMRR, `<bdf>@<base>-<limit>` (BDF as `[segment:]bus:dev.fn`,
+    /// addresses in hex with `0x`, `base` 4 KiB aligned, `limit + 1` 4 KiB aligned): a region the
+    /// firmware should have listed. It is treated exactly like a firmware RMRR (identity-mapped
+    /// for its device from boot, kept out of every IOVA space); the scenarios use it because
+    /// QEMU's DMAR has none.
+    pub fn parse_override(spec: &str) -> Option<Self> {
+        let (bdf, range) = spec.split_once('@')?;
+        let (base, limit) = range.split_once('-')?;
+        let hex = |v: &str| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok();
+        let (base, limit) = (hex(base)?, hex(limit)?);
+        let aligned = base % 4096 == 0 && limit.checked_add(1)? % 4096 == 0 && base <= limit;
+        Some(Self {
+            base,
+            limit,
+            devices: alloc::vec![bdf.parse().ok()?],
+        })
+        .filter(|_| aligned)
+    }
+
     /// The page-rounded identity range `(base, size)` that is mapped for this region.
     pub fn page_range(&self) -> (u64, u64) {
         let base = self.base & !0xfff;

@@ -102,7 +102,8 @@ pub fn clear_faults(k: &Kernel) -> TestResult {
 pub fn faults(k: &Kernel) -> Result<Vec<FaultRecord>, Failure> {
     let mut out = Vec::new();
     for u in &iommu(k)?.units {
-        let log = u.unit.read_faults();
+        // Clears exactly the records read: a fault arriving meanwhile stays for the next read.
+        let log = u.unit.read_and_clear_faults();
         for f in &log.records {
             kprintln!("  vt-d fault: {f}");
         }

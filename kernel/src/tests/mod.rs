@@ -9,6 +9,7 @@ mod groups;
 mod memory;
 mod p2p;
 mod pci;
+mod rmrr;
 mod vtd;
 
 use crate::ktest::Suite;
@@ -21,6 +22,7 @@ pub static SUITES: &[Suite] = &[
     vtd::SUITE,
     dmaapi::SUITE,
     groups::SUITE,
+    rmrr::SUITE,
     p2p::SUITE,
     crash::SUITE,
 ];
