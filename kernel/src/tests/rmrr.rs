@@ -68,7 +68,7 @@ fn rmrr_bytes(r: &RmrrInfo, offset: u64, len: u64) -> Result<&'static mut [u8], 
 fn identity_mapped_from_boot(k: &Kernel) -> TestResult {
     clear_faults(k)?;
     let (mut e, r) = rmrr_edu(k)?;
-    let half = (r.limit - r.base + 1) / 2;
+    let half = r.page_range().1 / 2;
     let src = rmrr_bytes(&r, 0, LEN)?;
     for (i, b) in src.iter_mut().enumerate() {
         *b = (i as u8).wrapping_mul(13).wrapping_add(7);
@@ -194,7 +194,7 @@ fn driver_joins_the_boot_domain(k: &Kernel) -> TestResult {
     drop(d);
     // The driver is gone; the RMRR must still be reachable (the device still holds `src`'s
     // bytes in its buffer).
-    let half = (r.limit - r.base + 1) / 2;
+    let half = r.page_range().1 / 2;
     rmrr_bytes(&r, half, LEN)?.fill(0);
     edu_dev::dma(
         &mut e,
