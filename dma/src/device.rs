@@ -124,6 +124,17 @@ pub(crate) struct DeviceInner {
 impl Drop for DeviceInner {
     fn drop(&mut self) {
         if let Translation::Iommu(d) = &self.translation {
+            let raw = self.raw.get_mut().len();
+            if raw > 0 {
+                // Raw mappings are never unmapped for the caller: they stay in the domain and
+                // the device (or its group) can still reach them, so the device stays a member
+                // and the domain keeps its trust level (a device of the other kind must not
+                // join and see these pages).
+                log::warn!(
+                    "dma: device dropped with {raw} raw mapping(s) still mapped; its domain keeps it as a member"
+                );
+                return;
+            }
             d.leave();
         }
     }

@@ -121,14 +121,6 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         }
     };
     if let Some(i) = &mut iommu {
-        for u in &i.units {
-            log::info!(
-                "iommu: VT-d unit {:#x} translating, host address width {}, {}-level tables",
-                u.base,
-                i.host_address_width,
-                u.levels.count()
-            );
-        }
         if let Some(spec) = cmdline.value("vtd.rmrr") {
             match devices::iommu::RmrrInfo::parse_override(spec) {
                 Some(r) => {
@@ -144,6 +136,18 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
             }
         }
         devices::dmamem::attach_rmrr_devices(&pci, i);
+        if let Err(e) = i.start_translation() {
+            log::error!("iommu: {e}");
+            exit(Status::Failure)
+        }
+        for u in &i.units {
+            log::info!(
+                "iommu: VT-d unit {:#x} translating, host address width {}, {}-level tables",
+                u.base,
+                i.host_address_width,
+                u.levels.count()
+            );
+        }
     }
     let p2p = devices::p2p::init(&pci);
     let k = Kernel {

@@ -244,3 +244,35 @@ fn trust_untrusted_never_joins_a_deferred_domain_whatever_its_members() {
     let _u2 = strict.device(cfg()).unwrap();
     assert_eq!(strict.domain.mode(), InvalidationMode::Strict);
 }
+
+/// A trusted device dropped while a raw mapping (`Mapping::into_raw`) is still mapped stays a
+/// member: its whole, un-bounced page is still reachable in the domain, so an untrusted device
+/// must not join until that mapping is gone.
+#[test]
+fn mixed_trust_raw_mapping_keeps_a_dropped_device_a_member() {
+    let s = shared(InvalidationMode::Strict);
+    let trusted = s.device(cfg().trusted()).unwrap();
+    let buf = page(&s);
+    let raw = trusted
+        .map_phys(
+            PhysAddr::new(buf),
+            4096,
+            Direction::ToDevice,
+            Attrs::empty(),
+        )
+        .unwrap()
+        .into_raw();
+    drop(trusted);
+    assert!(
+        s.hw.translate(raw).is_some(),
+        "the raw mapping is still live"
+    );
+    assert_eq!(s.domain.member_count(), 1);
+    assert!(matches!(
+        s.device(cfg()),
+        Err(DmaError::MixedTrust {
+            members_trusted: true,
+            ..
+        })
+    ));
+}

@@ -144,7 +144,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`].
     ///
     /// If the invalidation fails the entries are written and the group stays tracked (so a
-    /// detach or the drop can clear them); the next member's attach retries it.
+    /// detach or the drop can clear them); the next attach of any member (the same device's retry included) completes it first.
     pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
         let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {

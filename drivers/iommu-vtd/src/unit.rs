@@ -294,6 +294,8 @@ struct Tables {
     root: RootTable,
     dids: DomainIds,
     enabled: bool,
+    /// [`VtdUnit::prepare`] completed (queue, root table, global invalidation).
+    prepared: bool,
     /// What `enable` found (see [`VtdUnit::firmware_state`]).
     firmware: Option<FirmwareState>,
     /// Every attached group of this unit. Held under the tables lock, so two domains can never
@@ -393,6 +395,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 root,
                 dids,
                 enabled: false,
+                prepared: false,
                 firmware: None,
                 groups: Vec::new(),
             }),
@@ -505,9 +508,30 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     ///   `(GSTS & 0x96FF_FFFF) | bit`); the interrupt-remapping owner reprograms it.
     ///
     /// Fails with [`VtdError::AlreadyEnabled`] if this unit's own enable already completed.
+    ///
+    /// `enable` is [`VtdUnit::prepare`] followed by [`VtdUnit::start_translation`]; an embedder
+    /// that must attach devices before translation starts (RMRR users, which must never lose
+    /// their memory once translation is on) calls the two with its attaches in between.
+    ///
+    /// # Errors
+    /// [`VtdError::AlreadyEnabled`], [`VtdError::Timeout`] for a status bit that never reached
+    /// its value, [`VtdError::Invalidation`] for the global invalidation.
     pub fn enable(&self) -> Result<(), VtdError> {
+        self.prepare()?;
+        self.start_translation()
+    }
+
+    /// Steps 1-3 of the enable sequence (queued invalidation, root table, global invalidation;
+    /// a firmware queue drained and stopped first). Afterwards domains can be attached: their
+    /// context entries are written and invalidated through the queue, and take effect when
+    /// [`VtdUnit::start_translation`] sets TE. (If firmware left translation on, our root table
+    /// is already live here: every device is blocked until attached, never untranslated.)
+    ///
+    /// # Errors
+    /// As [`VtdUnit::enable`]; a second call is [`VtdError::AlreadyEnabled`].
+    pub fn prepare(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
-        if tables.enabled {
+        if tables.enabled || tables.prepared {
             return Err(VtdError::AlreadyEnabled);
         }
         let found = self.gsts();
@@ -564,7 +588,27 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             self.config.timeout_us,
         )?;
         drop(inval);
-        // 4. Translation (already on if firmware left it on: the switch above took effect).
+        tables.prepared = true;
+        Ok(())
+    }
+
+    /// Step 4 of the enable sequence: GCMD.TE, wait for GSTS.TES. From here on every device
+    /// without a context entry is blocked.
+    ///
+    /// # Errors
+    /// [`VtdError::AlreadyEnabled`] if translation was started already,
+    /// [`VtdError::Unsupported`] before [`VtdUnit::prepare`], [`VtdError::Timeout`].
+    pub fn start_translation(&self) -> Result<(), VtdError> {
+        let mut tables = self.tables.lock();
+        if tables.enabled {
+            return Err(VtdError::AlreadyEnabled);
+        }
+        if !tables.prepared {
+            return Err(VtdError::Unsupported {
+                reason: "start_translation before prepare",
+            });
+        }
+        // 4. Translation (already on if firmware left it on: the switch in prepare took effect).
         if self.gsts().contains(Global::TE) {
             log::warn!("VT-d: translation was left on by firmware; now through our root table");
         } else {
@@ -588,6 +632,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             self.wait_status("GSTS.TES to clear", |g| !g.contains(Global::TE))?;
         }
         tables.enabled = false;
+        tables.prepared = false;
         let mut inval = self.invalidation.lock();
         if let Invalidator::Queued(queue) = &mut inval.active {
             queue.submit(
@@ -738,17 +783,21 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 return Err(VtdError::DuplicateRequesterId { rid });
             }
         }
+        if !rids.contains(&device) {
+            // A member's own requester ID is among the group's (its first DMA alias).
+            return Err(VtdError::NotAMember { group: key, device });
+        }
         let mut guard = self.tables.lock();
         let tables = &mut *guard;
         if let Some(g) = tables.groups.iter_mut().find(|g| g.key == key) {
-            if !same_set(&g.rids, rids) {
-                return Err(VtdError::GroupRequesterIdsDiffer { group: key });
-            }
             if g.did != did {
                 return Err(VtdError::GroupAttachedElsewhere {
                     group: key,
                     did: g.did,
                 });
+            }
+            if !same_set(&g.rids, rids) {
+                return Err(VtdError::GroupRequesterIdsDiffer { group: key });
             }
             if g.members.contains(&device) {
                 return Err(VtdError::AlreadyMember { group: key, device });
@@ -835,12 +884,20 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         }
         // Tracked from now on, so a failed invalidation leaves something detach can clear.
         tables.groups.push(record);
-        self.sync_context_writes()?;
-        self.invalidate(&requests)?;
+        let synced = self
+            .sync_context_writes()
+            .and_then(|()| self.invalidate(&requests).map_err(VtdError::from));
         if let Some(g) = tables.groups.last_mut() {
-            g.synced = true;
+            match synced {
+                Ok(()) => g.synced = true,
+                // The entries are written but maybe not yet visible: the group stays tracked
+                // (owned by this domain, unsynced) with no member, so the caller, which gets
+                // the error, holds nothing; any member's next attach (this device's retry
+                // included) finishes the invalidation first, and the domain's drop clears it.
+                Err(_) => g.members.clear(),
+            }
         }
-        Ok(())
+        synced
     }
 
     /// Removes member `device` of group `key` from domain `did` (see

@@ -1163,3 +1163,97 @@ fn enable_takes_over_queue_translation_and_keeps_interrupt_remapping() {
     );
     works_after_handoff(&u);
 }
+
+/// A first attach whose invalidation fails leaves the group tracked for its domain with no
+/// member (the caller got the error and holds nothing); the same device's retry completes the
+/// invalidation and succeeds, and another domain still cannot take the group meanwhile.
+#[test]
+fn a_failed_first_attach_can_be_retried_by_the_same_device() {
+    let u = enabled_quick();
+    let sid = EDU.requester_id();
+    let a = u.create_domain(DomainConfig::default()).unwrap();
+    hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
+    assert!(matches!(attach(&a, sid), Err(VtdError::Invalidation(_))));
+    hw(&u).set_rejected_descriptor(None);
+    assert_eq!(u.group_domain(u32::from(sid)), Some(a.did()));
+    let b = u.create_domain(DomainConfig::default()).unwrap();
+    assert_eq!(
+        attach(&b, sid),
+        Err(VtdError::GroupAttachedElsewhere {
+            group: u32::from(sid),
+            did: a.did()
+        })
+    );
+    attach(&a, sid).unwrap();
+    assert!(u.context_entry(sid).unwrap().present());
+    // Now really a member: a second attach of the same device is refused as such.
+    assert_eq!(
+        attach(&a, sid),
+        Err(VtdError::AlreadyMember {
+            group: u32::from(sid),
+            device: sid
+        })
+    );
+    no_violations(&u);
+}
+
+/// A device whose own requester ID is not among the group's is not a member: refused before
+/// anything is written.
+#[test]
+fn a_device_outside_the_group_is_refused() {
+    let u = enabled_quick();
+    let sid = EDU.requester_id();
+    let a = u.create_domain(DomainConfig::default()).unwrap();
+    let group = GroupRef {
+        key: 7,
+        requester_ids: &[sid],
+    };
+    assert_eq!(
+        a.attach_device(group, sid + 1),
+        Err(VtdError::NotAMember {
+            group: 7,
+            device: sid + 1
+        })
+    );
+    assert_eq!(u.group_domain(7), None);
+    assert!(!u.context_entry(sid).is_some_and(|c| c.present()));
+    no_violations(&u);
+}
+
+/// `prepare` sets up the queue and root table without translating; devices attached then are
+/// translated from the instant `start_translation` sets TE (an RMRR user never loses its
+/// memory); `start_translation` before `prepare` is refused, and `enable` after both is
+/// `AlreadyEnabled`.
+#[test]
+fn prepare_attach_then_start_translation() {
+    let p = Arc::new(HostPlatform::new());
+    let regs = FakeVtd::qemu_default(p.clone());
+    let u = Arc::new(VtdUnit::new(regs, p, UnitConfig::new(39)).unwrap());
+    assert!(matches!(
+        u.start_translation(),
+        Err(VtdError::Unsupported { .. })
+    ));
+    u.prepare().unwrap();
+    assert!(!hw(&u).gsts().contains(Global::TE));
+    assert!(!u.is_enabled());
+    let sid = EDU.requester_id();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    attach(&d, sid).unwrap();
+    d.map(
+        DmaAddr::new(0x7_0000),
+        PhysAddr::new(0x7_0000),
+        0x1000,
+        Prot::READ | Prot::WRITE,
+    )
+    .unwrap();
+    d.sync_map(DmaAddr::new(0x7_0000), 0x1000).unwrap();
+    u.start_translation().unwrap();
+    assert!(hw(&u).gsts().contains(Global::TE));
+    assert!(u.is_enabled());
+    // The first DMA after TE already translates through the domain; others are blocked.
+    assert_eq!(hw(&u).dma(sid, 0x7_0000, true), Ok(0x7_0000));
+    assert!(hw(&u).dma(sid + 1, 0x7_0000, true).is_err());
+    assert_eq!(u.enable(), Err(VtdError::AlreadyEnabled));
+    assert_eq!(u.start_translation(), Err(VtdError::AlreadyEnabled));
+    no_violations(&u);
+}

@@ -61,9 +61,26 @@ fn best_pit_sample(cmd: &mut Port<u8>, ch2: &mut Port<u8>) -> (u16, u64) {
 /// stalled port access (seen under TCG on a loaded host, where it inflated the result by up to
 /// 3x) cannot skew the ratio.
 pub fn calibrate() -> u64 {
+    // A vCPU descheduled for longer than the 16-bit counter's period (55 ms) lets it wrap
+    // unseen: fewer ticks are counted than elapsed and the frequency comes out too high, never
+    // too low. So the lowest of a few runs is the one no stall distorted.
+    let hz = (0..CALIBRATION_RUNS)
+        .map(|_| calibrate_once())
+        .min()
+        .unwrap_or(1);
+    TSC_BOOT.store(rdtsc(), Ordering::Relaxed);
+    TSC_HZ.store(hz.max(1), Ordering::Relaxed);
+    hz
+}
+
+/// Calibration runs; see [`calibrate`].
+const CALIBRATION_RUNS: usize = 3;
+
+/// One ~30 ms calibration run against PIT channel 2.
+fn calibrate_once() -> u64 {
     // SAFETY: ports 0x42/0x43/0x61 are the legacy PIT channel 2 and its gate (NMI status and
     // control port); nothing else in this kernel uses channel 2 or the speaker.
-    let hz = unsafe {
+    unsafe {
         let mut gate = Port::<u8>::new(0x61);
         let mut cmd = Port::<u8>::new(0x43);
         let mut ch2 = Port::<u8>::new(0x42);
@@ -84,10 +101,7 @@ pub fn calibrate() -> u64 {
         gate.write(g);
         let ticks = u64::from(c0.wrapping_sub(c1)).max(1);
         (t1 - t0) * PIT_HZ / ticks
-    };
-    TSC_BOOT.store(rdtsc(), Ordering::Relaxed);
-    TSC_HZ.store(hz.max(1), Ordering::Relaxed);
-    hz
+    }
 }
 
 /// The calibrated TSC frequency in Hz (0 before [`calibrate`]).

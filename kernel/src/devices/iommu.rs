@@ -183,6 +183,13 @@ pub enum AttachError {
     Vtd(VtdError),
     /// An RMRR could not be identity-mapped.
     Rmrr(dma::iommu::IommuError),
+    /// A page of an RMRR is already mapped in the domain, to another address.
+    RmrrConflict {
+        /// The page's IOVA (= its physical address).
+        iova: u64,
+        /// Where the domain maps it.
+        maps_to: u64,
+    },
 }
 
 impl fmt::Display for AttachError {
@@ -193,6 +200,10 @@ impl fmt::Display for AttachError {
             Self::WrongUnit(b) => write!(f, "{b} is behind another VT-d unit than the domain"),
             Self::Vtd(e) => write!(f, "{e}"),
             Self::Rmrr(e) => write!(f, "identity-mapping an RMRR: {e}"),
+            Self::RmrrConflict { iova, maps_to } => write!(
+                f,
+                "RMRR page {iova:#x} is already mapped to {maps_to:#x} in the domain"
+            ),
         }
     }
 }
@@ -234,7 +245,10 @@ pub fn init(
         let regs = unsafe { MmioRegisters::new(ptr, size as usize) };
         let unit = VtdUnit::new(regs, KernelPlatform, UnitConfig::new(haw))
             .map_err(|error| IommuInitError::Unit { base, error })?;
-        unit.enable()
+        // Queue, root table and global invalidation now; translation starts only once the
+        // devices an RMRR names are attached ([`Iommu::start_translation`]), so they never lose
+        // that memory.
+        unit.prepare()
             .map_err(|error| IommuInitError::Unit { base, error })?;
         // The deepest usable table (widest IOVA space) unless the command line picks one.
         let deepest = unit
@@ -313,6 +327,23 @@ pub fn init(
 }
 
 impl Iommu {
+    /// Starts translation on every unit (GCMD.TE). Called once boot has attached the devices
+    /// an RMRR names: from here on a device without a domain cannot DMA anywhere.
+    ///
+    /// # Errors
+    /// The first unit that refused, with its register base.
+    pub fn start_translation(&self) -> Result<(), IommuInitError> {
+        for u in &self.units {
+            u.unit
+                .start_translation()
+                .map_err(|error| IommuInitError::Unit {
+                    base: u.base,
+                    error,
+                })?;
+        }
+        Ok(())
+    }
+
     /// The unit translating DMA from `bdf`: an endpoint scope naming it, a bridge scope above
     /// it, or an INCLUDE_PCI_ALL unit of its segment.
     pub fn unit_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Option<&UnitEntry> {
@@ -352,6 +383,17 @@ impl Iommu {
         domain: &Domain,
         bdf: pci::Bdf,
     ) -> Result<Vec<u16>, AttachError> {
+        self.attach_keyed(pci, domain, bdf).map(|(_, rids)| rids)
+    }
+
+    /// [`Iommu::attach`], also returning the group key it attached under (read once, with the
+    /// groups it attached, so a concurrent recomputation cannot make the two disagree).
+    fn attach_keyed(
+        &self,
+        pci: &PciSystem,
+        domain: &Domain,
+        bdf: pci::Bdf,
+    ) -> Result<(u32, Vec<u16>), AttachError> {
         let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
         if !Arc::ptr_eq(&entry.unit, domain.unit()) {
             return Err(AttachError::WrongUnit(bdf));
@@ -367,20 +409,40 @@ impl Iommu {
         let mut mapped: Vec<(u64, u64)> = Vec::new();
         let mut result = Ok(());
         if first {
-            for r in self
+            'regions: for r in self
                 .rmrrs
                 .iter()
                 .filter(|r| r.devices.iter().any(|d| group.contains(*d)))
             {
+                // Page by page: pages already identity-mapped (an overlapping RMRR, a
+                // re-attach) stay; a page mapped elsewhere is a conflict; runs of missing pages
+                // are mapped.
                 let (base, size) = r.page_range();
-                if domain.translate(DmaAddr::new(base)).is_some() {
-                    continue;
-                }
-                match domain.map_identity(r.base, r.limit) {
-                    Ok(()) => mapped.push((base, size)),
-                    Err(e) => {
-                        result = Err(AttachError::Rmrr(e));
-                        break;
+                let end = base + size;
+                let mut page = base;
+                while page < end {
+                    match domain.translate(DmaAddr::new(page)) {
+                        Some((p, _)) if p.as_u64() == page => page += 4096,
+                        Some((p, _)) => {
+                            result = Err(AttachError::RmrrConflict {
+                                iova: page,
+                                maps_to: p.as_u64(),
+                            });
+                            break 'regions;
+                        }
+                        None => {
+                            let mut run_end = page + 4096;
+                            while run_end < end && domain.translate(DmaAddr::new(run_end)).is_none()
+                            {
+                                run_end += 4096;
+                            }
+                            if let Err(e) = domain.map_identity(page, run_end - 1) {
+                                result = Err(AttachError::Rmrr(e));
+                                break 'regions;
+                            }
+                            mapped.push((page, run_end - page));
+                            page = run_end;
+                        }
                     }
                 }
             }
@@ -407,7 +469,7 @@ impl Iommu {
                 log::error!("vt-d: flush after undoing RMRR maps: {e}");
             }
         }
-        result.map(|()| rids)
+        result.map(|()| (key, rids))
     }
 
     /// Detaches `bdf` (a member of its group) from `domain`. The group's context entries are
@@ -446,12 +508,7 @@ impl Iommu {
         if let Some(inner) = existing {
             return Ok(Membership(inner));
         }
-        self.attach(pci, domain, bdf)?;
-        let key = pci
-            .groups()
-            .group_of(bdf)
-            .map(group_key)
-            .ok_or(AttachError::NoSuchDevice(bdf))?;
+        let (key, _) = self.attach_keyed(pci, domain, bdf)?;
         let inner = Arc::new(MemberInner {
             domain: domain.clone(),
             group: key,

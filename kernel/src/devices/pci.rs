@@ -52,9 +52,28 @@ impl PciSystem {
     }
 
     /// Recomputes the isolation groups from the ACS controls as they are now.
+    ///
+    /// A changed partition (ACS that did not come back after a reset) is logged as an error.
+    /// Attachments made under the old groups stay as they are, and the VT-d units refuse to
+    /// attach a new group any of whose requester IDs an old group still holds, so a changed
+    /// partition can make attaches fail but never splits a group across domains.
     pub fn refresh_groups(&self) {
         let groups = pci::group::compute(&self.ecam, &self.topology);
-        *self.groups.write() = groups;
+        let mut current = self.groups.write();
+        let partition = |g: &IsolationGroups| {
+            g.groups()
+                .iter()
+                .map(|g| g.members().to_vec())
+                .collect::<alloc::vec::Vec<_>>()
+        };
+        if partition(&current) != partition(&groups) {
+            log::error!(
+                "pci: isolation groups changed (ACS controls differ from before): {} -> {} groups",
+                current.len(),
+                groups.len()
+            );
+        }
+        *current = groups;
     }
 }
 
