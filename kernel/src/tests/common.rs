@@ -135,5 +135,11 @@ pub fn expect_one_fault(
     check_eq!(f[0].address, addr & !0xfff);
     check_eq!(f[0].access, access);
     check_eq!(f[0].reason.raw(), reason);
+    // `faults` read and cleared exactly that record: reading again finds nothing.
+    let again = faults(k)?;
+    check!(
+        again.is_empty(),
+        "fault records still pending after read-and-clear: {again:?}"
+    );
     clear_faults(k)
 }
