@@ -43,7 +43,11 @@ Commands:
     --host-only | --kernel-only
 
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
-         with the kernel's own flags) and rustdoc -D warnings. CI runs it before `test`.
+         with the kernel's own flags), rustdoc -D warnings and `cargo package --no-verify` of
+         the library crates. CI runs it before `test`.
+
+  package  `cargo package` of every library crate, each one built from its package alone
+         (path dependencies through cargo's local overlay). CI runs it after `lint`.
 
 Serial logs of every scenario are kept in target/qemu-logs/<scenario>.log.
 When qemu-system-x86_64 is missing it is installed with apt-get (as root), or the command to
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("lint") => lint(),
+        Some("package") => package(),
         Some("bench") => bench::bench(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
@@ -253,7 +258,41 @@ fn lint() -> Result<ExitCode, String> {
         ],
         &[("RUSTDOCFLAGS", "-D warnings")],
     )?;
+    cargo_step(
+        "cargo package (library crates, unverified)",
+        &package_args(false),
+        &[],
+    )?;
     println!("lint: clean");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The workspace members that are not published (`publish = false`): `cargo package
+/// --workspace` would otherwise try to package them too.
+const UNPUBLISHED: [&str; 3] = ["kernel", "tests-qemu", "xtask"];
+
+/// `cargo package` for every library crate. With `verify`, each package is unpacked and built
+/// on its own, its path dependencies resolved through cargo's local overlay of the packages
+/// just made (what a crates.io user would build); without it only manifests and file lists are
+/// checked. CI (`.ci/run`) runs the verifying form, `lint` the quick one.
+fn package_args(verify: bool) -> Vec<&'static str> {
+    let mut args = vec!["package", "--quiet", "--workspace", "--allow-dirty"];
+    for p in UNPUBLISHED {
+        args.extend(["--exclude", p]);
+    }
+    if !verify {
+        args.push("--no-verify");
+    }
+    args
+}
+
+/// `cargo xtask package`: the verifying `cargo package` of every library crate.
+fn package() -> Result<ExitCode, String> {
+    cargo_step(
+        "cargo package (library crates, verified)",
+        &package_args(true),
+        &[],
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
