@@ -2,7 +2,51 @@
 //!
 //! Grammar: whitespace-separated `key=value` words or bare flags. Known keys:
 //! `test=<pattern>[,<pattern>...]` selects in-kernel test suites (`suite` or `suite::test`, or
-//! `all`); without it the kernel runs its demo. Unknown words are kept and reported, never fatal.
+//! `all`); without it the kernel runs its demo. `acs=leave|isolate` and the `vtd.*` options
+//! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`) are checked by [`CommandLine::warnings`]:
+//! an unknown `vtd.*` key or a value outside these is reported at boot, never fatal.
+
+use core::fmt;
+
+/// The `vtd.*` keys the kernel reads.
+const VTD_KEYS: [&str; 2] = ["vtd.levels", "vtd.rmrr"];
+
+/// A command-line word the kernel will not act on as written, reported as a warning at boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OptionWarning<'a> {
+    /// A `vtd.*` key the kernel does not know (the whole word).
+    UnknownKey(&'a str),
+    /// A known key with a value it does not accept.
+    BadValue {
+        /// The key.
+        key: &'a str,
+        /// The value given.
+        value: &'a str,
+        /// What the key accepts, and what the kernel does instead.
+        expected: &'static str,
+    },
+}
+
+impl fmt::Display for OptionWarning<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownKey(word) => {
+                write!(f, "unknown option {word:?} ignored (vtd.* options:")?;
+                for (i, key) in VTD_KEYS.iter().enumerate() {
+                    write!(f, "{}{key}", if i == 0 { " " } else { ", " })?;
+                }
+                write!(f, ")")
+            }
+            Self::BadValue {
+                key,
+                value,
+                expected,
+            } => write!(f, "{key}={value:?} not understood: {expected}"),
+        }
+    }
+}
+
+impl core::error::Error for OptionWarning<'_> {}
 
 /// A parsed view of the command line, borrowing from the original string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +76,30 @@ impl<'a> CommandLine<'a> {
     /// Whether a bare flag (a word without `=`) is present.
     pub fn flag(&self, name: &str) -> bool {
         self.raw.split_ascii_whitespace().any(|w| w == name)
+    }
+
+    /// The `acs=` and `vtd.*` words the kernel will not act on as written, in order. The
+    /// `vtd.rmrr=` value's syntax is checked where it is parsed (`devices::iommu`).
+    pub fn warnings(&self) -> impl Iterator<Item = OptionWarning<'a>> + 'a {
+        self.raw.split_ascii_whitespace().filter_map(|word| {
+            let (key, value) = word.split_once('=').unwrap_or((word, ""));
+            match key {
+                "acs" if !matches!(value, "leave" | "isolate") => Some(OptionWarning::BadValue {
+                    key,
+                    value,
+                    expected: "acs=leave or acs=isolate; isolating as by default",
+                }),
+                "vtd.levels" if !matches!(value, "3" | "4") => Some(OptionWarning::BadValue {
+                    key,
+                    value,
+                    expected: "vtd.levels=3 or vtd.levels=4; using the unit's deepest",
+                }),
+                k if k.starts_with("vtd.") && !VTD_KEYS.contains(&k) => {
+                    Some(OptionWarning::UnknownKey(word))
+                }
+                _ => None,
+            }
+        })
     }
 
     /// The test selection, if any (`test=` present, even if empty).
@@ -92,6 +160,40 @@ mod tests {
         assert!(!s.selects("crash", "panic"));
         assert!(s.mentions_suite("mem"));
         assert!(!s.mentions_suite("crash"));
+    }
+
+    #[test]
+    fn unknown_vtd_keys_and_bad_values_are_reported() {
+        let c = CommandLine::new(
+            "acs=leave vtd.levels=4 vtd.rmrr=00:06.0@0x1000-0x1fff test=vtd acs=off vtd.levels=5 vtd.strict vtd.level=3 vtdx=1",
+        );
+        let w: Vec<_> = c.warnings().collect();
+        assert_eq!(
+            w,
+            [
+                OptionWarning::BadValue {
+                    key: "acs",
+                    value: "off",
+                    expected: "acs=leave or acs=isolate; isolating as by default"
+                },
+                OptionWarning::BadValue {
+                    key: "vtd.levels",
+                    value: "5",
+                    expected: "vtd.levels=3 or vtd.levels=4; using the unit's deepest"
+                },
+                OptionWarning::UnknownKey("vtd.strict"),
+                OptionWarning::UnknownKey("vtd.level=3"),
+            ]
+        );
+        assert!(w[2].to_string().contains("vtd.levels, vtd.rmrr"));
+        assert_eq!(
+            CommandLine::new("acs=isolate vtd.levels=3")
+                .warnings()
+                .count(),
+            0
+        );
+        // A bare `acs` or `vtd.levels` has no acceptable value either.
+        assert_eq!(CommandLine::new("acs vtd.levels").warnings().count(), 2);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
     if let Some(level) = cmdline.value("log").and_then(|l| l.parse().ok()) {
         log::set_max_level(level);
     }
+    for w in cmdline.warnings() {
+        log::warn!("cmdline: {w}");
+    }
     let hz = time::calibrate();
     log::info!(
         "booted via PVH (start info v{}), command line {:?}",

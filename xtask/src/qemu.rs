@@ -1,14 +1,14 @@
 //! Starting QEMU: installation check, argument assembly, interactive runs and scenario runs with
 //! timeouts.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests_qemu::{Exit, Scenario, Topology};
+use tests_qemu::{AcpiTableFile, Exit, Scenario, Topology};
 
 const QEMU: &str = "qemu-system-x86_64";
 const INSTALL: &str = "apt-get install -y qemu-system-x86";
@@ -116,7 +116,9 @@ fn exit_of(child: &mut Child, deadline: Option<Instant>) -> Result<Exit, String>
     }
 }
 
-/// Boots with the console on this terminal.
+/// Boots with the console on this terminal. QEMU's own messages (its stderr: option errors,
+/// warnings) are printed on stderr line by line with a `qemu: ` prefix, so they cannot be taken
+/// for the kernel's output.
 pub fn run_interactive(
     kernel: &Path,
     topo: &Topology,
@@ -127,12 +129,55 @@ pub fn run_interactive(
     eprintln!("xtask: {QEMU} {}", describe(&cmd));
     let mut child = cmd
         .stdin(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("starting QEMU: {e}"))?;
-    exit_of(
+    let stderr = child.stderr.take().map(|e| {
+        std::thread::spawn(move || {
+            for line in BufReader::new(e).split(b'\n').map_while(Result::ok) {
+                eprintln!("{}", qemu_line(&line));
+            }
+        })
+    });
+    let exit = exit_of(
         &mut child,
         timeout.map(|t| Instant::now() + Duration::from_secs(t)),
-    )
+    );
+    if let Some(t) = stderr {
+        let _ = t.join();
+    }
+    exit
+}
+
+/// One line of QEMU's stderr as `run` shows it.
+fn qemu_line(line: &[u8]) -> String {
+    let text = String::from_utf8_lossy(line);
+    format!("qemu: {}", text.trim_end_matches('\r'))
+}
+
+/// Writes generated ACPI tables to `dir` as `<name>.<table>.dat` and adds `-acpitable file=...`
+/// for each to `topo`.
+pub fn add_acpi_tables(
+    topo: &mut Topology,
+    name: &str,
+    tables: &[AcpiTableFile],
+    dir: &Path,
+) -> Result<(), String> {
+    for table in tables {
+        let path = dir.join(format!("{name}.{}.dat", table.name));
+        // QEMU splits option values at commas.
+        if path.to_string_lossy().contains(',') {
+            return Err(format!(
+                "{}: a comma in the path breaks -acpitable",
+                path.display()
+            ));
+        }
+        std::fs::write(&path, &table.bytes)
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        topo.devices.push("-acpitable".into());
+        topo.devices.push(format!("file={}", path.display()));
+    }
+    Ok(())
 }
 
 fn describe(cmd: &Command) -> String {
@@ -146,20 +191,7 @@ fn describe(cmd: &Command) -> String {
 /// are written to `dir` first and passed with `-acpitable file=...`.
 fn run_one(kernel: &Path, s: &Scenario, dir: &Path) -> Result<(String, Exit), String> {
     let mut topology = s.topology.clone();
-    for table in &s.acpi_tables {
-        let path = dir.join(format!("{}.{}.dat", s.name, table.name));
-        // QEMU splits option values at commas.
-        if path.to_string_lossy().contains(',') {
-            return Err(format!(
-                "{}: a comma in the path breaks -acpitable",
-                path.display()
-            ));
-        }
-        std::fs::write(&path, &table.bytes)
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
-        topology.devices.push("-acpitable".into());
-        topology.devices.push(format!("file={}", path.display()));
-    }
+    add_acpi_tables(&mut topology, s.name, &s.acpi_tables, dir)?;
     run_captured(
         kernel,
         &topology,
@@ -259,4 +291,18 @@ pub fn run_scenarios(
         }
     });
     results.into_inner().expect("results lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qemu_lines_are_marked() {
+        assert_eq!(
+            qemu_line(b"qemu-system-x86_64: -device edu,id=rp1: Duplicate ID 'rp1' for device\r"),
+            "qemu: qemu-system-x86_64: -device edu,id=rp1: Duplicate ID 'rp1' for device"
+        );
+        assert_eq!(qemu_line(b"\xff ok"), "qemu: \u{fffd} ok");
+    }
 }

@@ -1,5 +1,7 @@
 //! A readable listing of a [`Topology`] in the spirit of `lspci -tv`: one indented tree per root
-//! bus, with IDs, class, a friendly name, bus windows, BARs and notable capabilities, and (when
+//! bus, with IDs, class, a friendly name, bus numbers, the bridge windows (I/O, memory,
+//! prefetchable and its width, as `lspci -vv` names them), BARs, expansion ROMs and notable
+//! capabilities, and (when
 //! given) each function's isolation group ([`crate::group`]).
 
 use alloc::vec::Vec;
@@ -7,7 +9,7 @@ use core::fmt;
 
 use crate::group::IsolationGroups;
 use crate::regs::CapabilityId;
-use crate::topology::{RootBusOrigin, Topology};
+use crate::topology::{BridgeInfo, RootBusOrigin, Topology};
 use crate::Function;
 
 /// A size in binary units: `256B`, `4K`, `16M`, `2G`.
@@ -80,6 +82,9 @@ fn write_function(
         }
         writeln!(f)?;
     }
+    if let Some(bridge) = function.bridge {
+        write_windows(f, &bridge, detail)?;
+    }
     if let Some(rom) = function.expansion_rom {
         writeln!(
             f,
@@ -111,6 +116,43 @@ fn write_function(
             }
         }
         writeln!(f)?;
+    }
+    Ok(())
+}
+
+/// A bridge's forwarding windows as `lspci -vv` shows them: `I/O behind bridge: base-limit
+/// [size=..]`, `Memory behind bridge`, `Prefetchable memory behind bridge` with its register
+/// width (`32-bit`/`64-bit`); a window whose base is above its limit is `[disabled]`.
+fn write_windows(f: &mut fmt::Formatter<'_>, bridge: &BridgeInfo, indent: usize) -> fmt::Result {
+    let windows = [
+        ("I/O behind bridge", bridge.io_window, None),
+        ("Memory behind bridge", bridge.memory_window, None),
+        (
+            "Prefetchable memory behind bridge",
+            bridge.prefetchable_window,
+            Some(if bridge.prefetchable_64bit {
+                "64-bit"
+            } else {
+                "32-bit"
+            }),
+        ),
+    ];
+    for (name, window, width) in windows {
+        write!(f, "{:indent$}{name}: ", "")?;
+        match window {
+            Some(w) => write!(
+                f,
+                "{:#x}-{:#x} [size={}]",
+                w.base,
+                w.limit,
+                Size((w.limit - w.base).saturating_add(1))
+            )?,
+            None => write!(f, "[disabled]")?,
+        }
+        match width {
+            Some(width) => writeln!(f, " [{width}]")?,
+            None => writeln!(f)?,
+        }
     }
     Ok(())
 }
@@ -190,7 +232,73 @@ impl fmt::Display for Listing<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloc::string::ToString;
+    use crate::mcfg::McfgRegion;
+    use crate::regs::bridge;
+    use crate::testing::FakeConfigSpace;
+    use crate::{enumerate, Bdf};
+    use alloc::string::{String, ToString};
+
+    fn bdf(bus: u8, device: u8) -> Bdf {
+        Bdf::new(0, bus, device, 0).unwrap()
+    }
+
+    /// The listing lines of one function's detail block that start with `prefix`.
+    fn lines_with<'a>(listing: &'a str, prefix: &str) -> alloc::vec::Vec<&'a str> {
+        listing
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with(prefix))
+            .collect()
+    }
+
+    #[test]
+    fn bridge_windows_are_listed_from_the_registers() {
+        let fake = FakeConfigSpace::new();
+        fake.add_endpoint(bdf(0, 0), 0x8086, 0x29c0, 0x06_00_00);
+        // Root port 00:01.0: I/O 0x1000-0x1fff (16-bit), memory 0xfe800000-0xfe9fffff,
+        // prefetchable 64-bit 0x8_0000_0000-0x8_001f_ffff.
+        fake.add_bridge(bdf(0, 1), 0x1b36, 0x000c, 0, 1, 1);
+        let rp = bdf(0, 1);
+        fake.poke8(rp, bridge::IO_BASE, 0x10);
+        fake.poke8(rp, bridge::IO_LIMIT, 0x10);
+        fake.poke16(rp, bridge::MEMORY_BASE, 0xfe80);
+        fake.poke16(rp, bridge::MEMORY_LIMIT, 0xfe90);
+        fake.poke16(rp, bridge::PREFETCHABLE_MEMORY_BASE, 0x0001);
+        fake.poke16(rp, bridge::PREFETCHABLE_MEMORY_LIMIT, 0x0011);
+        fake.poke32(rp, bridge::PREFETCHABLE_BASE_UPPER, 0x8);
+        fake.poke32(rp, bridge::PREFETCHABLE_LIMIT_UPPER, 0x8);
+        // Bridge 00:02.0 with every window closed (base above limit), 32-bit prefetchable.
+        fake.add_bridge(bdf(0, 2), 0x1b36, 0x0001, 0, 2, 2);
+        let closed = bdf(0, 2);
+        fake.poke8(closed, bridge::IO_BASE, 0xf0);
+        fake.poke16(closed, bridge::MEMORY_BASE, 0xfff0);
+        fake.poke16(closed, bridge::PREFETCHABLE_MEMORY_BASE, 0xfff0);
+        let region = McfgRegion::new(0xb000_0000, 0, 0, 0xff).unwrap();
+        let listing: String = enumerate(&fake, &[region]).to_string();
+        assert_eq!(
+            lines_with(&listing, "I/O behind bridge"),
+            [
+                "I/O behind bridge: 0x1000-0x1fff [size=4K]",
+                "I/O behind bridge: [disabled]"
+            ]
+        );
+        assert_eq!(
+            lines_with(&listing, "Memory behind bridge"),
+            [
+                "Memory behind bridge: 0xfe800000-0xfe9fffff [size=2M]",
+                "Memory behind bridge: [disabled]"
+            ]
+        );
+        assert_eq!(
+            lines_with(&listing, "Prefetchable memory behind bridge"),
+            [
+                "Prefetchable memory behind bridge: 0x800000000-0x8001fffff [size=2M] [64-bit]",
+                "Prefetchable memory behind bridge: [disabled] [32-bit]"
+            ]
+        );
+        // Endpoints have no windows: exactly one line of each kind per bridge.
+        assert_eq!(listing.matches("behind bridge").count(), 6);
+    }
 
     #[test]
     fn sizes() {

@@ -88,6 +88,9 @@ pub struct BridgeInfo {
     pub memory_window: Option<Window>,
     /// Prefetchable memory window, if enabled.
     pub prefetchable_window: Option<Window>,
+    /// Whether the prefetchable window registers are the 64-bit kind (upper 32 bits in the
+    /// Prefetchable Base/Limit Upper 32 Bits registers).
+    pub prefetchable_64bit: bool,
     /// Bridge Control register.
     pub control: BridgeControl,
 }
@@ -144,6 +147,7 @@ impl BridgeInfo {
             io_window,
             memory_window,
             prefetchable_window,
+            prefetchable_64bit: width_64(pref_base),
             control: BridgeControl::from_bits_retain(cfg.read16(bdf, bridge::BRIDGE_CONTROL)),
         }
     }
