@@ -28,7 +28,7 @@ use crate::unit::{GroupRef, VtdError, VtdUnit};
 
 /// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
 /// the life of the program, so a gather flushed through the wrong domain cannot free pages.
-pub(crate) fn next_table_owner() -> u64 {
+fn next_table_owner() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -200,6 +200,33 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         self.unit
             .invalidate(requests)
             .map_err(|_| IommuError::InvalidationTimeout)
+    }
+}
+
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the
+    /// shallowest advertised one covering `config.min_address_width` (or `config.levels`).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::LevelsNotSupported`] when `config.levels` is not advertised in SAGAW,
+    /// [`VtdError::NoSuitableAddressWidth`] when no advertised depth covers
+    /// `config.min_address_width`, [`VtdError::DomainIdsExhausted`] when every domain ID is in
+    /// use, [`VtdError::OutOfMemory`] when the top-level table cannot be allocated.
+    pub fn create_domain(self: &Arc<Self>, config: DomainConfig) -> Result<Domain<R, P>, VtdError> {
+        let cap = &self.capabilities().cap;
+        let levels = match config.levels {
+            Some(l) if cap.supports_levels(l) => l,
+            Some(l) => return Err(VtdError::LevelsNotSupported(l)),
+            None => cap
+                .usable_levels()
+                .find(|l| l.address_width() >= config.min_address_width)
+                .ok_or(VtdError::NoSuitableAddressWidth {
+                    requested: config.min_address_width,
+                })?,
+        };
+        let (did, table) = self.alloc_domain(levels, next_table_owner())?;
+        Ok(Domain::new(self.clone(), did, table))
     }
 }
 

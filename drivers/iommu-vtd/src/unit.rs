@@ -33,7 +33,6 @@
 //! lives here under the tables lock, so two domains can never both claim a group or a
 //! requester ID; the last member's detach clears the group's context entries.
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -43,7 +42,6 @@ use spin::Mutex;
 
 use crate::caps::{Capabilities, PagingLevels};
 use crate::context::{ContextEntry, RootTable};
-use crate::domain::{Domain, DomainConfig};
 use crate::fault::{self, FaultLog};
 use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
@@ -633,21 +631,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         }
     }
 
-    /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the
-    /// shallowest advertised one covering `config.min_address_width` (or `config.levels`).
-    pub fn create_domain(self: &Arc<Self>, config: DomainConfig) -> Result<Domain<R, P>, VtdError> {
-        let levels = match config.levels {
-            Some(l) if self.caps.cap.supports_levels(l) => l,
-            Some(l) => return Err(VtdError::LevelsNotSupported(l)),
-            None => self
-                .caps
-                .cap
-                .usable_levels()
-                .find(|l| l.address_width() >= config.min_address_width)
-                .ok_or(VtdError::NoSuitableAddressWidth {
-                    requested: config.min_address_width,
-                })?,
-        };
+    /// Allocates a domain ID and an empty second-level table of depth `levels` (which must be
+    /// advertised in SAGAW) with unlinked-table owner token `owner`, for
+    /// [`VtdUnit::create_domain`].
+    pub(crate) fn alloc_domain(
+        &self,
+        levels: PagingLevels,
+        owner: u64,
+    ) -> Result<(u16, SecondLevelTable), VtdError> {
         let table_cfg = TableConfig {
             levels,
             input_bits: levels.address_width().min(self.caps.cap.mgaw),
@@ -665,12 +656,8 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .dids
             .alloc()
             .ok_or(VtdError::DomainIdsExhausted)?;
-        match SecondLevelTable::with_owner(
-            &self.platform,
-            table_cfg,
-            crate::domain::next_table_owner(),
-        ) {
-            Ok(table) => Ok(Domain::new(self.clone(), did, table)),
+        match SecondLevelTable::with_owner(&self.platform, table_cfg, owner) {
+            Ok(table) => Ok((did, table)),
             Err(_) => {
                 self.tables.lock().dids.free(did);
                 Err(VtdError::OutOfMemory)
@@ -720,7 +707,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .collect()
     }
 
-    /// Attaches member `device` of `group` to domain `did` (see [`Domain::attach_device`]).
+    /// Attaches member `device` of `group` to domain `did` (see [`Domain::attach_device`](crate::Domain::attach_device)).
     pub(crate) fn attach_group(
         &self,
         did: u16,
@@ -844,7 +831,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     }
 
     /// Removes member `device` of group `key` from domain `did` (see
-    /// [`Domain::detach_device`]); the last member clears the group's context entries.
+    /// [`Domain::detach_device`](crate::Domain::detach_device)); the last member clears the group's context entries.
     pub(crate) fn detach_group_member(
         &self,
         did: u16,
