@@ -106,7 +106,7 @@ impl PagingLevels {
     }
 
     /// The context entry's AW encoding, §9.3.
-    pub const fn context_aw(self) -> u64 {
+    pub const fn context_aw(self) -> u8 {
         match self {
             Self::Three => 1,
             Self::Four => 2,

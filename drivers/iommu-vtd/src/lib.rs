@@ -66,6 +66,8 @@
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 

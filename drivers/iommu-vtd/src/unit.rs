@@ -46,7 +46,7 @@ use crate::fault::{self, FaultLog};
 use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
 use crate::platform::{Platform, TablePage};
-use crate::registers::{self, rtaddr, Global, RegisterIo, GSTS_PERSISTENT_MASK};
+use crate::registers::{self, Global, RegisterIo, Rtaddr, GSTS_PERSISTENT_MASK};
 
 /// Default timeout for every hardware wait: 1 s.
 pub const DEFAULT_TIMEOUT_US: u64 = 1_000_000;
@@ -543,10 +543,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             inval.active = Invalidator::Queued(queue);
         }
         // 2. Root table.
-        self.regs.write64(
-            registers::RTADDR,
-            tables.root.phys().as_u64() | rtaddr::TTM_LEGACY,
-        );
+        let rtaddr = Rtaddr::new()
+            .with_rta(tables.root.phys().as_u64())
+            .with_ttm(Rtaddr::TTM_LEGACY);
+        self.regs.write64(registers::RTADDR, rtaddr.into_bits());
         self.write_gcmd(Global::SRTP, true);
         self.wait_status("GSTS.RTPS", |g| g.contains(Global::SRTP))?;
         if self.caps.cap.rwbf {
