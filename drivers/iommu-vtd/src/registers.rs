@@ -687,7 +687,7 @@ mod tests {
         assert_eq!(hi.into_bits(), 0x00AB_CD02);
         let wait = WaitDescHi::new().with_addr(0x1234_5678);
         assert_eq!(wait.into_bits(), 0x1234_5678);
-        assert_eq!(WaitDescLo::from_bits(1 << 4).interrupt(), true);
+        assert!(WaitDescLo::from_bits(1 << 4).interrupt());
     }
 
     #[test]
