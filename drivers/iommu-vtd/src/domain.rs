@@ -145,6 +145,15 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     ///
     /// If the invalidation fails the entries are written and the group stays tracked (so a
     /// detach or the drop can clear them); the next member's attach retries it.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::EmptyGroup`], [`VtdError::DuplicateRequesterId`], [`VtdError::AlreadyAttached`],
+    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`] and
+    /// [`VtdError::GroupRequesterIdsDiffer`] as listed above (nothing written);
+    /// [`VtdError::OutOfMemory`] when the domain is being dropped or a context table or
+    /// bookkeeping cannot be allocated (nothing written); [`VtdError::Timeout`] (write-buffer
+    /// flush) or [`VtdError::Invalidation`] after the entries were written (see above).
     pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
         let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {
@@ -163,6 +172,13 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// domain's table, so the domain keeps tracking it; a later `detach_device` or the drop
     /// retries (and a drop that cannot complete it leaks the table and the domain ID rather
     /// than free them).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::GroupNotAttached`] when the group is not attached to this domain,
+    /// [`VtdError::NotAMember`] when `device` is not one of its members (nothing changes);
+    /// [`VtdError::OutOfMemory`] or [`VtdError::Invalidation`] for the last member, which then
+    /// stays attached (see above).
     pub fn detach_device(&self, group_key: u32, device: u16) -> Result<(), VtdError> {
         let _state = self.state.lock();
         self.unit.detach_group_member(self.did, group_key, device)
@@ -170,6 +186,13 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
 
     /// Identity-maps `[start, end]` (inclusive, rounded out to pages) read/write, then makes it
     /// visible ([`IommuDomain::sync_map`]).
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::Misaligned`] when `end_inclusive` lies in a page before `start`'s or the
+    /// range spans the whole address space; otherwise the errors of [`IommuDomain::map`]
+    /// (nothing mapped) and of [`IommuDomain::sync_map`] ([`IommuError::InvalidationTimeout`];
+    /// the range stays mapped).
     pub fn map_identity(&self, start: u64, end_inclusive: u64) -> Result<(), IommuError> {
         let base = start & !(PAGE_SIZE - 1);
         let last = end_inclusive | (PAGE_SIZE - 1);
@@ -192,6 +215,10 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
 
     /// Identity-maps a reserved memory region (RMRR), which the devices in its scope must keep
     /// reaching.
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::map_identity`] for the region's bounds.
     pub fn map_rmrr(&self, rmrr: &Rmrr<'_>) -> Result<(), IommuError> {
         self.map_identity(rmrr.base(), rmrr.limit())
     }

@@ -331,6 +331,11 @@ pub struct InvalidationQueue {
 
 impl InvalidationQueue {
     /// Allocates the queue page and the status page.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidationError::OutOfMemory`] when either page cannot be allocated (nothing is
+    /// kept).
     pub fn new<P: Platform + ?Sized>(platform: &P) -> Result<Self, InvalidationError> {
         let queue = platform
             .alloc_table_page()
@@ -381,6 +386,12 @@ impl InvalidationQueue {
     }
 
     /// Submits `requests` followed by a wait descriptor and waits for its status write.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidationError::Timeout`] when a wait descriptor's status write does not arrive in
+    /// `timeout_us`; [`InvalidationError::QueueError`] when the hardware flags FSTS.IQE/ICE/ITE
+    /// (the rest of the queue is dropped and the error cleared, so the queue can be used again).
     pub fn submit<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
         &mut self,
         regs: &R,
@@ -500,6 +511,12 @@ impl InvalidationQueue {
 
 /// Issues one request through the CCMD / IOTLB registers and polls for completion. Only valid
 /// while queued invalidation is off.
+///
+/// # Errors
+///
+/// [`InvalidationError::Unsupported`] for a page-selective request without CAP.PSI;
+/// [`InvalidationError::Timeout`] when CCMD.ICC / IOTLB.IVT does not clear in `timeout_us`;
+/// [`InvalidationError::NotPerformed`] when the hardware reports actual granularity 00.
 pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
     regs: &R,
     platform: &P,
@@ -581,6 +598,11 @@ pub enum Invalidator {
 
 impl Invalidator {
     /// Issues `requests` and returns once the hardware completed all of them.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`register_invalidate`] (the first failing request stops the rest) or
+    /// [`InvalidationQueue::submit`].
     pub fn run<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
         &mut self,
         regs: &R,

@@ -171,12 +171,20 @@ pub struct SecondLevelTable {
 impl SecondLevelTable {
     /// Allocates an empty table (its root page). Its unlinked tables carry owner token 0; use
     /// [`SecondLevelTable::with_owner`] to tell tables apart.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::OutOfMemory`] when the root page cannot be allocated.
     pub fn new<P: Platform + ?Sized>(platform: &P, cfg: TableConfig) -> Result<Self, IommuError> {
         Self::with_owner(platform, cfg, 0)
     }
 
     /// Allocates an empty table whose unlinked tables carry `owner`
     /// ([`UnlinkedTable::owner`]).
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::OutOfMemory`] when the root page cannot be allocated.
     pub fn with_owner<P: Platform + ?Sized>(
         platform: &P,
         cfg: TableConfig,
@@ -255,6 +263,14 @@ impl SecondLevelTable {
 
     /// Maps `[iova, iova + size)` to `[paddr, paddr + size)` with the largest leaves alignment
     /// allows. All-or-nothing: on error the table is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error: [`IommuError::Misaligned`] for a zero size or an address or
+    /// size not 4 KiB aligned; [`IommuError::OutsideAperture`] beyond the table's input width;
+    /// [`IommuError::OutputBeyondLimit`] for output addresses at or beyond `2^HAW`;
+    /// [`IommuError::AlreadyMapped`] when part of the range is mapped; [`IommuError::OutOfMemory`]
+    /// when table pages cannot be allocated.
     pub fn map<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -431,6 +447,14 @@ impl SecondLevelTable {
     /// ([`IotlbGather::unlinked_tables`]): they are freed by the flush of that gather, after its
     /// invalidation completed, and leak if it is never flushed. Tables the range covers only
     /// partly stay linked, even when left empty (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error: [`IommuError::Misaligned`] for a zero size or an unaligned
+    /// address or size; [`IommuError::OutsideAperture`] beyond the input width;
+    /// [`IommuError::NotMapped`] when part of the range is not mapped;
+    /// [`IommuError::PartialSuperpage`] when the range splits a superpage;
+    /// [`IommuError::OutOfMemory`] when the gather cannot grow.
     pub fn unmap<P: Platform + ?Sized>(
         &mut self,
         platform: &P,

@@ -355,6 +355,13 @@ impl<R: RegisterIo, P: Platform> fmt::Debug for VtdUnit<R, P> {
 impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Reads the capabilities and allocates the root table (and the invalidation queue when
     /// ECAP.QI). Does not touch any command register.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Unsupported`] when SAGAW advertises neither 3- nor 4-level tables or
+    /// `config.host_address_width` is 0 or above the largest output width;
+    /// [`VtdError::OutOfMemory`] when the domain-ID map, the root table or the queue cannot be
+    /// allocated.
     pub fn new(regs: R, platform: P, config: UnitConfig) -> Result<Self, VtdError> {
         let caps = Capabilities::read(&regs);
         if caps.cap.usable_levels().next().is_none() {
@@ -478,6 +485,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Flushes the write buffer (GCMD.WBF, wait for GSTS.WBFS to clear), §6.8. A no-op unless
     /// CAP.RWBF.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Timeout`] when GSTS.WBFS does not clear in time.
     pub fn flush_write_buffer(&self) -> Result<(), VtdError> {
         if !self.caps.cap.rwbf {
             return Ok(());
@@ -503,6 +514,12 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     ///   `(GSTS & 0x96FF_FFFF) | bit`); the interrupt-remapping owner reprograms it.
     ///
     /// Fails with [`VtdError::AlreadyEnabled`] if this unit's own enable already completed.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::AlreadyEnabled`] (see above); [`VtdError::Timeout`] when a status bit (or the
+    /// firmware's queue drain) does not settle in time; [`VtdError::Invalidation`] when the global
+    /// invalidation fails.
     pub fn enable(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
         if tables.enabled {
@@ -579,6 +596,11 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Turns translation off (wait for TES to clear), then queued invalidation (after draining
     /// the queue), returning to register-based invalidation.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Timeout`] when GSTS.TES or GSTS.QIES does not clear in time;
+    /// [`VtdError::Invalidation`] when the queue does not drain.
     pub fn disable(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
         if self.gsts().contains(Global::TE) {
@@ -608,6 +630,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Issues `requests` through the active invalidation path and returns once the hardware
     /// reported completion.
+    ///
+    /// # Errors
+    ///
+    /// The [`InvalidationError`] of the active path ([`crate::invalidation::Invalidator::run`]).
     pub fn invalidate(&self, requests: &[Invalidation]) -> Result<(), InvalidationError> {
         self.stats.submissions.fetch_add(1, Ordering::Relaxed);
         self.stats
