@@ -156,6 +156,135 @@ const fn am_from(field: u8) -> u8 {
 /// The largest address mask a 6-bit AM field holds.
 pub const MAX_AM: u8 = 63;
 
+/// Version register (VER), §11.4.1.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct Ver {
+    /// Minor version (bits 3:0).
+    #[bits(4)]
+    pub min: u8,
+    /// Major version (bits 7:4).
+    #[bits(4)]
+    pub max: u8,
+    #[bits(24)]
+    __: u32,
+}
+
+/// Capability register (CAP), §11.4.2: the fields this crate decodes.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct CapReg {
+    /// Number of domains supported (ND, bits 2:0): `2^(4 + 2 * ND)`.
+    #[bits(3)]
+    pub nd: u8,
+    /// Advanced fault logging (bit 3).
+    pub afl: bool,
+    /// Required write-buffer flushing (bit 4).
+    pub rwbf: bool,
+    /// Protected low-memory region (bit 5).
+    pub plmr: bool,
+    /// Protected high-memory region (bit 6).
+    pub phmr: bool,
+    /// Caching mode (bit 7).
+    pub cm: bool,
+    /// Supported adjusted guest address widths (SAGAW, bits 12:8): bit 1 = 39-bit, bit 2 =
+    /// 48-bit, bit 3 = 57-bit.
+    #[bits(5)]
+    pub sagaw: u8,
+    #[bits(3)]
+    __: u8,
+    /// Maximum guest address width minus one (MGAW, bits 21:16).
+    #[bits(6)]
+    pub mgaw: u8,
+    /// Zero-length read (bit 22).
+    pub zlr: bool,
+    #[bits(1)]
+    __: u8,
+    /// Fault-recording register offset in 16-byte units (FRO, bits 33:24).
+    #[bits(10)]
+    pub fro: u16,
+    /// Second-level large page support (SLLPS, bits 37:34): bit 0 = 2 MiB, bit 1 = 1 GiB.
+    #[bits(4)]
+    pub sllps: u8,
+    #[bits(1)]
+    __: u8,
+    /// Page-selective invalidation (bit 39).
+    pub psi: bool,
+    /// Number of fault-recording registers minus one (NFR, bits 47:40).
+    pub nfr: u8,
+    /// Maximum address mask value (MAMV, bits 53:48).
+    #[bits(6)]
+    pub mamv: u8,
+    /// Write draining (bit 54).
+    pub dwd: bool,
+    /// Read draining (bit 55).
+    pub drd: bool,
+    /// First-level 1 GiB pages (bit 56).
+    pub fl1gp: bool,
+    #[bits(2)]
+    __: u8,
+    /// Posted interrupts (bit 59).
+    pub pi: bool,
+    /// First-level 5-level paging (bit 60).
+    pub fl5lp: bool,
+    #[bits(3)]
+    __: u8,
+}
+
+/// Extended capability register (ECAP), §11.4.3: the fields this crate decodes.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct EcapReg {
+    /// Page-walk coherency (C, bit 0).
+    pub c: bool,
+    /// Queued invalidation (QI, bit 1).
+    pub qi: bool,
+    /// Device-TLB (DT, bit 2).
+    pub dt: bool,
+    /// Interrupt remapping (IR, bit 3).
+    pub ir: bool,
+    /// Extended interrupt mode (EIM, bit 4).
+    pub eim: bool,
+    #[bits(1)]
+    __: u8,
+    /// Pass-through (PT, bit 6).
+    pub pt: bool,
+    /// Snoop control (SC, bit 7).
+    pub sc: bool,
+    /// IOTLB register offset in 16-byte units (IRO, bits 17:8).
+    #[bits(10)]
+    pub iro: u16,
+    #[bits(2)]
+    __: u8,
+    /// Maximum handle mask value (MHMV, bits 23:20).
+    #[bits(4)]
+    pub mhmv: u8,
+    #[bits(2)]
+    __: u8,
+    /// Nested translation (NEST, bit 26).
+    pub nest: bool,
+    #[bits(2)]
+    __: u8,
+    /// Page requests (PRS, bit 29).
+    pub prs: bool,
+    #[bits(10)]
+    __: u16,
+    /// PASID support (bit 40).
+    pub pasid: bool,
+    #[bits(2)]
+    __: u8,
+    /// Scalable-mode translation (SMTS, bit 43).
+    pub smts: bool,
+    #[bits(2)]
+    __: u8,
+    /// Second-level translation (SLTS, bit 46).
+    pub slts: bool,
+    /// First-level translation (FLTS, bit 47).
+    pub flts: bool,
+    #[bits(16)]
+    __: u16,
+}
+
 /// Root table address register (RTADDR), §11.4.5.
 #[bitfield(u64)]
 #[derive(PartialEq, Eq)]
