@@ -44,7 +44,7 @@ use crate::pagetable::pte;
 use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
 use crate::registers::{
     self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
-    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, WaitDescHi, WaitDescLo,
+    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, SlPte, WaitDescHi, WaitDescLo,
     GSTS_PERSISTENT_MASK,
 };
 
@@ -715,7 +715,7 @@ impl FakeVtd {
                 }
                 return Err(perm_fault);
             }
-            let addr = entry & pte::ADDR_MASK;
+            let addr = SlPte::from_bits(entry).addr();
             let leaf = level == 1 || entry & pte::PAGE_SIZE != 0;
             let snp_reserved = entry & pte::SNOOP != 0 && (!s.caps.ecap.snoop_control || !leaf);
             let ps_reserved = entry & pte::PAGE_SIZE != 0

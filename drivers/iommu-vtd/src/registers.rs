@@ -555,6 +555,67 @@ pub struct ContextEntryHi {
     __: u64,
 }
 
+/// Field conversion for an output address in bits 51:12 of a second-level entry: the field
+/// holds bits 51:12 of the address. Callers keep addresses below `2^52`
+/// (`pagetable::MAX_OUTPUT_BITS`); higher bits are dropped, never spilled into other fields.
+const fn addr_51_12_into(addr: u64) -> u64 {
+    (addr >> 12) & ((1 << 40) - 1)
+}
+
+/// Inverse of [`addr_51_12_into`].
+const fn addr_51_12_from(field: u64) -> u64 {
+    field << 12
+}
+
+/// Second-level paging entry, §9.8 (page-table, page-directory and leaf entries alike).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SlPte {
+    /// Read permission (bit 0).
+    pub r: bool,
+    /// Write permission (bit 1).
+    pub w: bool,
+    #[bits(5)]
+    __: u8,
+    /// Page size (bit 7): this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
+    pub ps: bool,
+    #[bits(3)]
+    __: u8,
+    /// Snoop behaviour (bit 11; only when ECAP.SC = 1, reserved otherwise).
+    pub snp: bool,
+    /// Address (bits 51:12): the next table or the leaf's page.
+    #[bits(40, from = addr_51_12_from, into = addr_51_12_into)]
+    pub addr: u64,
+    /// Software bit 52 (bits 61:52 are ignored by hardware): a leaf written by this crate,
+    /// so a mapping with no access rights can exist (R = W = 0 is "not present" to hardware).
+    pub sw_mapped: bool,
+    /// Software bit 53: the leaf maps device memory (`dma::iommu::Prot::MMIO`).
+    pub sw_mmio: bool,
+    #[bits(10)]
+    __: u16,
+}
+
+/// The single bits and the address field of [`SlPte`] as raw masks, for code and tests that
+/// look at raw entries.
+pub mod pte {
+    use super::SlPte;
+
+    /// Read permission.
+    pub const READ: u64 = SlPte::new().with_r(true).into_bits();
+    /// Write permission.
+    pub const WRITE: u64 = SlPte::new().with_w(true).into_bits();
+    /// Page size: this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
+    pub const PAGE_SIZE: u64 = SlPte::new().with_ps(true).into_bits();
+    /// Snoop behaviour (only when ECAP.SC = 1; reserved otherwise).
+    pub const SNOOP: u64 = SlPte::new().with_snp(true).into_bits();
+    /// Address bits 51:12.
+    pub const ADDR_MASK: u64 = SlPte::new().with_addr(u64::MAX).into_bits();
+    /// Software bit: a leaf written by this crate ([`SlPte::sw_mapped`]).
+    pub const SW_MAPPED: u64 = SlPte::new().with_sw_mapped(true).into_bits();
+    /// Software bit: the leaf maps device memory ([`SlPte::sw_mmio`]).
+    pub const SW_MMIO: u64 = SlPte::new().with_sw_mmio(true).into_bits();
+}
+
 /// Invalidation descriptor types and granularities, §6.5.2.
 pub mod desc {
     /// Context-cache invalidate.
@@ -817,6 +878,23 @@ mod tests {
         let wait = WaitDescHi::new().with_addr(0x1234_5678);
         assert_eq!(wait.into_bits(), 0x1234_5678);
         assert!(WaitDescLo::from_bits(1 << 4).interrupt());
+    }
+
+    #[test]
+    fn second_level_entry_bits_match_the_spec() {
+        // §9.8: R = 0, W = 1, PS = 7, SNP = 11, address 51:12; software bits 52 and 53.
+        assert_eq!(
+            (pte::READ, pte::WRITE, pte::PAGE_SIZE, pte::SNOOP),
+            (1, 2, 0x80, 0x800)
+        );
+        assert_eq!(pte::ADDR_MASK, 0x000F_FFFF_FFFF_F000);
+        assert_eq!((pte::SW_MAPPED, pte::SW_MMIO), (1 << 52, 1 << 53));
+        let leaf = SlPte::new().with_addr(0x1F_FFFF_FFFF_FFFF).with_r(true);
+        assert_eq!(
+            leaf.into_bits(),
+            0x000F_FFFF_FFFF_F001,
+            "nothing spills past bit 51"
+        );
     }
 
     #[test]
