@@ -44,7 +44,7 @@ use crate::pagetable::pte;
 use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
 use crate::registers::{
     self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
-    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, SlPte, WaitDescHi, WaitDescLo,
+    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
     GSTS_PERSISTENT_MASK,
 };
 
@@ -901,7 +901,7 @@ impl FakeVtd {
         }
         let on = |bit: Global| value & bit.bits() != 0;
         if on(Global::SRTP) {
-            s.active_root = Some(s.rtaddr & !0xFFF);
+            s.active_root = Some(Rtaddr::from_bits(s.rtaddr).rta());
             s.gsts |= Global::SRTP.bits();
             s.global_invalidated_since_root = false;
             s.events.push(HwEvent::RootTableLatched(s.rtaddr));
