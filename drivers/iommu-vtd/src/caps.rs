@@ -5,45 +5,13 @@
 
 use core::fmt;
 
-use crate::registers::{self, RegisterIo};
-
-/// A bit-field declaration: `(shift, width)`.
-type Field = (u32, u32);
-
-const fn field(raw: u64, (shift, width): Field) -> u64 {
-    (raw >> shift) & ((1u64 << width) - 1)
-}
-
-const fn flag(raw: u64, bit: u32) -> bool {
-    raw & (1u64 << bit) != 0
-}
-
-// CAP fields, §11.4.2.
-const CAP_ND: Field = (0, 3);
-const CAP_AFL: u32 = 3;
-const CAP_RWBF: u32 = 4;
-const CAP_PLMR: u32 = 5;
-const CAP_PHMR: u32 = 6;
-const CAP_CM: u32 = 7;
-const CAP_SAGAW: Field = (8, 5);
-const CAP_MGAW: Field = (16, 6);
-const CAP_ZLR: u32 = 22;
-const CAP_FRO: Field = (24, 10);
-const CAP_SLLPS: Field = (34, 4);
-const CAP_PSI: u32 = 39;
-const CAP_NFR: Field = (40, 8);
-const CAP_MAMV: Field = (48, 6);
-const CAP_DWD: u32 = 54;
-const CAP_DRD: u32 = 55;
-const CAP_FL1GP: u32 = 56;
-const CAP_PI: u32 = 59;
-const CAP_FL5LP: u32 = 60;
+use crate::registers::{self, CapReg, EcapReg, RegisterIo, Ver};
 
 /// ND encodes `2^(ND_BASE + ND_STEP * ND)` domain IDs.
 const ND_BASE: u32 = 4;
 const ND_STEP: u32 = 2;
 /// Highest defined ND encoding (65536 domains).
-const ND_MAX: u64 = 6;
+const ND_MAX: u32 = 6;
 
 /// SAGAW bit for 3-level (39-bit) tables.
 const SAGAW_39: u64 = 1 << 1;
@@ -56,27 +24,6 @@ const SAGAW_57: u64 = 1 << 3;
 const SLLPS_2M: u64 = 1 << 0;
 /// SLLPS bit: 1 GiB second-level pages.
 const SLLPS_1G: u64 = 1 << 1;
-
-// ECAP fields, §11.4.3.
-const ECAP_C: u32 = 0;
-const ECAP_QI: u32 = 1;
-const ECAP_DT: u32 = 2;
-const ECAP_IR: u32 = 3;
-const ECAP_EIM: u32 = 4;
-const ECAP_PT: u32 = 6;
-const ECAP_SC: u32 = 7;
-const ECAP_IRO: Field = (8, 10);
-const ECAP_MHMV: Field = (20, 4);
-const ECAP_NEST: u32 = 26;
-const ECAP_PRS: u32 = 29;
-const ECAP_PASID: u32 = 40;
-const ECAP_SMTS: u32 = 43;
-const ECAP_SLTS: u32 = 46;
-const ECAP_FLTS: u32 = 47;
-
-// VER fields, §11.4.1.
-const VER_MIN: Field = (0, 4);
-const VER_MAX: Field = (4, 4);
 
 /// Depth of a second-level page table, as advertised by SAGAW and programmed as a context
 /// entry's AW field (which must equal the depth: otherwise QEMU faults with reason 3).
@@ -106,7 +53,7 @@ impl PagingLevels {
     }
 
     /// The context entry's AW encoding, §9.3.
-    pub const fn context_aw(self) -> u64 {
+    pub const fn context_aw(self) -> u8 {
         match self {
             Self::Three => 1,
             Self::Four => 2,
@@ -169,29 +116,30 @@ pub struct Cap {
 impl Cap {
     /// Decodes a raw CAP value.
     pub const fn decode(raw: u64) -> Self {
-        let nd = field(raw, CAP_ND);
+        let f = CapReg::from_bits(raw);
+        let nd = f.nd() as u32;
         let nd = if nd > ND_MAX { ND_MAX } else { nd };
         Self {
             raw,
-            domain_ids: 1u32 << (ND_BASE + ND_STEP * nd as u32),
-            afl: flag(raw, CAP_AFL),
-            rwbf: flag(raw, CAP_RWBF),
-            plmr: flag(raw, CAP_PLMR),
-            phmr: flag(raw, CAP_PHMR),
-            caching_mode: flag(raw, CAP_CM),
-            sagaw: field(raw, CAP_SAGAW) as u8,
-            mgaw: field(raw, CAP_MGAW) as u8 + 1,
-            zlr: flag(raw, CAP_ZLR),
-            fro: field(raw, CAP_FRO) as u16,
-            sllps: field(raw, CAP_SLLPS) as u8,
-            psi: flag(raw, CAP_PSI),
-            fault_records: field(raw, CAP_NFR) as u16 + 1,
-            mamv: field(raw, CAP_MAMV) as u8,
-            dwd: flag(raw, CAP_DWD),
-            drd: flag(raw, CAP_DRD),
-            fl1gp: flag(raw, CAP_FL1GP),
-            pi: flag(raw, CAP_PI),
-            fl5lp: flag(raw, CAP_FL5LP),
+            domain_ids: 1u32 << (ND_BASE + ND_STEP * nd),
+            afl: f.afl(),
+            rwbf: f.rwbf(),
+            plmr: f.plmr(),
+            phmr: f.phmr(),
+            caching_mode: f.cm(),
+            sagaw: f.sagaw(),
+            mgaw: f.mgaw() + 1,
+            zlr: f.zlr(),
+            fro: f.fro(),
+            sllps: f.sllps(),
+            psi: f.psi(),
+            fault_records: f.nfr() as u16 + 1,
+            mamv: f.mamv(),
+            dwd: f.dwd(),
+            drd: f.drd(),
+            fl1gp: f.fl1gp(),
+            pi: f.pi(),
+            fl5lp: f.fl5lp(),
         }
     }
 
@@ -273,23 +221,24 @@ pub struct Ecap {
 impl Ecap {
     /// Decodes a raw ECAP value.
     pub const fn decode(raw: u64) -> Self {
+        let f = EcapReg::from_bits(raw);
         Self {
             raw,
-            coherent: flag(raw, ECAP_C),
-            queued_invalidation: flag(raw, ECAP_QI),
-            device_tlb: flag(raw, ECAP_DT),
-            interrupt_remapping: flag(raw, ECAP_IR),
-            eim: flag(raw, ECAP_EIM),
-            pass_through: flag(raw, ECAP_PT),
-            snoop_control: flag(raw, ECAP_SC),
-            iro: field(raw, ECAP_IRO) as u16,
-            mhmv: field(raw, ECAP_MHMV) as u8,
-            nest: flag(raw, ECAP_NEST),
-            prs: flag(raw, ECAP_PRS),
-            pasid: flag(raw, ECAP_PASID),
-            smts: flag(raw, ECAP_SMTS),
-            slts: flag(raw, ECAP_SLTS),
-            flts: flag(raw, ECAP_FLTS),
+            coherent: f.c(),
+            queued_invalidation: f.qi(),
+            device_tlb: f.dt(),
+            interrupt_remapping: f.ir(),
+            eim: f.eim(),
+            pass_through: f.pt(),
+            snoop_control: f.sc(),
+            iro: f.iro(),
+            mhmv: f.mhmv(),
+            nest: f.nest(),
+            prs: f.prs(),
+            pasid: f.pasid(),
+            smts: f.smts(),
+            slts: f.slts(),
+            flts: f.flts(),
         }
     }
 
@@ -319,10 +268,7 @@ impl Capabilities {
     /// Decodes raw register values.
     pub const fn decode(ver: u32, cap: u64, ecap: u64) -> Self {
         Self {
-            version: (
-                field(ver as u64, VER_MAX) as u8,
-                field(ver as u64, VER_MIN) as u8,
-            ),
+            version: (Ver::from_bits(ver).max(), Ver::from_bits(ver).min()),
             cap: Cap::decode(cap),
             ecap: Ecap::decode(ecap),
         }

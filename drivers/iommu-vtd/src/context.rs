@@ -16,37 +16,7 @@ use dma::PhysAddr;
 use crate::caps::PagingLevels;
 use crate::dmar::Bdf;
 use crate::platform::{Platform, TableMem, TablePage};
-
-/// Root entry fields, §9.1.
-pub mod root_entry {
-    /// Present.
-    pub const PRESENT: u64 = 1 << 0;
-    /// Context-table pointer (bits 63:12 of the lower half).
-    pub const CTP_MASK: u64 = !0xFFF;
-}
-
-/// Context entry fields, §9.3 (`LO_*`: bits 63:0, `HI_*`: bits 127:64).
-pub mod context_entry {
-    /// Present.
-    pub const LO_PRESENT: u64 = 1 << 0;
-    /// Fault processing disable.
-    pub const LO_FPD: u64 = 1 << 1;
-    /// Shift of the translation type (bits 3:2).
-    pub const LO_TT_SHIFT: u32 = 2;
-    /// Mask of the translation type after shifting.
-    pub const LO_TT_MASK: u64 = 0b11;
-    /// Translation type 00: untranslated requests are translated through the second-level
-    /// table; translated requests (ATS) are blocked.
-    pub const TT_UNTRANSLATED_ONLY: u64 = 0b00;
-    /// Second-level page-translation pointer (bits 63:12).
-    pub const LO_SLPTPTR_MASK: u64 = !0xFFF;
-    /// Address width (bits 66:64).
-    pub const HI_AW_MASK: u64 = 0b111;
-    /// Shift of the domain identifier (bits 87:72).
-    pub const HI_DID_SHIFT: u32 = 8;
-    /// Mask of the domain identifier after shifting.
-    pub const HI_DID_MASK: u64 = 0xFFFF;
-}
+use crate::registers::{ContextEntryHi, ContextEntryLo, RootEntryLo};
 
 /// Number of 64-bit words per root or context entry.
 const WORDS_PER_ENTRY: usize = 2;
@@ -64,38 +34,42 @@ impl ContextEntry {
     /// A present entry translating untranslated requests through `table` (depth `levels`) in
     /// domain `did`.
     pub const fn translated(table: PhysAddr, levels: PagingLevels, did: u16) -> Self {
-        use context_entry::*;
         Self {
-            lo: (table.as_u64() & LO_SLPTPTR_MASK)
-                | TT_UNTRANSLATED_ONLY << LO_TT_SHIFT
-                | LO_PRESENT,
-            hi: levels.context_aw() | (did as u64) << HI_DID_SHIFT,
+            lo: ContextEntryLo::new()
+                .with_present(true)
+                .with_tt(ContextEntryLo::TT_UNTRANSLATED_ONLY)
+                .with_slptptr(table.as_u64())
+                .into_bits(),
+            hi: ContextEntryHi::new()
+                .with_aw(levels.context_aw())
+                .with_did(did)
+                .into_bits(),
         }
     }
 
     /// Whether the entry is present.
     pub const fn present(&self) -> bool {
-        self.lo & context_entry::LO_PRESENT != 0
+        ContextEntryLo::from_bits(self.lo).present()
     }
 
     /// The domain ID.
     pub const fn did(&self) -> u16 {
-        ((self.hi >> context_entry::HI_DID_SHIFT) & context_entry::HI_DID_MASK) as u16
+        ContextEntryHi::from_bits(self.hi).did()
     }
 
     /// The AW field.
-    pub const fn aw(&self) -> u64 {
-        self.hi & context_entry::HI_AW_MASK
+    pub const fn aw(&self) -> u8 {
+        ContextEntryHi::from_bits(self.hi).aw()
     }
 
     /// The translation type.
-    pub const fn translation_type(&self) -> u64 {
-        (self.lo >> context_entry::LO_TT_SHIFT) & context_entry::LO_TT_MASK
+    pub const fn translation_type(&self) -> u8 {
+        ContextEntryLo::from_bits(self.lo).tt()
     }
 
     /// The second-level table pointer.
     pub const fn slptptr(&self) -> PhysAddr {
-        PhysAddr::new(self.lo & context_entry::LO_SLPTPTR_MASK)
+        PhysAddr::new(ContextEntryLo::from_bits(self.lo).slptptr())
     }
 }
 
@@ -135,7 +109,8 @@ impl RootTable {
         let lo = self
             .mem(platform, self.phys)
             .read(bus as usize * WORDS_PER_ENTRY);
-        (lo & root_entry::PRESENT != 0).then(|| PhysAddr::new(lo & root_entry::CTP_MASK))
+        let entry = RootEntryLo::from_bits(lo);
+        entry.present().then(|| PhysAddr::new(entry.ctp()))
     }
 
     /// Links `page` (a fresh zeroed page) as the context table of `bus`, which has none.
@@ -151,7 +126,10 @@ impl RootTable {
         root.write(index + 1, 0);
         root.write(
             index,
-            (page.phys.as_u64() & root_entry::CTP_MASK) | root_entry::PRESENT,
+            RootEntryLo::new()
+                .with_present(true)
+                .with_ctp(page.phys.as_u64())
+                .into_bits(),
         );
         root.flush(index, index + 1);
     }

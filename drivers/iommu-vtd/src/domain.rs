@@ -28,7 +28,7 @@ use crate::unit::{GroupRef, VtdError, VtdUnit};
 
 /// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
 /// the life of the program, so a gather flushed through the wrong domain cannot free pages.
-pub(crate) fn next_table_owner() -> u64 {
+fn next_table_owner() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
@@ -145,6 +145,16 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     ///
     /// If the invalidation fails the entries are written and the group stays tracked (so a
     /// detach or the drop can clear them); the next attach of any member (the same device's retry included) completes it first.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::EmptyGroup`], [`VtdError::DuplicateRequesterId`], [`VtdError::AlreadyAttached`],
+    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`] and
+    /// [`VtdError::GroupRequesterIdsDiffer`] as listed above, [`VtdError::NotAMember`] for a device
+    /// whose own ID is not among the group's (nothing written);
+    /// [`VtdError::OutOfMemory`] when the domain is being dropped or a context table or
+    /// bookkeeping cannot be allocated (nothing written); [`VtdError::Timeout`] (write-buffer
+    /// flush) or [`VtdError::Invalidation`] after the entries were written (see above).
     pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
         let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {
@@ -163,6 +173,13 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// domain's table, so the domain keeps tracking it; a later `detach_device` or the drop
     /// retries (and a drop that cannot complete it leaks the table and the domain ID rather
     /// than free them).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::GroupNotAttached`] when the group is not attached to this domain,
+    /// [`VtdError::NotAMember`] when `device` is not one of its members (nothing changes);
+    /// [`VtdError::OutOfMemory`] or [`VtdError::Invalidation`] for the last member, which then
+    /// stays attached (see above).
     pub fn detach_device(&self, group_key: u32, device: u16) -> Result<(), VtdError> {
         let _state = self.state.lock();
         self.unit.detach_group_member(self.did, group_key, device)
@@ -170,6 +187,13 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
 
     /// Identity-maps `[start, end]` (inclusive, rounded out to pages) read/write, then makes it
     /// visible ([`IommuDomain::sync_map`]).
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::Misaligned`] when `end_inclusive` lies in a page before `start`'s or the
+    /// range spans the whole address space; otherwise the errors of [`IommuDomain::map`]
+    /// (nothing mapped) and of [`IommuDomain::sync_map`] ([`IommuError::InvalidationTimeout`];
+    /// the range stays mapped).
     pub fn map_identity(&self, start: u64, end_inclusive: u64) -> Result<(), IommuError> {
         let base = start & !(PAGE_SIZE - 1);
         let last = end_inclusive | (PAGE_SIZE - 1);
@@ -192,6 +216,10 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
 
     /// Identity-maps a reserved memory region (RMRR), which the devices in its scope must keep
     /// reaching.
+    ///
+    /// # Errors
+    ///
+    /// As [`Domain::map_identity`] for the region's bounds.
     pub fn map_rmrr(&self, rmrr: &Rmrr<'_>) -> Result<(), IommuError> {
         self.map_identity(rmrr.base(), rmrr.limit())
     }
@@ -200,6 +228,33 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         self.unit
             .invalidate(requests)
             .map_err(|_| IommuError::InvalidationTimeout)
+    }
+}
+
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the
+    /// shallowest advertised one covering `config.min_address_width` (or `config.levels`).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::LevelsNotSupported`] when `config.levels` is not advertised in SAGAW,
+    /// [`VtdError::NoSuitableAddressWidth`] when no advertised depth covers
+    /// `config.min_address_width`, [`VtdError::DomainIdsExhausted`] when every domain ID is in
+    /// use, [`VtdError::OutOfMemory`] when the top-level table cannot be allocated.
+    pub fn create_domain(self: &Arc<Self>, config: DomainConfig) -> Result<Domain<R, P>, VtdError> {
+        let cap = &self.capabilities().cap;
+        let levels = match config.levels {
+            Some(l) if cap.supports_levels(l) => l,
+            Some(l) => return Err(VtdError::LevelsNotSupported(l)),
+            None => cap
+                .usable_levels()
+                .find(|l| l.address_width() >= config.min_address_width)
+                .ok_or(VtdError::NoSuitableAddressWidth {
+                    requested: config.min_address_width,
+                })?,
+        };
+        let (did, table) = self.alloc_domain(levels, next_table_owner())?;
+        Ok(Domain::new(self.clone(), did, table))
     }
 }
 

@@ -37,13 +37,15 @@ use dma::PhysAddr;
 use spin::Mutex;
 
 use crate::caps::Capabilities;
-use crate::context::{context_entry, root_entry, ContextEntry};
+use crate::context::ContextEntry;
 use crate::fault::FaultReason;
 use crate::invalidation::{desc, Descriptor, Invalidation};
 use crate::pagetable::pte;
 use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
 use crate::registers::{
-    self, ccmd, frcd, iotlb, iq, FaultStatus, Global, RegisterIo, GSTS_PERSISTENT_MASK,
+    self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
+    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
+    GSTS_PERSISTENT_MASK,
 };
 
 /// First fake physical address handed out.
@@ -404,7 +406,7 @@ struct FakeState {
     /// Descriptors the queue may still fetch before its head stalls (`None`: unlimited).
     fetch_budget: Option<usize>,
     /// Descriptor type the queue rejects with FSTS.IQE (failure injection).
-    rejected_kind: Option<u64>,
+    rejected_kind: Option<u8>,
     /// Register-based invalidations complete with CAIG/IAIG = 00 ("not performed").
     register_not_performed: bool,
     /// A fault to record when the next fault-record F bit is cleared (a fault arriving between
@@ -523,7 +525,7 @@ impl FakeVtd {
     /// Makes the invalidation queue reject every descriptor of type `kind`
     /// ([`desc::TYPE_CONTEXT`], ...) with FSTS.IQE, as hardware does with a descriptor it cannot
     /// process; `None` accepts them again.
-    pub fn set_rejected_descriptor(&self, kind: Option<u64>) {
+    pub fn set_rejected_descriptor(&self, kind: Option<u8>) {
         self.state.lock().rejected_kind = kind;
     }
 
@@ -536,8 +538,10 @@ impl FakeVtd {
         if qi {
             let queue = self.platform.alloc_table_page().map(|p| p.phys.as_u64());
             s.iqa = queue.unwrap_or(0);
-            s.iqh = 3 << iq::INDEX_SHIFT;
-            s.iqt = (3 + pending as u64) << iq::INDEX_SHIFT;
+            s.iqh = QueueIndex::new().with_index(3).into_bits();
+            s.iqt = QueueIndex::new()
+                .with_index(u16::try_from((3 + pending) % (TABLE_PAGE_SIZE / 16)).unwrap_or(0))
+                .into_bits();
             s.gsts |= Global::QIE.bits();
             if pending > 0 {
                 // Descriptors the hardware has not fetched yet (it is stalled).
@@ -640,10 +644,11 @@ impl FakeVtd {
                 let root_lo = self
                     .walk_read(s, root + bus * 16)
                     .ok_or(FaultReason::RootTableAccess)?;
-                if root_lo & root_entry::PRESENT == 0 {
+                let root_entry = RootEntryLo::from_bits(root_lo);
+                if !root_entry.present() {
                     return Err(FaultReason::RootEntryNotPresent);
                 }
-                let ct = root_lo & root_entry::CTP_MASK;
+                let ct = root_entry.ctp();
                 let devfn = u64::from(sid & 0xFF);
                 let lo = self
                     .walk_read(s, ct + devfn * 16)
@@ -655,7 +660,7 @@ impl FakeVtd {
                 if !c.present() {
                     return Err(FaultReason::ContextEntryNotPresent);
                 }
-                if c.translation_type() != context_entry::TT_UNTRANSLATED_ONLY {
+                if c.translation_type() != ContextEntryLo::TT_UNTRANSLATED_ONLY {
                     return Err(FaultReason::InvalidContextEntry);
                 }
                 let aw_ok = match c.aw() {
@@ -710,7 +715,7 @@ impl FakeVtd {
                 }
                 return Err(perm_fault);
             }
-            let addr = entry & pte::ADDR_MASK;
+            let addr = SlPte::from_bits(entry).addr();
             let leaf = level == 1 || entry & pte::PAGE_SIZE != 0;
             let snp_reserved = entry & pte::SNOOP != 0 && (!s.caps.ecap.snoop_control || !leaf);
             let ps_reserved = entry & pte::PAGE_SIZE != 0
@@ -748,23 +753,22 @@ impl FakeVtd {
     }
 
     fn record_fault(s: &mut FakeState, sid: u16, iova: u64, write: bool, reason: FaultReason) {
-        let hi = frcd::F
-            | if write { 0 } else { frcd::T }
-            | u64::from(reason.raw()) << frcd::FR_SHIFT
-            | u64::from(sid);
-        if let Some(slot) = s.fault_records.iter().position(|(_, h)| h & frcd::F == 0) {
+        let hi = FrcdHi::new()
+            .with_f(true)
+            .with_t(!write)
+            .with_fr(reason.raw())
+            .with_sid(sid);
+        let record = |h: &u64| FrcdHi::from_bits(*h);
+        if let Some(slot) = s.fault_records.iter().position(|(_, h)| !record(h).f()) {
             if s.fault_records
                 .iter()
-                .any(|(_, h)| h & frcd::F != 0 && h & frcd::SID_MASK == u64::from(sid))
+                .any(|(_, h)| record(h).f() && record(h).sid() == sid)
             {
                 return;
             }
-            s.fault_records[slot] = (iova & frcd::FI_MASK, hi);
-        } else if !s
-            .fault_records
-            .iter()
-            .any(|(_, h)| h & frcd::SID_MASK == u64::from(sid))
-        {
+            let lo = FrcdLo::new().with_fi(iova);
+            s.fault_records[slot] = (lo.into_bits(), hi.into_bits());
+        } else if !s.fault_records.iter().any(|(_, h)| record(h).sid() == sid) {
             s.fsts |= FaultStatus::PFO.bits();
         }
     }
@@ -818,12 +822,12 @@ impl FakeVtd {
 
     fn process_queue(&self, s: &mut FakeState) {
         let entries = (TABLE_PAGE_SIZE / 16) as u64;
-        let base = s.iqa & iq::IQA_BASE_MASK;
+        let base = Iqa::from_bits(s.iqa).base();
         while s.iqh != s.iqt {
             if s.fetch_budget == Some(0) {
                 return;
             }
-            let index = s.iqh >> iq::INDEX_SHIFT;
+            let index = u64::from(QueueIndex::from_bits(s.iqh).index());
             let at = base + index * 16;
             let (Some(lo), Some(hi)) = (
                 self.platform.read_cpu_u64(at),
@@ -838,16 +842,17 @@ impl FakeVtd {
             let ok = match d.kind() {
                 kind if Some(kind) == s.rejected_kind => false,
                 desc::TYPE_WAIT => {
-                    if lo & desc::WAIT_SW != 0 {
-                        let addr = hi & desc::WAIT_HI_ADDR_MASK;
-                        let data = (lo >> desc::WAIT_DATA_SHIFT) as u32;
+                    let wait = WaitDescLo::from_bits(lo);
+                    if wait.sw() {
+                        let addr = WaitDescHi::from_bits(hi).addr();
+                        let data = wait.data();
                         if !self.platform.dma_write_u32(addr, data) {
                             s.violations
                                 .push(format!("wait status address {addr:#x} is not memory"));
                         }
                         s.events.push(HwEvent::WaitStatus { addr, data });
                     }
-                    if lo & desc::WAIT_IF != 0 {
+                    if wait.interrupt() {
                         s.ics |= iq::ICS_IWC;
                     }
                     true
@@ -863,7 +868,8 @@ impl FakeVtd {
                 s.fsts |= FaultStatus::IQE.bits();
                 return;
             }
-            s.iqh = ((index + 1) % entries) << iq::INDEX_SHIFT;
+            let next = u16::try_from((index + 1) % entries).unwrap_or(0);
+            s.iqh = QueueIndex::new().with_index(next).into_bits();
             if let Some(budget) = s.fetch_budget.as_mut() {
                 *budget -= 1;
             }
@@ -895,7 +901,7 @@ impl FakeVtd {
         }
         let on = |bit: Global| value & bit.bits() != 0;
         if on(Global::SRTP) {
-            s.active_root = Some(s.rtaddr & !0xFFF);
+            s.active_root = Some(Rtaddr::from_bits(s.rtaddr).rta());
             s.gsts |= Global::SRTP.bits();
             s.global_invalidated_since_root = false;
             s.events.push(HwEvent::RootTableLatched(s.rtaddr));
@@ -983,7 +989,11 @@ impl FakeVtd {
             registers::GCMD => 0,
             registers::GSTS => s.gsts,
             registers::FSTS => {
-                let ppf = if s.fault_records.iter().any(|(_, h)| h & frcd::F != 0) {
+                let ppf = if s
+                    .fault_records
+                    .iter()
+                    .any(|(_, h)| FrcdHi::from_bits(*h).f())
+                {
                     FaultStatus::PPF.bits()
                 } else {
                     0
@@ -1061,7 +1071,8 @@ impl RegisterIo for FakeVtd {
                             FaultReason::ContextEntryNotPresent,
                         );
                     }
-                    s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1 &= !frcd::F;
+                    let h = &mut s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1;
+                    *h = FrcdHi::from_bits(*h).with_f(false).into_bits();
                 }
             }
             o if self.is_64bit_register(&s, o & !7) => {
@@ -1082,10 +1093,11 @@ impl RegisterIo for FakeVtd {
             registers::RTADDR => s.rtaddr = value,
             registers::CCMD => {
                 s.ccmd = value;
-                if value & ccmd::ICC != 0 && self.register_invalidation(&mut s, "CCMD") {
-                    let gran = (value >> ccmd::CIRG_SHIFT) & 0b11;
-                    let did = (value & ccmd::DID_MASK) as u16;
-                    let sid = (value >> ccmd::SID_SHIFT) as u16;
+                let cmd = Ccmd::from_bits(value);
+                if cmd.icc() && self.register_invalidation(&mut s, "CCMD") {
+                    let gran = cmd.cirg();
+                    let did = cmd.did();
+                    let sid = cmd.sid();
                     let inv = match gran {
                         ccmd::GRANULARITY_GLOBAL => Some(Invalidation::ContextGlobal),
                         ccmd::GRANULARITY_DEVICE => Some(Invalidation::ContextDevice { did, sid }),
@@ -1101,23 +1113,25 @@ impl RegisterIo for FakeVtd {
                         }
                         gran
                     };
-                    s.ccmd = (value & !ccmd::ICC) | actual << ccmd::CAIG_SHIFT;
+                    s.ccmd = cmd.with_icc(false).with_caig(actual).into_bits();
                 }
             }
             o if o == iva => s.iva = value,
             o if o == iotlb_off => {
                 s.iotlb_reg = value;
-                if value & iotlb::IVT != 0 && self.register_invalidation(&mut s, "IOTLB register") {
-                    let gran = (value >> iotlb::IIRG_SHIFT) & 0b11;
-                    let did = (value >> iotlb::DID_SHIFT) as u16;
+                let cmd = IotlbCmd::from_bits(value);
+                if cmd.ivt() && self.register_invalidation(&mut s, "IOTLB register") {
+                    let gran = cmd.iirg();
+                    let did = cmd.did();
+                    let iva = Iva::from_bits(s.iva);
                     let inv = match gran {
                         iotlb::GRANULARITY_GLOBAL => Invalidation::IotlbGlobal,
                         iotlb::GRANULARITY_DOMAIN => Invalidation::IotlbDomain { did },
                         _ => Invalidation::IotlbPage {
                             did,
-                            addr: s.iva & !0xFFF,
-                            am: (s.iva & iotlb::IVA_AM_MASK) as u8,
-                            leaf_only: s.iva & iotlb::IVA_IH != 0,
+                            addr: iva.addr(),
+                            am: iva.am(),
+                            leaf_only: iva.ih(),
                         },
                     };
                     let actual = if s.register_not_performed {
@@ -1126,7 +1140,7 @@ impl RegisterIo for FakeVtd {
                         self.process_invalidation(&mut s, Via::Register, inv);
                         gran
                     };
-                    s.iotlb_reg = (value & !iotlb::IVT) | actual << iotlb::IAIG_SHIFT;
+                    s.iotlb_reg = cmd.with_ivt(false).with_iaig(actual).into_bits();
                 }
             }
             registers::IQA => {
@@ -1137,7 +1151,8 @@ impl RegisterIo for FakeVtd {
                 s.iqa = value;
             }
             registers::IQT => {
-                s.iqt = value & (iq::INDEX_MASK << iq::INDEX_SHIFT);
+                let tail = QueueIndex::from_bits(value).index();
+                s.iqt = QueueIndex::new().with_index(tail).into_bits();
                 self.resume_queue(&mut s);
             }
             o => {
@@ -1147,9 +1162,10 @@ impl RegisterIo for FakeVtd {
                     && (o - fr_start) % registers::FAULT_RECORD_SIZE
                         == registers::FAULT_RECORD_HIGH_QWORD
                 {
-                    if value & frcd::F != 0 {
-                        s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1 &=
-                            !frcd::F;
+                    if FrcdHi::from_bits(value).f() {
+                        let h =
+                            &mut s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1;
+                        *h = FrcdHi::from_bits(*h).with_f(false).into_bits();
                     }
                 } else {
                     s.violations.push(format!("64-bit write to {o:#x}"));

@@ -12,7 +12,7 @@ use core::fmt;
 
 use crate::caps::Capabilities;
 use crate::dmar::Bdf;
-use crate::registers::{self, frcd, FaultStatus, RegisterIo};
+use crate::registers::{self, frcd, FaultStatus, FrcdHi, FrcdLo, Fsts, RegisterIo};
 
 /// Why a DMA request was blocked (the fault reason, FR), §7.1.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,15 +144,16 @@ pub struct FaultRecord {
 impl FaultRecord {
     /// Decodes a raw record; `None` when its F bit is clear.
     pub const fn decode(index: u16, lo: u64, hi: u64) -> Option<Self> {
-        if hi & frcd::F == 0 {
+        let fields = FrcdHi::from_bits(hi);
+        if !fields.f() {
             return None;
         }
         Some(Self {
             index,
-            source: Bdf::from_requester_id((hi & frcd::SID_MASK) as u16),
-            address: lo & frcd::FI_MASK,
-            reason: FaultReason::from_raw(((hi >> frcd::FR_SHIFT) & frcd::FR_MASK) as u8),
-            access: if hi & frcd::T != 0 {
+            source: Bdf::from_requester_id(fields.sid()),
+            address: FrcdLo::from_bits(lo).fi(),
+            reason: FaultReason::from_raw(fields.fr()),
+            access: if fields.t() {
                 AccessKind::Read
             } else {
                 AccessKind::Write
@@ -189,14 +190,13 @@ pub struct FaultLog {
 pub fn read_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) -> FaultLog {
     let fsts = regs.read32(registers::FSTS);
     let count = caps.cap.fault_records;
-    let first =
-        ((fsts >> registers::FSTS_FRI_SHIFT) & registers::FSTS_FRI_MASK) as u16 % count.max(1);
+    let first = u16::from(Fsts::from_bits(fsts).fri()) % count.max(1);
     let mut records = Vec::new();
     for i in 0..count {
         let index = (first + i) % count;
         let offset = registers::fault_record_offset(caps.cap.fro, index);
         let hi = regs.read64(offset + registers::FAULT_RECORD_HIGH_QWORD);
-        if hi & frcd::F == 0 {
+        if !FrcdHi::from_bits(hi).f() {
             continue;
         }
         let lo = regs.read64(offset);
@@ -234,7 +234,7 @@ pub fn read_and_clear_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabiliti
 pub fn clear_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) {
     for index in 0..caps.cap.fault_records {
         let offset = registers::fault_record_offset(caps.cap.fro, index);
-        if regs.read64(offset + registers::FAULT_RECORD_HIGH_QWORD) & frcd::F != 0 {
+        if FrcdHi::from_bits(regs.read64(offset + registers::FAULT_RECORD_HIGH_QWORD)).f() {
             regs.write32(offset + registers::FAULT_RECORD_F_DWORD, frcd::F_IN_DWORD);
         }
     }
@@ -247,8 +247,9 @@ mod tests {
 
     #[test]
     fn decode_a_qemu_style_record() {
-        // Source 00:03.0, read at 0x12345000, reason 6.
-        let hi = frcd::F | frcd::T | 6u64 << frcd::FR_SHIFT | 0x18;
+        // Source 00:03.0, read at 0x12345000, reason 6, as raw bits (F = 63, T = 62, FR =
+        // 39:32, SID = 15:0 of the upper half, §11.4.14): checks the declarations too.
+        let hi = 0xC000_0006_0000_0018;
         let rec = FaultRecord::decode(0, 0x1234_5000, hi).unwrap();
         assert_eq!(rec.source, Bdf::new(0, 3, 0));
         assert_eq!(rec.address, 0x1234_5000);
@@ -258,7 +259,7 @@ mod tests {
             rec.to_string(),
             "DMA read fault from 00:03.0 at 0x12345000: reason 0x6 (read from a not-present or write-only page)"
         );
-        assert_eq!(FaultRecord::decode(0, 0, hi & !frcd::F), None);
+        assert_eq!(FaultRecord::decode(0, 0, hi & !(1 << 63)), None);
     }
 
     #[test]

@@ -34,61 +34,13 @@ use dma::PhysAddr;
 
 use crate::caps::Capabilities;
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
-use crate::registers::{self, ccmd, iotlb, iq, FaultStatus, RegisterIo};
+use crate::registers::{
+    self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IotlbCmd, IotlbDescHi, Iqa, Iva, QueueIndex,
+    RegisterIo, WaitDescHi, WaitDescLo,
+};
 
-/// Invalidation descriptor fields, §6.5.2 (`*_HI`: bits 127:64).
-pub mod desc {
-    /// Descriptor type (bits 3:0).
-    pub const TYPE_MASK: u64 = 0xF;
-    /// Context-cache invalidate.
-    pub const TYPE_CONTEXT: u64 = 0x1;
-    /// IOTLB invalidate.
-    pub const TYPE_IOTLB: u64 = 0x2;
-    /// Device-TLB invalidate.
-    pub const TYPE_DEVICE_TLB: u64 = 0x3;
-    /// Interrupt entry cache invalidate.
-    pub const TYPE_IEC: u64 = 0x4;
-    /// Invalidation wait.
-    pub const TYPE_WAIT: u64 = 0x5;
-    /// Shift of the granularity (bits 5:4) of context-cache and IOTLB descriptors.
-    pub const GRANULARITY_SHIFT: u32 = 4;
-    /// Mask of the granularity after shifting.
-    pub const GRANULARITY_MASK: u64 = 0b11;
-    /// Granularity: global.
-    pub const GLOBAL: u64 = 0b01;
-    /// Granularity: domain-selective.
-    pub const DOMAIN: u64 = 0b10;
-    /// Granularity: device-selective (context) / page-selective (IOTLB).
-    pub const DEVICE_OR_PAGE: u64 = 0b11;
-    /// IOTLB: drain writes.
-    pub const IOTLB_DW: u64 = 1 << 6;
-    /// IOTLB: drain reads.
-    pub const IOTLB_DR: u64 = 1 << 7;
-    /// Shift of the domain ID (bits 31:16).
-    pub const DID_SHIFT: u32 = 16;
-    /// Mask of a domain ID / source ID after shifting.
-    pub const ID_MASK: u64 = 0xFFFF;
-    /// Context: shift of the source ID (bits 47:32).
-    pub const CONTEXT_SID_SHIFT: u32 = 32;
-    /// Context: shift of the function mask (bits 49:48).
-    pub const CONTEXT_FM_SHIFT: u32 = 48;
-    /// IOTLB (upper half): address mask (bits 5:0).
-    pub const IOTLB_HI_AM_MASK: u64 = 0x3F;
-    /// IOTLB (upper half): invalidation hint, only leaf entries changed (bit 6).
-    pub const IOTLB_HI_IH: u64 = 1 << 6;
-    /// IOTLB (upper half): address (bits 63:12).
-    pub const IOTLB_HI_ADDR_MASK: u64 = !0xFFF;
-    /// Wait: interrupt flag.
-    pub const WAIT_IF: u64 = 1 << 4;
-    /// Wait: status write.
-    pub const WAIT_SW: u64 = 1 << 5;
-    /// Wait: fence (later descriptors wait for this one).
-    pub const WAIT_FN: u64 = 1 << 6;
-    /// Wait: shift of the status data (bits 63:32).
-    pub const WAIT_DATA_SHIFT: u32 = 32;
-    /// Wait (upper half): status address (bits 63:2).
-    pub const WAIT_HI_ADDR_MASK: u64 = !0x3;
-}
+/// Invalidation descriptor types and granularities, §6.5.2 (declared in [`registers`]).
+pub use crate::registers::desc;
 
 /// Most page-selective descriptors issued for one range before falling back to a
 /// domain-selective invalidation.
@@ -101,6 +53,14 @@ const WORDS_PER_DESCRIPTOR: usize = DESCRIPTOR_SIZE / core::mem::size_of::<u64>(
 /// means empty), one of which is the closing wait descriptor.
 const BATCH: usize = QUEUE_ENTRIES - 2;
 const PAGE_SHIFT: u32 = 12;
+/// IQA.QS for a one-page (4 KiB) queue.
+const QUEUE_SIZE_ONE_PAGE: u8 = 0;
+
+/// The IQH/IQT value for descriptor `index` (below [`QUEUE_ENTRIES`], so it fits the field).
+fn queue_index(index: usize) -> u64 {
+    let index = u16::try_from(index % QUEUE_ENTRIES).unwrap_or(0);
+    QueueIndex::new().with_index(index).into_bits()
+}
 
 /// One invalidation request, independent of how it is issued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,77 +106,84 @@ pub struct Descriptor {
 impl Descriptor {
     /// Encodes a request; `drain_reads`/`drain_writes` set IOTLB DR/DW (from CAP.DRD/DWD).
     pub fn encode(req: &Invalidation, drain_reads: bool, drain_writes: bool) -> Self {
-        use desc::*;
-        let gran = |g: u64| g << GRANULARITY_SHIFT;
-        let drains =
-            if drain_reads { IOTLB_DR } else { 0 } | if drain_writes { IOTLB_DW } else { 0 };
-        match *req {
-            Invalidation::ContextGlobal => Self {
-                lo: TYPE_CONTEXT | gran(GLOBAL),
-                hi: 0,
-            },
-            Invalidation::ContextDevice { did, sid } => Self {
-                lo: TYPE_CONTEXT
-                    | gran(DEVICE_OR_PAGE)
-                    | (did as u64) << DID_SHIFT
-                    | (sid as u64) << CONTEXT_SID_SHIFT,
-                hi: 0,
-            },
-            Invalidation::IotlbGlobal => Self {
-                lo: TYPE_IOTLB | gran(GLOBAL) | drains,
-                hi: 0,
-            },
-            Invalidation::IotlbDomain { did } => Self {
-                lo: TYPE_IOTLB | gran(DOMAIN) | drains | (did as u64) << DID_SHIFT,
-                hi: 0,
-            },
+        let context = |granularity| {
+            CacheDescLo::new()
+                .with_kind(desc::TYPE_CONTEXT)
+                .with_granularity(granularity)
+        };
+        let iotlb = |granularity| {
+            CacheDescLo::new()
+                .with_kind(desc::TYPE_IOTLB)
+                .with_granularity(granularity)
+                .with_dr(drain_reads)
+                .with_dw(drain_writes)
+        };
+        let (lo, hi) = match *req {
+            Invalidation::ContextGlobal => (context(desc::GLOBAL), 0),
+            Invalidation::ContextDevice { did, sid } => {
+                (context(desc::DEVICE_OR_PAGE).with_did(did).with_sid(sid), 0)
+            }
+            Invalidation::IotlbGlobal => (iotlb(desc::GLOBAL), 0),
+            Invalidation::IotlbDomain { did } => (iotlb(desc::DOMAIN).with_did(did), 0),
             Invalidation::IotlbPage {
                 did,
                 addr,
                 am,
                 leaf_only,
-            } => Self {
-                lo: TYPE_IOTLB | gran(DEVICE_OR_PAGE) | drains | (did as u64) << DID_SHIFT,
-                hi: (addr & IOTLB_HI_ADDR_MASK)
-                    | if leaf_only { IOTLB_HI_IH } else { 0 }
-                    | (am as u64 & IOTLB_HI_AM_MASK),
-            },
+            } => (
+                iotlb(desc::DEVICE_OR_PAGE).with_did(did),
+                IotlbDescHi::new()
+                    .with_addr(addr)
+                    .with_ih(leaf_only)
+                    .with_am(am)
+                    .into_bits(),
+            ),
+        };
+        Self {
+            lo: lo.into_bits(),
+            hi,
         }
     }
 
     /// An invalidation-wait descriptor writing `data` to the 4-byte word at `status`.
     pub fn wait(status: PhysAddr, data: u32) -> Self {
-        use desc::*;
         Self {
-            lo: TYPE_WAIT | WAIT_SW | WAIT_FN | (data as u64) << WAIT_DATA_SHIFT,
-            hi: status.as_u64() & WAIT_HI_ADDR_MASK,
+            lo: WaitDescLo::new()
+                .with_kind(desc::TYPE_WAIT)
+                .with_sw(true)
+                .with_fence(true)
+                .with_data(data)
+                .into_bits(),
+            hi: WaitDescHi::new().with_addr(status.as_u64()).into_bits(),
         }
     }
 
-    /// The descriptor type.
-    pub fn kind(&self) -> u64 {
-        self.lo & desc::TYPE_MASK
+    /// The descriptor type (a `desc::TYPE_*` value).
+    pub fn kind(&self) -> u8 {
+        CacheDescLo::from_bits(self.lo).kind()
     }
 
     /// Decodes a context-cache or IOTLB descriptor back into a request.
     pub fn decode(&self) -> Option<Invalidation> {
         use desc::*;
-        let gran = (self.lo >> GRANULARITY_SHIFT) & GRANULARITY_MASK;
-        let did = ((self.lo >> DID_SHIFT) & ID_MASK) as u16;
-        match (self.kind(), gran) {
+        let lo = CacheDescLo::from_bits(self.lo);
+        let did = lo.did();
+        match (lo.kind(), lo.granularity()) {
             (TYPE_CONTEXT, GLOBAL) => Some(Invalidation::ContextGlobal),
-            (TYPE_CONTEXT, DEVICE_OR_PAGE) => Some(Invalidation::ContextDevice {
-                did,
-                sid: ((self.lo >> CONTEXT_SID_SHIFT) & ID_MASK) as u16,
-            }),
+            (TYPE_CONTEXT, DEVICE_OR_PAGE) => {
+                Some(Invalidation::ContextDevice { did, sid: lo.sid() })
+            }
             (TYPE_IOTLB, GLOBAL) => Some(Invalidation::IotlbGlobal),
             (TYPE_IOTLB, DOMAIN) => Some(Invalidation::IotlbDomain { did }),
-            (TYPE_IOTLB, DEVICE_OR_PAGE) => Some(Invalidation::IotlbPage {
-                did,
-                addr: self.hi & IOTLB_HI_ADDR_MASK,
-                am: (self.hi & IOTLB_HI_AM_MASK) as u8,
-                leaf_only: self.hi & IOTLB_HI_IH != 0,
-            }),
+            (TYPE_IOTLB, DEVICE_OR_PAGE) => {
+                let hi = IotlbDescHi::from_bits(self.hi);
+                Some(Invalidation::IotlbPage {
+                    did,
+                    addr: hi.addr(),
+                    am: hi.am(),
+                    leaf_only: hi.ih(),
+                })
+            }
             _ => None,
         }
     }
@@ -364,6 +331,11 @@ pub struct InvalidationQueue {
 
 impl InvalidationQueue {
     /// Allocates the queue page and the status page.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidationError::OutOfMemory`] when either page cannot be allocated (nothing is
+    /// kept).
     pub fn new<P: Platform + ?Sized>(platform: &P) -> Result<Self, InvalidationError> {
         let queue = platform
             .alloc_table_page()
@@ -383,7 +355,11 @@ impl InvalidationQueue {
 
     /// The IQA value: queue base, 128-bit descriptors, one page.
     pub fn iqa(&self) -> u64 {
-        (self.queue.as_u64() & iq::IQA_BASE_MASK) | iq::IQA_QS_ONE_PAGE
+        Iqa::new()
+            .with_base(self.queue.as_u64())
+            .with_dw_256(false)
+            .with_qs(QUEUE_SIZE_ONE_PAGE)
+            .into_bits()
     }
 
     /// The queue page.
@@ -410,6 +386,12 @@ impl InvalidationQueue {
     }
 
     /// Submits `requests` followed by a wait descriptor and waits for its status write.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidationError::Timeout`] when a wait descriptor's status write does not arrive in
+    /// `timeout_us`; [`InvalidationError::QueueError`] when the hardware flags FSTS.IQE/ICE/ITE
+    /// (the rest of the queue is dropped and the error cleared, so the queue can be used again).
     pub fn submit<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
         &mut self,
         regs: &R,
@@ -472,7 +454,7 @@ impl InvalidationQueue {
         push(&mut tail, Descriptor::wait(self.status, seq));
         self.tail = tail;
         platform.memory_fence();
-        regs.write64(registers::IQT, (tail as u64) << iq::INDEX_SHIFT);
+        regs.write64(registers::IQT, queue_index(tail));
 
         poll(
             platform,
@@ -491,7 +473,7 @@ impl InvalidationQueue {
     /// The descriptor index in IQH (the next descriptor the hardware will fetch).
     fn head_index<R: RegisterIo + ?Sized>(regs: &R) -> usize {
         let head = regs.read64(registers::IQH);
-        ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES
+        usize::from(QueueIndex::from_bits(head).index()) % QUEUE_ENTRIES
     }
 
     /// Reports (and recovers from) an invalidation queue error: what is left of the queue is
@@ -506,8 +488,8 @@ impl InvalidationQueue {
             return Ok(());
         }
         let head = regs.read64(registers::IQH);
-        let index = ((head >> iq::INDEX_SHIFT) & iq::INDEX_MASK) as usize % QUEUE_ENTRIES;
-        regs.write64(registers::IQT, (index as u64) << iq::INDEX_SHIFT);
+        let index = usize::from(QueueIndex::from_bits(head).index()) % QUEUE_ENTRIES;
+        regs.write64(registers::IQT, queue_index(index));
         self.tail = index;
         regs.write32(registers::FSTS, fsts & errors.bits());
         Err(InvalidationError::QueueError { fsts, head })
@@ -529,6 +511,12 @@ impl InvalidationQueue {
 
 /// Issues one request through the CCMD / IOTLB registers and polls for completion. Only valid
 /// while queued invalidation is off.
+///
+/// # Errors
+///
+/// [`InvalidationError::Unsupported`] for a page-selective request without CAP.PSI;
+/// [`InvalidationError::Timeout`] when CCMD.ICC / IOTLB.IVT does not clear in `timeout_us`;
+/// [`InvalidationError::NotPerformed`] when the hardware reports actual granularity 00.
 pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
     regs: &R,
     platform: &P,
@@ -536,41 +524,42 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
     req: &Invalidation,
     timeout_us: u64,
 ) -> Result<(), InvalidationError> {
-    let did_of = |did: u16| did as u64;
-    let context = |gran: u64, sid: u16, did: u16| {
-        let value = ccmd::ICC
-            | gran << ccmd::CIRG_SHIFT
-            | (sid as u64) << ccmd::SID_SHIFT
-            | (did_of(did) & ccmd::DID_MASK);
-        regs.write64(registers::CCMD, value);
-        let mut done = 0;
+    let context = |granularity: u8, sid: u16, did: u16| {
+        let value = Ccmd::new()
+            .with_icc(true)
+            .with_cirg(granularity)
+            .with_sid(sid)
+            .with_did(did);
+        regs.write64(registers::CCMD, value.into_bits());
+        let mut done = Ccmd::new();
         poll(platform, timeout_us, "CCMD.ICC to clear", || {
-            done = regs.read64(registers::CCMD);
-            Ok(done & ccmd::ICC == 0)
+            done = Ccmd::from_bits(regs.read64(registers::CCMD));
+            Ok(!done.icc())
         })?;
         // CAIG = 00: the request was not performed (any other value is at least as wide as
         // what was asked, which is fine).
-        if (done >> ccmd::CAIG_SHIFT) & ccmd::GRANULARITY_MASK == 0 {
+        if done.caig() == 0 {
             return Err(InvalidationError::NotPerformed {
                 what: "context-cache (CCMD.CAIG = 00)",
             });
         }
         Ok(())
     };
-    let drains =
-        if caps.cap.drd { iotlb::DR } else { 0 } | if caps.cap.dwd { iotlb::DW } else { 0 };
-    let tlb = |gran: u64, did: u16| {
+    let tlb = |granularity: u8, did: u16| {
         let offset = caps.ecap.iotlb_offset();
-        regs.write64(
-            offset,
-            iotlb::IVT | gran << iotlb::IIRG_SHIFT | drains | did_of(did) << iotlb::DID_SHIFT,
-        );
-        let mut done = 0;
+        let value = IotlbCmd::new()
+            .with_ivt(true)
+            .with_iirg(granularity)
+            .with_dr(caps.cap.drd)
+            .with_dw(caps.cap.dwd)
+            .with_did(did);
+        regs.write64(offset, value.into_bits());
+        let mut done = IotlbCmd::new();
         poll(platform, timeout_us, "IOTLB.IVT to clear", || {
-            done = regs.read64(offset);
-            Ok(done & iotlb::IVT == 0)
+            done = IotlbCmd::from_bits(regs.read64(offset));
+            Ok(!done.ivt())
         })?;
-        if (done >> iotlb::IAIG_SHIFT) & iotlb::GRANULARITY_MASK == 0 {
+        if done.iaig() == 0 {
             return Err(InvalidationError::NotPerformed {
                 what: "IOTLB (IOTLB_REG.IAIG = 00)",
             });
@@ -591,11 +580,8 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
             if !caps.cap.psi {
                 return Err(InvalidationError::Unsupported);
             }
-            let ih = if leaf_only { iotlb::IVA_IH } else { 0 };
-            regs.write64(
-                caps.ecap.iva_offset(),
-                (addr & !0xFFF) | ih | (am as u64 & iotlb::IVA_AM_MASK),
-            );
+            let iva = Iva::new().with_addr(addr).with_ih(leaf_only).with_am(am);
+            regs.write64(caps.ecap.iva_offset(), iva.into_bits());
             tlb(iotlb::GRANULARITY_PAGE, did)
         }
     }
@@ -612,6 +598,11 @@ pub enum Invalidator {
 
 impl Invalidator {
     /// Issues `requests` and returns once the hardware completed all of them.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`register_invalidate`] (the first failing request stops the rest) or
+    /// [`InvalidationQueue::submit`].
     pub fn run<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
         &mut self,
         regs: &R,
@@ -737,12 +728,31 @@ mod tests {
             let d = Descriptor::encode(&req, true, true);
             assert_eq!(d.decode(), Some(req));
         }
+        // Raw bits per §6.5.2 (type 3:0, granularity 5:4, DW 6, DR 7, DID 31:16, SID 47:32;
+        // IOTLB upper half: AM 5:0, IH 6, address 63:12), so a wrong declaration is caught.
         let d = Descriptor::encode(&Invalidation::IotlbDomain { did: 1 }, true, false);
-        assert_ne!(d.lo & desc::IOTLB_DR, 0);
-        assert_eq!(d.lo & desc::IOTLB_DW, 0);
+        assert_eq!((d.lo, d.hi), (0x0001_00A2, 0));
+        let d = Descriptor::encode(
+            &Invalidation::ContextDevice {
+                did: 7,
+                sid: 0x0318,
+            },
+            false,
+            false,
+        );
+        assert_eq!((d.lo, d.hi), (0x0000_0318_0007_0031, 0));
+        let page = Invalidation::IotlbPage {
+            did: 9,
+            addr: 0x40_0000,
+            am: 10,
+            leaf_only: true,
+        };
+        let d = Descriptor::encode(&page, true, true);
+        assert_eq!((d.lo, d.hi), (0x0009_00F2, 0x0040_004A));
         let w = Descriptor::wait(PhysAddr::new(0x1234_5000), 42);
         assert_eq!(w.kind(), desc::TYPE_WAIT);
-        assert_eq!(w.lo >> desc::WAIT_DATA_SHIFT, 42);
+        // Wait: type 5, SW (bit 5), FN (bit 6), data 63:32; status address 127:66.
+        assert_eq!(w.lo, 0x0000_002A_0000_0065);
         assert_eq!(w.hi, 0x1234_5000);
         assert_eq!(w.decode(), None);
     }

@@ -18,7 +18,21 @@
 //! | [`fault`] | primary fault recording (§7.1, §11.4.14) |
 //! | [`unit`](mod@unit) | one remapping unit: enable/disable (§10.4.4, §10.4.5), domains, attach |
 //! | [`domain`] | a translation domain implementing [`dma::iommu::IommuDomain`] |
-//! | [`fake`] | in-memory models of the hardware and the platform for host tests |
+//! | `fake` | in-memory models of the hardware and the platform for host tests (feature `testing`) |
+//!
+//! # Layering
+//!
+//! Dependencies flow one way, bottom to top (no module imports one above it):
+//!
+//! 1. [`registers`] (every register and in-memory layout, declared once), [`platform`] (host
+//!    services) and [`dmar`] (firmware tables) depend on nothing else here;
+//! 2. [`caps`] decodes registers;
+//! 3. the engine pieces, each over the layers below only: [`pagetable`], [`context`],
+//!    [`invalidation`], [`fault`];
+//! 4. [`unit`](mod@unit): one hardware unit (bring-up, domain IDs, isolation-group attachment);
+//! 5. [`domain`]: a translation domain over a unit, including [`VtdUnit::create_domain`];
+//! 6. `fake` (feature `testing`): models of the hardware and the platform, built on the same
+//!    declarations as the driver.
 //!
 //! # Bringing a unit up
 //!
@@ -52,6 +66,8 @@
 //! ```
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 extern crate alloc;
 
@@ -59,6 +75,7 @@ pub mod caps;
 pub mod context;
 pub mod dmar;
 pub mod domain;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod fault;
 pub mod invalidation;

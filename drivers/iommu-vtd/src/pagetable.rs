@@ -33,25 +33,10 @@ use dma::{DmaAddr, PhysAddr};
 
 use crate::caps::PagingLevels;
 use crate::platform::{Platform, TableMem, TablePage, ENTRIES_PER_TABLE};
+use crate::registers::SlPte;
 
-/// Second-level paging entry bits, §9.8.
-pub mod pte {
-    /// Read permission.
-    pub const READ: u64 = 1 << 0;
-    /// Write permission.
-    pub const WRITE: u64 = 1 << 1;
-    /// Page size: this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
-    pub const PAGE_SIZE: u64 = 1 << 7;
-    /// Snoop behaviour (only when ECAP.SC = 1; reserved otherwise).
-    pub const SNOOP: u64 = 1 << 11;
-    /// Address bits 51:12.
-    pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
-    /// Software bit (bits 61:52 are ignored by hardware, §9.8): a leaf written by this crate.
-    /// Lets a mapping with no access rights exist (R = W = 0 is "not present" to hardware).
-    pub const SW_MAPPED: u64 = 1 << 52;
-    /// Software bit: the leaf maps device memory ([`dma::iommu::Prot::MMIO`]).
-    pub const SW_MMIO: u64 = 1 << 53;
-}
+/// Second-level paging entry bits, §9.8 (declared in [`registers`](crate::registers)).
+pub use crate::registers::pte;
 
 /// log2 of the smallest page.
 const PAGE_SHIFT: u32 = 12;
@@ -171,12 +156,20 @@ pub struct SecondLevelTable {
 impl SecondLevelTable {
     /// Allocates an empty table (its root page). Its unlinked tables carry owner token 0; use
     /// [`SecondLevelTable::with_owner`] to tell tables apart.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::OutOfMemory`] when the root page cannot be allocated.
     pub fn new<P: Platform + ?Sized>(platform: &P, cfg: TableConfig) -> Result<Self, IommuError> {
         Self::with_owner(platform, cfg, 0)
     }
 
     /// Allocates an empty table whose unlinked tables carry `owner`
     /// ([`UnlinkedTable::owner`]).
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::OutOfMemory`] when the root page cannot be allocated.
     pub fn with_owner<P: Platform + ?Sized>(
         platform: &P,
         cfg: TableConfig,
@@ -240,7 +233,7 @@ impl SecondLevelTable {
     }
 
     fn is_leaf(level: u8, entry: u64) -> bool {
-        level == 1 || entry & pte::PAGE_SIZE != 0
+        level == 1 || SlPte::from_bits(entry).ps()
     }
 
     fn check_range(&self, iova: u64, size: u64) -> Result<u64, IommuError> {
@@ -255,6 +248,14 @@ impl SecondLevelTable {
 
     /// Maps `[iova, iova + size)` to `[paddr, paddr + size)` with the largest leaves alignment
     /// allows. All-or-nothing: on error the table is unchanged.
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error: [`IommuError::Misaligned`] for a zero size or an address or
+    /// size not 4 KiB aligned; [`IommuError::OutsideAperture`] beyond the table's input width;
+    /// [`IommuError::OutputBeyondLimit`] for output addresses at or beyond `2^HAW`;
+    /// [`IommuError::AlreadyMapped`] when part of the range is mapped; [`IommuError::OutOfMemory`]
+    /// when table pages cannot be allocated.
     pub fn map<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -314,19 +315,14 @@ impl SecondLevelTable {
     }
 
     fn leaf_bits(&self, prot: Prot) -> u64 {
-        let mut bits = pte::SW_MAPPED;
-        if prot.contains(Prot::READ) {
-            bits |= pte::READ;
-        }
-        if prot.contains(Prot::WRITE) {
-            bits |= pte::WRITE;
-        }
-        if prot.contains(Prot::MMIO) {
-            bits |= pte::SW_MMIO;
-        } else if prot.contains(Prot::CACHE) && self.cfg.snoop_control {
-            bits |= pte::SNOOP;
-        }
-        bits
+        let mmio = prot.contains(Prot::MMIO);
+        SlPte::new()
+            .with_sw_mapped(true)
+            .with_r(prot.contains(Prot::READ))
+            .with_w(prot.contains(Prot::WRITE))
+            .with_sw_mmio(mmio)
+            .with_snp(!mmio && prot.contains(Prot::CACHE) && self.cfg.snoop_control)
+            .into_bits()
     }
 
     fn leaf_fits(
@@ -364,7 +360,7 @@ impl SecondLevelTable {
                 // Never place a leaf over a table, even an empty one (hardware may cache the
                 // link to it): descend, so an overlap is found at the precise address and an
                 // empty table is reused.
-                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                let child = PhysAddr::new(SlPte::from_bits(entry).addr());
                 self.plan_map(
                     platform,
                     Some(child),
@@ -394,13 +390,15 @@ impl SecondLevelTable {
             let entry = mem.read(index);
             if entry != 0 {
                 // The dry run proved this is a table with room for the range.
-                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                let child = PhysAddr::new(SlPte::from_bits(entry).addr());
                 self.apply_map(platform, child, span.child(seg_start, seg_end), args, pool);
                 continue;
             }
             let value = if self.leaf_fits(span, base, seg_start, seg_end, args) {
-                let ps = if span.level > 1 { pte::PAGE_SIZE } else { 0 };
-                args.paddr_at(seg_start) | args.leaf_bits | ps
+                SlPte::from_bits(args.leaf_bits)
+                    .with_addr(args.paddr_at(seg_start))
+                    .with_ps(span.level > 1)
+                    .into_bits()
             } else {
                 let Some(page) = pool.pop() else {
                     // Unreachable: the dry run counted this table.
@@ -415,7 +413,11 @@ impl SecondLevelTable {
                     args,
                     pool,
                 );
-                page.phys.as_u64() | pte::READ | pte::WRITE
+                SlPte::new()
+                    .with_addr(page.phys.as_u64())
+                    .with_r(true)
+                    .with_w(true)
+                    .into_bits()
             };
             mem.write(index, value);
             first = first.min(index);
@@ -431,6 +433,14 @@ impl SecondLevelTable {
     /// ([`IotlbGather::unlinked_tables`]): they are freed by the flush of that gather, after its
     /// invalidation completed, and leak if it is never flushed. Tables the range covers only
     /// partly stay linked, even when left empty (see the module docs).
+    ///
+    /// # Errors
+    ///
+    /// Nothing is changed on error: [`IommuError::Misaligned`] for a zero size or an unaligned
+    /// address or size; [`IommuError::OutsideAperture`] beyond the input width;
+    /// [`IommuError::NotMapped`] when part of the range is not mapped;
+    /// [`IommuError::PartialSuperpage`] when the range splits a superpage;
+    /// [`IommuError::OutOfMemory`] when the gather cannot grow.
     pub fn unmap<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
@@ -480,7 +490,7 @@ impl SecondLevelTable {
                     return Err(IommuError::PartialSuperpage { iova: base, size });
                 }
             } else {
-                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                let child = PhysAddr::new(SlPte::from_bits(entry).addr());
                 self.check_unmap(platform, child, span.child(seg_start, seg_end))?;
             }
         }
@@ -499,7 +509,7 @@ impl SecondLevelTable {
         for (index, base, seg_start, seg_end) in span.slots() {
             let entry = mem.read(index);
             if !Self::is_leaf(span.level, entry) {
-                let child = PhysAddr::new(entry & pte::ADDR_MASK);
+                let child = PhysAddr::new(SlPte::from_bits(entry).addr());
                 self.apply_unmap(platform, child, span.child(seg_start, seg_end), gather);
                 let covers_region =
                     seg_start == base && seg_end - seg_start == slot_size(span.level);
@@ -559,9 +569,9 @@ impl SecondLevelTable {
                         prot |= p;
                     }
                 }
-                return Some((PhysAddr::new((entry & pte::ADDR_MASK) + offset), prot));
+                return Some((PhysAddr::new(SlPte::from_bits(entry).addr() + offset), prot));
             }
-            table = PhysAddr::new(entry & pte::ADDR_MASK);
+            table = PhysAddr::new(SlPte::from_bits(entry).addr());
             level -= 1;
         }
     }
@@ -583,7 +593,11 @@ impl SecondLevelTable {
             for index in 0..ENTRIES_PER_TABLE {
                 let entry = mem.read(index);
                 if entry != 0 && !Self::is_leaf(level, entry) {
-                    self.free_subtree(platform, PhysAddr::new(entry & pte::ADDR_MASK), level - 1);
+                    self.free_subtree(
+                        platform,
+                        PhysAddr::new(SlPte::from_bits(entry).addr()),
+                        level - 1,
+                    );
                 }
             }
         }

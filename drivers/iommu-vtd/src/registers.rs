@@ -10,6 +10,8 @@
 
 use core::ptr::NonNull;
 
+use bitfield_struct::bitfield;
+
 /// Version register (32-bit), §11.4.1.
 pub const VER: usize = 0x00;
 /// Capability register (64-bit), §11.4.2.
@@ -110,68 +112,290 @@ bitflags::bitflags! {
 /// example): writing a one-shot status bit back would re-trigger it.
 pub const GSTS_PERSISTENT_MASK: u32 = 0x96FF_FFFF;
 
-/// Root table address register fields, §11.4.5.
-pub mod rtaddr {
-    /// Translation table mode (bits 11:10): 00 = legacy root table.
-    pub const TTM_LEGACY: u64 = 0b00 << 10;
+// Typed fields. Every multi-bit field of a register or an in-memory structure this crate
+// writes or decodes is declared here with `bitfield-struct`: fields are listed from bit 0 up,
+// `__` is reserved/ignored space. Address fields hold the address itself (the conversion
+// functions below move it into its bit position), so no caller shifts or masks.
+
+/// Field conversion for an address in bits 63:12 (4 KiB aligned): the field holds bits 63:12
+/// of the address; the low 12 bits of an address written are dropped.
+const fn addr_4k_into(addr: u64) -> u64 {
+    addr >> 12
 }
 
-/// Context command register fields, §11.4.6.1.
+/// Inverse of [`addr_4k_into`].
+const fn addr_4k_from(field: u64) -> u64 {
+    field << 12
+}
+
+/// Field conversion for an address in bits 63:2 (4-byte aligned), as [`addr_4k_into`].
+const fn addr_4b_into(addr: u64) -> u64 {
+    addr >> 2
+}
+
+/// Inverse of [`addr_4b_into`].
+const fn addr_4b_from(field: u64) -> u64 {
+    field << 2
+}
+
+/// Field conversion for an address mask (AM) written to a 6-bit field: values above 63 (no
+/// such invalidation exists) saturate to 63, never narrowing what is invalidated.
+const fn am_into(am: u8) -> u8 {
+    if am > MAX_AM {
+        MAX_AM
+    } else {
+        am
+    }
+}
+
+/// Inverse of [`am_into`].
+const fn am_from(field: u8) -> u8 {
+    field
+}
+
+/// The largest address mask a 6-bit AM field holds.
+pub const MAX_AM: u8 = 63;
+
+/// Version register (VER), §11.4.1.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct Ver {
+    /// Minor version (bits 3:0).
+    #[bits(4)]
+    pub min: u8,
+    /// Major version (bits 7:4).
+    #[bits(4)]
+    pub max: u8,
+    #[bits(24)]
+    __: u32,
+}
+
+/// Capability register (CAP), §11.4.2: the fields this crate decodes.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct CapReg {
+    /// Number of domains supported (ND, bits 2:0): `2^(4 + 2 * ND)`.
+    #[bits(3)]
+    pub nd: u8,
+    /// Advanced fault logging (bit 3).
+    pub afl: bool,
+    /// Required write-buffer flushing (bit 4).
+    pub rwbf: bool,
+    /// Protected low-memory region (bit 5).
+    pub plmr: bool,
+    /// Protected high-memory region (bit 6).
+    pub phmr: bool,
+    /// Caching mode (bit 7).
+    pub cm: bool,
+    /// Supported adjusted guest address widths (SAGAW, bits 12:8): bit 1 = 39-bit, bit 2 =
+    /// 48-bit, bit 3 = 57-bit.
+    #[bits(5)]
+    pub sagaw: u8,
+    #[bits(3)]
+    __: u8,
+    /// Maximum guest address width minus one (MGAW, bits 21:16).
+    #[bits(6)]
+    pub mgaw: u8,
+    /// Zero-length read (bit 22).
+    pub zlr: bool,
+    #[bits(1)]
+    __: u8,
+    /// Fault-recording register offset in 16-byte units (FRO, bits 33:24).
+    #[bits(10)]
+    pub fro: u16,
+    /// Second-level large page support (SLLPS, bits 37:34): bit 0 = 2 MiB, bit 1 = 1 GiB.
+    #[bits(4)]
+    pub sllps: u8,
+    #[bits(1)]
+    __: u8,
+    /// Page-selective invalidation (bit 39).
+    pub psi: bool,
+    /// Number of fault-recording registers minus one (NFR, bits 47:40).
+    pub nfr: u8,
+    /// Maximum address mask value (MAMV, bits 53:48).
+    #[bits(6)]
+    pub mamv: u8,
+    /// Write draining (bit 54).
+    pub dwd: bool,
+    /// Read draining (bit 55).
+    pub drd: bool,
+    /// First-level 1 GiB pages (bit 56).
+    pub fl1gp: bool,
+    #[bits(2)]
+    __: u8,
+    /// Posted interrupts (bit 59).
+    pub pi: bool,
+    /// First-level 5-level paging (bit 60).
+    pub fl5lp: bool,
+    #[bits(3)]
+    __: u8,
+}
+
+/// Extended capability register (ECAP), §11.4.3: the fields this crate decodes.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct EcapReg {
+    /// Page-walk coherency (C, bit 0).
+    pub c: bool,
+    /// Queued invalidation (QI, bit 1).
+    pub qi: bool,
+    /// Device-TLB (DT, bit 2).
+    pub dt: bool,
+    /// Interrupt remapping (IR, bit 3).
+    pub ir: bool,
+    /// Extended interrupt mode (EIM, bit 4).
+    pub eim: bool,
+    #[bits(1)]
+    __: u8,
+    /// Pass-through (PT, bit 6).
+    pub pt: bool,
+    /// Snoop control (SC, bit 7).
+    pub sc: bool,
+    /// IOTLB register offset in 16-byte units (IRO, bits 17:8).
+    #[bits(10)]
+    pub iro: u16,
+    #[bits(2)]
+    __: u8,
+    /// Maximum handle mask value (MHMV, bits 23:20).
+    #[bits(4)]
+    pub mhmv: u8,
+    #[bits(2)]
+    __: u8,
+    /// Nested translation (NEST, bit 26).
+    pub nest: bool,
+    #[bits(2)]
+    __: u8,
+    /// Page requests (PRS, bit 29).
+    pub prs: bool,
+    #[bits(10)]
+    __: u16,
+    /// PASID support (bit 40).
+    pub pasid: bool,
+    #[bits(2)]
+    __: u8,
+    /// Scalable-mode translation (SMTS, bit 43).
+    pub smts: bool,
+    #[bits(2)]
+    __: u8,
+    /// Second-level translation (SLTS, bit 46).
+    pub slts: bool,
+    /// First-level translation (FLTS, bit 47).
+    pub flts: bool,
+    #[bits(16)]
+    __: u16,
+}
+
+/// Root table address register (RTADDR), §11.4.5.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct Rtaddr {
+    #[bits(10)]
+    __: u16,
+    /// Translation table mode (bits 11:10): [`Rtaddr::TTM_LEGACY`] = legacy root table.
+    #[bits(2)]
+    pub ttm: u8,
+    /// Root table address (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub rta: u64,
+}
+
+impl Rtaddr {
+    /// RTADDR.TTM 00: legacy-mode root table.
+    pub const TTM_LEGACY: u8 = 0b00;
+}
+
+/// Context command register (CCMD), §11.4.6.1.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct Ccmd {
+    /// Domain-id (bits 15:0).
+    pub did: u16,
+    /// Source-id (bits 31:16).
+    pub sid: u16,
+    /// Function mask (bits 33:32).
+    #[bits(2)]
+    pub fm: u8,
+    #[bits(25)]
+    __: u32,
+    /// Actual granularity (CAIG, bits 60:59), written by hardware; 0 = not performed.
+    #[bits(2)]
+    pub caig: u8,
+    /// Requested granularity (CIRG, bits 62:61): a `ccmd::GRANULARITY_*` value.
+    #[bits(2)]
+    pub cirg: u8,
+    /// Invalidate context cache (bit 63): set to request; hardware clears it when done.
+    pub icc: bool,
+}
+
+/// Context command register granularities, §11.4.6.1 (the values of [`Ccmd::cirg`] and
+/// [`Ccmd::caig`]).
 pub mod ccmd {
-    /// Invalidate context cache (set to request; hardware clears it when done).
-    pub const ICC: u64 = 1 << 63;
-    /// Shift of the requested granularity (CIRG, bits 62:61).
-    pub const CIRG_SHIFT: u32 = 61;
-    /// Shift of the actual granularity (CAIG, bits 60:59).
-    pub const CAIG_SHIFT: u32 = 59;
     /// Granularity: global.
-    pub const GRANULARITY_GLOBAL: u64 = 0b01;
+    pub const GRANULARITY_GLOBAL: u8 = 0b01;
     /// Granularity: domain-selective.
-    pub const GRANULARITY_DOMAIN: u64 = 0b10;
+    pub const GRANULARITY_DOMAIN: u8 = 0b10;
     /// Granularity: device-selective.
-    pub const GRANULARITY_DEVICE: u64 = 0b11;
-    /// Mask of a (requested or actual) granularity field after shifting; actual 00 means the
-    /// invalidation was not performed.
-    pub const GRANULARITY_MASK: u64 = 0b11;
-    /// Shift of the function mask (FM, bits 33:32).
-    pub const FM_SHIFT: u32 = 32;
-    /// Shift of the source-id (SID, bits 31:16).
-    pub const SID_SHIFT: u32 = 16;
-    /// Mask of the domain-id (DID, bits 15:0).
-    pub const DID_MASK: u64 = 0xFFFF;
+    pub const GRANULARITY_DEVICE: u8 = 0b11;
 }
 
-/// IOTLB invalidate register and IVA register fields, §11.4.8.
+/// IOTLB invalidate register, §11.4.8.1 (at ECAP.IRO × 16 + 8).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IotlbCmd {
+    #[bits(32)]
+    __: u32,
+    /// Domain-id (bits 47:32).
+    pub did: u16,
+    /// Drain writes (bit 48).
+    pub dw: bool,
+    /// Drain reads (bit 49).
+    pub dr: bool,
+    #[bits(7)]
+    __: u8,
+    /// Actual granularity (IAIG, bits 58:57), written by hardware; 0 = not performed.
+    #[bits(2)]
+    pub iaig: u8,
+    #[bits(1)]
+    __: u8,
+    /// Requested granularity (IIRG, bits 61:60): an `iotlb::GRANULARITY_*` value.
+    #[bits(2)]
+    pub iirg: u8,
+    #[bits(1)]
+    __: u8,
+    /// Invalidate IOTLB (bit 63): set to request; hardware clears it when done.
+    pub ivt: bool,
+}
+
+/// Invalidate address register (IVA), §11.4.8.2 (at ECAP.IRO × 16).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct Iva {
+    /// Address mask (AM, bits 5:0): log2 of the number of 4 KiB pages.
+    #[bits(6, from = am_from, into = am_into)]
+    pub am: u8,
+    /// Invalidation hint (bit 6): only leaf entries changed.
+    pub ih: bool,
+    #[bits(5)]
+    __: u8,
+    /// Address (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub addr: u64,
+}
+
+/// IOTLB register granularities, §11.4.8.1 (the values of [`IotlbCmd::iirg`] and
+/// [`IotlbCmd::iaig`]).
 pub mod iotlb {
-    /// Invalidate IOTLB (set to request; hardware clears it when done).
-    pub const IVT: u64 = 1 << 63;
-    /// Shift of the requested granularity (IIRG, bits 61:60).
-    pub const IIRG_SHIFT: u32 = 60;
-    /// Shift of the actual granularity (IAIG, bits 58:57).
-    pub const IAIG_SHIFT: u32 = 57;
     /// Granularity: global.
-    pub const GRANULARITY_GLOBAL: u64 = 0b01;
+    pub const GRANULARITY_GLOBAL: u8 = 0b01;
     /// Granularity: domain-selective.
-    pub const GRANULARITY_DOMAIN: u64 = 0b10;
+    pub const GRANULARITY_DOMAIN: u8 = 0b10;
     /// Granularity: page-selective within a domain.
-    pub const GRANULARITY_PAGE: u64 = 0b11;
-    /// Mask of a (requested or actual) granularity field after shifting; actual 00 means the
-    /// invalidation was not performed.
-    pub const GRANULARITY_MASK: u64 = 0b11;
-    /// Drain reads.
-    pub const DR: u64 = 1 << 49;
-    /// Drain writes.
-    pub const DW: u64 = 1 << 48;
-    /// Shift of the domain-id (DID, bits 47:32).
-    pub const DID_SHIFT: u32 = 32;
-    /// IVA: invalidation hint (bit 6): only leaf entries changed.
-    pub const IVA_IH: u64 = 1 << 6;
-    /// IVA: address mask (AM, bits 5:0).
-    pub const IVA_AM_MASK: u64 = 0x3F;
+    pub const GRANULARITY_PAGE: u8 = 0b11;
 }
 
 bitflags::bitflags! {
-    /// Fault status register bits, §11.4.7.1 (RW1C except PPF and FRI).
+    /// Fault status register bits, §11.4.7.1 (RW1C except PPF and FRI); the multi-bit FRI
+    /// field is [`Fsts::fri`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct FaultStatus: u32 {
         /// Primary fault overflow.
@@ -191,46 +415,299 @@ bitflags::bitflags! {
     }
 }
 
-/// Fault status register: shift of the fault record index (FRI, bits 15:8).
-pub const FSTS_FRI_SHIFT: u32 = 8;
-/// Fault status register: mask of FRI after shifting.
-pub const FSTS_FRI_MASK: u32 = 0xFF;
+/// Fault status register (FSTS) multi-bit fields, §11.4.7.1 (the single bits are
+/// [`FaultStatus`]).
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct Fsts {
+    /// PFO, PPF, AFO, APF, IQE, ICE, ITE and a reserved bit ([`FaultStatus`]).
+    #[bits(8)]
+    pub flags: u8,
+    /// Fault record index (FRI, bits 15:8): the record the next fault goes to.
+    pub fri: u8,
+    #[bits(16)]
+    __: u16,
+}
 
-/// Fault event control: interrupt mask (set at reset).
+/// Fault event control: interrupt mask (set at reset), §11.4.7.2.
 pub const FECTL_IM: u32 = 1 << 31;
 
-/// Fault recording register fields, §11.4.14, relative to the two 64-bit halves.
+/// Fault recording register, lower 64 bits, §11.4.14.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct FrcdLo {
+    #[bits(12)]
+    __: u16,
+    /// Fault info (bits 63:12): the page-aligned faulting address.
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub fi: u64,
+}
+
+/// Fault recording register, upper 64 bits (bits 127:64), §11.4.14.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct FrcdHi {
+    /// Source-id (bits 79:64).
+    pub sid: u16,
+    #[bits(16)]
+    __: u16,
+    /// Fault reason (FR, bits 103:96).
+    pub fr: u8,
+    #[bits(22)]
+    __: u32,
+    /// Type (T, bit 126): 1 = read request, 0 = write request.
+    pub t: bool,
+    /// Fault (F, bit 127), RW1C.
+    pub f: bool,
+}
+
+/// Fault recording register single bits, §11.4.14.
 pub mod frcd {
-    /// Low qword: fault info (the page-aligned faulting address, bits 63:12).
-    pub const FI_MASK: u64 = !0xFFF;
-    /// High qword: source-id (bits 15:0).
-    pub const SID_MASK: u64 = 0xFFFF;
-    /// High qword: shift of the fault reason (FR, bits 39:32).
-    pub const FR_SHIFT: u32 = 32;
-    /// High qword: mask of FR after shifting.
-    pub const FR_MASK: u64 = 0xFF;
-    /// High qword: type (T, bit 62): 1 = read request, 0 = write request.
-    pub const T: u64 = 1 << 62;
-    /// High qword: fault (F, bit 63), RW1C.
-    pub const F: u64 = 1 << 63;
-    /// The F bit within the upper 32-bit dword of the record.
+    /// The F bit (bit 127) within the upper 32-bit dword of the record, for its RW1C write.
     pub const F_IN_DWORD: u32 = 1 << 31;
 }
 
-/// Invalidation queue register fields, §11.4.9.
+/// Invalidation queue head and tail registers (IQH, IQT), §11.4.9.1–2, for 128-bit
+/// descriptors.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct QueueIndex {
+    #[bits(4)]
+    __: u8,
+    /// Descriptor index (bits 18:4).
+    #[bits(15)]
+    pub index: u16,
+    #[bits(45)]
+    __: u64,
+}
+
+/// Invalidation queue address register (IQA), §11.4.9.3.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct Iqa {
+    /// Queue size (QS, bits 2:0): 2^QS 4 KiB pages.
+    #[bits(3)]
+    pub qs: u8,
+    #[bits(8)]
+    __: u8,
+    /// Descriptor width (DW, bit 11): 0 = 128-bit descriptors.
+    pub dw_256: bool,
+    /// Queue base (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub base: u64,
+}
+
+/// Invalidation queue single bits, §11.4.9.
 pub mod iq {
-    /// IQH/IQT: shift of the descriptor index (bits 18:4) for 128-bit descriptors.
-    pub const INDEX_SHIFT: u32 = 4;
-    /// IQH/IQT: mask of the descriptor index after shifting.
-    pub const INDEX_MASK: u64 = 0x7FFF;
-    /// IQA: base address mask (bits 63:12).
-    pub const IQA_BASE_MASK: u64 = !0xFFF;
-    /// IQA: descriptor width (bit 11): 0 = 128-bit descriptors.
-    pub const IQA_DW_256: u64 = 1 << 11;
-    /// IQA: queue size field (bits 2:0): 2^QS pages; 0 = one 4 KiB page.
-    pub const IQA_QS_ONE_PAGE: u64 = 0;
     /// ICS: invalidation wait descriptor complete.
     pub const ICS_IWC: u32 = 1 << 0;
+}
+
+/// Root entry, lower 64 bits, §9.1 (the upper 64 bits are reserved).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct RootEntryLo {
+    /// Present (bit 0).
+    pub present: bool,
+    #[bits(11)]
+    __: u16,
+    /// Context-table pointer (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub ctp: u64,
+}
+
+/// Context entry, lower 64 bits, §9.3.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ContextEntryLo {
+    /// Present (bit 0).
+    pub present: bool,
+    /// Fault processing disable (bit 1).
+    pub fpd: bool,
+    /// Translation type (bits 3:2): [`ContextEntryLo::TT_UNTRANSLATED_ONLY`].
+    #[bits(2)]
+    pub tt: u8,
+    #[bits(8)]
+    __: u8,
+    /// Second-level page-translation pointer (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub slptptr: u64,
+}
+
+impl ContextEntryLo {
+    /// Translation type 00: untranslated requests are translated through the second-level
+    /// table; translated requests (ATS) are blocked.
+    pub const TT_UNTRANSLATED_ONLY: u8 = 0b00;
+}
+
+/// Context entry, upper 64 bits (bits 127:64), §9.3.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct ContextEntryHi {
+    /// Address width (AW, bits 66:64): the table depth (`PagingLevels::context_aw`).
+    #[bits(3)]
+    pub aw: u8,
+    #[bits(5)]
+    __: u8,
+    /// Domain identifier (bits 87:72).
+    pub did: u16,
+    #[bits(40)]
+    __: u64,
+}
+
+/// Field conversion for an output address in bits 51:12 of a second-level entry: the field
+/// holds bits 51:12 of the address. Callers keep addresses below `2^52`
+/// (`pagetable::MAX_OUTPUT_BITS`); higher bits are dropped, never spilled into other fields.
+const fn addr_51_12_into(addr: u64) -> u64 {
+    (addr >> 12) & ((1 << 40) - 1)
+}
+
+/// Inverse of [`addr_51_12_into`].
+const fn addr_51_12_from(field: u64) -> u64 {
+    field << 12
+}
+
+/// Second-level paging entry, §9.8 (page-table, page-directory and leaf entries alike).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct SlPte {
+    /// Read permission (bit 0).
+    pub r: bool,
+    /// Write permission (bit 1).
+    pub w: bool,
+    #[bits(5)]
+    __: u8,
+    /// Page size (bit 7): this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
+    pub ps: bool,
+    #[bits(3)]
+    __: u8,
+    /// Snoop behaviour (bit 11; only when ECAP.SC = 1, reserved otherwise).
+    pub snp: bool,
+    /// Address (bits 51:12): the next table or the leaf's page.
+    #[bits(40, from = addr_51_12_from, into = addr_51_12_into)]
+    pub addr: u64,
+    /// Software bit 52 (bits 61:52 are ignored by hardware): a leaf written by this crate,
+    /// so a mapping with no access rights can exist (R = W = 0 is "not present" to hardware).
+    pub sw_mapped: bool,
+    /// Software bit 53: the leaf maps device memory (`dma::iommu::Prot::MMIO`).
+    pub sw_mmio: bool,
+    #[bits(10)]
+    __: u16,
+}
+
+/// The single bits and the address field of [`SlPte`] as raw masks, for code and tests that
+/// look at raw entries.
+pub mod pte {
+    use super::SlPte;
+
+    /// Read permission.
+    pub const READ: u64 = SlPte::new().with_r(true).into_bits();
+    /// Write permission.
+    pub const WRITE: u64 = SlPte::new().with_w(true).into_bits();
+    /// Page size: this level-2/3 entry is a leaf (2 MiB / 1 GiB page).
+    pub const PAGE_SIZE: u64 = SlPte::new().with_ps(true).into_bits();
+    /// Snoop behaviour (only when ECAP.SC = 1; reserved otherwise).
+    pub const SNOOP: u64 = SlPte::new().with_snp(true).into_bits();
+    /// Address bits 51:12.
+    pub const ADDR_MASK: u64 = SlPte::new().with_addr(u64::MAX).into_bits();
+    /// Software bit: a leaf written by this crate ([`SlPte::sw_mapped`]).
+    pub const SW_MAPPED: u64 = SlPte::new().with_sw_mapped(true).into_bits();
+    /// Software bit: the leaf maps device memory ([`SlPte::sw_mmio`]).
+    pub const SW_MMIO: u64 = SlPte::new().with_sw_mmio(true).into_bits();
+}
+
+/// Invalidation descriptor types and granularities, §6.5.2.
+pub mod desc {
+    /// Context-cache invalidate.
+    pub const TYPE_CONTEXT: u8 = 0x1;
+    /// IOTLB invalidate.
+    pub const TYPE_IOTLB: u8 = 0x2;
+    /// Device-TLB invalidate.
+    pub const TYPE_DEVICE_TLB: u8 = 0x3;
+    /// Interrupt entry cache invalidate.
+    pub const TYPE_IEC: u8 = 0x4;
+    /// Invalidation wait.
+    pub const TYPE_WAIT: u8 = 0x5;
+    /// Granularity: global.
+    pub const GLOBAL: u8 = 0b01;
+    /// Granularity: domain-selective.
+    pub const DOMAIN: u8 = 0b10;
+    /// Granularity: device-selective (context) / page-selective (IOTLB).
+    pub const DEVICE_OR_PAGE: u8 = 0b11;
+}
+
+/// Context-cache and IOTLB invalidate descriptors, bits 63:0, §6.5.2.1–2 (and the type field
+/// every descriptor shares).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct CacheDescLo {
+    /// Descriptor type (bits 3:0): a `desc::TYPE_*` value.
+    #[bits(4)]
+    pub kind: u8,
+    /// Granularity (bits 5:4): a `desc::` granularity.
+    #[bits(2)]
+    pub granularity: u8,
+    /// IOTLB: drain writes (bit 6).
+    pub dw: bool,
+    /// IOTLB: drain reads (bit 7).
+    pub dr: bool,
+    #[bits(8)]
+    __: u8,
+    /// Domain ID (bits 31:16).
+    pub did: u16,
+    /// Context: source ID (bits 47:32).
+    pub sid: u16,
+    /// Context: function mask (bits 49:48).
+    #[bits(2)]
+    pub fm: u8,
+    #[bits(14)]
+    __: u16,
+}
+
+/// IOTLB invalidate descriptor, bits 127:64, §6.5.2.2.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IotlbDescHi {
+    /// Address mask (AM, bits 69:64): log2 of the number of pages.
+    #[bits(6, from = am_from, into = am_into)]
+    pub am: u8,
+    /// Invalidation hint (bit 70): only leaf entries changed.
+    pub ih: bool,
+    #[bits(5)]
+    __: u8,
+    /// Address (bits 127:76).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub addr: u64,
+}
+
+/// Invalidation wait descriptor, bits 63:0, §6.5.2.8.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct WaitDescLo {
+    /// Descriptor type (bits 3:0): `desc::TYPE_WAIT`.
+    #[bits(4)]
+    pub kind: u8,
+    /// Interrupt flag (bit 4).
+    pub interrupt: bool,
+    /// Status write (bit 5).
+    pub sw: bool,
+    /// Fence (bit 6): later descriptors wait for this one.
+    pub fence: bool,
+    #[bits(25)]
+    __: u32,
+    /// Status data (bits 63:32).
+    pub data: u32,
+}
+
+/// Invalidation wait descriptor, bits 127:64, §6.5.2.8.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct WaitDescHi {
+    #[bits(2)]
+    __: u8,
+    /// Status address (bits 127:66).
+    #[bits(62, from = addr_4b_from, into = addr_4b_into)]
+    pub addr: u64,
 }
 
 /// Access to one remapping unit's registers by byte offset.
@@ -348,6 +825,76 @@ mod tests {
         assert_eq!(iotlb_offset(0xF), 0xF8);
         assert_eq!(fault_record_offset(0x22, 0), 0x220);
         assert_eq!(fault_record_offset(0x22, 1), 0x230);
+    }
+
+    #[test]
+    fn typed_fields_sit_at_the_spec_bit_positions() {
+        // Each value built through the declarations equals the raw bits the spec section
+        // gives, so a wrong width or offset in a declaration fails here.
+        let ccmd = Ccmd::new()
+            .with_icc(true)
+            .with_cirg(ccmd::GRANULARITY_DEVICE)
+            .with_sid(0x0318)
+            .with_did(7);
+        assert_eq!(ccmd.into_bits(), 0xE000_0000_0318_0007);
+        assert_eq!(Ccmd::from_bits(1 << 59).caig(), 1);
+        let iotlb = IotlbCmd::new()
+            .with_ivt(true)
+            .with_iirg(iotlb::GRANULARITY_DOMAIN)
+            .with_dr(true)
+            .with_dw(true)
+            .with_did(9);
+        assert_eq!(iotlb.into_bits(), 0xA003_0009_0000_0000);
+        assert_eq!(IotlbCmd::from_bits(0b11 << 57).iaig(), 0b11);
+        let iva = Iva::new()
+            .with_addr(0x4_0000_1FFF)
+            .with_ih(true)
+            .with_am(MAX_AM + 1);
+        assert_eq!(iva.into_bits(), 0x4_0000_1000 | 1 << 6 | 63);
+        let iqa = Iqa::new().with_base(0x1234_5000).with_qs(1);
+        assert_eq!(iqa.into_bits(), 0x1234_5001);
+        assert_eq!(QueueIndex::new().with_index(0x7FFF).into_bits(), 0x7_FFF0);
+        assert_eq!(Fsts::from_bits(0x0000_2A03).fri(), 0x2A);
+        let hi = FrcdHi::from_bits(0x8000_0005_0000_0318);
+        assert_eq!(
+            (hi.f(), hi.t(), hi.fr(), hi.sid()),
+            (true, false, 5, 0x0318)
+        );
+        assert_eq!(FrcdLo::from_bits(0x30_0ABC).fi(), 0x30_0000);
+        let rt = Rtaddr::new()
+            .with_rta(0x7F_F000)
+            .with_ttm(Rtaddr::TTM_LEGACY);
+        assert_eq!(rt.into_bits(), 0x7F_F000);
+        let root = RootEntryLo::new().with_present(true).with_ctp(0x8000_2000);
+        assert_eq!(root.into_bits(), 0x8000_2001);
+        let lo = ContextEntryLo::new()
+            .with_present(true)
+            .with_fpd(true)
+            .with_tt(0b10)
+            .with_slptptr(0x9000);
+        assert_eq!(lo.into_bits(), 0x9000 | 0b10 << 2 | 0b11);
+        let hi = ContextEntryHi::new().with_aw(2).with_did(0xABCD);
+        assert_eq!(hi.into_bits(), 0x00AB_CD02);
+        let wait = WaitDescHi::new().with_addr(0x1234_5678);
+        assert_eq!(wait.into_bits(), 0x1234_5678);
+        assert!(WaitDescLo::from_bits(1 << 4).interrupt());
+    }
+
+    #[test]
+    fn second_level_entry_bits_match_the_spec() {
+        // §9.8: R = 0, W = 1, PS = 7, SNP = 11, address 51:12; software bits 52 and 53.
+        assert_eq!(
+            (pte::READ, pte::WRITE, pte::PAGE_SIZE, pte::SNOOP),
+            (1, 2, 0x80, 0x800)
+        );
+        assert_eq!(pte::ADDR_MASK, 0x000F_FFFF_FFFF_F000);
+        assert_eq!((pte::SW_MAPPED, pte::SW_MMIO), (1 << 52, 1 << 53));
+        let leaf = SlPte::new().with_addr(0x1F_FFFF_FFFF_FFFF).with_r(true);
+        assert_eq!(
+            leaf.into_bits(),
+            0x000F_FFFF_FFFF_F001,
+            "nothing spills past bit 51"
+        );
     }
 
     #[test]

@@ -33,7 +33,6 @@
 //! lives here under the tables lock, so two domains can never both claim a group or a
 //! requester ID; the last member's detach clears the group's context entries.
 
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -43,12 +42,11 @@ use spin::Mutex;
 
 use crate::caps::{Capabilities, PagingLevels};
 use crate::context::{ContextEntry, RootTable};
-use crate::domain::{Domain, DomainConfig};
 use crate::fault::{self, FaultLog};
 use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
 use crate::platform::{Platform, TablePage};
-use crate::registers::{self, rtaddr, Global, RegisterIo, GSTS_PERSISTENT_MASK};
+use crate::registers::{self, Global, RegisterIo, Rtaddr, GSTS_PERSISTENT_MASK};
 
 /// Default timeout for every hardware wait: 1 s.
 pub const DEFAULT_TIMEOUT_US: u64 = 1_000_000;
@@ -359,6 +357,13 @@ impl<R: RegisterIo, P: Platform> fmt::Debug for VtdUnit<R, P> {
 impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Reads the capabilities and allocates the root table (and the invalidation queue when
     /// ECAP.QI). Does not touch any command register.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Unsupported`] when SAGAW advertises neither 3- nor 4-level tables or
+    /// `config.host_address_width` is 0 or above the largest output width;
+    /// [`VtdError::OutOfMemory`] when the domain-ID map, the root table or the queue cannot be
+    /// allocated.
     pub fn new(regs: R, platform: P, config: UnitConfig) -> Result<Self, VtdError> {
         let caps = Capabilities::read(&regs);
         if caps.cap.usable_levels().next().is_none() {
@@ -483,6 +488,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Flushes the write buffer (GCMD.WBF, wait for GSTS.WBFS to clear), §6.8. A no-op unless
     /// CAP.RWBF.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Timeout`] when GSTS.WBFS does not clear in time.
     pub fn flush_write_buffer(&self) -> Result<(), VtdError> {
         if !self.caps.cap.rwbf {
             return Ok(());
@@ -514,8 +523,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// their memory once translation is on) calls the two with its attaches in between.
     ///
     /// # Errors
-    /// [`VtdError::AlreadyEnabled`], [`VtdError::Timeout`] for a status bit that never reached
-    /// its value, [`VtdError::Invalidation`] for the global invalidation.
+    ///
+    /// [`VtdError::AlreadyEnabled`] (see above); [`VtdError::Timeout`] when a status bit (or the
+    /// firmware's queue drain) does not settle in time; [`VtdError::Invalidation`] when the global
+    /// invalidation fails.
     pub fn enable(&self) -> Result<(), VtdError> {
         self.prepare()?;
         self.start_translation()
@@ -569,10 +580,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             inval.active = Invalidator::Queued(queue);
         }
         // 2. Root table.
-        self.regs.write64(
-            registers::RTADDR,
-            tables.root.phys().as_u64() | rtaddr::TTM_LEGACY,
-        );
+        let rtaddr = Rtaddr::new()
+            .with_rta(tables.root.phys().as_u64())
+            .with_ttm(Rtaddr::TTM_LEGACY);
+        self.regs.write64(registers::RTADDR, rtaddr.into_bits());
         self.write_gcmd(Global::SRTP, true);
         self.wait_status("GSTS.RTPS", |g| g.contains(Global::SRTP))?;
         if self.caps.cap.rwbf {
@@ -625,6 +636,11 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Turns translation off (wait for TES to clear), then queued invalidation (after draining
     /// the queue), returning to register-based invalidation.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Timeout`] when GSTS.TES or GSTS.QIES does not clear in time;
+    /// [`VtdError::Invalidation`] when the queue does not drain.
     pub fn disable(&self) -> Result<(), VtdError> {
         let mut tables = self.tables.lock();
         if self.gsts().contains(Global::TE) {
@@ -655,6 +671,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Issues `requests` through the active invalidation path and returns once the hardware
     /// reported completion.
+    ///
+    /// # Errors
+    ///
+    /// The [`InvalidationError`] of the active path ([`crate::invalidation::Invalidator::run`]).
     pub fn invalidate(&self, requests: &[Invalidation]) -> Result<(), InvalidationError> {
         self.stats.submissions.fetch_add(1, Ordering::Relaxed);
         self.stats
@@ -678,21 +698,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         }
     }
 
-    /// Creates a domain: a fresh domain ID and an empty second-level table whose depth is the
-    /// shallowest advertised one covering `config.min_address_width` (or `config.levels`).
-    pub fn create_domain(self: &Arc<Self>, config: DomainConfig) -> Result<Domain<R, P>, VtdError> {
-        let levels = match config.levels {
-            Some(l) if self.caps.cap.supports_levels(l) => l,
-            Some(l) => return Err(VtdError::LevelsNotSupported(l)),
-            None => self
-                .caps
-                .cap
-                .usable_levels()
-                .find(|l| l.address_width() >= config.min_address_width)
-                .ok_or(VtdError::NoSuitableAddressWidth {
-                    requested: config.min_address_width,
-                })?,
-        };
+    /// Allocates a domain ID and an empty second-level table of depth `levels` (which must be
+    /// advertised in SAGAW) with unlinked-table owner token `owner`, for
+    /// [`VtdUnit::create_domain`].
+    pub(crate) fn alloc_domain(
+        &self,
+        levels: PagingLevels,
+        owner: u64,
+    ) -> Result<(u16, SecondLevelTable), VtdError> {
         let table_cfg = TableConfig {
             levels,
             input_bits: levels.address_width().min(self.caps.cap.mgaw),
@@ -710,12 +723,8 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .dids
             .alloc()
             .ok_or(VtdError::DomainIdsExhausted)?;
-        match SecondLevelTable::with_owner(
-            &self.platform,
-            table_cfg,
-            crate::domain::next_table_owner(),
-        ) {
-            Ok(table) => Ok(Domain::new(self.clone(), did, table)),
+        match SecondLevelTable::with_owner(&self.platform, table_cfg, owner) {
+            Ok(table) => Ok((did, table)),
             Err(_) => {
                 self.tables.lock().dids.free(did);
                 Err(VtdError::OutOfMemory)
@@ -765,7 +774,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             .collect()
     }
 
-    /// Attaches member `device` of `group` to domain `did` (see [`Domain::attach_device`]).
+    /// Attaches member `device` of `group` to domain `did` (see [`Domain::attach_device`](crate::Domain::attach_device)).
     pub(crate) fn attach_group(
         &self,
         did: u16,
@@ -901,7 +910,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     }
 
     /// Removes member `device` of group `key` from domain `did` (see
-    /// [`Domain::detach_device`]); the last member clears the group's context entries.
+    /// [`Domain::detach_device`](crate::Domain::detach_device)); the last member clears the group's context entries.
     pub(crate) fn detach_group_member(
         &self,
         did: u16,
