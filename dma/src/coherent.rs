@@ -14,9 +14,9 @@ use core::fmt;
 use crate::addr::{DmaAddr, PhysAddr, PAGE_SIZE};
 use crate::attrs::{Attrs, Direction};
 use crate::device::{DeviceInner, DmaDevice, Translation};
+use crate::engine::prot_for;
 use crate::error::DmaError;
 use crate::iommu::IotlbGather;
-use crate::mapping::prot_for;
 
 /// Memory shared with a device for its lifetime. Freed (unmapped, flushed, pages returned) on
 /// drop; a failure there is logged and the pages are leaked rather than reused.

@@ -17,8 +17,8 @@ use spin::Mutex;
 use crate::bounce::BouncePool;
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
-use crate::mapping::RawTable;
 use crate::phys::PhysMemory;
+use crate::record::RawTable;
 
 /// How the device's addresses reach memory.
 #[derive(Clone, Debug)]

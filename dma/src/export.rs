@@ -107,9 +107,10 @@ use spin::Mutex;
 use crate::addr::{PhysAddr, PAGE_SIZE};
 use crate::attrs::Direction;
 use crate::device::DmaDevice;
+use crate::engine::UnmapBatch;
 use crate::error::DmaError;
-use crate::invalidation::UnmapBatch;
-use crate::p2p::{DeviceId, MapType, P2pClassifier, PeerMapping, Provider, ProviderTable};
+use crate::p2p::{DeviceId, MapType, P2pClassifier, Provider, ProviderTable};
+use crate::peer::PeerMapping;
 use crate::segment::DmaSegment;
 
 /// Export flag bits this version defines (none yet); any other bit is refused with

@@ -37,15 +37,16 @@ use core::fmt;
 
 use crate::addr::{DmaAddr, PhysAddr, PAGE_SIZE};
 use crate::attrs::{Attrs, Direction};
+use crate::checks::{check_attrs, check_range, page_span};
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
-use crate::error::DmaError;
-use crate::invalidation::UnmapBatch;
-use crate::iommu::{IommuError, IotlbGather};
-use crate::mapping::{
-    after_unwind, check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span,
-    unmap_parts, unmap_parts_best_effort, unwind_incomplete, MapRecord, Part, Parts,
+use crate::engine::{
+    after_unwind, finish_cpu_side, make_part, needs_bounce, unmap_parts, unmap_parts_best_effort,
+    unwind_incomplete, UnmapBatch,
 };
+use crate::error::DmaError;
+use crate::iommu::{IommuError, IotlbGather};
+use crate::record::{MapRecord, Part, Parts};
 use crate::segment::{split_segments, DmaSegment};
 
 /// One linked range.
