@@ -33,6 +33,10 @@ impl core::error::Error for UnsupportedAttrs {}
 
 impl Attrs {
     /// Converts raw bits, rejecting any bit this version does not define.
+    ///
+    /// # Errors
+    ///
+    /// [`UnsupportedAttrs`] carrying the undefined bits, when `bits` holds any.
     pub fn from_raw(bits: u32) -> Result<Self, UnsupportedAttrs> {
         Self::from_bits(bits).ok_or(UnsupportedAttrs(bits & !Self::all().bits()))
     }

@@ -66,6 +66,10 @@ impl Default for DeviceConfig {
 
 impl DeviceConfig {
     /// The mask of a device that emits `bits`-bit addresses (12..=64).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when `bits` is outside 12..=64.
     pub const fn mask_bits(bits: u32) -> Result<u64, DmaError> {
         match bits {
             64 => Ok(u64::MAX),
@@ -78,6 +82,11 @@ impl DeviceConfig {
 
     /// An untrusted, coherent device with a `bits`-bit mask (add [`DeviceConfig::trusted`] to
     /// trust it).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when `bits` is outside 12..=64 (see
+    /// [`DeviceConfig::mask_bits`]).
     pub const fn with_mask_bits(bits: u32) -> Result<Self, DmaError> {
         match Self::mask_bits(bits) {
             Ok(mask) => Ok(Self {
@@ -146,7 +155,11 @@ impl fmt::Debug for DmaDevice {
 }
 
 impl DmaDevice {
-    /// Creates the handle. Refused (`InvalidConfig`) when: the mask is not `2^n - 1` with
+    /// Creates the handle.
+    ///
+    /// # Errors
+    ///
+    /// Refused (`InvalidConfig`) when: the mask is not `2^n - 1` with
     /// n ≥ 12; the device is untrusted but direct-mapped (no IOMMU, no isolation to give) or
     /// attached to a deferred-invalidation domain (SPEC.md: deferred is for trusted devices
     /// only); the bounce pool lies beyond a direct-mapped device's mask. Refused with

@@ -511,6 +511,11 @@ impl UnmapBatch {
 impl UnmapBatch {
     /// Flushes once per domain, waits for completion, then frees IOVAs and copies bounced data
     /// back. Returns the first error (the mappings of a domain whose flush failed are leaked).
+    ///
+    /// # Errors
+    ///
+    /// The first IOMMU flush error ([`DmaError::Iommu`]); the mappings of a domain whose flush
+    /// failed are leaked (IOVAs and bounce slots never reused), every other domain's are completed.
     pub fn finish(mut self) -> Result<(), DmaError> {
         self.finish_inner()
     }

@@ -164,6 +164,14 @@ impl ValidatedExport {
 
 /// Validates an export request against the device's providers, in the digest's order (see the
 /// module documentation). Changes nothing.
+///
+/// # Errors
+///
+/// In the order checked: [`DmaError::EmptyList`], [`DmaError::UnsupportedFlags`], the BAR's
+/// [`crate::ProviderError`] ([`DmaError::Provider`]), a zero-length range ([`DmaError::ZeroLength`]),
+/// an offset or length not page aligned ([`DmaError::Misaligned`]), an overflow of an address or
+/// the total ([`DmaError::Overflow`]), too many ranges ([`DmaError::TooManyEntries`]), a range
+/// outside the BAR ([`DmaError::OutOfRange`]).
 pub fn validate_export(
     table: &ProviderTable,
     req: &ExportRequest<'_>,
@@ -472,6 +480,10 @@ impl Exporter {
 
     /// Validates `req` ([`validate_export`]) and creates a handle. It starts revoked when
     /// `decode` is [`MemoryDecode::Disabled`] or the exporter is revoked.
+    ///
+    /// # Errors
+    ///
+    /// Every error of [`validate_export`] (nothing is created).
     pub fn export(
         &self,
         req: &ExportRequest<'_>,
@@ -544,8 +556,12 @@ impl Exporter {
     /// the module documentation, "Revoke is enforced only through an IOMMU".
     ///
     /// Call it before a reset, FLR, memory disable or power-down (digest item 12: revoke comes
-    /// before reset). An error means an unmap or flush failed; the state is revoked regardless
-    /// (never rolled back) and the affected IOVA stays quarantined.
+    /// before reset).
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error ([`DmaError::Iommu`]); the state is revoked
+    /// regardless (never rolled back) and the affected IOVA stays quarantined.
     pub fn revoke(&mut self) -> Result<TransitionStats, DmaError> {
         self.revoked = true;
         self.move_all(ExportState::Revoked)
@@ -563,6 +579,11 @@ impl Exporter {
     /// Permanent revoke, before the device goes away (unbind, removal): importers are notified
     /// once ([`MoveEvent::Gone`]), every mapping is removed and flushed, and every handle fails
     /// with [`DmaError::DeviceGone`] from now on. Releases the provider table.
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error of an importer's mapping ([`DmaError::Iommu`]); the
+    /// exporter is torn down regardless and the affected IOVAs stay quarantined.
     pub fn teardown(mut self) -> Result<TransitionStats, DmaError> {
         self.torn_down = true;
         self.move_all(ExportState::Gone)
@@ -648,7 +669,11 @@ impl ExportHandle {
             .sum()
     }
 
-    /// Attaches an importer. Errors: [`DmaError::ImporterNotP2p`] if it does not accept
+    /// Attaches an importer.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ImporterNotP2p`] if it does not accept
     /// peer-to-peer memory (checked first, like Linux), [`DmaError::Revoked`] while revoked,
     /// [`DmaError::DeviceGone`] after teardown.
     pub fn attach(&self, importer: Importer) -> Result<Attachment, DmaError> {
@@ -724,7 +749,9 @@ impl Attachment {
     /// Maps the whole export for the importer's device ([`DmaDevice::map_peer`] with the
     /// classifier's map type): DMA segments only.
     ///
-    /// Errors: [`DmaError::Revoked`] while revoked, [`DmaError::DeviceGone`] after teardown,
+    /// # Errors
+    ///
+    /// [`DmaError::Revoked`] while revoked, [`DmaError::DeviceGone`] after teardown,
     /// [`DmaError::P2pNotSupported`] when the classifier says NOT_SUPPORTED, and every error of
     /// `map_peer` (nothing stays mapped on failure).
     pub fn map(&self, dir: Direction) -> Result<P2pMapping, DmaError> {
@@ -757,6 +784,11 @@ impl Attachment {
 
     /// Detaches now, unmapping this importer's mappings first, and reports an unmap failure.
     /// (Dropping the attachment does the same and logs the failure.)
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error of this importer's mappings ([`DmaError::Iommu`]); the
+    /// importer is detached regardless and the affected IOVAs stay quarantined.
     pub fn detach(self) -> Result<(), DmaError> {
         // `Drop` runs afterwards and finds nothing left to do.
         self.detach_inner()
@@ -836,6 +868,10 @@ impl P2pMapping {
 
     /// Unmaps now (strict: the IOTLB flush completed when this returns `Ok`). A mapping a revoke
     /// already removed unmaps to `Ok(())`.
+    ///
+    /// # Errors
+    ///
+    /// The unmap or IOTLB flush error ([`DmaError::Iommu`]); the IOVA is then leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
         self.unmap_inner()
     }

@@ -36,7 +36,9 @@ impl DmaDevice {
     /// Maps `len` bytes at `phys` for the device and returns the RAII handle; the device
     /// address is [`Mapping::dma_addr`].
     ///
-    /// Errors (nothing changed): zero length, `phys + len` overflow, unknown attribute bits
+    /// # Errors
+    ///
+    /// Nothing changes on an error: zero length, `phys + len` overflow, unknown attribute bits
     /// (`UnsupportedAttrs`), an MMIO range that would need a bounce (`MmioNeedsBounce`), a
     /// direct-path range beyond the mask with no usable bounce pool (`MaskViolation`), IOVA or
     /// bounce exhaustion, an IOMMU refusal.
@@ -99,6 +101,14 @@ impl DmaDevice {
     ///
     /// Every entry is validated before anything is mapped; a failure at entry `k` unwinds
     /// exactly the `k` entries mapped before it and frees the IOVA (digest items 1, 9).
+    ///
+    /// # Errors
+    ///
+    /// Nothing stays mapped on an error: [`DmaError::EmptyList`], [`DmaError::TooManyEntries`],
+    /// unknown attribute bits ([`DmaError::UnsupportedAttrs`]), a zero-length entry, an overflow
+    /// (an entry or the total), `MmioNeedsBounce`, `MaskViolation`, IOVA or bounce exhaustion, an
+    /// IOMMU refusal; [`DmaError::UnwindIncomplete`] when undoing the entries mapped so far fails
+    /// too.
     pub fn map_sg(
         &self,
         ranges: &[(PhysAddr, u64)],
@@ -169,7 +179,9 @@ impl DmaDevice {
     /// Raw unmap (Linux's `dma_unmap_phys`) of a mapping turned into a raw address by
     /// [`Mapping::into_raw`]. `len`, `dir` and `attrs` must be the ones it was mapped with.
     ///
-    /// Errors (nothing changed): `NotMapped` (never mapped or double unmap), `SizeMismatch`,
+    /// # Errors
+    ///
+    /// Nothing changes on an error: `NotMapped` (never mapped or double unmap), `SizeMismatch`,
     /// `DirectionMismatch`, `AttrsMismatch`, `UnsupportedAttrs`. When several raw mappings start
     /// at `dma` (the same buffer mapped more than once on the direct path), the one with this
     /// length, direction and attributes is unmapped; a mismatch is reported only if none has.
@@ -184,6 +196,10 @@ impl DmaDevice {
     }
 
     /// [`DmaDevice::unmap_phys`] into a batch: the flush happens at [`UnmapBatch::finish`].
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`DmaDevice::unmap_phys`] (nothing changed, the batch untouched).
     pub fn unmap_phys_in(
         &self,
         dma: DmaAddr,
@@ -260,11 +276,21 @@ impl DmaDevice {
 
     /// Raw `sync_for_cpu` of `[dma, dma + len)` inside a raw mapping: copies bounced data back.
     /// Must not race with the unmap of the same mapping (the Linux contract).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::NotMapped`] when `dma` is in no raw mapping, [`DmaError::ZeroLength`],
+    /// `Overflow`, [`DmaError::OutOfRange`] when the range leaves the mapping, the bounce copy's
+    /// physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_cpu(&self, dma: DmaAddr, len: u64) -> Result<(), DmaError> {
         self.sync_raw(dma, len, true)
     }
 
     /// Raw `sync_for_device` of `[dma, dma + len)` inside a raw mapping: copies into the bounce.
+    ///
+    /// # Errors
+    ///
+    /// As [`DmaDevice::sync_for_cpu`].
     pub fn sync_for_device(&self, dma: DmaAddr, len: u64) -> Result<(), DmaError> {
         self.sync_raw(dma, len, false)
     }
@@ -333,17 +359,30 @@ impl Mapping {
 
     /// Makes device writes visible to the CPU (copy-back from a bounce, cache invalidation for
     /// a non-coherent device). A no-op for MMIO.
+    ///
+    /// # Errors
+    ///
+    /// The bounce copy-back's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_cpu(&self) -> Result<(), DmaError> {
         self.sync_range_for_cpu(0, self.len())
     }
 
     /// Makes CPU writes visible to the device (copy into a bounce, cache write-back). A no-op
     /// for MMIO.
+    ///
+    /// # Errors
+    ///
+    /// The bounce copy's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_device(&self) -> Result<(), DmaError> {
         self.sync_range_for_device(0, self.len())
     }
 
     /// [`Mapping::sync_for_cpu`] for `[offset, offset + len)` of the mapping.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroLength`], `Overflow`, [`DmaError::OutOfRange`] when the range leaves the
+    /// mapping, the bounce copy's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_range_for_cpu(&self, offset: u64, len: u64) -> Result<(), DmaError> {
         match &self.rec {
             Some(r) => sync_record(&self.dev, r, offset, len, true),
@@ -352,6 +391,10 @@ impl Mapping {
     }
 
     /// [`Mapping::sync_for_device`] for `[offset, offset + len)` of the mapping.
+    ///
+    /// # Errors
+    ///
+    /// As [`Mapping::sync_range_for_cpu`].
     pub fn sync_range_for_device(&self, offset: u64, len: u64) -> Result<(), DmaError> {
         match &self.rec {
             Some(r) => sync_record(&self.dev, r, offset, len, false),
@@ -361,6 +404,11 @@ impl Mapping {
 
     /// Unmaps now and reports the result. In strict mode the invalidation has completed when this
     /// returns `Ok`. If it fails, the mapping's resources are leaked (never reused).
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's unmap or IOTLB flush error ([`DmaError::Iommu`]), or the flush error of a
+    /// deferred queue that was due; the resources are then leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, None).map_err(|(e, _)| e),
@@ -370,6 +418,11 @@ impl Mapping {
 
     /// Unmaps into `batch`; the flush (and the copy-back of bounced data) happens at
     /// [`UnmapBatch::finish`].
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's page-table unmap error ([`DmaError::Iommu`]); nothing was added to the batch,
+    /// and the mapping's IOVA and bounce slot are leaked, never reused.
     pub fn unmap_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, Some(batch)).map_err(|(e, _)| e),
@@ -457,6 +510,10 @@ impl SgMapping {
     }
 
     /// Copies bounced data back / invalidates caches, for all segments.
+    ///
+    /// # Errors
+    ///
+    /// The bounce copy-back's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_cpu(&self) -> Result<(), DmaError> {
         let total = self.parts().iter().map(|p| p.len).sum();
         match &self.rec {
@@ -466,6 +523,10 @@ impl SgMapping {
     }
 
     /// Copies into bounce slots / writes caches back, for all segments.
+    ///
+    /// # Errors
+    ///
+    /// The bounce copy's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_device(&self) -> Result<(), DmaError> {
         let total = self.parts().iter().map(|p| p.len).sum();
         match &self.rec {
@@ -475,6 +536,11 @@ impl SgMapping {
     }
 
     /// Unmaps now: each range exactly as mapped, one flush for all.
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's unmap or IOTLB flush error ([`DmaError::Iommu`]); the IOVA and bounce slots are
+    /// then leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, None).map_err(|(e, _)| e),
@@ -483,6 +549,11 @@ impl SgMapping {
     }
 
     /// Unmaps into `batch`.
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's page-table unmap error ([`DmaError::Iommu`]); nothing was added to the batch,
+    /// and the mapping's IOVA and bounce slots are leaked, never reused.
     pub fn unmap_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, Some(batch)).map_err(|(e, _)| e),

@@ -97,7 +97,9 @@ impl Provider {
     /// A provider for BAR `bar` of `owner`, reached by the CPU at `[phys, phys + size)`, whose
     /// bus address is `phys + bus_offset` (wrapping: a negative offset is its two's complement).
     ///
-    /// Errors: `size == 0` (`ZeroLength`); `phys + size - 1` or the bus address of the last byte
+    /// # Errors
+    ///
+    /// `size == 0` (`ZeroLength`); `phys + size - 1` or the bus address of the last byte
     /// does not fit in 64 bits (`Overflow`).
     pub fn new(
         owner: DeviceId,
@@ -210,7 +212,9 @@ pub struct ProviderTable {
 impl ProviderTable {
     /// The table of `owner` with one entry per BAR slot (at most 255).
     ///
-    /// Errors: too many slots (`TooManyEntries`), a memory slot of size 0 or whose range
+    /// # Errors
+    ///
+    /// too many slots (`TooManyEntries`), a memory slot of size 0 or whose range
     /// overflows (see [`Provider::new`]).
     pub fn new(owner: DeviceId, slots: Vec<BarSlot>) -> Result<Self, DmaError> {
         let count = u8::try_from(slots.len()).map_err(|_| DmaError::TooManyEntries)?;
@@ -238,6 +242,11 @@ impl ProviderTable {
     }
 
     /// The provider for BAR `bar`, or why there is none.
+    ///
+    /// # Errors
+    ///
+    /// The [`ProviderError`] saying why BAR `bar` is no provider: beyond the slots, an I/O BAR,
+    /// unimplemented, the upper half of a 64-bit BAR, unassigned, or not page granular.
     pub fn provider(&self, bar: u8) -> Result<Provider, ProviderError> {
         let count = self.slots.len() as u8; // <= 255, checked in `new`
         let index = bar;

@@ -92,6 +92,11 @@ impl PeerMapping {
     /// allocation freed. Strict even on a deferred-invalidation domain (the link API always
     /// flushes before returning), which is what lets a revoke promise that the flush completed.
     /// On an error the IOVA is leaked, never reused.
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error ([`DmaError::Iommu`]); the IOVA is then leaked, never
+    /// reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
         self.release()
     }
@@ -99,6 +104,11 @@ impl PeerMapping {
     /// Unmaps into `batch`: the entries go now, the IOTLB flush (one per domain for the whole
     /// batch) and the freeing of the IOVA happen in [`UnmapBatch::finish`]. This is how a revoke
     /// with many importers pays one flush per domain instead of one per mapping.
+    ///
+    /// # Errors
+    ///
+    /// The first page-table unmap error ([`DmaError::Iommu`]); the ranges unmapped before it are in
+    /// the batch.
     pub fn unmap_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
         match self.backing.take() {
             None | Some(Backing::Bus) => Ok(()),
@@ -169,8 +179,11 @@ impl DmaDevice {
     /// Maps MMIO `ranges` (CPU physical) of `provider` for this device, the importer, as
     /// `map_type` says (see the module documentation for each type).
     ///
-    /// Every range is validated before anything is mapped (digest item 8). Errors (nothing
-    /// changed): `EmptyList`, `ZeroLength`, `Overflow` (a range, the running total, or a bus
+    /// Every range is validated before anything is mapped (digest item 8).
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on an error: `EmptyList`, `ZeroLength`, `Overflow` (a range, the running total, or a bus
     /// address), `OutOfRange` (a range outside the BAR), `P2pNotSupported` (NOT_SUPPORTED or
     /// NONE), `MaskViolation` (BUS_ADDR: the bus address is beyond the device's mask),
     /// `MmioNeedsBounce` (direct path beyond the mask, or an untrusted device with unaligned
