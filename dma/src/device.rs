@@ -5,6 +5,13 @@
 //! trusted, how it reaches memory ([`Translation`]: an IOMMU domain, or dma-direct where the
 //! device address is the physical address), the physical-memory provider and the bounce pool.
 //!
+//! This module holds the handle and its state (construction, configuration, accessors). The
+//! operations a driver calls on it are inherent methods declared with the layer that implements
+//! them, so no module depends on a layer above it: streaming mappings and raw unmap/sync in
+//! [`crate::mapping`], [`DmaDevice::alloc_coherent`] in [`crate::coherent`], the link API
+//! ([`DmaDevice::iova_try_alloc`], [`DmaDevice::map_linked`]) in [`crate::link`], and
+//! [`DmaDevice::map_peer`] in [`crate::peer`].
+//!
 //! A device that must not DMA at all simply gets no `DmaDevice` (the IOMMU driver leaves it in a
 //! blocking domain): there is no "no translation" variant to get wrong.
 
