@@ -50,6 +50,10 @@ macro_rules! address_type {
             }
 
             /// `self + len`, or an error on overflow.
+            ///
+            /// # Errors
+            ///
+            /// [`AddrError::Overflow`] when `self + len` does not fit in 64 bits.
             pub const fn checked_add(self, len: u64) -> Result<Self, AddrError> {
                 match self.0.checked_add(len) {
                     Some(v) => Ok(Self(v)),

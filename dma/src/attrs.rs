@@ -33,6 +33,10 @@ impl core::error::Error for UnsupportedAttrs {}
 
 impl Attrs {
     /// Converts raw bits, rejecting any bit this version does not define.
+    ///
+    /// # Errors
+    ///
+    /// [`UnsupportedAttrs`] carrying the undefined bits, when `bits` holds any.
     pub fn from_raw(bits: u32) -> Result<Self, UnsupportedAttrs> {
         Self::from_bits(bits).ok_or(UnsupportedAttrs(bits & !Self::all().bits()))
     }
@@ -58,6 +62,44 @@ impl Direction {
     /// Whether the device may write the memory.
     pub const fn device_writes(self) -> bool {
         matches!(self, Self::FromDevice | Self::Bidirectional)
+    }
+}
+
+/// How a client device reaches a provider's memory (Linux's `enum pci_p2pdma_map_type`).
+///
+/// Linux's `PCI_P2PDMA_MAP_UNKNOWN` ("not computed yet") has no variant: a classifier computes an
+/// answer or has none cached, and no public operation ever returns "unknown".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapType {
+    /// Not a peer-to-peer transfer: the memory is not a PCI BAR. The mapper refuses it (it maps
+    /// provider ranges only); a classifier for BAR providers never returns it.
+    None,
+    /// The transfer would cross a host bridge that is not allowed to route peer-to-peer traffic
+    /// (or the devices are unknown). Mapping fails.
+    NotSupported,
+    /// The devices meet below a PCIe switch with no ACS redirect on the way: the transfer stays
+    /// in the switch and the device is programmed with the bus address `paddr + bus_offset`. No
+    /// IOVA: the IOMMU never sees the transaction.
+    ///
+    /// Consequently neither unmapping nor an exporter's revoke
+    /// ([`crate::Exporter::revoke`]) can take access away from the importer's device: there is
+    /// no translation to remove. For these mappings revoke is advisory; the importer must honour
+    /// [`crate::MoveEvent::Revoked`] and stop its DMA (see the [`crate::export`] module docs,
+    /// "Revoke is enforced only through an IOMMU").
+    BusAddr,
+    /// The transfer goes through the root complex (an allowed host bridge): a normal mapping
+    /// with the MMIO attribute, IOVA under an IOMMU, CPU physical address under dma-direct.
+    ThruHostBridge,
+}
+
+impl fmt::Display for MapType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::None => "NONE",
+            Self::NotSupported => "NOT_SUPPORTED",
+            Self::BusAddr => "BUS_ADDR",
+            Self::ThruHostBridge => "THRU_HOST_BRIDGE",
+        })
     }
 }
 

@@ -63,6 +63,12 @@ impl BounceSlot {
 impl BouncePool {
     /// Allocates a pool of `size` bytes (rounded up to pages) whose last byte is at most `limit`
     /// (the smallest DMA mask of the devices that will use it).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroLength`] for `size == 0`; the physical-memory provider's error
+    /// ([`DmaError::Phys`]) when it has no `size` bytes below `limit`; the slot allocator's
+    /// [`DmaError::InvalidConfig`] for pages it cannot manage (they are freed again).
     pub fn new(phys: Arc<dyn PhysMemory>, size: u64, limit: u64) -> Result<Arc<Self>, DmaError> {
         if size == 0 {
             return Err(DmaError::ZeroLength);

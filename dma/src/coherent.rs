@@ -14,9 +14,9 @@ use core::fmt;
 use crate::addr::{DmaAddr, PhysAddr, PAGE_SIZE};
 use crate::attrs::{Attrs, Direction};
 use crate::device::{DeviceInner, DmaDevice, Translation};
+use crate::engine::prot_for;
 use crate::error::DmaError;
 use crate::iommu::IotlbGather;
-use crate::mapping::prot_for;
 
 /// Memory shared with a device for its lifetime. Freed (unmapped, flushed, pages returned) on
 /// drop; a failure there is logged and the pages are leaked rather than reused.
@@ -43,6 +43,14 @@ impl fmt::Debug for CoherentBuffer {
 impl DmaDevice {
     /// Allocates `size` bytes (rounded up to pages) of zeroed memory the device can reach, and
     /// maps it read/write. On the direct path the pages come from below the DMA mask.
+    ///
+    /// # Errors
+    ///
+    /// Nothing stays allocated or mapped on an error: [`DmaError::ZeroLength`], `Overflow` (`size`
+    /// rounded up to pages), the physical-memory provider's error ([`DmaError::Phys`]: no pages
+    /// below the mask, zeroing failed), IOVA exhaustion ([`DmaError::IovaExhausted`]), an IOMMU
+    /// refusal ([`DmaError::Iommu`]). If undoing a failed mapping fails too,
+    /// [`DmaError::UnwindIncomplete`] names what stays mapped (its pages are leaked, never reused).
     pub fn alloc_coherent(&self, size: u64) -> Result<CoherentBuffer, DmaError> {
         let inner = &self.inner;
         if size == 0 {
@@ -152,12 +160,22 @@ impl CoherentBuffer {
     }
 
     /// Reads `buf.len()` bytes at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::OutOfRange`] when `[offset, offset + buf.len())` leaves the buffer, `Overflow`
+    /// when it does not fit in 64 bits, the physical-memory provider's error ([`DmaError::Phys`]).
     pub fn read(&self, offset: u64, buf: &mut [u8]) -> Result<(), DmaError> {
         let at = self.check(offset, buf.len())?;
         Ok(self.dev.phys.read(at, buf)?)
     }
 
     /// Writes `data` at `offset`.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::OutOfRange`] when `[offset, offset + data.len())` leaves the buffer, `Overflow`
+    /// when it does not fit in 64 bits, the physical-memory provider's error ([`DmaError::Phys`]).
     pub fn write(&self, offset: u64, data: &[u8]) -> Result<(), DmaError> {
         let at = self.check(offset, data.len())?;
         Ok(self.dev.phys.write(at, data)?)
@@ -182,6 +200,11 @@ impl CoherentBuffer {
     }
 
     /// Frees now and reports the result (strict: the device has lost access when this returns).
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's error when the unmap or its IOTLB flush fails ([`DmaError::Iommu`]); the IOVA
+    /// and the pages are then not reused.
     pub fn free(mut self) -> Result<(), DmaError> {
         let r = self.release();
         self.pages = 0;

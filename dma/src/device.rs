@@ -5,6 +5,13 @@
 //! trusted, how it reaches memory ([`Translation`]: an IOMMU domain, or dma-direct where the
 //! device address is the physical address), the physical-memory provider and the bounce pool.
 //!
+//! This module holds the handle and its state (construction, configuration, accessors). The
+//! operations a driver calls on it are inherent methods declared with the layer that implements
+//! them, so no module depends on a layer above it: streaming mappings and raw unmap/sync in
+//! [`crate::mapping`], [`DmaDevice::alloc_coherent`] in [`crate::coherent`], the link API
+//! ([`DmaDevice::iova_try_alloc`], [`DmaDevice::map_linked`]) in [`crate::link`], and
+//! [`DmaDevice::map_peer`] in [`crate::peer`].
+//!
 //! A device that must not DMA at all simply gets no `DmaDevice` (the IOMMU driver leaves it in a
 //! blocking domain): there is no "no translation" variant to get wrong.
 
@@ -17,8 +24,8 @@ use spin::Mutex;
 use crate::bounce::BouncePool;
 use crate::domain::DmaDomain;
 use crate::error::DmaError;
-use crate::mapping::RawTable;
 use crate::phys::PhysMemory;
+use crate::record::RawTable;
 
 /// How the device's addresses reach memory.
 #[derive(Clone, Debug)]
@@ -66,6 +73,10 @@ impl Default for DeviceConfig {
 
 impl DeviceConfig {
     /// The mask of a device that emits `bits`-bit addresses (12..=64).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when `bits` is outside 12..=64.
     pub const fn mask_bits(bits: u32) -> Result<u64, DmaError> {
         match bits {
             64 => Ok(u64::MAX),
@@ -78,6 +89,11 @@ impl DeviceConfig {
 
     /// An untrusted, coherent device with a `bits`-bit mask (add [`DeviceConfig::trusted`] to
     /// trust it).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when `bits` is outside 12..=64 (see
+    /// [`DeviceConfig::mask_bits`]).
     pub const fn with_mask_bits(bits: u32) -> Result<Self, DmaError> {
         match Self::mask_bits(bits) {
             Ok(mask) => Ok(Self {
@@ -157,7 +173,11 @@ impl fmt::Debug for DmaDevice {
 }
 
 impl DmaDevice {
-    /// Creates the handle. Refused (`InvalidConfig`) when: the mask is not `2^n - 1` with
+    /// Creates the handle.
+    ///
+    /// # Errors
+    ///
+    /// Refused (`InvalidConfig`) when: the mask is not `2^n - 1` with
     /// n ≥ 12; the device is untrusted but direct-mapped (no IOMMU, no isolation to give) or
     /// attached to a deferred-invalidation domain (SPEC.md: deferred is for trusted devices
     /// only); the bounce pool lies beyond a direct-mapped device's mask. Refused with

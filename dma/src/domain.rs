@@ -104,6 +104,11 @@ impl fmt::Debug for DmaDomain {
 impl DmaDomain {
     /// Wraps a hardware domain. The IOVA space is `[0, aperture_end]` minus page 0, the
     /// interrupt window and `config.reserved`.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when deferred invalidation is asked for without a clock or with
+    /// `max_pending == 0`, or when the aperture minus the reserved regions holds no whole page.
     pub fn new(hw: Arc<dyn IommuDomain>, config: DomainConfig) -> Result<Arc<Self>, DmaError> {
         if let InvalidationMode::Deferred(p) = config.mode {
             if config.clock.is_none() {
@@ -216,6 +221,12 @@ impl DmaDomain {
     /// including those whose flush another thread had already started (this waits for it). If
     /// such a flush failed while this call waited, its error is returned (those IOVAs stay
     /// quarantined for ever).
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's flush error ([`DmaError::Iommu`]), this call's or that of a flush another thread
+    /// had started and this call waited for; the IOVAs and bounce slots that flush covered stay
+    /// quarantined for ever.
     pub fn flush_deferred(&self) -> Result<(), DmaError> {
         let failures = self.flush_failures.load(Ordering::Acquire);
         let mut last_err = self.flush.lock();
@@ -231,6 +242,11 @@ impl DmaDomain {
 
     /// Flushes if the oldest deferred unmap is older than the policy's delay. A kernel calls this
     /// from a timer so the deadline holds even when no map/unmap happens.
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's flush error ([`DmaError::Iommu`]) when a due flush fails (see
+    /// [`DmaDomain::flush_deferred`]).
     pub fn poll(&self) -> Result<(), DmaError> {
         let InvalidationMode::Deferred(policy) = self.mode else {
             return Ok(());

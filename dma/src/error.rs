@@ -9,9 +9,8 @@
 use core::fmt;
 
 use crate::addr::{DmaAddr, PhysAddr};
-use crate::attrs::UnsupportedAttrs;
+use crate::attrs::{MapType, UnsupportedAttrs};
 use crate::iommu::IommuError;
-use crate::p2p::{MapType, ProviderError};
 use crate::phys::PhysError;
 use crate::AddrError;
 
@@ -341,6 +340,77 @@ impl From<UnsupportedAttrs> for DmaError {
         Self::UnsupportedAttrs(e.0)
     }
 }
+
+/// Why a BAR index names no provider (digest item 11: the index is always checked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderError {
+    /// The index is beyond the device's BAR slots.
+    IndexOutOfRange {
+        /// The index given.
+        index: u8,
+        /// Number of slots (6 for a type-0 header, 2 for a bridge).
+        count: u8,
+    },
+    /// The BAR is an I/O BAR.
+    IoBar {
+        /// The index given.
+        index: u8,
+    },
+    /// The slot is not implemented.
+    Unimplemented {
+        /// The index given.
+        index: u8,
+    },
+    /// The slot is the upper half of a 64-bit BAR (use the index before it).
+    UpperHalf {
+        /// The index given.
+        index: u8,
+    },
+    /// The memory BAR has no address assigned.
+    Unassigned {
+        /// The index given.
+        index: u8,
+    },
+    /// The memory BAR is smaller than a page or not aligned to its size: exporting it would
+    /// expose the rest of its pages.
+    NotPageGranular {
+        /// The index given.
+        index: u8,
+    },
+}
+
+impl ProviderError {
+    /// Whether the index exists but is not a (usable) memory BAR.
+    pub const fn is_not_memory(&self) -> bool {
+        !matches!(self, Self::IndexOutOfRange { .. })
+    }
+}
+
+impl fmt::Display for ProviderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::IndexOutOfRange { index, count } => {
+                write!(
+                    f,
+                    "BAR index {index} is out of range (the device has {count})"
+                )
+            }
+            Self::IoBar { index } => write!(f, "BAR{index} is an I/O BAR, not memory"),
+            Self::Unimplemented { index } => write!(f, "BAR{index} is not implemented"),
+            Self::UpperHalf { index } => {
+                write!(f, "BAR{index} is the upper half of a 64-bit BAR")
+            }
+            Self::Unassigned { index } => write!(f, "BAR{index} has no address assigned"),
+            Self::NotPageGranular { index } => write!(
+                f,
+                "BAR{index} is smaller than a page or not aligned to its size: a mapping would \
+                 expose the rest of its pages"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ProviderError {}
 
 #[cfg(test)]
 mod tests {

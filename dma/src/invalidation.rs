@@ -2,8 +2,8 @@
 //!
 //! - **Strict** (default, [`InvalidationMode::Strict`]): every unmap flushes and returns after
 //!   the flush completed; only then is its IOVA (and bounce slot) reusable.
-//! - **Batched** ([`UnmapBatch`]): usable in any mode. Unmaps gather into one
-//!   [`IotlbGather`] per domain; [`UnmapBatch::finish`] issues one flush per domain and returns
+//! - **Batched** ([`crate::UnmapBatch`]): usable in any mode. Unmaps gather into one
+//!   [`IotlbGather`] per domain; [`crate::UnmapBatch::finish`] issues one flush per domain and returns
 //!   after it completed, then frees the IOVAs. Strict semantics at a lower cost.
 //! - **Deferred** ([`InvalidationMode::Deferred`], opt-in per domain, trusted devices only):
 //!   unmap removes the page-table entries and returns; the IOVA stays *quarantined* (neither live
@@ -23,10 +23,7 @@ use alloc::vec::Vec;
 
 use crate::addr::DmaAddr;
 use crate::bounce::{BouncePool, BounceSlot};
-use crate::device::DeviceInner;
-use crate::domain::DmaDomain;
 use crate::iommu::IotlbGather;
-use crate::mapping::MapRecord;
 
 /// A monotonic time source in microseconds (for the deferred-flush deadline).
 pub trait Clock: Send + Sync {
@@ -53,7 +50,7 @@ impl Default for DeferredPolicy {
     }
 }
 
-/// How a domain invalidates on unmap. Batching is not a mode: see [`UnmapBatch`].
+/// How a domain invalidates on unmap. Batching is not a mode: see [`crate::UnmapBatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum InvalidationMode {
     /// Unmap returns after the invalidation completed.
@@ -78,70 +75,4 @@ pub(crate) struct DeferredQueue {
     pub gather: IotlbGather,
     pub retired: Vec<Retired>,
     pub oldest_us: u64,
-}
-
-/// One domain's share of a batch.
-pub(crate) struct BatchEntry {
-    pub domain: Arc<DmaDomain>,
-    pub gather: IotlbGather,
-    pub pending: Vec<(Arc<DeviceInner>, MapRecord)>,
-}
-
-/// An explicit batch of unmaps: one flush per domain for all of them (SPEC.md "Batched").
-///
-/// Add mappings with [`crate::Mapping::unmap_in`] (or the scatter-gather/raw equivalents), then
-/// call [`UnmapBatch::finish`], which flushes and returns after the flush completed; only then
-/// are the IOVAs freed and bounced data copied back. Dropping an unfinished batch finishes it
-/// (errors are logged), so a forgotten `finish` costs a late flush, never a reused IOVA.
-#[derive(Default)]
-pub struct UnmapBatch {
-    pub(crate) entries: Vec<BatchEntry>,
-    /// Direct-path mappings need no flush but their bounce copy-out waits for `finish` too, so
-    /// a batch behaves the same whatever the path.
-    pub(crate) direct: Vec<(Arc<DeviceInner>, MapRecord)>,
-}
-
-impl core::fmt::Debug for UnmapBatch {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("UnmapBatch")
-            .field("domains", &self.entries.len())
-            .field("mappings", &self.len())
-            .finish()
-    }
-}
-
-impl UnmapBatch {
-    /// An empty batch.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Mappings added so far.
-    pub fn len(&self) -> usize {
-        self.entries.iter().map(|e| e.pending.len()).sum::<usize>() + self.direct.len()
-    }
-
-    /// Whether nothing was added.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    pub(crate) fn entry(&mut self, domain: &Arc<DmaDomain>) -> &mut BatchEntry {
-        let i = match self
-            .entries
-            .iter()
-            .position(|e| Arc::ptr_eq(&e.domain, domain))
-        {
-            Some(i) => i,
-            None => {
-                self.entries.push(BatchEntry {
-                    domain: domain.clone(),
-                    gather: IotlbGather::new(),
-                    pending: Vec::new(),
-                });
-                self.entries.len() - 1
-            }
-        };
-        &mut self.entries[i]
-    }
 }

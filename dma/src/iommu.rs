@@ -284,21 +284,42 @@ pub trait IommuDomain: Send + Sync {
     /// Maps `[iova, iova + size)` to `[paddr, paddr + size)` with `prot`, using the largest page
     /// sizes alignment allows. All three values must be 4 KiB multiples and `size > 0`.
     /// All-or-nothing: on error nothing was mapped.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::Misaligned`], [`IommuError::OutsideAperture`],
+    /// [`IommuError::OutputBeyondLimit`], [`IommuError::AlreadyMapped`] (any page of the range),
+    /// [`IommuError::OutOfMemory`] (no page-table page), [`IommuError::Detached`].
     fn map(&self, iova: DmaAddr, paddr: PhysAddr, size: u64, prot: Prot) -> Result<(), IommuError>;
 
     /// Makes entries created by `map` in `[iova, iova + size)` visible to the hardware where it
     /// may cache not-present entries (VT-d caching mode) or buffers writes. Called once per
     /// mapped or linked span.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::InvalidationTimeout`] when caching mode needs an invalidation and it does not
+    /// complete, [`IommuError::Detached`].
     fn sync_map(&self, iova: DmaAddr, size: u64) -> Result<(), IommuError>;
 
     /// Unmaps exactly `[iova, iova + size)`, which must be fully mapped and must not split a
     /// superpage, and records it in `gather`. All-or-nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::Misaligned`], [`IommuError::NotMapped`] (any page of the range),
+    /// [`IommuError::PartialSuperpage`], [`IommuError::Detached`]; nothing was unmapped.
     fn unmap(&self, iova: DmaAddr, size: u64, gather: &mut IotlbGather) -> Result<(), IommuError>;
 
     /// Invalidates everything in `gather` and returns once the hardware has completed it: after
     /// this, no device can reach the unmapped memory through a stale translation. The gather's
     /// unlinked table pages ([`IotlbGather::unlinked_tables`]) are freed after that completion,
     /// and only they; if the invalidation fails they are leaked, never freed.
+    ///
+    /// # Errors
+    ///
+    /// [`IommuError::InvalidationTimeout`], [`IommuError::Detached`]; the gathered ranges must
+    /// then be treated as still reachable (their IOVAs and memory are never reused).
     fn flush(&self, gather: IotlbGather) -> Result<(), IommuError>;
 
     /// Looks up one IOVA: the physical address it translates to and the entry's rights.

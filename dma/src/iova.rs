@@ -174,6 +174,11 @@ impl IovaAllocator {
     /// pages touched by `reserved`. `start` is rounded up and `end` down to whole pages.
     ///
     /// Nothing is reserved implicitly; [`crate::DmaDomain`] adds page 0 and the interrupt window.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::InvalidConfig`] when `[start, end]` minus the reserved regions holds no whole
+    /// page.
     pub fn new(
         start: DmaAddr,
         end: DmaAddr,
@@ -234,6 +239,12 @@ impl IovaAllocator {
 
     /// Allocates `size` bytes (a non-zero multiple of 4 KiB) of IOVA whose last byte is at most
     /// `limit`. The result is aligned to `size` rounded up to a power of two.
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on an error: [`DmaError::ZeroLength`], [`DmaError::Misaligned`] when `size`
+    /// is not a multiple of 4 KiB, [`DmaError::IovaExhausted`] when no free range of that size lies
+    /// at or below `limit`.
     pub fn alloc(&mut self, size: u64, limit: DmaAddr) -> Result<DmaAddr, DmaError> {
         if size == 0 {
             return Err(DmaError::ZeroLength);
@@ -290,6 +301,11 @@ impl IovaAllocator {
 
     /// Frees exactly the range `alloc` returned: `addr` must be the start of a live allocation and
     /// `size` its size. A double free or a wrong size is an error and changes nothing.
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on an error: [`DmaError::NotMapped`] when `addr` starts no live allocation
+    /// (double free), [`DmaError::SizeMismatch`] when `size` is not its size.
     pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
         let pfn = self.check_live(addr, size)?;
         let pages = size >> PAGE_SHIFT;

@@ -37,15 +37,16 @@ use core::fmt;
 
 use crate::addr::{DmaAddr, PhysAddr, PAGE_SIZE};
 use crate::attrs::{Attrs, Direction};
+use crate::checks::{check_attrs, check_range, page_span};
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::domain::DmaDomain;
-use crate::error::DmaError;
-use crate::invalidation::UnmapBatch;
-use crate::iommu::{IommuError, IotlbGather};
-use crate::mapping::{
-    after_unwind, check_attrs, check_range, finish_cpu_side, make_part, needs_bounce, page_span,
-    unmap_parts, unmap_parts_best_effort, unwind_incomplete, MapRecord, Part, Parts,
+use crate::engine::{
+    after_unwind, finish_cpu_side, make_part, needs_bounce, unmap_parts, unmap_parts_best_effort,
+    unwind_incomplete, UnmapBatch,
 };
+use crate::error::DmaError;
+use crate::iommu::{IommuError, IotlbGather};
+use crate::record::{MapRecord, Part, Parts};
 use crate::segment::{split_segments, DmaSegment};
 
 /// One linked range.
@@ -96,6 +97,12 @@ impl DmaDevice {
     /// Allocates one IOVA range for `size` bytes whose first byte will be linked from a physical
     /// address with the same page offset as `phys`. Fails with `NoIommu` on the direct path
     /// (callers then map each range on its own).
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on an error: [`DmaError::NoIommu`] on the direct path,
+    /// [`DmaError::ZeroLength`], `Overflow` (`size` rounded up to pages),
+    /// [`DmaError::IovaExhausted`].
     pub fn iova_try_alloc(&self, phys: PhysAddr, size: u64) -> Result<IovaLink, DmaError> {
         let inner = &self.inner;
         let Translation::Iommu(domain) = &inner.translation else {
@@ -124,6 +131,13 @@ impl DmaDevice {
     /// export-mapping recipe of the digest). A failure leaves nothing behind: no link, no IOVA.
     /// If undoing the links made so far fails too, the error is
     /// [`DmaError::UnwindIncomplete`], naming what is still mapped.
+    ///
+    /// # Errors
+    ///
+    /// Nothing stays mapped or allocated on an error: [`DmaError::EmptyList`], every error of
+    /// [`DmaDevice::iova_try_alloc`] and of [`IovaLink::link_ranges`] (`ZeroLength`, `Overflow` of
+    /// a range or the total, unknown attributes, `MmioNeedsBounce`, IOMMU errors);
+    /// [`DmaError::UnwindIncomplete`] when undoing the links fails too.
     pub fn map_linked(
         &self,
         ranges: &[(PhysAddr, u64)],
@@ -185,7 +199,9 @@ impl IovaLink {
     /// Links `len` bytes at `phys` at `offset` into the range and returns their device address.
     /// Not visible to a device that caches not-present entries until [`IovaLink::sync`].
     ///
-    /// Errors (nothing changed): `IovaPoisoned` once an unlink flush of this range failed,
+    /// # Errors
+    ///
+    /// Nothing changes on an error: `IovaPoisoned` once an unlink flush of this range failed,
     /// unknown attrs, zero length, overflow, `offset + len` past the size (`OutOfRange`),
     /// `Misaligned { what: "phys" | "offset" | "len" }`, granules already linked
     /// (`AlreadyMapped`), MMIO that would need a bounce, exhaustion, IOMMU errors.
@@ -275,6 +291,11 @@ impl IovaLink {
     /// also poisons the range), and the error returned is [`DmaError::UnwindIncomplete`] naming
     /// the first of them, so the caller knows its buffers are still mapped (the original error is
     /// logged).
+    ///
+    /// # Errors
+    ///
+    /// Every error of [`IovaLink::link`] for the range that failed (the links made before it are
+    /// undone), or [`DmaError::UnwindIncomplete`] when that undo fails too (see above).
     pub fn link_ranges(
         &mut self,
         offset: u64,
@@ -325,6 +346,11 @@ impl IovaLink {
 
     /// Makes the links in `[offset, offset + len)` visible to the IOMMU hardware: one
     /// `sync_map` for the granule span.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroLength`], `Overflow`, [`DmaError::OutOfRange`] when the window leaves the
+    /// range, the IOMMU's `sync_map` error ([`DmaError::Iommu`]).
     pub fn sync(&self, offset: u64, len: u64) -> Result<(), DmaError> {
         let (first, span) = self.granules(offset, len)?;
         Ok(self.domain.hw().sync_map(DmaAddr::new(first), span)?)
@@ -358,6 +384,14 @@ impl IovaLink {
     /// flush, then bounced data is copied back with each link's own attributes. The range must
     /// not cut through a link (`SizeMismatch`) and must hold at least one (`NotMapped`). The IOVA
     /// stays allocated until [`IovaLink::destroy`].
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on a check error: [`DmaError::ZeroLength`], `Overflow`,
+    /// [`DmaError::OutOfRange`], [`DmaError::SizeMismatch`] (the window cuts through a link),
+    /// [`DmaError::NotMapped`] (no link inside). An unmap or flush error of the IOMMU
+    /// ([`DmaError::Iommu`]) after the checks; a failed flush poisons the range (see
+    /// [`DmaError::IovaPoisoned`]).
     pub fn unlink(&mut self, offset: u64, len: u64) -> Result<(), DmaError> {
         let (first, span) = self.granules(offset, len)?;
         let end = offset + len;
@@ -451,6 +485,10 @@ impl IovaLink {
     }
 
     /// CPU view of every bounced / non-coherent link (copy-back, cache invalidation).
+    ///
+    /// # Errors
+    ///
+    /// The bounce copy-back's physical-memory error ([`DmaError::Phys`]).
     pub fn sync_for_cpu(&self) -> Result<(), DmaError> {
         for l in self.links.values() {
             finish_cpu_side(&self.dev, core::slice::from_ref(&l.part), l.dir, l.attrs);
@@ -460,6 +498,11 @@ impl IovaLink {
 
     /// The linked span `[offset, offset + len)` as device segments no longer than the device's
     /// `max_segment` (rounded down to a page; 64-bit accumulation, digest items 4-7).
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ZeroLength`], `Overflow`, [`DmaError::OutOfRange`] when the window leaves the
+    /// range, and the errors of [`crate::split_segments`].
     pub fn segments(&self, offset: u64, len: u64) -> Result<Vec<DmaSegment>, DmaError> {
         self.granules(offset, len)?;
         let seg = DmaSegment {
@@ -474,7 +517,11 @@ impl IovaLink {
     /// Best effort, since nobody owns the links afterwards: every link whose page-table unmap
     /// succeeds is removed, and one flush covers them (and any granules an earlier failed flush
     /// left behind). The allocation is freed except the granules of links that could not be
-    /// unmapped; it is not freed at all if a flush of this range ever failed (poisoned). Errors:
+    /// unmapped; it is not freed at all if a flush of this range ever failed (poisoned).
+    ///
+    /// # Errors
+    ///
+    ///
     /// the error of the first flush of this range that failed (an earlier unlink's, or this
     /// call's), otherwise that of the first unmap that failed.
     pub fn destroy(mut self) -> Result<(), DmaError> {
@@ -493,7 +540,9 @@ impl IovaLink {
     /// of each link (with its own direction and attributes) and the freeing of the whole
     /// allocation happen in [`UnmapBatch::finish`], never before the flush completed.
     ///
-    /// Errors: if a page-table unmap fails, nothing was unlinked into the batch and the batch is
+    /// # Errors
+    ///
+    /// if a page-table unmap fails, nothing was unlinked into the batch and the batch is
     /// untouched; the link is then destroyed at once the strict way (what
     /// [`IovaLink::destroy`] does), and the error is [`DmaError::UnwindIncomplete`] if that left
     /// a link mapped (or reachable after a failed flush), the unmap's error otherwise. If the

@@ -1,6 +1,8 @@
-//! Peer-to-peer (P2P) DMA: map types, providers (one memory BAR of a device with its bus
-//! offset), the classification seam, and mapping a provider's MMIO ranges for an importing
-//! device ([`DmaDevice::map_peer`]).
+//! Peer-to-peer (P2P) DMA vocabulary: map types, providers (one memory BAR of a device with its
+//! bus offset) and the classification seam. Mapping a provider's MMIO ranges for an importing
+//! device ([`crate::DmaDevice::map_peer`]) is [`crate::peer`]; [`MapType`] is declared with the
+//! other mapping attributes in [`crate::attrs`], [`ProviderError`] with the errors in
+//! [`crate::error`], and both are re-exported here.
 //!
 //! Implements SPEC.md "PCI peer-to-peer (P2P)" and the mapping rules of the seed-review digest
 //! ("Rules the reviewers insisted on" and items 1-10):
@@ -13,28 +15,19 @@
 //! - this crate knows no PCI topology: *which* map type applies between a provider and a client
 //!   is asked through the small [`P2pClassifier`] trait, implemented by the `pci` crate from the
 //!   topology, the ACS controls and a host-bridge allow policy (and by closures in tests);
-//! - [`DmaDevice::map_peer`] maps a list of MMIO ranges of one provider for an importer:
-//!   BUS_ADDR gives `paddr + bus_offset` per range with no IOVA; THRU_HOST_BRIDGE under an IOMMU
-//!   allocates one IOVA range for the total, links each range with [`Attrs::MMIO`], syncs the
-//!   IOTLB once and returns one contiguous span; THRU_HOST_BRIDGE without an IOMMU maps each range
-//!   directly (dma-direct with the device's mask: MMIO the mask cannot reach is refused, never
-//!   bounced); NOT_SUPPORTED and NONE are refused. Segments are split at `u32::MAX` rounded down
-//!   to a page (and at the device's `max_segment`), addresses accumulate in 64 bits, a failure at
-//!   range `k` unwinds exactly the `k` ranges mapped and frees the IOVA. The result carries DMA
-//!   addresses only: importers never get a CPU view of peer memory.
+//! - [`crate::DmaDevice::map_peer`] maps a list of MMIO ranges of one provider for an importer
+//!   (see [`crate::peer`] for the rules per map type).
 
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::addr::{DmaAddr, PhysAddr};
-use crate::attrs::{Attrs, Direction};
-use crate::device::DmaDevice;
+use crate::addr::PhysAddr;
+use crate::checks::check_range;
 use crate::error::DmaError;
-use crate::invalidation::UnmapBatch;
-use crate::link::IovaLink;
-use crate::mapping::{check_range, Mapping};
-use crate::segment::{split_segments, DmaSegment};
+
+pub use crate::attrs::MapType;
+pub use crate::error::ProviderError;
 
 /// An opaque identity of a device taking part in P2P: segment group and 16-bit requester ID
 /// (bus, device, function) packed as `segment << 16 | requester_id`.
@@ -90,44 +83,6 @@ impl fmt::Debug for DeviceId {
     }
 }
 
-/// How a client device reaches a provider's memory (Linux's `enum pci_p2pdma_map_type`).
-///
-/// Linux's `PCI_P2PDMA_MAP_UNKNOWN` ("not computed yet") has no variant: a classifier computes an
-/// answer or has none cached, and no public operation ever returns "unknown".
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MapType {
-    /// Not a peer-to-peer transfer: the memory is not a PCI BAR. The mapper refuses it (it maps
-    /// provider ranges only); a classifier for BAR providers never returns it.
-    None,
-    /// The transfer would cross a host bridge that is not allowed to route peer-to-peer traffic
-    /// (or the devices are unknown). Mapping fails.
-    NotSupported,
-    /// The devices meet below a PCIe switch with no ACS redirect on the way: the transfer stays
-    /// in the switch and the device is programmed with the bus address `paddr + bus_offset`. No
-    /// IOVA: the IOMMU never sees the transaction.
-    ///
-    /// Consequently neither unmapping nor an exporter's revoke
-    /// ([`crate::Exporter::revoke`]) can take access away from the importer's device: there is
-    /// no translation to remove. For these mappings revoke is advisory; the importer must honour
-    /// [`crate::MoveEvent::Revoked`] and stop its DMA (see the [`crate::export`] module docs,
-    /// "Revoke is enforced only through an IOMMU").
-    BusAddr,
-    /// The transfer goes through the root complex (an allowed host bridge): a normal mapping
-    /// with the MMIO attribute, IOVA under an IOMMU, CPU physical address under dma-direct.
-    ThruHostBridge,
-}
-
-impl fmt::Display for MapType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::None => "NONE",
-            Self::NotSupported => "NOT_SUPPORTED",
-            Self::BusAddr => "BUS_ADDR",
-            Self::ThruHostBridge => "THRU_HOST_BRIDGE",
-        })
-    }
-}
-
 /// One memory BAR of a device that peers may DMA to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Provider {
@@ -142,7 +97,9 @@ impl Provider {
     /// A provider for BAR `bar` of `owner`, reached by the CPU at `[phys, phys + size)`, whose
     /// bus address is `phys + bus_offset` (wrapping: a negative offset is its two's complement).
     ///
-    /// Errors: `size == 0` (`ZeroLength`); `phys + size - 1` or the bus address of the last byte
+    /// # Errors
+    ///
+    /// `size == 0` (`ZeroLength`); `phys + size - 1` or the bus address of the last byte
     /// does not fit in 64 bits (`Overflow`).
     pub fn new(
         owner: DeviceId,
@@ -241,77 +198,6 @@ pub enum BarSlot {
     NotPageGranular,
 }
 
-/// Why a BAR index names no provider (digest item 11: the index is always checked).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ProviderError {
-    /// The index is beyond the device's BAR slots.
-    IndexOutOfRange {
-        /// The index given.
-        index: u8,
-        /// Number of slots (6 for a type-0 header, 2 for a bridge).
-        count: u8,
-    },
-    /// The BAR is an I/O BAR.
-    IoBar {
-        /// The index given.
-        index: u8,
-    },
-    /// The slot is not implemented.
-    Unimplemented {
-        /// The index given.
-        index: u8,
-    },
-    /// The slot is the upper half of a 64-bit BAR (use the index before it).
-    UpperHalf {
-        /// The index given.
-        index: u8,
-    },
-    /// The memory BAR has no address assigned.
-    Unassigned {
-        /// The index given.
-        index: u8,
-    },
-    /// The memory BAR is smaller than a page or not aligned to its size: exporting it would
-    /// expose the rest of its pages.
-    NotPageGranular {
-        /// The index given.
-        index: u8,
-    },
-}
-
-impl ProviderError {
-    /// Whether the index exists but is not a (usable) memory BAR.
-    pub const fn is_not_memory(&self) -> bool {
-        !matches!(self, Self::IndexOutOfRange { .. })
-    }
-}
-
-impl fmt::Display for ProviderError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Self::IndexOutOfRange { index, count } => {
-                write!(
-                    f,
-                    "BAR index {index} is out of range (the device has {count})"
-                )
-            }
-            Self::IoBar { index } => write!(f, "BAR{index} is an I/O BAR, not memory"),
-            Self::Unimplemented { index } => write!(f, "BAR{index} is not implemented"),
-            Self::UpperHalf { index } => {
-                write!(f, "BAR{index} is the upper half of a 64-bit BAR")
-            }
-            Self::Unassigned { index } => write!(f, "BAR{index} has no address assigned"),
-            Self::NotPageGranular { index } => write!(
-                f,
-                "BAR{index} is smaller than a page or not aligned to its size: a mapping would \
-                 expose the rest of its pages"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for ProviderError {}
-
 /// The providers of one device: one per memory BAR, indexed by BAR slot.
 ///
 /// Built by the `pci` crate from a probed function (`pci::p2p::ProviderRegistry` makes
@@ -326,7 +212,9 @@ pub struct ProviderTable {
 impl ProviderTable {
     /// The table of `owner` with one entry per BAR slot (at most 255).
     ///
-    /// Errors: too many slots (`TooManyEntries`), a memory slot of size 0 or whose range
+    /// # Errors
+    ///
+    /// too many slots (`TooManyEntries`), a memory slot of size 0 or whose range
     /// overflows (see [`Provider::new`]).
     pub fn new(owner: DeviceId, slots: Vec<BarSlot>) -> Result<Self, DmaError> {
         let count = u8::try_from(slots.len()).map_err(|_| DmaError::TooManyEntries)?;
@@ -354,6 +242,11 @@ impl ProviderTable {
     }
 
     /// The provider for BAR `bar`, or why there is none.
+    ///
+    /// # Errors
+    ///
+    /// The [`ProviderError`] saying why BAR `bar` is no provider: beyond the slots, an I/O BAR,
+    /// unimplemented, the upper half of a 64-bit BAR, unassigned, or not page granular.
     pub fn provider(&self, bar: u8) -> Result<Provider, ProviderError> {
         let count = self.slots.len() as u8; // <= 255, checked in `new`
         let index = bar;
@@ -402,233 +295,6 @@ where
 {
     fn map_type(&self, provider: &Provider, client: DeviceId) -> MapType {
         self(provider, client)
-    }
-}
-
-/// The longest segment handed to an importer: the device's `max_segment`, and never more than
-/// `u32::MAX` (a 32-bit descriptor length field, Linux's scatterlist); [`split_segments`] rounds
-/// it down to a page (digest item 5).
-fn segment_limit(dev: &DmaDevice) -> u64 {
-    dev.config().max_segment.min(u64::from(u32::MAX))
-}
-
-/// What keeps a [`PeerMapping`] alive.
-enum Backing {
-    /// BUS_ADDR: nothing to undo.
-    Bus,
-    /// THRU_HOST_BRIDGE under an IOMMU: one IOVA range with every range linked.
-    Iommu(IovaLink),
-    /// THRU_HOST_BRIDGE on the direct path: one mapping per range.
-    Direct(Vec<Mapping>),
-}
-
-/// MMIO ranges of one provider mapped for an importing device: DMA segments only (no CPU side).
-/// Unmapped on drop; [`PeerMapping::unmap`] reports the result.
-#[must_use = "dropping a PeerMapping unmaps it at once"]
-pub struct PeerMapping {
-    map_type: MapType,
-    segments: Vec<DmaSegment>,
-    size: u64,
-    backing: Option<Backing>,
-}
-
-impl fmt::Debug for PeerMapping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerMapping")
-            .field("map_type", &self.map_type)
-            .field("size", &self.size)
-            .field("segments", &self.segments.len())
-            .field("iova", &self.iova_allocation())
-            .finish()
-    }
-}
-
-impl PeerMapping {
-    /// How the importer reaches the memory.
-    pub fn map_type(&self) -> MapType {
-        self.map_type
-    }
-
-    /// The device addresses, in range order, each at most `min(max_segment, u32::MAX)` rounded
-    /// down to a page. Under an IOMMU they are one contiguous span.
-    pub fn segments(&self) -> &[DmaSegment] {
-        &self.segments
-    }
-
-    /// Total bytes mapped (64-bit: never truncated, digest item 6).
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// The IOVA allocation `(start, size)` (THRU_HOST_BRIDGE under an IOMMU).
-    pub fn iova_allocation(&self) -> Option<(DmaAddr, u64)> {
-        match &self.backing {
-            Some(Backing::Iommu(link)) => Some(link.allocation()),
-            _ => None,
-        }
-    }
-
-    /// Unmaps now: every range exactly as it was mapped, one IOTLB flush, the whole IOVA
-    /// allocation freed. Strict even on a deferred-invalidation domain (the link API always
-    /// flushes before returning), which is what lets a revoke promise that the flush completed.
-    /// On an error the IOVA is leaked, never reused.
-    pub fn unmap(mut self) -> Result<(), DmaError> {
-        self.release()
-    }
-
-    /// Unmaps into `batch`: the entries go now, the IOTLB flush (one per domain for the whole
-    /// batch) and the freeing of the IOVA happen in [`UnmapBatch::finish`]. This is how a revoke
-    /// with many importers pays one flush per domain instead of one per mapping.
-    pub fn unmap_in(mut self, batch: &mut UnmapBatch) -> Result<(), DmaError> {
-        match self.backing.take() {
-            None | Some(Backing::Bus) => Ok(()),
-            Some(Backing::Iommu(link)) => link.destroy_in(batch),
-            Some(Backing::Direct(maps)) => {
-                let mut first = Ok(());
-                for m in maps {
-                    if let Err(e) = m.unmap_in(batch) {
-                        first = first.and(Err(e));
-                    }
-                }
-                first
-            }
-        }
-    }
-
-    fn release(&mut self) -> Result<(), DmaError> {
-        match self.backing.take() {
-            None | Some(Backing::Bus) => Ok(()),
-            Some(Backing::Iommu(link)) => link.destroy(),
-            Some(Backing::Direct(maps)) => {
-                let mut first = Ok(());
-                for m in maps {
-                    if let Err(e) = m.unmap() {
-                        if first.is_ok() {
-                            first = Err(e);
-                        }
-                    }
-                }
-                first
-            }
-        }
-    }
-}
-
-impl Drop for PeerMapping {
-    fn drop(&mut self) {
-        if let Err(e) = self.release() {
-            log::error!("dma: P2P unmap on drop failed: {e}");
-        }
-    }
-}
-
-/// Checks a range list against the provider: non-empty, each range non-empty, no overflow,
-/// inside the BAR, total fits in 64 bits. Returns the total.
-fn check_peer_ranges(provider: &Provider, ranges: &[(PhysAddr, u64)]) -> Result<u64, DmaError> {
-    if ranges.is_empty() {
-        return Err(DmaError::EmptyList);
-    }
-    let mut total: u64 = 0;
-    for &(phys, len) in ranges {
-        check_range(phys, len)?;
-        if !provider.contains(phys, len) {
-            return Err(DmaError::OutOfRange {
-                offset: phys.as_u64().wrapping_sub(provider.phys().as_u64()),
-                len,
-                size: provider.size(),
-            });
-        }
-        total = total
-            .checked_add(len)
-            .ok_or(DmaError::Overflow { addr: total, len })?;
-    }
-    Ok(total)
-}
-
-impl DmaDevice {
-    /// Maps MMIO `ranges` (CPU physical) of `provider` for this device, the importer, as
-    /// `map_type` says (see the module documentation for each type).
-    ///
-    /// Every range is validated before anything is mapped (digest item 8). Errors (nothing
-    /// changed): `EmptyList`, `ZeroLength`, `Overflow` (a range, the running total, or a bus
-    /// address), `OutOfRange` (a range outside the BAR), `P2pNotSupported` (NOT_SUPPORTED or
-    /// NONE), `MaskViolation` (BUS_ADDR: the bus address is beyond the device's mask),
-    /// `MmioNeedsBounce` (direct path beyond the mask, or an untrusted device with unaligned
-    /// ranges), `Misaligned` (IOMMU path: an inner range boundary not page aligned, which one
-    /// contiguous IOVA span cannot express), IOVA exhaustion, IOMMU errors, `TooManyEntries`.
-    /// A failure at range `k` unwinds exactly the `k` ranges mapped before it and frees the IOVA
-    /// (digest items 1, 2, 9, 10).
-    pub fn map_peer(
-        &self,
-        provider: &Provider,
-        map_type: MapType,
-        ranges: &[(PhysAddr, u64)],
-        dir: Direction,
-    ) -> Result<PeerMapping, DmaError> {
-        let size = check_peer_ranges(provider, ranges)?;
-        let limit = segment_limit(self);
-        let (segments, backing) = match map_type {
-            MapType::NotSupported | MapType::None => {
-                return Err(DmaError::P2pNotSupported(map_type))
-            }
-            MapType::BusAddr => {
-                let mut segs = Vec::new();
-                segs.try_reserve_exact(ranges.len())
-                    .map_err(|_| DmaError::TooManyEntries)?;
-                for &(phys, len) in ranges {
-                    let bus = provider.bus_addr(phys);
-                    let last = bus
-                        .checked_add(len - 1)
-                        .ok_or(DmaError::Overflow { addr: bus, len })?;
-                    if last > self.mask() {
-                        return Err(DmaError::MaskViolation {
-                            addr: bus,
-                            len,
-                            mask: self.mask(),
-                        });
-                    }
-                    segs.push(DmaSegment {
-                        addr: DmaAddr::new(bus),
-                        len,
-                    });
-                }
-                (split_segments(&segs, limit)?, Backing::Bus)
-            }
-            MapType::ThruHostBridge if self.domain().is_some() => {
-                // One IOVA range for the total, each range linked with the MMIO attribute, one
-                // IOTLB sync; any failure drops `link`, which unlinks what was linked and frees
-                // the whole allocation.
-                let link = self.map_linked(ranges, dir, Attrs::MMIO)?;
-                let span = DmaSegment {
-                    addr: link.addr(),
-                    len: size,
-                };
-                (split_segments(&[span], limit)?, Backing::Iommu(link))
-            }
-            MapType::ThruHostBridge => {
-                let mut maps: Vec<Mapping> = Vec::new();
-                maps.try_reserve_exact(ranges.len())
-                    .map_err(|_| DmaError::TooManyEntries)?;
-                for &(phys, len) in ranges {
-                    // On error `maps` drops: exactly the ranges mapped so far are unmapped.
-                    maps.push(self.map_phys(phys, len, dir, Attrs::MMIO)?);
-                }
-                let segs: Vec<DmaSegment> = maps
-                    .iter()
-                    .map(|m| DmaSegment {
-                        addr: m.dma_addr(),
-                        len: m.len(),
-                    })
-                    .collect();
-                (split_segments(&segs, limit)?, Backing::Direct(maps))
-            }
-        };
-        Ok(PeerMapping {
-            map_type,
-            segments,
-            size,
-            backing: Some(backing),
-        })
     }
 }
 

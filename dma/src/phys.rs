@@ -60,21 +60,41 @@ pub enum CacheOp {
 pub trait PhysMemory: Send + Sync {
     /// Allocates `pages` contiguous 4 KiB pages, page aligned, whose last byte is at most
     /// `limit`. The content is unspecified (callers zero what the device may see).
+    ///
+    /// # Errors
+    ///
+    /// [`PhysError::OutOfMemory`] when no such run of pages is free below `limit`.
     fn alloc_pages(&self, pages: u64, limit: u64) -> Result<PhysAddr, PhysError>;
 
     /// Frees pages returned by [`PhysMemory::alloc_pages`] (same `base` and `pages`).
     fn free_pages(&self, base: PhysAddr, pages: u64);
 
     /// Copies `len` bytes from `src` to `dst` (the ranges do not overlap).
+    ///
+    /// # Errors
+    ///
+    /// [`PhysError::OutOfRange`] when a range is not memory the implementation can reach.
     fn copy(&self, dst: PhysAddr, src: PhysAddr, len: u64) -> Result<(), PhysError>;
 
     /// Sets `len` bytes at `dst` to zero.
+    ///
+    /// # Errors
+    ///
+    /// [`PhysError::OutOfRange`] when the range is not memory the implementation can reach.
     fn zero(&self, dst: PhysAddr, len: u64) -> Result<(), PhysError>;
 
     /// Reads `buf.len()` bytes at `src`.
+    ///
+    /// # Errors
+    ///
+    /// [`PhysError::OutOfRange`] when the range is not memory the implementation can reach.
     fn read(&self, src: PhysAddr, buf: &mut [u8]) -> Result<(), PhysError>;
 
     /// Writes `data` at `dst`.
+    ///
+    /// # Errors
+    ///
+    /// [`PhysError::OutOfRange`] when the range is not memory the implementation can reach.
     fn write(&self, dst: PhysAddr, data: &[u8]) -> Result<(), PhysError>;
 
     /// Cache maintenance for a non-coherent device. Never called for MMIO. The default does

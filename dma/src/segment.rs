@@ -22,7 +22,9 @@ pub struct DmaSegment {
 
 /// Splits `segments` so that no piece is longer than `max_len` rounded down to a page.
 ///
-/// Errors: `max_len` below one page (`InvalidConfig`), a zero-length segment, a segment whose
+/// # Errors
+///
+/// `max_len` below one page (`InvalidConfig`), a zero-length segment, a segment whose
 /// end overflows, a total or entry count that overflows (`TooManyEntries`).
 pub fn split_segments(segments: &[DmaSegment], max_len: u64) -> Result<Vec<DmaSegment>, DmaError> {
     let chunk = max_len & !(PAGE_SIZE - 1);

@@ -624,6 +624,10 @@ pub struct Fixture {
 
 impl Fixture {
     /// A device behind a fresh fake IOMMU domain.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`Fixture::iommu_with`].
     pub fn iommu(cfg: DeviceConfig, mode: InvalidationMode) -> Result<Self, DmaError> {
         Self::iommu_with(
             cfg,
@@ -635,6 +639,11 @@ impl Fixture {
     }
 
     /// A device behind a fresh fake IOMMU domain built from `config` (a clock is added).
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`DmaDomain::new`], [`BouncePool::new`] and [`DmaDevice::new`] for this
+    /// configuration.
     pub fn iommu_with(cfg: DeviceConfig, mut config: DomainConfig) -> Result<Self, DmaError> {
         let hw = Arc::new(FakeDomain::new());
         let phys = Arc::new(FakePhysMemory::standard());
@@ -659,6 +668,11 @@ impl Fixture {
     }
 
     /// A direct-mapped device.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`BouncePool::new`] and [`DmaDevice::new`] (an untrusted `cfg` is refused on
+    /// the direct path).
     pub fn direct(cfg: DeviceConfig) -> Result<Self, DmaError> {
         let phys = Arc::new(FakePhysMemory::standard());
         let pool = BouncePool::new(phys.clone(), 1 << 20, cfg.mask.min(u32::MAX as u64))?;

@@ -9,6 +9,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod modgraph;
 mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -403,6 +404,7 @@ fn cargo_step(what: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), Str
 /// Formatting, lints and docs. The kernel binary is linted on its own: with `--all-targets`
 /// the dev-dependencies of other crates would unify `std` features into its dependencies.
 fn lint() -> Result<ExitCode, String> {
+    modgraph::check(&root())?;
     cargo_step("cargo fmt --check", &["fmt", "--all", "--check"], &[])?;
     cargo_step(
         "clippy (host crates, all targets)",

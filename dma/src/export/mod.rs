@@ -104,150 +104,22 @@ use core::fmt;
 
 use spin::Mutex;
 
-use crate::addr::{PhysAddr, PAGE_SIZE};
+use crate::addr::PhysAddr;
 use crate::attrs::Direction;
 use crate::device::DmaDevice;
+use crate::engine::UnmapBatch;
 use crate::error::DmaError;
-use crate::invalidation::UnmapBatch;
-use crate::p2p::{DeviceId, MapType, P2pClassifier, PeerMapping, Provider, ProviderTable};
+use crate::p2p::{DeviceId, MapType, P2pClassifier, Provider, ProviderTable};
+use crate::peer::PeerMapping;
 use crate::segment::DmaSegment;
 
-/// Export flag bits this version defines (none yet); any other bit is refused with
-/// [`DmaError::UnsupportedFlags`].
-pub const EXPORT_FLAGS_KNOWN: u32 = 0;
+mod attachment;
+mod validate;
 
-/// One range of a BAR to export: `len` bytes at `offset` from the BAR's start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ExportRange {
-    /// Offset from the start of the BAR (page aligned).
-    pub offset: u64,
-    /// Length in bytes (page aligned, non-zero).
-    pub len: u64,
-}
-
-/// What an exporter is asked to export (the VFIO `VFIO_DEVICE_FEATURE_DMA_BUF` request).
-#[derive(Debug, Clone, Copy)]
-pub struct ExportRequest<'a> {
-    /// BAR index.
-    pub bar: u8,
-    /// The ranges, in the order importers see them.
-    pub ranges: &'a [ExportRange],
-    /// Flags; must be a subset of [`EXPORT_FLAGS_KNOWN`].
-    pub flags: u32,
-}
-
-/// A request that passed [`validate_export`]: the provider and the CPU physical ranges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ValidatedExport {
-    provider: Provider,
-    ranges: Vec<(PhysAddr, u64)>,
-    size: u64,
-}
-
-impl ValidatedExport {
-    /// The provider (the BAR).
-    pub fn provider(&self) -> &Provider {
-        &self.provider
-    }
-
-    /// The ranges as CPU physical addresses.
-    pub fn ranges(&self) -> &[(PhysAddr, u64)] {
-        &self.ranges
-    }
-
-    /// Total bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-}
-
-/// Validates an export request against the device's providers, in the digest's order (see the
-/// module documentation). Changes nothing.
-pub fn validate_export(
-    table: &ProviderTable,
-    req: &ExportRequest<'_>,
-) -> Result<ValidatedExport, DmaError> {
-    // 1. no ranges or unknown flags
-    if req.ranges.is_empty() {
-        return Err(DmaError::EmptyList);
-    }
-    let unknown = req.flags & !EXPORT_FLAGS_KNOWN;
-    if unknown != 0 {
-        return Err(DmaError::UnsupportedFlags(unknown));
-    }
-    // 2. BAR index out of range or not a memory BAR
-    let provider = table.provider(req.bar)?;
-    // 3-4. per range: zero length, alignment, running total (Linux's validate_dmabuf_input)
-    let mut size: u64 = 0;
-    for r in req.ranges {
-        if r.len == 0 {
-            return Err(DmaError::ZeroLength);
-        }
-        if !r.offset.is_multiple_of(PAGE_SIZE) {
-            return Err(DmaError::Misaligned {
-                what: "offset",
-                value: r.offset,
-                align: PAGE_SIZE,
-            });
-        }
-        if !r.len.is_multiple_of(PAGE_SIZE) {
-            return Err(DmaError::Misaligned {
-                what: "length",
-                value: r.len,
-                align: PAGE_SIZE,
-            });
-        }
-        size = size.checked_add(r.len).ok_or(DmaError::Overflow {
-            addr: size,
-            len: r.len,
-        })?;
-    }
-    // 5-6. per range: BAR start + offset (+ length) overflow, end past the BAR
-    // (Linux's vfio_pci_core_fill_phys_vec).
-    let start = provider.phys().as_u64();
-    let mut ranges = Vec::new();
-    ranges
-        .try_reserve_exact(req.ranges.len())
-        .map_err(|_| DmaError::TooManyEntries)?;
-    for r in req.ranges {
-        let phys = start.checked_add(r.offset).ok_or(DmaError::Overflow {
-            addr: start,
-            len: r.offset,
-        })?;
-        // Last bytes, not one-past-the-end: a BAR may end at the top of the address space and a
-        // range ending exactly there is fine. `r.len > 0` was checked in the first pass.
-        let last = phys.checked_add(r.len - 1).ok_or(DmaError::Overflow {
-            addr: phys,
-            len: r.len,
-        })?;
-        if last > provider.last_byte() {
-            return Err(DmaError::OutOfRange {
-                offset: r.offset,
-                len: r.len,
-                size: provider.size(),
-            });
-        }
-        ranges.push((PhysAddr::new(phys), r.len));
-    }
-    // 7. overlapping or duplicate ranges (Linux accepts them; two importers' views of the same
-    // bytes through one handle is never what an exporter meant).
-    let mut sorted: Vec<&ExportRange> = req.ranges.iter().collect();
-    sorted.sort_by_key(|r| r.offset);
-    for pair in sorted.windows(2) {
-        // Cannot overflow: offset + len was checked inside the BAR above.
-        if pair[0].offset + pair[0].len > pair[1].offset {
-            return Err(DmaError::OverlappingRanges {
-                first: pair[0].offset,
-                second: pair[1].offset,
-            });
-        }
-    }
-    Ok(ValidatedExport {
-        provider,
-        ranges,
-        size,
-    })
-}
+pub use attachment::{Attachment, P2pMapping};
+pub use validate::{
+    validate_export, ExportRange, ExportRequest, ValidatedExport, EXPORT_FLAGS_KNOWN,
+};
 
 /// Whether the device decodes memory (Command.Memory Space) when an export is created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -471,6 +343,10 @@ impl Exporter {
 
     /// Validates `req` ([`validate_export`]) and creates a handle. It starts revoked when
     /// `decode` is [`MemoryDecode::Disabled`] or the exporter is revoked.
+    ///
+    /// # Errors
+    ///
+    /// Every error of [`validate_export`] (nothing is created).
     pub fn export(
         &self,
         req: &ExportRequest<'_>,
@@ -543,8 +419,12 @@ impl Exporter {
     /// the module documentation, "Revoke is enforced only through an IOMMU".
     ///
     /// Call it before a reset, FLR, memory disable or power-down (digest item 12: revoke comes
-    /// before reset). An error means an unmap or flush failed; the state is revoked regardless
-    /// (never rolled back) and the affected IOVA stays quarantined.
+    /// before reset).
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error ([`DmaError::Iommu`]); the state is revoked
+    /// regardless (never rolled back) and the affected IOVA stays quarantined.
     pub fn revoke(&mut self) -> Result<TransitionStats, DmaError> {
         self.revoked = true;
         self.move_all(ExportState::Revoked)
@@ -562,6 +442,11 @@ impl Exporter {
     /// Permanent revoke, before the device goes away (unbind, removal): importers are notified
     /// once ([`MoveEvent::Gone`]), every mapping is removed and flushed, and every handle fails
     /// with [`DmaError::DeviceGone`] from now on. Releases the provider table.
+    ///
+    /// # Errors
+    ///
+    /// The first unmap or IOTLB flush error of an importer's mapping ([`DmaError::Iommu`]); the
+    /// exporter is torn down regardless and the affected IOVAs stay quarantined.
     pub fn teardown(mut self) -> Result<TransitionStats, DmaError> {
         self.torn_down = true;
         self.move_all(ExportState::Gone)
@@ -647,7 +532,11 @@ impl ExportHandle {
             .sum()
     }
 
-    /// Attaches an importer. Errors: [`DmaError::ImporterNotP2p`] if it does not accept
+    /// Attaches an importer.
+    ///
+    /// # Errors
+    ///
+    /// [`DmaError::ImporterNotP2p`] if it does not accept
     /// peer-to-peer memory (checked first, like Linux), [`DmaError::Revoked`] while revoked,
     /// [`DmaError::DeviceGone`] after teardown.
     pub fn attach(&self, importer: Importer) -> Result<Attachment, DmaError> {
@@ -671,205 +560,6 @@ impl ExportHandle {
             id,
             client: importer.id,
         })
-    }
-}
-
-/// One importer attached to an export. Detaches on drop (its mappings are unmapped first).
-#[must_use = "dropping an Attachment detaches it at once"]
-pub struct Attachment {
-    shared: Arc<Shared>,
-    id: u64,
-    client: DeviceId,
-}
-
-impl fmt::Debug for Attachment {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Attachment")
-            .field("id", &self.id)
-            .field("client", &self.client)
-            .field("provider", &self.shared.provider)
-            .finish()
-    }
-}
-
-impl Attachment {
-    /// The export's provider.
-    pub fn provider(&self) -> &Provider {
-        &self.shared.provider
-    }
-
-    /// Total bytes of the export.
-    pub fn size(&self) -> u64 {
-        self.shared.size
-    }
-
-    /// How this importer reaches the provider, as the classifier says now.
-    pub fn map_type(&self) -> MapType {
-        self.shared
-            .classifier
-            .map_type(&self.shared.provider, self.client)
-    }
-
-    /// Number of this attachment's live mappings.
-    pub fn live_mappings(&self) -> usize {
-        self.shared
-            .state
-            .lock()
-            .attachments
-            .get(&self.id)
-            .map_or(0, |a| a.mappings.len())
-    }
-
-    /// Maps the whole export for the importer's device ([`DmaDevice::map_peer`] with the
-    /// classifier's map type): DMA segments only.
-    ///
-    /// Errors: [`DmaError::Revoked`] while revoked, [`DmaError::DeviceGone`] after teardown,
-    /// [`DmaError::P2pNotSupported`] when the classifier says NOT_SUPPORTED, and every error of
-    /// `map_peer` (nothing stays mapped on failure).
-    pub fn map(&self, dir: Direction) -> Result<P2pMapping, DmaError> {
-        let shared = &self.shared;
-        // The classifier takes its own locks; ask it before taking ours.
-        let map_type = shared.classifier.map_type(&shared.provider, self.client);
-        let mut st = shared.state.lock();
-        status_error(st.status)?;
-        let id = st.next_id;
-        let generation = st.generation;
-        let entry = st
-            .attachments
-            .get_mut(&self.id)
-            .ok_or(DmaError::DeviceGone)?;
-        let m = entry
-            .dev
-            .map_peer(&shared.provider, map_type, &shared.ranges, dir)?;
-        let segments = m.segments().to_vec();
-        entry.mappings.insert(id, m);
-        st.next_id += 1;
-        Ok(P2pMapping {
-            shared: shared.clone(),
-            attachment: self.id,
-            id,
-            generation,
-            map_type,
-            segments,
-        })
-    }
-
-    /// Detaches now, unmapping this importer's mappings first, and reports an unmap failure.
-    /// (Dropping the attachment does the same and logs the failure.)
-    pub fn detach(self) -> Result<(), DmaError> {
-        // `Drop` runs afterwards and finds nothing left to do.
-        self.detach_inner()
-    }
-
-    fn detach_inner(&self) -> Result<(), DmaError> {
-        let (entry, result) = {
-            let mut st = self.shared.state.lock();
-            let Some(mut entry) = st.attachments.remove(&self.id) else {
-                return Ok(());
-            };
-            // Unmapped under the lock (module docs); the callback is dropped after it.
-            let result = unmap_all(core::iter::once(&mut entry)).1;
-            (entry, result)
-        };
-        drop(entry);
-        result
-    }
-}
-
-impl Drop for Attachment {
-    fn drop(&mut self) {
-        if let Err(e) = self.detach_inner() {
-            log::error!("dma: detach on drop: unmap failed: {e}");
-        }
-    }
-}
-
-/// One mapping of an export for one importer: the DMA segments to program. Unmapped on drop.
-///
-/// The page-table state behind it belongs to the export, so a revoke can remove it; this handle
-/// then becomes *stale* (its generation is older than the export's) and unmapping it does
-/// nothing.
-#[must_use = "dropping a P2pMapping unmaps it at once"]
-pub struct P2pMapping {
-    shared: Arc<Shared>,
-    attachment: u64,
-    id: u64,
-    generation: u64,
-    map_type: MapType,
-    segments: Vec<DmaSegment>,
-}
-
-impl fmt::Debug for P2pMapping {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("P2pMapping")
-            .field("map_type", &self.map_type)
-            .field("generation", &self.generation)
-            .field("segments", &self.segments)
-            .finish()
-    }
-}
-
-impl P2pMapping {
-    /// The device addresses to program, in export order (lengths ≤ `u32::MAX` rounded down to
-    /// a page; one contiguous span under an IOMMU). Meaningless once stale.
-    pub fn segments(&self) -> &[DmaSegment] {
-        &self.segments
-    }
-
-    /// How the importer reaches the memory.
-    pub fn map_type(&self) -> MapType {
-        self.map_type
-    }
-
-    /// The export generation this mapping was made in.
-    pub fn generation(&self) -> u64 {
-        self.generation
-    }
-
-    /// Whether the export changed state (revoke, teardown) since this mapping was made: the
-    /// mapping is gone, or being removed by the revoke in progress (inside a move-notify
-    /// callback). Unmapping a stale mapping is a harmless no-op.
-    pub fn is_stale(&self) -> bool {
-        self.shared.state.lock().generation != self.generation
-    }
-
-    /// Unmaps now (strict: the IOTLB flush completed when this returns `Ok`). A mapping a revoke
-    /// already removed unmaps to `Ok(())`.
-    pub fn unmap(mut self) -> Result<(), DmaError> {
-        self.unmap_inner()
-    }
-
-    fn unmap_inner(&mut self) -> Result<(), DmaError> {
-        let mut st = self.shared.state.lock();
-        let taken = st
-            .attachments
-            .get_mut(&self.attachment)
-            .and_then(|a| a.mappings.remove(&self.id));
-        #[cfg(test)]
-        if self
-            .shared
-            .unlock_before_unmap
-            .load(core::sync::atomic::Ordering::SeqCst)
-        {
-            // The broken order (test-only): a revoke may run in this window, find nothing to
-            // unmap and return while this mapping is still in the page table.
-            drop(st);
-            std::thread::yield_now();
-            return taken.map_or(Ok(()), PeerMapping::unmap);
-        }
-        // Unmapped while the lock is held: see the module documentation.
-        match taken {
-            Some(m) => m.unmap(),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for P2pMapping {
-    fn drop(&mut self) {
-        if let Err(e) = self.unmap_inner() {
-            log::error!("dma: P2P unmap on drop failed: {e}");
-        }
     }
 }
 
