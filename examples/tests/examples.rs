@@ -46,3 +46,11 @@ fn readme_embedding_snippet_is_the_embed_example() {
         );
     }
 }
+
+#[path = "../examples/mapping.rs"]
+mod mapping;
+
+#[test]
+fn example_mapping_runs() {
+    mapping::main().expect("the mapping example");
+}
