@@ -54,3 +54,11 @@ mod mapping;
 fn example_mapping_runs() {
     mapping::main().expect("the mapping example");
 }
+
+#[path = "../examples/export.rs"]
+mod export;
+
+#[test]
+fn example_export_runs() {
+    export::main().expect("the export example");
+}
