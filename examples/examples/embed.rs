@@ -6,12 +6,13 @@ use std::error::Error;
 use std::sync::Arc;
 
 use dma::{Attrs, BouncePool, DeviceConfig, Direction, DmaDevice, DmaDomain, PhysAddr};
-use dma::{PhysMemory, ReservedKind, ReservedRegion, Translation};
+use dma::{PhysMemory, Translation};
 use iommu_vtd::fake::{FakeVtd, HostPlatform};
 use iommu_vtd::{Dmar, DomainConfig, GroupRef, UnitConfig, VtdUnit};
 use pci::acs::{apply_acs_policy, AcsPolicy};
 use pci::testing::{acpi_table_bytes, FakeConfigSpace};
 use vtd_examples::fixtures::{DEFAULT_ACPI, DEFAULT_CFG};
+use vtd_platform::UnitEntry;
 
 pub fn main() -> Result<(), Box<dyn Error>> {
     // PCI: MCFG → config space → enumeration → ACS policy → isolation groups.
@@ -23,19 +24,11 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let edu = topology.find(0x1234, 0x11e8).next().ok_or("no edu")?.bdf;
     let group = groups.group_of(edu).ok_or("edu has no group")?;
 
-    // VT-d: one unit per DRHD; QEMU has one, whose endpoint scopes name each device.
+    // VT-d: one unit per DRHD (QEMU has one). `vtd-platform` resolves its device scopes
+    // against the topology and says which unit translates a function.
     let dmar_bytes = acpi_table_bytes(DEFAULT_ACPI, "DMAR");
     let dmar = Dmar::parse(&dmar_bytes)?;
     let drhd = dmar.drhds().next().ok_or("no DRHD")?;
-    let secondary = |bus, device, function| {
-        let bridge = pci::Bdf::new(drhd.segment(), bus, device, function).ok()?;
-        Some(topology.function(bridge)?.bridge?.secondary)
-    };
-    let named = drhd.scopes().filter_map(|s| s.resolve(secondary).ok());
-    let in_scope = named
-        .map(|b| b.requester_id())
-        .any(|r| r == edu.requester_id());
-    assert!(drhd.segment() == edu.segment() && (in_scope || drhd.include_pci_all()));
     let platform = Arc::new(HostPlatform::new()); // real: your iommu_vtd::Platform
     let regs = FakeVtd::qemu_default(platform.clone()); // real: MmioRegisters::new(page, size)
     let unit = Arc::new(VtdUnit::new(
@@ -44,7 +37,18 @@ pub fn main() -> Result<(), Box<dyn Error>> {
         UnitConfig::new(dmar.host_address_width()),
     )?);
     unit.enable()?; // QI, root table, global invalidation, TE
-    let levels = unit.capabilities().cap.usable_levels().last(); // the widest IOVA space
+    let levels = unit
+        .capabilities()
+        .cap
+        .usable_levels()
+        .last()
+        .ok_or("no depth")?;
+    let (entry, unresolved) = UnitEntry::new(unit.clone(), &drhd, &topology, levels);
+    assert_eq!(unresolved, 0, "every scope names an enumerated function");
+    let units = [entry];
+    let ours = vtd_platform::unit_for(&units, &topology, edu).ok_or("no unit for edu")?;
+    assert!(Arc::ptr_eq(&ours.unit, &unit));
+    let levels = Some(ours.levels); // the widest IOVA space the unit offers
     let hw = Arc::new(unit.create_domain(DomainConfig {
         levels,
         ..Default::default()
@@ -57,10 +61,8 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     hw.attach_device(group_ref, edu.requester_id())?; // every requester ID of the group
 
     // DMA API: an IOVA space that never hands out a peer's bus address, an untrusted device.
-    let reserved: Vec<ReservedRegion> = pci::p2p::peer_decoded_ranges(&topology)
-        .into_iter()
-        .map(|r| ReservedRegion::new(r.start, r.size, ReservedKind::HostBridgeWindow))
-        .collect();
+    // (`Iommu::attach` / `setup_device` in vtd-platform do this and the rest with RMRRs.)
+    let reserved = vtd_platform::reserved_regions(&[], &topology); // QEMU lists no RMRR
     let domain = DmaDomain::new(
         hw.clone(),
         dma::DomainConfig {
