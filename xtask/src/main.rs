@@ -475,7 +475,7 @@ fn lint() -> Result<ExitCode, String> {
 
 /// The workspace members that are not published (`publish = false`): `cargo package
 /// --workspace` would otherwise try to package them too.
-const UNPUBLISHED: [&str; 3] = ["kernel", "tests-qemu", "xtask"];
+const UNPUBLISHED: [&str; 4] = ["kernel", "tests-qemu", "xtask", "vtd-examples"];
 
 /// `cargo package` for every library crate. With `verify`, each package is unpacked and built
 /// on its own, its path dependencies resolved through cargo's local overlay of the packages

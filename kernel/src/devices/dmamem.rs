@@ -1,19 +1,17 @@
 //! How the kernel plugs into the `dma` crate: physical memory for bounce buffers and coherent
-//! allocations ([`KernelPhysMemory`]), the IOVA ranges every domain must keep out (interrupt
-//! window, RMRRs, PCI windows), and [`DmaDevice`] construction for a PCI function, with or
-//! without the IOMMU.
+//! allocations ([`KernelPhysMemory`]) and a clock, handed to the `vtd-platform` glue, which
+//! computes the IOVA ranges every domain must keep out (interrupt window, RMRRs, PCI windows)
+//! and builds the `DmaDevice` of a PCI function, with or without the IOMMU.
 
 use alloc::sync::Arc;
-use alloc::vec::Vec;
 
-use dma::iommu::IommuDomain;
-use dma::{
-    BouncePool, Clock, DeviceConfig, DmaDevice, DmaDomain, DmaError, DomainConfig,
-    InvalidationMode, PhysAddr, PhysError, PhysMemory, ReservedKind, ReservedRegion, Translation,
-};
+use dma::{Clock, DeviceConfig, InvalidationMode, PhysAddr, PhysError, PhysMemory};
+use iommu_vtd::MmioRegisters;
 use kernel::frames::{FrameRequest, FRAME_SIZE};
+use vtd_platform::DmaResources;
+pub use vtd_platform::SetupError;
 
-use super::iommu::{AttachError, DefaultDomain, Domain, Iommu, Membership};
+use super::iommu::{Iommu, KernelPlatform};
 use super::pci::PciSystem;
 
 /// RAM from the frame allocator, reached through the identity mapping.
@@ -87,67 +85,9 @@ impl PhysMemory for KernelPhysMemory {
     }
 }
 
-/// IOVA ranges no domain may hand out besides page 0 and the interrupt window (which the `dma`
-/// crate always reserves): every RMRR, and every bus range a PCI peer decodes or may decode
-/// ([`pci::p2p::peer_decoded_ranges`]: memory BARs, Expansion ROM BARs, BARs refused as
-/// misaligned, bridge windows), so an IOVA can never equal a peer's bus address. x86 firmware
-/// describes the host-bridge apertures only in AML (`_CRS`), which this kernel does not
-/// interpret; the union of what firmware programmed covers every address a peer decodes.
-pub fn reserved_regions(pci: &PciSystem, iommu: &Iommu) -> Vec<ReservedRegion> {
-    let mut out: Vec<ReservedRegion> = iommu
-        .rmrrs
-        .iter()
-        .filter_map(|r| {
-            let len = r.limit.checked_sub(r.base)?.checked_add(1)?;
-            Some(ReservedRegion::new(r.base, len, ReservedKind::Rmrr))
-        })
-        .collect();
-    out.extend(
-        pci::p2p::peer_decoded_ranges(&pci.topology)
-            .into_iter()
-            .map(|r| ReservedRegion::new(r.start, r.size, ReservedKind::HostBridgeWindow)),
-    );
-    out
-}
-
-/// Why a DMA device could not be set up.
-#[derive(Debug)]
-pub enum SetupError {
-    /// Domain creation or attach failed.
-    Attach(AttachError),
-    /// The `dma` crate refused the configuration.
-    Dma(DmaError),
-    /// The group's default domain is alive with another invalidation mode.
-    ModeMismatch {
-        /// The mode of the existing default domain.
-        existing: InvalidationMode,
-    },
-}
-
-impl core::fmt::Display for SetupError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Attach(e) => write!(f, "{e}"),
-            Self::Dma(e) => write!(f, "{e}"),
-            Self::ModeMismatch { existing } => write!(
-                f,
-                "the group's default domain already uses {existing:?} invalidation"
-            ),
-        }
-    }
-}
-
 /// A device set up for the DMA API, with the hardware domain kept for tests that look beneath
-/// the API (None on the direct path). Fields drop in order: the device first, then its group
-/// membership (which detaches the group when this was its last member).
-pub struct DeviceDma {
-    /// The device handle drivers use.
-    pub dev: DmaDevice,
-    /// The VT-d domain behind it (its group's default domain), if any.
-    pub hw: Option<Arc<Domain>>,
-    /// Its membership of the group's attachment to `hw`, held for its `Drop` (the detach).
-    _member: Option<Membership>,
-}
+/// the API (`hw` is None on the direct path; its membership detaches on drop).
+pub type DeviceDma = vtd_platform::DeviceDma<MmioRegisters, KernelPlatform>;
 
 /// Size of the bounce pool of a direct-mapped device.
 pub const BOUNCE_POOL_SIZE: u64 = 1 << 20;
@@ -162,10 +102,14 @@ impl Clock for KernelClock {
     }
 }
 
-/// Builds the [`DmaDevice`] for PCI function `bdf`: under the IOMMU it joins its isolation
-/// group's default domain (strict invalidation, reserved regions), created and attached to the
-/// whole group on first use; without one, the direct path with a bounce pool below the device's
-/// mask.
+fn clock() -> Option<Arc<dyn Clock>> {
+    Some(Arc::new(KernelClock))
+}
+
+/// Builds the [`DmaDevice`](dma::DmaDevice) for PCI function `bdf`: under the IOMMU it joins
+/// its isolation group's default domain (strict invalidation, reserved regions), created and
+/// attached to the whole group on first use; without one, the direct path with a bounce pool
+/// below the device's mask.
 pub fn setup(
     pci: &PciSystem,
     iommu: Option<&Iommu>,
@@ -173,49 +117,6 @@ pub fn setup(
     config: DeviceConfig,
 ) -> Result<DeviceDma, SetupError> {
     setup_with(pci, iommu, bdf, config, InvalidationMode::Strict)
-}
-
-/// The default domain of `bdf`'s group, created with `mode` if the group has none alive. A live
-/// default domain with another invalidation mode is refused ([`SetupError::ModeMismatch`]): the
-/// members of a group share one domain and so one mode.
-pub fn group_domain(
-    pci: &PciSystem,
-    iommu: &Iommu,
-    bdf: pci::Bdf,
-    mode: InvalidationMode,
-) -> Result<(Arc<Domain>, Arc<DmaDomain>), SetupError> {
-    let group = pci
-        .groups()
-        .group_of(bdf)
-        .map(super::iommu::group_key)
-        .ok_or(SetupError::Attach(AttachError::NoSuchDevice(bdf)))?;
-    let mut defaults = iommu.defaults.lock();
-    defaults.retain(|d| d.dma.strong_count() > 0);
-    if let Some(d) = defaults.iter().find(|d| d.group == group) {
-        if let (Some(hw), Some(dma)) = (d.hw.upgrade(), d.dma.upgrade()) {
-            if dma.mode() != mode {
-                return Err(SetupError::ModeMismatch {
-                    existing: dma.mode(),
-                });
-            }
-            return Ok((hw, dma));
-        }
-    }
-    let hw = Arc::new(iommu.domain_for(pci, bdf).map_err(SetupError::Attach)?);
-    let cfg = DomainConfig {
-        reserved: reserved_regions(pci, iommu),
-        mode,
-        clock: Some(Arc::new(KernelClock)),
-    };
-    let hw_dyn: Arc<dyn IommuDomain> = hw.clone();
-    let dma = DmaDomain::new(hw_dyn, cfg).map_err(SetupError::Dma)?;
-    defaults.retain(|d| d.group != group);
-    defaults.push(DefaultDomain {
-        group,
-        hw: Arc::downgrade(&hw),
-        dma: Arc::downgrade(&dma),
-    });
-    Ok((hw, dma))
 }
 
 /// [`setup`] with an explicit invalidation mode for the group's default domain (deferred is
@@ -227,41 +128,12 @@ pub fn setup_with(
     config: DeviceConfig,
     mode: InvalidationMode,
 ) -> Result<DeviceDma, SetupError> {
-    let phys: Arc<dyn PhysMemory> = Arc::new(KernelPhysMemory);
-    match iommu {
-        Some(iommu) => {
-            let (hw, domain) = group_domain(pci, iommu, bdf, mode)?;
-            let member = iommu
-                .attach_member(pci, &hw, bdf)
-                .map_err(SetupError::Attach)?;
-            let pool = if config.trusted {
-                None
-            } else {
-                Some(
-                    BouncePool::new(phys.clone(), BOUNCE_POOL_SIZE, config.mask)
-                        .map_err(SetupError::Dma)?,
-                )
-            };
-            let dev = DmaDevice::new(config, Translation::Iommu(domain), phys, pool)
-                .map_err(SetupError::Dma)?;
-            Ok(DeviceDma {
-                dev,
-                hw: Some(hw),
-                _member: Some(member),
-            })
-        }
-        None => {
-            let pool = BouncePool::new(phys.clone(), BOUNCE_POOL_SIZE, config.mask)
-                .map_err(SetupError::Dma)?;
-            let dev = DmaDevice::new(config, Translation::Direct, phys, Some(pool))
-                .map_err(SetupError::Dma)?;
-            Ok(DeviceDma {
-                dev,
-                hw: None,
-                _member: None,
-            })
-        }
-    }
+    let resources = DmaResources {
+        phys: Arc::new(KernelPhysMemory),
+        clock: clock(),
+        bounce_pool_size: BOUNCE_POOL_SIZE,
+    };
+    vtd_platform::setup_device(pci, iommu, bdf, config, mode, &resources)
 }
 
 /// Attaches, at boot, every device an RMRR names to its group's default domain (strict), with
@@ -270,31 +142,6 @@ pub fn setup_with(
 /// driver that binds later joins the same domain. Failures are logged and leave the device
 /// blocked.
 pub fn attach_rmrr_devices(pci: &PciSystem, iommu: &Iommu) {
-    let mut devices: Vec<pci::Bdf> = Vec::new();
-    for r in &iommu.rmrrs {
-        for &d in &r.devices {
-            if pci.topology.function(d).is_some() && !devices.contains(&d) {
-                devices.push(d);
-            }
-        }
-    }
-    for bdf in devices {
-        let attached =
-            group_domain(pci, iommu, bdf, InvalidationMode::Strict).and_then(|(hw, dma)| {
-                iommu
-                    .attach_member(pci, &hw, bdf)
-                    .map(|m| (m, dma))
-                    .map_err(SetupError::Attach)
-            });
-        match attached {
-            Ok((member, dma)) => {
-                log::info!(
-                    "vt-d: {bdf} named by an RMRR: attached at boot to domain {} with its RMRR identity-mapped",
-                    member.domain().did()
-                );
-                iommu.boot_attachments.lock().push((member, dma));
-            }
-            Err(e) => log::error!("vt-d: attaching RMRR device {bdf} at boot: {e}"),
-        }
-    }
+    // Each outcome is logged by the glue; a failed device stays blocked.
+    let _ = iommu.attach_rmrr_devices(pci, clock());
 }

@@ -1,24 +1,23 @@
 //! VT-d bring-up: every DRHD of the ACPI DMAR becomes a running [`VtdUnit`] (registers mapped
-//! uncached, tables in kernel frames, translation enabled), and PCI functions are matched to
-//! their unit through the DRHD device scopes resolved against the PCI enumeration.
+//! uncached, tables in kernel frames, translation enabled). Matching PCI functions to their unit
+//! through the DRHD scopes, RMRRs and group attach are the `vtd-platform` glue, which this kernel
+//! runs over MMIO ([`Iommu`] is its state for this machine).
 //!
 //! From the moment a unit is enabled, a device behind it has no context entry and cannot DMA
 //! anywhere: isolation by default. Devices get a domain only when a driver asks for one.
 
-use alloc::sync::{Arc, Weak};
-use alloc::vec::Vec;
+use alloc::sync::Arc;
 use core::fmt;
 use core::ptr::NonNull;
 
-use dma::iommu::{IommuDomain, IotlbGather};
-use dma::{DmaAddr, DmaDomain, PhysAddr};
-use iommu_vtd::dmar::ScopeKind;
+use dma::PhysAddr;
 use iommu_vtd::{
-    Dmar, DomainConfig, GroupRef, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig,
-    VtdError, VtdUnit,
+    Dmar, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError, VtdUnit,
 };
 use kernel::frames::FrameRequest;
-use spin::Mutex;
+use spin::RwLockReadGuard;
+
+pub use vtd_platform::{AttachError, RmrrInfo};
 
 use super::pci::PciSystem;
 use crate::acpi::Acpi;
@@ -82,66 +81,22 @@ unsafe impl Platform for KernelPlatform {
 pub type Unit = VtdUnit<MmioRegisters, KernelPlatform>;
 /// A domain of such a unit.
 pub type Domain = iommu_vtd::Domain<MmioRegisters, KernelPlatform>;
-
 /// One remapping unit and the PCI functions it translates for.
-pub struct UnitEntry {
-    /// The running unit.
-    pub unit: Arc<Unit>,
-    /// Register base from the DRHD.
-    pub base: u64,
-    /// PCI segment.
-    pub segment: u16,
-    /// INCLUDE_PCI_ALL: every device of the segment not claimed by another unit.
-    pub include_all: bool,
-    /// Endpoint scopes, resolved.
-    pub endpoints: Vec<pci::Bdf>,
-    /// Sub-hierarchy scopes (bridges), resolved: everything below them.
-    pub bridges: Vec<pci::Bdf>,
-    /// Paging depth of this unit's domains (the deepest its SAGAW offers, unless the command
-    /// line picks one the unit supports).
-    pub levels: PagingLevels,
-}
+pub type UnitEntry = vtd_platform::UnitEntry<MmioRegisters, KernelPlatform>;
+/// Every unit, the RMRRs, default domains and memberships (methods: `unit_for`, `domain_for`,
+/// `attach`, `detach`, `attach_member`, `start_translation`, `group_domain`).
+pub type Iommu = vtd_platform::Iommu<MmioRegisters, KernelPlatform>;
 
-/// A reserved-memory region (RMRR): memory a device keeps using across the IOMMU, which must
-/// stay identity-mapped in that device's domain.
-#[derive(Debug, Clone)]
-pub struct RmrrInfo {
-    /// First byte.
-    pub base: u64,
-    /// Last byte (inclusive).
-    pub limit: u64,
-    /// The devices it applies to, resolved.
-    pub devices: Vec<pci::Bdf>,
-}
+impl vtd_platform::PciView for PciSystem {
+    type Groups<'a> = RwLockReadGuard<'a, pci::group::IsolationGroups>;
 
-/// The kernel's default DMA domain of one isolation group: created when the first member is set
-/// up for the DMA API, shared by every member set up while it is alive (one domain per group, as
-/// Linux's default domains), so no function is ever translated by a domain that was not attached
-/// to its group. Held weakly: the devices (and boot-time RMRR attachments) keep it alive.
-pub struct DefaultDomain {
-    /// The group's key ([`group_key`]).
-    pub group: u32,
-    /// The VT-d domain.
-    pub hw: Weak<Domain>,
-    /// The IOVA space on top of it.
-    pub dma: Weak<DmaDomain>,
-}
+    fn topology(&self) -> &pci::Topology {
+        &self.topology
+    }
 
-/// All units.
-pub struct Iommu {
-    /// RMRRs from the DMAR.
-    pub rmrrs: Vec<RmrrInfo>,
-    /// Units in DMAR order.
-    pub units: Vec<UnitEntry>,
-    /// Host address width from the DMAR.
-    pub host_address_width: u8,
-    /// Default domains of the groups set up for the DMA API (see [`DefaultDomain`]).
-    pub defaults: Mutex<Vec<DefaultDomain>>,
-    /// Every live [`Membership`], so guards for one function and domain are shared.
-    pub memberships: Mutex<Vec<Weak<MemberInner>>>,
-    /// Attachments made at boot for the devices an RMRR names (kept for the kernel's
-    /// lifetime: that memory must stay reachable whether or not a driver binds).
-    pub boot_attachments: Mutex<Vec<(Membership, Arc<DmaDomain>)>>,
+    fn groups(&self) -> Self::Groups<'_> {
+        PciSystem::groups(self)
+    }
 }
 
 /// Why the IOMMU could not be brought up.
@@ -166,44 +121,6 @@ impl fmt::Display for IommuInitError {
             Self::Dmar(e) => write!(f, "DMAR: {e}"),
             Self::Map(e) => write!(f, "mapping VT-d registers: {e}"),
             Self::Unit { base, error } => write!(f, "VT-d unit at {base:#x}: {error}"),
-        }
-    }
-}
-
-/// Why a device could not be attached to a domain.
-#[derive(Debug)]
-pub enum AttachError {
-    /// No PCI function at that address.
-    NoSuchDevice(pci::Bdf),
-    /// No unit translates for the device.
-    NoUnit(pci::Bdf),
-    /// The domain belongs to another unit than the device's.
-    WrongUnit(pci::Bdf),
-    /// The unit refused.
-    Vtd(VtdError),
-    /// An RMRR could not be identity-mapped.
-    Rmrr(dma::iommu::IommuError),
-    /// A page of an RMRR is already mapped in the domain, to another address.
-    RmrrConflict {
-        /// The page's IOVA (= its physical address).
-        iova: u64,
-        /// Where the domain maps it.
-        maps_to: u64,
-    },
-}
-
-impl fmt::Display for AttachError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoSuchDevice(b) => write!(f, "no PCI function at {b}"),
-            Self::NoUnit(b) => write!(f, "no VT-d unit translates for {b}"),
-            Self::WrongUnit(b) => write!(f, "{b} is behind another VT-d unit than the domain"),
-            Self::Vtd(e) => write!(f, "{e}"),
-            Self::Rmrr(e) => write!(f, "identity-mapping an RMRR: {e}"),
-            Self::RmrrConflict { iova, maps_to } => write!(
-                f,
-                "RMRR page {iova:#x} is already mapped to {maps_to:#x} in the domain"
-            ),
         }
     }
 }
@@ -234,7 +151,7 @@ pub fn init(
         return Ok(None);
     }
     let haw = dmar.host_address_width();
-    let mut units = Vec::new();
+    let mut iommu = Iommu::new(haw);
     for drhd in dmar.drhds() {
         let base = drhd.register_base();
         let size = drhd.register_size();
@@ -269,328 +186,15 @@ pub fn init(
             }
             None => deepest,
         };
-        let secondary = |bus: u8, dev: u8, func: u8| {
-            let bdf = pci::Bdf::new(drhd.segment(), bus, dev, func).ok()?;
-            pci.topology.function(bdf)?.bridge.map(|b| b.secondary)
-        };
-        let (mut endpoints, mut bridges) = (Vec::new(), Vec::new());
-        for scope in drhd.scopes() {
-            let Ok(b) = scope.resolve(secondary) else {
-                log::warn!("vt-d: a device scope of unit {base:#x} does not resolve");
-                continue;
-            };
-            let Ok(bdf) = pci::Bdf::new(drhd.segment(), b.bus, b.device, b.function) else {
-                continue;
-            };
-            match scope.kind() {
-                ScopeKind::PciEndpoint => endpoints.push(bdf),
-                ScopeKind::PciSubHierarchy => bridges.push(bdf),
-                _ => {}
-            }
+        let (entry, unresolved) = UnitEntry::new(Arc::new(unit), &drhd, &pci.topology, unit_levels);
+        for _ in 0..unresolved {
+            log::warn!("vt-d: a device scope of unit {base:#x} does not resolve");
         }
-        units.push(UnitEntry {
-            unit: Arc::new(unit),
-            base,
-            segment: drhd.segment(),
-            include_all: drhd.include_pci_all(),
-            endpoints,
-            bridges,
-            levels: unit_levels,
-        });
+        iommu.units.push(entry);
     }
-    let mut rmrrs = Vec::new();
-    for r in dmar.rmrrs() {
-        let secondary = |bus: u8, dev: u8, func: u8| {
-            let bdf = pci::Bdf::new(r.segment(), bus, dev, func).ok()?;
-            pci.topology.function(bdf)?.bridge.map(|b| b.secondary)
-        };
-        let devices = r
-            .scopes()
-            .filter_map(|s| s.resolve(secondary).ok())
-            .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
-            .collect();
-        // Inverted or misaligned RMRRs were refused (and logged) by the parser.
-        rmrrs.push(RmrrInfo {
-            base: r.base(),
-            limit: r.limit(),
-            devices,
-        });
-    }
-    Ok(Some(Iommu {
-        units,
-        rmrrs,
-        host_address_width: haw,
-        defaults: Mutex::new(Vec::new()),
-        memberships: Mutex::new(Vec::new()),
-        boot_attachments: Mutex::new(Vec::new()),
-    }))
-}
-
-impl Iommu {
-    /// Starts translation on every unit (GCMD.TE). Called once boot has attached the devices
-    /// an RMRR names: from here on a device without a domain cannot DMA anywhere.
-    ///
-    /// # Errors
-    /// The first unit that refused, with its register base.
-    pub fn start_translation(&self) -> Result<(), IommuInitError> {
-        for u in &self.units {
-            u.unit
-                .start_translation()
-                .map_err(|error| IommuInitError::Unit {
-                    base: u.base,
-                    error,
-                })?;
-        }
-        Ok(())
-    }
-
-    /// The unit translating DMA from `bdf`: an endpoint scope naming it, a bridge scope above
-    /// it, or an INCLUDE_PCI_ALL unit of its segment.
-    pub fn unit_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Option<&UnitEntry> {
-        let t = &pci.topology;
-        let mut path = Vec::from([bdf]);
-        path.extend(t.upstream_bridges(bdf).map(|f| f.bdf));
-        self.units
-            .iter()
-            .find(|u| u.endpoints.contains(&bdf) || path.iter().any(|b| u.bridges.contains(b)))
-            .or_else(|| {
-                self.units
-                    .iter()
-                    .find(|u| u.include_all && u.segment == bdf.segment())
-            })
-    }
-
-    /// A new empty domain on the unit that translates for `bdf`, with that unit's table depth.
-    pub fn domain_for(&self, pci: &PciSystem, bdf: pci::Bdf) -> Result<Domain, AttachError> {
-        let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
-        entry
-            .unit
-            .create_domain(DomainConfig {
-                levels: Some(entry.levels),
-                ..DomainConfig::default()
-            })
-            .map_err(AttachError::Vtd)
-    }
-
-    /// Attaches `bdf` to `domain` as a member of its isolation group. The first member of a
-    /// group programs every requester ID any member's DMA can carry (the group's DMA aliases),
-    /// after identity-mapping the RMRRs that name any member; a further member of a group
-    /// already attached to `domain` is a refcounted success; a group attached to another domain
-    /// is refused ([`VtdError::GroupAttachedElsewhere`]). Returns the group's requester IDs.
-    pub fn attach(
-        &self,
-        pci: &PciSystem,
-        domain: &Domain,
-        bdf: pci::Bdf,
-    ) -> Result<Vec<u16>, AttachError> {
-        self.attach_keyed(pci, domain, bdf).map(|(_, rids)| rids)
-    }
-
-    /// [`Iommu::attach`], also returning the group key it attached under (read once, with the
-    /// groups it attached, so a concurrent recomputation cannot make the two disagree).
-    fn attach_keyed(
-        &self,
-        pci: &PciSystem,
-        domain: &Domain,
-        bdf: pci::Bdf,
-    ) -> Result<(u32, Vec<u16>), AttachError> {
-        let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
-        if !Arc::ptr_eq(&entry.unit, domain.unit()) {
-            return Err(AttachError::WrongUnit(bdf));
-        }
-        let groups = pci.groups();
-        let group = groups.group_of(bdf).ok_or(AttachError::NoSuchDevice(bdf))?;
-        let key = group_key(group);
-        let rids = group.requester_ids().to_vec();
-        let first = !domain.attached_groups().contains(&key);
-        // RMRR memory a member keeps using must be reachable before the group is switched over.
-        // A region already identity-mapped in this domain is left as it is; on failure the
-        // ranges this call mapped are removed again (with the page-rounded bounds it mapped).
-        let mut mapped: Vec<(u64, u64)> = Vec::new();
-        let mut result = Ok(());
-        if first {
-            'regions: for r in self
-                .rmrrs
-                .iter()
-                .filter(|r| r.devices.iter().any(|d| group.contains(*d)))
-            {
-                // Page by page: pages already identity-mapped (an overlapping RMRR, a
-                // re-attach) stay; a page mapped elsewhere is a conflict; runs of missing pages
-                // are mapped.
-                let (base, size) = r.page_range();
-                let end = base + size;
-                let mut page = base;
-                while page < end {
-                    match domain.translate(DmaAddr::new(page)) {
-                        Some((p, _)) if p.as_u64() == page => page += 4096,
-                        Some((p, _)) => {
-                            result = Err(AttachError::RmrrConflict {
-                                iova: page,
-                                maps_to: p.as_u64(),
-                            });
-                            break 'regions;
-                        }
-                        None => {
-                            let mut run_end = page + 4096;
-                            while run_end < end && domain.translate(DmaAddr::new(run_end)).is_none()
-                            {
-                                run_end += 4096;
-                            }
-                            if let Err(e) = domain.map_identity(page, run_end - 1) {
-                                result = Err(AttachError::Rmrr(e));
-                                break 'regions;
-                            }
-                            mapped.push((page, run_end - page));
-                            page = run_end;
-                        }
-                    }
-                }
-            }
-        }
-        if result.is_ok() {
-            result = domain
-                .attach_device(
-                    GroupRef {
-                        key,
-                        requester_ids: &rids,
-                    },
-                    bdf.requester_id(),
-                )
-                .map_err(AttachError::Vtd);
-        }
-        if result.is_err() && !mapped.is_empty() {
-            let mut gather = IotlbGather::new();
-            for &(base, size) in &mapped {
-                if let Err(e) = domain.unmap(DmaAddr::new(base), size, &mut gather) {
-                    log::error!("vt-d: undoing RMRR identity map {base:#x}: {e}");
-                }
-            }
-            if let Err(e) = domain.flush(gather) {
-                log::error!("vt-d: flush after undoing RMRR maps: {e}");
-            }
-        }
-        result.map(|()| (key, rids))
-    }
-
-    /// Detaches `bdf` (a member of its group) from `domain`. The group's context entries are
-    /// cleared, and the context cache and IOTLB invalidated, only when the last member leaves.
-    pub fn detach(
-        &self,
-        pci: &PciSystem,
-        domain: &Domain,
-        bdf: pci::Bdf,
-    ) -> Result<(), AttachError> {
-        let key = pci
-            .groups()
-            .group_of(bdf)
-            .map(group_key)
-            .ok_or(AttachError::NoSuchDevice(bdf))?;
-        domain
-            .detach_device(key, bdf.requester_id())
-            .map_err(AttachError::Vtd)
-    }
-
-    /// [`Iommu::attach`] whose detach is tied to the returned guard's lifetime. Guards for the
-    /// same function and domain are shared (a boot-time RMRR attachment and a driver's set-up
-    /// hold one membership): the function is detached when the last guard is dropped.
-    pub fn attach_member(
-        &self,
-        pci: &PciSystem,
-        domain: &Arc<Domain>,
-        bdf: pci::Bdf,
-    ) -> Result<Membership, AttachError> {
-        let mut live = self.memberships.lock();
-        live.retain(|m| m.strong_count() > 0);
-        let existing = live
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|m| m.bdf == bdf && Arc::ptr_eq(&m.domain, domain));
-        if let Some(inner) = existing {
-            return Ok(Membership(inner));
-        }
-        let (key, _) = self.attach_keyed(pci, domain, bdf)?;
-        let inner = Arc::new(MemberInner {
-            domain: domain.clone(),
-            group: key,
-            bdf,
-        });
-        live.push(Arc::downgrade(&inner));
-        Ok(Membership(inner))
-    }
-}
-
-/// The key a group is known by to the VT-d units: its segment and lowest member BDF. Unlike
-/// the group's index it does not change when the groups are recomputed and the group itself
-/// stays the same.
-pub fn group_key(group: &pci::Group) -> u32 {
-    let lowest = group.members().first().map_or(0, |b| b.requester_id());
-    u32::from(group.segment()) << 16 | u32::from(lowest)
-}
-
-/// One function's membership of its group's attachment to a domain, shared by every holder
-/// (see [`Iommu::attach_member`]): when the last holder drops it the function is detached
-/// ([`Domain::detach_device`]), which clears the group's context entries only when it was the
-/// group's last member.
-pub struct Membership(Arc<MemberInner>);
-
-/// The shared part of a [`Membership`].
-pub struct MemberInner {
-    domain: Arc<Domain>,
-    group: u32,
-    bdf: pci::Bdf,
-}
-
-impl Membership {
-    /// The function.
-    pub fn bdf(&self) -> pci::Bdf {
-        self.0.bdf
-    }
-
-    /// The domain.
-    pub fn domain(&self) -> &Arc<Domain> {
-        &self.0.domain
-    }
-}
-
-impl Drop for MemberInner {
-    fn drop(&mut self) {
-        if let Err(e) = self
-            .domain
-            .detach_device(self.group, self.bdf.requester_id())
-        {
-            log::error!(
-                "vt-d: detaching {} from domain {}: {e}",
-                self.bdf,
-                self.domain.did()
-            );
-        }
-    }
-}
-
-impl RmrrInfo {
-    /// Parses a command-line RMRR, `<bdf>@<base>-<limit>` (BDF as `[segment:]bus:dev.fn`,
-    /// addresses in hex with `0x`, `base` 4 KiB aligned, `limit + 1` 4 KiB aligned): a region the
-    /// firmware should have listed. It is treated exactly like a firmware RMRR (identity-mapped
-    /// for its device from boot, kept out of every IOVA space); the scenarios use it because
-    /// QEMU's DMAR has none.
-    pub fn parse_override(spec: &str) -> Option<Self> {
-        let (bdf, range) = spec.split_once('@')?;
-        let (base, limit) = range.split_once('-')?;
-        let hex = |v: &str| u64::from_str_radix(v.strip_prefix("0x")?, 16).ok();
-        let (base, limit) = (hex(base)?, hex(limit)?);
-        let aligned = base % 4096 == 0 && limit.checked_add(1)? % 4096 == 0 && base <= limit;
-        Some(Self {
-            base,
-            limit,
-            devices: alloc::vec![bdf.parse().ok()?],
-        })
-        .filter(|_| aligned)
-    }
-
-    /// The page-rounded identity range `(base, size)` that is mapped for this region.
-    pub fn page_range(&self) -> (u64, u64) {
-        let base = self.base & !0xfff;
-        let last = self.limit | 0xfff;
-        (base, last - base + 1)
-    }
+    // Inverted or misaligned RMRRs were refused (and logged) by the parser.
+    iommu
+        .rmrrs
+        .extend(dmar.rmrrs().map(|r| RmrrInfo::resolve(&r, &pci.topology)));
+    Ok(Some(iommu))
 }

@@ -1,0 +1,40 @@
+//! The platform glue between the `pci`, `iommu-vtd` and `dma` crates (`#![no_std]` + `alloc`):
+//! what every embedder of VT-d needs once the firmware tables are parsed and the buses
+//! enumerated, and what our kernel is the first user of (SPEC.md "Isolation unit", "Requester IDs
+//! the IOMMU sees", "Reserved IOVA regions").
+//!
+//! Layering, bottom up (each module uses only those above it in this list):
+//!
+//! 1. [`view`]: the PCI state the glue reads ([`PciView`]: a topology and its isolation groups);
+//! 2. [`scope`]: a VT-d unit with its DRHD scopes resolved against the topology ([`UnitEntry`])
+//!    and the unit that translates a function ([`unit_for`]); RMRRs resolved ([`RmrrInfo`]);
+//! 3. [`reserved`]: the IOVA ranges no domain may hand out ([`reserved_regions`]);
+//! 4. [`state`]: what the glue keeps per machine ([`Iommu`]: units, RMRRs, default domains,
+//!    memberships);
+//! 5. [`attach`]: group-to-domain attach with the RMRRs of every member identity-mapped first
+//!    ([`Iommu::attach`], [`Iommu::detach`], [`group_key`], the shared [`Membership`] guard);
+//! 6. [`setup`]: one default domain per isolation group ([`Iommu::group_domain`]) and a
+//!    [`dma::DmaDevice`] for a function ([`setup_device`]), boot-time RMRR attachments.
+//!
+//! Generic over the unit's register access ([`iommu_vtd::RegisterIo`]) and table memory
+//! ([`iommu_vtd::Platform`]): the kernel runs it over MMIO, the host tests over
+//! `iommu_vtd::fake`.
+
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod attach;
+pub mod reserved;
+pub mod scope;
+pub mod setup;
+pub mod state;
+pub mod view;
+
+pub use attach::{group_key, AttachError};
+pub use reserved::reserved_regions;
+pub use scope::{unit_for, RmrrInfo, UnitEntry, UnitError};
+pub use setup::{setup_device, DeviceDma, DmaResources, SetupError};
+pub use state::{BootAttachment, DefaultDomain, GroupDomain, Iommu, MemberInner, Membership};
+pub use view::{PciState, PciView};
