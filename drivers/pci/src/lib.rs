@@ -37,7 +37,6 @@ extern crate alloc;
 
 pub mod acs;
 pub mod bar;
-mod bdf;
 pub mod capability;
 mod config;
 mod ecam;
@@ -53,12 +52,12 @@ pub mod testing;
 pub mod topology;
 
 pub use bar::{Bar, BarKind, BusOffset, HostBridgeWindow};
-pub use bdf::{Bdf, BdfError};
 pub use config::{is_valid_access, ConfigSpace, CONFIG_SPACE_SIZE};
 pub use ecam::{Ecam, EcamError};
 pub use group::{Group, GroupId, IsolationGroups};
 pub use listing::Listing;
 pub use mcfg::{McfgError, McfgRegion};
 pub use p2p::{HostBridgePolicy, P2pRouting, ProviderRegistry};
+pub use pci_address::{Bdf, BdfError, RequesterId};
 pub use reset::{PowerState, ResetError, ResetMethod, SavedConfig};
 pub use topology::{enumerate, enumerate_with, EnumerationOptions, Function, Topology};

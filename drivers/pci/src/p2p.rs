@@ -59,6 +59,9 @@ pub use dma::p2p::{BarSlot, DeviceId, MapType, P2pClassifier, Provider, Provider
 pub use dma::MemoryDecode;
 
 /// The `dma` identity of a function (segment and requester ID).
+///
+/// A function, not `From<Bdf> for DeviceId`: both types live in other crates (`pci-address` and
+/// `dma`), so the orphan rule leaves the conversion to this crate as a plain function.
 pub const fn device_id(bdf: Bdf) -> DeviceId {
     DeviceId::new(bdf.segment(), bdf.requester_id())
 }
@@ -66,12 +69,6 @@ pub const fn device_id(bdf: Bdf) -> DeviceId {
 /// The function a `dma` identity names.
 pub const fn bdf_of(id: DeviceId) -> Bdf {
     Bdf::from_requester_id(id.segment(), id.requester_id())
-}
-
-impl From<Bdf> for DeviceId {
-    fn from(bdf: Bdf) -> Self {
-        device_id(bdf)
-    }
 }
 
 /// Whether `bdf` decodes memory now (Command.Memory Space), read live. An absent function (all
@@ -1113,7 +1110,10 @@ mod tests {
         assert_eq!(memory_decode(&fake, at(C)), MemoryDecode::Enabled);
         assert_eq!(memory_decode(&fake, bdf(9, 9, 0)), MemoryDecode::Disabled);
         assert_eq!(bdf_of(device_id(at(C))), at(C));
-        assert_eq!(DeviceId::from(at(D)), device_id(at(D)));
+        let far = Bdf::new(3, 0x41, 2, 5).unwrap();
+        let id = device_id(far);
+        assert_eq!((id.segment(), id.requester_id()), (3, far.requester_id()));
+        assert_eq!(bdf_of(id), far);
     }
 
     /// Neither a sub-page BAR nor a misaligned one can be exported, whatever range is asked

@@ -261,11 +261,9 @@ pub fn init(
         };
         let (mut endpoints, mut bridges) = (Vec::new(), Vec::new());
         for scope in drhd.scopes() {
-            let Ok(b) = scope.resolve(secondary) else {
+            // The scope resolves to the shared `pci::Bdf`, in the DRHD's segment.
+            let Ok(bdf) = scope.resolve(secondary) else {
                 log::warn!("vt-d: a device scope of unit {base:#x} does not resolve");
-                continue;
-            };
-            let Ok(bdf) = pci::Bdf::new(drhd.segment(), b.bus, b.device, b.function) else {
                 continue;
             };
             match scope.kind() {
@@ -293,7 +291,6 @@ pub fn init(
         let devices = r
             .scopes()
             .filter_map(|s| s.resolve(secondary).ok())
-            .filter_map(|b| pci::Bdf::new(r.segment(), b.bus, b.device, b.function).ok())
             .collect();
         // Inverted or misaligned RMRRs were refused (and logged) by the parser.
         rmrrs.push(RmrrInfo {
