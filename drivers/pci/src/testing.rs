@@ -44,7 +44,7 @@ use crate::regs::{
     acs, bar_bits, bridge, header, pcie, rom_bits, AcsFlags, BridgeControl, CapabilityId,
     DevicePortType, ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
 };
-use crate::reset::layout::{self as reset_layout, msi, msix, pm};
+use crate::regs::{msi, msix, pm};
 use crate::{Bdf, ConfigSpace};
 
 /// One write the code under test issued.
@@ -272,8 +272,8 @@ impl FakeFunction {
     /// the other registers software programs.
     fn function_reset(&mut self) {
         self.reset();
-        self.put(reset_layout::header::CACHE_LINE_SIZE, 1, 0);
-        self.put(reset_layout::header::LATENCY_TIMER, 1, 0);
+        self.put(header::CACHE_LINE_SIZE, 1, 0);
+        self.put(header::LATENCY_TIMER, 1, 0);
         self.put(header::INTERRUPT_LINE, 1, 0);
         let status = self.get(header::STATUS, 2) & !u32::from(Status::RW1C.bits());
         self.put(header::STATUS, 2, status);
