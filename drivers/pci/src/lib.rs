@@ -10,6 +10,16 @@
 //! Isolation groups ([`group`]) partition the functions the way Linux forms IOMMU groups: DMA
 //! aliases, multifunction devices without ACS and bridge paths without ACS isolation.
 //!
+//! Layers (a module imports only modules of the layers below it, never one above):
+//!
+//! 1. `pci-address` ([`Bdf`], [`RequesterId`]), [`regs`] (every register layout, declared once),
+//!    [`names`], [`mcfg`];
+//! 2. the [`ConfigSpace`] seam and [`Ecam`], its hardware implementation;
+//! 3. readers of one function: [`capability`], [`bar`], [`acs::state`];
+//! 4. [`topology`] (enumeration);
+//! 5. users of a topology: [`acs`] (the policy), [`group`], [`reset`], [`p2p`], then `listing`
+//!    (which prints groups).
+//!
 //! Everything above the [`ConfigSpace`] seam is pure logic and runs in host tests against
 //! `testing::FakeConfigSpace` (feature `testing`); only [`Ecam`] touches hardware.
 //!

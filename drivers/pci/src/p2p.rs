@@ -89,6 +89,10 @@ pub fn memory_decode(cfg: &impl ConfigSpace, bdf: Bdf) -> MemoryDecode {
 /// Built from the BARs enumeration recorded (enumerate with `probe_bars`, the default; without
 /// it every slot is `Unimplemented`). Errors only if a BAR's range overflows (enumeration
 /// already refuses those).
+///
+/// # Errors
+///
+/// A [`dma::DmaError`] when a recorded BAR's range overflows the address space.
 pub fn provider_table(function: &Function) -> Result<ProviderTable, dma::DmaError> {
     let count = function.layout.bar_count();
     let mut slots = Vec::with_capacity(usize::from(count));
@@ -257,6 +261,10 @@ impl ProviderRegistry {
 
     /// The providers of `function`, created on the first call; later calls return the same
     /// table (even if the BARs moved since: remove and init again to pick that up).
+    ///
+    /// # Errors
+    ///
+    /// The error of [`provider_table`] on the first call for `function`.
     pub fn init(&self, function: &Function) -> Result<Arc<ProviderTable>, dma::DmaError> {
         if let Some(t) = self.get(function.bdf) {
             return Ok(t);
@@ -277,6 +285,11 @@ impl ProviderRegistry {
     }
 
     /// The provider for BAR `bar` of `bdf`.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))`: the table's [`ProviderError`] for that slot (index out of range, an I/O
+    /// BAR, an unimplemented slot or the upper half of a 64-bit BAR, ...); `None` when `bdf` has no providers.
     pub fn provider(&self, bdf: Bdf, bar: u8) -> Option<Result<Provider, ProviderError>> {
         self.get(bdf).map(|t| t.provider(bar))
     }
@@ -294,6 +307,11 @@ impl ProviderRegistry {
     /// Forgets the providers of `bdf` before the device goes away. Refused while anything else
     /// holds them: an `Exporter` holds its table until its `teardown` (which revokes every
     /// export and removes every mapping), so a provider cannot disappear under a mapping.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotInitialised`] when `bdf` has no providers, [`RegistryError::InUse`] while
+    /// an exporter (or anyone else) still holds them.
     pub fn remove(&self, bdf: Bdf) -> Result<(), RegistryError> {
         let mut tables = self.tables.lock();
         let table = tables.get(&bdf).ok_or(RegistryError::NotInitialised(bdf))?;

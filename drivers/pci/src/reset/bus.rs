@@ -22,6 +22,11 @@ pub const SBR_SETTLE_US: u32 = 100_000;
 /// Every function below `bridge` is reset (Command and BARs zeroed, bus numbers of bridges below
 /// cleared). Poll each of them with [`wait_until_ready`](crate::reset::wait_until_ready) and restore them, parents first, or use
 /// [`reset`](crate::reset::reset), which does both. `bridge` itself keeps its configuration.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bridge`, [`ResetError::NotABridge`] when it
+/// has no type-1 header.
 pub fn secondary_bus_reset(
     cfg: &impl ConfigSpace,
     bridge: Bdf,

@@ -28,11 +28,19 @@ fn set_command_bit(
 
 /// Turns the function's memory decoding (Command.Memory Space) on or off and returns whether it
 /// was on. Turning it off is a revoke trigger: revoke the function's exports before calling.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bdf`.
 pub fn set_memory_decode(cfg: &impl ConfigSpace, bdf: Bdf, on: bool) -> Result<bool, ResetError> {
     set_command_bit(cfg, bdf, Command::MEMORY_SPACE, on)
 }
 
 /// Whether the function decodes its memory BARs.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bdf`.
 pub fn memory_decode_enabled(cfg: &impl ConfigSpace, bdf: Bdf) -> Result<bool, ResetError> {
     present(cfg, bdf)?;
     Ok(Command::from_bits_retain(cfg.read16(bdf, header::COMMAND)).contains(Command::MEMORY_SPACE))
@@ -40,6 +48,10 @@ pub fn memory_decode_enabled(cfg: &impl ConfigSpace, bdf: Bdf) -> Result<bool, R
 
 /// Turns bus mastering (the function's right to issue DMA and MSI writes) on or off and returns
 /// whether it was on.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bdf`.
 pub fn set_bus_master(cfg: &impl ConfigSpace, bdf: Bdf, on: bool) -> Result<bool, ResetError> {
     set_command_bit(cfg, bdf, Command::BUS_MASTER, on)
 }

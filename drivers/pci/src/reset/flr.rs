@@ -35,6 +35,12 @@ pub fn has_flr(cfg: &impl ConfigSpace, bdf: Bdf) -> bool {
 ///
 /// Resets only `bdf`. Its configuration is lost: save it first ([`SavedConfig::save`](crate::reset::SavedConfig::save)) and
 /// restore it afterwards, or use [`reset`](crate::reset::reset), which does both.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bdf`, [`ResetError::FlrNotSupported`] when
+/// it does not advertise FLR, [`ResetError::NotReady`] when it does not answer within
+/// [`READY_TIMEOUT_US`] after the reset (the time counts the whole operation).
 pub fn function_level_reset(
     cfg: &impl ConfigSpace,
     bdf: Bdf,

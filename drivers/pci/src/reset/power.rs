@@ -36,6 +36,11 @@ pub fn has_pm_reset(cfg: &impl ConfigSpace, bdf: Bdf) -> bool {
 }
 
 /// The function's power state from PMCSR.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`] when nothing answers at `bdf`, [`ResetError::NoPowerManagement`]
+/// when it has no PM capability.
 pub fn power_state(cfg: &impl ConfigSpace, bdf: Bdf) -> Result<PowerState, ResetError> {
     present(cfg, bdf)?;
     let cap = pm_capability(cfg, bdf).ok_or(ResetError::NoPowerManagement { bdf })?;
@@ -50,6 +55,14 @@ pub fn power_state(cfg: &impl ConfigSpace, bdf: Bdf) -> Result<PowerState, Reset
 /// PME_Status is never written as 1 (that would clear it). In D3hot the function no longer
 /// decodes its BARs: it is a revoke trigger like memory disable. When the result says
 /// `context_lost`, restore the saved configuration.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`], [`ResetError::NoPowerManagement`];
+/// [`ResetError::PowerStateUnsupported`] for a D1/D2 the function lacks;
+/// [`ResetError::InvalidTransition`] for a transition PCI PM 1.2 §5.4 forbids;
+/// [`ResetError::NotReady`] when the function does not answer after D3hot→D0;
+/// [`ResetError::PowerStateNotReached`] when PMCSR does not read back the state asked for.
 pub fn set_power_state(
     cfg: &impl ConfigSpace,
     bdf: Bdf,
@@ -112,6 +125,12 @@ pub fn set_power_state(
 /// [`D3HOT_DELAY_US`] after each step and then for the function to answer. Refused with
 /// [`ResetError::NoSoftReset`] when the transition would keep the configuration, and with
 /// [`ResetError::NotInD0`] when the function is not in D0.
+///
+/// # Errors
+///
+/// [`ResetError::NotPresent`], [`ResetError::NoPowerManagement`]; [`ResetError::NoSoftReset`] when
+/// No_Soft_Reset is set (the transition would reset nothing); [`ResetError::NotInD0`] when the
+/// function is not in D0; the errors of [`set_power_state`] for either transition.
 pub fn power_management_reset(
     cfg: &impl ConfigSpace,
     bdf: Bdf,

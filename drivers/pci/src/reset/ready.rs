@@ -92,6 +92,11 @@ pub(super) fn find_capability(cfg: &impl ConfigSpace, bdf: Bdf, id: CapabilityId
 /// Polls until `bdf` answers configuration requests with a valid vendor ID (not all-ones, not
 /// the Request Retry Status value 0x0001, not 0), for at most `timeout_us`. Returns the time
 /// waited.
+///
+/// # Errors
+///
+/// [`ResetError::NotReady`] (with the time waited) when the function still does not answer with a
+/// valid vendor ID after `timeout_us`.
 pub fn wait_until_ready(
     cfg: &impl ConfigSpace,
     bdf: Bdf,

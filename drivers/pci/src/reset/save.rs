@@ -158,6 +158,10 @@ pub struct SavedConfig {
 
 impl SavedConfig {
     /// Captures the function's configuration.
+    ///
+    /// # Errors
+    ///
+    /// [`ResetError::NotPresent`] when nothing answers at `bdf`.
     pub fn save(cfg: &impl ConfigSpace, bdf: Bdf) -> Result<Self, ResetError> {
         present(cfg, bdf)?;
         let layout = layout_of(cfg, bdf);
@@ -280,6 +284,13 @@ impl SavedConfig {
     /// the BARs are read back, and the Command register is written last. A BAR that does not
     /// read back what was written fails with [`ResetError::RestoreMismatch`] and the function is
     /// left with decoding and bus mastering off.
+    ///
+    /// # Errors
+    ///
+    /// [`ResetError::NotPresent`] when nothing answers at the saved address;
+    /// [`ResetError::IdentityChanged`] when another vendor:device answers there (nothing is written);
+    /// [`ResetError::RestoreMismatch`] when a register does not read back what was written (decoding
+    /// is then left off).
     pub fn restore(&self, cfg: &impl ConfigSpace) -> Result<(), ResetError> {
         let bdf = self.bdf;
         present(cfg, bdf)?;
