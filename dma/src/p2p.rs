@@ -32,7 +32,10 @@ pub use crate::error::ProviderError;
 /// An opaque identity of a device taking part in P2P: segment group and 16-bit requester ID
 /// (bus, device, function) packed as `segment << 16 | requester_id`.
 ///
-/// Why not `pci::Bdf`: this crate knows no PCI; the `pci` crate converts both ways.
+/// Why not `pci::Bdf`: this crate knows no PCI; the `pci` crate converts both ways with the
+/// functions `pci::p2p::device_id(bdf)` and `pci::p2p::bdf_of(id)`. There is deliberately no
+/// `From<Bdf>`: the address type lives in `pci-address` and this type here, so the orphan rule
+/// would leave such an impl to this crate, which must not depend on PCI.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct DeviceId(u32);
 

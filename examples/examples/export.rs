@@ -7,7 +7,7 @@
 use std::error::Error;
 use std::sync::{Arc, Mutex};
 
-use dma::p2p::{DeviceId, MapType};
+use dma::p2p::MapType;
 use dma::{BouncePool, DeviceConfig, Direction, DmaDevice, DmaDomain, Translation};
 use dma::{ExportRange, ExportRequest, ExportState, Exporter, Importer, MoveEvent, PhysMemory};
 use iommu_vtd::fake::{FakeVtd, HostPlatform};
@@ -59,7 +59,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let events = Arc::new(Mutex::new(Vec::new()));
     let seen = events.clone();
     let importer = Importer {
-        id: DeviceId::from(edu),
+        id: pci::p2p::device_id(edu),
         dev,
         peer_to_peer: true,
         move_notify: Box::new(move |e| seen.lock().unwrap().push(e)),

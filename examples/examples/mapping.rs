@@ -21,7 +21,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
         UnitConfig::new(39),
     )?);
     unit.enable()?;
-    let rid = Bdf::new(0, 3, 0).requester_id();
+    let rid = Bdf::new(0, 0, 3, 0)?.requester_id();
     let hw = Arc::new(unit.create_domain(DomainConfig::default())?);
     let group = GroupRef {
         key: u32::from(rid),

@@ -17,7 +17,7 @@ mod topology;
 pub use outcome::{parse, KernelEnd, Outcome, TestStatus};
 pub use pci_model::{
     check_pci_listing, expected_functions, expected_partition, parse_pci_listing, Bar, BarType,
-    Bdf, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
+    Bdf, BdfText, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
 };
 pub use scenarios::{all, AcpiTableFile, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
 pub use topology::Topology;

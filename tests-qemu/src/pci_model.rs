@@ -63,66 +63,49 @@ use std::fmt;
 
 use crate::topology::Topology;
 
-/// A PCI address: segment, bus, device (slot) and function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bdf {
-    /// PCI segment (always 0 on q35, pxb-pcie buses included).
-    pub segment: u16,
-    /// Bus number.
-    pub bus: u8,
-    /// Device (slot) number, 0..=31.
-    pub device: u8,
-    /// Function number, 0..=7.
-    pub function: u8,
+/// The PCI address the model speaks in: the shared type of every crate (`pci::Bdf`,
+/// `iommu_vtd::Bdf`), so an expectation compares directly with what the kernel and the DMAR parser
+/// use. The segment is always 0 on q35 (`pxb-pcie` buses included).
+pub use pci_address::Bdf;
+
+/// The model's text helpers for [`Bdf`], kept as a trait because the type now lives in
+/// `pci-address` (a foreign type takes no inherent methods).
+pub trait BdfText: Sized {
+    /// Parses `ssss:bb:dd.f` or `bb:dd.f` (hexadecimal); `None` for anything else or for a
+    /// device above 31 or a function above 7.
+    fn parse(text: &str) -> Option<Self>;
+
+    /// `bb:dd.f`, the form requester IDs are printed in (the segment left out).
+    fn short(&self) -> String;
+
+    /// `ssss:bb:dd.f` with the segment always present: the form of the kernel's `PCIDEV`
+    /// listing and of the model's messages (`Display` leaves a zero segment out).
+    fn full(&self) -> String;
 }
 
-impl Bdf {
-    /// A segment-0 address.
-    pub fn new(bus: u8, device: u8, function: u8) -> Self {
-        Self {
-            segment: 0,
-            bus,
-            device,
-            function,
-        }
+impl BdfText for Bdf {
+    fn parse(text: &str) -> Option<Self> {
+        text.parse().ok()
     }
 
-    fn from_devfn(bus: u8, devfn: u8) -> Self {
-        Self::new(bus, devfn >> 3, devfn & 7)
+    fn short(&self) -> String {
+        format!(
+            "{:02x}:{:02x}.{:x}",
+            self.bus(),
+            self.device(),
+            self.function()
+        )
     }
 
-    /// `bb:dd.f`, the form requester IDs are printed in.
-    pub fn short(&self) -> String {
-        format!("{:02x}:{:02x}.{:x}", self.bus, self.device, self.function)
-    }
-
-    /// Parses `ssss:bb:dd.f` or `bb:dd.f` (hexadecimal).
-    pub fn parse(text: &str) -> Option<Self> {
-        let parts: Vec<&str> = text.split(':').collect();
-        let (segment, bus, devfn) = match parts.as_slice() {
-            [s, b, df] => (u16::from_str_radix(s, 16).ok()?, *b, *df),
-            [b, df] => (0, *b, *df),
-            _ => return None,
-        };
-        let (dev, func) = devfn.split_once('.')?;
-        let hex = |s: &str, max: u8| {
-            u8::from_str_radix(s, 16)
-                .ok()
-                .filter(|v| *v <= max && !s.is_empty() && s.len() <= 2)
-        };
-        Some(Self {
-            segment,
-            bus: hex(bus, 0xff)?,
-            device: hex(dev, 31)?,
-            function: hex(func, 7)?,
-        })
+    fn full(&self) -> String {
+        format!("{:04x}:{}", self.segment(), self.short())
     }
 }
 
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04x}:{}", self.segment, self.short())
-    }
+/// Function 0 of device 0 on `bus` (segment 0), where a PCIe-to-PCI bridge's requester ID and a
+/// bridge's first function live.
+const fn device0(bus: u8) -> Bdf {
+    Bdf::from_devfn(0, bus, 0)
 }
 
 /// What a function is, as the listing's `kind=` says.
@@ -989,7 +972,7 @@ impl Machine {
 
     fn bdf(&self, node: usize) -> Bdf {
         let n = &self.nodes[node];
-        Bdf::from_devfn(self.buses[n.bus].number.unwrap_or(0), n.devfn)
+        Bdf::from_devfn(0, self.buses[n.bus].number.unwrap_or(0), n.devfn)
     }
 
     /// The requester ID the root complex sees for DMA from `node`.
@@ -1000,7 +983,7 @@ impl Machine {
             let bridge = self.buses[bus].owner.expect("a non-root bus has a bridge");
             if let BusKind::Conventional { pcie_to_pci, .. } = self.buses[bus].kind {
                 rid = if pcie_to_pci {
-                    Bdf::new(self.buses[bus].number.unwrap_or(0), 0, 0)
+                    device0(self.buses[bus].number.unwrap_or(0))
                 } else {
                     self.bdf(bridge)
                 };
@@ -1315,7 +1298,7 @@ pub fn parse_pci_listing(log: &str) -> Result<Vec<ListedFunction>, String> {
 }
 
 fn show_parent(p: Option<Bdf>) -> String {
-    p.map_or("root".into(), |b| b.to_string())
+    p.map_or("root".into(), |b| b.full())
 }
 
 fn show_secondary(s: Option<u8>) -> String {
@@ -1346,14 +1329,14 @@ pub fn check_pci_listing(topology: &Topology, log: &str) -> Result<String, Strin
     let mut by_bdf: BTreeMap<Bdf, &ListedFunction> = BTreeMap::new();
     for f in &listed {
         if by_bdf.insert(f.bdf, f).is_some() {
-            problems.push(format!("{} listed twice", f.bdf));
+            problems.push(format!("{} listed twice", f.bdf.full()));
         }
     }
     for e in &expected {
         let Some(got) = by_bdf.get(&e.bdf) else {
             problems.push(format!(
                 "{} missing: expected {:04x}:{:04x} {} ({})",
-                e.bdf,
+                e.bdf.full(),
                 e.vendor,
                 e.device,
                 e.kind.name(),
@@ -1365,7 +1348,8 @@ pub fn check_pci_listing(topology: &Topology, log: &str) -> Result<String, Strin
             if want != have {
                 problems.push(format!(
                     "{} ({}) {name}: expected {want}, got {have}",
-                    e.bdf, e.origin
+                    e.bdf.full(),
+                    e.origin
                 ));
             }
         };
@@ -1401,7 +1385,7 @@ pub fn check_pci_listing(topology: &Topology, log: &str) -> Result<String, Strin
         if !expected.iter().any(|e| e.bdf == f.bdf) {
             problems.push(format!(
                 "{} unexpected: {:04x}:{:04x} {} is not in the topology",
-                f.bdf,
+                f.bdf.full(),
                 f.vendor,
                 f.device,
                 f.kind.name()
@@ -1461,7 +1445,7 @@ fn check_groups(expected: &[ExpectedFunction], listed: &[ListedFunction]) -> Vec
     let mut problems = Vec::new();
     let label: HashMap<Bdf, &str> = listed.iter().map(|f| (f.bdf, f.group.as_str())).collect();
     for f in listed.iter().filter(|f| f.group == "-") {
-        problems.push(format!("{} has no group", f.bdf));
+        problems.push(format!("{} has no group", f.bdf.full()));
     }
     for (i, a) in expected.iter().enumerate() {
         for b in &expected[i + 1..] {
@@ -1474,9 +1458,9 @@ fn check_groups(expected: &[ExpectedFunction], listed: &[ListedFunction]) -> Vec
                 problems.push(format!(
                     "{} ({}) and {} ({}): {} in the model, {} in the listing (group={la} / \
                      group={lb})",
-                    a.bdf,
+                    a.bdf.full(),
                     a.origin,
-                    b.bdf,
+                    b.bdf.full(),
                     b.origin,
                     if model_same {
                         "one group"
@@ -1502,7 +1486,7 @@ fn check_bar_addresses(listed: &[ListedFunction]) -> Vec<String> {
     let mut ranges: Vec<(bool, u64, u64, String)> = Vec::new();
     for f in listed {
         for b in &f.bars {
-            let name = format!("{} BAR{} ({})", f.bdf, b.index, b.ty.name());
+            let name = format!("{} BAR{} ({})", f.bdf.full(), b.index, b.ty.name());
             if b.address == 0 {
                 problems.push(format!("{name} has address 0 (unassigned)"));
             } else if !b.size.is_power_of_two() {
@@ -1681,14 +1665,14 @@ mod tests {
     /// behind a pci-bridge (1b36:0001), the bridge's BDF; outermost alias wins.
     fn dumped_rid(all: &[Dumped], f: &Dumped) -> Bdf {
         let mut rid = f.bdf;
-        let mut bus = f.bdf.bus;
+        let mut bus = f.bdf.bus();
         while let Some(p) = dumped_parent(all, bus) {
             match (p.vendor, p.device) {
-                (0x1b36, 0x000e) => rid = Bdf::new(bus, 0, 0),
+                (0x1b36, 0x000e) => rid = device0(bus),
                 (0x1b36, 0x0001) => rid = p.bdf,
                 _ => {}
             }
-            bus = p.bdf.bus;
+            bus = p.bdf.bus();
         }
         rid
     }
@@ -1703,12 +1687,12 @@ mod tests {
         assert_eq!(have, want, "functions present");
         for d in &dumped {
             let e = expected.iter().find(|e| e.bdf == d.bdf).unwrap();
-            let ctx = format!("{} ({})", d.bdf, e.origin);
+            let ctx = format!("{} ({})", d.bdf.full(), e.origin);
             assert_eq!((e.vendor, e.device), (d.vendor, d.device), "{ctx} id");
             assert_eq!(e.class, d.class, "{ctx} class");
             assert_eq!(e.kind, d.kind, "{ctx} kind");
             assert_eq!(e.secondary, d.secondary, "{ctx} secondary");
-            let parent = dumped_parent(&dumped, d.bdf.bus).map(|p| p.bdf);
+            let parent = dumped_parent(&dumped, d.bdf.bus()).map(|p| p.bdf);
             assert_eq!(e.parent, parent, "{ctx} parent");
             let types: Vec<(u8, BarType)> = d.bars.iter().map(|b| (b.0, b.1)).collect();
             let model_types: Vec<(u8, BarType)> = e.bars.iter().map(|b| (b.index, b.ty)).collect();
@@ -1754,7 +1738,7 @@ mod tests {
                     .map(|s| s.parse().unwrap())
                     .collect();
                 out.push(InfoPci {
-                    bdf: Bdf::new(nums[0], nums[1], nums[2]),
+                    bdf: Bdf::new(0, nums[0], nums[1], nums[2]).unwrap(),
                     vendor: 0,
                     device: 0,
                     secondary: None,
@@ -2082,12 +2066,12 @@ mod tests {
             log.push_str(&format!(
                 "PCIDEV {} id={:04x}:{:04x} class={:06x} kind={} parent={} secondary={} bars={} \
                  rids={} group={}\n",
-                d.bdf,
+                d.bdf.full(),
                 d.vendor,
                 d.device,
                 d.class,
                 d.kind.name(),
-                show_parent(dumped_parent(&dumped, d.bdf.bus).map(|p| p.bdf)),
+                show_parent(dumped_parent(&dumped, d.bdf.bus()).map(|p| p.bdf)),
                 show_secondary(d.secondary),
                 if bars.is_empty() {
                     "-".into()

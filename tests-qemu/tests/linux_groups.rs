@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use tests_qemu::{expected_functions, expected_partition, Bdf, Scenario};
+use tests_qemu::{expected_functions, expected_partition, Bdf, BdfText, Scenario};
 
 fn fixtures() -> Vec<(String, String)> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/linux-groups");

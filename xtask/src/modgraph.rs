@@ -20,6 +20,8 @@ pub const CHECKED: &[&str] = &[
     "dma",
     "drivers/iommu-vtd",
     "drivers/platform",
+    "drivers/pci",
+    "drivers/pci-address",
     "drivers/edu",
     "drivers/ivshmem",
     "drivers/nvme",
@@ -29,6 +31,7 @@ pub const CHECKED: &[&str] = &[
 /// Every library crate whose graph is computed (checked or only reported).
 const ALL: &[&str] = &[
     "dma",
+    "drivers/pci-address",
     "drivers/platform",
     "drivers/iommu-vtd",
     "drivers/edu",

@@ -14,9 +14,9 @@
 use dma::PhysAddr;
 
 use crate::caps::PagingLevels;
-use crate::dmar::Bdf;
 use crate::platform::{Platform, TableMem, TablePage};
 use crate::registers::{ContextEntryHi, ContextEntryLo, RootEntryLo};
+use pci_address::RequesterId;
 
 /// Number of 64-bit words per root or context entry.
 const WORDS_PER_ENTRY: usize = 2;
@@ -136,8 +136,8 @@ impl RootTable {
 
     /// The context entry of `rid`, if its bus has a context table.
     pub fn context<P: Platform + ?Sized>(&self, platform: &P, rid: u16) -> Option<ContextEntry> {
-        let bdf = Bdf::from_requester_id(rid);
-        let table = self.context_table(platform, bdf.bus)?;
+        let bdf = RequesterId::new(rid);
+        let table = self.context_table(platform, bdf.bus())?;
         let mem = self.mem(platform, table);
         let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
         Some(ContextEntry {
@@ -154,8 +154,8 @@ impl RootTable {
         rid: u16,
         entry: ContextEntry,
     ) -> bool {
-        let bdf = Bdf::from_requester_id(rid);
-        let Some(table) = self.context_table(platform, bdf.bus) else {
+        let bdf = RequesterId::new(rid);
+        let Some(table) = self.context_table(platform, bdf.bus()) else {
             return false;
         };
         let mem = self.mem(platform, table);
@@ -172,8 +172,8 @@ impl RootTable {
 
     /// Clears `rid`'s context entry (present bit first).
     pub fn clear_context<P: Platform + ?Sized>(&mut self, platform: &P, rid: u16) {
-        let bdf = Bdf::from_requester_id(rid);
-        if let Some(table) = self.context_table(platform, bdf.bus) {
+        let bdf = RequesterId::new(rid);
+        if let Some(table) = self.context_table(platform, bdf.bus()) {
             let mem = self.mem(platform, table);
             let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
             mem.write(index, 0);

@@ -544,58 +544,9 @@ pub fn structure_name(kind: u16) -> &'static str {
     }
 }
 
-/// A PCI bus/device/function within one segment.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Bdf {
-    /// Bus number.
-    pub bus: u8,
-    /// Device number (0..=31).
-    pub device: u8,
-    /// Function number (0..=7).
-    pub function: u8,
-}
-
-impl Bdf {
-    /// A BDF; `device` and `function` are truncated to 5 and 3 bits.
-    pub const fn new(bus: u8, device: u8, function: u8) -> Self {
-        Self {
-            bus,
-            device: device & MAX_DEVICE,
-            function: function & MAX_FUNCTION,
-        }
-    }
-
-    /// The 16-bit requester ID (source-id) the IOMMU sees: `bus << 8 | dev << 3 | fn`.
-    pub const fn requester_id(self) -> u16 {
-        (self.bus as u16) << 8 | (self.device as u16) << 3 | self.function as u16
-    }
-
-    /// The BDF of a requester ID.
-    pub const fn from_requester_id(rid: u16) -> Self {
-        Self::new((rid >> 8) as u8, (rid >> 3) as u8, rid as u8)
-    }
-
-    /// `device << 3 | function`: the index of the context entry within its bus's table.
-    pub const fn devfn(self) -> u8 {
-        self.device << 3 | self.function
-    }
-}
-
-impl fmt::Debug for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Bdf {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:02x}:{:02x}.{:x}",
-            self.bus, self.device, self.function
-        )
-    }
-}
+/// The shared PCI function address (crate `pci-address`): a device scope resolves to one, in the
+/// segment of the structure that holds the scope.
+pub use pci_address::Bdf;
 
 /// Why a device scope's path could not be resolved to a BDF.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -777,6 +728,8 @@ impl<'a> Dmar<'a> {
                 let mut scopes = RawScopes {
                     bytes: body.get(fixed_len(kind)..).unwrap_or(&[]),
                     offset: abs + fixed_len(kind),
+                    // Only the scopes' validity is checked here; none is resolved.
+                    segment: 0,
                 };
                 // Collected in reverse so `pop` yields them in table order.
                 let mut found: Vec<Refused> = Vec::new();
@@ -1014,22 +967,32 @@ impl<'a> Iterator for Structures<'a> {
             if check_structure(kind, body).is_err() {
                 continue;
             }
-            let scopes = DeviceScopes {
+            let scopes = |segment: u16| DeviceScopes {
                 inner: RawScopes {
                     bytes: body.get(fixed_len(kind)..).unwrap_or(&[]),
                     offset: base_offset + fixed_len(kind),
+                    segment,
                 },
             };
             let structure = match kind {
-                structure_type::DRHD => DrhdFixed::read_from_prefix(body)
-                    .ok()
-                    .map(|(fixed, _)| RemappingStructure::Drhd(Drhd { fixed, scopes })),
-                structure_type::RMRR => RmrrFixed::read_from_prefix(body)
-                    .ok()
-                    .map(|(fixed, _)| RemappingStructure::Rmrr(Rmrr { fixed, scopes })),
-                structure_type::ATSR => AtsrFixed::read_from_prefix(body)
-                    .ok()
-                    .map(|(fixed, _)| RemappingStructure::Atsr(Atsr { fixed, scopes })),
+                structure_type::DRHD => DrhdFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Drhd(Drhd {
+                        fixed,
+                        scopes: scopes(fixed.segment.get()),
+                    })
+                }),
+                structure_type::RMRR => RmrrFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Rmrr(Rmrr {
+                        fixed,
+                        scopes: scopes(fixed.segment.get()),
+                    })
+                }),
+                structure_type::ATSR => AtsrFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Atsr(Atsr {
+                        fixed,
+                        scopes: scopes(fixed.segment.get()),
+                    })
+                }),
                 structure_type::RHSA => RhsaFixed::read_from_prefix(body)
                     .ok()
                     .map(|(fixed, _)| RemappingStructure::Rhsa(Rhsa { fixed })),
@@ -1039,12 +1002,18 @@ impl<'a> Iterator for Structures<'a> {
                         name: body.get(fixed_len(kind)..).unwrap_or(&[]),
                     })
                 }),
-                structure_type::SATC => SatcFixed::read_from_prefix(body)
-                    .ok()
-                    .map(|(fixed, _)| RemappingStructure::Satc(Satc { fixed, scopes })),
-                structure_type::SIDP => SidpFixed::read_from_prefix(body)
-                    .ok()
-                    .map(|(fixed, _)| RemappingStructure::Sidp(Sidp { fixed, scopes })),
+                structure_type::SATC => SatcFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Satc(Satc {
+                        fixed,
+                        scopes: scopes(fixed.segment.get()),
+                    })
+                }),
+                structure_type::SIDP => SidpFixed::read_from_prefix(body).ok().map(|(fixed, _)| {
+                    RemappingStructure::Sidp(Sidp {
+                        fixed,
+                        scopes: scopes(fixed.segment.get()),
+                    })
+                }),
                 _ => Some(RemappingStructure::Other { kind, body }),
             };
             return structure;
@@ -1272,6 +1241,8 @@ impl<'a> Sidp<'a> {
 struct RawScopes<'a> {
     bytes: &'a [u8],
     offset: usize,
+    /// The segment of the structure holding the scopes; every scope resolves within it.
+    segment: u16,
 }
 
 impl<'a> Iterator for RawScopes<'a> {
@@ -1289,7 +1260,14 @@ impl<'a> Iterator for RawScopes<'a> {
         let len = fixed.length as usize;
         self.bytes = self.bytes.get(len..).unwrap_or(&[]);
         self.offset += len;
-        Some((at, DeviceScope { fixed, path }))
+        Some((
+            at,
+            DeviceScope {
+                fixed,
+                path,
+                segment: self.segment,
+            },
+        ))
     }
 }
 
@@ -1348,6 +1326,7 @@ impl ScopeKind {
 pub struct DeviceScope<'a> {
     fixed: ScopeFixed,
     path: &'a [u8],
+    segment: u16,
 }
 
 impl fmt::Debug for DeviceScope<'_> {
@@ -1383,6 +1362,12 @@ impl<'a> DeviceScope<'a> {
         self.fixed.enumeration_id
     }
 
+    /// The PCI segment of the structure holding this scope (§8.3.1: a path is resolved within
+    /// its structure's segment).
+    pub fn segment(&self) -> u16 {
+        self.segment
+    }
+
     /// The bus where the path starts.
     pub fn start_bus(&self) -> u8 {
         self.fixed.start_bus
@@ -1397,9 +1382,15 @@ impl<'a> DeviceScope<'a> {
         })
     }
 
-    /// Resolves the path to the BDF of the device it names (§8.3.1): every entry except the last
-    /// is a bridge whose secondary bus `secondary_bus(bus, device, function)` returns; the kernel
-    /// supplies it from its PCI enumeration.
+    /// Resolves the path to the BDF of the device it names (§8.3.1), in this scope's
+    /// [`segment`](Self::segment): every entry except the last is a bridge whose secondary bus
+    /// `secondary_bus(bus, device, function)` returns; the kernel supplies it from its PCI
+    /// enumeration.
+    ///
+    /// # Errors
+    ///
+    /// [`ScopeError::NoSecondaryBus`] when `secondary_bus` has no secondary bus for an
+    /// intermediate entry (it is not a bridge, or the bridge has no bus assigned).
     pub fn resolve(
         &self,
         mut secondary_bus: impl FnMut(u8, u8, u8) -> Option<u8>,
@@ -1415,12 +1406,20 @@ impl<'a> DeviceScope<'a> {
             if i + 1 < count {
                 bus = secondary_bus(bus, entry.device, entry.function).ok_or(
                     ScopeError::NoSecondaryBus {
-                        bridge: Bdf::new(bus, entry.device, entry.function),
+                        bridge: self.bdf_of(bus, entry),
                     },
                 )?;
             }
         }
-        Ok(Bdf::new(bus, last.device, last.function))
+        Ok(self.bdf_of(bus, last))
+    }
+
+    /// The function `entry` names on `bus` of this scope's segment. The parser refused scopes
+    /// whose path entries have a device above 31 or a function above 7, so the masks below only
+    /// keep a devfn byte well-formed; they never change a number.
+    fn bdf_of(&self, bus: u8, entry: PathEntry) -> Bdf {
+        let devfn = (entry.device & MAX_DEVICE) << 3 | (entry.function & MAX_FUNCTION);
+        Bdf::from_devfn(self.segment, bus, devfn)
     }
 }
 
@@ -1607,6 +1606,11 @@ mod tests {
     use super::*;
     use alloc::vec::Vec;
 
+    /// A segment-0 function (every fixture's DRHDs are in segment 0).
+    fn at(bus: u8, device: u8, function: u8) -> Bdf {
+        Bdf::new(0, bus, device, function).unwrap()
+    }
+
     /// Extracts the DMAR bytes from a fixture.
     pub(crate) fn fixture(text: &str) -> Vec<u8> {
         text.lines()
@@ -1668,7 +1672,7 @@ mod tests {
             (0x1f, 2),
             (0x1f, 3),
         ]
-        .map(|(d, f)| Bdf::new(0, d, f));
+        .map(|(d, f)| at(0, d, f));
         assert_eq!(endpoints(&dmar, ScopeKind::PciEndpoint), want);
     }
 
@@ -1690,16 +1694,16 @@ mod tests {
         assert_eq!(
             bridges,
             [
-                Bdf::new(0, 3, 0),
-                Bdf::new(0, 4, 0),
-                Bdf::new(0, 5, 0),
-                Bdf::new(0, 6, 0),
-                Bdf::new(64, 0, 0),
-                Bdf::new(64, 1, 0)
+                at(0, 3, 0),
+                at(0, 4, 0),
+                at(0, 5, 0),
+                at(0, 6, 0),
+                at(64, 0, 0),
+                at(64, 1, 0)
             ]
         );
         // The pxb-pcie host bridge itself (00.7) is a type-0 endpoint.
-        assert!(endpoints(&dmar, ScopeKind::PciEndpoint).contains(&Bdf::new(0, 7, 0)));
+        assert!(endpoints(&dmar, ScopeKind::PciEndpoint).contains(&at(0, 7, 0)));
     }
 
     #[test]
@@ -1723,11 +1727,11 @@ mod tests {
                 _ => None,
             })
             .unwrap();
-        assert_eq!(bdf, Bdf::new(6, 2, 1));
+        assert_eq!(bdf, at(6, 2, 1));
         assert_eq!(
             scope.resolve(|_, _, _| None),
             Err(ScopeError::NoSecondaryBus {
-                bridge: Bdf::new(0, 0x1c, 0)
+                bridge: at(0, 0x1c, 0)
             })
         );
     }
@@ -1757,7 +1761,7 @@ mod tests {
             .scopes()
             .map(|s| s.resolve(|_, _, _| None).unwrap())
             .collect();
-        assert_eq!(s, [Bdf::new(0, 0x1d, 0)]);
+        assert_eq!(s, [at(0, 0x1d, 0)]);
         let a = dmar.atsrs().next().unwrap();
         assert!(a.all_ports());
         assert_eq!(a.scopes().count(), 0);
@@ -1892,12 +1896,40 @@ mod tests {
         assert_eq!(Dmar::parse(&bytes).unwrap().drhds().count(), 1);
     }
 
+    /// A device scope resolves in the segment of the structure holding it: the same path under
+    /// a DRHD and an RMRR of segment 2 and a DRHD of segment 0 names three different functions.
     #[test]
-    fn bdf_requester_id_round_trip() {
-        let b = Bdf::new(0x40, 0x1f, 3);
-        assert_eq!(b.requester_id(), 0x40fb);
-        assert_eq!(Bdf::from_requester_id(0x40fb), b);
-        assert_eq!(b.to_string(), "40:1f.3");
-        assert_eq!(b.devfn(), 0xfb);
+    fn scopes_resolve_in_their_structures_segment() {
+        let path = [PathEntry {
+            device: 0x1f,
+            function: 3,
+        }];
+        let scope = [ScopeSpec::endpoint(0x40, &path)];
+        let bytes = DmarBuilder::new(38)
+            .drhd(0, 0, 2, 0xfed9_0000, &scope)
+            .drhd(0, 0, 0, 0xfed9_1000, &scope)
+            .rmrr(2, 0xe0000, 0xeffff, &scope)
+            .build();
+        let dmar = Dmar::parse(&bytes).unwrap();
+        let resolved: Vec<Bdf> = dmar
+            .drhds()
+            .flat_map(|d| d.scopes())
+            .chain(dmar.rmrrs().flat_map(|r| r.scopes()))
+            .map(|s| s.resolve(|_, _, _| None).unwrap())
+            .collect();
+        let seg2 = Bdf::new(2, 0x40, 0x1f, 3).unwrap();
+        assert_eq!(resolved, [seg2, at(0x40, 0x1f, 3), seg2]);
+        assert_eq!(resolved[0].requester_id(), 0x40fb);
+        assert_ne!(resolved[0], resolved[1]);
+        assert_eq!(
+            dmar.drhds()
+                .next()
+                .unwrap()
+                .scopes()
+                .next()
+                .unwrap()
+                .segment(),
+            2
+        );
     }
 }

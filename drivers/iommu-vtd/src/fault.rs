@@ -11,8 +11,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use crate::caps::Capabilities;
-use crate::dmar::Bdf;
 use crate::registers::{self, frcd, FaultStatus, FrcdHi, FrcdLo, Fsts, RegisterIo};
+use pci_address::RequesterId;
 
 /// Why a DMA request was blocked (the fault reason, FR), §7.1.3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -129,8 +129,9 @@ pub enum AccessKind {
 pub struct FaultRecord {
     /// Which recording register it came from.
     pub index: u16,
-    /// The requester (source-id) as the IOMMU saw it.
-    pub source: Bdf,
+    /// The requester (source-id) as the IOMMU saw it. A fault record carries no segment: the
+    /// function is `source.with_segment(segment of the unit that recorded it)`.
+    pub source: RequesterId,
     /// The faulting address, page-aligned.
     pub address: u64,
     /// Why it was blocked.
@@ -150,7 +151,7 @@ impl FaultRecord {
         }
         Some(Self {
             index,
-            source: Bdf::from_requester_id(fields.sid()),
+            source: RequesterId::new(fields.sid()),
             address: FrcdLo::from_bits(lo).fi(),
             reason: FaultReason::from_raw(fields.fr()),
             access: if fields.t() {
@@ -251,7 +252,10 @@ mod tests {
         // 39:32, SID = 15:0 of the upper half, §11.4.14): checks the declarations too.
         let hi = 0xC000_0006_0000_0018;
         let rec = FaultRecord::decode(0, 0x1234_5000, hi).unwrap();
-        assert_eq!(rec.source, Bdf::new(0, 3, 0));
+        assert_eq!(rec.source, RequesterId::from_parts(0, 3 << 3));
+        assert!(rec
+            .to_string()
+            .starts_with("DMA read fault from 00:03.0 at 0x12345000: reason 0x6"));
         assert_eq!(rec.address, 0x1234_5000);
         assert_eq!(rec.reason, FaultReason::ReadNotPermitted);
         assert_eq!(rec.access, AccessKind::Read);

@@ -49,7 +49,7 @@
 //! let unit = Arc::new(VtdUnit::new(regs, platform, UnitConfig::new(39))?);
 //! unit.enable()?;
 //! let domain = unit.create_domain(DomainConfig::default())?;
-//! let edu = Bdf::new(0, 3, 0).requester_id();
+//! let edu = Bdf::new(0, 0, 3, 0)?.requester_id();
 //! // A one-device isolation group (the kernel passes the PCI crate's groups).
 //! domain.attach_device(GroupRef { key: 1, requester_ids: &[edu] }, edu)?;
 //! assert_eq!(unit.group_domain(1), Some(domain.did()));
@@ -84,8 +84,12 @@ pub mod platform;
 pub mod registers;
 pub mod unit;
 
+/// The shared PCI function address and requester ID (crate `pci-address`), re-exported so that
+/// callers need no second dependency.
+pub use pci_address::{Bdf, RequesterId};
+
 pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
-pub use dmar::{Bdf, Dmar, DmarBuilder, DmarError, Refused, StructureError};
+pub use dmar::{Dmar, DmarBuilder, DmarError, Refused, StructureError};
 pub use domain::{Domain, DomainConfig};
 pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
 pub use invalidation::InvalidationError;

@@ -172,14 +172,10 @@ impl fmt::Display for VtdError {
             Self::AlreadyAttached { rid, did } => write!(
                 f,
                 "requester {} is already attached to domain {did}",
-                crate::Bdf::from_requester_id(rid)
+                crate::RequesterId::new(rid)
             ),
             Self::DuplicateRequesterId { rid } => {
-                write!(
-                    f,
-                    "requester {} given twice",
-                    crate::Bdf::from_requester_id(rid)
-                )
+                write!(f, "requester {} given twice", crate::RequesterId::new(rid))
             }
             Self::GroupAttachedElsewhere { group, did } => {
                 write!(f, "isolation group {group} is attached to domain {did}")
@@ -194,7 +190,7 @@ impl fmt::Display for VtdError {
             Self::AlreadyMember { group, device } => write!(
                 f,
                 "{} is already a member of isolation group {group}",
-                crate::Bdf::from_requester_id(device)
+                crate::RequesterId::new(device)
             ),
             Self::GroupNotAttached { group } => {
                 write!(f, "isolation group {group} is not attached to this domain")
@@ -202,7 +198,7 @@ impl fmt::Display for VtdError {
             Self::NotAMember { group, device } => write!(
                 f,
                 "{} is not an attached member of isolation group {group}",
-                crate::Bdf::from_requester_id(device)
+                crate::RequesterId::new(device)
             ),
         }
     }

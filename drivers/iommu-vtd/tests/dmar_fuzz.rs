@@ -206,7 +206,7 @@ fn check_consistent(bytes: &[u8], dmar: &Dmar<'_>) -> Result<(), String> {
             let b = s
                 .resolve(|bus, _, _| Some(bus.wrapping_add(1)))
                 .map_err(|e| e.to_string())?;
-            if (b.device, b.function) != (last.device, last.function) {
+            if (b.device(), b.function()) != (last.device, last.function) {
                 return Err(format!("resolved {b} does not end at the last entry"));
             }
         }

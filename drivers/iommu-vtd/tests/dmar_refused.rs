@@ -307,7 +307,7 @@ fn remaining_structures_are_typed() {
     assert!(satc.atc_required());
     assert_eq!(satc.segment(), 0);
     let s = satc.scopes().next().unwrap();
-    assert_eq!(s.resolve(|_, _, _| None).unwrap().device, 2);
+    assert_eq!(s.resolve(|_, _, _| None).unwrap().device(), 2);
     assert_eq!(s.flags(), 0);
     let sidp = dmar.sidps().next().unwrap();
     let flags: Vec<u8> = sidp.scopes().map(|s| s.flags()).collect();

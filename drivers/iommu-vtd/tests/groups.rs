@@ -20,14 +20,19 @@ const K4: u64 = 0x1000;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const GROUP: u32 = 7;
 
+/// The raw requester ID of segment-0 function `bus:device.function`.
+fn rid(bus: u8, device: u8, function: u8) -> u16 {
+    Bdf::new(0, bus, device, function).unwrap().requester_id()
+}
+
 fn alias() -> u16 {
-    Bdf::new(2, 0, 0).requester_id()
+    rid(2, 0, 0)
 }
 fn fn_a() -> u16 {
-    Bdf::new(2, 1, 0).requester_id()
+    rid(2, 1, 0)
 }
 fn fn_b() -> u16 {
-    Bdf::new(2, 2, 0).requester_id()
+    rid(2, 2, 0)
 }
 
 fn rids() -> [u16; 3] {
@@ -145,7 +150,7 @@ fn a_group_cannot_be_split_across_domains() {
         "also for a subset naming the caller"
     );
     // A different key claiming one of the group's IDs (the alias) is refused before any write.
-    let stranger = Bdf::new(3, 0, 0).requester_id();
+    let stranger = rid(3, 0, 0);
     assert_eq!(
         other.attach_device(
             GroupRef {
@@ -247,7 +252,7 @@ fn dropping_the_domain_detaches_every_group() {
     d.map(DmaAddr::new(0), PhysAddr::new(0x7000_0000), K4, RW)
         .unwrap();
     let ids = rids();
-    let edu = Bdf::new(0, 3, 0).requester_id();
+    let edu = rid(0, 3, 0);
     d.attach_device(
         GroupRef {
             key: GROUP,
@@ -287,11 +292,7 @@ fn dropping_the_domain_detaches_every_group() {
 fn a_failed_first_attach_keeps_no_context_table() {
     // A group spanning three buses needs three context tables; let 0, 1 or 2 allocations
     // succeed: the attach fails, frees what it took, links nothing and records no group.
-    let ids = [
-        Bdf::new(4, 0, 0).requester_id(),
-        Bdf::new(5, 0, 0).requester_id(),
-        Bdf::new(6, 0, 0).requester_id(),
-    ];
+    let ids = [rid(4, 0, 0), rid(5, 0, 0), rid(6, 0, 0)];
     let group = GroupRef {
         key: 9,
         requester_ids: &ids,
@@ -356,7 +357,7 @@ fn each_unit_uses_its_own_table_depth() {
         iommu_vtd::PagingLevels::Four,
         "the 48-bit-only unit gets 4 levels even for the default 39-bit request"
     );
-    let rid = Bdf::new(0, 3, 0).requester_id();
+    let rid = rid(0, 3, 0);
     let one = GroupRef {
         key: 1,
         requester_ids: &[rid],

@@ -9,8 +9,8 @@ use iommu_vtd::invalidation::{desc, Invalidation};
 use iommu_vtd::registers::{Global, GSTS_PERSISTENT_MASK};
 use iommu_vtd::RegisterIo;
 use iommu_vtd::{
-    AccessKind, Bdf, DomainConfig, FaultReason, GroupRef, PagingLevels, UnitConfig, VtdError,
-    VtdUnit,
+    AccessKind, Bdf, DomainConfig, FaultReason, GroupRef, PagingLevels, RequesterId, UnitConfig,
+    VtdError, VtdUnit,
 };
 
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
@@ -18,7 +18,14 @@ type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
-const EDU: Bdf = Bdf::new(0, 3, 0);
+/// QEMU's `edu` at 00:03.0.
+const EDU: RequesterId = RequesterId::from_parts(0, 3 << 3);
+
+/// The raw requester ID of segment-0 function `bus:device.function`.
+fn rid(bus: u8, device: u8, function: u8) -> u16 {
+    Bdf::new(0, bus, device, function).unwrap().requester_id()
+}
+
 const ECAP_NO_QI: u64 = qemu::ECAP_DEFAULT & !(1 << 1);
 
 fn unit_with(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
@@ -108,7 +115,7 @@ fn enable_without_queued_invalidation_uses_registers() {
         ]
     );
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.requester_id()).unwrap();
+    attach(&d, EDU.get()).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
     let mut g = IotlbGather::new();
@@ -125,7 +132,7 @@ fn enable_without_queued_invalidation_uses_registers() {
 fn registers_are_never_touched_once_qie_is_set() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.requester_id()).unwrap();
+    attach(&d, EDU.get()).unwrap();
     for i in 0..20 {
         d.map(
             DmaAddr::new(i * K4),
@@ -138,7 +145,7 @@ fn registers_are_never_touched_once_qie_is_set() {
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0), 20 * K4, &mut g).unwrap();
     d.flush(g).unwrap();
-    detach(&d, EDU.requester_id()).unwrap();
+    detach(&d, EDU.get()).unwrap();
     assert!(hw(&u)
         .invalidations()
         .iter()
@@ -192,7 +199,7 @@ fn attach_programs_context_entries_and_invalidates() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.levels(), PagingLevels::Three, "default QEMU: 39-bit only");
-    let rids = [EDU.requester_id(), Bdf::new(2, 0, 0).requester_id()];
+    let rids = [EDU.get(), rid(2, 0, 0)];
     assert_eq!(u.context_entry(rids[0]), None, "no context table yet");
     hw(&u).take_events();
     let group = GroupRef {
@@ -236,7 +243,7 @@ fn attach_programs_context_entries_and_invalidates() {
     ));
     // Attaching again, to this or another domain, is refused and changes nothing.
     let other = u.create_domain(DomainConfig::default()).unwrap();
-    let unrelated = Bdf::new(0, 4, 0).requester_id();
+    let unrelated = rid(0, 4, 0);
     let overlapping = [unrelated, rids[0]];
     assert_eq!(
         other.attach_device(
@@ -297,7 +304,7 @@ fn attach_programs_context_entries_and_invalidates() {
 #[test]
 fn dma_through_the_domain_and_blocked_dma_faults() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     // A device with no domain cannot DMA anywhere.
     assert_eq!(
         hw(&u).dma(sid, 0x1000, false),
@@ -357,9 +364,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
         )
     );
     // While F is set, a fault from another source sets PFO; from the same source it is dropped.
-    assert!(hw(&u)
-        .dma(Bdf::new(0, 5, 0).requester_id(), 0, false)
-        .is_err());
+    assert!(hw(&u).dma(rid(0, 5, 0), 0, false).is_err());
     assert!(u.read_faults().overflow);
     u.clear_faults();
     let log = u.read_faults();
@@ -372,7 +377,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
     u.clear_faults();
     // Other devices stay isolated.
     assert_eq!(
-        hw(&u).dma(Bdf::new(0, 4, 0).requester_id(), 0x40_0000, false),
+        hw(&u).dma(rid(0, 4, 0), 0x40_0000, false),
         Err(FaultReason::ContextEntryNotPresent)
     );
     no_violations(&u);
@@ -381,7 +386,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
 #[test]
 fn unmap_then_flush_cuts_off_a_warmed_translation() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x8000), PhysAddr::new(0x30_0000), K4, RW)
@@ -406,7 +411,7 @@ fn unmap_then_flush_cuts_off_a_warmed_translation() {
 #[test]
 fn detach_cuts_off_a_warmed_device() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x30_0000), K4, RW)
@@ -426,7 +431,7 @@ fn detach_cuts_off_a_warmed_device() {
 fn unmapping_n_pages_issues_log_n_aligned_psi() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.requester_id()).unwrap();
+    attach(&d, EDU.get()).unwrap();
     let pages = 1000u64;
     let base = 0x1_0000_3000u64;
     // Unaligned physical address: 4 KiB leaves only.
@@ -526,7 +531,7 @@ fn freed_tables_are_released_after_the_flush() {
 #[test]
 fn caching_mode_reserves_domain_zero_and_invalidates_on_map() {
     let u = enabled(qemu::CAP_CACHING_MODE, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.did(), 1, "domain 0 is reserved under CM");
     attach(&d, sid).unwrap();
@@ -592,7 +597,7 @@ fn aw48_chooses_the_depth_asked_for() {
         .unwrap();
     assert_eq!(d4.levels(), PagingLevels::Four);
     assert_eq!(d4.info().aperture_end, DmaAddr::new((1 << 48) - 1));
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     attach(&d4, sid).unwrap();
     assert_eq!(u.context_entry(sid).unwrap().aw(), 2, "AW = 4-level");
     let iova = 1u64 << 45;
@@ -628,7 +633,7 @@ fn wrong_aw_in_a_context_entry_faults_with_reason_3() {
     // The fake applies QEMU's rule: AW must be advertised in SAGAW. Corrupt AW to 4-level on a
     // 39-bit-only unit, without warming the context cache first.
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     let c = u.context_entry(sid).unwrap();
@@ -679,7 +684,7 @@ fn missing_clflush_would_be_caught() {
     // Negative control for the clflush rule: with write-backs suppressed, the non-coherent
     // walker sees poisoned/stale tables and the DMA fails.
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     u.platform().set_flush_disabled(true);
@@ -688,7 +693,7 @@ fn missing_clflush_would_be_caught() {
     assert!(hw(&u).dma(sid, 0x2000, false).is_err());
     u.platform().set_flush_disabled(false);
     // With write-backs, the same works (a fresh domain: the first one's tables stay stale).
-    let sid2 = Bdf::new(0, 4, 0).requester_id();
+    let sid2 = rid(0, 4, 0);
     let d2 = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d2, sid2).unwrap();
     d2.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
@@ -699,7 +704,7 @@ fn missing_clflush_would_be_caught() {
 #[test]
 fn coherent_units_flush_nothing() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
@@ -711,7 +716,7 @@ fn coherent_units_flush_nothing() {
 #[test]
 fn snoop_control_units_get_snp_on_ram_only() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1 << 7, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW | Prot::CACHE)
@@ -754,7 +759,7 @@ fn domain_ids_stay_within_nd() {
 #[test]
 fn dropping_a_domain_detaches_and_frees_it() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let live = u.platform().live_pages();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
@@ -778,7 +783,7 @@ fn dropping_a_domain_detaches_and_frees_it() {
 #[test]
 fn rmrr_identity_map() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map_identity(0xE_0000, 0xF_FFFF).unwrap();
@@ -797,7 +802,7 @@ fn units_and_domains_are_shareable_across_threads() {
             let u = u.clone();
             std::thread::spawn(move || {
                 let d = u.create_domain(DomainConfig::default()).unwrap();
-                attach(&d, Bdf::new(1, t as u8, 0).requester_id()).unwrap();
+                attach(&d, rid(1, t as u8, 0)).unwrap();
                 for i in 0..64 {
                     let iova = DmaAddr::new(i * K4);
                     d.map(iova, PhysAddr::new((t << 30) | (i * K4)), K4, RW)
@@ -831,7 +836,7 @@ fn enabled_quick() -> Arc<Unit> {
 #[test]
 fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     let u = enabled_quick();
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
@@ -864,7 +869,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
 #[test]
 fn drop_after_a_failed_detach_invalidates_the_cached_context() {
     let u = enabled_quick();
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
@@ -892,7 +897,7 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
 #[test]
 fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     let u = enabled_quick();
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let a = u.create_domain(DomainConfig::default()).unwrap();
     attach(&a, sid).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
@@ -975,10 +980,10 @@ fn register_invalidation_not_performed_is_an_error() {
     // Register mode (no QI); the unit acknowledges but reports CAIG/IAIG = 00.
     let u = enabled(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.requester_id()).unwrap();
+    attach(&d, EDU.get()).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
-    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    assert_eq!(hw(&u).dma(EDU.get(), 0x1000, true), Ok(0x9000));
     hw(&u).set_register_invalidation_not_performed(true);
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0x1000), K4, &mut g).unwrap();
@@ -996,11 +1001,11 @@ fn register_invalidation_not_performed_is_an_error() {
         })
     );
     // The stale translation is indeed still there: reporting success would have been a lie.
-    assert_eq!(hw(&u).dma(EDU.requester_id(), 0x1000, true), Ok(0x9000));
+    assert_eq!(hw(&u).dma(EDU.get(), 0x1000, true), Ok(0x9000));
     hw(&u).set_register_invalidation_not_performed(false);
     u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
     assert_eq!(
-        hw(&u).dma(EDU.requester_id(), 0x1000, true),
+        hw(&u).dma(EDU.get(), 0x1000, true),
         Err(FaultReason::WriteNotPermitted)
     );
 }
@@ -1010,7 +1015,7 @@ const CAP_TWO_RECORDS: u64 = qemu::CAP_DEFAULT | 1 << 40;
 
 #[test]
 fn read_and_clear_clears_only_what_it_read() {
-    let (a, b) = (EDU.requester_id(), Bdf::new(0, 4, 0).requester_id());
+    let (a, b) = (EDU.get(), rid(0, 4, 0));
     // Two records: a fault from `b` lands in the free record between the read and the clear.
     let u = enabled(CAP_TWO_RECORDS, qemu::ECAP_DEFAULT, 39);
     assert_eq!(u.capabilities().cap.fault_records, 2);
@@ -1026,7 +1031,10 @@ fn read_and_clear_clears_only_what_it_read() {
         "the late fault was not cleared unread"
     );
     let f = second.records[0];
-    assert_eq!((f.source.bus, f.source.device, f.address), (0, 4, 0x2000));
+    assert_eq!(
+        (f.source.bus(), f.source.device(), f.address),
+        (0, 4, 0x2000)
+    );
     assert!(u.read_and_clear_faults().records.is_empty());
     // Negative control: the old read-then-clear-everything pair loses that fault.
     assert!(hw(&u).dma(a, 0x1000, false).is_err());
@@ -1070,12 +1078,12 @@ fn works_after_handoff(u: &Arc<Unit>) {
     assert!(hw(u).gsts().contains(Global::TE | Global::QIE));
     assert_eq!(hw(u).active_root(), Some(u.root_table().as_u64()));
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.requester_id()).unwrap();
+    attach(&d, EDU.get()).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
-    assert_eq!(hw(u).dma(EDU.requester_id(), 0x1000, false), Ok(0x9000));
+    assert_eq!(hw(u).dma(EDU.get(), 0x1000, false), Ok(0x9000));
     assert_eq!(
-        hw(u).dma(Bdf::new(5, 0, 0).requester_id(), 0x1000, false),
+        hw(u).dma(rid(5, 0, 0), 0x1000, false),
         Err(FaultReason::RootEntryNotPresent),
         "the firmware's tables no longer apply"
     );
@@ -1170,7 +1178,7 @@ fn enable_takes_over_queue_translation_and_keeps_interrupt_remapping() {
 #[test]
 fn a_failed_first_attach_can_be_retried_by_the_same_device() {
     let u = enabled_quick();
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let a = u.create_domain(DomainConfig::default()).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
     assert!(matches!(attach(&a, sid), Err(VtdError::Invalidation(_))));
@@ -1202,7 +1210,7 @@ fn a_failed_first_attach_can_be_retried_by_the_same_device() {
 #[test]
 fn a_device_outside_the_group_is_refused() {
     let u = enabled_quick();
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let a = u.create_domain(DomainConfig::default()).unwrap();
     let group = GroupRef {
         key: 7,
@@ -1236,7 +1244,7 @@ fn prepare_attach_then_start_translation() {
     u.prepare().unwrap();
     assert!(!hw(&u).gsts().contains(Global::TE));
     assert!(!u.is_enabled());
-    let sid = EDU.requester_id();
+    let sid = EDU.get();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(

@@ -22,39 +22,10 @@ use core::fmt;
 use crate::regs::{acs as acs_regs, AcsFlags};
 use crate::{Bdf, ConfigSpace, Topology};
 
-/// The ACS Capability and Control registers of one function.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AcsState {
-    /// What the function implements (ACS Capability bits 6:0).
-    pub capability: AcsFlags,
-    /// What is enabled (ACS Control bits 6:0).
-    pub control: AcsFlags,
-}
-
-impl AcsState {
-    /// Whether peer-to-peer traffic may be redirected upstream here (RR, CR or EC enabled).
-    pub fn has_redirect(&self) -> bool {
-        self.control.intersects(AcsFlags::REDIRECT)
-    }
-}
-
-/// Reads the ACS registers of the capability at `offset`. An offset whose registers fall
-/// outside configuration space reads as all-ones, like any invalid access.
-pub fn read_acs(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16) -> AcsState {
-    let read = |register: u16| {
-        AcsFlags::from_bits_truncate(cfg.read16(bdf, offset.saturating_add(register)))
-    };
-    AcsState {
-        capability: read(acs_regs::CAPABILITY),
-        control: read(acs_regs::CONTROL),
-    }
-}
-
-/// The ACS Control register of the capability at `offset`, every bit of it (all-ones when the
-/// register falls outside configuration space).
-pub fn read_control_raw(cfg: &impl ConfigSpace, bdf: Bdf, offset: u16) -> u16 {
-    cfg.read16(bdf, offset.saturating_add(acs_regs::CONTROL))
-}
+// The register readers live in the lower module `acs_state`, so the topology can read ACS
+// without depending on this policy, which walks the topology.
+use crate::acs_state::flag_names;
+pub use crate::acs_state::{read_acs, read_control_raw, AcsState};
 
 /// What to do with ACS controls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -127,25 +98,6 @@ pub struct AcsReport {
     pub ports: Vec<AcsPortReport>,
 }
 
-fn flag_names(flags: AcsFlags) -> impl fmt::Display {
-    struct Names(AcsFlags);
-    impl fmt::Display for Names {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            if self.0.is_empty() {
-                return f.write_str("-");
-            }
-            for (i, (name, _)) in self.0.iter_names().enumerate() {
-                if i > 0 {
-                    f.write_str(" ")?;
-                }
-                f.write_str(name)?;
-            }
-            Ok(())
-        }
-    }
-    Names(flags)
-}
-
 impl fmt::Display for AcsReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -165,17 +117,6 @@ impl fmt::Display for AcsReport {
             )?;
         }
         Ok(())
-    }
-}
-
-impl fmt::Display for AcsState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "cap [{}] ctl [{}]",
-            flag_names(self.capability),
-            flag_names(self.control)
-        )
     }
 }
 

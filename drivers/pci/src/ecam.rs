@@ -68,6 +68,11 @@ impl core::error::Error for EcamError {}
 impl Ecam {
     /// Builds the accessor from each region and the virtual address its window is mapped at.
     ///
+    /// # Errors
+    ///
+    /// [`EcamError::MisalignedMapping`] when a mapping is not 4 KiB aligned,
+    /// [`EcamError::Overlap`] when two regions decode the same bus of one segment group.
+    ///
     /// # Safety
     ///
     /// For every `(region, base)`: `base` must be the virtual address of a mapping of the

@@ -10,6 +10,16 @@
 //! Isolation groups ([`group`]) partition the functions the way Linux forms IOMMU groups: DMA
 //! aliases, multifunction devices without ACS and bridge paths without ACS isolation.
 //!
+//! Layers (a module imports only modules of the layers below it, never one above):
+//!
+//! 1. `pci-address` ([`Bdf`], [`RequesterId`]), [`regs`] (every register layout, declared once),
+//!    [`names`], [`mcfg`];
+//! 2. the [`ConfigSpace`] seam and [`Ecam`], its hardware implementation;
+//! 3. readers of one function: [`capability`], [`bar`], the ACS readers (`acs_state`, re-exported by [`acs`]);
+//! 4. [`topology`] (enumeration);
+//! 5. users of a topology: [`acs`] (the policy), [`group`], [`reset`], [`p2p`], then `listing`
+//!    (which prints groups).
+//!
 //! Everything above the [`ConfigSpace`] seam is pure logic and runs in host tests against
 //! `testing::FakeConfigSpace` (feature `testing`); only [`Ecam`] touches hardware.
 //!
@@ -36,8 +46,8 @@
 extern crate alloc;
 
 pub mod acs;
+mod acs_state;
 pub mod bar;
-mod bdf;
 pub mod capability;
 mod config;
 mod ecam;
@@ -53,12 +63,12 @@ pub mod testing;
 pub mod topology;
 
 pub use bar::{Bar, BarKind, BusOffset, HostBridgeWindow};
-pub use bdf::{Bdf, BdfError};
 pub use config::{is_valid_access, ConfigSpace, CONFIG_SPACE_SIZE};
 pub use ecam::{Ecam, EcamError};
 pub use group::{Group, GroupId, IsolationGroups};
 pub use listing::Listing;
 pub use mcfg::{McfgError, McfgRegion};
 pub use p2p::{HostBridgePolicy, P2pRouting, ProviderRegistry};
+pub use pci_address::{Bdf, BdfError, RequesterId};
 pub use reset::{PowerState, ResetError, ResetMethod, SavedConfig};
 pub use topology::{enumerate, enumerate_with, EnumerationOptions, Function, Topology};

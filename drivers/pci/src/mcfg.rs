@@ -180,6 +180,12 @@ impl McfgRegion {
     /// Builds a region, checking `start_bus <= end_bus`, that the base is nonzero and 1 MiB
     /// aligned and that the window ends inside the 64-bit address space. Errors report entry
     /// index 0.
+    ///
+    /// # Errors
+    ///
+    /// [`McfgError::BusRange`] when `start_bus > end_bus`, [`McfgError::ZeroBaseAddress`] for a
+    /// zero base, [`McfgError::MisalignedBaseAddress`] for a base not 1 MiB aligned and
+    /// [`McfgError::BadBaseAddress`] when the window would end beyond the 64-bit address space.
     pub const fn new(
         base_address: u64,
         segment: u16,
@@ -340,6 +346,13 @@ fn le_u64(bytes: &[u8], at: usize) -> u64 {
 /// lies (longer than the buffer, shorter than the header, not header + a multiple of 16) is
 /// refused, as are a bad checksum, an inverted bus range, a window that overflows and two
 /// regions covering the same bus.
+///
+/// # Errors
+///
+/// [`McfgError::Truncated`], [`McfgError::BadSignature`], [`McfgError::LengthTooShort`],
+/// [`McfgError::LengthExceedsBuffer`], [`McfgError::PartialEntry`] and
+/// [`McfgError::BadChecksum`] for a malformed table; the errors of [`McfgRegion::new`] for a bad
+/// entry (with its index); [`McfgError::Overlap`] when two entries cover the same bus.
 pub fn parse(table: &[u8]) -> Result<Vec<McfgRegion>, McfgError> {
     if table.len() < ACPI_HEADER_LEN {
         return Err(McfgError::Truncated {

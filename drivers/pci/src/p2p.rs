@@ -59,6 +59,9 @@ pub use dma::p2p::{BarSlot, DeviceId, MapType, P2pClassifier, Provider, Provider
 pub use dma::MemoryDecode;
 
 /// The `dma` identity of a function (segment and requester ID).
+///
+/// A function, not `From<Bdf> for DeviceId`: both types live in other crates (`pci-address` and
+/// `dma`), so the orphan rule leaves the conversion to this crate as a plain function.
 pub const fn device_id(bdf: Bdf) -> DeviceId {
     DeviceId::new(bdf.segment(), bdf.requester_id())
 }
@@ -66,12 +69,6 @@ pub const fn device_id(bdf: Bdf) -> DeviceId {
 /// The function a `dma` identity names.
 pub const fn bdf_of(id: DeviceId) -> Bdf {
     Bdf::from_requester_id(id.segment(), id.requester_id())
-}
-
-impl From<Bdf> for DeviceId {
-    fn from(bdf: Bdf) -> Self {
-        device_id(bdf)
-    }
 }
 
 /// Whether `bdf` decodes memory now (Command.Memory Space), read live. An absent function (all
@@ -92,6 +89,10 @@ pub fn memory_decode(cfg: &impl ConfigSpace, bdf: Bdf) -> MemoryDecode {
 /// Built from the BARs enumeration recorded (enumerate with `probe_bars`, the default; without
 /// it every slot is `Unimplemented`). Errors only if a BAR's range overflows (enumeration
 /// already refuses those).
+///
+/// # Errors
+///
+/// A [`dma::DmaError`] when a recorded BAR's range overflows the address space.
 pub fn provider_table(function: &Function) -> Result<ProviderTable, dma::DmaError> {
     let count = function.layout.bar_count();
     let mut slots = Vec::with_capacity(usize::from(count));
@@ -260,6 +261,10 @@ impl ProviderRegistry {
 
     /// The providers of `function`, created on the first call; later calls return the same
     /// table (even if the BARs moved since: remove and init again to pick that up).
+    ///
+    /// # Errors
+    ///
+    /// The error of [`provider_table`] on the first call for `function`.
     pub fn init(&self, function: &Function) -> Result<Arc<ProviderTable>, dma::DmaError> {
         if let Some(t) = self.get(function.bdf) {
             return Ok(t);
@@ -280,6 +285,11 @@ impl ProviderRegistry {
     }
 
     /// The provider for BAR `bar` of `bdf`.
+    ///
+    /// # Errors
+    ///
+    /// `Some(Err(_))`: the table's [`ProviderError`] for that slot (index out of range, an I/O
+    /// BAR, an unimplemented slot or the upper half of a 64-bit BAR, ...); `None` when `bdf` has no providers.
     pub fn provider(&self, bdf: Bdf, bar: u8) -> Option<Result<Provider, ProviderError>> {
         self.get(bdf).map(|t| t.provider(bar))
     }
@@ -297,6 +307,11 @@ impl ProviderRegistry {
     /// Forgets the providers of `bdf` before the device goes away. Refused while anything else
     /// holds them: an `Exporter` holds its table until its `teardown` (which revokes every
     /// export and removes every mapping), so a provider cannot disappear under a mapping.
+    ///
+    /// # Errors
+    ///
+    /// [`RegistryError::NotInitialised`] when `bdf` has no providers, [`RegistryError::InUse`] while
+    /// an exporter (or anyone else) still holds them.
     pub fn remove(&self, bdf: Bdf) -> Result<(), RegistryError> {
         let mut tables = self.tables.lock();
         let table = tables.get(&bdf).ok_or(RegistryError::NotInitialised(bdf))?;
@@ -1113,7 +1128,10 @@ mod tests {
         assert_eq!(memory_decode(&fake, at(C)), MemoryDecode::Enabled);
         assert_eq!(memory_decode(&fake, bdf(9, 9, 0)), MemoryDecode::Disabled);
         assert_eq!(bdf_of(device_id(at(C))), at(C));
-        assert_eq!(DeviceId::from(at(D)), device_id(at(D)));
+        let far = Bdf::new(3, 0x41, 2, 5).unwrap();
+        let id = device_id(far);
+        assert_eq!((id.segment(), id.requester_id()), (3, far.requester_id()));
+        assert_eq!(bdf_of(id), far);
     }
 
     /// Neither a sub-page BAR nor a misaligned one can be exported, whatever range is asked

@@ -25,6 +25,10 @@ pub mod header {
     pub const CLASS_SUBCLASS: u16 = 0x0a;
     /// Base class byte of the class code.
     pub const CLASS_BASE: u16 = 0x0b;
+    /// Cache Line Size (8 bits).
+    pub const CACHE_LINE_SIZE: u16 = 0x0c;
+    /// Latency Timer (8 bits).
+    pub const LATENCY_TIMER: u16 = 0x0d;
     /// Header Type (8 bits), see [`super::HeaderType`].
     pub const HEADER_TYPE: u16 = 0x0e;
     /// First Base Address Register.
@@ -528,6 +532,70 @@ pub mod pcie {
     pub const DEVICE_CAPABILITIES_2: u16 = 0x24;
     /// Device Control 2 register.
     pub const DEVICE_CONTROL_2: u16 = 0x28;
+    /// Device Status: Transactions Pending, bit 5 (§7.5.3.5).
+    pub const DEVSTA_TRANSACTIONS_PENDING: u16 = 1 << 5;
+    /// Link Control 2 register (16 bits, capability version 2).
+    pub const LINK_CONTROL_2: u16 = 0x30;
+    /// Capability versions from which the "2" registers exist.
+    pub const VERSION_WITH_CONTROL_2: u16 = 2;
+}
+
+/// Power Management capability (PCI Power Management 1.2 §7.2).
+pub mod pm {
+    /// Power Management Capabilities register (PMC, 16 bits) offset from the capability.
+    pub const PMC: u16 = 0x02;
+    /// PMC bits 2:0: version (3 = PCI PM 1.2).
+    pub const PMC_VERSION_MASK: u16 = 0x7;
+    /// PMC bit 9: D1 supported.
+    pub const PMC_D1_SUPPORT: u16 = 1 << 9;
+    /// PMC bit 10: D2 supported.
+    pub const PMC_D2_SUPPORT: u16 = 1 << 10;
+    /// Power Management Control/Status register (PMCSR, 16 bits) offset from the capability.
+    pub const PMCSR: u16 = 0x04;
+    /// PMCSR bits 1:0: PowerState (0 = D0, 1 = D1, 2 = D2, 3 = D3hot).
+    pub const PMCSR_STATE_MASK: u16 = 0x3;
+    /// PMCSR bit 3: No_Soft_Reset. When set, a D3hot→D0 transition keeps the function's
+    /// configuration (it is *not* a reset); when clear, the function goes through an internal
+    /// reset to D0-uninitialized.
+    pub const PMCSR_NO_SOFT_RESET: u16 = 1 << 3;
+    /// PMCSR bit 8: PME_En.
+    pub const PMCSR_PME_ENABLE: u16 = 1 << 8;
+    /// PMCSR bit 15: PME_Status (write 1 to clear).
+    pub const PMCSR_PME_STATUS: u16 = 1 << 15;
+}
+
+/// MSI capability (PCI Local Bus 3.0 §6.8.1).
+pub mod msi {
+    /// Message Control (16 bits).
+    pub const CONTROL: u16 = 0x02;
+    /// Message Control: MSI Enable.
+    pub const CONTROL_ENABLE: u16 = 1 << 0;
+    /// Message Control: 64-bit address capable.
+    pub const CONTROL_64BIT: u16 = 1 << 7;
+    /// Message Control: per-vector masking capable.
+    pub const CONTROL_PER_VECTOR_MASKING: u16 = 1 << 8;
+    /// Message Address (low 32 bits).
+    pub const ADDRESS_LOW: u16 = 0x04;
+    /// Message Upper Address (64-bit capable functions only).
+    pub const ADDRESS_HIGH: u16 = 0x08;
+    /// Message Data (16 bits) for 32-bit-address functions.
+    pub const DATA_32: u16 = 0x08;
+    /// Message Data (16 bits) for 64-bit-address functions.
+    pub const DATA_64: u16 = 0x0c;
+    /// Mask Bits for 32-bit-address functions with per-vector masking.
+    pub const MASK_32: u16 = 0x0c;
+    /// Mask Bits for 64-bit-address functions with per-vector masking.
+    pub const MASK_64: u16 = 0x10;
+}
+
+/// MSI-X capability (PCI Local Bus 3.0 §6.8.2).
+pub mod msix {
+    /// Message Control (16 bits).
+    pub const CONTROL: u16 = 0x02;
+    /// Message Control: MSI-X Enable, bit 15.
+    pub const CONTROL_ENABLE: u16 = 1 << 15;
+    /// Message Control: Function Mask, bit 14.
+    pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
 }
 
 /// Device/Port Type of the PCI Express Capabilities register (PCIe Base 4.0 §7.5.3.2).

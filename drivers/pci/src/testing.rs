@@ -44,7 +44,7 @@ use crate::regs::{
     acs, bar_bits, bridge, header, pcie, rom_bits, AcsFlags, BridgeControl, CapabilityId,
     DevicePortType, ExtendedCapabilityId, HeaderLayout, HeaderType, Status,
 };
-use crate::reset::layout::{self as reset_layout, msi, msix, pm};
+use crate::regs::{msi, msix, pm};
 use crate::{Bdf, ConfigSpace};
 
 /// One write the code under test issued.
@@ -272,8 +272,8 @@ impl FakeFunction {
     /// the other registers software programs.
     fn function_reset(&mut self) {
         self.reset();
-        self.put(reset_layout::header::CACHE_LINE_SIZE, 1, 0);
-        self.put(reset_layout::header::LATENCY_TIMER, 1, 0);
+        self.put(header::CACHE_LINE_SIZE, 1, 0);
+        self.put(header::LATENCY_TIMER, 1, 0);
         self.put(header::INTERRUPT_LINE, 1, 0);
         let status = self.get(header::STATUS, 2) & !u32::from(Status::RW1C.bits());
         self.put(header::STATUS, 2, status);
@@ -437,6 +437,11 @@ impl FakeConfigSpace {
     /// lines (hex) listing the non-zero dwords of every present function. BARs are read-only
     /// until sizes are declared ([`FakeConfigSpace::set_bar_size`] or
     /// [`FakeConfigSpace::from_qemu_fixture`]).
+    ///
+    /// # Errors
+    ///
+    /// A [`FixtureError`] naming the line that is not `bb:dd.f OFF VALUE` (bad address, offset or
+    /// value) or whose offset is not a dword inside 4 KiB.
     pub fn from_fixture(text: &str) -> Result<Self, FixtureError> {
         let fake = Self::new();
         {
@@ -479,6 +484,11 @@ impl FakeConfigSpace {
     /// Loads a fixture captured from QEMU 7.2 and declares the BAR sizes of the devices it
     /// contains from QEMU's device models ([`qemu_bar_size`]), taking the `ivshmem-plain`
     /// memdev size and the `nvme` CMB size from the `#` command line.
+    ///
+    /// # Errors
+    ///
+    /// The errors of [`FakeConfigSpace::from_fixture`], and a [`FixtureError`] when the `#` command
+    /// line gives sizes that [`QemuParams::from_command_line`] refuses.
     pub fn from_qemu_fixture(text: &str) -> Result<Self, FixtureError> {
         let fake = Self::from_fixture(text)?;
         let command_line = QemuCommandLine::from_fixture(text).unwrap_or_default();
@@ -1007,6 +1017,10 @@ fn parse_size(text: &str) -> Option<u64> {
 impl QemuParams {
     /// Reads the parameters from a command line; fails when several devices of one model
     /// would need different sizes (the fixture cannot tell which BDF is which).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the model when several devices of one model would need different sizes.
     pub fn from_command_line(command_line: &QemuCommandLine) -> Result<Self, String> {
         let mut params = Self::default();
         let one = |slot: &mut Option<u64>, value: u64, what: &str| -> Result<(), String> {

@@ -18,7 +18,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 
-use crate::acs::{self, AcsState};
+use crate::acs_state::{self as acs, AcsState};
 use crate::bar::{probe_bars, Bar, BarError, ExpansionRom, HostBridgeWindow};
 use crate::capability::{Capabilities, CapabilityError};
 use crate::regs::{

@@ -57,11 +57,8 @@ fn resolve_scopes(
     };
     let (mut endpoints, mut bridges, mut unresolved) = (Vec::new(), Vec::new(), 0);
     for scope in scopes {
-        let Some(bdf) = scope
-            .resolve(secondary)
-            .ok()
-            .and_then(|b| Bdf::new(segment, b.bus, b.device, b.function).ok())
-        else {
+        // Scopes resolve to the shared `Bdf`, in their structure's segment.
+        let Ok(bdf) = scope.resolve(secondary) else {
             unresolved += 1;
             continue;
         };

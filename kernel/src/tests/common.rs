@@ -131,7 +131,7 @@ pub fn expect_one_fault(
 ) -> TestResult {
     let f = faults(k)?;
     check_eq!(f.len(), 1);
-    check_eq!(f[0].source.requester_id(), source_id(k, edu)?);
+    check_eq!(f[0].source.get(), source_id(k, edu)?);
     check_eq!(f[0].address, addr & !0xfff);
     check_eq!(f[0].access, access);
     check_eq!(f[0].reason.raw(), reason);

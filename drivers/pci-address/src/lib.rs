@@ -1,7 +1,19 @@
-//! Function addresses: PCI segment group, bus, device and function number.
+//! The one PCI function address of the workspace: [`Bdf`] (segment group, bus, device,
+//! function) and the 16-bit [`RequesterId`] of PCIe Base 4.0 §2.2.6.2.
 //!
-//! The bus/device/function triple is the *Requester ID* of PCIe Base 4.0 §2.2.6.2 (the source-id
-//! an IOMMU sees); the segment group comes from the MCFG table (PCI Firmware 3.2 §4.1.2).
+//! The bus/device/function triple is the *Requester ID* (the source-id an IOMMU sees, VT-d 3.x
+//! §3.4.1); the segment group comes from the MCFG table (PCI Firmware 3.2 §4.1.2) or from the
+//! DMAR structure that names the device (VT-d §8.3). Every crate that names a PCI function uses
+//! these types: `pci` and `iommu-vtd` re-export them, and the QEMU test model builds its
+//! expectations with them, so an address parsed from a fixture, found by enumeration and
+//! resolved from a DMAR device scope compare equal.
+//!
+//! The crate has no dependencies and no `unsafe`, so anything (a parser, a host tool, a test
+//! model) can depend on it without pulling in hardware access.
+
+#![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use core::fmt;
 use core::str::FromStr;
@@ -48,6 +60,11 @@ impl Bdf {
     pub const MAX_FUNCTION: u8 = 7;
 
     /// Builds an address, refusing device numbers above 31 and function numbers above 7.
+    ///
+    /// # Errors
+    ///
+    /// [`BdfError::DeviceOutOfRange`] when `device` is above 31, [`BdfError::FunctionOutOfRange`]
+    /// when `function` is above 7.
     pub const fn new(segment: u16, bus: u8, device: u8, function: u8) -> Result<Self, BdfError> {
         if device > Self::MAX_DEVICE {
             return Err(BdfError::DeviceOutOfRange(device));
@@ -111,7 +128,22 @@ impl Bdf {
         ((self.bus as u16) << 8) | self.devfn as u16
     }
 
+    /// The requester ID (PCIe Base 4.0 §2.2.6.2) as a typed value; [`Bdf::requester_id`] is
+    /// the same number as a raw `u16`.
+    pub const fn rid(self) -> RequesterId {
+        RequesterId::from_parts(self.bus, self.devfn)
+    }
+
+    /// The function of requester ID `rid` in segment group `segment`.
+    pub const fn from_rid(segment: u16, rid: RequesterId) -> Self {
+        Self::from_devfn(segment, rid.bus(), rid.devfn())
+    }
+
     /// The same device with another function number.
+    ///
+    /// # Errors
+    ///
+    /// [`BdfError::FunctionOutOfRange`] when `function` is above 7.
     pub const fn with_function(self, function: u8) -> Result<Self, BdfError> {
         Self::new(self.segment, self.bus, self.device(), function)
     }
@@ -147,6 +179,9 @@ impl fmt::Debug for Bdf {
 }
 
 /// Parses `[ssss:]bb:dd.f` (hexadecimal, as printed by `lspci` and by [`Bdf`]'s `Display`).
+///
+/// Errors: [`BdfError::Syntax`] for text of another form, the range errors of [`Bdf::new`] for a
+/// device above 31 or a function above 7.
 impl FromStr for Bdf {
     type Err = BdfError;
 
@@ -169,6 +204,97 @@ impl FromStr for Bdf {
         let device = u8::try_from(device).map_err(|_| BdfError::Syntax)?;
         let function = u8::try_from(function).map_err(|_| BdfError::Syntax)?;
         Self::new(segment, bus, device, function)
+    }
+}
+
+/// A PCIe requester ID (PCIe Base 4.0 §2.2.6.2): bus << 8 | device << 3 | function, the
+/// source-id an IOMMU indexes its root and context tables with (VT-d 3.x §3.4.1).
+///
+/// Every `u16` is a valid requester ID (device and function have exactly 5 and 3 bits), so the
+/// conversions from and to `u16` are infallible. The segment group is not part of it: a
+/// requester ID is only meaningful together with the segment of the unit or bus that saw it,
+/// which [`RequesterId::with_segment`] adds back.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct RequesterId(u16);
+
+impl RequesterId {
+    /// The requester ID whose raw value is `raw`.
+    pub const fn new(raw: u16) -> Self {
+        Self(raw)
+    }
+
+    /// The requester ID of `bus` and a devfn byte (device << 3 | function).
+    pub const fn from_parts(bus: u8, devfn: u8) -> Self {
+        Self(((bus as u16) << 8) | devfn as u16)
+    }
+
+    /// The raw 16-bit value, as a DMA fault record or a context-entry index carries it.
+    pub const fn get(self) -> u16 {
+        self.0
+    }
+
+    /// The bus number (bits 15:8).
+    pub const fn bus(self) -> u8 {
+        (self.0 >> 8) as u8
+    }
+
+    /// The devfn byte (bits 7:0): device << 3 | function, the context entry's index in its bus's
+    /// context table.
+    pub const fn devfn(self) -> u8 {
+        self.0 as u8
+    }
+
+    /// The device number (bits 7:3, 0-31).
+    pub const fn device(self) -> u8 {
+        self.devfn() >> 3
+    }
+
+    /// The function number (bits 2:0, 0-7).
+    pub const fn function(self) -> u8 {
+        self.devfn() & 0x7
+    }
+
+    /// The function with this requester ID in segment group `segment`.
+    pub const fn with_segment(self, segment: u16) -> Bdf {
+        Bdf::from_rid(segment, self)
+    }
+}
+
+impl From<Bdf> for RequesterId {
+    fn from(bdf: Bdf) -> Self {
+        bdf.rid()
+    }
+}
+
+impl From<u16> for RequesterId {
+    fn from(raw: u16) -> Self {
+        Self(raw)
+    }
+}
+
+impl From<RequesterId> for u16 {
+    fn from(rid: RequesterId) -> Self {
+        rid.0
+    }
+}
+
+/// `bb:dd.f`, the form a fault record's source is printed in (no segment: a requester ID has
+/// none).
+impl fmt::Display for RequesterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:02x}:{:02x}.{:x}",
+            self.bus(),
+            self.device(),
+            self.function()
+        )
+    }
+}
+
+impl fmt::Debug for RequesterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RequesterId({self} = {:#06x})", self.0)
     }
 }
 
@@ -216,6 +342,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn requester_id_fields_and_display() {
+        let bdf = Bdf::new(7, 0x40, 0x1f, 3).unwrap();
+        let rid = RequesterId::from(bdf);
+        assert_eq!(rid.get(), 0x40fb);
+        assert_eq!((rid.bus(), rid.device(), rid.function()), (0x40, 0x1f, 3));
+        assert_eq!(rid.devfn(), 0xfb);
+        assert_eq!(rid.to_string(), "40:1f.3");
+        assert_eq!(format!("{rid:?}"), "RequesterId(40:1f.3 = 0x40fb)");
+        // The segment is not part of a requester ID: it comes back only when given.
+        assert_eq!(rid.with_segment(7), bdf);
+        assert_ne!(rid.with_segment(0), bdf);
+        assert_eq!(RequesterId::new(0x0018).to_string(), "00:03.0");
+    }
+
     proptest! {
         #[test]
         fn requester_id_round_trips(segment: u16, rid: u16) {
@@ -223,6 +364,19 @@ mod tests {
             prop_assert_eq!(bdf.requester_id(), rid);
             prop_assert_eq!(Bdf::new(segment, bdf.bus(), bdf.device(), bdf.function()), Ok(bdf));
             prop_assert_eq!(bdf.to_string().parse::<Bdf>(), Ok(bdf));
+        }
+
+        #[test]
+        fn typed_requester_id_matches_raw(segment: u16, raw: u16) {
+            let rid = RequesterId::new(raw);
+            let bdf = rid.with_segment(segment);
+            prop_assert_eq!(bdf.rid(), rid);
+            prop_assert_eq!(u16::from(RequesterId::from(bdf)), bdf.requester_id());
+            prop_assert_eq!(
+                (rid.bus(), rid.device(), rid.function()),
+                (bdf.bus(), bdf.device(), bdf.function())
+            );
+            prop_assert_eq!(rid.to_string(), Bdf::from_rid(0, rid).to_string());
         }
     }
 }
