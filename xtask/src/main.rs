@@ -494,12 +494,46 @@ fn package_args(verify: bool) -> Vec<&'static str> {
 
 /// `cargo xtask package`: the verifying `cargo package` of every library crate.
 fn package() -> Result<ExitCode, String> {
+    forget_overlay_sources();
+    // Cargo never re-checks a registry package's sources, so a build directory shared across
+    // runs would reuse a sibling compiled from an earlier version of the same number: verify
+    // in a directory of its own, emptied first.
+    let verify_dir = root().join("target").join("package-verify");
+    if verify_dir.exists() {
+        std::fs::remove_dir_all(&verify_dir)
+            .map_err(|e| format!("removing {}: {e}", verify_dir.display()))?;
+    }
+    let verify_dir = verify_dir.to_string_lossy().into_owned();
     cargo_step(
         "cargo package (library crates, verified)",
         &package_args(true),
-        &[],
+        &[("CARGO_TARGET_DIR", verify_dir.as_str())],
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Verification builds each package against its siblings through a local overlay registry,
+/// whose unpacked sources cargo keeps under `$CARGO_HOME/registry/src/-<hash>/<crate>-<version>`
+/// and never unpacks again for the same version: a later run would verify against the sources
+/// of an earlier one. Those directories (only the overlay's, whose names start with `-`) are
+/// removed first; cargo recreates them from the fresh tarballs.
+fn forget_overlay_sources() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return;
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if registry.file_name().to_string_lossy().starts_with('-') {
+            if let Err(e) = std::fs::remove_dir_all(registry.path()) {
+                eprintln!("xtask: could not remove {}: {e}", registry.path().display());
+            }
+        }
+    }
 }
 
 /// Counts from `cargo test` output.
