@@ -401,7 +401,8 @@ fn cargo_step(what: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), Str
     }
 }
 
-/// Formatting, lints and docs. The kernel binary is linted on its own: with `--all-targets`
+/// Formatting, lints (warnings and every `unsafe` block without a `// SAFETY:` comment denied)
+/// and docs. The kernel binary is linted on its own: with `--all-targets`
 /// the dev-dependencies of other crates would unify `std` features into its dependencies.
 fn lint() -> Result<ExitCode, String> {
     modgraph::check(&root())?;
@@ -419,13 +420,25 @@ fn lint() -> Result<ExitCode, String> {
             "--",
             "-D",
             "warnings",
+            "-D",
+            "clippy::undocumented_unsafe_blocks",
         ],
         &[],
     )?;
     cargo_step(
         "clippy (kernel library and its tests)",
         &[
-            "clippy", "--quiet", "-p", "kernel", "--lib", "--tests", "--", "-D", "warnings",
+            "clippy",
+            "--quiet",
+            "-p",
+            "kernel",
+            "--lib",
+            "--tests",
+            "--",
+            "-D",
+            "warnings",
+            "-D",
+            "clippy::undocumented_unsafe_blocks",
         ],
         &[],
     )?;
@@ -449,6 +462,8 @@ fn lint() -> Result<ExitCode, String> {
             "--",
             "-D",
             "warnings",
+            "-D",
+            "clippy::undocumented_unsafe_blocks",
         ],
         &[("RUSTFLAGS", KERNEL_RUSTFLAGS)],
     )?;
