@@ -143,3 +143,36 @@ pub fn expect_one_fault(
     );
     clear_faults(k)
 }
+
+/// `edu` reads a page patterned with `seed` through a `ToDevice` mapping of `dev` and writes the
+/// first `len` bytes back through a `FromDevice` mapping; `check` sees each mapping's DMA address
+/// first. Returns the bytes that arrived, checked equal to the source.
+pub fn round_trip(
+    e: &mut Edu,
+    dev: &dma::DmaDevice,
+    seed: u8,
+    len: u64,
+    check: impl Fn(DmaAddr) -> TestResult,
+) -> Result<Vec<u8>, Failure> {
+    use dma::{Attrs, Direction};
+    use edu::Transfer;
+    let mut src = page(0)?;
+    pattern(&mut src, seed);
+    let dst = page(0)?;
+    let map = |p: &PhysPages, dir, what| {
+        dev.map_phys(PhysAddr::new(p.paddr()), len, dir, Attrs::empty())
+            .or_fail(what)
+    };
+    let ms = map(&src, Direction::ToDevice, "map src")?;
+    let md = map(&dst, Direction::FromDevice, "map dst")?;
+    check(ms.dma_addr())?;
+    check(md.dma_addr())?;
+    edu_dev::dma(e, Transfer::ReadFromMemory, ms.dma_addr(), 0, len).or_fail("edu read")?;
+    edu_dev::dma(e, Transfer::WriteToMemory, md.dma_addr(), 0, len).or_fail("edu write")?;
+    md.sync_for_cpu().or_fail("sync")?;
+    let got = read_back(&dst, len as usize);
+    check_eq!(&got[..], &src.as_slice()[..len as usize]);
+    ms.unmap().or_fail("unmap src")?;
+    md.unmap().or_fail("unmap dst")?;
+    Ok(got)
+}

@@ -7,10 +7,8 @@
 //! Evidence is what the devices did: bytes in memory, bytes not written, VT-d fault records.
 //! The scenarios select this suite only on topologies with a two-function group.
 
-use alloc::vec::Vec;
-
 use dma::iommu::{IommuDomain, Prot};
-use dma::{Attrs, DeviceConfig, Direction, DmaAddr, PhysAddr};
+use dma::{DeviceConfig, DmaAddr, PhysAddr};
 use edu::{Edu, Transfer};
 use iommu_vtd::{AccessKind, VtdError};
 
@@ -104,40 +102,6 @@ fn pair_is_one_group(k: &Kernel) -> TestResult {
     Ok(())
 }
 
-/// One edu reads `src` through a mapping of its own device handle and writes it back into
-/// `dst`; returns what arrived.
-fn round_trip(e: &mut Edu, d: &DeviceDma, seed: u8) -> Result<Vec<u8>, Failure> {
-    let mut src = page(0)?;
-    pattern(&mut src, seed);
-    let dst = page(0)?;
-    let ms = d
-        .dev
-        .map_phys(
-            PhysAddr::new(src.paddr()),
-            LEN,
-            Direction::ToDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map src")?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            LEN,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
-    edu_dev::dma(e, Transfer::ReadFromMemory, ms.dma_addr(), 0, LEN).or_fail("edu read")?;
-    edu_dev::dma(e, Transfer::WriteToMemory, md.dma_addr(), 0, LEN).or_fail("edu write")?;
-    md.sync_for_cpu().or_fail("sync")?;
-    let got = read_back(&dst, LEN as usize);
-    check_eq!(&got[..], &src.as_slice()[..LEN as usize]);
-    ms.unmap().or_fail("unmap src")?;
-    md.unmap().or_fail("unmap dst")?;
-    Ok(got)
-}
-
 /// Both members set up for the DMA API get the group's one default domain, and both move bytes
 /// through it.
 fn pair_shares_one_domain(k: &Kernel) -> TestResult {
@@ -156,7 +120,7 @@ fn pair_shares_one_domain(k: &Kernel) -> TestResult {
         hb.did()
     );
     for (n, (e, d)) in [(&mut a, &da), (&mut b, &db)].into_iter().enumerate() {
-        let got = round_trip(e, d, 0x30 + n as u8)?;
+        let got = round_trip(e, &d.dev, 0x30 + n as u8, LEN, |_| Ok(()))?;
         kprintln!(
             "  {} through shared domain {}: {LEN} bytes, checksum {:#010x}",
             e.bdf(),
@@ -201,7 +165,7 @@ fn pair_cannot_be_split(k: &Kernel) -> TestResult {
         other.attached_groups().is_empty(),
         "the refused attach left state behind"
     );
-    round_trip(&mut a, &da, 0x50)?;
+    round_trip(&mut a, &da.dev, 0x50, LEN, |_| Ok(()))?;
     check!(faults(k)?.is_empty(), "unexpected faults");
     Ok(())
 }

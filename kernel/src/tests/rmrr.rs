@@ -9,7 +9,7 @@
 //! a real domain, not passed through).
 
 use dma::iommu::IommuDomain;
-use dma::{Attrs, DeviceConfig, Direction, DmaAddr, PhysAddr};
+use dma::{DeviceConfig, DmaAddr, PhysAddr};
 use edu::{Edu, Transfer};
 use iommu_vtd::AccessKind;
 use kernel::frames::FrameRequest;
@@ -153,47 +153,18 @@ fn driver_joins_the_boot_domain(k: &Kernel) -> TestResult {
         hw.translate(DmaAddr::new(r.base)).map(|(p, _)| p),
         Some(PhysAddr::new(r.base))
     );
-    let mut src = page(0)?;
-    pattern(&mut src, 0x21);
-    let dst = page(0)?;
-    let ms = d
-        .dev
-        .map_phys(
-            PhysAddr::new(src.paddr()),
-            LEN,
-            Direction::ToDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map src")?;
-    let md = d
-        .dev
-        .map_phys(
-            PhysAddr::new(dst.paddr()),
-            LEN,
-            Direction::FromDevice,
-            Attrs::empty(),
-        )
-        .or_fail("map dst")?;
     let (region_start, region_end) = (r.base, r.limit + 1);
-    for m in [&ms, &md] {
-        let a = m.dma_addr().as_u64();
+    let sent = round_trip(&mut e, &d.dev, 0x21, LEN, |dma| {
+        let a = dma.as_u64();
         check!(
             a + LEN <= region_start || a >= region_end,
             "IOVA {a:#x} handed out inside the RMRR"
         );
-    }
-    edu_dev::dma(&mut e, Transfer::ReadFromMemory, ms.dma_addr(), 0, LEN).or_fail("read")?;
-    edu_dev::dma(&mut e, Transfer::WriteToMemory, md.dma_addr(), 0, LEN).or_fail("write")?;
-    md.sync_for_cpu().or_fail("sync")?;
-    check_eq!(
-        read_back(&dst, LEN as usize),
-        src.as_slice()[..LEN as usize].to_vec()
-    );
-    ms.unmap().or_fail("unmap")?;
-    md.unmap().or_fail("unmap")?;
+        Ok(())
+    })?;
     drop(d);
-    // The driver is gone; the RMRR must still be reachable (the device still holds `src`'s
-    // bytes in its buffer).
+    // The driver is gone; the RMRR must still be reachable (the device still holds the bytes it
+    // just moved in its buffer).
     let half = r.page_range().1 / 2;
     rmrr_bytes(&r, half, LEN)?.fill(0);
     edu_dev::dma(
@@ -209,7 +180,7 @@ fn driver_joins_the_boot_domain(k: &Kernel) -> TestResult {
         // SAFETY: as above.
         .map(|b| unsafe { (b as *const u8).read_volatile() })
         .collect();
-    check_eq!(got, src.as_slice()[..LEN as usize].to_vec());
+    check_eq!(got, sent);
     check!(faults(k)?.is_empty(), "unexpected faults");
     kprintln!(
         "  {} joined boot domain {boot_did}; RMRR still reachable after its driver left",
