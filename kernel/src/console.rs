@@ -13,8 +13,14 @@ const COM1: u16 = 0x3f8;
 
 static CONSOLE: Mutex<Option<Uart16550Tty<PioBackend>>> = Mutex::new(None);
 
-/// Initialises COM1 and installs the logger at `level`.
-pub fn init(level: log::LevelFilter) {
+/// The clock log lines are stamped with, in microseconds. Handed in by [`init`] rather than
+/// read from `arch::time` directly: `arch` prints its exception and exit reports through this
+/// console, so the console must not depend on `arch` (one-way module dependencies).
+static CLOCK: spin::Once<fn() -> u64> = spin::Once::new();
+
+/// Initialises COM1 and installs the logger at `level`, stamping lines with `clock_us`.
+pub fn init(level: log::LevelFilter, clock_us: fn() -> u64) {
+    CLOCK.call_once(|| clock_us);
     // SAFETY: 0x3f8..0x400 is COM1 on every PC-compatible machine QEMU emulates, and this kernel
     // touches it only through CONSOLE.
     let uart = unsafe { Uart16550Tty::new_port(COM1, Config::default()) };
@@ -69,7 +75,7 @@ impl log::Log for Logger {
         if !self.enabled(record.metadata()) {
             return;
         }
-        let us = crate::arch::time::now_us();
+        let us = CLOCK.get().map_or(0, |clock| clock());
         print(format_args!(
             "[{:4}.{:06}] {:5} {}: {}\n",
             us / 1_000_000,

@@ -41,7 +41,7 @@ pub struct Kernel {
 /// `hvm_start_info`.
 #[no_mangle]
 pub extern "C" fn kernel_main(start_info: u32) -> ! {
-    console::init(log::LevelFilter::Info);
+    console::init(log::LevelFilter::Info, time::now_us);
     gdt::init();
     idt::init();
     // SAFETY: start_info is the %ebx value from QEMU, below 1 GiB and identity-mapped by the

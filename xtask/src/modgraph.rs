@@ -25,6 +25,7 @@ pub const CHECKED: &[&str] = &[
     "drivers/edu",
     "drivers/ivshmem",
     "drivers/nvme",
+    "kernel",
     "tests-qemu",
 ];
 
