@@ -123,6 +123,17 @@ fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
 }
 
 impl Scenario {
+    /// A scenario whose selected tests must all pass, exactly `passed` of them.
+    fn passing(
+        name: &'static str,
+        about: &'static str,
+        topology: Topology,
+        cmdline: &str,
+        passed: usize,
+    ) -> Self {
+        Self::new(name, about, topology, cmdline, Expect::Pass { passed })
+    }
+
     fn new(
         name: &'static str,
         about: &'static str,
@@ -405,15 +416,7 @@ fn vtd_scenarios() -> Vec<Scenario> {
         let cmdline = vtd_cmdline(&topology, tests);
         Scenario {
             cmdline,
-            ..Scenario::new(
-                name,
-                about,
-                topology,
-                "",
-                Expect::Pass {
-                    passed: tests.len(),
-                },
-            )
+            ..Scenario::passing(name, about, topology, "", tests.len())
         }
     };
     let basic = [
@@ -483,15 +486,7 @@ fn group_dma_scenarios() -> Vec<Scenario> {
     ];
     let run = |name, about, topology: Topology| Scenario {
         cmdline: vtd_cmdline(&topology, &tests),
-        ..Scenario::new(
-            name,
-            about,
-            topology,
-            "",
-            Expect::Pass {
-                passed: tests.len(),
-            },
-        )
+        ..Scenario::passing(name, about, topology, "", tests.len())
     };
     let rmrr_tests = [
         "rmrr::identity_mapped_from_boot",
@@ -540,15 +535,7 @@ fn group_dma_scenarios() -> Vec<Scenario> {
 fn dma_api_scenarios() -> Vec<Scenario> {
     let run = |name, about, topology, tests: &[&str]| {
         let cmdline = format!("test={}", tests.join(","));
-        Scenario::new(
-            name,
-            about,
-            topology,
-            &cmdline,
-            Expect::Pass {
-                passed: tests.len(),
-            },
-        )
+        Scenario::passing(name, about, topology, &cmdline, tests.len())
     };
     vec![
         run(
@@ -640,15 +627,7 @@ fn p2p_scenarios() -> Vec<Scenario> {
             expected_map_type(&topology),
             edu_mask_arg(&topology)
         );
-        Scenario::new(
-            name,
-            about,
-            topology,
-            &cmdline,
-            Expect::Pass {
-                passed: tests.len(),
-            },
-        )
+        Scenario::passing(name, about, topology, &cmdline, tests.len())
     };
     let shm = |t: Topology| t.object("memory-backend-ram,id=shm,size=1M");
     vec![
@@ -819,15 +798,7 @@ fn firmware_scenarios() -> Vec<Scenario> {
                 name: "dmar",
                 bytes: dmar,
             }],
-            ..Scenario::new(
-                name,
-                about,
-                topology,
-                &cmdline,
-                Expect::Pass {
-                    passed: tests.len(),
-                },
-            )
+            ..Scenario::passing(name, about, topology, &cmdline, tests.len())
         }
     };
     vec![

@@ -16,20 +16,9 @@ const ACPI_DUMP: &str = include_str!("../../iommu-vtd/tests/fixtures/complex.acp
 const COMPLEX_CFG: &str = include_str!("fixtures/complex.cfg");
 const DEFAULT_CFG: &str = include_str!("fixtures/default.cfg");
 
-/// xorshift64*: tiny and deterministic.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+#[path = "../../iommu-vtd/tests/support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 fn repair(t: &mut [u8]) {
     if t.len() < 10 {
