@@ -4,8 +4,8 @@
 //! The bus/device/function triple is the *Requester ID* (the source-id an IOMMU sees, VT-d 3.x
 //! §3.4.1); the segment group comes from the MCFG table (PCI Firmware 3.2 §4.1.2) or from the
 //! DMAR structure that names the device (VT-d §8.3). Every crate that names a PCI function uses
-//! these types: `pci` and `iommu-vtd` re-export them, and the QEMU test model builds its
-//! expectations with them, so an address parsed from a fixture, found by enumeration and
+//! these types: `pci`, `iommu-vtd` and `dma::p2p` re-export them, and the QEMU test model builds
+//! its expectations with them, so an address parsed from a fixture, found by enumeration and
 //! resolved from a DMAR device scope compare equal.
 //!
 //! The crate has no dependencies and no `unsafe`, so anything (a parser, a host tool, a test
