@@ -28,54 +28,84 @@ use crate::error::DmaError;
 
 pub use crate::attrs::MapType;
 pub use crate::error::ProviderError;
+/// The PCI function address and requester ID a [`DeviceId`] is made of (from `pci-address`,
+/// re-exported so an embedder of this crate alone can name a device).
+pub use pci_address::{Bdf, RequesterId};
 
-/// An opaque identity of a device taking part in P2P: segment group and 16-bit requester ID
-/// (bus, device, function) packed as `segment << 16 | requester_id`.
+/// The identity of a device taking part in P2P: its PCI function address (segment group and
+/// requester ID), the workspace's one [`Bdf`] from `pci-address`.
 ///
-/// Why not `pci::Bdf`: this crate knows no PCI; the `pci` crate converts both ways with the
-/// functions `pci::p2p::device_id(bdf)` and `pci::p2p::bdf_of(id)`. There is deliberately no
-/// `From<Bdf>`: the address type lives in `pci-address` and this type here, so the orphan rule
-/// would leave such an impl to this crate, which must not depend on PCI.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct DeviceId(u32);
+/// This crate knows no PCI *topology* (which map type applies is asked through
+/// [`P2pClassifier`]), but it does name devices, and a second encoding of "segment + requester
+/// ID" here would be a second concept to keep in step with the one the `pci` and `iommu-vtd`
+/// crates use. So `dma` depends on `pci-address`, which has no dependencies, no `unsafe` and no
+/// hardware access, and `DeviceId` wraps a [`Bdf`]: `From` converts both ways, and the packed
+/// form (`segment << 16 | requester_id`) is only [`DeviceId::from_raw`]/[`DeviceId::as_u32`].
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(Bdf);
 
 impl DeviceId {
-    /// The device `requester_id` (bus << 8 | device << 3 | function) in `segment`.
-    pub const fn new(segment: u16, requester_id: u16) -> Self {
-        Self((segment as u32) << 16 | requester_id as u32)
+    /// The device `requester_id` in `segment`.
+    pub const fn new(segment: u16, requester_id: RequesterId) -> Self {
+        Self(Bdf::from_requester_id(segment, requester_id))
     }
 
-    /// From the packed value.
+    /// From the packed value `segment << 16 | requester_id`.
     pub const fn from_raw(raw: u32) -> Self {
-        Self(raw)
+        Self::new((raw >> 16) as u16, RequesterId::new(raw as u16))
     }
 
-    /// The packed value.
+    /// The packed value `segment << 16 | requester_id`.
     pub const fn as_u32(self) -> u32 {
+        (self.segment() as u32) << 16 | self.requester_id().get() as u32
+    }
+
+    /// The PCI function.
+    pub const fn bdf(self) -> Bdf {
         self.0
     }
 
     /// The segment group.
     pub const fn segment(self) -> u16 {
-        (self.0 >> 16) as u16
+        self.0.segment()
     }
 
     /// The requester ID within the segment.
-    pub const fn requester_id(self) -> u16 {
-        self.0 as u16
+    pub const fn requester_id(self) -> RequesterId {
+        self.0.requester_id()
     }
 }
 
+/// Function 00:00.0 of segment 0 (the packed value 0).
+impl Default for DeviceId {
+    fn default() -> Self {
+        Self::from_raw(0)
+    }
+}
+
+impl From<Bdf> for DeviceId {
+    fn from(bdf: Bdf) -> Self {
+        Self(bdf)
+    }
+}
+
+impl From<DeviceId> for Bdf {
+    fn from(id: DeviceId) -> Self {
+        id.0
+    }
+}
+
+/// `ssss:bb:dd.f`: the segment is always printed (unlike [`Bdf`]'s `Display`).
 impl fmt::Display for DeviceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let rid = self.requester_id();
+        let bdf = self.0;
         write!(
             f,
             "{:04x}:{:02x}:{:02x}.{}",
-            self.segment(),
-            rid >> 8,
-            (rid >> 3) & 0x1f,
-            rid & 7
+            bdf.segment(),
+            bdf.bus(),
+            bdf.device(),
+            bdf.function()
         )
     }
 }
@@ -321,11 +351,14 @@ mod tests {
 
     #[test]
     fn device_id_packs_segment_and_requester_id() {
-        let id = DeviceId::new(1, 0x0310);
+        let id = DeviceId::new(1, RequesterId::new(0x0310));
         assert_eq!(id.as_u32(), 0x0001_0310);
-        assert_eq!((id.segment(), id.requester_id()), (1, 0x0310));
+        assert_eq!((id.segment(), id.requester_id().get()), (1, 0x0310));
         assert_eq!(id.to_string(), "0001:03:02.0");
         assert_eq!(DeviceId::from_raw(id.as_u32()), id);
+        assert_eq!(Bdf::from(id), id.bdf());
+        assert_eq!(DeviceId::from(id.bdf()), id);
+        assert_eq!(DeviceId::default().as_u32(), 0);
     }
 
     #[test]
@@ -336,7 +369,7 @@ mod tests {
 
     #[test]
     fn provider_rejects_bad_ranges_and_translates_with_negative_offsets() {
-        let owner = DeviceId::new(0, 0x20);
+        let owner = DeviceId::new(0, RequesterId::new(0x20));
         assert_eq!(
             Provider::new(owner, 0, PhysAddr::new(0x1000), 0, 0),
             Err(DmaError::ZeroLength)
@@ -362,7 +395,7 @@ mod tests {
 
     #[test]
     fn provider_table_bounds_checks_the_index() {
-        let owner = DeviceId::new(0, 0x28);
+        let owner = DeviceId::new(0, RequesterId::new(0x28));
         let t = ProviderTable::new(
             owner,
             alloc::vec![

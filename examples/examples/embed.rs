@@ -53,7 +53,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
         levels,
         ..Default::default()
     })?);
-    let key = u32::from(group.members()[0].requester_id()); // any stable key per group
+    let key = u32::from(group.members()[0].requester_id().get()); // any stable key per group
     let group_ref = GroupRef {
         key,
         requester_ids: group.requester_ids(),

@@ -47,7 +47,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let group = groups.group_of(edu).ok_or("edu has no group")?;
     let hw = Arc::new(unit.create_domain(DomainConfig::default())?);
     let group_ref = GroupRef {
-        key: u32::from(group.members()[0].requester_id()),
+        key: u32::from(group.members()[0].requester_id().get()),
         requester_ids: group.requester_ids(),
     };
     hw.attach_device(group_ref, edu.requester_id())?;

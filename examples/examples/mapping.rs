@@ -24,7 +24,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let rid = Bdf::new(0, 0, 3, 0)?.requester_id();
     let hw = Arc::new(unit.create_domain(DomainConfig::default())?);
     let group = GroupRef {
-        key: u32::from(rid),
+        key: u32::from(rid.get()),
         requester_ids: &[rid],
     };
     hw.attach_device(group, rid)?;

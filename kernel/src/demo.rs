@@ -211,7 +211,7 @@ pub fn dump_tables(k: &Kernel) {
 }
 
 /// The requester ID the IOMMU sees for `bdf` (its last DMA alias).
-fn source_id(k: &Kernel, bdf: pci::Bdf) -> Result<u16, alloc::string::String> {
+fn source_id(k: &Kernel, bdf: pci::Bdf) -> Result<pci::RequesterId, alloc::string::String> {
     k.pci
         .topology
         .iommu_source_id(bdf)
@@ -316,7 +316,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     let sid = source_id(k, e.bdf())?;
     let faults = unit.read_and_clear_faults().records;
     let fault = faults.iter().find(|f| {
-        f.source.get() == sid
+        f.source == sid
             && f.address == stray
             && f.access == iommu_vtd::AccessKind::Write
             && f.reason.raw() == 5
@@ -478,7 +478,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     let sid = source_id(k, e.bdf())?;
     let faults = unit.read_and_clear_faults().records;
     let fault = faults.iter().find(|f| {
-        f.source.get() == sid
+        f.source == sid
             && f.address == addr.page_align_down().as_u64()
             && f.access == iommu_vtd::AccessKind::Write
     });

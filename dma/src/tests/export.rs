@@ -16,6 +16,7 @@ use super::snapshot;
 use crate::export::{validate_export, EXPORT_FLAGS_KNOWN};
 use crate::p2p::{
     BarSlot, DeviceId, FixedClassifier, MapType, Provider, ProviderError, ProviderTable,
+    RequesterId,
 };
 use crate::testing::Fixture;
 use crate::{
@@ -24,8 +25,8 @@ use crate::{
     PhysAddr, Translation, PAGE_SIZE,
 };
 
-const OWNER: DeviceId = DeviceId::new(0, 0x0800);
-const CLIENT: DeviceId = DeviceId::new(0, 0x0900);
+const OWNER: DeviceId = DeviceId::new(0, RequesterId::new(0x0800));
+const CLIENT: DeviceId = DeviceId::new(0, RequesterId::new(0x0900));
 const RW: Direction = Direction::Bidirectional;
 
 /// BAR0: I/O; BAR1: 64 KiB at 0xfe00_0000; BAR2/3: 16 GiB 64-bit at 512 GiB (bus 256 GiB);

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 
 use super::snapshot;
 use crate::iommu::{IommuDomain, Prot};
-use crate::p2p::{DeviceId, MapType, Provider};
+use crate::p2p::{DeviceId, MapType, Provider, RequesterId};
 use crate::testing::{FakeOp, Fixture};
 use crate::{
     DeviceConfig, Direction, DmaAddr, DmaError, DmaSegment, InvalidationMode, PhysAddr, PAGE_SIZE,
@@ -25,7 +25,7 @@ pub(crate) const BUS: u64 = 0x40_0000_0000;
 
 pub(crate) fn provider() -> Provider {
     Provider::new(
-        DeviceId::new(0, 0x0800),
+        DeviceId::new(0, RequesterId::new(0x0800)),
         2,
         PhysAddr::new(BAR),
         BAR_SIZE,
@@ -110,7 +110,7 @@ fn p2p_bus_addr_positive_offset_and_mask_violation() {
     .unwrap();
     // BAR at 0xe000_0000, bus address 0xf000_0000 (positive offset).
     let p = Provider::new(
-        DeviceId::new(0, 8),
+        DeviceId::new(0, RequesterId::new(8)),
         0,
         PhysAddr::new(0xe000_0000),
         0x1000_0000,
@@ -139,7 +139,7 @@ fn p2p_bus_addr_positive_offset_and_mask_violation() {
         .map(|_| ());
     assert_eq!(err, Ok(()));
     let p2 = Provider::new(
-        DeviceId::new(0, 8),
+        DeviceId::new(0, RequesterId::new(8)),
         0,
         PhysAddr::new(0xe000_0000),
         0x1000_0000,
@@ -313,7 +313,7 @@ fn p2p_direct_mmio_beyond_mask_is_refused_never_bounced() {
 fn digest_item_13_mmio_unaligned_4_bytes_maps_thru_host_bridge() {
     let f = iommu();
     let p = Provider::new(
-        DeviceId::new(0, 0x18),
+        DeviceId::new(0, RequesterId::new(0x18)),
         0,
         PhysAddr::new(0xfe41_0000),
         0x1000,
@@ -508,7 +508,7 @@ fn digest_item_1_direct_failure_at_range_k_drops_the_k_mappings() {
     // released again.
     let f = Fixture::direct(DeviceConfig::with_mask_bits(40).unwrap().trusted()).unwrap();
     let p = Provider::new(
-        DeviceId::new(0, 8),
+        DeviceId::new(0, RequesterId::new(8)),
         0,
         PhysAddr::new((1 << 40) - 0x10_0000),
         0x20_0000,
@@ -539,7 +539,14 @@ fn digest_item_7_entry_count_overflow_is_checked() {
     // arithmetic all the same (exercised in segment.rs with u64::MAX lengths). Here: the
     // total of two ranges that overflow 64 bits is refused before anything is mapped.
     let f = iommu();
-    let huge = Provider::new(DeviceId::new(0, 8), 0, PhysAddr::new(0), u64::MAX, 0).unwrap();
+    let huge = Provider::new(
+        DeviceId::new(0, RequesterId::new(8)),
+        0,
+        PhysAddr::new(0),
+        u64::MAX,
+        0,
+    )
+    .unwrap();
     let err = f
         .dev
         .map_peer(

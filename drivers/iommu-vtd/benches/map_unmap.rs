@@ -8,7 +8,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use iommu_vtd::fake::{FakeVtd, HostPlatform};
-use iommu_vtd::{Domain, DomainConfig, GroupRef, UnitConfig, VtdUnit};
+use iommu_vtd::{Domain, DomainConfig, GroupRef, RequesterId, UnitConfig, VtdUnit};
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
@@ -20,12 +20,13 @@ fn domain() -> Domain<FakeVtd, Arc<HostPlatform>> {
         Arc::new(VtdUnit::new(FakeVtd::qemu_default(p.clone()), p, UnitConfig::new(39)).unwrap());
     unit.enable().unwrap();
     let d = unit.create_domain(DomainConfig::default()).unwrap();
+    let rid = RequesterId::new(0x18);
     d.attach_device(
         GroupRef {
             key: 0x18,
-            requester_ids: &[0x18],
+            requester_ids: &[rid],
         },
-        0x18,
+        rid,
     )
     .unwrap();
     // Keep the tables populated so a single map/unmap does not allocate/free tables.

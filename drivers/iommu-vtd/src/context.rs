@@ -135,11 +135,14 @@ impl RootTable {
     }
 
     /// The context entry of `rid`, if its bus has a context table.
-    pub fn context<P: Platform + ?Sized>(&self, platform: &P, rid: u16) -> Option<ContextEntry> {
-        let bdf = RequesterId::new(rid);
-        let table = self.context_table(platform, bdf.bus())?;
+    pub fn context<P: Platform + ?Sized>(
+        &self,
+        platform: &P,
+        rid: RequesterId,
+    ) -> Option<ContextEntry> {
+        let table = self.context_table(platform, rid.bus())?;
         let mem = self.mem(platform, table);
-        let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+        let index = rid.devfn() as usize * WORDS_PER_ENTRY;
         Some(ContextEntry {
             lo: mem.read(index),
             hi: mem.read(index + 1),
@@ -151,15 +154,14 @@ impl RootTable {
     pub fn set_context<P: Platform + ?Sized>(
         &mut self,
         platform: &P,
-        rid: u16,
+        rid: RequesterId,
         entry: ContextEntry,
     ) -> bool {
-        let bdf = RequesterId::new(rid);
-        let Some(table) = self.context_table(platform, bdf.bus()) else {
+        let Some(table) = self.context_table(platform, rid.bus()) else {
             return false;
         };
         let mem = self.mem(platform, table);
-        let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+        let index = rid.devfn() as usize * WORDS_PER_ENTRY;
         mem.write(index, 0);
         mem.flush(index, index);
         mem.write(index + 1, entry.hi);
@@ -171,11 +173,10 @@ impl RootTable {
     }
 
     /// Clears `rid`'s context entry (present bit first).
-    pub fn clear_context<P: Platform + ?Sized>(&mut self, platform: &P, rid: u16) {
-        let bdf = RequesterId::new(rid);
-        if let Some(table) = self.context_table(platform, bdf.bus()) {
+    pub fn clear_context<P: Platform + ?Sized>(&mut self, platform: &P, rid: RequesterId) {
+        if let Some(table) = self.context_table(platform, rid.bus()) {
             let mem = self.mem(platform, table);
-            let index = bdf.devfn() as usize * WORDS_PER_ENTRY;
+            let index = rid.devfn() as usize * WORDS_PER_ENTRY;
             mem.write(index, 0);
             mem.flush(index, index);
             mem.write(index + 1, 0);

@@ -1919,7 +1919,7 @@ mod tests {
             .collect();
         let seg2 = Bdf::new(2, 0x40, 0x1f, 3).unwrap();
         assert_eq!(resolved, [seg2, at(0x40, 0x1f, 3), seg2]);
-        assert_eq!(resolved[0].requester_id(), 0x40fb);
+        assert_eq!(resolved[0].requester_id().get(), 0x40fb);
         assert_ne!(resolved[0], resolved[1]);
         assert_eq!(
             dmar.drhds()

@@ -25,6 +25,7 @@ use crate::pagetable::SecondLevelTable;
 use crate::platform::Platform;
 use crate::registers::RegisterIo;
 use crate::unit::{GroupRef, VtdError, VtdUnit};
+use pci_address::RequesterId;
 
 /// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
 /// the life of the program, so a gather flushed through the wrong domain cannot free pages.
@@ -115,7 +116,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
 
     /// The requester IDs of every attached group (each has a present context entry for this
     /// domain, or had one whose detach did not complete).
-    pub fn attached(&self) -> Vec<u16> {
+    pub fn attached(&self) -> Vec<RequesterId> {
         self.unit.requester_ids_of(self.did)
     }
 
@@ -155,7 +156,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// [`VtdError::OutOfMemory`] when the domain is being dropped or a context table or
     /// bookkeeping cannot be allocated (nothing written); [`VtdError::Timeout`] (write-buffer
     /// flush) or [`VtdError::Invalidation`] after the entries were written (see above).
-    pub fn attach_device(&self, group: GroupRef<'_>, device: u16) -> Result<(), VtdError> {
+    pub fn attach_device(&self, group: GroupRef<'_>, device: RequesterId) -> Result<(), VtdError> {
         let state = self.state.lock();
         let Some(table) = state.table.as_ref() else {
             return Err(VtdError::OutOfMemory);
@@ -180,7 +181,7 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// [`VtdError::NotAMember`] when `device` is not one of its members (nothing changes);
     /// [`VtdError::OutOfMemory`] or [`VtdError::Invalidation`] for the last member, which then
     /// stays attached (see above).
-    pub fn detach_device(&self, group_key: u32, device: u16) -> Result<(), VtdError> {
+    pub fn detach_device(&self, group_key: u32, device: RequesterId) -> Result<(), VtdError> {
         let _state = self.state.lock();
         self.unit.detach_group_member(self.did, group_key, device)
     }

@@ -34,6 +34,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use dma::PhysAddr;
+use pci_address::RequesterId;
 use spin::Mutex;
 
 use crate::caps::Capabilities;
@@ -398,7 +399,7 @@ struct FakeState {
     ics: u32,
     other: BTreeMap<usize, u64>,
     fault_records: Vec<(u64, u64)>,
-    context_cache: BTreeMap<u16, ContextEntry>,
+    context_cache: BTreeMap<RequesterId, ContextEntry>,
     iotlb: BTreeMap<(u16, u64), CachedTranslation>,
     events: Vec<HwEvent>,
     violations: Vec<String>,
@@ -411,7 +412,7 @@ struct FakeState {
     register_not_performed: bool,
     /// A fault to record when the next fault-record F bit is cleared (a fault arriving between
     /// software's read and its clear).
-    fault_on_clear: Option<(u16, u64, bool)>,
+    fault_on_clear: Option<(RequesterId, u64, bool)>,
     global_invalidated_since_root: bool,
 }
 
@@ -573,7 +574,7 @@ impl FakeVtd {
 
     /// Records a fault from `sid` at `iova` at the moment software next clears a fault
     /// record's F bit: a fault arriving between the read and the clear.
-    pub fn inject_fault_on_next_clear(&self, sid: u16, iova: u64, write: bool) {
+    pub fn inject_fault_on_next_clear(&self, sid: RequesterId, iova: u64, write: bool) {
         self.state.lock().fault_on_clear = Some((sid, iova, write));
     }
 
@@ -610,7 +611,7 @@ impl FakeVtd {
 
     /// Emulates one DMA access by `sid` to `iova` through the unit: the output address, or the
     /// fault it raised (also recorded in the fault registers, as QEMU does).
-    pub fn dma(&self, sid: u16, iova: u64, write: bool) -> DmaResult {
+    pub fn dma(&self, sid: RequesterId, iova: u64, write: bool) -> DmaResult {
         let mut s = self.state.lock();
         let result = self.translate(&mut s, sid, iova, write);
         if let Err(reason) = result {
@@ -627,7 +628,7 @@ impl FakeVtd {
         }
     }
 
-    fn translate(&self, s: &mut FakeState, sid: u16, iova: u64, write: bool) -> DmaResult {
+    fn translate(&self, s: &mut FakeState, sid: RequesterId, iova: u64, write: bool) -> DmaResult {
         if s.gsts & Global::TE.bits() == 0 {
             return Ok(iova);
         }
@@ -640,7 +641,7 @@ impl FakeVtd {
             Some(c) => *c,
             None => {
                 let root = s.active_root.ok_or(FaultReason::RootTableAccess)?;
-                let bus = u64::from(sid >> 8);
+                let bus = u64::from(sid.bus());
                 let root_lo = self
                     .walk_read(s, root + bus * 16)
                     .ok_or(FaultReason::RootTableAccess)?;
@@ -649,7 +650,7 @@ impl FakeVtd {
                     return Err(FaultReason::RootEntryNotPresent);
                 }
                 let ct = root_entry.ctp();
-                let devfn = u64::from(sid & 0xFF);
+                let devfn = u64::from(sid.devfn());
                 let lo = self
                     .walk_read(s, ct + devfn * 16)
                     .ok_or(FaultReason::ContextTableAccess)?;
@@ -752,7 +753,14 @@ impl FakeVtd {
         }
     }
 
-    fn record_fault(s: &mut FakeState, sid: u16, iova: u64, write: bool, reason: FaultReason) {
+    fn record_fault(
+        s: &mut FakeState,
+        rid: RequesterId,
+        iova: u64,
+        write: bool,
+        reason: FaultReason,
+    ) {
+        let sid = rid.get();
         let hi = FrcdHi::new()
             .with_f(true)
             .with_t(!write)
@@ -1097,7 +1105,7 @@ impl RegisterIo for FakeVtd {
                 if cmd.icc() && self.register_invalidation(&mut s, "CCMD") {
                     let gran = cmd.cirg();
                     let did = cmd.did();
-                    let sid = cmd.sid();
+                    let sid = RequesterId::new(cmd.sid());
                     let inv = match gran {
                         ccmd::GRANULARITY_GLOBAL => Some(Invalidation::ContextGlobal),
                         ccmd::GRANULARITY_DEVICE => Some(Invalidation::ContextDevice { did, sid }),

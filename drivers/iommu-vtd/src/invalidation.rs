@@ -31,6 +31,7 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use dma::PhysAddr;
+use pci_address::RequesterId;
 
 use crate::caps::Capabilities;
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
@@ -72,7 +73,7 @@ pub enum Invalidation {
         /// Domain ID the cached entry is tagged with (0 for not-present entries under CM).
         did: u16,
         /// Source (requester) ID.
-        sid: u16,
+        sid: RequesterId,
     },
     /// Every IOTLB and paging-structure cache entry.
     IotlbGlobal,
@@ -120,9 +121,12 @@ impl Descriptor {
         };
         let (lo, hi) = match *req {
             Invalidation::ContextGlobal => (context(desc::GLOBAL), 0),
-            Invalidation::ContextDevice { did, sid } => {
-                (context(desc::DEVICE_OR_PAGE).with_did(did).with_sid(sid), 0)
-            }
+            Invalidation::ContextDevice { did, sid } => (
+                context(desc::DEVICE_OR_PAGE)
+                    .with_did(did)
+                    .with_sid(sid.get()),
+                0,
+            ),
             Invalidation::IotlbGlobal => (iotlb(desc::GLOBAL), 0),
             Invalidation::IotlbDomain { did } => (iotlb(desc::DOMAIN).with_did(did), 0),
             Invalidation::IotlbPage {
@@ -170,9 +174,10 @@ impl Descriptor {
         let did = lo.did();
         match (lo.kind(), lo.granularity()) {
             (TYPE_CONTEXT, GLOBAL) => Some(Invalidation::ContextGlobal),
-            (TYPE_CONTEXT, DEVICE_OR_PAGE) => {
-                Some(Invalidation::ContextDevice { did, sid: lo.sid() })
-            }
+            (TYPE_CONTEXT, DEVICE_OR_PAGE) => Some(Invalidation::ContextDevice {
+                did,
+                sid: RequesterId::new(lo.sid()),
+            }),
             (TYPE_IOTLB, GLOBAL) => Some(Invalidation::IotlbGlobal),
             (TYPE_IOTLB, DOMAIN) => Some(Invalidation::IotlbDomain { did }),
             (TYPE_IOTLB, DEVICE_OR_PAGE) => {
@@ -568,7 +573,9 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
     };
     match *req {
         Invalidation::ContextGlobal => context(ccmd::GRANULARITY_GLOBAL, 0, 0),
-        Invalidation::ContextDevice { did, sid } => context(ccmd::GRANULARITY_DEVICE, sid, did),
+        Invalidation::ContextDevice { did, sid } => {
+            context(ccmd::GRANULARITY_DEVICE, sid.get(), did)
+        }
         Invalidation::IotlbGlobal => tlb(iotlb::GRANULARITY_GLOBAL, 0),
         Invalidation::IotlbDomain { did } => tlb(iotlb::GRANULARITY_DOMAIN, did),
         Invalidation::IotlbPage {
@@ -714,7 +721,7 @@ mod tests {
             Invalidation::ContextGlobal,
             Invalidation::ContextDevice {
                 did: 7,
-                sid: 0x0318,
+                sid: RequesterId::new(0x0318),
             },
             Invalidation::IotlbGlobal,
             Invalidation::IotlbDomain { did: 9 },
@@ -735,7 +742,7 @@ mod tests {
         let d = Descriptor::encode(
             &Invalidation::ContextDevice {
                 did: 7,
-                sid: 0x0318,
+                sid: RequesterId::new(0x0318),
             },
             false,
             false,

@@ -47,6 +47,7 @@ use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, In
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
 use crate::platform::{Platform, TablePage};
 use crate::registers::{self, Global, RegisterIo, Rtaddr, GSTS_PERSISTENT_MASK};
+use pci_address::RequesterId;
 
 /// Default timeout for every hardware wait: 1 s.
 pub const DEFAULT_TIMEOUT_US: u64 = 1_000_000;
@@ -102,14 +103,14 @@ pub enum VtdError {
     /// The requester ID already has a context entry (in domain `did`); detach it first.
     AlreadyAttached {
         /// The requester ID.
-        rid: u16,
+        rid: RequesterId,
         /// The domain it is attached to.
         did: u16,
     },
     /// The same requester ID was given twice.
     DuplicateRequesterId {
         /// The requester ID.
-        rid: u16,
+        rid: RequesterId,
     },
     /// The isolation group is attached to another domain (`did`): a group is never split
     /// across domains; detach every member from that domain first.
@@ -135,7 +136,7 @@ pub enum VtdError {
         /// The group key.
         group: u32,
         /// The member's requester ID.
-        device: u16,
+        device: RequesterId,
     },
     /// The group is not attached to this domain.
     GroupNotAttached {
@@ -147,7 +148,7 @@ pub enum VtdError {
         /// The group key.
         group: u32,
         /// The requester ID given.
-        device: u16,
+        device: RequesterId,
     },
 }
 
@@ -169,14 +170,10 @@ impl fmt::Display for VtdError {
             Self::LevelsNotSupported(l) => {
                 write!(f, "{}-level tables not advertised in SAGAW", l.count())
             }
-            Self::AlreadyAttached { rid, did } => write!(
-                f,
-                "requester {} is already attached to domain {did}",
-                crate::RequesterId::new(rid)
-            ),
-            Self::DuplicateRequesterId { rid } => {
-                write!(f, "requester {} given twice", crate::RequesterId::new(rid))
+            Self::AlreadyAttached { rid, did } => {
+                write!(f, "requester {rid} is already attached to domain {did}")
             }
+            Self::DuplicateRequesterId { rid } => write!(f, "requester {rid} given twice"),
             Self::GroupAttachedElsewhere { group, did } => {
                 write!(f, "isolation group {group} is attached to domain {did}")
             }
@@ -187,18 +184,15 @@ impl fmt::Display for VtdError {
             Self::EmptyGroup { group } => {
                 write!(f, "isolation group {group} has no requester ID")
             }
-            Self::AlreadyMember { group, device } => write!(
-                f,
-                "{} is already a member of isolation group {group}",
-                crate::RequesterId::new(device)
-            ),
+            Self::AlreadyMember { group, device } => {
+                write!(f, "{device} is already a member of isolation group {group}")
+            }
             Self::GroupNotAttached { group } => {
                 write!(f, "isolation group {group} is not attached to this domain")
             }
             Self::NotAMember { group, device } => write!(
                 f,
-                "{} is not an attached member of isolation group {group}",
-                crate::RequesterId::new(device)
+                "{device} is not an attached member of isolation group {group}"
             ),
         }
     }
@@ -267,7 +261,7 @@ pub struct GroupRef<'a> {
     /// The group's key, unique per group on this unit.
     pub key: u32,
     /// Every requester ID the group's DMA can arrive with.
-    pub requester_ids: &'a [u16],
+    pub requester_ids: &'a [RequesterId],
 }
 
 /// A group attached to a domain: its requester IDs (each with a present context entry for
@@ -276,8 +270,8 @@ pub struct GroupRef<'a> {
 struct GroupAttachment {
     key: u32,
     did: u16,
-    rids: Vec<u16>,
-    members: Vec<u16>,
+    rids: Vec<RequesterId>,
+    members: Vec<RequesterId>,
     /// The context cache and IOTLB invalidation after writing the entries completed; `false`
     /// after a failed one (retried when the next member attaches).
     synced: bool,
@@ -297,7 +291,7 @@ struct Tables {
     groups: Vec<GroupAttachment>,
 }
 
-fn same_set(a: &[u16], b: &[u16]) -> bool {
+fn same_set(a: &[RequesterId], b: &[RequesterId]) -> bool {
     a.len() == b.len() && a.iter().all(|r| b.contains(r))
 }
 
@@ -734,7 +728,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     }
 
     /// The context entry of `rid` as the hardware would read it (`None`: no context table).
-    pub fn context_entry(&self, rid: u16) -> Option<ContextEntry> {
+    pub fn context_entry(&self, rid: RequesterId) -> Option<ContextEntry> {
         self.tables.lock().root.context(&self.platform, rid)
     }
 
@@ -760,7 +754,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     }
 
     /// The requester IDs of the groups attached to domain `did`.
-    pub(crate) fn requester_ids_of(&self, did: u16) -> Vec<u16> {
+    pub(crate) fn requester_ids_of(&self, did: u16) -> Vec<RequesterId> {
         self.tables
             .lock()
             .groups
@@ -776,7 +770,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         did: u16,
         table: &SecondLevelTable,
         group: GroupRef<'_>,
-        device: u16,
+        device: RequesterId,
     ) -> Result<(), VtdError> {
         let key = group.key;
         let rids = group.requester_ids;
@@ -839,7 +833,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 }
                 Some(_) => {}
                 None => {
-                    let bus = (rid >> 8) as u8;
+                    let bus = rid.bus();
                     if !missing_buses.contains(&bus) {
                         missing_buses
                             .try_reserve(1)
@@ -911,7 +905,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         &self,
         did: u16,
         key: u32,
-        device: u16,
+        device: RequesterId,
     ) -> Result<(), VtdError> {
         let mut guard = self.tables.lock();
         let tables = &mut *guard;
@@ -949,7 +943,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     pub(crate) fn detach_domain(&self, did: u16) -> Result<(), VtdError> {
         let mut guard = self.tables.lock();
         let tables = &mut *guard;
-        let mut rids: Vec<u16> = Vec::new();
+        let mut rids: Vec<RequesterId> = Vec::new();
         for g in tables.groups.iter().filter(|g| g.did == did) {
             rids.try_reserve(g.rids.len())
                 .map_err(|_| VtdError::OutOfMemory)?;
@@ -976,7 +970,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     fn context_requests(
         &self,
         did: u16,
-        rids: &[u16],
+        rids: &[RequesterId],
         cached_did: u16,
     ) -> Result<Vec<Invalidation>, VtdError> {
         let mut requests: Vec<Invalidation> = Vec::new();
@@ -1005,7 +999,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// longer does (cleared by an earlier detach whose invalidation failed, then attached
     /// elsewhere) is left alone; its cached copy tagged `did` is still invalidated by the
     /// caller.
-    fn clear_entries(platform: &P, root: &mut RootTable, did: u16, rids: &[u16]) {
+    fn clear_entries(platform: &P, root: &mut RootTable, did: u16, rids: &[RequesterId]) {
         for &rid in rids {
             let ours = root
                 .context(platform, rid)

@@ -12,7 +12,9 @@ use dma::iommu::{IommuDomain, Prot};
 use dma::{DmaAddr, PhysAddr};
 use iommu_vtd::fake::{FakeVtd, HostPlatform, HwEvent, Via};
 use iommu_vtd::invalidation::Invalidation;
-use iommu_vtd::{Bdf, DomainConfig, FaultReason, GroupRef, UnitConfig, VtdError, VtdUnit};
+use iommu_vtd::{
+    Bdf, DomainConfig, FaultReason, GroupRef, RequesterId, UnitConfig, VtdError, VtdUnit,
+};
 
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
 
@@ -20,22 +22,22 @@ const K4: u64 = 0x1000;
 const RW: Prot = Prot::READ.union(Prot::WRITE);
 const GROUP: u32 = 7;
 
-/// The raw requester ID of segment-0 function `bus:device.function`.
-fn rid(bus: u8, device: u8, function: u8) -> u16 {
+/// The requester ID of segment-0 function `bus:device.function`.
+fn rid(bus: u8, device: u8, function: u8) -> RequesterId {
     Bdf::new(0, bus, device, function).unwrap().requester_id()
 }
 
-fn alias() -> u16 {
+fn alias() -> RequesterId {
     rid(2, 0, 0)
 }
-fn fn_a() -> u16 {
+fn fn_a() -> RequesterId {
     rid(2, 1, 0)
 }
-fn fn_b() -> u16 {
+fn fn_b() -> RequesterId {
     rid(2, 2, 0)
 }
 
-fn rids() -> [u16; 3] {
+fn rids() -> [RequesterId; 3] {
     [alias(), fn_a(), fn_b()]
 }
 

@@ -21,8 +21,8 @@ const RW: Prot = Prot::READ.union(Prot::WRITE);
 /// QEMU's `edu` at 00:03.0.
 const EDU: RequesterId = RequesterId::from_parts(0, 3 << 3);
 
-/// The raw requester ID of segment-0 function `bus:device.function`.
-fn rid(bus: u8, device: u8, function: u8) -> u16 {
+/// The requester ID of segment-0 function `bus:device.function`.
+fn rid(bus: u8, device: u8, function: u8) -> RequesterId {
     Bdf::new(0, bus, device, function).unwrap().requester_id()
 }
 
@@ -43,10 +43,10 @@ fn enabled(cap: u64, ecap: u64, haw: u8) -> Arc<Unit> {
 type Dom = iommu_vtd::Domain<FakeVtd, Arc<HostPlatform>>;
 
 /// Attaches `rid` as a one-device isolation group keyed by the requester ID.
-fn attach(d: &Dom, rid: u16) -> Result<(), VtdError> {
+fn attach(d: &Dom, rid: RequesterId) -> Result<(), VtdError> {
     d.attach_device(
         GroupRef {
-            key: u32::from(rid),
+            key: u32::from(rid.get()),
             requester_ids: &[rid],
         },
         rid,
@@ -54,8 +54,8 @@ fn attach(d: &Dom, rid: u16) -> Result<(), VtdError> {
 }
 
 /// Detaches the one-device group of `rid`.
-fn detach(d: &Dom, rid: u16) -> Result<(), VtdError> {
-    d.detach_device(u32::from(rid), rid)
+fn detach(d: &Dom, rid: RequesterId) -> Result<(), VtdError> {
+    d.detach_device(u32::from(rid.get()), rid)
 }
 
 fn hw(u: &Unit) -> &FakeVtd {
@@ -115,7 +115,7 @@ fn enable_without_queued_invalidation_uses_registers() {
         ]
     );
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.get()).unwrap();
+    attach(&d, EDU).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
     let mut g = IotlbGather::new();
@@ -132,7 +132,7 @@ fn enable_without_queued_invalidation_uses_registers() {
 fn registers_are_never_touched_once_qie_is_set() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.get()).unwrap();
+    attach(&d, EDU).unwrap();
     for i in 0..20 {
         d.map(
             DmaAddr::new(i * K4),
@@ -145,7 +145,7 @@ fn registers_are_never_touched_once_qie_is_set() {
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0), 20 * K4, &mut g).unwrap();
     d.flush(g).unwrap();
-    detach(&d, EDU.get()).unwrap();
+    detach(&d, EDU).unwrap();
     assert!(hw(&u)
         .invalidations()
         .iter()
@@ -199,7 +199,7 @@ fn attach_programs_context_entries_and_invalidates() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.levels(), PagingLevels::Three, "default QEMU: 39-bit only");
-    let rids = [EDU.get(), rid(2, 0, 0)];
+    let rids = [EDU, rid(2, 0, 0)];
     assert_eq!(u.context_entry(rids[0]), None, "no context table yet");
     hw(&u).take_events();
     let group = GroupRef {
@@ -304,7 +304,7 @@ fn attach_programs_context_entries_and_invalidates() {
 #[test]
 fn dma_through_the_domain_and_blocked_dma_faults() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     // A device with no domain cannot DMA anywhere.
     assert_eq!(
         hw(&u).dma(sid, 0x1000, false),
@@ -386,7 +386,7 @@ fn dma_through_the_domain_and_blocked_dma_faults() {
 #[test]
 fn unmap_then_flush_cuts_off_a_warmed_translation() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x8000), PhysAddr::new(0x30_0000), K4, RW)
@@ -411,7 +411,7 @@ fn unmap_then_flush_cuts_off_a_warmed_translation() {
 #[test]
 fn detach_cuts_off_a_warmed_device() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x30_0000), K4, RW)
@@ -431,7 +431,7 @@ fn detach_cuts_off_a_warmed_device() {
 fn unmapping_n_pages_issues_log_n_aligned_psi() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.get()).unwrap();
+    attach(&d, EDU).unwrap();
     let pages = 1000u64;
     let base = 0x1_0000_3000u64;
     // Unaligned physical address: 4 KiB leaves only.
@@ -531,7 +531,7 @@ fn freed_tables_are_released_after_the_flush() {
 #[test]
 fn caching_mode_reserves_domain_zero_and_invalidates_on_map() {
     let u = enabled(qemu::CAP_CACHING_MODE, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(d.did(), 1, "domain 0 is reserved under CM");
     attach(&d, sid).unwrap();
@@ -597,7 +597,7 @@ fn aw48_chooses_the_depth_asked_for() {
         .unwrap();
     assert_eq!(d4.levels(), PagingLevels::Four);
     assert_eq!(d4.info().aperture_end, DmaAddr::new((1 << 48) - 1));
-    let sid = EDU.get();
+    let sid = EDU;
     attach(&d4, sid).unwrap();
     assert_eq!(u.context_entry(sid).unwrap().aw(), 2, "AW = 4-level");
     let iova = 1u64 << 45;
@@ -633,7 +633,7 @@ fn wrong_aw_in_a_context_entry_faults_with_reason_3() {
     // The fake applies QEMU's rule: AW must be advertised in SAGAW. Corrupt AW to 4-level on a
     // 39-bit-only unit, without warming the context cache first.
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     let c = u.context_entry(sid).unwrap();
@@ -684,7 +684,7 @@ fn missing_clflush_would_be_caught() {
     // Negative control for the clflush rule: with write-backs suppressed, the non-coherent
     // walker sees poisoned/stale tables and the DMA fails.
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     u.platform().set_flush_disabled(true);
@@ -704,7 +704,7 @@ fn missing_clflush_would_be_caught() {
 #[test]
 fn coherent_units_flush_nothing() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0x2000), PhysAddr::new(0x3000), K4, RW)
@@ -716,7 +716,7 @@ fn coherent_units_flush_nothing() {
 #[test]
 fn snoop_control_units_get_snp_on_ram_only() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT | 1 << 7, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW | Prot::CACHE)
@@ -759,7 +759,7 @@ fn domain_ids_stay_within_nd() {
 #[test]
 fn dropping_a_domain_detaches_and_frees_it() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let live = u.platform().live_pages();
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
@@ -783,7 +783,7 @@ fn dropping_a_domain_detaches_and_frees_it() {
 #[test]
 fn rmrr_identity_map() {
     let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map_identity(0xE_0000, 0xF_FFFF).unwrap();
@@ -836,7 +836,7 @@ fn enabled_quick() -> Arc<Unit> {
 #[test]
 fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
     let u = enabled_quick();
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
@@ -869,7 +869,7 @@ fn a_failed_detach_keeps_the_ids_and_drop_leaks_the_table() {
 #[test]
 fn drop_after_a_failed_detach_invalidates_the_cached_context() {
     let u = enabled_quick();
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(DmaAddr::new(0), PhysAddr::new(0x3000), K4, RW)
@@ -897,7 +897,7 @@ fn drop_after_a_failed_detach_invalidates_the_cached_context() {
 #[test]
 fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     let u = enabled_quick();
-    let sid = EDU.get();
+    let sid = EDU;
     let a = u.create_domain(DomainConfig::default()).unwrap();
     attach(&a, sid).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
@@ -908,14 +908,14 @@ fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     assert_eq!(
         attach(&b, sid),
         Err(VtdError::GroupAttachedElsewhere {
-            group: u32::from(sid),
+            group: u32::from(sid.get()),
             did: a.did()
         })
     );
-    assert_eq!(u.group_domain(u32::from(sid)), Some(a.did()));
+    assert_eq!(u.group_domain(u32::from(sid.get())), Some(a.did()));
     // a's drop retries the detach and succeeds; then b may take the device.
     drop(a);
-    assert_eq!(u.group_domain(u32::from(sid)), None);
+    assert_eq!(u.group_domain(u32::from(sid.get())), None);
     attach(&b, sid).unwrap();
     let entry = u.context_entry(sid).unwrap();
     assert!(entry.present());
@@ -980,10 +980,10 @@ fn register_invalidation_not_performed_is_an_error() {
     // Register mode (no QI); the unit acknowledges but reports CAIG/IAIG = 00.
     let u = enabled(qemu::CAP_DEFAULT, ECAP_NO_QI, 39);
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.get()).unwrap();
+    attach(&d, EDU).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
-    assert_eq!(hw(&u).dma(EDU.get(), 0x1000, true), Ok(0x9000));
+    assert_eq!(hw(&u).dma(EDU, 0x1000, true), Ok(0x9000));
     hw(&u).set_register_invalidation_not_performed(true);
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(0x1000), K4, &mut g).unwrap();
@@ -1001,11 +1001,11 @@ fn register_invalidation_not_performed_is_an_error() {
         })
     );
     // The stale translation is indeed still there: reporting success would have been a lie.
-    assert_eq!(hw(&u).dma(EDU.get(), 0x1000, true), Ok(0x9000));
+    assert_eq!(hw(&u).dma(EDU, 0x1000, true), Ok(0x9000));
     hw(&u).set_register_invalidation_not_performed(false);
     u.invalidate(&[Invalidation::IotlbGlobal]).unwrap();
     assert_eq!(
-        hw(&u).dma(EDU.get(), 0x1000, true),
+        hw(&u).dma(EDU, 0x1000, true),
         Err(FaultReason::WriteNotPermitted)
     );
 }
@@ -1015,7 +1015,7 @@ const CAP_TWO_RECORDS: u64 = qemu::CAP_DEFAULT | 1 << 40;
 
 #[test]
 fn read_and_clear_clears_only_what_it_read() {
-    let (a, b) = (EDU.get(), rid(0, 4, 0));
+    let (a, b) = (EDU, rid(0, 4, 0));
     // Two records: a fault from `b` lands in the free record between the read and the clear.
     let u = enabled(CAP_TWO_RECORDS, qemu::ECAP_DEFAULT, 39);
     assert_eq!(u.capabilities().cap.fault_records, 2);
@@ -1078,10 +1078,10 @@ fn works_after_handoff(u: &Arc<Unit>) {
     assert!(hw(u).gsts().contains(Global::TE | Global::QIE));
     assert_eq!(hw(u).active_root(), Some(u.root_table().as_u64()));
     let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU.get()).unwrap();
+    attach(&d, EDU).unwrap();
     d.map(DmaAddr::new(0x1000), PhysAddr::new(0x9000), K4, RW)
         .unwrap();
-    assert_eq!(hw(u).dma(EDU.get(), 0x1000, false), Ok(0x9000));
+    assert_eq!(hw(u).dma(EDU, 0x1000, false), Ok(0x9000));
     assert_eq!(
         hw(u).dma(rid(5, 0, 0), 0x1000, false),
         Err(FaultReason::RootEntryNotPresent),
@@ -1178,17 +1178,17 @@ fn enable_takes_over_queue_translation_and_keeps_interrupt_remapping() {
 #[test]
 fn a_failed_first_attach_can_be_retried_by_the_same_device() {
     let u = enabled_quick();
-    let sid = EDU.get();
+    let sid = EDU;
     let a = u.create_domain(DomainConfig::default()).unwrap();
     hw(&u).set_rejected_descriptor(Some(desc::TYPE_CONTEXT));
     assert!(matches!(attach(&a, sid), Err(VtdError::Invalidation(_))));
     hw(&u).set_rejected_descriptor(None);
-    assert_eq!(u.group_domain(u32::from(sid)), Some(a.did()));
+    assert_eq!(u.group_domain(u32::from(sid.get())), Some(a.did()));
     let b = u.create_domain(DomainConfig::default()).unwrap();
     assert_eq!(
         attach(&b, sid),
         Err(VtdError::GroupAttachedElsewhere {
-            group: u32::from(sid),
+            group: u32::from(sid.get()),
             did: a.did()
         })
     );
@@ -1198,7 +1198,7 @@ fn a_failed_first_attach_can_be_retried_by_the_same_device() {
     assert_eq!(
         attach(&a, sid),
         Err(VtdError::AlreadyMember {
-            group: u32::from(sid),
+            group: u32::from(sid.get()),
             device: sid
         })
     );
@@ -1210,17 +1210,17 @@ fn a_failed_first_attach_can_be_retried_by_the_same_device() {
 #[test]
 fn a_device_outside_the_group_is_refused() {
     let u = enabled_quick();
-    let sid = EDU.get();
+    let sid = EDU;
     let a = u.create_domain(DomainConfig::default()).unwrap();
     let group = GroupRef {
         key: 7,
         requester_ids: &[sid],
     };
     assert_eq!(
-        a.attach_device(group, sid + 1),
+        a.attach_device(group, RequesterId::new(sid.get() + 1)),
         Err(VtdError::NotAMember {
             group: 7,
-            device: sid + 1
+            device: RequesterId::new(sid.get() + 1)
         })
     );
     assert_eq!(u.group_domain(7), None);
@@ -1244,7 +1244,7 @@ fn prepare_attach_then_start_translation() {
     u.prepare().unwrap();
     assert!(!hw(&u).gsts().contains(Global::TE));
     assert!(!u.is_enabled());
-    let sid = EDU.get();
+    let sid = EDU;
     let d = u.create_domain(DomainConfig::default()).unwrap();
     attach(&d, sid).unwrap();
     d.map(
@@ -1260,7 +1260,9 @@ fn prepare_attach_then_start_translation() {
     assert!(u.is_enabled());
     // The first DMA after TE already translates through the domain; others are blocked.
     assert_eq!(hw(&u).dma(sid, 0x7_0000, true), Ok(0x7_0000));
-    assert!(hw(&u).dma(sid + 1, 0x7_0000, true).is_err());
+    assert!(hw(&u)
+        .dma(RequesterId::new(sid.get() + 1), 0x7_0000, true)
+        .is_err());
     assert_eq!(u.enable(), Err(VtdError::AlreadyEnabled));
     assert_eq!(u.start_translation(), Err(VtdError::AlreadyEnabled));
     no_violations(&u);

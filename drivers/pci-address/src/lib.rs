@@ -4,8 +4,8 @@
 //! The bus/device/function triple is the *Requester ID* (the source-id an IOMMU sees, VT-d 3.x
 //! §3.4.1); the segment group comes from the MCFG table (PCI Firmware 3.2 §4.1.2) or from the
 //! DMAR structure that names the device (VT-d §8.3). Every crate that names a PCI function uses
-//! these types: `pci` and `iommu-vtd` re-export them, and the QEMU test model builds its
-//! expectations with them, so an address parsed from a fixture, found by enumeration and
+//! these types: `pci`, `iommu-vtd` and `dma::p2p` re-export them, and the QEMU test model builds
+//! its expectations with them, so an address parsed from a fixture, found by enumeration and
 //! resolved from a DMAR device scope compare equal.
 //!
 //! The crate has no dependencies and no `unsafe`, so anything (a parser, a host tool, a test
@@ -88,13 +88,9 @@ impl Bdf {
         }
     }
 
-    /// Builds an address from a 16-bit requester ID (bus << 8 | device << 3 | function).
-    pub const fn from_requester_id(segment: u16, requester_id: u16) -> Self {
-        Self {
-            segment,
-            bus: (requester_id >> 8) as u8,
-            devfn: requester_id as u8,
-        }
+    /// The function of requester ID `requester_id` in segment group `segment`.
+    pub const fn from_requester_id(segment: u16, requester_id: RequesterId) -> Self {
+        Self::from_devfn(segment, requester_id.bus(), requester_id.devfn())
     }
 
     /// The PCI segment group.
@@ -124,19 +120,8 @@ impl Bdf {
 
     /// The requester ID (PCIe Base 4.0 §2.2.6.2): bus << 8 | device << 3 | function. This is the
     /// source-id an IOMMU uses to find the context entry; it does not include the segment.
-    pub const fn requester_id(self) -> u16 {
-        ((self.bus as u16) << 8) | self.devfn as u16
-    }
-
-    /// The requester ID (PCIe Base 4.0 §2.2.6.2) as a typed value; [`Bdf::requester_id`] is
-    /// the same number as a raw `u16`.
-    pub const fn rid(self) -> RequesterId {
+    pub const fn requester_id(self) -> RequesterId {
         RequesterId::from_parts(self.bus, self.devfn)
-    }
-
-    /// The function of requester ID `rid` in segment group `segment`.
-    pub const fn from_rid(segment: u16, rid: RequesterId) -> Self {
-        Self::from_devfn(segment, rid.bus(), rid.devfn())
     }
 
     /// The same device with another function number.
@@ -256,13 +241,13 @@ impl RequesterId {
 
     /// The function with this requester ID in segment group `segment`.
     pub const fn with_segment(self, segment: u16) -> Bdf {
-        Bdf::from_rid(segment, self)
+        Bdf::from_requester_id(segment, self)
     }
 }
 
 impl From<Bdf> for RequesterId {
     fn from(bdf: Bdf) -> Self {
-        bdf.rid()
+        bdf.requester_id()
     }
 }
 
@@ -298,6 +283,14 @@ impl fmt::Debug for RequesterId {
     }
 }
 
+/// The raw value in hexadecimal, with the formatter's flags (`{:#06x}` prints `0x0018`), for
+/// logs that show the number a fault record or a context-cache invalidation carries.
+impl fmt::LowerHex for RequesterId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -313,8 +306,11 @@ mod tests {
     #[test]
     fn requester_id_layout() {
         let bdf = Bdf::new(0, 0x06, 0x03, 0).unwrap();
-        assert_eq!(bdf.requester_id(), 0x0618);
-        assert_eq!(Bdf::new(0, 0xff, 31, 7).unwrap().requester_id(), 0xffff);
+        assert_eq!(bdf.requester_id().get(), 0x0618);
+        assert_eq!(
+            Bdf::new(0, 0xff, 31, 7).unwrap().requester_id().get(),
+            0xffff
+        );
     }
 
     #[test]
@@ -355,13 +351,14 @@ mod tests {
         assert_eq!(rid.with_segment(7), bdf);
         assert_ne!(rid.with_segment(0), bdf);
         assert_eq!(RequesterId::new(0x0018).to_string(), "00:03.0");
+        assert_eq!(format!("{:#06x} {:x}", rid, rid), "0x40fb 40fb");
     }
 
     proptest! {
         #[test]
         fn requester_id_round_trips(segment: u16, rid: u16) {
-            let bdf = Bdf::from_requester_id(segment, rid);
-            prop_assert_eq!(bdf.requester_id(), rid);
+            let bdf = Bdf::from_requester_id(segment, RequesterId::new(rid));
+            prop_assert_eq!(bdf.requester_id().get(), rid);
             prop_assert_eq!(Bdf::new(segment, bdf.bus(), bdf.device(), bdf.function()), Ok(bdf));
             prop_assert_eq!(bdf.to_string().parse::<Bdf>(), Ok(bdf));
         }
@@ -370,13 +367,13 @@ mod tests {
         fn typed_requester_id_matches_raw(segment: u16, raw: u16) {
             let rid = RequesterId::new(raw);
             let bdf = rid.with_segment(segment);
-            prop_assert_eq!(bdf.rid(), rid);
-            prop_assert_eq!(u16::from(RequesterId::from(bdf)), bdf.requester_id());
+            prop_assert_eq!(bdf.requester_id(), rid);
+            prop_assert_eq!(u16::from(RequesterId::from(bdf)), raw);
             prop_assert_eq!(
                 (rid.bus(), rid.device(), rid.function()),
                 (bdf.bus(), bdf.device(), bdf.function())
             );
-            prop_assert_eq!(rid.to_string(), Bdf::from_rid(0, rid).to_string());
+            prop_assert_eq!(rid.to_string(), Bdf::from_requester_id(0, rid).to_string());
         }
     }
 }

@@ -42,7 +42,7 @@ use core::fmt;
 
 use crate::regs::{acs as acs_regs, AcsFlags, DevicePortType};
 use crate::topology::Function;
-use crate::{Bdf, ConfigSpace, Topology};
+use crate::{Bdf, ConfigSpace, RequesterId, Topology};
 
 /// The ACS controls a port needs for Linux to consider what is below it isolated (`REQ_ACS_FLAGS`
 /// in `drivers/iommu/iommu.c`): Source Validation, P2P Request Redirect, P2P Completion Redirect
@@ -85,7 +85,7 @@ pub struct Group {
     /// Every requester ID the members' DMA can carry when it reaches the IOMMU (the union of
     /// [`Topology::dma_requester_ids`] over the members), sorted and without duplicates: what a
     /// domain attached to the group must program, within the members' segment.
-    pub requester_ids: Vec<u16>,
+    pub requester_ids: Vec<RequesterId>,
 }
 
 impl Group {
@@ -100,7 +100,7 @@ impl Group {
     }
 
     /// The requester IDs a domain attached to the group must program, sorted.
-    pub fn requester_ids(&self) -> &[u16] {
+    pub fn requester_ids(&self) -> &[RequesterId] {
         &self.requester_ids
     }
 
@@ -334,7 +334,7 @@ pub fn compute(cfg: &impl ConfigSpace, topology: &Topology) -> IsolationGroups {
         }
     }
     // Rule 1, second half: one requester ID, one group (whatever the bridges say).
-    let mut seen: Vec<((u16, u16), usize)> = Vec::new();
+    let mut seen: Vec<((u16, RequesterId), usize)> = Vec::new();
     for (i, f) in functions.iter().enumerate() {
         for rid in topology.dma_requester_ids(f.bdf).unwrap_or_default() {
             let key = (f.bdf.segment(), rid);

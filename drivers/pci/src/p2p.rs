@@ -60,13 +60,12 @@ pub use dma::MemoryDecode;
 
 /// The `dma` identity of a function (segment and requester ID).
 ///
-/// A function, not `From<Bdf> for DeviceId`: both types live in other crates (`pci-address` and
-/// `dma`), so the orphan rule leaves the conversion to this crate as a plain function.
+/// `DeviceId::from(bdf)` as a `const fn` (usable in constants).
 pub const fn device_id(bdf: Bdf) -> DeviceId {
     DeviceId::new(bdf.segment(), bdf.requester_id())
 }
 
-/// The function a `dma` identity names.
+/// The function a `dma` identity names: `Bdf::from(id)` as a `const fn`.
 pub const fn bdf_of(id: DeviceId) -> Bdf {
     Bdf::from_requester_id(id.segment(), id.requester_id())
 }

@@ -937,7 +937,7 @@ impl Topology {
     }
 
     /// [`Topology::dma_aliases`] as 16-bit requester IDs (within `bdf`'s segment).
-    pub fn dma_requester_ids(&self, bdf: Bdf) -> Option<Vec<u16>> {
+    pub fn dma_requester_ids(&self, bdf: Bdf) -> Option<Vec<crate::RequesterId>> {
         Some(
             self.dma_aliases(bdf)?
                 .iter()

@@ -141,7 +141,7 @@ fn two_functions_behind_a_pcie_pci_bridge_are_one_group() {
         ])
     );
     let g = groups.group_of(bdf(2, 2, 0)).unwrap();
-    let want: Vec<u16> = [bdf(1, 0, 0), bdf(2, 0, 0), bdf(2, 1, 0), bdf(2, 2, 0)]
+    let want: Vec<pci::RequesterId> = [bdf(1, 0, 0), bdf(2, 0, 0), bdf(2, 1, 0), bdf(2, 2, 0)]
         .iter()
         .map(|b| b.requester_id())
         .collect();

@@ -352,7 +352,10 @@ fn alias_behind_pcie_to_pci_bridge_is_secondary_bus_device_zero() {
     assert_eq!(topology.iommu_source_id(edu.bdf), Some(alias));
     assert_eq!(
         topology.dma_requester_ids(edu.bdf),
-        Some(vec![edu.bdf.requester_id(), u16::from(secondary) << 8])
+        Some(vec![
+            edu.bdf.requester_id(),
+            pci::RequesterId::from_parts(secondary, 0)
+        ])
     );
 }
 

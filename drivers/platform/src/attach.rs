@@ -10,7 +10,7 @@ use core::fmt;
 use dma::iommu::{IommuDomain, IommuError, IotlbGather};
 use dma::DmaAddr;
 use iommu_vtd::{Domain, DomainConfig, GroupRef, Platform, RegisterIo, VtdError};
-use pci::Bdf;
+use pci::{Bdf, RequesterId};
 
 use crate::scope::{unit_for, UnitEntry, UnitError};
 use crate::state::{Iommu, MemberInner, Membership};
@@ -62,7 +62,10 @@ impl core::error::Error for AttachError {}
 /// the group's index it does not change when the groups are recomputed and the group itself
 /// stays the same.
 pub fn group_key(group: &pci::Group) -> u32 {
-    let lowest = group.members().first().map_or(0, |b| b.requester_id());
+    let lowest = group
+        .members()
+        .first()
+        .map_or(0, |b| b.requester_id().get());
     u32::from(group.segment()) << 16 | u32::from(lowest)
 }
 
@@ -155,7 +158,7 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Iommu<R, P> {
         pci: &impl PciView,
         domain: &Domain<R, P>,
         bdf: Bdf,
-    ) -> Result<Vec<u16>, AttachError> {
+    ) -> Result<Vec<RequesterId>, AttachError> {
         self.attach_keyed(pci, domain, bdf).map(|(_, rids)| rids)
     }
 
@@ -169,7 +172,7 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Iommu<R, P> {
         pci: &impl PciView,
         domain: &Domain<R, P>,
         bdf: Bdf,
-    ) -> Result<(u32, Vec<u16>), AttachError> {
+    ) -> Result<(u32, Vec<RequesterId>), AttachError> {
         let entry = self.unit_for(pci, bdf).ok_or(AttachError::NoUnit(bdf))?;
         if !Arc::ptr_eq(&entry.unit, domain.unit()) {
             return Err(AttachError::WrongUnit(bdf));

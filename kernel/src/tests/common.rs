@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use edu::Edu;
-use iommu_vtd::{AccessKind, FaultRecord};
+use iommu_vtd::{AccessKind, FaultRecord, RequesterId};
 use kernel::cmdline::CommandLine;
 use kernel::frames::FrameRequest;
 
@@ -113,7 +113,7 @@ pub fn faults(k: &Kernel) -> Result<Vec<FaultRecord>, Failure> {
 }
 
 /// The requester ID the IOMMU sees for this edu (its last DMA alias).
-pub fn source_id(k: &Kernel, edu: &Edu) -> Result<u16, Failure> {
+pub fn source_id(k: &Kernel, edu: &Edu) -> Result<RequesterId, Failure> {
     Ok(k.pci
         .topology
         .iommu_source_id(edu.bdf())
@@ -131,7 +131,7 @@ pub fn expect_one_fault(
 ) -> TestResult {
     let f = faults(k)?;
     check_eq!(f.len(), 1);
-    check_eq!(f[0].source.get(), source_id(k, edu)?);
+    check_eq!(f[0].source, source_id(k, edu)?);
     check_eq!(f[0].address, addr & !0xfff);
     check_eq!(f[0].access, access);
     check_eq!(f[0].reason.raw(), reason);

@@ -98,6 +98,9 @@ fn pair_is_one_group(k: &Kernel) -> TestResult {
         g.id(),
         g.members(),
         g.requester_ids()
+            .iter()
+            .map(|r| r.get())
+            .collect::<alloc::vec::Vec<u16>>()
     );
     Ok(())
 }
@@ -234,7 +237,7 @@ fn last_member_detaches(k: &Kernel) -> TestResult {
     check_eq!(read_back(&target, LEN as usize), before);
     let f = faults(k)?;
     check_eq!(f.len(), 1);
-    check_eq!(f[0].source.get(), source_id(k, &a)?);
+    check_eq!(f[0].source, source_id(k, &a)?);
     check_eq!(f[0].access, AccessKind::Write);
     check_eq!(f[0].reason.raw(), 2);
     clear_faults(k)?;

@@ -11,7 +11,7 @@ use dma::iommu::{IommuDomain, IotlbGather, Prot};
 use dma::{DmaAddr, PhysAddr};
 use edu::Transfer;
 use iommu_vtd::invalidation::Invalidation;
-use iommu_vtd::AccessKind;
+use iommu_vtd::{AccessKind, RequesterId};
 use kernel::frames::FrameRequest;
 
 use super::common::*;
@@ -283,14 +283,17 @@ fn detach_without_invalidation_is_caught(k: &Kernel) -> TestResult {
 }
 
 /// Address of `rid`'s 16-byte context entry, read from the unit's root table in memory.
-fn context_entry_addr(unit: &crate::devices::iommu::Unit, rid: u16) -> Result<u64, Failure> {
+fn context_entry_addr(
+    unit: &crate::devices::iommu::Unit,
+    rid: RequesterId,
+) -> Result<u64, Failure> {
     let root = unit.root_table().as_u64();
-    let bus = u64::from(rid >> 8);
+    let bus = u64::from(rid.bus());
     // SAFETY: the root table is a kernel frame owned by the unit (identity-mapped); entry `bus`
     // lies within its 4 KiB page.
     let lo = unsafe { ((root + bus * 16) as *const u64).read_volatile() };
     check!(lo & 1 == 1, "no context table for bus {bus:#x}");
-    Ok((lo & !0xfff) + u64::from(rid & 0xff) * 16)
+    Ok((lo & !0xfff) + u64::from(rid.devfn()) * 16)
 }
 
 fn stale_context(k: &Kernel, invalidate: bool) -> TestResult {
