@@ -433,8 +433,8 @@ fn unimplemented_bars_are_skipped() {
 /// (256 KiB) where SeaBIOS programmed them (enable bit clear), and none elsewhere.
 #[test]
 fn qemu_fixture_expansion_roms() {
-    let fake =
-        FakeConfigSpace::from_qemu_fixture(include_str!("../../tests/fixtures/default.cfg")).unwrap();
+    let fake = FakeConfigSpace::from_qemu_fixture(include_str!("../../tests/fixtures/default.cfg"))
+        .unwrap();
     let region = crate::McfgRegion::new(0xb000_0000, 0, 0, 0xff).unwrap();
     let topo = crate::enumerate(&fake, &[region]);
     assert!(topo.warnings().is_empty(), "{:?}", topo.warnings());

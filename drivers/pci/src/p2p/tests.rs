@@ -596,8 +596,8 @@ fn p2p_export_through_pci_classification() {
 /// isolation on root ports; edu below a root port reaches ivshmem through q35.
 #[test]
 fn p2p_qemu_complex_fixture() {
-    let fake =
-        FakeConfigSpace::from_qemu_fixture(include_str!("../../tests/fixtures/complex.cfg")).unwrap();
+    let fake = FakeConfigSpace::from_qemu_fixture(include_str!("../../tests/fixtures/complex.cfg"))
+        .unwrap();
     let topo = enumerate(&fake, &[region()]);
     crate::acs::apply_acs_policy(&fake, &topo, crate::acs::AcsPolicy::Isolate);
     let r = P2pRouting::new(&fake, &topo, q35_policy());
