@@ -1,4 +1,3 @@
-
 //! The model is validated against real QEMU 7.2 data: configuration-space dumps of every
 //! function (`drivers/pci/tests/fixtures/*.cfg`) and HMP `info pci` captures
 //! (`tests-qemu/tests/fixtures/*-info-pci.txt`, which show BAR sizes), each headed by the

@@ -307,7 +307,7 @@ impl QemuDevice {
                 let mut bars = vec![bar(0, MEM64, 16 * KIB)];
                 let mb = option.int("cmb_size_mb")?.unwrap_or(0);
                 if mb != 0 {
-                    let size = mb.checked_mul(MIB).unwrap_or(u64::MAX);
+                    let size = mb.saturating_mul(MIB);
                     if !mb.is_power_of_two() {
                         return Err(QemuError::NotPowerOfTwo {
                             what: alloc::format!("cmb_size_mb={mb}"),
