@@ -524,7 +524,10 @@ fn crate_files(src_dir: &Path) -> Result<Vec<(PathBuf, Vec<String>)>, String> {
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            if prefix.is_empty() && (TEST_MODULES.contains(&stem.as_str()) || stem == "bin") {
+            // A `tests` module file is test code at any depth (`bar.rs` + `bar/tests.rs`).
+            if stem == "tests"
+                || prefix.is_empty() && (TEST_MODULES.contains(&stem.as_str()) || stem == "bin")
+            {
                 continue;
             }
             if p.is_dir() {

@@ -6,7 +6,7 @@
 use pci::acs::{apply_acs_policy, AcsPolicy};
 use pci::mcfg::{self, McfgError};
 use pci::regs::{header, DevicePortType};
-use pci::testing::{acpi_table_bytes, FakeConfigSpace, QemuCommandLine};
+use pci::testing::{acpi_table_bytes, FakeConfigSpace, QemuCommandLine, QemuDevice};
 use pci::topology::RootBusOrigin;
 use pci::{enumerate, BarKind, Bdf, ConfigSpace, Function, McfgRegion, Topology};
 
@@ -18,22 +18,27 @@ const ACPI_DUMPS: [&str; 3] = [
     include_str!("../../iommu-vtd/tests/fixtures/aw48.acpi"),
 ];
 
-/// QEMU device models and the IDs they present (QEMU 7.2 `hw/` sources).
-const MODELS: &[(&str, u16, u16)] = &[
-    ("edu", 0x1234, 0x11e8),
-    ("ivshmem-plain", 0x1af4, 0x1110),
-    ("nvme", 0x1b36, 0x0010),
-    ("pcie-root-port", 0x1b36, 0x000c),
-    ("x3130-upstream", 0x104c, 0x8232),
-    ("xio3130-downstream", 0x104c, 0x8233),
-    ("pcie-pci-bridge", 0x1b36, 0x000e),
-    ("pci-bridge", 0x1b36, 0x0001),
-    ("pxb-pcie", 0x1b36, 0x000b),
-];
+/// The PCI `-device` drivers of the fixtures' command lines and the IDs they present, from
+/// `pci::testing`'s QEMU device catalogue (the one place that knowledge lives).
+fn models() -> Vec<(&'static str, u16, u16)> {
+    let mut out: Vec<(&'static str, u16, u16)> = Vec::new();
+    for cfg in [DEFAULT_CFG, COMPLEX_CFG] {
+        let command_line = QemuCommandLine::from_fixture(cfg).unwrap();
+        for option in command_line.devices() {
+            let Some(d) = QemuDevice::for_option(option, &command_line).unwrap() else {
+                continue;
+            };
+            if !out.iter().any(|m| m.0 == d.driver) {
+                out.push((d.driver, d.vendor, d.device));
+            }
+        }
+    }
+    out
+}
 
 fn model_of(f: &Function) -> Option<&'static str> {
-    MODELS
-        .iter()
+    models()
+        .into_iter()
         .find(|m| (m.1, m.2) == (f.vendor_id, f.device_id))
         .map(|m| m.0)
 }
@@ -113,7 +118,7 @@ enum Root {
 fn expected_placements(command_line: &QemuCommandLine) -> Vec<Placement> {
     let mut placements = Vec::new();
     for device in command_line.devices() {
-        if !MODELS.iter().any(|m| m.0 == device.driver) {
+        if !models().iter().any(|m| m.0 == device.driver) {
             continue;
         }
         let mut chain = Vec::new();
