@@ -228,14 +228,23 @@ pub fn run_captured(
     .flatten()
     .map(|mut r| {
         let log = Arc::clone(&log);
+        // Whole lines only: the console and QEMU's stderr share one log, and a QEMU warning
+        // must not land in the middle of a kernel line the judge looks for.
         std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
+            let mut pending = Vec::new();
             while let Ok(n) = r.read(&mut buf) {
                 if n == 0 {
                     break;
                 }
-                log.lock().expect("log lock").extend_from_slice(&buf[..n]);
+                pending.extend_from_slice(&buf[..n]);
+                if let Some(end) = pending.iter().rposition(|&b| b == b'\n') {
+                    let rest = pending.split_off(end + 1);
+                    log.lock().expect("log lock").extend_from_slice(&pending);
+                    pending = rest;
+                }
             }
+            log.lock().expect("log lock").extend_from_slice(&pending);
         })
     })
     .collect();
