@@ -868,6 +868,9 @@ pub mod irte {
     pub const SVT_BUS_RANGE: u8 = 0b10;
     /// SQ 00: all 16 SID bits are compared.
     pub const SQ_ALL_BITS: u8 = 0b00;
+    /// The requester-ID bits each SQ value (the index) leaves out of the comparison: none,
+    /// bit 2, bits 2:1, bits 2:0 (§9.10 Table "SQ").
+    pub const SQ_IGNORED_BITS: [u16; 4] = [0b000, 0b100, 0b110, 0b111];
     /// Delivery mode: fixed.
     pub const DLM_FIXED: u8 = 0b000;
     /// Delivery mode: lowest priority.
