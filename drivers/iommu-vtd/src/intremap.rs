@@ -31,7 +31,7 @@ use dma::PhysAddr;
 use pci_address::RequesterId;
 
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
-use crate::registers::{irte, IrteHi, IrteLo, Irta, SidBusRange, XApicDst};
+use crate::registers::{irte, Irta, IrteHi, IrteLo, SidBusRange, XApicDst};
 
 /// The largest interrupt remapping table: `2^(15 + 1)` entries (IRTA.S = 15).
 pub const MAX_ENTRIES: u32 = 1 << 16;
@@ -120,7 +120,10 @@ impl fmt::Display for IntRemapError {
             }
             Self::BadCount(n) => write!(f, "{n} entries: not a power of two within the table"),
             Self::Exhausted { count } => {
-                write!(f, "no free aligned block of {count} interrupt remapping entries")
+                write!(
+                    f,
+                    "no free aligned block of {count} interrupt remapping entries"
+                )
             }
             Self::NotAllocated { index } => {
                 write!(f, "interrupt remapping entry {index} is not allocated")
@@ -693,7 +696,11 @@ mod tests {
         );
         assert!(Irte::msi(16, Destination::XApic(0), src).is_ok());
         assert_eq!(
-            Irte::msi(0x40, Destination::XApic(0), SourceId::Bus { start: 3, end: 2 }),
+            Irte::msi(
+                0x40,
+                Destination::XApic(0),
+                SourceId::Bus { start: 3, end: 2 }
+            ),
             Err(IntRemapError::BadBusRange { start: 3, end: 2 })
         );
     }

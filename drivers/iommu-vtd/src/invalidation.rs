@@ -36,8 +36,8 @@ use dma::PhysAddr;
 use crate::caps::Capabilities;
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
 use crate::registers::{
-    self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IotlbCmd, IotlbDescHi, Iqa, Iva, QueueIndex,
-    IecDescLo, RegisterIo, WaitDescHi, WaitDescLo,
+    self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IecDescLo, IotlbCmd, IotlbDescHi, Iqa, Iva,
+    QueueIndex, RegisterIo, WaitDescHi, WaitDescLo,
 };
 
 /// Invalidation descriptor types and granularities, §6.5.2 (declared in [`registers`]).

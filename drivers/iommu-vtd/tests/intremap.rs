@@ -179,9 +179,7 @@ fn enable_order_is_sirtp_then_global_iec_then_ire_and_cfi_stays_clear() {
     let pos = |f: &dyn Fn(&HwEvent) -> bool| events.iter().position(f).unwrap();
     let sirtp = pos(&|e| matches!(e, HwEvent::Gcmd(v) if v & Global::SIRTP.bits() != 0));
     let latched = pos(&|e| matches!(e, HwEvent::InterruptTableLatched(_)));
-    let iec = pos(&|e| {
-        *e == HwEvent::Invalidation(Via::Queue, Invalidation::InterruptEntryGlobal)
-    });
+    let iec = pos(&|e| *e == HwEvent::Invalidation(Via::Queue, Invalidation::InterruptEntryGlobal));
     let wait = iec + 1;
     let ire = pos(&|e| matches!(e, HwEvent::Gcmd(v) if v & Global::IRE.bits() != 0));
     assert!(sirtp < latched && latched < iec && iec < ire, "{events:?}");
@@ -287,7 +285,12 @@ fn x2apic_mode_with_eim() {
     u.enable_interrupt_remapping(4, true).unwrap();
     assert!(Irta::from_bits(hw(&u).latched_irta().unwrap()).eime());
     let h = u.alloc_irtes(1).unwrap();
-    let e = Irte::msi(0x40, Destination::X2Apic(0x1_0002), SourceId::Requester(EDU)).unwrap();
+    let e = Irte::msi(
+        0x40,
+        Destination::X2Apic(0x1_0002),
+        SourceId::Requester(EDU),
+    )
+    .unwrap();
     u.set_irte(h, &e).unwrap();
     assert_eq!(u.irte(h), Some(e));
     assert_eq!(
@@ -327,13 +330,19 @@ fn every_irte_change_is_invalidated_before_the_call_returns() {
     hw(&u).take_events();
     u.set_irte(h, &msi(0x40, EDU)).unwrap();
     ends_with_iec(&hw(&u).take_events(), h, 0);
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x40, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x40, h)
+    );
     assert_eq!(hw(&u).cached_irtes(), [h], "cached on use");
     // Change the vector: the cached entry is dropped before the call returns.
     u.set_irte(h, &msi(0x41, EDU)).unwrap();
     ends_with_iec(&hw(&u).take_events(), h, 0);
     assert!(hw(&u).cached_irtes().is_empty());
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x41, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x41, h)
+    );
     // Clear: blocked, not delivered from a cached copy.
     u.clear_irte(h).unwrap();
     ends_with_iec(&hw(&u).take_events(), h, 0);
@@ -356,8 +365,15 @@ fn every_irte_change_is_invalidated_before_the_call_returns() {
     u.free_irtes(b, 4).unwrap();
     ends_with_iec(&hw(&u).take_events(), b, 2);
     assert!(hw(&u).cached_irtes().is_empty());
-    assert_eq!((0..4).map(|i| u.irte_raw(b + i)).collect::<Vec<_>>(), [Some((0, 0)); 4]);
-    assert_eq!(u.alloc_irtes(4).unwrap(), b, "the freed block is handed out again");
+    assert_eq!(
+        (0..4).map(|i| u.irte_raw(b + i)).collect::<Vec<_>>(),
+        [Some((0, 0)); 4]
+    );
+    assert_eq!(
+        u.alloc_irtes(4).unwrap(),
+        b,
+        "the freed block is handed out again"
+    );
     no_violations(&u);
 }
 
@@ -369,7 +385,10 @@ fn a_skipped_invalidation_is_caught_as_a_stale_use() {
     let u = remapping(16);
     let h = u.alloc_irtes(1).unwrap();
     u.set_irte(h, &msi(0x40, EDU)).unwrap();
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x40, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x40, h)
+    );
     hw(&u).set_iec_ignored(true);
     u.set_irte(h, &msi(0x41, EDU)).unwrap();
     assert_eq!(
@@ -379,11 +398,17 @@ fn a_skipped_invalidation_is_caught_as_a_stale_use() {
     );
     let v = hw(&u).violations();
     assert_eq!(v.len(), 1, "{v:?}");
-    assert!(v[0].contains("IRTE 0 used from the interrupt entry cache"), "{v:?}");
+    assert!(
+        v[0].contains("IRTE 0 used from the interrupt entry cache"),
+        "{v:?}"
+    );
     // With invalidations working again the next change takes effect.
     hw(&u).set_iec_ignored(false);
     u.set_irte(h, &msi(0x42, EDU)).unwrap();
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x42, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x42, h)
+    );
     assert_eq!(hw(&u).violations().len(), 1, "no new violation");
 }
 
@@ -404,7 +429,10 @@ fn irte_writes_are_written_back_for_a_non_coherent_walker() {
     );
     p.set_flush_disabled(false);
     u.set_irte(h, &msi(0x40, EDU)).unwrap();
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x40, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x40, h)
+    );
 }
 
 #[test]
@@ -414,7 +442,11 @@ fn allocation_exhaustion_freeing_and_aligned_blocks() {
         Err(VtdError::InterruptRemapping(e))
     }
     assert_eq!(u.alloc_irtes(1), Ok(0));
-    assert_eq!(u.alloc_irtes(4), Ok(4), "a block of four is aligned to four");
+    assert_eq!(
+        u.alloc_irtes(4),
+        Ok(4),
+        "a block of four is aligned to four"
+    );
     assert_eq!(u.alloc_irtes(2), Ok(2));
     assert_eq!(u.alloc_irtes(1), Ok(1));
     assert_eq!(u.alloc_irtes(1), err(IntRemapError::Exhausted { count: 1 }));
@@ -510,9 +542,14 @@ fn source_id_mismatch_is_blocked_and_the_right_source_delivered() {
         (rec.source, rec.reason, rec.interrupt_index()),
         (NIC, FaultReason::InterruptSourceIdMismatch, Some(h))
     );
-    assert!(rec.to_string().contains("interrupt remapping fault from 00:02.0 at index 0"));
+    assert!(rec
+        .to_string()
+        .contains("interrupt remapping fault from 00:02.0 at index 0"));
     // Control: edu itself, same entry.
-    assert_eq!(hw(&u).interrupt(EDU, remappable(h, false), 0), delivered(0x40, h));
+    assert_eq!(
+        hw(&u).interrupt(EDU, remappable(h, false), 0),
+        delivered(0x40, h)
+    );
     // Only the exact requester ID (SQ = 0): edu's function 1 is another source.
     let edu_fn1 = RequesterId::from_parts(0, (3 << 3) | 1);
     assert!(matches!(
@@ -529,11 +566,20 @@ fn source_id_mismatch_is_blocked_and_the_right_source_delivered() {
     ));
     assert!(u.read_faults().records.is_empty());
     // SVT = 2: any bus in the range.
-    let range = Irte::msi(0x45, Destination::XApic(0), SourceId::Bus { start: 2, end: 4 }).unwrap();
+    let range = Irte::msi(
+        0x45,
+        Destination::XApic(0),
+        SourceId::Bus { start: 2, end: 4 },
+    )
+    .unwrap();
     u.set_irte(h, &range).unwrap();
     for (bus, ok) in [(1u8, false), (2, true), (4, true), (5, false)] {
         let r = hw(&u).interrupt(RequesterId::from_parts(bus, 0), remappable(h, false), 0);
-        assert_eq!(matches!(r, InterruptResult::Delivered { .. }), ok, "bus {bus}: {r:?}");
+        assert_eq!(
+            matches!(r, InterruptResult::Delivered { .. }),
+            ok,
+            "bus {bus}: {r:?}"
+        );
     }
     no_violations(&u);
 }
@@ -596,7 +642,11 @@ fn disable_turns_remapping_off_before_the_queue() {
     u.disable().unwrap();
     let gsts = hw(&u).gsts();
     assert!(!gsts.contains(Global::IRE) && !gsts.contains(Global::QIE));
-    assert_eq!(hw(&u).platform().live_pages(), live - 1, "the table is freed");
+    assert_eq!(
+        hw(&u).platform().live_pages(),
+        live - 1,
+        "the table is freed"
+    );
     no_violations(&u);
 }
 
@@ -654,7 +704,10 @@ fn fault_event_is_programmed_and_sent_once_per_pending_episode() {
     dma_fault(&u, NIC);
     assert_eq!(hw(&u).fault_events().len(), 2);
     assert_eq!(u.service_fault_event().records.len(), 1);
-    assert!(u.service_fault_event().records.is_empty(), "cleared exactly once");
+    assert!(
+        u.service_fault_event().records.is_empty(),
+        "cleared exactly once"
+    );
     // Masked: recorded, IP set, no message; unmasking delivers it.
     u.mask_fault_event();
     dma_fault(&u, EDU);
@@ -687,7 +740,11 @@ fn servicing_collects_a_fault_that_arrives_while_clearing() {
     dma_fault(&u, EDU);
     hw(&u).inject_fault_on_next_clear(NIC.get(), 0x2000, true);
     assert_eq!(u.read_and_clear_faults().records.len(), 1);
-    assert_eq!(u.read_faults().records.len(), 1, "left pending, no event will come");
+    assert_eq!(
+        u.read_faults().records.len(),
+        1,
+        "left pending, no event will come"
+    );
     assert_eq!(u.service_fault_event().records.len(), 1);
     no_violations(&u);
 }

@@ -91,7 +91,13 @@ impl FakeVtd {
             };
         }
         if !remap.remappable() {
-            return Self::block(&mut s, sid, None, false, FaultReason::CompatibilityInterruptBlocked);
+            return Self::block(
+                &mut s,
+                sid,
+                None,
+                false,
+                FaultReason::CompatibilityInterruptBlocked,
+            );
         }
         let handle = IrHandle::new()
             .with_low(remap.handle_14_0())
@@ -102,7 +108,13 @@ impl FakeVtd {
         if remap.shv() {
             if d.reserved() != 0 {
                 let at = u16::try_from(index).ok();
-                return Self::block(&mut s, sid, at, false, FaultReason::InterruptRequestReserved);
+                return Self::block(
+                    &mut s,
+                    sid,
+                    at,
+                    false,
+                    FaultReason::InterruptRequestReserved,
+                );
             }
             index += u32::from(d.subhandle());
         }
@@ -112,7 +124,13 @@ impl FakeVtd {
         let entries = 2u32 << table.s();
         let at = u16::try_from(index).ok();
         let Some(index) = at.filter(|_| index < entries) else {
-            return Self::block(&mut s, sid, at, false, FaultReason::InterruptIndexBeyondTable);
+            return Self::block(
+                &mut s,
+                sid,
+                at,
+                false,
+                FaultReason::InterruptIndexBeyondTable,
+            );
         };
         let phys = table.base() + u64::from(index) * irte::SIZE as u64;
         let memory = match (self.walk_read(&s, phys), self.walk_read(&s, phys + 8)) {
@@ -135,7 +153,13 @@ impl FakeVtd {
         let l = IrteLo::from_bits(lo);
         let h = IrteHi::from_bits(hi);
         if !l.p() {
-            return Self::block(&mut s, sid, Some(index), l.fpd(), FaultReason::IrteNotPresent);
+            return Self::block(
+                &mut s,
+                sid,
+                Some(index),
+                l.fpd(),
+                FaultReason::IrteNotPresent,
+            );
         }
         // A present entry is cached on use (hardware may keep it until invalidated).
         s.ir.cache.insert(index, (lo, hi));
@@ -159,9 +183,7 @@ impl FakeVtd {
                 let range = SidBusRange::from_bits(h.sid());
                 (range.start()..=range.end()).contains(&sid.bus())
             }
-            _ => {
-                return Self::block(&mut s, sid, Some(index), l.fpd(), FaultReason::IrteReserved)
-            }
+            _ => return Self::block(&mut s, sid, Some(index), l.fpd(), FaultReason::IrteReserved),
         };
         if !source_ok {
             return Self::block(
@@ -285,9 +307,8 @@ impl FakeVtd {
                 let count = 1u32 << mask;
                 let first = u32::from(index);
                 if first % count != 0 {
-                    s.violations.push(format!(
-                        "IEC index {index} not aligned to its mask {mask}"
-                    ));
+                    s.violations
+                        .push(format!("IEC index {index} not aligned to its mask {mask}"));
                     return false;
                 }
                 s.ir.cache
