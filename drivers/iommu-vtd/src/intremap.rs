@@ -23,6 +23,28 @@
 //! ([`VtdUnit::enable_interrupt_remapping`](crate::VtdUnit::enable_interrupt_remapping),
 //! [`VtdUnit::set_irte`](crate::VtdUnit::set_irte)), which owns the GCMD protocol and the
 //! invalidation queue.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use iommu_vtd::fake::{FakeVtd, HostPlatform, InterruptResult};
+//! use iommu_vtd::{Destination, Irte, RequesterId, SourceId, UnitConfig, VtdUnit};
+//!
+//! let platform = Arc::new(HostPlatform::new());
+//! let unit = VtdUnit::new(FakeVtd::qemu_default(platform.clone()), platform, UnitConfig::new(39))?;
+//! unit.enable()?;
+//! unit.enable_interrupt_remapping(64, false)?; // xAPIC mode: QEMU under TCG has no EIM
+//! let edu = RequesterId::from_parts(0, 3 << 3);
+//! let handle = unit.alloc_irtes(1)?;
+//! unit.set_irte(handle, &Irte::msi(0x40, Destination::XApic(0), SourceId::Requester(edu))?)?;
+//! // The device is then programmed with the remappable-format MSI for `handle`
+//! // (`pci::msi::MsiMessage::remappable(handle, None)` in the PCI crate).
+//! # let address = 0xFEE0_0010 | u64::from(handle) << 5;
+//! assert!(matches!(
+//!     unit.registers().interrupt(edu, address, 0),
+//!     InterruptResult::Delivered { vector: 0x40, .. }
+//! ));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use alloc::vec::Vec;
 use core::fmt;

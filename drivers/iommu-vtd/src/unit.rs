@@ -18,11 +18,23 @@
 //! Every GCMD write is `(GSTS & 0x96FF_FFFF) | bit` ([`registers::GSTS_PERSISTENT_MASK`]) and
 //! every wait has a timeout ([`UnitConfig::timeout_us`]) that turns into [`VtdError::Timeout`].
 //!
+//! # Interrupt remapping (§5.1, §10.4.4, §11.4.10)
+//!
+//! [`VtdUnit::enable_interrupt_remapping`] runs after the queue is on: CFI cleared if set, IRTA,
+//! GCMD.SIRTP (wait for IRTPS), a global interrupt-entry-cache invalidation closed by a wait
+//! descriptor, GCMD.IRE (wait for IRES). Every IRTE change ([`VtdUnit::set_irte`],
+//! [`VtdUnit::clear_irte`], [`VtdUnit::free_irtes`]) is one 128-bit store, written back from the
+//! CPU cache when ECAP.C = 0, then an index-selective invalidation waited for before the call
+//! returns. Fault events ([`VtdUnit::set_fault_event`], [`VtdUnit::service_fault_event`]) are
+//! the unit's own compatibility-format MSI, which is never remapped.
+//!
 //! # Locking
 //!
 //! A [`VtdUnit`] is `Send + Sync` and internally locked. Lock order (never taken in reverse):
-//! a domain's state lock → the unit's *tables* lock (root/context tables, domain IDs, attached
-//! isolation groups) → the unit's *invalidation* lock (the queue). Map/unmap take only their
+//! the unit's *interrupt-remapping* lock (the table) → a domain's state lock → the unit's
+//! *tables* lock (root/context tables, domain IDs, attached isolation groups; also serialises
+//! GCMD writes) → the unit's *invalidation* lock (the queue). A separate *faults* lock
+//! serialises readers of the fault recording registers and is taken alone. Map/unmap take only their
 //! domain's lock, so different domains never contend; `flush` takes the domain's lock only
 //! around table edits, never while invalidating, then the invalidation lock.
 //!
