@@ -647,18 +647,31 @@ impl InterruptRemapTable {
         };
         let mem = self.page_mem(platform, page);
         if !mem.write_u128_atomic(pair, lo, hi) {
-            let old = IrteLo::from_bits(mem.read(pair * 2));
-            if old.p() {
-                mem.write(pair * 2, old.with_p(false).into_bits());
-                mem.flush(pair * 2, pair * 2);
-                platform.memory_fence();
-            }
-            mem.write(pair * 2 + 1, hi);
-            mem.flush(pair * 2 + 1, pair * 2 + 1);
-            platform.memory_fence();
-            mem.write(pair * 2, lo);
+            Self::write_two_stores(platform, &mem, pair, lo, hi);
         }
         mem.flush(pair * 2, pair * 2 + 1);
+    }
+
+    /// The ordering without a 16-byte store: a present entry is made not present first, then
+    /// the high half, then the low half (with P) are written, each written back before the
+    /// next.
+    fn write_two_stores<P: Platform + ?Sized>(
+        platform: &P,
+        mem: &TableMem<'_, P>,
+        pair: usize,
+        lo: u64,
+        hi: u64,
+    ) {
+        let old = IrteLo::from_bits(mem.read(pair * 2));
+        if old.p() {
+            mem.write(pair * 2, old.with_p(false).into_bits());
+            mem.flush(pair * 2, pair * 2);
+            platform.memory_fence();
+        }
+        mem.write(pair * 2 + 1, hi);
+        mem.flush(pair * 2 + 1, pair * 2 + 1);
+        platform.memory_fence();
+        mem.write(pair * 2, lo);
     }
 
     /// Encodes `entry` for this table's mode and writes it at `index` ([`Self::write_raw`]).
@@ -697,6 +710,51 @@ impl InterruptRemapTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fake::HostPlatform;
+
+    #[test]
+    fn the_two_store_fallback_ends_with_the_entry_and_never_a_mix() {
+        let p = HostPlatform::new();
+        let t = InterruptRemapTable::new(&p, 512, false, false).unwrap();
+        let i = 300;
+        let old = Irte::msi(
+            0x40,
+            Destination::XApic(1),
+            SourceId::Requester(RequesterId::new(0x18)),
+        )
+        .unwrap()
+        .encode(false)
+        .unwrap();
+        let new = Irte::msi(
+            0x41,
+            Destination::XApic(2),
+            SourceId::Requester(RequesterId::new(0x20)),
+        )
+        .unwrap()
+        .encode(false)
+        .unwrap();
+        // Entry 300 sits in the second page, pair 44.
+        let mem = t.page_mem(&p, 1);
+        InterruptRemapTable::write_two_stores(&p, &mem, 44, old.0, old.1);
+        mem.flush(88, 89);
+        assert_eq!(t.read(&p, i), Some(old));
+        p.clear_flush_log();
+        InterruptRemapTable::write_two_stores(&p, &mem, 44, new.0, new.1);
+        // The first write-back is the low half with P clear: until the high half is in
+        // place the entry is not present, so no request sees old and new fields mixed.
+        let first = p.flush_log()[0];
+        let at = t.base().as_u64() + 4096 + 44 * 16;
+        assert_eq!(first.0, at);
+        let lo_word = p.read_device_u64(at).unwrap();
+        assert_eq!(
+            lo_word & 1,
+            0,
+            "low half not present while the high half changes"
+        );
+        mem.flush(88, 89);
+        assert_eq!(t.read(&p, i), Some(new));
+        assert_eq!(p.read_device_u64(at + 8), Some(new.1));
+    }
 
     #[test]
     fn table_sizes_are_powers_of_two_within_the_irta_range() {

@@ -1180,6 +1180,49 @@ mod tests {
     }
 
     #[test]
+    fn interrupt_remapping_declarations_sit_at_the_spec_bit_positions() {
+        // §11.4.10 IRTA: S 3:0, EIME 11, base 63:12.
+        let irta = Irta::new().with_base(0x1234_5000).with_eime(true).with_s(7);
+        assert_eq!(irta.into_bits(), 0x1234_5000 | 1 << 11 | 7);
+        // §11.4.7.2 FECTL: IP 30, IM 31; §11.4.7.4 FEADDR bits 31:2.
+        assert_eq!(FECTL_IM, 0x8000_0000);
+        assert!(Fectl::from_bits(0x4000_0000).ip());
+        assert_eq!(
+            Feaddr::new().with_addr(0xFEE0_1003).into_bits(),
+            0xFEE0_1000
+        );
+        // §5.1.5.2: handle 14:0 in address 19:5, handle 15 in bit 2, SHV bit 3, format bit 4.
+        let a =
+            MsiAddressRemappable::from_bits(0xFEE0_0000 | 0x1234 << 5 | 1 << 4 | 1 << 3 | 1 << 2);
+        assert_eq!(
+            (
+                a.window(),
+                a.handle_14_0(),
+                a.remappable(),
+                a.shv(),
+                a.handle_15()
+            ),
+            (MSI_WINDOW, 0x1234, true, true, true)
+        );
+        let h = IrHandle::new().with_low(0x1234).with_bit_15(true);
+        assert_eq!(h.into_bits(), 0x9234);
+        // Compatibility format: destination 19:12, vector 7:0, trigger 15.
+        let c = MsiAddressCompat::from_bits(0xFEE0_3000);
+        assert_eq!((c.dest(), c.remappable()), (3, false));
+        assert_eq!(MsiDataCompat::from_bits(0x8041).vector(), 0x41);
+        assert!(MsiDataCompat::from_bits(0x8041).trigger_level());
+        // §11.4.14: the interrupt index of an IR fault in FI bits 63:48.
+        assert_eq!(FrcdLoIr::from_bits(0xABCD << 48).interrupt_index(), 0xABCD);
+        assert_eq!(
+            MsiAddress64::new()
+                .with_lo(0xFEE0_0000)
+                .with_hi(1)
+                .into_bits(),
+            0x1_FEE0_0000
+        );
+    }
+
+    #[test]
     fn persistent_mask_clears_exactly_the_one_shot_bits() {
         let one_shot = Global::SRTP | Global::SFL | Global::WBF | Global::SIRTP;
         assert_eq!(!GSTS_PERSISTENT_MASK, one_shot.bits());
