@@ -43,6 +43,10 @@ use crate::fault::FaultReason;
 use crate::invalidation::{desc, Descriptor, Invalidation};
 use crate::pagetable::pte;
 use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
+mod ir;
+
+pub use ir::InterruptResult;
+
 use crate::registers::{
     self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
     IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
@@ -59,6 +63,9 @@ const CACHE_LINE: usize = 64;
 struct HostPage {
     virt: usize,
     device: Box<[u8; TABLE_PAGE_SIZE]>,
+    /// The heap block this page heads (`Some(pages)`: dealloc with that many pages) or a later
+    /// page of a contiguous block (`None`: freed with its head).
+    block: Option<usize>,
 }
 
 #[derive(Default)]
@@ -108,9 +115,10 @@ impl core::fmt::Debug for HostPlatform {
     }
 }
 
-fn page_layout() -> Layout {
-    // 4096 is a non-zero power of two.
-    Layout::from_size_align(TABLE_PAGE_SIZE, TABLE_PAGE_SIZE).unwrap_or(Layout::new::<u8>())
+fn block_layout(pages: usize) -> Layout {
+    // 4096 is a non-zero power of two; the size is at least one page.
+    Layout::from_size_align(TABLE_PAGE_SIZE * pages.max(1), TABLE_PAGE_SIZE)
+        .unwrap_or(Layout::new::<u8>())
 }
 
 impl HostPlatform {
@@ -250,8 +258,10 @@ impl Drop for HostPlatform {
     fn drop(&mut self) {
         let m = self.mem.get_mut();
         for (_, page) in core::mem::take(&mut m.pages) {
-            // SAFETY: allocated in `alloc_table_page` with this layout and not freed.
-            unsafe { dealloc(page.virt as *mut u8, page_layout()) };
+            if let Some(pages) = page.block {
+                // SAFETY: allocated in `alloc_table_pages` with this layout and not freed.
+                unsafe { dealloc(page.virt as *mut u8, block_layout(pages)) };
+            }
         }
     }
 }
@@ -261,7 +271,16 @@ impl Drop for HostPlatform {
 // synchronous.
 unsafe impl Platform for HostPlatform {
     fn alloc_table_page(&self) -> Option<TablePage> {
+        self.alloc_table_pages(1)
+    }
+
+    /// Contiguous blocks: one heap allocation of `count` pages at consecutive fake physical
+    /// addresses (one allocation in [`HostPlatform::alloc_stats`]).
+    fn alloc_table_pages(&self, count: usize) -> Option<TablePage> {
         let mut m = self.mem.lock();
+        if count == 0 {
+            return None;
+        }
         if let Some(left) = m.allocs_left.as_mut() {
             if *left == 0 {
                 return None;
@@ -269,17 +288,22 @@ unsafe impl Platform for HostPlatform {
             *left -= 1;
         }
         // SAFETY: the layout has non-zero size.
-        let virt = NonNull::new(unsafe { alloc_zeroed(page_layout()) })?;
+        let virt = NonNull::new(unsafe { alloc_zeroed(block_layout(count)) })?;
         let phys = m.next_phys;
-        m.next_phys += TABLE_PAGE_SIZE as u64;
-        m.pages.insert(
-            phys,
-            HostPage {
-                virt: virt.as_ptr() as usize,
-                device: Box::new([POISON; TABLE_PAGE_SIZE]),
-            },
-        );
-        m.by_virt.insert(virt.as_ptr() as usize, phys);
+        m.next_phys += (TABLE_PAGE_SIZE * count) as u64;
+        for i in 0..count {
+            let page_virt = virt.as_ptr() as usize + i * TABLE_PAGE_SIZE;
+            let page_phys = phys + (i * TABLE_PAGE_SIZE) as u64;
+            m.pages.insert(
+                page_phys,
+                HostPage {
+                    virt: page_virt,
+                    device: Box::new([POISON; TABLE_PAGE_SIZE]),
+                    block: (i == 0).then_some(count),
+                },
+            );
+            m.by_virt.insert(page_virt, page_phys);
+        }
         m.allocations += 1;
         Some(TablePage {
             phys: PhysAddr::new(phys),
@@ -288,16 +312,28 @@ unsafe impl Platform for HostPlatform {
     }
 
     unsafe fn free_table_page(&self, phys: PhysAddr) {
+        // SAFETY: the caller upholds the contract of `free_table_pages` for one page.
+        unsafe { self.free_table_pages(phys, 1) }
+    }
+
+    unsafe fn free_table_pages(&self, phys: PhysAddr, count: usize) {
         let mut m = self.mem.lock();
-        if let Some(page) = m.pages.remove(&phys.as_u64()) {
-            m.by_virt.remove(&page.virt);
-            m.frees += 1;
-            m.freed.push(phys.as_u64());
-            m.timeline.push(MemEvent::TableFreed(phys.as_u64()));
-            // SAFETY: allocated with this layout in `alloc_table_page`; the caller guarantees
-            // no further use.
-            unsafe { dealloc(page.virt as *mut u8, page_layout()) };
+        let head = match m.pages.get(&phys.as_u64()) {
+            Some(page) if page.block == Some(count) => page.virt,
+            _ => return,
+        };
+        for i in 0..count {
+            let page_phys = phys.as_u64() + (i * TABLE_PAGE_SIZE) as u64;
+            if let Some(page) = m.pages.remove(&page_phys) {
+                m.by_virt.remove(&page.virt);
+            }
         }
+        m.frees += 1;
+        m.freed.push(phys.as_u64());
+        m.timeline.push(MemEvent::TableFreed(phys.as_u64()));
+        // SAFETY: allocated with this layout in `alloc_table_pages`; the caller guarantees no
+        // further use.
+        unsafe { dealloc(head as *mut u8, block_layout(count)) };
     }
 
     fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8 {
@@ -369,6 +405,15 @@ pub enum HwEvent {
     },
     /// A write-buffer flush.
     WriteBufferFlush,
+    /// SIRTP latched this IRTA value.
+    InterruptTableLatched(u64),
+    /// The unit sent its fault-event interrupt (FEUADDR:FEADDR, FEDATA).
+    FaultEvent {
+        /// The message address.
+        address: u64,
+        /// The message data.
+        data: u32,
+    },
 }
 
 /// The result of one emulated DMA.
@@ -414,6 +459,8 @@ struct FakeState {
     /// software's read and its clear).
     fault_on_clear: Option<(RequesterId, u64, bool)>,
     global_invalidated_since_root: bool,
+    /// The interrupt-remapping model (fake/ir.rs).
+    ir: ir::IrState,
 }
 
 /// A model of QEMU 7.2's VT-d unit (see the module docs).
@@ -479,6 +526,7 @@ impl FakeVtd {
                 register_not_performed: false,
                 fault_on_clear: None,
                 global_invalidated_since_root: false,
+                ir: ir::IrState::default(),
             }),
         }
     }
@@ -761,6 +809,22 @@ impl FakeVtd {
         reason: FaultReason,
     ) {
         let sid = rid.get();
+        let lo = FrcdLo::new().with_fi(iova).into_bits();
+        Self::record_fault_lo(s, sid, lo, write, reason);
+    }
+
+    /// Records a fault whose lower record half is `lo` (an address, or an interrupt index),
+    /// then raises the fault event if the unit went from nothing pending to something pending
+    /// (§7.3).
+    fn record_fault_lo(s: &mut FakeState, sid: u16, lo: u64, write: bool, reason: FaultReason) {
+        let before = Self::fault_pending(s);
+        Self::store_fault(s, sid, lo, write, reason);
+        if !before && Self::fault_pending(s) {
+            Self::raise_fault_event(s);
+        }
+    }
+
+    fn store_fault(s: &mut FakeState, sid: u16, lo: u64, write: bool, reason: FaultReason) {
         let hi = FrcdHi::new()
             .with_f(true)
             .with_t(!write)
@@ -774,8 +838,7 @@ impl FakeVtd {
             {
                 return;
             }
-            let lo = FrcdLo::new().with_fi(iova);
-            s.fault_records[slot] = (lo.into_bits(), hi.into_bits());
+            s.fault_records[slot] = (lo, hi.into_bits());
         } else if !s.fault_records.iter().any(|(_, h)| record(h).sid() == sid) {
             s.fsts |= FaultStatus::PFO.bits();
         }
@@ -791,6 +854,11 @@ impl FakeVtd {
 
     fn process_invalidation(&self, s: &mut FakeState, via: Via, inv: Invalidation) -> bool {
         match inv {
+            Invalidation::InterruptEntryGlobal | Invalidation::InterruptEntries { .. } => {
+                if !Self::invalidate_interrupt_entries(s, inv) {
+                    return false;
+                }
+            }
             Invalidation::ContextGlobal => s.context_cache.clear(),
             Invalidation::ContextDevice { did, sid } => {
                 if s.context_cache.get(&sid).is_some_and(|c| c.did() == did) {
@@ -869,7 +937,12 @@ impl FakeVtd {
                     Some(inv) => self.process_invalidation(s, Via::Queue, inv),
                     None => false,
                 },
-                desc::TYPE_IEC | desc::TYPE_DEVICE_TLB => true,
+                desc::TYPE_IEC if s.ir.iec_ignored => true,
+                desc::TYPE_IEC => match d.decode() {
+                    Some(inv) => self.process_invalidation(s, Via::Queue, inv),
+                    None => false,
+                },
+                desc::TYPE_DEVICE_TLB => true,
                 _ => false,
             };
             if !ok {
@@ -917,6 +990,7 @@ impl FakeVtd {
         if on(Global::WBF) {
             s.events.push(HwEvent::WriteBufferFlush);
         }
+        Self::interrupt_remapping_gcmd(s, value);
         let qie = on(Global::QIE);
         if qie && s.gsts & Global::QIE.bits() == 0 {
             if s.iqt != 0 {
@@ -975,6 +1049,7 @@ impl FakeVtd {
             registers::IQH => s.iqh,
             registers::IQT => s.iqt,
             registers::IQA => s.iqa,
+            registers::IRTA => s.ir.irta,
             o if o == s.caps.ecap.iva_offset() => s.iva,
             o if o == s.caps.ecap.iotlb_offset() => s.iotlb_reg,
             o if o >= fr_start && o < fr_end && (o - fr_start) % 8 == 0 => {
@@ -1029,6 +1104,7 @@ impl FakeVtd {
                 | registers::IQH
                 | registers::IQT
                 | registers::IQA
+                | registers::IRTA
         ) || o == s.caps.ecap.iva_offset()
             || o == s.caps.ecap.iotlb_offset()
             || (o >= fr_start && o < fr_end)
@@ -1059,10 +1135,11 @@ impl RegisterIo for FakeVtd {
                     | FaultStatus::ICE
                     | FaultStatus::ITE;
                 s.fsts &= !(value & w1c.bits());
+                Self::fault_cleared(&mut s);
                 // Clearing IQE lets the queue resume.
                 self.resume_queue(&mut s);
             }
-            registers::FECTL => s.fectl = value,
+            registers::FECTL => Self::write_fectl(&mut s, value),
             registers::ICS => s.ics &= !(value & iq::ICS_IWC),
             o if o >= fr_start
                 && o < fr_end
@@ -1081,6 +1158,7 @@ impl RegisterIo for FakeVtd {
                     }
                     let h = &mut s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1;
                     *h = FrcdHi::from_bits(*h).with_f(false).into_bits();
+                    Self::fault_cleared(&mut s);
                 }
             }
             o if self.is_64bit_register(&s, o & !7) => {
@@ -1151,6 +1229,7 @@ impl RegisterIo for FakeVtd {
                     s.iotlb_reg = cmd.with_ivt(false).with_iaig(actual).into_bits();
                 }
             }
+            registers::IRTA => s.ir.irta = value,
             registers::IQA => {
                 if s.gsts & Global::QIE.bits() != 0 {
                     s.violations
@@ -1174,6 +1253,7 @@ impl RegisterIo for FakeVtd {
                         let h =
                             &mut s.fault_records[(o - fr_start) / registers::FAULT_RECORD_SIZE].1;
                         *h = FrcdHi::from_bits(*h).with_f(false).into_bits();
+                        Self::fault_cleared(&mut s);
                     }
                 } else {
                     s.violations.push(format!("64-bit write to {o:#x}"));

@@ -4,14 +4,19 @@
 //! table of non-recoverable fault reason encodings) and §11.4.14 (fault recording registers).
 //! CAP.NFR + 1 records of 16 bytes sit at CAP.FRO × 16. While a record's F bit is set, QEMU
 //! drops new faults from the same source-id and sets FSTS.PFO for others, so a test clears F
-//! and PFO before each expected fault. FECTL.IM is set at reset: faults are polled.
-//! [`read_and_clear_faults`] clears exactly what it returned.
+//! and PFO before each expected fault. Interrupt-remapping faults (reasons 20h-27h) carry the
+//! interrupt index in FI bits 63:48 ([`FaultRecord::interrupt_index`]).
+//!
+//! FECTL.IM is set at reset: faults are polled ([`read_and_clear_faults`], which clears exactly
+//! what it returned). With the fault event unmasked (§7.3, programmed by the unit), the
+//! handler runs [`service_faults`]: the hardware sends the next event only when a fault is
+//! recorded while none is pending, so the handler loops until nothing is pending.
 
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::caps::Capabilities;
-use crate::registers::{self, frcd, FaultStatus, FrcdHi, FrcdLo, Fsts, RegisterIo};
+use crate::registers::{self, frcd, FaultStatus, FrcdHi, FrcdLo, FrcdLoIr, Fsts, RegisterIo};
 use pci_address::RequesterId;
 
 /// Why a DMA request was blocked (the fault reason, FR), §7.1.3.
@@ -43,6 +48,23 @@ pub enum FaultReason {
     PagingEntryReserved,
     /// Dh: the translation type of the request is blocked by the context entry.
     TranslationTypeBlocked,
+    /// 20h: an interrupt request with a reserved field set (e.g. remappable-format data bits
+    /// 31:16).
+    InterruptRequestReserved,
+    /// 21h: the interrupt index is beyond the interrupt remapping table.
+    InterruptIndexBeyondTable,
+    /// 22h: the IRTE is not present.
+    IrteNotPresent,
+    /// 23h: error accessing the interrupt remapping table.
+    IrtAccess,
+    /// 24h: reserved field set in the IRTE (or a posted-format entry without posting).
+    IrteReserved,
+    /// 25h: a compatibility-format interrupt blocked (IRE set, CFIS clear).
+    CompatibilityInterruptBlocked,
+    /// 26h: a remappable interrupt blocked by source-id validation (SVT/SQ/SID mismatch).
+    InterruptSourceIdMismatch,
+    /// 27h: error accessing a posted-interrupt descriptor.
+    PostedDescriptorAccess,
     /// Any other encoding.
     Other(u8),
 }
@@ -64,6 +86,14 @@ impl FaultReason {
             0xB => Self::ContextEntryReserved,
             0xC => Self::PagingEntryReserved,
             0xD => Self::TranslationTypeBlocked,
+            0x20 => Self::InterruptRequestReserved,
+            0x21 => Self::InterruptIndexBeyondTable,
+            0x22 => Self::IrteNotPresent,
+            0x23 => Self::IrtAccess,
+            0x24 => Self::IrteReserved,
+            0x25 => Self::CompatibilityInterruptBlocked,
+            0x26 => Self::InterruptSourceIdMismatch,
+            0x27 => Self::PostedDescriptorAccess,
             other => Self::Other(other),
         }
     }
@@ -84,6 +114,14 @@ impl FaultReason {
             Self::ContextEntryReserved => 0xB,
             Self::PagingEntryReserved => 0xC,
             Self::TranslationTypeBlocked => 0xD,
+            Self::InterruptRequestReserved => 0x20,
+            Self::InterruptIndexBeyondTable => 0x21,
+            Self::IrteNotPresent => 0x22,
+            Self::IrtAccess => 0x23,
+            Self::IrteReserved => 0x24,
+            Self::CompatibilityInterruptBlocked => 0x25,
+            Self::InterruptSourceIdMismatch => 0x26,
+            Self::PostedDescriptorAccess => 0x27,
             Self::Other(raw) => raw,
         }
     }
@@ -104,8 +142,22 @@ impl FaultReason {
             Self::ContextEntryReserved => "reserved bit set in a context entry",
             Self::PagingEntryReserved => "reserved bit set in a page-table entry",
             Self::TranslationTypeBlocked => "translation type blocked",
+            Self::InterruptRequestReserved => "reserved field set in an interrupt request",
+            Self::InterruptIndexBeyondTable => "interrupt index beyond the remapping table",
+            Self::IrteNotPresent => "interrupt remapping entry not present",
+            Self::IrtAccess => "error accessing the interrupt remapping table",
+            Self::IrteReserved => "reserved field set in an interrupt remapping entry",
+            Self::CompatibilityInterruptBlocked => "compatibility-format interrupt blocked",
+            Self::InterruptSourceIdMismatch => "interrupt blocked: source-id mismatch",
+            Self::PostedDescriptorAccess => "error accessing a posted-interrupt descriptor",
             Self::Other(_) => "unknown fault reason",
         }
+    }
+
+    /// Whether this is an interrupt-remapping fault (20h-27h, §7.1.3): its record carries an
+    /// interrupt index instead of an address.
+    pub const fn is_interrupt_remapping(self) -> bool {
+        matches!(self.raw(), 0x20..=0x27)
     }
 }
 
@@ -164,8 +216,27 @@ impl FaultRecord {
     }
 }
 
+impl FaultRecord {
+    /// The interrupt index of an interrupt-remapping fault (FI bits 63:48, §11.4.14), `None`
+    /// for a DMA-remapping fault.
+    pub const fn interrupt_index(&self) -> Option<u16> {
+        if self.reason.is_interrupt_remapping() {
+            Some(FrcdLoIr::from_bits(self.raw.0).interrupt_index())
+        } else {
+            None
+        }
+    }
+}
+
 impl fmt::Display for FaultRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(index) = self.interrupt_index() {
+            return write!(
+                f,
+                "interrupt remapping fault from {} at index {index}: reason {}",
+                self.source, self.reason
+            );
+        }
         let dir = match self.access {
             AccessKind::Read => "read",
             AccessKind::Write => "write",
@@ -229,6 +300,26 @@ pub fn read_and_clear_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabiliti
     log
 }
 
+/// [`read_and_clear_faults`] until FSTS shows neither a pending record (PPF) nor an overflow
+/// (PFO), merging what each round returned: the fault-event handler's loop (§7.3). The unit
+/// raises the next fault event only when a fault is recorded while nothing is pending, so a
+/// record that arrived between a round's read and its clear must be collected now, not left
+/// for an interrupt that will never come. Bounded by the number of records plus one rounds
+/// (a unit that keeps faulting faster is serviced again on its next event).
+pub fn service_faults<R: RegisterIo + ?Sized>(regs: &R, caps: &Capabilities) -> FaultLog {
+    let mut log = FaultLog::default();
+    for _ in 0..=caps.cap.fault_records {
+        let round = read_and_clear_faults(regs, caps);
+        log.overflow |= round.overflow;
+        log.records.extend(round.records);
+        let fsts = FaultStatus::from_bits_truncate(regs.read32(registers::FSTS));
+        if !fsts.intersects(FaultStatus::PPF | FaultStatus::PFO) {
+            break;
+        }
+    }
+    log
+}
+
 /// Clears F in every record and FSTS.PFO (both write-1-to-clear), read or not: for a caller
 /// that discards whatever is pending (e.g. before provoking an expected fault). To consume
 /// faults use [`read_and_clear_faults`], which never clears a record it did not return.
@@ -279,5 +370,26 @@ mod tests {
         assert_eq!(FaultReason::from_raw(3), FaultReason::InvalidContextEntry);
         assert_eq!(FaultReason::from_raw(5), FaultReason::WriteNotPermitted);
         assert_eq!(FaultReason::from_raw(0xC), FaultReason::PagingEntryReserved);
+        assert_eq!(
+            FaultReason::from_raw(0x26),
+            FaultReason::InterruptSourceIdMismatch
+        );
+        assert!((0x20..=0x27).all(|r| FaultReason::from_raw(r).is_interrupt_remapping()));
+        assert!(!FaultReason::from_raw(0x1F).is_interrupt_remapping());
+        assert!(!FaultReason::from_raw(0x28).is_interrupt_remapping());
+    }
+
+    #[test]
+    fn decode_an_interrupt_remapping_record() {
+        // Index 0x0102 in FI bits 63:48, reason 0x26, source 00:03.0 (§11.4.14).
+        let hi = 0x8000_0026_0000_0018;
+        let rec = FaultRecord::decode(1, 0x0102 << 48, hi).unwrap();
+        assert_eq!(rec.interrupt_index(), Some(0x0102));
+        assert_eq!(
+            rec.to_string(),
+            "interrupt remapping fault from 00:03.0 at index 258: reason 0x26 (interrupt blocked: source-id mismatch)"
+        );
+        let dma = FaultRecord::decode(0, 0x1000, 0x8000_0005_0000_0018).unwrap();
+        assert_eq!(dma.interrupt_index(), None);
     }
 }

@@ -4,7 +4,8 @@
 //! pair (§6.5.1, §11.4.6, §11.4.8; a completion whose actual granularity CAIG/IAIG is 00 means
 //! "not performed" and is an error) and queued invalidation (§6.5.2): a one-page ring of 128-bit
 //! descriptors (context-cache §6.5.2.1, IOTLB §6.5.2.3, invalidation wait §6.5.2.8) written by
-//! software, fetched by hardware between IQH and IQT. A batch is always closed with a wait
+//! software, fetched by hardware between IQH and IQT. The interrupt entry cache (§6.5.2.7, type
+//! 4: global or index-selective with an index mask) can only be invalidated through the queue. A batch is always closed with a wait
 //! descriptor whose status write lands in a memory word this module polls with a timeout, so
 //! "invalidated" means "the hardware said it finished", never "we asked".
 //!
@@ -36,8 +37,8 @@ use pci_address::RequesterId;
 use crate::caps::Capabilities;
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
 use crate::registers::{
-    self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IotlbCmd, IotlbDescHi, Iqa, Iva, QueueIndex,
-    RegisterIo, WaitDescHi, WaitDescLo,
+    self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IecDescLo, IotlbCmd, IotlbDescHi, Iqa, Iva,
+    QueueIndex, RegisterIo, WaitDescHi, WaitDescLo,
 };
 
 /// Invalidation descriptor types and granularities, §6.5.2 (declared in [`registers`]).
@@ -93,6 +94,16 @@ pub enum Invalidation {
         /// Only leaf entries changed (IH = 1): paging-structure caches may be kept.
         leaf_only: bool,
     },
+    /// Every interrupt-entry-cache entry (§6.5.2.7, G = 0). Queued invalidation only.
+    InterruptEntryGlobal,
+    /// `2^mask` interrupt-entry-cache entries starting at `index` (aligned to `2^mask`;
+    /// §6.5.2.7, G = 1). Queued invalidation only.
+    InterruptEntries {
+        /// First interrupt index (IIDX).
+        index: u16,
+        /// Index mask (IM, at most 16): log2 of the entry count.
+        mask: u8,
+    },
 }
 
 /// A 128-bit queued-invalidation descriptor.
@@ -119,7 +130,18 @@ impl Descriptor {
                 .with_dr(drain_reads)
                 .with_dw(drain_writes)
         };
+        let iec = |index_selective: bool, index: u16, mask: u8| Self {
+            lo: IecDescLo::new()
+                .with_kind(desc::TYPE_IEC)
+                .with_index_selective(index_selective)
+                .with_im(mask)
+                .with_iidx(index)
+                .into_bits(),
+            hi: 0,
+        };
         let (lo, hi) = match *req {
+            Invalidation::InterruptEntryGlobal => return iec(false, 0, 0),
+            Invalidation::InterruptEntries { index, mask } => return iec(true, index, mask),
             Invalidation::ContextGlobal => (context(desc::GLOBAL), 0),
             Invalidation::ContextDevice { did, sid } => (
                 context(desc::DEVICE_OR_PAGE)
@@ -167,9 +189,20 @@ impl Descriptor {
         CacheDescLo::from_bits(self.lo).kind()
     }
 
-    /// Decodes a context-cache or IOTLB descriptor back into a request.
+    /// Decodes a context-cache, IOTLB or interrupt-entry-cache descriptor back into a request.
     pub fn decode(&self) -> Option<Invalidation> {
         use desc::*;
+        if self.kind() == TYPE_IEC {
+            let iec = IecDescLo::from_bits(self.lo);
+            return Some(if iec.index_selective() {
+                Invalidation::InterruptEntries {
+                    index: iec.iidx(),
+                    mask: iec.im(),
+                }
+            } else {
+                Invalidation::InterruptEntryGlobal
+            });
+        }
         let lo = CacheDescLo::from_bits(self.lo);
         let did = lo.did();
         match (lo.kind(), lo.granularity()) {
@@ -572,6 +605,11 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
         Ok(())
     };
     match *req {
+        // The interrupt entry cache has no register-based invalidation (§6.5.2.7): interrupt
+        // remapping requires queued invalidation.
+        Invalidation::InterruptEntryGlobal | Invalidation::InterruptEntries { .. } => {
+            Err(InvalidationError::Unsupported)
+        }
         Invalidation::ContextGlobal => context(ccmd::GRANULARITY_GLOBAL, 0, 0),
         Invalidation::ContextDevice { did, sid } => {
             context(ccmd::GRANULARITY_DEVICE, sid.get(), did)
@@ -762,5 +800,30 @@ mod tests {
         assert_eq!(w.lo, 0x0000_002A_0000_0065);
         assert_eq!(w.hi, 0x1234_5000);
         assert_eq!(w.decode(), None);
+    }
+
+    #[test]
+    fn iec_descriptor_bits_match_the_spec() {
+        // §6.5.2.7: type 3:0 = 4, G bit 4 (1 = index-selective), IM 31:27, IIDX 47:32.
+        let d = Descriptor::encode(
+            &Invalidation::InterruptEntries {
+                index: 0x1234,
+                mask: 3,
+            },
+            true,
+            true,
+        );
+        assert_eq!((d.lo, d.hi), (0x0000_1234_1800_0014, 0));
+        let g = Descriptor::encode(&Invalidation::InterruptEntryGlobal, false, false);
+        assert_eq!((g.lo, g.hi), (0x4, 0));
+        for req in [
+            Invalidation::InterruptEntryGlobal,
+            Invalidation::InterruptEntries {
+                index: 0xFFFF,
+                mask: 16,
+            },
+        ] {
+            assert_eq!(Descriptor::encode(&req, false, false).decode(), Some(req));
+        }
     }
 }

@@ -15,8 +15,9 @@
 //! | [`pagetable`] | second-level page tables (§3.6, §9.8) |
 //! | [`context`] | root and context tables (§3.4, §9.1, §9.3) |
 //! | [`invalidation`] | queued and register-based invalidation (§6.5) |
-//! | [`fault`] | primary fault recording (§7.1, §11.4.14) |
-//! | [`unit`](mod@unit) | one remapping unit: enable/disable (§10.4.4, §10.4.5), domains, attach |
+//! | [`fault`] | primary fault recording and fault events (§7.1, §7.3, §11.4.14) |
+//! | [`intremap`] | interrupt remapping: IRTEs, the table, allocation per vector (§5.1, §9.10) |
+//! | [`unit`](mod@unit) | one remapping unit: enable/disable (§10.4.4, §10.4.5), domains, attach, interrupt remapping bring-up and IRTE updates, fault-event interrupts |
 //! | [`domain`] | a translation domain implementing [`dma::iommu::IommuDomain`] |
 //! | `fake` | in-memory models of the hardware and the platform for host tests (feature `testing`) |
 //!
@@ -28,7 +29,7 @@
 //!    services) and [`dmar`] (firmware tables) depend on nothing else here;
 //! 2. [`caps`] decodes registers;
 //! 3. the engine pieces, each over the layers below only: [`pagetable`], [`context`],
-//!    [`invalidation`], [`fault`];
+//!    [`invalidation`], [`fault`], [`intremap`];
 //! 4. [`unit`](mod@unit): one hardware unit (bring-up, domain IDs, isolation-group attachment);
 //! 5. [`domain`]: a translation domain over a unit, including [`VtdUnit::create_domain`];
 //! 6. `fake` (feature `testing`): models of the hardware and the platform, built on the same
@@ -78,6 +79,7 @@ pub mod domain;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod fault;
+pub mod intremap;
 pub mod invalidation;
 pub mod pagetable;
 pub mod platform;
@@ -92,6 +94,9 @@ pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
 pub use dmar::{Dmar, DmarBuilder, DmarError, Refused, StructureError};
 pub use domain::{Domain, DomainConfig};
 pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
+pub use intremap::{
+    DeliveryMode, DestMode, Destination, IntRemapError, Irte, SourceId, TriggerMode,
+};
 pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};

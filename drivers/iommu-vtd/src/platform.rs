@@ -33,6 +33,8 @@ pub struct TablePage {
 /// - `alloc_table_page` returns pages that are 4 KiB aligned, zeroed, backed by RAM the
 ///   hardware can reach at `phys`, not used by anything else, and valid for CPU reads and
 ///   writes at `virt` (and at `phys_to_virt(phys)`) until passed to `free_table_page`;
+///   `alloc_table_pages(n)` returns the same for `n` physically and virtually contiguous
+///   pages, until passed to `free_table_pages`;
 /// - `phys_to_virt` returns that same CPU address for every address inside such a page;
 /// - `flush_cache_range` returns only after every line of the range has been written back to
 ///   memory (e.g. `mfence; clflush each line; mfence`), ordered after earlier stores.
@@ -47,6 +49,35 @@ pub unsafe trait Platform: Send + Sync {
     /// `phys` came from `alloc_table_page`, is not freed yet, and neither the CPU nor the
     /// hardware will access it again (every reference was removed and invalidated).
     unsafe fn free_table_page(&self, phys: PhysAddr);
+
+    /// Allocates `count` physically contiguous, zeroed table pages (the first 4 KiB aligned,
+    /// each virtually contiguous after the first at `virt`), or `None` when out of memory or
+    /// not supported. For structures larger than a page (the interrupt remapping table,
+    /// §9.10: up to 256 pages).
+    ///
+    /// The default serves `count == 1` through [`Platform::alloc_table_page`] and refuses
+    /// anything larger: an embedder that wants interrupt remapping tables of more than 256
+    /// entries implements it.
+    fn alloc_table_pages(&self, count: usize) -> Option<TablePage> {
+        if count == 1 {
+            self.alloc_table_page()
+        } else {
+            None
+        }
+    }
+
+    /// Returns `count` pages obtained from one [`Platform::alloc_table_pages`] call.
+    ///
+    /// # Safety
+    ///
+    /// As [`Platform::free_table_page`], for the whole block; `count` is the count it was
+    /// allocated with.
+    unsafe fn free_table_pages(&self, phys: PhysAddr, count: usize) {
+        if count == 1 {
+            // SAFETY: the caller upholds the contract of `free_table_page`.
+            unsafe { self.free_table_page(phys) }
+        }
+    }
 
     /// The CPU address of table memory at `phys`.
     fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8;
@@ -71,6 +102,13 @@ unsafe impl<T: Platform + ?Sized> Platform for alloc::sync::Arc<T> {
     unsafe fn free_table_page(&self, phys: PhysAddr) {
         // SAFETY: the caller upholds the contract for `T`.
         unsafe { (**self).free_table_page(phys) }
+    }
+    fn alloc_table_pages(&self, count: usize) -> Option<TablePage> {
+        (**self).alloc_table_pages(count)
+    }
+    unsafe fn free_table_pages(&self, phys: PhysAddr, count: usize) {
+        // SAFETY: the caller upholds the contract for `T`.
+        unsafe { (**self).free_table_pages(phys, count) }
     }
     fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8 {
         (**self).phys_to_virt(phys)
@@ -126,6 +164,50 @@ impl<'p, P: Platform + ?Sized> TableMem<'p, P> {
         }
     }
 
+    /// Writes the 128-bit entry in words `pair * 2` (bits 63:0) and `pair * 2 + 1` (bits
+    /// 127:64) with one 16-byte atomic store (`lock cmpxchg16b`), so the hardware never reads
+    /// half an update (`pair` is taken modulo 256, so the entry stays in the page and is
+    /// 16-byte aligned). Returns `false`, writing nothing, where no 16-byte atomic store
+    /// exists (no CPUID.CX16, or not x86_64): the caller then orders two 64-bit stores itself.
+    /// The caller flushes with [`TableMem::flush`].
+    pub(crate) fn write_u128_atomic(&self, pair: usize, lo: u64, hi: u64) -> bool {
+        let index = (pair % (ENTRIES_PER_TABLE / 2)) * 2;
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !has_cmpxchg16b() {
+                return false;
+            }
+            let target = self.base.wrapping_add(index);
+            // SAFETY: `new`'s contract: the page is live, 4 KiB long and 4 KiB aligned, so
+            // `target` (an even word index below 512) is a valid, 16-byte aligned 16-byte
+            // location we own. CPUID said CMPXCHG16B exists. RBX is reserved by the compiler,
+            // so the new low half is swapped into it around the instruction and restored
+            // after. The loop retries with the value the failed compare loaded into RDX:RAX
+            // until the store happens; nothing else in the asm touches memory or the stack.
+            unsafe {
+                core::arch::asm!(
+                    "xchg {new_lo}, rbx",
+                    "2:",
+                    "lock cmpxchg16b xmmword ptr [{target}]",
+                    "jne 2b",
+                    "mov rbx, {new_lo}",
+                    target = in(reg) target,
+                    new_lo = inout(reg) lo => _,
+                    in("rcx") hi,
+                    inout("rax") 0u64 => _,
+                    inout("rdx") 0u64 => _,
+                    options(nostack),
+                );
+            }
+            true
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (index, lo, hi);
+            false
+        }
+    }
+
     /// Writes entries `first..=last` back from the CPU cache if the hardware is not coherent.
     pub(crate) fn flush(&self, first: usize, last: usize) {
         if self.coherent || first > last || last >= ENTRIES_PER_TABLE {
@@ -146,5 +228,25 @@ impl<'p, P: Platform + ?Sized> TableMem<'p, P> {
     /// Whether every entry is zero.
     pub(crate) fn is_empty(&self) -> bool {
         (0..ENTRIES_PER_TABLE).all(|i| self.read(i) == 0)
+    }
+}
+
+/// CPUID.01H:ECX.CX16 (Intel SDM vol. 2A, CPUID): `CMPXCHG16B` is available.
+#[cfg(target_arch = "x86_64")]
+const CPUID_1_ECX_CX16: u32 = 1 << 13;
+
+/// Whether this CPU has `CMPXCHG16B` (asked once, then cached).
+#[cfg(target_arch = "x86_64")]
+fn has_cmpxchg16b() -> bool {
+    use core::sync::atomic::{AtomicU8, Ordering};
+    /// 0 = not asked yet, 1 = absent, 2 = present.
+    static CX16: AtomicU8 = AtomicU8::new(0);
+    match CX16.load(Ordering::Relaxed) {
+        0 => {
+            let present = core::arch::x86_64::__cpuid(1).ecx & CPUID_1_ECX_CX16 != 0;
+            CX16.store(if present { 2 } else { 1 }, Ordering::Relaxed);
+            present
+        }
+        known => known == 2,
     }
 }

@@ -429,8 +429,52 @@ pub struct Fsts {
     __: u16,
 }
 
+/// Fault event control register (FECTL), §11.4.7.2 (§11.4.9 in rev 4.x numbering).
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct Fectl {
+    #[bits(30)]
+    __: u32,
+    /// Interrupt pending (IP, bit 30, read-only): a fault event is waiting while masked.
+    pub ip: bool,
+    /// Interrupt mask (IM, bit 31): set at reset; while set no fault event message is sent.
+    pub im: bool,
+}
+
 /// Fault event control: interrupt mask (set at reset), §11.4.7.2.
-pub const FECTL_IM: u32 = 1 << 31;
+pub const FECTL_IM: u32 = Fectl::new().with_im(true).into_bits();
+
+/// Fault event address register (FEADDR), §11.4.7.4: the low 32 bits of the fault event's
+/// (compatibility-format) MSI address; bits 1:0 are reserved. The upper 32 bits go to FEUADDR.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct Feaddr {
+    #[bits(2)]
+    __: u8,
+    /// Message address bits 31:2 (the field holds the address itself).
+    #[bits(30, from = addr_4b_from_u32, into = addr_4b_into_u32)]
+    pub addr: u32,
+}
+
+/// [`addr_4b_into`] for a 32-bit register.
+const fn addr_4b_into_u32(addr: u32) -> u32 {
+    addr >> 2
+}
+
+/// Inverse of [`addr_4b_into_u32`].
+const fn addr_4b_from_u32(field: u32) -> u32 {
+    field << 2
+}
+
+/// A 64-bit MSI address split into its FEADDR (low) and FEUADDR (high) halves.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct MsiAddress64 {
+    /// Bits 31:0 (FEADDR).
+    pub lo: u32,
+    /// Bits 63:32 (FEUADDR).
+    pub hi: u32,
+}
 
 /// Fault recording register, lower 64 bits, §11.4.14.
 #[bitfield(u64)]
@@ -441,6 +485,17 @@ pub struct FrcdLo {
     /// Fault info (bits 63:12): the page-aligned faulting address.
     #[bits(52, from = addr_4k_from, into = addr_4k_into)]
     pub fi: u64,
+}
+
+/// Fault recording register, lower 64 bits, for an interrupt-remapping fault (FR 20h-27h),
+/// §11.4.14: FI bits 63:48 hold the interrupt index, bits 47:12 are clear.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct FrcdLoIr {
+    #[bits(48)]
+    __: u64,
+    /// The interrupt_index computed for the faulting request (bits 63:48).
+    pub interrupt_index: u16,
 }
 
 /// Fault recording register, upper 64 bits (bits 127:64), §11.4.14.
@@ -710,6 +765,233 @@ pub struct WaitDescHi {
     pub addr: u64,
 }
 
+/// Interrupt remapping table address register (IRTA), §11.4.10 (§11.4.29 in rev 4.x).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct Irta {
+    /// Size (S, bits 3:0): the table has `2^(S + 1)` entries.
+    #[bits(4)]
+    pub s: u8,
+    #[bits(7)]
+    __: u8,
+    /// Extended interrupt mode enable (EIME, bit 11): 32-bit x2APIC destination IDs.
+    pub eime: bool,
+    /// Table base (bits 63:12).
+    #[bits(52, from = addr_4k_from, into = addr_4k_into)]
+    pub base: u64,
+}
+
+/// Interrupt remapping table entry, bits 63:0, remapped format (IM = 0), §9.10.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IrteLo {
+    /// Present (P, bit 0).
+    pub p: bool,
+    /// Fault processing disable (FPD, bit 1): faults through this entry are not recorded.
+    pub fpd: bool,
+    /// Destination mode (DM, bit 2): 0 physical, 1 logical.
+    pub dm: bool,
+    /// Redirection hint (RH, bit 3).
+    pub rh: bool,
+    /// Trigger mode (TM, bit 4): 0 edge, 1 level.
+    pub tm: bool,
+    /// Delivery mode (DLM, bits 7:5): an `irte::DLM_*` value.
+    #[bits(3)]
+    pub dlm: u8,
+    /// Available to software (AVL, bits 11:8).
+    #[bits(4)]
+    pub avl: u8,
+    /// Reserved (bits 14:12), must be 0.
+    #[bits(3)]
+    pub reserved_14_12: u8,
+    /// IRTE mode (IM, bit 15): 0 remapped, 1 posted.
+    pub im: bool,
+    /// Vector (V, bits 23:16).
+    pub vector: u8,
+    /// Reserved (bits 31:24), must be 0.
+    pub reserved_31_24: u8,
+    /// Destination ID (DST, bits 63:32): an [`XApicDst`] when EIME = 0, the 32-bit x2APIC ID
+    /// when EIME = 1.
+    pub dst: u32,
+}
+
+/// The DST field of an IRTE in xAPIC mode (EIME = 0), §9.10: the 8-bit APIC ID sits in bits
+/// 15:8; bits 7:0 and 31:16 are reserved.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct XApicDst {
+    /// Reserved (DST bits 7:0 = IRTE bits 39:32).
+    pub reserved_lo: u8,
+    /// The APIC ID (DST bits 15:8 = IRTE bits 47:40).
+    pub apic_id: u8,
+    /// Reserved (DST bits 31:16 = IRTE bits 63:48).
+    pub reserved_hi: u16,
+}
+
+/// Interrupt remapping table entry, bits 127:64, §9.10.
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IrteHi {
+    /// Source identifier (SID, bits 79:64): a requester ID (SVT = 1) or a [`SidBusRange`]
+    /// (SVT = 2).
+    pub sid: u16,
+    /// Source-id qualifier (SQ, bits 81:80), for SVT = 1: which low SID bits are ignored.
+    #[bits(2)]
+    pub sq: u8,
+    /// Source validation type (SVT, bits 83:82): an `irte::SVT_*` value.
+    #[bits(2)]
+    pub svt: u8,
+    /// Reserved (bits 127:84), must be 0.
+    #[bits(44)]
+    pub reserved: u64,
+}
+
+/// The SID field of an IRTE with SVT = 2 (bus range), §9.10.
+#[bitfield(u16)]
+#[derive(PartialEq, Eq)]
+pub struct SidBusRange {
+    /// Last bus of the range (bits 7:0).
+    pub end: u8,
+    /// First bus of the range (bits 15:8).
+    pub start: u8,
+}
+
+/// IRTE field values, §9.10.
+pub mod irte {
+    /// Bytes per entry.
+    pub const SIZE: usize = 16;
+    /// SVT 00: no source validation.
+    pub const SVT_NONE: u8 = 0b00;
+    /// SVT 01: the requester ID, qualified by SQ.
+    pub const SVT_REQUESTER: u8 = 0b01;
+    /// SVT 10: the requester's bus lies in the SID's bus range.
+    pub const SVT_BUS_RANGE: u8 = 0b10;
+    /// SQ 00: all 16 SID bits are compared.
+    pub const SQ_ALL_BITS: u8 = 0b00;
+    /// The requester-ID bits each SQ value (the index) leaves out of the comparison: none,
+    /// bit 2, bits 2:1, bits 2:0 (§9.10 Table "SQ").
+    pub const SQ_IGNORED_BITS: [u16; 4] = [0b000, 0b100, 0b110, 0b111];
+    /// Delivery mode: fixed.
+    pub const DLM_FIXED: u8 = 0b000;
+    /// Delivery mode: lowest priority.
+    pub const DLM_LOWEST_PRIORITY: u8 = 0b001;
+    /// Delivery mode: SMI.
+    pub const DLM_SMI: u8 = 0b010;
+    /// Delivery mode: NMI.
+    pub const DLM_NMI: u8 = 0b100;
+    /// Delivery mode: INIT.
+    pub const DLM_INIT: u8 = 0b101;
+    /// Delivery mode: ExtINT.
+    pub const DLM_EXTINT: u8 = 0b111;
+}
+
+/// Interrupt entry cache invalidate descriptor, bits 63:0, §6.5.2.7 (bits 127:64 are
+/// reserved).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct IecDescLo {
+    /// Descriptor type (bits 3:0): `desc::TYPE_IEC`.
+    #[bits(4)]
+    pub kind: u8,
+    /// Granularity (G, bit 4): 0 global, 1 index-selective.
+    pub index_selective: bool,
+    #[bits(22)]
+    __: u32,
+    /// Index mask (IM, bits 31:27): `2^IM` entries starting at IIDX (aligned to `2^IM`).
+    #[bits(5)]
+    pub im: u8,
+    /// Interrupt index (IIDX, bits 47:32).
+    pub iidx: u16,
+    #[bits(16)]
+    __: u16,
+}
+
+/// The address of an MSI in remappable format, §5.1.5.2 (what a device writes to
+/// 0xFEEx_xxxx; the PCI crate encodes it, this declaration decodes it in the fake unit).
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsiAddressRemappable {
+    #[bits(2)]
+    __: u8,
+    /// Handle bit 15 (address bit 2).
+    pub handle_15: bool,
+    /// Subhandle valid (SHV, bit 3): the data's low 16 bits are added to the handle.
+    pub shv: bool,
+    /// Interrupt format (bit 4): 1 remappable, 0 compatibility.
+    pub remappable: bool,
+    /// Handle bits 14:0 (address bits 19:5).
+    #[bits(15)]
+    pub handle_14_0: u16,
+    /// 0xFEE: the interrupt address window (bits 31:20).
+    #[bits(12)]
+    pub window: u16,
+}
+
+/// An interrupt handle split as an MSI address carries it, §5.1.5.2.
+#[bitfield(u16)]
+#[derive(PartialEq, Eq)]
+pub struct IrHandle {
+    /// Bits 14:0.
+    #[bits(15)]
+    pub low: u16,
+    /// Bit 15.
+    pub bit_15: bool,
+}
+
+/// The data of an MSI in remappable format, §5.1.5.2.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsiDataRemappable {
+    /// Subhandle (bits 15:0), used when SHV is set.
+    pub subhandle: u16,
+    /// Reserved (bits 31:16), must be 0.
+    pub reserved: u16,
+}
+
+/// The address of an MSI in compatibility format (Intel SDM vol. 3 §11.11.1), as the fake
+/// unit decodes it when it passes it through.
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsiAddressCompat {
+    #[bits(2)]
+    __: u8,
+    /// Destination mode (bit 2).
+    pub dm: bool,
+    /// Redirection hint (bit 3).
+    pub rh: bool,
+    /// Interrupt format (bit 4): 0 here.
+    pub remappable: bool,
+    #[bits(7)]
+    __: u8,
+    /// Destination APIC ID (bits 19:12).
+    pub dest: u8,
+    /// 0xFEE (bits 31:20).
+    #[bits(12)]
+    pub window: u16,
+}
+
+/// The data of an MSI in compatibility format (Intel SDM vol. 3 §11.11.2).
+#[bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsiDataCompat {
+    /// Vector (bits 7:0).
+    pub vector: u8,
+    /// Delivery mode (bits 10:8).
+    #[bits(3)]
+    pub delivery: u8,
+    #[bits(3)]
+    __: u8,
+    /// Level (bit 14).
+    pub level: bool,
+    /// Trigger mode (bit 15): 1 level.
+    pub trigger_level: bool,
+    #[bits(16)]
+    __: u16,
+}
+
+/// The interrupt address window's bits 31:20 (0xFEE), §5.1.
+pub const MSI_WINDOW: u16 = 0xFEE;
+
 /// Access to one remapping unit's registers by byte offset.
 ///
 /// Implementations must perform each access as a single access of the given width (registers
@@ -894,6 +1176,49 @@ mod tests {
             leaf.into_bits(),
             0x000F_FFFF_FFFF_F001,
             "nothing spills past bit 51"
+        );
+    }
+
+    #[test]
+    fn interrupt_remapping_declarations_sit_at_the_spec_bit_positions() {
+        // §11.4.10 IRTA: S 3:0, EIME 11, base 63:12.
+        let irta = Irta::new().with_base(0x1234_5000).with_eime(true).with_s(7);
+        assert_eq!(irta.into_bits(), 0x1234_5000 | 1 << 11 | 7);
+        // §11.4.7.2 FECTL: IP 30, IM 31; §11.4.7.4 FEADDR bits 31:2.
+        assert_eq!(FECTL_IM, 0x8000_0000);
+        assert!(Fectl::from_bits(0x4000_0000).ip());
+        assert_eq!(
+            Feaddr::new().with_addr(0xFEE0_1003).into_bits(),
+            0xFEE0_1000
+        );
+        // §5.1.5.2: handle 14:0 in address 19:5, handle 15 in bit 2, SHV bit 3, format bit 4.
+        let a =
+            MsiAddressRemappable::from_bits(0xFEE0_0000 | 0x1234 << 5 | 1 << 4 | 1 << 3 | 1 << 2);
+        assert_eq!(
+            (
+                a.window(),
+                a.handle_14_0(),
+                a.remappable(),
+                a.shv(),
+                a.handle_15()
+            ),
+            (MSI_WINDOW, 0x1234, true, true, true)
+        );
+        let h = IrHandle::new().with_low(0x1234).with_bit_15(true);
+        assert_eq!(h.into_bits(), 0x9234);
+        // Compatibility format: destination 19:12, vector 7:0, trigger 15.
+        let c = MsiAddressCompat::from_bits(0xFEE0_3000);
+        assert_eq!((c.dest(), c.remappable()), (3, false));
+        assert_eq!(MsiDataCompat::from_bits(0x8041).vector(), 0x41);
+        assert!(MsiDataCompat::from_bits(0x8041).trigger_level());
+        // §11.4.14: the interrupt index of an IR fault in FI bits 63:48.
+        assert_eq!(FrcdLoIr::from_bits(0xABCD << 48).interrupt_index(), 0xABCD);
+        assert_eq!(
+            MsiAddress64::new()
+                .with_lo(0xFEE0_0000)
+                .with_hi(1)
+                .into_bits(),
+            0x1_FEE0_0000
         );
     }
 

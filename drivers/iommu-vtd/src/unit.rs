@@ -18,11 +18,23 @@
 //! Every GCMD write is `(GSTS & 0x96FF_FFFF) | bit` ([`registers::GSTS_PERSISTENT_MASK`]) and
 //! every wait has a timeout ([`UnitConfig::timeout_us`]) that turns into [`VtdError::Timeout`].
 //!
+//! # Interrupt remapping (§5.1, §10.4.4, §11.4.10)
+//!
+//! [`VtdUnit::enable_interrupt_remapping`] runs after the queue is on: CFI cleared if set, IRTA,
+//! GCMD.SIRTP (wait for IRTPS), a global interrupt-entry-cache invalidation closed by a wait
+//! descriptor, GCMD.IRE (wait for IRES). Every IRTE change ([`VtdUnit::set_irte`],
+//! [`VtdUnit::clear_irte`], [`VtdUnit::free_irtes`]) is one 128-bit store, written back from the
+//! CPU cache when ECAP.C = 0, then an index-selective invalidation waited for before the call
+//! returns. Fault events ([`VtdUnit::set_fault_event`], [`VtdUnit::service_fault_event`]) are
+//! the unit's own compatibility-format MSI, which is never remapped.
+//!
 //! # Locking
 //!
 //! A [`VtdUnit`] is `Send + Sync` and internally locked. Lock order (never taken in reverse):
-//! a domain's state lock → the unit's *tables* lock (root/context tables, domain IDs, attached
-//! isolation groups) → the unit's *invalidation* lock (the queue). Map/unmap take only their
+//! the unit's *interrupt-remapping* lock (the table) → a domain's state lock → the unit's
+//! *tables* lock (root/context tables, domain IDs, attached isolation groups; also serialises
+//! GCMD writes) → the unit's *invalidation* lock (the queue). A separate *faults* lock
+//! serialises readers of the fault recording registers and is taken alone. Map/unmap take only their
 //! domain's lock, so different domains never contend; `flush` takes the domain's lock only
 //! around table edits, never while invalidating, then the invalidation lock.
 //!
@@ -43,10 +55,14 @@ use spin::Mutex;
 use crate::caps::{Capabilities, PagingLevels};
 use crate::context::{ContextEntry, RootTable};
 use crate::fault::{self, FaultLog};
+use crate::intremap::{IntRemapError, InterruptRemapTable, Irte};
 use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
 use crate::platform::{Platform, TablePage};
-use crate::registers::{self, Global, RegisterIo, Rtaddr, GSTS_PERSISTENT_MASK};
+use crate::registers::{
+    self, Feaddr, Fectl, Global, MsiAddress64, MsiAddressCompat, RegisterIo, Rtaddr,
+    GSTS_PERSISTENT_MASK, MSI_WINDOW,
+};
 use pci_address::RequesterId;
 
 /// Default timeout for every hardware wait: 1 s.
@@ -87,6 +103,8 @@ pub enum VtdError {
     },
     /// An invalidation failed.
     Invalidation(InvalidationError),
+    /// An interrupt-remapping operation was refused.
+    InterruptRemapping(IntRemapError),
     /// No memory for tables.
     OutOfMemory,
     /// This unit's enable already completed (call [`VtdUnit::disable`] first).
@@ -158,6 +176,7 @@ impl fmt::Display for VtdError {
             Self::Unsupported { reason } => write!(f, "VT-d unit unsupported: {reason}"),
             Self::Timeout { what } => write!(f, "VT-d unit timed out waiting for {what}"),
             Self::Invalidation(e) => write!(f, "VT-d invalidation failed: {e}"),
+            Self::InterruptRemapping(e) => write!(f, "VT-d interrupt remapping: {e}"),
             Self::OutOfMemory => f.write_str("out of memory for VT-d tables"),
             Self::AlreadyEnabled => f.write_str("VT-d translation is already enabled"),
             Self::DomainIdsExhausted => f.write_str("no free VT-d domain ID"),
@@ -206,6 +225,12 @@ impl From<InvalidationError> for VtdError {
     }
 }
 
+impl From<IntRemapError> for VtdError {
+    fn from(e: IntRemapError) -> Self {
+        Self::InterruptRemapping(e)
+    }
+}
+
 /// Allocator of domain IDs within CAP.ND.
 #[derive(Debug)]
 struct DomainIds {
@@ -248,7 +273,9 @@ pub struct FirmwareState {
     pub translation: bool,
     /// GSTS.QIES was set: queued invalidation was on (with someone else's queue).
     pub queued_invalidation: bool,
-    /// GSTS.IRES was set: interrupt remapping was on (left as it is).
+    /// GSTS.IRES was set: interrupt remapping was on. [`VtdUnit::enable`] leaves it as it is;
+    /// [`VtdUnit::enable_interrupt_remapping`] takes it over (our table replaces the
+    /// firmware's under IRE, then a global interrupt-entry-cache invalidation).
     pub interrupt_remapping: bool,
 }
 
@@ -315,6 +342,10 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
     config: UnitConfig,
     tables: Mutex<Tables>,
     invalidation: Mutex<InvalidationState>,
+    /// The interrupt remapping table while interrupt remapping is on through it.
+    intremap: Mutex<Option<InterruptRemapTable>>,
+    /// Serialises readers of the fault recording registers, so no record is reported twice.
+    faults: Mutex<()>,
     stats: Counters,
 }
 
@@ -398,6 +429,8 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 active: Invalidator::Registers,
                 spare,
             }),
+            intremap: Mutex::new(None),
+            faults: Mutex::new(()),
             stats: Counters::default(),
         })
     }
@@ -624,14 +657,17 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         Ok(())
     }
 
-    /// Turns translation off (wait for TES to clear), then queued invalidation (after draining
-    /// the queue), returning to register-based invalidation.
+    /// Turns interrupt remapping off if this unit enabled it
+    /// ([`VtdUnit::disable_interrupt_remapping`]: it needs the queue), then translation (wait
+    /// for TES to clear), then queued invalidation (after draining the queue), returning to
+    /// register-based invalidation.
     ///
     /// # Errors
     ///
-    /// [`VtdError::Timeout`] when GSTS.TES or GSTS.QIES does not clear in time;
+    /// [`VtdError::Timeout`] when GSTS.IRES, GSTS.TES or GSTS.QIES does not clear in time;
     /// [`VtdError::Invalidation`] when the queue does not drain.
     pub fn disable(&self) -> Result<(), VtdError> {
+        self.disable_interrupt_remapping()?;
         let mut tables = self.tables.lock();
         if self.gsts().contains(Global::TE) {
             self.write_gcmd(Global::TE, false);
@@ -1018,6 +1054,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Reads every pending fault record and clears exactly the records returned (and FSTS.PFO
     /// only if the log reports it), so a fault arriving in between is never lost.
     pub fn read_and_clear_faults(&self) -> FaultLog {
+        let _faults = self.faults.lock();
         fault::read_and_clear_faults(&self.regs, &self.caps)
     }
 
@@ -1025,5 +1062,285 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// [`VtdUnit::read_and_clear_faults`] to consume faults).
     pub fn clear_faults(&self) {
         fault::clear_faults(&self.regs, &self.caps)
+    }
+}
+
+/// Interrupt remapping (§5.1, §10.4.4 IRE/SIRTP/CFI, §11.4.10 IRTA) and fault-event
+/// interrupts (§7.3, §11.4.7.2-5).
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Turns interrupt remapping on through a table of this unit's own, sized for `entries`
+    /// vectors (the next power of two, 2 to 65536), in x2APIC mode (EIME) if `eim`:
+    ///
+    /// 1. GCMD.CFI cleared if set (compatibility-format interrupts blocked once IRE is on);
+    /// 2. IRTA (base, EIME, size), GCMD.SIRTP, wait for GSTS.IRTPS;
+    /// 3. a global interrupt-entry-cache invalidation, closed by a wait descriptor;
+    /// 4. GCMD.IRE, wait for GSTS.IRES (already set if firmware left remapping on: step 2
+    ///    swapped its table for ours and step 3 made it effective).
+    ///
+    /// Afterwards every interrupt goes through the table, whose entries are all not present:
+    /// no interrupt is delivered until [`VtdUnit::set_irte`] fills an entry. Needs queued
+    /// invalidation active ([`VtdUnit::prepare`] or [`VtdUnit::enable`] first).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotSupported`] (no ECAP.IR),
+    /// [`IntRemapError::ExtendedModeUnsupported`] (`eim` without ECAP.EIM),
+    /// [`IntRemapError::AlreadyEnabled`], [`IntRemapError::QueuedInvalidationOff`],
+    /// [`IntRemapError::BadTableSize`] or [`IntRemapError::OutOfMemory`];
+    /// [`VtdError::Timeout`] when a status bit does not settle; [`VtdError::Invalidation`]
+    /// when the global invalidation fails. After a failure past step 2 the table is leaked on
+    /// purpose (the hardware may read it).
+    pub fn enable_interrupt_remapping(&self, entries: u32, eim: bool) -> Result<(), VtdError> {
+        if !self.caps.ecap.interrupt_remapping {
+            return Err(IntRemapError::NotSupported.into());
+        }
+        if eim && !self.caps.ecap.eim {
+            return Err(IntRemapError::ExtendedModeUnsupported.into());
+        }
+        let mut ir = self.intremap.lock();
+        if ir.is_some() {
+            return Err(IntRemapError::AlreadyEnabled.into());
+        }
+        if !self.queued_invalidation_active() {
+            return Err(IntRemapError::QueuedInvalidationOff.into());
+        }
+        let table =
+            InterruptRemapTable::new(&self.platform, entries, eim, self.caps.ecap.coherent)?;
+        // Serialise GCMD with the other users (they hold the tables lock).
+        let tables = self.tables.lock();
+        // 1. Compatibility-format interrupts blocked.
+        if self.gsts().contains(Global::CFI) {
+            self.write_gcmd(Global::CFI, false);
+            if let Err(e) = self.wait_status("GSTS.CFIS to clear", |g| !g.contains(Global::CFI)) {
+                // SAFETY: the table was never given to the hardware.
+                unsafe { table.destroy(&self.platform) };
+                return Err(e);
+            }
+        }
+        // 2. The table pointer.
+        self.platform.memory_fence();
+        self.regs.write64(registers::IRTA, table.irta());
+        self.write_gcmd(Global::SIRTP, true);
+        let latched = self.wait_status("GSTS.IRTPS", |g| g.contains(Global::SIRTP));
+        let base = table.base();
+        let count = table.entries();
+        if let Err(e) = latched {
+            // The hardware may have latched it after all: never free it.
+            core::mem::forget(table);
+            return Err(e);
+        }
+        // 3. Nothing cached from an earlier table survives.
+        if let Err(e) = self.invalidate(&[Invalidation::InterruptEntryGlobal]) {
+            core::mem::forget(table);
+            return Err(e.into());
+        }
+        // 4. Remapping on.
+        if !self.gsts().contains(Global::IRE) {
+            self.write_gcmd(Global::IRE, true);
+            if let Err(e) = self.wait_status("GSTS.IRES", |g| g.contains(Global::IRE)) {
+                core::mem::forget(table);
+                return Err(e);
+            }
+        }
+        drop(tables);
+        *ir = Some(table);
+        log::info!(
+            "VT-d: interrupt remapping enabled ({count} entries at {base}, {} mode)",
+            if eim { "x2APIC" } else { "xAPIC" }
+        );
+        Ok(())
+    }
+
+    /// Turns interrupt remapping off (GCMD.IRE, wait for IRES to clear), invalidates the
+    /// interrupt entry cache and frees the table. Does nothing if this unit did not enable it.
+    /// Afterwards interrupts are no longer remapped (compatibility format passes).
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::Timeout`] when GSTS.IRES does not clear; [`VtdError::Invalidation`]. On
+    /// failure the table stays in place (and remapping may still be on).
+    pub fn disable_interrupt_remapping(&self) -> Result<(), VtdError> {
+        let mut ir = self.intremap.lock();
+        if ir.is_none() {
+            return Ok(());
+        }
+        {
+            let _tables = self.tables.lock();
+            if self.gsts().contains(Global::IRE) {
+                self.write_gcmd(Global::IRE, false);
+                self.wait_status("GSTS.IRES to clear", |g| !g.contains(Global::IRE))?;
+            }
+        }
+        self.invalidate(&[Invalidation::InterruptEntryGlobal])?;
+        if let Some(table) = ir.take() {
+            // SAFETY: IRE is off and the interrupt entry cache was invalidated since: the
+            // hardware no longer reads the table.
+            unsafe { table.destroy(&self.platform) };
+        }
+        Ok(())
+    }
+
+    /// Whether interrupt remapping is on through this unit's table.
+    pub fn interrupt_remapping_enabled(&self) -> bool {
+        self.intremap.lock().is_some()
+    }
+
+    /// The table's physical address, entry count and mode (EIME) while interrupt remapping is
+    /// on through it.
+    pub fn interrupt_remapping_table(&self) -> Option<(PhysAddr, u32, bool)> {
+        self.intremap
+            .lock()
+            .as_ref()
+            .map(|t| (t.base(), t.entries(), t.eime()))
+    }
+
+    /// Allocates a naturally aligned block of `count` IRTEs (a power of two; `count` > 1 for a
+    /// multi-message MSI, whose message then carries the returned handle and the subhandle
+    /// valid bit) and returns the first index: the *handle* of the remappable-format MSI
+    /// address. The entries stay not present until [`VtdUnit::set_irte`].
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotEnabled`],
+    /// [`IntRemapError::BadCount`] or [`IntRemapError::Exhausted`].
+    pub fn alloc_irtes(&self, count: u32) -> Result<u16, VtdError> {
+        let mut ir = self.intremap.lock();
+        let table = ir.as_mut().ok_or(IntRemapError::NotEnabled)?;
+        Ok(table.alloc(count)?)
+    }
+
+    /// Writes IRTE `index` (one 128-bit atomic store, written back from the CPU cache when
+    /// ECAP.C = 0), then invalidates exactly that interrupt-entry-cache entry and waits for
+    /// the invalidation to complete: when this returns, the next interrupt through `index`
+    /// uses the new entry.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotEnabled`],
+    /// [`IntRemapError::NotAllocated`] or a destination-format error of [`Irte::encode`]
+    /// (nothing written); [`VtdError::Invalidation`] (the entry is written but maybe not yet
+    /// in use: retry).
+    pub fn set_irte(&self, index: u16, entry: &Irte) -> Result<(), VtdError> {
+        let ir = self.intremap.lock();
+        let table = ir.as_ref().ok_or(IntRemapError::NotEnabled)?;
+        table.set(&self.platform, index, entry)?;
+        self.invalidate(&[Invalidation::InterruptEntries { index, mask: 0 }])?;
+        Ok(())
+    }
+
+    /// Makes IRTE `index` not present (interrupts through it are blocked), then invalidates
+    /// its interrupt-entry-cache entry and waits, as [`VtdUnit::set_irte`].
+    ///
+    /// # Errors
+    ///
+    /// As [`VtdUnit::set_irte`].
+    pub fn clear_irte(&self, index: u16) -> Result<(), VtdError> {
+        let ir = self.intremap.lock();
+        let table = ir.as_ref().ok_or(IntRemapError::NotEnabled)?;
+        if !table.is_allocated(index) {
+            return Err(IntRemapError::NotAllocated { index }.into());
+        }
+        table.write_raw(&self.platform, index, 0, 0);
+        self.invalidate(&[Invalidation::InterruptEntries { index, mask: 0 }])?;
+        Ok(())
+    }
+
+    /// Clears the block `index..index + count` (as [`VtdUnit::alloc_irtes`] returned it),
+    /// invalidates its interrupt-entry-cache entries (one index-selective invalidation with
+    /// mask `log2(count)`), waits, and only then returns the block to the allocator.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotEnabled`] or
+    /// [`IntRemapError::NotAllocated`] (not a block handed out); [`VtdError::Invalidation`]
+    /// (the entries are cleared but the block stays allocated, so it is not reused while a
+    /// stale copy may be cached: call again).
+    pub fn free_irtes(&self, index: u16, count: u32) -> Result<(), VtdError> {
+        let mut ir = self.intremap.lock();
+        let table = ir.as_mut().ok_or(IntRemapError::NotEnabled)?;
+        if table.block_of(index) != Some((index, count)) {
+            return Err(IntRemapError::NotAllocated { index }.into());
+        }
+        for i in 0..count {
+            let Ok(i) = u16::try_from(u32::from(index) + i) else {
+                break;
+            };
+            table.write_raw(&self.platform, i, 0, 0);
+        }
+        let mask = u8::try_from(count.trailing_zeros()).unwrap_or(u8::MAX);
+        self.invalidate(&[Invalidation::InterruptEntries { index, mask }])?;
+        table.free(index, count)?;
+        Ok(())
+    }
+
+    /// IRTE `index` as it is in memory (`None`: remapping off, beyond the table, or not a
+    /// present remapped-format entry this crate writes).
+    pub fn irte(&self, index: u16) -> Option<Irte> {
+        self.intremap
+            .lock()
+            .as_ref()
+            .and_then(|t| t.get(&self.platform, index))
+    }
+
+    /// The raw IRTE `index` `(bits 63:0, bits 127:64)` as the CPU sees it.
+    pub fn irte_raw(&self, index: u16) -> Option<(u64, u64)> {
+        self.intremap
+            .lock()
+            .as_ref()
+            .and_then(|t| t.read(&self.platform, index))
+    }
+
+    /// Makes faults raise an interrupt: the unit's fault event is a compatibility-format MSI
+    /// (remapping hardware does not remap its own interrupts) with `address` (0xFEEx_xxxx,
+    /// bit 4 clear; the upper half goes to FEUADDR) and `data`. The event is masked while
+    /// FEDATA/FEADDR/FEUADDR are written, then unmasked (FECTL.IM = 0); a fault already
+    /// pending (FECTL.IP) is delivered at once. Service it with
+    /// [`VtdUnit::service_fault_event`]; polling keeps working.
+    ///
+    /// # Errors
+    ///
+    /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotAnInterruptAddress`] (nothing
+    /// is written).
+    pub fn set_fault_event(&self, address: u64, data: u32) -> Result<(), VtdError> {
+        let split = MsiAddress64::from_bits(address);
+        let low = MsiAddressCompat::from_bits(split.lo());
+        if low.window() != MSI_WINDOW || low.remappable() {
+            return Err(IntRemapError::NotAnInterruptAddress(address).into());
+        }
+        let masked = Fectl::new().with_im(true).into_bits();
+        self.regs.write32(registers::FECTL, masked);
+        self.regs.write32(registers::FEDATA, data);
+        self.regs.write32(
+            registers::FEADDR,
+            Feaddr::new().with_addr(split.lo()).into_bits(),
+        );
+        self.regs.write32(registers::FEUADDR, split.hi());
+        self.platform.memory_fence();
+        self.regs
+            .write32(registers::FECTL, Fectl::new().with_im(false).into_bits());
+        Ok(())
+    }
+
+    /// Masks the fault event (FECTL.IM = 1): faults are recorded but raise no interrupt
+    /// (FECTL.IP shows one pending); poll with [`VtdUnit::read_and_clear_faults`].
+    pub fn mask_fault_event(&self) {
+        self.regs
+            .write32(registers::FECTL, Fectl::new().with_im(true).into_bits());
+    }
+
+    /// Whether the fault event is masked (FECTL.IM) and whether one is pending (FECTL.IP).
+    pub fn fault_event_state(&self) -> (bool, bool) {
+        let fectl = Fectl::from_bits(self.regs.read32(registers::FECTL));
+        (fectl.im(), fectl.ip())
+    }
+
+    /// The fault-event interrupt handler's work: reads and clears exactly the records it read
+    /// (and PFO only when it saw it), repeating until the unit shows no pending fault, so a
+    /// record that arrived while the previous ones were cleared is returned too instead of
+    /// sitting unreported (the hardware raises the next event only once nothing is pending).
+    /// Safe to call from a poller as well.
+    pub fn service_fault_event(&self) -> FaultLog {
+        let _faults = self.faults.lock();
+        fault::service_faults(&self.regs, &self.caps)
     }
 }
