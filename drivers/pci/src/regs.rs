@@ -565,7 +565,7 @@ pub mod pm {
 }
 
 /// MSI capability (PCI Local Bus 3.0 §6.8.1): register offsets from the capability header.
-/// The fields of Message Control are declared in [`super::MsiControl`].
+/// The fields of Message Control are declared in [`MsiControl`].
 pub mod msi {
     use super::MsiControl;
 
@@ -599,8 +599,8 @@ pub mod msi {
 }
 
 /// MSI-X capability (PCI Local Bus 3.0 §6.8.2, PCIe Base 4.0 §7.7.2): register offsets from the
-/// capability header. The fields are declared in [`super::MsixControl`] and
-/// [`super::MsixLocation`].
+/// capability header. The fields are declared in [`MsixControl`] and
+/// [`MsixLocation`].
 pub mod msix {
     use super::MsixControl;
 

@@ -206,7 +206,7 @@ impl FakeMsixMemory {
     /// Reads a dword without logging (all-ones outside the BAR).
     pub fn peek32(&self, offset: usize) -> u32 {
         let state = self.state.lock();
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return u32::MAX;
         }
         state.dwords.get(offset / 4).copied().unwrap_or(u32::MAX)
@@ -215,7 +215,7 @@ impl FakeMsixMemory {
     /// Stores a dword without logging or emulation.
     pub fn poke32(&self, offset: usize, value: u32) {
         let mut state = self.state.lock();
-        if offset % 4 == 0 {
+        if offset.is_multiple_of(4) {
             if let Some(d) = state.dwords.get_mut(offset / 4) {
                 *d = value;
             }

@@ -40,7 +40,7 @@ impl<T: MsixMemory + ?Sized> MsixMemory for &T {
 
 /// Whether a dword access at `offset` is aligned and inside `len` bytes.
 const fn is_valid_dword(offset: usize, len: usize) -> bool {
-    offset % 4 == 0 && offset < len && len - offset >= 4
+    offset.is_multiple_of(4) && offset < len && len - offset >= 4
 }
 
 /// A BAR mapping accessed with volatile dword loads and stores.
@@ -114,19 +114,20 @@ mod tests {
     fn volatile_accesses_stay_inside_the_mapping() {
         let mut buffer = [0u32; 4];
         let base = NonNull::from(&mut buffer).cast::<u8>();
-        // SAFETY: `buffer` is 16 aligned bytes, outlives `mmio` and is not otherwise
-        // referenced until `mmio` is dropped.
-        let mmio = unsafe { VolatileMmio::new(base, 16) };
-        mmio.write32(0, 0x1111_1111);
-        mmio.write32(12, 0xcafe_f00d);
-        mmio.write32(16, 0xdead_beef); // out of bounds: ignored
-        mmio.write32(2, 0xdead_beef); // misaligned: ignored
-        mmio.write32(usize::MAX - 3, 0xdead_beef); // would overflow: ignored
-        assert_eq!(mmio.read32(12), 0xcafe_f00d);
-        assert_eq!(mmio.read32(16), u32::MAX);
-        assert_eq!(mmio.read32(1), u32::MAX);
-        assert_eq!(mmio.len(), 16);
-        drop(mmio);
+        {
+            // SAFETY: `buffer` is 16 aligned bytes, outlives `mmio` (this block) and is not
+            // otherwise referenced inside it.
+            let mmio = unsafe { VolatileMmio::new(base, 16) };
+            mmio.write32(0, 0x1111_1111);
+            mmio.write32(12, 0xcafe_f00d);
+            mmio.write32(16, 0xdead_beef); // out of bounds: ignored
+            mmio.write32(2, 0xdead_beef); // misaligned: ignored
+            mmio.write32(usize::MAX - 3, 0xdead_beef); // would overflow: ignored
+            assert_eq!(mmio.read32(12), 0xcafe_f00d);
+            assert_eq!(mmio.read32(16), u32::MAX);
+            assert_eq!(mmio.read32(1), u32::MAX);
+            assert_eq!(mmio.len(), 16);
+        }
         assert_eq!(buffer, [0x1111_1111, 0, 0, 0xcafe_f00d]);
     }
 }

@@ -286,7 +286,7 @@ impl<C: ConfigSpace> Msi<C> {
                 address: message.address,
             });
         }
-        if message.address % 4 != 0 {
+        if !message.address.is_multiple_of(4) {
             return Err(MsiError::MisalignedAddress {
                 address: message.address,
             });
@@ -294,7 +294,7 @@ impl<C: ConfigSpace> Msi<C> {
         let Ok(data) = u16::try_from(message.data) else {
             return Err(MsiError::DataTooWide { data: message.data });
         };
-        if u32::from(data) % u32::from(count) != 0 {
+        if !u32::from(data).is_multiple_of(u32::from(count)) {
             return Err(MsiError::DataNotAligned {
                 data: message.data,
                 count,

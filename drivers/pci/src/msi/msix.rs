@@ -373,7 +373,7 @@ impl<C: ConfigSpace, T: MsixMemory, P: MsixMemory> Msix<C, T, P> {
     /// [`MsixError::EntryOutOfRange`], [`MsixError::MisalignedAddress`], before any write.
     pub fn configure(&mut self, entry: u16, message: MsiMessage) -> Result<(), MsixError> {
         let (control_offset, control) = self.vector_control(entry)?;
-        if message.address % 4 != 0 {
+        if !message.address.is_multiple_of(4) {
             return Err(MsixError::MisalignedAddress {
                 address: message.address,
             });
@@ -468,7 +468,7 @@ impl<C: ConfigSpace, T: MsixMemory, P: MsixMemory> Msix<C, T, P> {
             if entry >= table_size {
                 return Err(MsixError::EntryOutOfRange { entry, table_size });
             }
-            if message.address % 4 != 0 {
+            if !message.address.is_multiple_of(4) {
                 return Err(MsixError::MisalignedAddress {
                     address: message.address,
                 });
