@@ -401,6 +401,40 @@ fn tables_outside_their_bar_are_errors() {
     );
 }
 
+/// A BAR larger than 4 GiB that records the offsets it is accessed at.
+struct HugeBar(std::sync::Mutex<Vec<usize>>);
+
+impl MsixMemory for HugeBar {
+    fn len(&self) -> usize {
+        1 << 40
+    }
+    fn read32(&self, offset: usize) -> u32 {
+        self.0.lock().unwrap().push(offset);
+        0
+    }
+    fn write32(&self, offset: usize, _: u32) {
+        self.0.lock().unwrap().push(offset);
+    }
+}
+
+#[test]
+fn entry_offsets_past_4_gib_do_not_wrap() {
+    let (fake, bdf, cap) = e1000e();
+    // The largest table offset the register can hold; entry 4 lies above 4 GiB.
+    let top = u32::MAX & !7;
+    fake.poke32(bdf, u16::from(cap) + msix::TABLE, top | 3);
+    fake.poke32(bdf, u16::from(cap) + msix::PBA, top - 0x1000 | 3);
+    let bar = HugeBar(Default::default());
+    let mut msix = Msix::new(&fake, bdf, &bar, &bar).unwrap();
+    msix.configure(4, MsiMessage::remappable(1, None)).unwrap();
+    let offsets = bar.0.lock().unwrap().clone();
+    let entry4 = u64::from(top) + 4 * 16;
+    assert!(!offsets.is_empty());
+    assert!(offsets
+        .iter()
+        .all(|&o| (entry4..entry4 + 16).contains(&(o as u64))));
+}
+
 proptest! {
     /// Whatever the device claims, `Msix::new` accepts exactly the layouts that fit the BAR,
     /// and then every access of every entry stays inside it.

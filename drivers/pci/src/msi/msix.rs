@@ -126,6 +126,13 @@ impl MsixRegion {
     }
 }
 
+/// An offset inside a table or PBA that `Msix::with_capability` found to fit in a mapping of
+/// `usize` bytes, so it converts; saturating keeps the impossible case an out-of-range access,
+/// which [`MsixMemory`] ignores.
+fn in_mapping(offset: u64) -> usize {
+    usize::try_from(offset).unwrap_or(usize::MAX)
+}
+
 /// What a function's MSI-X capability advertises and its current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsixCapability {
@@ -342,9 +349,10 @@ impl<C: ConfigSpace, T: MsixMemory, P: MsixMemory> Msix<C, T, P> {
         if entry >= table_size {
             return Err(MsixError::EntryOutOfRange { entry, table_size });
         }
-        let offset = self.cap.table().offset + u32::from(entry) * msix::ENTRY_SIZE + field;
-        // In range: `with_capability` checked that the whole table fits in `usize` bytes.
-        Ok(offset as usize)
+        let offset = u64::from(self.cap.table().offset)
+            + u64::from(entry) * u64::from(msix::ENTRY_SIZE)
+            + u64::from(field);
+        Ok(in_mapping(offset))
     }
 
     fn vector_control(&self, entry: u16) -> Result<(usize, MsixVectorControl), MsixError> {
@@ -449,9 +457,8 @@ impl<C: ConfigSpace, T: MsixMemory, P: MsixMemory> Msix<C, T, P> {
         }
         let dword = u32::from(entry) / msix::PBA_BITS_PER_DWORD;
         let bit = u32::from(entry) % msix::PBA_BITS_PER_DWORD;
-        // In range: `with_capability` checked that the PBA fits in the mapping.
-        let offset = (self.cap.pba().offset + dword * 4) as usize;
-        Ok(self.pba.read32(offset) & (1 << bit) != 0)
+        let offset = u64::from(self.cap.pba().offset) + u64::from(dword) * 4;
+        Ok(self.pba.read32(in_mapping(offset)) & (1 << bit) != 0)
     }
 
     /// Enables MSI-X with `entries` live: Function Mask and Enable are set together, every
