@@ -5,7 +5,9 @@
 //! `hw/nvme/ctrl.c`, `hw/pci-bridge/gen_pcie_root_port.c`, `hw/net/e1000e.c`), not pasted from
 //! a previous run.
 
-use pci::msi::fake::{add_msix_capability, FakeMsixMemory, MsixEvent, MsixLayout, E1000E_MSIX};
+use pci::msi::fake::{
+    add_msi_capability, add_msix_capability, FakeMsixMemory, MsixEvent, MsixLayout, E1000E_MSIX,
+};
 use pci::msi::{
     DecodedMessage, MsiCapability, MsiMessage, Msix, MsixCapability, MsixError, MsixMemory,
 };
@@ -265,6 +267,29 @@ fn enable_masks_entries_left_unmasked_by_a_previous_owner() {
 }
 
 #[test]
+fn msi_and_msix_are_never_both_enabled() {
+    // e1000e.c also has MSI (1 vector, 64-bit, no masking).
+    let (fake, bdf, _) = e1000e();
+    add_msi_capability(&fake, bdf, 0, true, false);
+    let bar = FakeMsixMemory::new(E1000E_MSIX);
+    let mut msi = pci::msi::Msi::new(&fake, bdf).unwrap();
+    let mut msix = Msix::new(&fake, bdf, &bar, &bar).unwrap();
+    let m = MsiMessage::fixed(0, 0x40).unwrap();
+    msi.configure(1, m).unwrap();
+    msi.enable().unwrap();
+    fake.clear_writes();
+    assert_eq!(msix.enable(&[(0, m)]), Err(MsixError::MsiEnabled));
+    assert!(fake.writes().is_empty() && bar.events().is_empty());
+    msi.disable().unwrap();
+    msix.enable(&[(0, m)]).unwrap();
+    fake.clear_writes();
+    assert_eq!(msi.enable(), Err(pci::msi::MsiError::MsixEnabled));
+    assert!(fake.writes().is_empty());
+    msix.disable().unwrap();
+    msi.enable().unwrap();
+}
+
+#[test]
 fn the_recording_sees_an_unmasked_write() {
     // Negative control for the check above: a write to an unmasked entry is flagged.
     let bar = FakeMsixMemory::new(E1000E_MSIX);
@@ -421,9 +446,9 @@ impl MsixMemory for HugeBar {
 fn entry_offsets_past_4_gib_do_not_wrap() {
     let (fake, bdf, cap) = e1000e();
     // The largest table offset the register can hold; entry 4 lies above 4 GiB.
-    let top = u32::MAX & !7;
+    let top: u32 = !7;
     fake.poke32(bdf, u16::from(cap) + msix::TABLE, top | 3);
-    fake.poke32(bdf, u16::from(cap) + msix::PBA, top - 0x1000 | 3);
+    fake.poke32(bdf, u16::from(cap) + msix::PBA, (top - 0x1000) | 3);
     let bar = HugeBar(Default::default());
     let mut msix = Msix::new(&fake, bdf, &bar, &bar).unwrap();
     msix.configure(4, MsiMessage::remappable(1, None)).unwrap();

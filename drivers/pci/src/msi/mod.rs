@@ -9,8 +9,8 @@
 //! offsets and the ordering rules (a message is only written while the function cannot send
 //! it).
 //!
-//! Inside the module: [`message`] (formats, pure) and [`memory`] (the BAR seam) at the bottom,
-//! `msi_capability` and `msix` above them; `fake` (feature `testing`) models devices.
+//! Inside the module: [`message`] (formats, pure), [`memory`] (the BAR seam) and `exclusive`
+//! (MSI and MSI-X are never both enabled) at the bottom, `msi_capability` and `msix` above them; `fake` (feature `testing`) models devices.
 //!
 //! ```
 //! # use pci::msi::{Msix, MsiMessage, fake::{self, FakeMsixMemory, E1000E_MSIX}};
@@ -26,6 +26,7 @@
 //! # Ok::<(), pci::msi::MsixError>(())
 //! ```
 
+mod exclusive;
 pub mod memory;
 pub mod message;
 mod msi_capability;

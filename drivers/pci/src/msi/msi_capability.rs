@@ -9,6 +9,7 @@
 
 use core::fmt;
 
+use super::exclusive::msix_enabled;
 use super::message::MsiMessage;
 use crate::capability::standard_capabilities;
 use crate::regs::{msi, CapabilityId, MsiControl};
@@ -65,6 +66,8 @@ pub enum MsiError {
         /// Vectors the function has.
         capable: u8,
     },
+    /// MSI-X is enabled on the function; MSI and MSI-X are mutually exclusive.
+    MsixEnabled,
 }
 
 impl fmt::Display for MsiError {
@@ -96,6 +99,7 @@ impl fmt::Display for MsiError {
             Self::VectorOutOfRange { vector, capable } => {
                 write!(f, "MSI vector {vector} out of range (the function has {capable})")
             }
+            Self::MsixEnabled => write!(f, "MSI-X is enabled: disable it before enabling MSI"),
         }
     }
 }
@@ -364,9 +368,13 @@ impl<C: ConfigSpace> Msi<C> {
     ///
     /// # Errors
     ///
+    /// [`MsiError::MsixEnabled`] (nothing written) when MSI-X is enabled;
     /// [`MsiError::NotResponding`] when the capability reads all-ones.
     pub fn enable(&mut self) -> Result<(), MsiError> {
         let control = self.refresh()?;
+        if msix_enabled(&self.cfg, self.bdf) {
+            return Err(MsiError::MsixEnabled);
+        }
         self.write_control(control.with_enable(true));
         Ok(())
     }

@@ -16,6 +16,7 @@
 
 use core::fmt;
 
+use super::exclusive::msi_enabled;
 use super::memory::MsixMemory;
 use super::message::MsiMessage;
 use crate::capability::standard_capabilities;
@@ -66,6 +67,8 @@ pub enum MsixError {
         /// The address.
         address: u64,
     },
+    /// MSI is enabled on the function; MSI and MSI-X are mutually exclusive.
+    MsiEnabled,
 }
 
 impl fmt::Display for MsixError {
@@ -98,6 +101,7 @@ impl fmt::Display for MsixError {
             Self::MisalignedAddress { address } => {
                 write!(f, "message address {address:#x} is not dword aligned")
             }
+            Self::MsiEnabled => write!(f, "MSI is enabled: disable it before enabling MSI-X"),
         }
     }
 }
@@ -468,8 +472,12 @@ impl<C: ConfigSpace, T: MsixMemory, P: MsixMemory> Msix<C, T, P> {
     /// # Errors
     ///
     /// [`MsixError::EntryOutOfRange`] or [`MsixError::MisalignedAddress`] for a listed entry,
-    /// before any write; [`MsixError::NotResponding`].
+    /// and [`MsixError::MsiEnabled`] when MSI is enabled, before any write;
+    /// [`MsixError::NotResponding`].
     pub fn enable(&mut self, entries: &[(u16, MsiMessage)]) -> Result<(), MsixError> {
+        if msi_enabled(&self.cfg, self.bdf) {
+            return Err(MsixError::MsiEnabled);
+        }
         let table_size = self.table_size();
         for &(entry, message) in entries {
             if entry >= table_size {
