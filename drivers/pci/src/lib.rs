@@ -15,7 +15,8 @@
 //! 1. `pci-address` ([`Bdf`], [`RequesterId`]), [`regs`] (every register layout, declared once),
 //!    [`names`], [`mcfg`];
 //! 2. the [`ConfigSpace`] seam and [`Ecam`], its hardware implementation;
-//! 3. readers of one function: [`capability`], [`bar`], the ACS readers (`acs_state`, re-exported by [`acs`]);
+//! 3. readers of one function: [`capability`], [`bar`], the ACS readers (`acs_state`, re-exported by [`acs`]),
+//!    [`msi`] (MSI, MSI-X and interrupt messages; uses [`capability`]);
 //! 4. [`topology`] (enumeration);
 //! 5. users of a topology: [`acs`] (the policy), [`group`], [`reset`], [`p2p`], then `listing`
 //!    (which prints groups).
@@ -54,6 +55,7 @@ mod ecam;
 pub mod group;
 mod listing;
 pub mod mcfg;
+pub mod msi;
 pub mod names;
 pub mod p2p;
 pub mod regs;

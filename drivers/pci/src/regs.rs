@@ -564,17 +564,21 @@ pub mod pm {
     pub const PMCSR_PME_STATUS: u16 = 1 << 15;
 }
 
-/// MSI capability (PCI Local Bus 3.0 §6.8.1).
+/// MSI capability (PCI Local Bus 3.0 §6.8.1): register offsets from the capability header.
+/// The fields of Message Control are declared in [`MsiControl`].
 pub mod msi {
-    /// Message Control (16 bits).
+    use super::MsiControl;
+
+    /// Message Control (16 bits), see [`MsiControl`].
     pub const CONTROL: u16 = 0x02;
     /// Message Control: MSI Enable.
-    pub const CONTROL_ENABLE: u16 = 1 << 0;
+    pub const CONTROL_ENABLE: u16 = MsiControl::new().with_enable(true).into_bits();
     /// Message Control: 64-bit address capable.
-    pub const CONTROL_64BIT: u16 = 1 << 7;
+    pub const CONTROL_64BIT: u16 = MsiControl::new().with_address_64(true).into_bits();
     /// Message Control: per-vector masking capable.
-    pub const CONTROL_PER_VECTOR_MASKING: u16 = 1 << 8;
-    /// Message Address (low 32 bits).
+    pub const CONTROL_PER_VECTOR_MASKING: u16 =
+        MsiControl::new().with_per_vector_masking(true).into_bits();
+    /// Message Address (low 32 bits, dword aligned).
     pub const ADDRESS_LOW: u16 = 0x04;
     /// Message Upper Address (64-bit capable functions only).
     pub const ADDRESS_HIGH: u16 = 0x08;
@@ -586,16 +590,123 @@ pub mod msi {
     pub const MASK_32: u16 = 0x0c;
     /// Mask Bits for 64-bit-address functions with per-vector masking.
     pub const MASK_64: u16 = 0x10;
+    /// Pending Bits for 32-bit-address functions with per-vector masking.
+    pub const PENDING_32: u16 = 0x10;
+    /// Pending Bits for 64-bit-address functions with per-vector masking.
+    pub const PENDING_64: u16 = 0x14;
+    /// The most vectors a function can request (Multiple Message Capable = 101b).
+    pub const MAX_VECTORS: u8 = 32;
 }
 
-/// MSI-X capability (PCI Local Bus 3.0 §6.8.2).
+/// MSI-X capability (PCI Local Bus 3.0 §6.8.2, PCIe Base 4.0 §7.7.2): register offsets from the
+/// capability header. The fields are declared in [`MsixControl`] and
+/// [`MsixLocation`].
 pub mod msix {
-    /// Message Control (16 bits).
+    use super::MsixControl;
+
+    /// Message Control (16 bits), see [`MsixControl`].
     pub const CONTROL: u16 = 0x02;
     /// Message Control: MSI-X Enable, bit 15.
-    pub const CONTROL_ENABLE: u16 = 1 << 15;
+    pub const CONTROL_ENABLE: u16 = MsixControl::new().with_enable(true).into_bits();
     /// Message Control: Function Mask, bit 14.
-    pub const CONTROL_FUNCTION_MASK: u16 = 1 << 14;
+    pub const CONTROL_FUNCTION_MASK: u16 = MsixControl::new().with_function_mask(true).into_bits();
+    /// Table Offset/Table BIR (32 bits), see [`super::MsixLocation`].
+    pub const TABLE: u16 = 0x04;
+    /// PBA Offset/PBA BIR (32 bits), see [`super::MsixLocation`].
+    pub const PBA: u16 = 0x08;
+    /// Size of one MSI-X Table entry in bytes (PCIe Base 4.0 §7.7.2.6).
+    pub const ENTRY_SIZE: u32 = 16;
+    /// Entry dword: Message Address (low 32 bits).
+    pub const ENTRY_ADDRESS_LOW: u32 = 0x0;
+    /// Entry dword: Message Upper Address.
+    pub const ENTRY_ADDRESS_HIGH: u32 = 0x4;
+    /// Entry dword: Message Data.
+    pub const ENTRY_DATA: u32 = 0x8;
+    /// Entry dword: Vector Control, see [`super::MsixVectorControl`].
+    pub const ENTRY_VECTOR_CONTROL: u32 = 0xc;
+    /// The Pending Bit Array holds one bit per entry in qwords (PCIe Base 4.0 §7.7.2.7); this
+    /// crate reads it in dwords of this many bits.
+    pub const PBA_BITS_PER_DWORD: u32 = 32;
+    /// The PBA is sized in qwords.
+    pub const PBA_BYTES_PER_QWORD: u32 = 8;
+    /// Bits per PBA qword.
+    pub const PBA_BITS_PER_QWORD: u32 = 64;
+    /// The most entries a table can have (Table Size = 7FFh).
+    pub const MAX_ENTRIES: u16 = 2048;
+}
+
+/// MSI Message Control register (PCI Local Bus 3.0 §6.8.1.3).
+#[bitfield_struct::bitfield(u16)]
+#[derive(PartialEq, Eq)]
+pub struct MsiControl {
+    /// MSI Enable (bit 0).
+    pub enable: bool,
+    /// Multiple Message Capable (bits 3:1, read-only): the function requests `2^value` vectors.
+    #[bits(3)]
+    pub multiple_message_capable: u8,
+    /// Multiple Message Enable (bits 6:4): `2^value` vectors allocated.
+    #[bits(3)]
+    pub multiple_message_enable: u8,
+    /// 64-bit address capable (bit 7, read-only).
+    pub address_64: bool,
+    /// Per-vector masking capable (bit 8, read-only).
+    pub per_vector_masking: bool,
+    /// Extended Message Data Capable (bit 9, PCIe 4.0).
+    pub extended_data_capable: bool,
+    /// Extended Message Data Enable (bit 10, PCIe 4.0).
+    pub extended_data_enable: bool,
+    #[bits(5)]
+    __: u8,
+}
+
+/// MSI-X Message Control register (PCIe Base 4.0 §7.7.2.2).
+#[bitfield_struct::bitfield(u16)]
+#[derive(PartialEq, Eq)]
+pub struct MsixControl {
+    /// Table Size (bits 10:0, read-only), encoded as N - 1.
+    #[bits(11)]
+    pub table_size_minus_one: u16,
+    #[bits(3)]
+    __: u8,
+    /// Function Mask (bit 14): every vector is masked, whatever its own mask bit.
+    pub function_mask: bool,
+    /// MSI-X Enable (bit 15).
+    pub enable: bool,
+}
+
+/// Field conversion for the qword-aligned offset in bits 31:3 of [`MsixLocation`]: the field
+/// holds the offset itself; its low three bits (the BIR's position) are dropped.
+const fn qword_offset_into(offset: u32) -> u32 {
+    offset >> 3
+}
+
+/// Inverse of [`qword_offset_into`].
+const fn qword_offset_from(field: u32) -> u32 {
+    field << 3
+}
+
+/// MSI-X Table Offset/Table BIR and PBA Offset/PBA BIR registers (PCIe Base 4.0 §7.7.2.3-4).
+#[bitfield_struct::bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsixLocation {
+    /// BAR Indicator Register (bits 2:0): which BAR (0-5) holds the structure.
+    #[bits(3)]
+    pub bir: u8,
+    /// Offset of the structure from the BAR's base (bits 31:3, qword aligned).
+    #[bits(29, from = qword_offset_from, into = qword_offset_into)]
+    pub offset: u32,
+}
+
+/// Vector Control dword of an MSI-X Table entry (PCIe Base 4.0 §7.7.2.8). Bits 31:1 are
+/// reserved and preserved.
+#[bitfield_struct::bitfield(u32)]
+#[derive(PartialEq, Eq)]
+pub struct MsixVectorControl {
+    /// Mask Bit (bit 0): while set the function may not send this entry's message. Set after
+    /// reset.
+    pub mask: bool,
+    #[bits(31)]
+    __: u32,
 }
 
 /// Device/Port Type of the PCI Express Capabilities register (PCIe Base 4.0 §7.5.3.2).
@@ -750,6 +861,38 @@ mod tests {
             DevicePortType::from_capabilities(0x0142),
             DevicePortType::RootPort
         );
+    }
+
+    #[test]
+    fn msi_control_layout() {
+        // PCI Local Bus 3.0 §6.8.1.3: enable bit 0, MMC 3:1, MME 6:4, 64-bit 7, PVM 8.
+        assert_eq!(msi::CONTROL_ENABLE, 1 << 0);
+        assert_eq!(msi::CONTROL_64BIT, 1 << 7);
+        assert_eq!(msi::CONTROL_PER_VECTOR_MASKING, 1 << 8);
+        let c = MsiControl::from_bits(0b101 << 1 | 0b011 << 4);
+        assert_eq!(c.multiple_message_capable(), 5);
+        assert_eq!(c.multiple_message_enable(), 3);
+    }
+
+    #[test]
+    fn msix_layout() {
+        // PCIe Base 4.0 §7.7.2.2: table size 10:0, function mask 14, enable 15.
+        assert_eq!(msix::CONTROL_ENABLE, 1 << 15);
+        assert_eq!(msix::CONTROL_FUNCTION_MASK, 1 << 14);
+        assert_eq!(MsixControl::from_bits(0xc004).table_size_minus_one(), 4);
+        // §7.7.2.3: BIR 2:0, offset 31:3 (the register value with the BIR cleared).
+        let location = MsixLocation::from_bits(0x0000_2003);
+        assert_eq!((location.bir(), location.offset()), (3, 0x2000));
+        assert_eq!(
+            MsixLocation::new()
+                .with_bir(5)
+                .with_offset(0x3008)
+                .into_bits(),
+            0x300d
+        );
+        // Reserved Vector Control bits survive a mask-bit change.
+        let vc = MsixVectorControl::from_bits(0xdead_bee0).with_mask(true);
+        assert_eq!(vc.into_bits(), 0xdead_bee1);
     }
 
     #[test]
