@@ -237,10 +237,8 @@ impl Acpi {
         };
         for entry in madt.entries() {
             match entry {
-                MadtEntry::LocalApic(e) => {
-                    if LocalApicFlags::from_bits(e.flags).enabled() {
-                        info.local_apics += 1;
-                    }
+                MadtEntry::LocalApic(e) if LocalApicFlags::from_bits(e.flags).enabled() => {
+                    info.local_apics += 1;
                 }
                 MadtEntry::IoApic(e) => info.io_apics.push(IoApicInfo {
                     id: e.io_apic_id,

@@ -230,7 +230,11 @@ mod tests {
             CommandLine::new("timer.period_us=250").timer_period_us(),
             250
         );
-        for bad in ["timer.period_us=99", "timer.period_us=100001", "timer.period_us=x"] {
+        for bad in [
+            "timer.period_us=99",
+            "timer.period_us=100001",
+            "timer.period_us=x",
+        ] {
             let c = CommandLine::new(bad);
             assert_eq!(c.timer_period_us(), 1000, "{bad}");
             assert_eq!(c.warnings().count(), 1, "{bad}");

@@ -357,7 +357,9 @@ pub fn x2apic_supported() -> bool {
 /// MSR disagrees with the MADT.
 pub fn init(madt_address: u64) -> Result<&'static dyn ApicAccess, ApicError> {
     // SAFETY: IA32_APIC_BASE exists on every x86_64 CPU; reading it has no side effect.
-    let msr = ApicBaseMsr::from_bits(unsafe { x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read() });
+    let msr = ApicBaseMsr::from_bits(unsafe {
+        x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read()
+    });
     let msr_base = msr.base_frame() * XAPIC_PAGE;
     if msr_base != madt_address {
         return Err(ApicError::AddressMismatch {
@@ -365,7 +367,8 @@ pub fn init(madt_address: u64) -> Result<&'static dyn ApicAccess, ApicError> {
             msr: msr_base,
         });
     }
-    let ptr = paging::map_phys(madt_address, XAPIC_PAGE, Cache::Uncached).map_err(ApicError::Map)?;
+    let ptr =
+        paging::map_phys(madt_address, XAPIC_PAGE, Cache::Uncached).map_err(ApicError::Map)?;
     let apic = LAPIC.call_once(|| XApic { base: ptr as usize });
     apic.write(Reg::Tpr, 0);
     let masked = Lvt::new().with_masked(true);
@@ -436,7 +439,7 @@ pub fn handle_error(_vector: u8) {
     LAST_ESR.store(esr.into_bits(), Ordering::Relaxed);
     let n = ERRORS.fetch_add(1, Ordering::Relaxed);
     // Rate limit: the first few and then every 1024th.
-    if n < 4 || n % 1024 == 0 {
+    if n < 4 || n.is_multiple_of(1024) {
         log::warn!("local APIC error interrupt: {esr:?}");
     }
 }

@@ -54,5 +54,10 @@ pub fn init() {
 /// The two mask registers (master, slave), for tests.
 pub fn masks() -> (u8, u8) {
     // SAFETY: reading OCW1 (the data port) has no side effect.
-    unsafe { (Port::<u8>::new(MASTER_DATA).read(), Port::<u8>::new(SLAVE_DATA).read()) }
+    unsafe {
+        (
+            Port::<u8>::new(MASTER_DATA).read(),
+            Port::<u8>::new(SLAVE_DATA).read(),
+        )
+    }
 }

@@ -31,9 +31,9 @@ use vtd_platform::DmaResources;
 pub use vtd_platform::SetupError;
 
 use super::iommu::{Iommu, KernelPlatform};
+use super::pci::PciSystem;
 use crate::arch::irq::IrqMutex;
 use crate::arch::timer::{self, TimerError};
-use super::pci::PciSystem;
 
 /// RAM from the frame allocator, reached through the identity mapping.
 #[derive(Debug, Clone, Copy, Default)]
@@ -173,7 +173,10 @@ static TIMER_FLUSHES: AtomicU64 = AtomicU64::new(0);
 fn remember_deferred(domain: &Arc<DmaDomain>) {
     DEFERRED.with(|list| {
         list.retain(|w| w.strong_count() > 0);
-        if !list.iter().any(|w| core::ptr::eq(w.as_ptr(), Arc::as_ptr(domain))) {
+        if !list
+            .iter()
+            .any(|w| core::ptr::eq(w.as_ptr(), Arc::as_ptr(domain)))
+        {
             list.push(Arc::downgrade(domain));
         }
     });
