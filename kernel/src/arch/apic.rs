@@ -258,7 +258,11 @@ pub trait ApicAccess: Sync {
     /// This CPU's APIC ID (8 bits in xAPIC mode, 32 in x2APIC mode).
     fn id(&self) -> u32;
     /// Sends an IPI: `destination` is an APIC ID (ignored with a shorthand).
-    fn send_ipi(&self, icr: IcrLow, destination: u32);
+    ///
+    /// # Errors
+    ///
+    /// [`ApicError::DestinationOutOfRange`] for an ID this mode cannot address.
+    fn send_ipi(&self, icr: IcrLow, destination: u32) -> Result<(), ApicError>;
 }
 
 /// The xAPIC: registers in the uncached MMIO page.
@@ -289,14 +293,19 @@ impl ApicAccess for XApic {
         u32::from(XApicId::from_bits(self.read(Reg::Id)).id())
     }
 
-    fn send_ipi(&self, icr: IcrLow, destination: u32) {
-        let dest = u8::try_from(destination).unwrap_or(u8::MAX);
+    fn send_ipi(&self, icr: IcrLow, destination: u32) -> Result<(), ApicError> {
+        // 0xff is the physical-mode broadcast: not an ID.
+        let dest = u8::try_from(destination)
+            .ok()
+            .filter(|&d| d != u8::MAX)
+            .ok_or(ApicError::DestinationOutOfRange(destination))?;
         self.write(
             Reg::IcrHigh,
             IcrHigh::new().with_destination(dest).into_bits(),
         );
         // Writing the low half sends it.
         self.write(Reg::IcrLow, icr.into_bits());
+        Ok(())
     }
 }
 
@@ -305,6 +314,8 @@ impl ApicAccess for XApic {
 pub enum ApicError {
     /// Mapping its register page failed.
     Map(MapError),
+    /// An IPI destination the APIC mode cannot address (xAPIC: IDs 0-254).
+    DestinationOutOfRange(u32),
     /// The MADT's address differs from IA32_APIC_BASE (not an identity the kernel can use).
     AddressMismatch {
         /// From the MADT.
@@ -318,6 +329,9 @@ impl core::fmt::Display for ApicError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::Map(e) => write!(f, "mapping the local APIC: {e}"),
+            Self::DestinationOutOfRange(id) => {
+                write!(f, "APIC ID {id} cannot be addressed in xAPIC mode")
+            }
             Self::AddressMismatch { madt, msr } => write!(
                 f,
                 "MADT local APIC at {madt:#x} but IA32_APIC_BASE says {msr:#x}"
@@ -411,7 +425,8 @@ pub fn send_self_ipi(vector: u8) {
             .with_vector(vector)
             .with_assert(true)
             .with_shorthand(SHORTHAND_SELF);
-        a.send_ipi(icr, 0);
+        // The destination is ignored with the self shorthand; 0 is always addressable.
+        let _ = a.send_ipi(icr, 0);
     }
 }
 

@@ -5,6 +5,12 @@
 //! TSC time; QEMU's APIC counts at 1 GHz / divisor), then starts it periodic on
 //! [`TIMER_VECTOR`] with the requested period (`timer.period_us=` on the command line, default 1 ms). Each tick increments [`ticks`] and runs the callbacks registered with
 //! [`every`] whose period elapsed, in interrupt context (see `irq` for what a handler may do).
+//!
+//! Callbacks are due by the TSC clock (`time::now_us`), not by counting ticks: under TCG on a
+//! loaded host the vCPU can be descheduled for several periods, and the ticks that fell due
+//! meanwhile coalesce into one interrupt (the APIC's IRR holds one per vector). A callback still
+//! runs at its first tick after its due time; one that fell more than a period behind skips the
+//! missed runs instead of bursting.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -27,8 +33,8 @@ pub type Callback = fn();
 #[derive(Clone, Copy)]
 struct Slot {
     callback: Callback,
-    period_ticks: u64,
-    next_tick: u64,
+    period_us: u64,
+    next_us: u64,
 }
 
 static SLOTS_TABLE: IrqMutex<[Option<Slot>; SLOTS]> = IrqMutex::new([None; SLOTS]);
@@ -130,21 +136,20 @@ pub fn ticks() -> u64 {
     TICKS.load(Ordering::Acquire)
 }
 
-/// Runs `callback` from the tick every `us` microseconds (rounded to whole ticks, at least one).
+/// Runs `callback` from the tick every `us` microseconds (at the first tick at or after each due
+/// time, so at most one tick period late).
 ///
 /// # Errors
 ///
 /// [`TimerError::NotRunning`] before [`init`], [`TimerError::BadPeriod`] for 0,
 /// [`TimerError::NoSlot`] when all slots are used.
 pub fn every(us: u64, callback: Callback) -> Result<CallbackId, TimerError> {
-    let period = period_us();
-    if period == 0 {
+    if period_us() == 0 {
         return Err(TimerError::NotRunning);
     }
     if us == 0 {
         return Err(TimerError::BadPeriod(us));
     }
-    let period_ticks = us.div_ceil(period);
     SLOTS_TABLE.with(|slots| {
         let (i, slot) = slots
             .iter_mut()
@@ -153,8 +158,8 @@ pub fn every(us: u64, callback: Callback) -> Result<CallbackId, TimerError> {
             .ok_or(TimerError::NoSlot)?;
         *slot = Some(Slot {
             callback,
-            period_ticks,
-            next_tick: ticks() + period_ticks,
+            period_us: us,
+            next_us: time::now_us().saturating_add(us),
         });
         Ok(CallbackId(i))
     })
@@ -172,13 +177,17 @@ pub fn cancel(id: CallbackId) {
 /// The tick handler: counts, then runs the due callbacks outside the slot lock (so a callback
 /// may register or cancel callbacks).
 fn tick(_vector: u8) {
-    let now = TICKS.fetch_add(1, Ordering::AcqRel) + 1;
+    TICKS.fetch_add(1, Ordering::AcqRel);
+    let now = time::now_us();
     let mut due: [Option<Callback>; SLOTS] = [None; SLOTS];
     SLOTS_TABLE.with(|slots| {
         for (slot, d) in slots.iter_mut().zip(due.iter_mut()) {
             if let Some(s) = slot {
-                if now >= s.next_tick {
-                    s.next_tick = now + s.period_ticks;
+                if now >= s.next_us {
+                    s.next_us = s.next_us.saturating_add(s.period_us);
+                    if s.next_us <= now {
+                        s.next_us = now.saturating_add(s.period_us);
+                    }
                     *d = Some(s.callback);
                 }
             }

@@ -252,26 +252,61 @@ fn apic_error_handler_reads_esr(_k: &Kernel) -> TestResult {
     Ok(())
 }
 
-/// Ticks counted over a TSC-measured interval match the period within 30%, while this (mainline)
-/// code spins without ever yielding.
+/// A spin of `interval_us` (mainline, never yielding), timed with the TSC: returns the elapsed
+/// time and how much of it the vCPU spent descheduled (gaps between two consecutive TSC reads
+/// longer than `gap_us`; under TCG on a loaded host they reach milliseconds, and the timer ticks
+/// that fall due in one coalesce into one interrupt).
+fn spin_measuring_stalls(interval_us: u64, gap_us: u64) -> (u64, u64) {
+    let hz = time::tsc_hz().max(1);
+    let cycles = |us: u64| us * hz / 1_000_000;
+    let (t0, gap) = (time::rdtsc(), cycles(gap_us));
+    let (mut last, mut stalled) = (t0, 0);
+    while last - t0 < cycles(interval_us) {
+        let now = time::rdtsc();
+        if now - last > gap {
+            stalled += now - last;
+        }
+        last = now;
+    }
+    ((last - t0) * 1_000_000 / hz, stalled * 1_000_000 / hz)
+}
+
+/// Measures how often `count` advances while mainline spins, against one event per `every_us`:
+/// at most 30% more than the elapsed time allows, at least 70% of what the time the vCPU ran
+/// allows. Retries a window in which the vCPU ran less than half the time (a loaded host).
+fn check_rate(what: &str, every_us: u64, count: impl Fn() -> u64) -> TestResult {
+    for _ in 0..5 {
+        let c0 = count();
+        let (us, stalled) = spin_measuring_stalls(200_000, every_us / 2);
+        let got = count() - c0;
+        let (max, min) = (us / every_us, (us - stalled) / every_us);
+        kprintln!("  {got} {what} in {us} us ({stalled} us descheduled), one per {every_us} us");
+        if stalled * 2 > us {
+            continue;
+        }
+        check!(
+            got * 10 <= max * 13,
+            "{got} {what}, at most {max} +30% expected"
+        );
+        check!(
+            got * 10 >= min * 7,
+            "{got} {what}, at least {min} -30% expected"
+        );
+        return Ok(());
+    }
+    Err(Failure::new(alloc::format!(
+        "{what}: the vCPU was descheduled more than half of every window"
+    )))
+}
+
+/// Ticks counted over a TSC-measured interval match the period within 30% (allowing for the
+/// time the vCPU was descheduled), while this (mainline) code spins without ever yielding; the
+/// period is the command line's.
 fn timer_ticks_match_period(k: &Kernel) -> TestResult {
     let period = timer::period_us();
     check_eq!(period, CommandLine::new(k.boot.cmdline()).timer_period_us());
-    let (t0, k0) = (time::rdtsc(), timer::ticks());
-    time::delay_us(200_000);
-    let (t1, k1) = (time::rdtsc(), timer::ticks());
-    let us = (t1 - t0) * 1_000_000 / time::tsc_hz().max(1);
-    let expected = us / period;
-    let got = k1 - k0;
-    kprintln!(
-        "  {got} ticks in {us} us (period {period} us, expected {expected}; timer {} Hz)",
-        timer::count_hz()
-    );
-    check!(
-        got * 10 >= expected * 7 && got * 10 <= expected * 13,
-        "{got} ticks, expected {expected} +-30%"
-    );
-    Ok(())
+    kprintln!("  timer counts at {} Hz", timer::count_hz());
+    check_rate("ticks", period, timer::ticks)
 }
 
 static CALLBACKS: AtomicU64 = AtomicU64::new(0);
@@ -285,18 +320,9 @@ fn count_callback() {
 fn timer_callback_every_period(_k: &Kernel) -> TestResult {
     const EVERY_US: u64 = 5000;
     let id = timer::every(EVERY_US, count_callback).or_fail("every")?;
-    let (t0, c0) = (time::rdtsc(), CALLBACKS.load(Ordering::Acquire));
-    time::delay_us(200_000);
-    let (t1, c1) = (time::rdtsc(), CALLBACKS.load(Ordering::Acquire));
+    let r = check_rate("callbacks", EVERY_US, || CALLBACKS.load(Ordering::Acquire));
     timer::cancel(id);
-    let us = (t1 - t0) * 1_000_000 / time::tsc_hz().max(1);
-    let expected = us / EVERY_US;
-    let got = c1 - c0;
-    kprintln!("  {got} callbacks in {us} us (expected {expected})");
-    check!(
-        got * 10 >= expected * 7 && got * 10 <= expected * 13,
-        "{got} callbacks, expected {expected} +-30%"
-    );
+    r?;
     let c2 = CALLBACKS.load(Ordering::Acquire);
     time::delay_us(30_000);
     check_eq!(CALLBACKS.load(Ordering::Acquire), c2);
@@ -498,7 +524,7 @@ fn deferred_deadline_flushed_by_timer(k: &Kernel) -> TestResult {
     kprintln!("  flushed by the timer after {waited} us (deadline {DEADLINE_US} us)");
     check_eq!(domain.pending_unmaps(), 0);
     check!(
-        waited <= DEADLINE_US + 3 * dmamem::DEADLINE_POLL_US + 5000,
+        waited <= DEADLINE_US + 10_000,
         "flushed after {waited} us, deadline {DEADLINE_US} us"
     );
     check!(
