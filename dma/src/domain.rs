@@ -270,6 +270,70 @@ impl DmaDomain {
         self.flush_queue(q, &mut last_err)
     }
 
+    /// [`DmaDomain::poll`] that never waits: for a caller that may have interrupted a holder
+    /// of this domain's locks on the same CPU (a timer interrupt). Returns `Ok(true)` when it
+    /// flushed, `Ok(false)` when nothing was due or it could not take a lock without waiting (the
+    /// flush, queue or IOVA lock is held: the holder is a map, unmap or flush of this domain,
+    /// which checks the deadline itself), and also `Ok(false)`, without flushing, when the due
+    /// queue returns bounce slots (their pool's lock is a blocking one; the next map or
+    /// [`DmaDomain::poll`] flushes them).
+    ///
+    /// The flush itself calls [`IommuDomain::flush`] like [`DmaDomain::poll`] does: a caller in
+    /// interrupt context must make sure the IOMMU driver's own locks cannot be held by the code
+    /// it interrupted.
+    ///
+    /// # Errors
+    ///
+    /// The IOMMU's flush error ([`DmaError::Iommu`]) when the due flush fails; as with
+    /// [`DmaDomain::flush_deferred`], those IOVAs stay quarantined for ever.
+    pub fn try_poll(&self) -> Result<bool, DmaError> {
+        let InvalidationMode::Deferred(policy) = self.mode else {
+            return Ok(false);
+        };
+        let now = self.now();
+        let Some(mut last_err) = self.flush.try_lock() else {
+            return Ok(false);
+        };
+        let Some(mut iova) = self.iova.try_lock() else {
+            return Ok(false);
+        };
+        let q = {
+            let Some(mut q) = self.deferred.try_lock() else {
+                return Ok(false);
+            };
+            let due = !q.retired.is_empty()
+                && now.saturating_sub(q.oldest_us) >= policy.max_delay_us
+                && q.retired.iter().all(|r| r.slots.is_empty());
+            if !due {
+                return Ok(false);
+            }
+            core::mem::take(&mut *q)
+        };
+        if let Err(e) = self.hw.flush(q.gather) {
+            log::error!(
+                "dma: IOTLB flush failed ({e}); {} IOVA ranges stay quarantined for ever",
+                q.retired.len()
+            );
+            let e = DmaError::from(e);
+            *last_err = Some(e);
+            self.flush_failures.fetch_add(1, Ordering::Release);
+            return Err(e);
+        }
+        Self::free_retired_iovas(&mut iova, &q.retired);
+        Ok(true)
+    }
+
+    /// Frees the IOVA ranges of flushed retirements.
+    fn free_retired_iovas(iova: &mut IovaAllocator, retired: &[Retired]) {
+        for r in retired {
+            if let Some((addr, size)) = r.iova {
+                if let Err(e) = iova.free(addr, size) {
+                    log::error!("dma: IOVA free {addr:?}+{size:#x} failed: {e}");
+                }
+            }
+        }
+    }
+
     fn now(&self) -> u64 {
         self.clock.as_ref().map_or(0, |c| c.now_us())
     }
@@ -372,16 +436,7 @@ impl DmaDomain {
             );
             return Err(e.into());
         }
-        {
-            let mut iova = self.iova.lock();
-            for r in &retired {
-                if let Some((addr, size)) = r.iova {
-                    if let Err(e) = iova.free(addr, size) {
-                        log::error!("dma: IOVA free {addr:?}+{size:#x} failed: {e}");
-                    }
-                }
-            }
-        }
+        Self::free_retired_iovas(&mut self.iova.lock(), &retired);
         for r in retired {
             for (pool, slot) in r.slots {
                 pool.free_slot(slot);

@@ -1,6 +1,7 @@
 //! ACPI discovery with the `acpi` crate: RSDP from the PVH start info (BIOS-area scan as
 //! fallback), RSDT/XSDT, the table list, and raw access to the tables later layers parse
-//! themselves (MCFG for ECAM, DMAR for VT-d).
+//! themselves (MCFG for ECAM, DMAR for VT-d), and the interrupt controllers of the MADT (ACPI
+//! 6.5 §5.2.12: local APIC address, I/O APICs, ISA interrupt source overrides).
 //!
 //! Firmware tables live in RAM the memory map marks reserved/ACPI, which the kernel does not map
 //! at boot: the handler maps what the crate asks for on demand (write-back) and never unmaps (the
@@ -8,9 +9,11 @@
 
 use core::ptr::NonNull;
 
+use acpi::madt::{Madt, MadtEntry};
 use acpi::sdt::{SdtHeader, Signature};
 use acpi::{AcpiHandler, AcpiTable, AcpiTables, PhysicalMapping};
 use alloc::vec::Vec;
+use bitfield_struct::bitfield;
 
 use crate::mem::paging::{self, Cache};
 
@@ -105,7 +108,161 @@ macro_rules! raw_table {
 raw_table!(RawDmar, Signature::DMAR);
 raw_table!(RawMcfg, Signature::MCFG);
 
+/// Polarity of an interrupt input (MPS INTI flags bits 1:0, ACPI §5.2.12.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Polarity {
+    /// Conforms to the bus (ISA: active high).
+    Conforming,
+    /// Active high.
+    ActiveHigh,
+    /// Active low.
+    ActiveLow,
+}
+
+/// Trigger mode of an interrupt input (MPS INTI flags bits 3:2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// Conforms to the bus (ISA: edge).
+    Conforming,
+    /// Edge triggered.
+    Edge,
+    /// Level triggered.
+    Level,
+}
+
+/// MPS INTI flags, ACPI §5.2.12.5 table 5.50.
+#[bitfield(u16)]
+struct MpsIntiFlags {
+    #[bits(2)]
+    polarity: u8,
+    #[bits(2)]
+    trigger: u8,
+    #[bits(12)]
+    __: u16,
+}
+
+impl MpsIntiFlags {
+    fn polarity_mode(self) -> Polarity {
+        match self.polarity() {
+            1 => Polarity::ActiveHigh,
+            3 => Polarity::ActiveLow,
+            _ => Polarity::Conforming,
+        }
+    }
+
+    fn trigger_mode(self) -> Trigger {
+        match self.trigger() {
+            1 => Trigger::Edge,
+            3 => Trigger::Level,
+            _ => Trigger::Conforming,
+        }
+    }
+}
+
+/// Processor local APIC flags, ACPI §5.2.12.2 table 5.47.
+#[bitfield(u32)]
+struct LocalApicFlags {
+    enabled: bool,
+    online_capable: bool,
+    #[bits(30)]
+    __: u32,
+}
+
+/// One I/O APIC of the MADT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoApicInfo {
+    /// Its I/O APIC ID.
+    pub id: u8,
+    /// Physical address of its register window.
+    pub address: u64,
+    /// The GSI of its input 0.
+    pub gsi_base: u32,
+}
+
+/// An ISA interrupt source override: ISA IRQ `irq` arrives on `gsi` with these flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IsaOverride {
+    /// The ISA IRQ.
+    pub irq: u8,
+    /// The global system interrupt it is wired to.
+    pub gsi: u32,
+    /// Input polarity.
+    pub polarity: Polarity,
+    /// Trigger mode.
+    pub trigger: Trigger,
+}
+
+/// The interrupt controllers the MADT describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MadtInfo {
+    /// Physical address of the local APIC (the 64-bit override if present).
+    pub local_apic_address: u64,
+    /// Enabled processor local APICs.
+    pub local_apics: usize,
+    /// Every I/O APIC.
+    pub io_apics: Vec<IoApicInfo>,
+    /// ISA interrupt source overrides.
+    pub overrides: Vec<IsaOverride>,
+    /// Whether the platform also has dual 8259 PICs (PCAT_COMPAT).
+    pub has_8259: bool,
+}
+
+/// Why the MADT could not be read.
+#[derive(Debug)]
+pub struct MadtError(pub acpi::AcpiError);
+
+impl core::fmt::Display for MadtError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "MADT unusable: {:?}", self.0)
+    }
+}
+
+impl core::error::Error for MadtError {}
+
 impl Acpi {
+    /// The MADT's interrupt controllers.
+    ///
+    /// # Errors
+    ///
+    /// [`MadtError`] when there is no MADT (or it cannot be mapped).
+    pub fn madt(&self) -> Result<MadtInfo, MadtError> {
+        let mapping = self.tables.find_table::<Madt>().map_err(MadtError)?;
+        let madt = mapping.get();
+        let mut info = MadtInfo {
+            local_apic_address: u64::from(madt.local_apic_address),
+            local_apics: 0,
+            io_apics: Vec::new(),
+            overrides: Vec::new(),
+            has_8259: madt.supports_8259(),
+        };
+        for entry in madt.entries() {
+            match entry {
+                MadtEntry::LocalApic(e) if LocalApicFlags::from_bits(e.flags).enabled() => {
+                    info.local_apics += 1;
+                }
+                MadtEntry::IoApic(e) => info.io_apics.push(IoApicInfo {
+                    id: e.io_apic_id,
+                    address: u64::from(e.io_apic_address),
+                    gsi_base: { e.global_system_interrupt_base },
+                }),
+                MadtEntry::InterruptSourceOverride(e) if e.bus == 0 => {
+                    let flags = MpsIntiFlags::from_bits(e.flags);
+                    info.overrides.push(IsaOverride {
+                        irq: e.irq,
+                        gsi: { e.global_system_interrupt },
+                        polarity: flags.polarity_mode(),
+                        trigger: flags.trigger_mode(),
+                    });
+                }
+                MadtEntry::LocalApicAddressOverride(e) => {
+                    info.local_apic_address = e.local_apic_address;
+                }
+                _ => {}
+            }
+        }
+        Ok(info)
+    }
+
     /// Every table the RSDT/XSDT lists (headers validated by the crate).
     pub fn list(&self) -> Vec<TableInfo> {
         self.tables

@@ -1,6 +1,6 @@
 //! In-kernel benchmarks (`bench` on the command line; `cargo xtask bench` boots them): DMA API
 //! operations on a real VT-d domain under QEMU, in TSC cycles per operation, plus the number of
-//! invalidation requests the unit issued. Under TCG the cycles measure emulated execution: use
+//! invalidation requests the unit issued, and the self-IPI interrupt latency (raise to handler). Under TCG the cycles measure emulated execution: use
 //! them as ratios and scaling curves, not absolute hardware costs.
 //!
 //! Output: one `KBENCH <name> ops=<n> cycles_per_op=<c> invalidations_per_op=<i> waits_per_op=<w>`
@@ -11,6 +11,7 @@ use alloc::vec::Vec;
 use dma::{Attrs, DeviceConfig, Direction, PhysAddr, UnmapBatch};
 use kernel::frames::FrameRequest;
 
+use crate::arch::irq;
 use crate::arch::time::rdtsc;
 use crate::devices::dmamem::{self, DeviceDma};
 use crate::devices::iommu::Unit;
@@ -206,6 +207,19 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         }
         b.report(&format!("unmap_{pages}_contiguous_pages"), 1, best, before);
     }
+
+    // Interrupt latency: TSC just before a self-IPI to TSC at dispatch entry (no remapping:
+    // an IPI never passes the IOMMU). The integrator adds the MSI rows with and without
+    // remapping through `arch::irq::measure_latency`.
+    let vector = irq::alloc_vector().map_err(|e| format!("{e}"))?;
+    let n = 1000;
+    let before = unit.invalidation_stats();
+    let mut total = 0;
+    for _ in 0..n {
+        total += irq::self_ipi_latency(vector).map_err(|e| format!("{e}"))?;
+    }
+    let _ = irq::free_vector(vector);
+    b.report("irq_self_ipi_latency", n, total, before);
     Ok(())
 }
 

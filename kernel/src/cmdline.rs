@@ -5,8 +5,15 @@
 //! `all`); without it the kernel runs its demo. `acs=leave|isolate` and the `vtd.*` options
 //! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`) are checked by [`CommandLine::warnings`]:
 //! an unknown `vtd.*` key or a value outside these is reported at boot, never fatal.
+//! `timer.period_us=<n>` sets the LAPIC timer's tick ([`TIMER_PERIOD_RANGE_US`], default
+//! [`TIMER_PERIOD_DEFAULT_US`]); a value outside the range is reported and the default used.
 
 use core::fmt;
+
+/// Tick periods `timer.period_us=` accepts, in microseconds.
+pub const TIMER_PERIOD_RANGE_US: core::ops::RangeInclusive<u64> = 100..=100_000;
+/// The tick period without `timer.period_us=`.
+pub const TIMER_PERIOD_DEFAULT_US: u64 = 1000;
 
 /// The `vtd.*` keys the kernel reads.
 const VTD_KEYS: [&str; 2] = ["vtd.levels", "vtd.rmrr"];
@@ -94,12 +101,32 @@ impl<'a> CommandLine<'a> {
                     value,
                     expected: "vtd.levels=3 or vtd.levels=4; using the unit's deepest",
                 }),
+                "timer.period_us"
+                    if !value
+                        .parse::<u64>()
+                        .is_ok_and(|us| TIMER_PERIOD_RANGE_US.contains(&us)) =>
+                {
+                    Some(OptionWarning::BadValue {
+                        key,
+                        value,
+                        expected: "timer.period_us=100..=100000 (microseconds); using 1000",
+                    })
+                }
                 k if k.starts_with("vtd.") && !VTD_KEYS.contains(&k) => {
                     Some(OptionWarning::UnknownKey(word))
                 }
                 _ => None,
             }
         })
+    }
+
+    /// The LAPIC timer's tick period: `timer.period_us=` when inside [`TIMER_PERIOD_RANGE_US`],
+    /// [`TIMER_PERIOD_DEFAULT_US`] otherwise.
+    pub fn timer_period_us(&self) -> u64 {
+        self.value("timer.period_us")
+            .and_then(|v| v.parse().ok())
+            .filter(|us| TIMER_PERIOD_RANGE_US.contains(us))
+            .unwrap_or(TIMER_PERIOD_DEFAULT_US)
     }
 
     /// The test selection, if any (`test=` present, even if empty).
@@ -194,6 +221,26 @@ mod tests {
         );
         // A bare `acs` or `vtd.levels` has no acceptable value either.
         assert_eq!(CommandLine::new("acs vtd.levels").warnings().count(), 2);
+    }
+
+    #[test]
+    fn timer_period_is_parsed_and_bad_values_fall_back() {
+        assert_eq!(CommandLine::new("").timer_period_us(), 1000);
+        assert_eq!(
+            CommandLine::new("timer.period_us=250").timer_period_us(),
+            250
+        );
+        for bad in [
+            "timer.period_us=99",
+            "timer.period_us=100001",
+            "timer.period_us=x",
+        ] {
+            let c = CommandLine::new(bad);
+            assert_eq!(c.timer_period_us(), 1000, "{bad}");
+            assert_eq!(c.warnings().count(), 1, "{bad}");
+        }
+        let edges = CommandLine::new("timer.period_us=100 timer.period_us=100000");
+        assert_eq!(edges.warnings().count(), 0);
     }
 
     #[test]

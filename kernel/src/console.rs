@@ -2,6 +2,11 @@
 //!
 //! Log lines are `[seconds.micros] LEVEL target: message`. Exception and panic reports go through
 //! [`emergency_print`], which takes the console even if the faulting code held its lock.
+//!
+//! Interrupt-safe: [`print`] (and so the `log` backend and the `kprint!`/`kprintln!` macros) runs
+//! its critical section with interrupts disabled, so an interrupt handler may log while mainline
+//! code prints: the handler cannot arrive while the lock is held on this CPU. The log line's
+//! time stamp is read before the lock, from a lock-free clock.
 
 use core::fmt::{self, Write};
 

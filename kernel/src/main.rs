@@ -93,6 +93,25 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
             exit(Status::Failure)
         }
     };
+    let period_us = cmdline.timer_period_us();
+    let irqs = acpi
+        .madt()
+        .map_err(|e| alloc::string::ToString::to_string(&e))
+        .and_then(|madt| arch::init_interrupts(&madt, period_us));
+    match irqs {
+        Ok(r) => log::info!(
+            "interrupts: local APIC {} (xAPIC; x2APIC {}), {} I/O APIC(s) masked, LAPIC timer {} kHz, tick {} us",
+            r.apic_id,
+            if r.x2apic_supported { "available, unused" } else { "absent" },
+            r.io_apics,
+            r.timer_hz / 1000,
+            r.period_us
+        ),
+        Err(e) => {
+            log::error!("interrupts: {e}");
+            exit(Status::Failure)
+        }
+    }
     // ACS isolation is the default whenever an IOMMU exists (a DMAR with a usable remapping
     // unit); `acs=leave` keeps the firmware's settings (the embedder's choice).
     let cmdline = CommandLine::new(boot.cmdline());
@@ -151,6 +170,10 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
                 u.levels.count()
             );
         }
+    }
+    if let Err(e) = devices::dmamem::start_deadline_polling() {
+        log::error!("dma: deferred deadlines not polled from the timer: {e}");
+        exit(Status::Failure)
     }
     let p2p = devices::p2p::init(&pci);
     let k = Kernel {

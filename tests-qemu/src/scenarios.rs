@@ -815,6 +815,29 @@ fn firmware_scenarios() -> Vec<Scenario> {
     ]
 }
 
+/// Interrupt scenarios: the whole `irq` suite (local APIC, dispatch, LAPIC timer, I/O APIC,
+/// deferred deadlines from the timer) on q35 + intel-iommu with an edu, and again with another
+/// tick period (500 us).
+fn irq_scenarios() -> Vec<Scenario> {
+    let irq_suite = suite_size(include_str!("../../kernel/src/tests/irq.rs"));
+    vec![
+        Scenario::passing(
+            "irq",
+            "self-IPI handled exactly once with its vector, unregistered vector counted and EOId, vector exhaustion, APIC error handler reads ESR (with control), LAPIC timer ticks and callbacks vs TSC (+-30%), PIT IRQ0 through the I/O APIC (masked control), deferred domain flushed by the timer within T with a faulting DMA after (timer-off control)",
+            Topology::base().device("edu"),
+            "test=irq",
+            irq_suite,
+        ),
+        Scenario::passing(
+            "irq-fast-tick",
+            "the irq suite with timer.period_us=500 (the tolerance checks measure another tick period; the option reaches the timer)",
+            Topology::base().device("edu"),
+            "test=irq timer.period_us=500",
+            irq_suite,
+        ),
+    ]
+}
+
 /// How many tests a kernel suite defines, counted in its source (one `Test {` entry per test in
 /// its `SUITE`), so a scenario that selects whole suites expects exactly the tests they hold.
 fn suite_size(source: &str) -> usize {
@@ -912,6 +935,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(dma_api_scenarios());
     all.extend(p2p_scenarios());
     all.extend(firmware_scenarios());
+    all.extend(irq_scenarios());
     all
 }
 

@@ -11,6 +11,7 @@ mod map;
 mod p2p;
 mod prop;
 mod trust;
+mod try_poll;
 
 use crate::testing::Fixture;
 use crate::{IovaStats, PhysMemory};

@@ -4,14 +4,12 @@
 //! CPU exceptions are fatal in this kernel: they print a decoded report (vector name, error code,
 //! RIP, CR2 for page faults, registers) in the machine-readable form xtask looks for
 //! (`KERNEL EXCEPTION vector=...`) and end the run with a failure status. Vectors 32-255 are
-//! external/software interrupts; none are routed yet (the PIC is masked, nothing programs an
-//! IOAPIC or MSI), so one arriving is logged as spurious and returns.
+//! external/software interrupts, routed to `irq::dispatch` (per-vector handlers, counters, EOI).
 //!
 //! Stubs are 16 bytes apart starting at `isr_stubs`; each pushes a zero error code when the CPU
 //! does not push one (vectors other than 8, 10-14, 17, 21, 29, 30), then its vector number.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
 
 use spin::Once;
 use x86_64::registers::control::Cr2;
@@ -124,9 +122,6 @@ pub struct TrapFrame {
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
-/// Number of spurious interrupts (vectors 32-255) seen.
-pub static SPURIOUS: AtomicU64 = AtomicU64::new(0);
-
 fn stub(vector: u8) -> VirtAddr {
     let base = core::ptr::addr_of!(isr_stubs) as u64;
     VirtAddr::new(base + u64::from(vector) * STUB_STRIDE)
@@ -226,9 +221,8 @@ fn page_fault_cause(code: u64) -> (&'static str, &'static str, &'static str) {
 
 #[no_mangle]
 extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
-    if frame.vector >= 32 {
-        SPURIOUS.fetch_add(1, Ordering::Relaxed);
-        log::warn!("spurious interrupt on vector {}", frame.vector);
+    if let Ok(vector @ 32..) = u8::try_from(frame.vector) {
+        super::irq::dispatch(vector);
         return;
     }
     let f = *frame;

@@ -2,10 +2,29 @@
 //! allocations ([`KernelPhysMemory`]) and a clock, handed to the `vtd-platform` glue, which
 //! computes the IOVA ranges every domain must keep out (interrupt window, RMRRs, PCI windows)
 //! and builds the `DmaDevice` of a PCI function, with or without the IOMMU.
+//!
+//! Deferred-invalidation deadlines from the timer: every domain [`setup_with`] creates or joins
+//! in deferred mode is remembered (weakly), and [`start_deadline_polling`] registers a timer
+//! callback that runs [`dma::DmaDomain::try_poll`] on each, so a deferred domain flushes within
+//! its `max_delay_us` (plus one polling period) even when nothing maps or unmaps. From the
+//! interrupt, `try_poll` never waits for a domain lock (a mainline holder is inside a map, unmap
+//! or flush of that domain and checks the deadline itself). Its flush then takes the VT-d unit's
+//! invalidation lock, a plain spin lock of `iommu-vtd`: a timer tick that interrupts a mainline
+//! VT-d invalidation *of another domain on the same unit* and finds this domain due would spin
+//! on it. Deferred mode is opt-in for trusted devices; until `iommu-vtd`'s locks are
+//! interrupt-safe, use it on one domain per unit or stop the polling around other domains'
+//! invalidations ([`set_deadline_polling`]).
+//!
+//! Single CPU: the registry's weak references are upgraded in the interrupt, and the strong
+//! reference that creates is dropped before the interrupt returns; since mainline cannot run
+//! meanwhile, the domain's owner still holds its own reference, so the interrupt never drops the
+//! last one (which would detach the domain in interrupt context).
 
-use alloc::sync::Arc;
+use alloc::sync::{Arc, Weak};
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use dma::{Clock, DeviceConfig, InvalidationMode, PhysAddr, PhysError, PhysMemory};
+use dma::{Clock, DeviceConfig, DmaDomain, InvalidationMode, PhysAddr, PhysError, PhysMemory};
 use iommu_vtd::MmioRegisters;
 use kernel::frames::{FrameRequest, FRAME_SIZE};
 use vtd_platform::DmaResources;
@@ -13,6 +32,8 @@ pub use vtd_platform::SetupError;
 
 use super::iommu::{Iommu, KernelPlatform};
 use super::pci::PciSystem;
+use crate::arch::irq::IrqMutex;
+use crate::arch::timer::{self, TimerError};
 
 /// RAM from the frame allocator, reached through the identity mapping.
 #[derive(Debug, Clone, Copy, Default)]
@@ -133,7 +154,72 @@ pub fn setup_with(
         clock: clock(),
         bounce_pool_size: BOUNCE_POOL_SIZE,
     };
-    vtd_platform::setup_device(pci, iommu, bdf, config, mode, &resources)
+    let dev = vtd_platform::setup_device(pci, iommu, bdf, config, mode, &resources)?;
+    if matches!(mode, InvalidationMode::Deferred(_)) {
+        if let Some(domain) = dev.dev.domain() {
+            remember_deferred(domain);
+        }
+    }
+    Ok(dev)
+}
+
+/// Deferred domains the timer polls (dead entries are pruned on every registration).
+static DEFERRED: IrqMutex<Vec<Weak<DmaDomain>>> = IrqMutex::new(Vec::new());
+/// Whether the timer callback polls (the tests' negative control turns it off).
+static POLLING: AtomicBool = AtomicBool::new(true);
+/// Flushes the timer callback performed.
+static TIMER_FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+fn remember_deferred(domain: &Arc<DmaDomain>) {
+    DEFERRED.with(|list| {
+        list.retain(|w| w.strong_count() > 0);
+        if !list
+            .iter()
+            .any(|w| core::ptr::eq(w.as_ptr(), Arc::as_ptr(domain)))
+        {
+            list.push(Arc::downgrade(domain));
+        }
+    });
+}
+
+/// The timer callback: `try_poll` on every deferred domain still alive.
+fn poll_deferred_domains() {
+    if !POLLING.load(Ordering::Acquire) {
+        return;
+    }
+    DEFERRED.with(|list| {
+        for domain in list.iter().filter_map(Weak::upgrade) {
+            match domain.try_poll() {
+                Ok(true) => {
+                    TIMER_FLUSHES.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(false) => {}
+                Err(e) => log::error!("dma: deferred flush from the timer failed: {e}"),
+            }
+        }
+    });
+}
+
+/// How often the timer checks the deferred domains' deadlines.
+pub const DEADLINE_POLL_US: u64 = 1000;
+
+/// Registers the deadline-polling timer callback (every [`DEADLINE_POLL_US`]).
+///
+/// # Errors
+///
+/// The timer's refusal ([`TimerError`]: not running, no slot).
+pub fn start_deadline_polling() -> Result<(), TimerError> {
+    timer::every(DEADLINE_POLL_US, poll_deferred_domains).map(|_| ())
+}
+
+/// Turns the timer's deadline polling on or off (it starts on).
+pub fn set_deadline_polling(on: bool) {
+    POLLING.store(on, Ordering::Release);
+}
+
+/// Deferred flushes the timer callback has performed.
+pub fn timer_flushes() -> u64 {
+    TIMER_FLUSHES.load(Ordering::Relaxed)
 }
 
 /// Attaches, at boot, every device an RMRR names to its group's default domain (strict), with

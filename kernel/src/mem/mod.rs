@@ -134,7 +134,9 @@ pub fn init_frames(info: &BootInfo) {
 
 /// Frame allocator statistics.
 pub fn frame_stats() -> FrameStats {
-    let free = FRAMES.lock().as_ref().map_or(0, |b| b.free_frames());
+    let free = x86_64::instructions::interrupts::without_interrupts(|| {
+        FRAMES.lock().as_ref().map_or(0, |b| b.free_frames())
+    });
     FrameStats {
         free,
         total: TOTAL_FRAMES.get().copied().unwrap_or(0),
@@ -143,15 +145,22 @@ pub fn frame_stats() -> FrameStats {
 
 /// Allocates physical frames; returns the physical address of the first.
 pub fn alloc_frames(req: FrameRequest) -> Option<u64> {
-    FRAMES
-        .lock()
-        .as_mut()?
-        .alloc(req)
-        .map(|f| f as u64 * FRAME_SIZE)
+    // Interrupts off around the lock: a handler may free frames (`arch::irq` rules).
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        FRAMES
+            .lock()
+            .as_mut()?
+            .alloc(req)
+            .map(|f| f as u64 * FRAME_SIZE)
+    })
 }
 
 /// Returns frames to the allocator.
 pub fn free_frames(paddr: u64, count: usize) -> Result<(), kernel::frames::FrameError> {
+    x86_64::instructions::interrupts::without_interrupts(|| free_frames_locked(paddr, count))
+}
+
+fn free_frames_locked(paddr: u64, count: usize) -> Result<(), kernel::frames::FrameError> {
     match FRAMES.lock().as_mut() {
         Some(b) => b.free((paddr / FRAME_SIZE) as usize, count),
         None => Err(kernel::frames::FrameError::OutOfRange {

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dmaapi;
 mod groups;
+mod irq;
 mod memory;
 mod p2p;
 mod pci;
@@ -24,5 +25,6 @@ pub static SUITES: &[Suite] = &[
     groups::SUITE,
     rmrr::SUITE,
     p2p::SUITE,
+    irq::SUITE,
     crash::SUITE,
 ];
