@@ -28,9 +28,9 @@ pub use mmio::*;
 pub use tables::*;
 
 // Typed fields. Every multi-bit field of a register or an in-memory structure this crate
-// writes or decodes is declared here with `bitfield-struct`: fields are listed from bit 0 up,
-// `__` is reserved/ignored space. Address fields hold the address itself (the conversion
-// functions below move it into its bit position), so no caller shifts or masks.
+// writes or decodes is declared in the submodules with `bitfield-struct`: fields are listed
+// from bit 0 up, `__` is reserved/ignored space. Address fields hold the address itself (the
+// conversion functions below move it into its bit position), so no caller shifts or masks.
 
 /// Field conversion for an address in bits 63:12 (4 KiB aligned): the field holds bits 63:12
 /// of the address; the low 12 bits of an address written are dropped.
