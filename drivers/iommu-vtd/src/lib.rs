@@ -9,7 +9,7 @@
 //! | module | what it implements |
 //! |---|---|
 //! | [`dmar`] | the ACPI DMAR table (§8): DRHD, RMRR, ATSR, RHSA, ANDD, SATC, SIDP, device scopes and their path resolution, refused structures, a table builder |
-//! | [`registers`] | the register map (§11.4), declared once, and the [`RegisterIo`] seam |
+//! | [`registers`] | the register map (§11.4), in-memory structures (§9), invalidation descriptors (§6.5.2) and interrupt formats (§5.1, §9.10), declared once in private submodules re-exported as `registers::*`, and the [`RegisterIo`] seam |
 //! | [`caps`] | CAP/ECAP decoding (§11.4.2, §11.4.3) |
 //! | [`platform`] | what the unit needs from the host kernel |
 //! | [`pagetable`] | second-level page tables (§3.6, §9.8) |
@@ -17,23 +17,27 @@
 //! | [`invalidation`] | queued and register-based invalidation (§6.5) |
 //! | [`fault`] | primary fault recording and fault events (§7.1, §7.3, §11.4.14) |
 //! | [`intremap`] | interrupt remapping: IRTEs, the table, allocation per vector (§5.1, §9.10) |
-//! | [`unit`](mod@unit) | one remapping unit: enable/disable (§10.4.4, §10.4.5), domains, attach, interrupt remapping bring-up and IRTE updates, fault-event interrupts |
+//! | [`unit`](mod@unit) | one remapping unit: the type and invalidation entry points; submodules `enable` (enable/disable, §10.4.4, §10.4.5), `attach` (domain IDs, group attachment), `intremap` (interrupt remapping bring-up and IRTE updates), `faults` (fault records, fault-event interrupts), `error` |
 //! | [`domain`] | a translation domain implementing [`dma::iommu::IommuDomain`] |
-//! | `fake` | in-memory models of the hardware and the platform for host tests (feature `testing`) |
+//! | `fake` | in-memory models of the hardware and the platform for host tests (feature `testing`): `platform`, and the unit's `regs`, `queue`, `walk` (DMA) and `ir` parts |
 //!
 //! # Layering
 //!
 //! Dependencies flow one way, bottom to top (no module imports one above it):
 //!
-//! 1. [`registers`] (every register and in-memory layout, declared once), [`platform`] (host
-//!    services) and [`dmar`] (firmware tables) depend on nothing else here;
+//! 1. [`registers`] (every register and in-memory layout, declared once; its submodules share
+//!    only the field conversions of `registers.rs`), [`platform`] (host services) and [`dmar`]
+//!    (firmware tables) depend on nothing else here;
 //! 2. [`caps`] decodes registers;
 //! 3. the engine pieces, each over the layers below only: [`pagetable`], [`context`],
 //!    [`invalidation`], [`fault`], [`intremap`];
-//! 4. [`unit`](mod@unit): one hardware unit (bring-up, domain IDs, isolation-group attachment);
+//! 4. [`unit`](mod@unit): one hardware unit (bring-up, domain IDs, isolation-group attachment,
+//!    interrupt remapping, faults); its submodules are `impl VtdUnit` blocks over the type
+//!    declared in `unit.rs` and the layers below;
 //! 5. [`domain`]: a translation domain over a unit, including [`VtdUnit::create_domain`];
 //! 6. `fake` (feature `testing`): models of the hardware and the platform, built on the same
-//!    declarations as the driver.
+//!    declarations as the driver (its submodules model one part each of the state declared in
+//!    `fake.rs`).
 //!
 //! # Bringing a unit up
 //!
