@@ -9,6 +9,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod linux;
 mod modgraph;
 mod qemu;
 mod run;
@@ -49,8 +50,15 @@ Commands:
     --list              list the scenarios and exit
 
   bench  Host microbenchmarks (criterion: dma, iommu-vtd) and in-kernel benchmarks (TSC cycles
-         on a VT-d domain in QEMU), written to docs/PERFORMANCE.md.
+         on a VT-d domain in QEMU), written to docs/PERFORMANCE.md. The \"Versus Linux\" section
+         of the file is kept as it is.
     --host-only | --kernel-only
+    --vs-linux          instead: the same operations side by side with Debian's stock Linux
+                        kernel on the same QEMU machine (fetched with apt-get download into
+                        target/linux-baseline/, our module xtask/linux-module/ built against its
+                        headers), alternating ours, Linux strict, Linux lazy per round; rewrites
+                        only the \"Versus Linux\" section of docs/PERFORMANCE.md
+    --rounds N          rounds for --vs-linux (default 5)
 
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
          with the kernel's own flags), rustdoc -D warnings and `cargo package --no-verify` of
