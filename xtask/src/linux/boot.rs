@@ -11,12 +11,18 @@ use tests_qemu::Topology;
 /// The kernel command line: serial console, VT-d on (`intel_iommu=on`), the flush policy given
 /// by `iommu.strict` (6.1 ignores `iommu=strict` for VT-d), and `pci=hpiosize=0` so Linux keeps
 /// the firmware's bridge windows as our kernel finds them. `quiet` keeps the console for the
-/// result lines; `panic=-1` with `-no-reboot` ends QEMU on a panic.
-pub fn cmdline(strict: bool) -> String {
-    format!(
+/// result lines; `panic=-1` with `-no-reboot` ends QEMU on a panic. `extra` is appended (the
+/// traced run adds `loglevel=7`).
+pub fn cmdline(strict: bool, extra: &str) -> String {
+    let mut c = format!(
         "console=ttyS0 intel_iommu=on iommu.strict={} pci=hpiosize=0 quiet panic=-1",
         u8::from(strict)
-    )
+    );
+    if !extra.is_empty() {
+        c.push(' ');
+        c.push_str(extra);
+    }
+    c
 }
 
 /// Boots `vmlinux` with `initrd` on `topo`; returns the console log (QEMU's stderr appended),
@@ -26,6 +32,7 @@ pub fn run(
     initrd: &Path,
     topo: &Topology,
     strict: bool,
+    extra_append: &str,
     log_path: &Path,
     timeout: Duration,
 ) -> Result<String, String> {
@@ -34,7 +41,7 @@ pub fn run(
     let err = log
         .try_clone()
         .map_err(|e| format!("duplicating the log file: {e}"))?;
-    let mut cmd: Command = crate::qemu::command(vmlinux, topo, &cmdline(strict));
+    let mut cmd: Command = crate::qemu::command(vmlinux, topo, &cmdline(strict, extra_append));
     cmd.arg("-initrd").arg(initrd);
     let mut child = cmd
         .stdin(Stdio::null())
@@ -65,4 +72,16 @@ pub fn run(
     let bytes =
         std::fs::read(log_path).map_err(|e| format!("reading {}: {e}", log_path.display()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_selects_the_flush_policy() {
+        assert!(cmdline(true, "").contains(" iommu.strict=1 "));
+        assert!(cmdline(false, "").contains(" iommu.strict=0 "));
+        assert!(cmdline(true, "loglevel=7").ends_with("panic=-1 loglevel=7"));
+    }
 }

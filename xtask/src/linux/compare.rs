@@ -15,6 +15,9 @@ pub struct Op {
     pub ours: Option<&'static str>,
     /// The `LBENCH` row of xtask/linux-module/dma_bench.c.
     pub linux: &'static str,
+    /// Our row whose traced register accesses stand for this operation: the same operation
+    /// without an untimed warm-up before it in the console output (see [`super::trace`]).
+    pub ours_traced: Option<&'static str>,
 }
 
 /// The operations of the table, in order.
@@ -23,31 +26,37 @@ pub const OPS: [Op; 6] = [
         label: "4 KiB map+unmap",
         ours: Some("map_unmap_4k_strict"),
         linux: "map_unmap_4k",
+        ours_traced: Some("map_unmap_4k_with_1_live"),
     },
     Op {
         label: "64 KiB map+unmap",
         ours: Some("map_unmap_64k"),
         linux: "map_unmap_64k",
+        ours_traced: Some("map_unmap_64k"),
     },
     Op {
         label: "2 MiB map+unmap",
         ours: Some("map_unmap_2m_superpage"),
         linux: "map_unmap_2m",
+        ours_traced: Some("map_unmap_2m_superpage"),
     },
     Op {
         label: "256-entry scatter list map+unmap",
         ours: Some("map_sg_256_entries"),
         linux: "map_sg_256",
+        ours_traced: Some("map_sg_256_entries"),
     },
     Op {
         label: "4 KiB, 64 live then all unmapped (per mapping)",
         ours: Some("map_unmap_4k_batched_64"),
         linux: "map_unmap_4k_batched_64",
+        ours_traced: Some("map_unmap_4k_batched_64"),
     },
     Op {
         label: "4 KiB, 256 live then all unmapped (per mapping)",
         ours: Some("map_unmap_4k_batched_256"),
         linux: "map_unmap_4k_batched_256",
+        ours_traced: Some("map_unmap_4k_batched_256"),
     },
 ];
 
@@ -202,6 +211,8 @@ pub struct Measured {
     pub strict: Vec<LinuxRun>,
     /// Per round: Linux lazy.
     pub lazy: Vec<LinuxRun>,
+    /// VT-d register accesses per operation from one traced run each: (ours, Linux strict).
+    pub accesses: Option<(Vec<(String, f64)>, Vec<(String, f64)>)>,
 }
 
 impl Measured {
@@ -350,6 +361,31 @@ pub fn render(m: &Measured, cx: &Context) -> String {
             m.lazy.first().map_or("-", |r| r.policy.as_str()),
         );
     }
+    if let Some((ours, linux)) = &m.accesses {
+        let find = |rows: &[(String, f64)], name: Option<&str>| {
+            name.and_then(|n| rows.iter().find(|(r, _)| r == n).map(|(_, v)| *v))
+        };
+        let _ = writeln!(
+            d,
+            "\n### VT-d register accesses per operation (QEMU trace)\n\n\
+             One more run of each, untimed, with QEMU's `vtd_reg_read`/`vtd_reg_write` trace \
+             events and the console's `serial_write` bytes: the accesses between the line \
+             printed when a row's clock starts (Linux: `LBENCH_MARK`; ours: the previous row's \
+             line) and the row's result line, divided by its operations. Ours for 4 KiB is \
+             `map_unmap_4k_with_1_live` (the strict row's segment also holds its warm-up).\n\n\
+             | operation | ours | Linux strict |\n|---|---:|---:|"
+        );
+        for op in &OPS {
+            let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                d,
+                "| {} | {} | {} |",
+                op.label,
+                show(find(ours, op.ours_traced)),
+                show(find(linux, Some(op.linux)))
+            );
+        }
+    }
     let _ = writeln!(
         d,
         "\nRows: `map_unmap_*` are one `dma_map_single`+`dma_unmap_single` pair (ours: `map_phys` + \
@@ -464,6 +500,10 @@ mod tests {
                 run("strict mode", 4000),
             ],
             lazy: vec![run("lazy mode", 3000), run("lazy mode", 2000)],
+            accesses: Some((
+                vec![("map_unmap_4k_with_1_live".into(), 3.0)],
+                vec![("map_unmap_4k".into(), 1.0)],
+            )),
         }
     }
 
@@ -507,6 +547,8 @@ mod tests {
             doc.contains("| 15000 (12000-18000) | - (the Linux module printed no such row) | - |")
         );
         assert!(doc.contains("strict runs `strict mode`, lazy runs `lazy mode`"));
+        assert!(doc.contains("| 4 KiB map+unmap | 3.00 | 1.00 |"), "{doc}");
+        assert!(doc.contains("| 64 KiB map+unmap | - | - |"));
     }
 
     #[test]

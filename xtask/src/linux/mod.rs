@@ -4,14 +4,16 @@
 //!
 //! Layers, each using only those listed before it: [`fetch`] (apt download, unpacking, the
 //! vmlinux inside vmlinuz), [`module`] (the C module built against the unpacked headers),
-//! [`initramfs`] (cpio newc + gzip with busybox and `/init`), [`boot`] (QEMU), [`compare`]
-//! (parsing, medians, the Markdown section; pure, it knows only [`initramfs::DONE`]).
+//! [`initramfs`] (cpio newc + gzip with busybox and `/init`), [`boot`] (QEMU), [`trace`]
+//! (VT-d register accesses per operation from QEMU's trace; pure), [`compare`] (parsing,
+//! medians, the Markdown section; pure, it knows only [`initramfs::DONE`]).
 
 pub mod boot;
 pub mod compare;
 pub mod fetch;
 pub mod initramfs;
 pub mod module;
+pub mod trace;
 
 use std::path::PathBuf;
 
