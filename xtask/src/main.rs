@@ -48,6 +48,9 @@ Commands:
     --qemu-only         only the QEMU scenarios
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
     --list              list the scenarios and exit
+    --linux-smoke       also boot Debian's Linux once with our DMA bench module (the
+                        `bench --vs-linux` baseline; fetched with apt-get on first use) and
+                        check that it loads and reports; not run by default
 
   bench  Host microbenchmarks (criterion: dma, iommu-vtd) and in-kernel benchmarks (TSC cycles
          on a VT-d domain in QEMU), written to docs/PERFORMANCE.md. The \"Versus Linux\" section
@@ -366,6 +369,7 @@ fn host_tests() -> Result<Counts, String> {
 fn test(args: &[String]) -> Result<ExitCode, String> {
     let mut filter = None;
     let (mut host, mut qemu_scenarios, mut list) = (true, true, false);
+    let mut linux_smoke = false;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut i = 0;
     while i < args.len() {
@@ -374,6 +378,7 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
             "--host-only" => qemu_scenarios = false,
             "--qemu-only" => host = false,
             "--list" => list = true,
+            "--linux-smoke" => linux_smoke = true,
             "--jobs" => {
                 let v = take_value(args, &mut i, "--jobs")?;
                 jobs = v
@@ -430,6 +435,18 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
         );
         total.passed += c.0;
         total.failed += c.1;
+    }
+    if linux_smoke {
+        match linux::smoke() {
+            Ok(summary) => {
+                total.passed += 1;
+                println!("PASS {:28} {summary}", "linux-baseline-smoke");
+            }
+            Err(why) => {
+                total.failed += 1;
+                println!("FAIL {:28} {why}", "linux-baseline-smoke");
+            }
+        }
     }
     println!("{} passed, {} failed", total.passed, total.failed);
     Ok(if total.failed == 0 {

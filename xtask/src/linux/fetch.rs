@@ -6,6 +6,7 @@
 //! the headers are `linux-headers-<release>` plus its `linux-headers-*-common` and
 //! `linux-kbuild-*` dependencies, all pinned to the image's version. The bzImage's XZ payload is
 //! decompressed to the ELF `vmlinux`, which QEMU boots through its PVH note as it boots ours.
+//! Delete `target/linux-baseline/` to pick up a newer Debian kernel.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
