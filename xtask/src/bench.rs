@@ -283,15 +283,13 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
 }
 
 /// One untimed run of ours and one of Linux strict with QEMU's VT-d register and serial trace
-/// events: register accesses per operation, (ours, Linux).
-type Accesses = (Vec<(String, f64)>, Vec<(String, f64)>);
-
+/// events: register accesses per operation.
 fn traced_runs(
     image: &std::path::Path,
     base: &linux::Baseline,
     topo: &Topology,
     logs: &std::path::Path,
-) -> Result<Accesses, String> {
+) -> Result<compare::Accesses, String> {
     let traced = |file: &std::path::Path| {
         let _ = std::fs::remove_file(file);
         let mut t = topo.clone();
@@ -328,7 +326,7 @@ fn traced_runs(
     if ours.is_empty() || linux.is_empty() {
         return Err("the traced runs printed no rows".into());
     }
-    Ok((ours, linux))
+    Ok(compare::Accesses { ours, linux })
 }
 
 fn ratio(a: f64, b: f64) -> String {

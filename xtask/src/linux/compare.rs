@@ -211,8 +211,17 @@ pub struct Measured {
     pub strict: Vec<LinuxRun>,
     /// Per round: Linux lazy.
     pub lazy: Vec<LinuxRun>,
-    /// VT-d register accesses per operation from one traced run each: (ours, Linux strict).
-    pub accesses: Option<(Vec<(String, f64)>, Vec<(String, f64)>)>,
+    /// VT-d register accesses per operation from one traced run each.
+    pub accesses: Option<Accesses>,
+}
+
+/// VT-d register accesses per operation, (row name, accesses) on each side.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Accesses {
+    /// Our kernel's rows.
+    pub ours: Vec<(String, f64)>,
+    /// The Linux module's rows (strict).
+    pub linux: Vec<(String, f64)>,
 }
 
 impl Measured {
@@ -361,7 +370,7 @@ pub fn render(m: &Measured, cx: &Context) -> String {
             m.lazy.first().map_or("-", |r| r.policy.as_str()),
         );
     }
-    if let Some((ours, linux)) = &m.accesses {
+    if let Some(Accesses { ours, linux }) = &m.accesses {
         let find = |rows: &[(String, f64)], name: Option<&str>| {
             name.and_then(|n| rows.iter().find(|(r, _)| r == n).map(|(_, v)| *v))
         };
@@ -500,10 +509,10 @@ mod tests {
                 run("strict mode", 4000),
             ],
             lazy: vec![run("lazy mode", 3000), run("lazy mode", 2000)],
-            accesses: Some((
-                vec![("map_unmap_4k_with_1_live".into(), 3.0)],
-                vec![("map_unmap_4k".into(), 1.0)],
-            )),
+            accesses: Some(Accesses {
+                ours: vec![("map_unmap_4k_with_1_live".into(), 3.0)],
+                linux: vec![("map_unmap_4k".into(), 1.0)],
+            }),
         }
     }
 

@@ -66,7 +66,7 @@ impl std::fmt::Display for CpioError {
 impl std::error::Error for CpioError {}
 
 fn pad4(out: &mut Vec<u8>) {
-    while out.len() % 4 != 0 {
+    while !out.len().is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -206,8 +206,11 @@ mod tests {
     use super::*;
     use std::io::Read as _;
 
-    /// A minimal newc reader, independent of the writer: (name, mode, rdev, data) per member.
-    fn parse(mut a: &[u8]) -> Vec<(String, u32, (u32, u32), Vec<u8>)> {
+    /// (name, mode, rdev, data) of one member.
+    type Member = (String, u32, (u32, u32), Vec<u8>);
+
+    /// A minimal newc reader, independent of the writer.
+    fn parse(mut a: &[u8]) -> Vec<Member> {
         let mut out = Vec::new();
         let mut offset = 0usize;
         loop {
