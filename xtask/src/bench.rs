@@ -556,6 +556,16 @@ mod tests {
     }
 
     #[test]
+    fn vs_linux_rounds_option() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(rounds_of(&a(&["--vs-linux"])), Ok(5));
+        assert_eq!(rounds_of(&a(&["--vs-linux", "--rounds", "3"])), Ok(3));
+        assert!(rounds_of(&a(&["--vs-linux", "--rounds", "0"])).is_err());
+        assert!(rounds_of(&a(&["--vs-linux", "--rounds"])).is_err());
+        assert!(rounds_of(&a(&["--vs-linux", "--host-only"])).is_err());
+    }
+
+    #[test]
     fn renders_ratios_from_the_figures() {
         let k = vec![
             KernelResult {
