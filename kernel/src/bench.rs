@@ -117,21 +117,24 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     })
     .map_err(e)?;
 
-    let (rounds, per) = (30, 64);
-    b.measure("map_unmap_4k_batched_64", rounds * per, || {
-        for _ in 0..rounds {
-            let maps = (0..per)
-                .map(|_| dev.map_phys(p, 4096, rw, Attrs::empty()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let mut batch = UnmapBatch::new();
-            for m in maps {
-                m.unmap_in(&mut batch)?;
+    // Batches of 64 and of 256 live mappings (about 1920 mappings each), one flush per batch.
+    for per in [64u64, 256] {
+        let rounds = 1920 / per;
+        b.measure(&format!("map_unmap_4k_batched_{per}"), rounds * per, || {
+            for _ in 0..rounds {
+                let maps = (0..per)
+                    .map(|_| dev.map_phys(p, 4096, rw, Attrs::empty()))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut batch = UnmapBatch::new();
+                for m in maps {
+                    m.unmap_in(&mut batch)?;
+                }
+                batch.finish()?;
             }
-            batch.finish()?;
-        }
-        Ok(())
-    })
-    .map_err(e)?;
+            Ok(())
+        })
+        .map_err(e)?;
+    }
 
     let big = alloc(FrameRequest {
         count: 512,
@@ -142,6 +145,19 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     b.measure("map_unmap_2m_superpage", n, || {
         for _ in 0..n {
             dev.map_phys(PhysAddr::new(big.paddr()), 2 << 20, rw, Attrs::empty())?
+                .unmap()?;
+        }
+        Ok(())
+    })
+    .map_err(e)?;
+
+    // 64 KiB: sixteen contiguous pages, one mapping (Linux's `dma_map_single` of 64 KiB is the
+    // counterpart in `cargo xtask bench --vs-linux`).
+    let run16 = alloc(FrameRequest::contiguous(16))?;
+    let n = 1000;
+    b.measure("map_unmap_64k", n, || {
+        for _ in 0..n {
+            dev.map_phys(PhysAddr::new(run16.paddr()), 64 << 10, rw, Attrs::empty())?
                 .unmap()?;
         }
         Ok(())

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tests_qemu::Topology;
 
+use super::linux::{self, compare};
+
 /// One criterion result.
 #[derive(Debug, Clone)]
 pub struct HostResult {
@@ -117,8 +119,17 @@ fn today() -> String {
 }
 
 /// Runs everything and writes docs/PERFORMANCE.md. The kernel part boots the `cargo xtask run`
-/// topology (edu + ivshmem behind a root port).
+/// topology (edu + ivshmem behind a root port). The "Versus Linux" section of the previous file
+/// is kept; `--vs-linux` regenerates only that section (see [`vs_linux`]).
 pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
+    if args.iter().any(|a| a == "--vs-linux") {
+        return vs_linux(args);
+    }
+    for a in args {
+        if !matches!(a.as_str(), "--host-only" | "--kernel-only") {
+            return Err(format!("unknown option `{a}` for bench (see --help)"));
+        }
+    }
     let host_only = args.iter().any(|a| a == "--host-only");
     let kernel_only = args.iter().any(|a| a == "--kernel-only");
     let mut host = Vec::new();
@@ -147,8 +158,15 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
             ));
         }
     }
-    let doc = render(&host, &kernel, &cpu_model(), &today(), args);
-    let path = super::root().join("docs").join("PERFORMANCE.md");
+    let mut doc = render(&host, &kernel, &cpu_model(), &today(), args);
+    let path = performance_md();
+    if let Some(section) = std::fs::read_to_string(&path)
+        .ok()
+        .as_deref()
+        .and_then(compare::extract_section)
+    {
+        doc = compare::splice_section(&doc, section);
+    }
     std::fs::create_dir_all(path.parent().expect("docs dir")).map_err(|e| e.to_string())?;
     std::fs::write(&path, doc).map_err(|e| format!("writing {}: {e}", path.display()))?;
     println!(
@@ -158,6 +176,157 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
         kernel.len()
     );
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn performance_md() -> std::path::PathBuf {
+    super::root().join("docs").join("PERFORMANCE.md")
+}
+
+/// Parses `--vs-linux [--rounds N]`.
+fn rounds_of(args: &[String]) -> Result<usize, String> {
+    let mut rounds = 5;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--vs-linux" => {}
+            "--rounds" => {
+                let v = super::take_value(args, &mut i, "--rounds")?;
+                rounds = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("bad --rounds {v}"))?;
+            }
+            other => return Err(format!("unknown option `{other}` for bench --vs-linux")),
+        }
+        i += 1;
+    }
+    Ok(rounds)
+}
+
+/// `cargo xtask bench --vs-linux [--rounds N]`: per round, our in-kernel benchmarks, then Linux
+/// with `iommu.strict=1`, then Linux with `iommu.strict=0`, all on [`Topology::default_run`];
+/// writes the "Versus Linux" section of docs/PERFORMANCE.md and keeps the rest of the file.
+/// Every boot's log is kept in `target/linux-baseline/logs/`.
+fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
+    let rounds = rounds_of(args)?;
+    super::qemu::ensure_installed()?;
+    let base = linux::prepare()?;
+    let image = super::build_kernel()?;
+    let topo = Topology::default_run();
+    let logs = base.dir.join("logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+    let mut m = compare::Measured::default();
+    for round in 1..=rounds {
+        println!("bench: vs-linux round {round}/{rounds}: ours ...");
+        let (log, exit) =
+            super::qemu::run_captured(&image, &topo, "bench", Duration::from_secs(600))?;
+        let _ = std::fs::write(logs.join(format!("ours-{round}.log")), &log);
+        let rows = parse_kbench(&log);
+        let hz = compare::parse_tsc_hz(&log);
+        match (hz, rows.is_empty(), exit) {
+            (Some(hz), false, tests_qemu::Exit::Status(tests_qemu::QEMU_SUCCESS)) => m
+                .ours
+                .push((rows.into_iter().map(|r| (r.name, r.cycles)).collect(), hz)),
+            _ => {
+                return Err(format!(
+                    "our in-kernel benchmarks failed in round {round} ({exit:?}); log: {}",
+                    logs.join(format!("ours-{round}.log")).display()
+                ))
+            }
+        }
+        for (strict, mode) in [(true, "strict"), (false, "lazy")] {
+            println!("bench: vs-linux round {round}/{rounds}: Linux {mode} ...");
+            let path = logs.join(format!("linux-{mode}-{round}.log"));
+            let log = linux::boot::run(
+                &base.assets.vmlinux,
+                &base.initrd,
+                &topo,
+                strict,
+                "",
+                &path,
+                Duration::from_secs(300),
+            )?;
+            let run = compare::parse_linux(&log).map_err(|e| {
+                format!("Linux {mode}, round {round}: {e} (log: {})", path.display())
+            })?;
+            let want = if strict { "strict mode" } else { "lazy mode" };
+            if !run.policy.starts_with(want) {
+                return Err(format!(
+                    "Linux {mode}, round {round}: the kernel logged `{}`, not `{want}`",
+                    run.policy
+                ));
+            }
+            if strict {
+                m.strict.push(run);
+            } else {
+                m.lazy.push(run);
+            }
+        }
+    }
+    m.accesses = Some(traced_runs(&image, &base, &topo, &logs)?);
+    let cx = compare::Context {
+        command: format!("cargo xtask bench {}", args.join(" ")),
+        date: today(),
+        kernel: format!("{} ({})", base.assets.package, base.assets.version),
+        machine: topo.qemu_args().join(" "),
+        rounds,
+    };
+    let section = compare::render(&m, &cx);
+    let path = performance_md();
+    let old = std::fs::read_to_string(&path).unwrap_or_else(|_| "# Performance\n".into());
+    std::fs::write(&path, compare::splice_section(&old, &section))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    print!("{section}");
+    println!("bench: wrote the vs-linux section of {}", path.display());
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// One untimed run of ours and one of Linux strict with QEMU's VT-d register and serial trace
+/// events: register accesses per operation.
+fn traced_runs(
+    image: &std::path::Path,
+    base: &linux::Baseline,
+    topo: &Topology,
+    logs: &std::path::Path,
+) -> Result<compare::Accesses, String> {
+    let traced = |file: &std::path::Path| {
+        let _ = std::fs::remove_file(file);
+        let mut t = topo.clone();
+        t.devices.extend(linux::trace::qemu_args(file));
+        t
+    };
+    let read = |file: &std::path::Path| {
+        std::fs::read_to_string(file).map_err(|e| format!("reading {}: {e}", file.display()))
+    };
+    println!("bench: vs-linux: traced run of ours (VT-d register accesses) ...");
+    let ours_trace = logs.join("ours-trace.log");
+    let (_, exit) = super::qemu::run_captured(
+        image,
+        &traced(&ours_trace),
+        "bench",
+        Duration::from_secs(600),
+    )?;
+    if exit != tests_qemu::Exit::Status(tests_qemu::QEMU_SUCCESS) {
+        return Err(format!("the traced run of ours failed ({exit:?})"));
+    }
+    let ours = linux::trace::ours_per_op(&linux::trace::segments(&read(&ours_trace)?));
+    println!("bench: vs-linux: traced run of Linux strict ...");
+    let linux_trace = logs.join("linux-strict-trace.log");
+    linux::boot::run(
+        &base.assets.vmlinux,
+        &base.initrd,
+        &traced(&linux_trace),
+        true,
+        "loglevel=7",
+        &logs.join("linux-strict-traced-console.log"),
+        Duration::from_secs(300),
+    )?;
+    let linux = linux::trace::linux_per_op(&linux::trace::segments(&read(&linux_trace)?));
+    if ours.is_empty() || linux.is_empty() {
+        return Err("the traced runs printed no rows".into());
+    }
+    Ok(compare::Accesses { ours, linux })
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -384,6 +553,16 @@ mod tests {
         );
         assert_eq!(k.len(), 1);
         assert_eq!((k[0].ops, k[0].cycles, k[0].invalidations), (10, 42, 1.5));
+    }
+
+    #[test]
+    fn vs_linux_rounds_option() {
+        let a = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(rounds_of(&a(&["--vs-linux"])), Ok(5));
+        assert_eq!(rounds_of(&a(&["--vs-linux", "--rounds", "3"])), Ok(3));
+        assert!(rounds_of(&a(&["--vs-linux", "--rounds", "0"])).is_err());
+        assert!(rounds_of(&a(&["--vs-linux", "--rounds"])).is_err());
+        assert!(rounds_of(&a(&["--vs-linux", "--host-only"])).is_err());
     }
 
     #[test]

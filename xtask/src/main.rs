@@ -9,6 +9,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod linux;
 mod modgraph;
 mod qemu;
 mod run;
@@ -47,10 +48,20 @@ Commands:
     --qemu-only         only the QEMU scenarios
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
     --list              list the scenarios and exit
+    --linux-smoke       also boot Debian's Linux once with our DMA bench module (the
+                        `bench --vs-linux` baseline; fetched with apt-get on first use) and
+                        check that it loads and reports; not run by default
 
   bench  Host microbenchmarks (criterion: dma, iommu-vtd) and in-kernel benchmarks (TSC cycles
-         on a VT-d domain in QEMU), written to docs/PERFORMANCE.md.
+         on a VT-d domain in QEMU), written to docs/PERFORMANCE.md. The \"Versus Linux\" section
+         of the file is kept as it is.
     --host-only | --kernel-only
+    --vs-linux          instead: the same operations side by side with Debian's stock Linux
+                        kernel on the same QEMU machine (fetched with apt-get download into
+                        target/linux-baseline/, our module xtask/linux-module/ built against its
+                        headers), alternating ours, Linux strict, Linux lazy per round; rewrites
+                        only the \"Versus Linux\" section of docs/PERFORMANCE.md
+    --rounds N          rounds for --vs-linux (default 5)
 
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
          with the kernel's own flags), rustdoc -D warnings and `cargo package --no-verify` of
@@ -358,6 +369,7 @@ fn host_tests() -> Result<Counts, String> {
 fn test(args: &[String]) -> Result<ExitCode, String> {
     let mut filter = None;
     let (mut host, mut qemu_scenarios, mut list) = (true, true, false);
+    let mut linux_smoke = false;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut i = 0;
     while i < args.len() {
@@ -366,6 +378,7 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
             "--host-only" => qemu_scenarios = false,
             "--qemu-only" => host = false,
             "--list" => list = true,
+            "--linux-smoke" => linux_smoke = true,
             "--jobs" => {
                 let v = take_value(args, &mut i, "--jobs")?;
                 jobs = v
@@ -422,6 +435,18 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
         );
         total.passed += c.0;
         total.failed += c.1;
+    }
+    if linux_smoke {
+        match linux::smoke() {
+            Ok(summary) => {
+                total.passed += 1;
+                println!("PASS {:28} {summary}", "linux-baseline-smoke");
+            }
+            Err(why) => {
+                total.failed += 1;
+                println!("FAIL {:28} {why}", "linux-baseline-smoke");
+            }
+        }
     }
     println!("{} passed, {} failed", total.passed, total.failed);
     Ok(if total.failed == 0 {
