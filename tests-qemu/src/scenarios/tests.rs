@@ -1,0 +1,164 @@
+//! Host tests of the scenario list and the judge.
+
+use super::*;
+
+fn scenario(name: &str) -> Scenario {
+    all().into_iter().find(|s| s.name == name).unwrap()
+}
+
+const PASS_LOG: &str = "  DMAR  rev  1\nKTEST BEGIN a::b\nKTEST PASS a::b 1us\nKTEST SUMMARY passed=1 failed=0\nKERNEL EXIT success\n";
+
+#[test]
+fn map_type_follows_the_topology() {
+    let by_name = |n: &str| all().into_iter().find(|s| s.name == n).unwrap();
+    assert!(by_name("p2p-switch").cmdline.contains("expect.maptype=bus"));
+    assert!(by_name("p2p-iommu").cmdline.contains("expect.maptype=thru"));
+}
+
+#[test]
+fn generated_dmars_are_well_framed_and_unusable() {
+    for s in all().iter().filter(|s| s.name.starts_with("firmware-dmar")) {
+        let dmar = &s.acpi_tables[0].bytes;
+        let parsed = iommu_vtd::Dmar::parse(dmar).expect("framing is valid");
+        assert!(matches!(
+            parsed.require_unit(),
+            Err(iommu_vtd::DmarError::NoRemappingUnit { .. })
+        ));
+    }
+    assert_eq!(drhd_count(&dmar_without_drhd()), 0);
+    assert_eq!(drhd_count(&dmar_with_absurd_register_sizes()), 2);
+}
+
+#[test]
+fn no_usable_iommu_check_needs_every_piece() {
+    let s = scenario("firmware-dmar-absurd-register-size");
+    let good = format!(
+        "  DMAR  rev  1\nvt-d: DMAR structure at 0x30 (DRHD) ignored: x\n\
+         vt-d: DMAR structure at 0x40 (DRHD) ignored: y\n{NO_USABLE_UNIT} (z)\n  direct path: ok\n"
+    );
+    let o = crate::outcome::parse(&good);
+    assert!(no_usable_iommu(&s, &o, &good).is_ok());
+    let twice = format!("{good}{NO_USABLE_UNIT}\n");
+    assert!(no_usable_iommu(&s, &o, &twice).is_err());
+    let up = format!("{good}iommu: VT-d unit 0xfed90000 translating\n");
+    assert!(no_usable_iommu(&s, &o, &up).is_err());
+    let one_refusal = good.replacen("(DRHD) ignored", "(RMRR) ignored", 1);
+    assert!(no_usable_iommu(&s, &o, &one_refusal).is_err());
+    assert!(no_usable_iommu(&s, &o, &good.replace("direct path", "IOMMU path")).is_err());
+}
+
+#[test]
+fn suite_sizes_come_from_the_kernel_source() {
+    assert_eq!(
+        suite_size("    Test {\n        name: \"a\",\n    },\n    Test {\n"),
+        2
+    );
+    // Every test function named in the suites is counted (each entry names its `run`).
+    let boot = include_str!("../../../kernel/src/tests/boot.rs");
+    assert_eq!(boot_suite(), boot.matches("run: ").count());
+    assert!(boot_suite() >= 5 && memory_suite() >= 9);
+    match scenario("boot-smoke").expect {
+        Expect::Pass { passed } => assert_eq!(passed, boot_suite() + memory_suite()),
+        other => panic!("boot-smoke expects {other:?}"),
+    }
+}
+
+#[test]
+fn pass_count_is_exact() {
+    let s = Scenario {
+        expect: Expect::Pass { passed: 0 },
+        ..scenario("boot-smoke")
+    };
+    assert!(
+        s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err(),
+        "one more test than expected must fail"
+    );
+}
+
+#[test]
+fn names_are_unique() {
+    let mut names: Vec<_> = all().iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all().len());
+}
+
+#[test]
+fn pass_needs_success_status_and_enough_tests() {
+    let s = Scenario {
+        expect: Expect::Pass { passed: 1 },
+        ..scenario("boot-smoke")
+    };
+    assert!(s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_ok());
+    assert!(
+        s.judge(PASS_LOG, Exit::Status(0)).is_err(),
+        "a triple fault must not pass"
+    );
+    assert!(s.judge(PASS_LOG, Exit::TimedOut).is_err());
+    let s2 = Scenario {
+        expect: Expect::Pass { passed: 2 },
+        ..s.clone()
+    };
+    assert!(s2.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).is_err());
+}
+
+#[test]
+fn dmar_check_follows_the_topology() {
+    let s = scenario("boot-no-iommu");
+    let s = Scenario {
+        expect: Expect::Pass { passed: 1 },
+        ..s
+    };
+    let err = s.judge(PASS_LOG, Exit::Status(QEMU_SUCCESS)).unwrap_err();
+    assert!(err.contains("DMAR listed: true"), "{err}");
+}
+
+#[test]
+fn expected_failures_must_match_exactly() {
+    let s = scenario("failed-check-isolated");
+    let s = Scenario {
+        expect: Expect::Failures {
+            failed: &["a::y"],
+            passed: 1,
+        },
+        ..s
+    };
+    let log = "KTEST BEGIN a::x\nKTEST PASS a::x 1us\nKTEST BEGIN a::y\nKTEST FAIL a::y f:1: no\nKERNEL EXIT failure\n";
+    assert!(s.judge(log, Exit::Status(QEMU_FAILURE)).is_ok());
+    let extra = format!("{log}KTEST BEGIN a::z\nKTEST FAIL a::z f:2: no\n");
+    assert!(s.judge(&extra, Exit::Status(QEMU_FAILURE)).is_err());
+}
+
+#[test]
+fn crash_expectations() {
+    let pf = scenario("page-fault-reported");
+    let log = "KTEST BEGIN crash::page_fault\nKERNEL EXCEPTION vector=14 (#PF page fault) error=0x0 rip=0x1 cr2=0x7deadb000 (x)\nKERNEL EXIT failure\n";
+    assert!(pf.judge(log, Exit::Status(QEMU_FAILURE)).is_ok());
+    assert!(pf
+        .judge(
+            &log.replace("vector=14", "vector=13"),
+            Exit::Status(QEMU_FAILURE)
+        )
+        .is_err());
+    let hang = scenario("hang-times-out");
+    assert!(hang
+        .judge("KTEST BEGIN crash::hang\n", Exit::TimedOut)
+        .is_ok());
+    assert!(
+        hang.judge("", Exit::TimedOut).is_err(),
+        "a boot hang is not the test's hang"
+    );
+    let demo = scenario("demo");
+    let incomplete = "ready: up\nKERNEL EXIT success\n";
+    assert!(demo.judge(incomplete, Exit::Status(QEMU_SUCCESS)).is_err());
+    assert!(hang
+        .judge("KERNEL EXIT success\n", Exit::Status(QEMU_SUCCESS))
+        .is_err());
+    let p = scenario("panic-reported");
+    assert!(p
+        .judge(
+            "KERNEL PANIC at a:1: other\nKERNEL EXIT failure\n",
+            Exit::Status(QEMU_FAILURE)
+        )
+        .is_err());
+}
