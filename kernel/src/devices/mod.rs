@@ -5,5 +5,6 @@
 pub mod dmamem;
 pub mod edu;
 pub mod iommu;
+pub mod irq;
 pub mod p2p;
 pub mod pci;
