@@ -139,11 +139,6 @@ impl Vectors {
         self.vectors.get(i).copied()
     }
 
-    /// Every CPU vector, in entry order.
-    pub fn all(&self) -> &[u8] {
-        &self.vectors
-    }
-
     /// The IRTEs, when interrupts are remapped.
     pub fn remapped(&self) -> Option<&Remapped> {
         self.remapped.as_ref()
@@ -291,11 +286,6 @@ impl MsixInterrupt<'_> {
         &self.vectors
     }
 
-    /// The vectors and IRTEs, mutably.
-    pub fn vectors_mut(&mut self) -> &mut Vectors {
-        &mut self.vectors
-    }
-
     /// The message in table entry `i` (read back from the table).
     ///
     /// # Errors
@@ -380,11 +370,6 @@ impl fmt::Debug for GsiRoute {
 }
 
 impl GsiRoute {
-    /// The GSI.
-    pub fn gsi(&self) -> u32 {
-        self.gsi
-    }
-
     /// The CPU vector the handler runs on.
     pub fn vector(&self) -> u8 {
         self.vectors.vector(0).unwrap_or(0)
