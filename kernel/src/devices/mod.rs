@@ -6,5 +6,6 @@ pub mod dmamem;
 pub mod edu;
 pub mod iommu;
 pub mod irq;
+pub mod nic;
 pub mod p2p;
 pub mod pci;

@@ -14,7 +14,6 @@
 //! sends its interrupts without a requester ID too: its route is proven through the IRTE
 //! (delivered through it, dropped with it not present) and the wrong-SID case is measured.
 
-use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 use dma::iommu::Prot;
@@ -31,7 +30,6 @@ use crate::arch::{apic, ioapic, irq, time};
 use crate::devices::edu as edu_dev;
 use crate::devices::irq::{self as dirq, MsiInterrupt};
 use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
-use crate::mem::paging::{self, Cache};
 use crate::{check, check_eq, kprintln, Kernel};
 
 pub const SUITE: Suite = Suite {
@@ -182,21 +180,10 @@ fn edu_msi_through_its_irte(k: &Kernel) -> TestResult {
 
 /// The default e1000e, bound with BAR0 mapped.
 fn nic(k: &Kernel) -> Result<E1000e, Failure> {
-    let f = k
-        .pci
-        .topology
-        .functions_sorted()
-        .find(|f| (f.vendor_id, f.device_id) == (e1000e::VENDOR_ID, e1000e::DEVICE_ID))
-        .or_fail("no e1000e in this topology")?;
-    let bar = f
-        .bar(0)
-        .filter(|b| b.size >= e1000e::BAR0_SIZE)
-        .or_fail("e1000e BAR0")?;
-    let ptr = paging::map_phys(bar.phys_address, bar.size, Cache::Uncached).or_fail("map BAR0")?;
-    let ptr = NonNull::new(ptr).or_fail("BAR0 null")?;
-    // SAFETY: BAR0 (128 KiB checked) stays mapped uncached for the run; tests run one at a
-    // time and each drops its binding before returning.
-    unsafe { E1000e::new(&k.pci.ecam, f.bdf, ptr) }.or_fail("bind e1000e")
+    // SAFETY: tests run one at a time and each drops its binding before returning.
+    unsafe { crate::devices::nic::bind_first(&k.pci) }
+        .or_fail("bind e1000e")?
+        .or_fail("no e1000e in this topology")
 }
 
 /// Raises e1000e's OTHER cause and waits for `vector`; returns the deliveries seen on it,
