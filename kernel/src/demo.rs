@@ -567,6 +567,12 @@ fn interrupt_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     };
     let iommu = k.iommu.as_ref();
     kprintln!("Interrupt remapping demo:");
+    if let Ok(cap) = pci::msi::MsiCapability::find(&k.pci.ecam, e.bdf()) {
+        kprintln!("  {} {cap}", e.bdf());
+    }
+    if let Ok(cap) = pci::msi::MsixCapability::find(&k.pci.ecam, nic.bdf()) {
+        kprintln!("  {} {cap}", nic.bdf());
+    }
     let m = dirq::request_msi(&k.pci, iommu, e.bdf(), on_edu).map_err(|e| format!("{e}"))?;
     let n = dirq::request_msix(&k.pci, iommu, nic.bdf(), &[on_nic]).map_err(|e| format!("{e}"))?;
     let (Some(er), Some(nr)) = (m.vectors().remapped(), n.vectors().remapped()) else {
