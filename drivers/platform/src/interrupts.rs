@@ -166,9 +166,9 @@ impl<R: RegisterIo, P: Platform> RemappedVectors<R, P> {
             destination,
             source,
         };
-        for i in 0..n {
+        for (i, &vector) in vectors.iter().enumerate() {
             // On failure `this` drops: the block is cleared and freed.
-            this.write(i, vectors[i], source)?;
+            this.write(i, vector, source)?;
         }
         Ok(this)
     }
