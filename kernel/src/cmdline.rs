@@ -3,7 +3,7 @@
 //! Grammar: whitespace-separated `key=value` words or bare flags. Known keys:
 //! `test=<pattern>[,<pattern>...]` selects in-kernel test suites (`suite` or `suite::test`, or
 //! `all`); without it the kernel runs its demo. `acs=leave|isolate` and the `vtd.*` options
-//! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`) are checked by [`CommandLine::warnings`]:
+//! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`, `vtd.intremap=on|off`) are checked by [`CommandLine::warnings`]:
 //! an unknown `vtd.*` key or a value outside these is reported at boot, never fatal.
 //! `timer.period_us=<n>` sets the LAPIC timer's tick ([`TIMER_PERIOD_RANGE_US`], default
 //! [`TIMER_PERIOD_DEFAULT_US`]); a value outside the range is reported and the default used.
@@ -16,7 +16,7 @@ pub const TIMER_PERIOD_RANGE_US: core::ops::RangeInclusive<u64> = 100..=100_000;
 pub const TIMER_PERIOD_DEFAULT_US: u64 = 1000;
 
 /// The `vtd.*` keys the kernel reads.
-const VTD_KEYS: [&str; 2] = ["vtd.levels", "vtd.rmrr"];
+const VTD_KEYS: [&str; 3] = ["vtd.levels", "vtd.rmrr", "vtd.intremap"];
 
 /// A command-line word the kernel will not act on as written, reported as a warning at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +101,12 @@ impl<'a> CommandLine<'a> {
                     value,
                     expected: "vtd.levels=3 or vtd.levels=4; using the unit's deepest",
                 }),
+                "vtd.intremap" if !matches!(value, "on" | "off") => Some(OptionWarning::BadValue {
+                    key,
+                    value,
+                    expected:
+                        "vtd.intremap=on or vtd.intremap=off; remapping interrupts as by default",
+                }),
                 "timer.period_us"
                     if !value
                         .parse::<u64>()
@@ -127,6 +133,12 @@ impl<'a> CommandLine<'a> {
             .and_then(|v| v.parse().ok())
             .filter(|us| TIMER_PERIOD_RANGE_US.contains(us))
             .unwrap_or(TIMER_PERIOD_DEFAULT_US)
+    }
+
+    /// Whether interrupt remapping is wanted: on unless `vtd.intremap=off` (any other value is
+    /// reported by [`CommandLine::warnings`] and remapping stays on).
+    pub fn interrupt_remapping(&self) -> bool {
+        self.value("vtd.intremap") != Some("off")
     }
 
     /// The test selection, if any (`test=` present, even if empty).
@@ -241,6 +253,17 @@ mod tests {
         }
         let edges = CommandLine::new("timer.period_us=100 timer.period_us=100000");
         assert_eq!(edges.warnings().count(), 0);
+    }
+
+    #[test]
+    fn intremap_is_on_unless_turned_off() {
+        assert!(CommandLine::new("").interrupt_remapping());
+        assert!(CommandLine::new("vtd.intremap=on").interrupt_remapping());
+        assert!(!CommandLine::new("vtd.intremap=off").interrupt_remapping());
+        assert_eq!(CommandLine::new("vtd.intremap=off").warnings().count(), 0);
+        let bad = CommandLine::new("vtd.intremap=no");
+        assert!(bad.interrupt_remapping());
+        assert_eq!(bad.warnings().count(), 1);
     }
 
     #[test]

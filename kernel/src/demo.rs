@@ -534,6 +534,102 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     Ok(())
 }
 
+/// Interrupt remapping with edu and the e1000e: edu's MSI delivered through its IRTE (the
+/// handler's own count and vector), then edu's MSI capability reprogrammed the way a
+/// compromised device or driver would, with a remappable message naming the e1000e's IRTE:
+/// the unit's source-id check drops it, and neither handler runs.
+fn interrupt_demo(k: &Kernel) -> Result<(), alloc::string::String> {
+    use alloc::format;
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    use pci::msi::{Msi, MsiMessage};
+
+    use crate::arch::{irq, time};
+    use crate::devices::irq as dirq;
+
+    static EDU_HITS: AtomicU64 = AtomicU64::new(0);
+    static NIC_HITS: AtomicU64 = AtomicU64::new(0);
+    fn on_edu(_: u8) {
+        EDU_HITS.fetch_add(1, Ordering::AcqRel);
+    }
+    fn on_nic(_: u8) {
+        NIC_HITS.fetch_add(1, Ordering::AcqRel);
+    }
+
+    // SAFETY: the demo steps run one after the other; each drops its binding before returning.
+    let edus = unsafe { crate::devices::edu::bind_all(&k.pci, edu::DEFAULT_DMA_MASK) }
+        .map_err(|e| format!("{e}"))?;
+    // SAFETY: as above.
+    let nic = unsafe { crate::devices::nic::bind_first(&k.pci) }.map_err(|e| format!("{e}"))?;
+    let (Some(e), Some(nic)) = (edus.first(), nic) else {
+        kprintln!("(no edu or no e1000e: interrupt demo skipped)");
+        return Ok(());
+    };
+    let iommu = k.iommu.as_ref();
+    kprintln!("Interrupt remapping demo:");
+    if let Ok(cap) = pci::msi::MsiCapability::find(&k.pci.ecam, e.bdf()) {
+        kprintln!("  {} {cap}", e.bdf());
+    }
+    if let Ok(cap) = pci::msi::MsixCapability::find(&k.pci.ecam, nic.bdf()) {
+        kprintln!("  {} {cap}", nic.bdf());
+    }
+    let m = dirq::request_msi(&k.pci, iommu, e.bdf(), on_edu).map_err(|e| format!("{e}"))?;
+    let n = dirq::request_msix(&k.pci, iommu, nic.bdf(), &[on_nic]).map_err(|e| format!("{e}"))?;
+    let (Some(er), Some(nr)) = (m.vectors().remapped(), n.vectors().remapped()) else {
+        kprintln!("  interrupts are not remapped (vtd.intremap=off or no ECAP.IR): demo skipped");
+        return Ok(());
+    };
+    let (ev, nv) = (m.vector(), n.vector(0).unwrap_or(0));
+    let nic_index = nr.irte_index(0).unwrap_or(0);
+    kprintln!(
+        "  edu {} MSI -> IRTE {} (SID {:?}) -> vector {ev:#x}; e1000e {} MSI-X 0 -> IRTE {nic_index} -> vector {nv:#x}",
+        e.bdf(),
+        er.handle(),
+        er.source(),
+        nic.bdf()
+    );
+    let hits = EDU_HITS.load(Ordering::Acquire);
+    let before = irq::delivered(ev);
+    e.raise_interrupt(1);
+    irq::wait_delivery(ev, before, 200_000).map_err(|e| format!("edu interrupt: {e}"))?;
+    time::delay_us(5_000);
+    e.ack_interrupt(1);
+    let got = EDU_HITS.load(Ordering::Acquire) - hits;
+    if got != 1 || irq::delivered(ev) != before + 1 {
+        return Err(format!("edu's handler ran {got} times for one raise"));
+    }
+    kprintln!("  edu interrupt delivered through its IRTE: handler ran once on vector {ev:#x}");
+    // The forgery: edu's own MSI logic sends a message naming the e1000e's IRTE.
+    let mut msi = Msi::new(&k.pci.ecam, e.bdf()).map_err(|e| format!("{e}"))?;
+    let own = msi.message();
+    msi.configure(1, MsiMessage::remappable(nic_index, None))
+        .map_err(|e| format!("{e}"))?;
+    let (edu_before, nic_before) = (
+        EDU_HITS.load(Ordering::Acquire),
+        NIC_HITS.load(Ordering::Acquire),
+    );
+    let nic_count = irq::delivered(nv);
+    e.raise_interrupt(1);
+    time::delay_us(50_000);
+    e.ack_interrupt(1);
+    msi.configure(1, own).map_err(|e| format!("{e}"))?;
+    let (edu_after, nic_after) = (
+        EDU_HITS.load(Ordering::Acquire),
+        NIC_HITS.load(Ordering::Acquire),
+    );
+    if edu_after != edu_before || nic_after != nic_before || irq::delivered(nv) != nic_count {
+        return Err(format!(
+            "the forged interrupt arrived (edu handler +{}, e1000e handler +{})",
+            edu_after - edu_before,
+            nic_after - nic_before
+        ));
+    }
+    kprintln!(
+        "  forged interrupt blocked: edu sent a remappable MSI naming e1000e's IRTE {nic_index}; source-id check failed, e1000e's handler count unchanged ({nic_after})"
+    );
+    Ok(())
+}
+
 /// The demo run. Returns false if a demo step failed or showed the wrong result (the run then
 /// ends with a failure status).
 pub fn run(k: &Kernel) -> bool {
@@ -569,6 +665,10 @@ pub fn run(k: &Kernel) -> bool {
     }
     if let Err(e) = p2p_demo(k) {
         kprintln!("P2P demo failed: {e}");
+        ok = false;
+    }
+    if let Err(e) = interrupt_demo(k) {
+        kprintln!("interrupt demo failed: {e}");
         ok = false;
     }
     kprintln!(

@@ -135,7 +135,7 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         Some("4") => Some(iommu_vtd::PagingLevels::Four),
         _ => None,
     };
-    let mut iommu = match devices::iommu::init(&acpi, &pci, levels) {
+    let mut iommu = match devices::iommu::init(&acpi, &pci, levels, cmdline.interrupt_remapping()) {
         Ok(i) => i,
         Err(e) => {
             log::error!("iommu: {e}");

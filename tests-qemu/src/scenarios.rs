@@ -43,6 +43,14 @@ const DEMO_EVIDENCE: &[(&str, &str)] = &[
     ("map while revoked:", "a map refused while revoked"),
     ("unchanged (zeros)", "the BAR untouched after revoke"),
     ("message intact", "the DMA landing again after restore"),
+    (
+        "edu interrupt delivered through its IRTE: handler ran once",
+        "edu's MSI through its interrupt remapping entry",
+    ),
+    (
+        "forged interrupt blocked: edu sent a remappable MSI naming e1000e's IRTE",
+        "a forged remappable interrupt dropped by the source-id check",
+    ),
 ];
 
 /// What a scenario must produce.
@@ -379,6 +387,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(p2p_scenarios());
     all.extend(firmware_scenarios());
     all.extend(irq_scenarios());
+    all.extend(intremap_scenarios());
     all
 }
 

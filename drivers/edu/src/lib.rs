@@ -12,7 +12,12 @@
 //! - each transfer takes ~100 ms of virtual time; completion is polled on the RUN bit;
 //! - a transfer blocked by the IOMMU still "completes" (a blocked read yields zeros): the device's
 //!   status proves nothing about isolation;
-//! - SeaBIOS leaves bus mastering off: [`Edu::new`] enables Memory + Bus Master.
+//! - SeaBIOS leaves bus mastering off: [`Edu::new`] enables Memory + Bus Master (an MSI is a
+//!   bus-master write too: without it QEMU drops it);
+//! - interrupts: [`Edu::raise_interrupt`] (0x60) ORs bits into the status (0x24) and sends the
+//!   one MSI vector (or INTx) while the status is non-zero, [`Edu::ack_interrupt`] (0x64) clears
+//!   bits. The MSI capability itself is programmed by whoever owns interrupts, through
+//!   `pci::msi` (drivers never write message addresses).
 
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
@@ -227,6 +232,28 @@ impl Edu {
         let regs = self.regs;
         map_field!(regs.liveness).write(value);
         map_field!(regs.liveness).read()
+    }
+
+    /// Raises the device's interrupt with `status` bits (register 0x60): the bits are ORed
+    /// into the interrupt status, and while it is non-zero every raise sends the MSI (when MSI
+    /// is enabled; the INTx line otherwise). A raise with `status` 0 sends nothing on an idle
+    /// device.
+    pub fn raise_interrupt(&self, status: u32) {
+        let regs = self.regs;
+        map_field!(regs.irq_raise).write(status);
+    }
+
+    /// Acknowledges `status` bits (register 0x64): they are cleared from the interrupt status
+    /// (and INTx is lowered when none remain).
+    pub fn ack_interrupt(&self, status: u32) {
+        let regs = self.regs;
+        map_field!(regs.irq_ack).write(status);
+    }
+
+    /// The interrupt status (register 0x24): the bits raised and not yet acknowledged.
+    pub fn interrupt_status(&self) -> u32 {
+        let regs = self.regs;
+        map_field!(regs.irq_status).read()
     }
 
     /// Checks a transfer against the QEMU 7.2 limits and this device's DMA mask.

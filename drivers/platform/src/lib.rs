@@ -14,7 +14,10 @@
 //! 5. [`attach`]: group-to-domain attach with the RMRRs of every member identity-mapped first
 //!    ([`Iommu::attach`], [`Iommu::detach`], [`group_key`], the shared [`Membership`] guard);
 //! 6. [`setup`]: one default domain per isolation group ([`Iommu::group_domain`]) and a
-//!    [`dma::DmaDevice`] for a function ([`setup_device`]), boot-time RMRR attachments.
+//!    [`dma::DmaDevice`] for a function ([`setup_device`]), boot-time RMRR attachments;
+//! 7. [`interrupts`]: interrupt remapping glue, over the `pci` and `iommu-vtd` crates only: the
+//!    source ID for a function's or an I/O APIC's IRTEs ([`msi_source`], [`ioapic_sources`])
+//!    and a function's block of remapped vectors ([`RemappedVectors`]).
 //!
 //! Generic over the unit's register access ([`iommu_vtd::RegisterIo`]) and table memory
 //! ([`iommu_vtd::Platform`]): the kernel runs it over MMIO, the host tests over
@@ -26,6 +29,7 @@
 extern crate alloc;
 
 pub mod attach;
+pub mod interrupts;
 pub mod reserved;
 pub mod scope;
 pub mod setup;
@@ -33,6 +37,7 @@ pub mod state;
 pub mod view;
 
 pub use attach::{group_key, AttachError};
+pub use interrupts::{ioapic_sources, msi_source, IoApicSource, RemapError, RemappedVectors};
 pub use reserved::reserved_regions;
 pub use scope::{unit_for, RmrrInfo, UnitEntry, UnitError};
 pub use setup::{setup_device, DeviceDma, DmaResources, SetupError};

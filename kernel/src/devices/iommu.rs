@@ -15,9 +15,9 @@ use iommu_vtd::{
     Dmar, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError, VtdUnit,
 };
 use kernel::frames::FrameRequest;
-use spin::RwLockReadGuard;
+use spin::{Once, RwLockReadGuard};
 
-pub use vtd_platform::{AttachError, RmrrInfo};
+pub use vtd_platform::{AttachError, IoApicSource, RmrrInfo};
 
 use super::pci::PciSystem;
 use crate::acpi::Acpi;
@@ -49,6 +49,24 @@ unsafe impl Platform for KernelPlatform {
     unsafe fn free_table_page(&self, phys: PhysAddr) {
         if let Err(e) = crate::mem::free_frames(phys.as_u64(), 1) {
             log::error!("vt-d: freeing table page {phys}: {e}");
+        }
+    }
+
+    fn alloc_table_pages(&self, count: usize) -> Option<TablePage> {
+        let phys = crate::mem::alloc_frames(FrameRequest::contiguous(count))?;
+        let virt = NonNull::new(phys as *mut u8)?;
+        // SAFETY: `count` contiguous frames were just allocated to us and are identity-mapped
+        // writable RAM.
+        unsafe { core::ptr::write_bytes(virt.as_ptr(), 0, count * 4096) };
+        Some(TablePage {
+            phys: PhysAddr::new(phys),
+            virt,
+        })
+    }
+
+    unsafe fn free_table_pages(&self, phys: PhysAddr, count: usize) {
+        if let Err(e) = crate::mem::free_frames(phys.as_u64(), count) {
+            log::error!("vt-d: freeing {count} table pages at {phys}: {e}");
         }
     }
 
@@ -125,15 +143,31 @@ impl fmt::Display for IommuInitError {
     }
 }
 
+/// Interrupt remapping table entries per unit: room for every MSI/MSI-X vector of the
+/// functions QEMU's topologies hold (a few dozen) and the I/O APIC's 24 pins, many times over.
+pub const IRTE_ENTRIES: u32 = 256;
+
+/// The I/O APICs' interrupt sources from the DMAR (empty before [`init`] or without a DMAR).
+static IOAPIC_SOURCES: Once<alloc::vec::Vec<IoApicSource>> = Once::new();
+
+/// Where each I/O APIC's interrupt requests come from, per the DMAR's device scopes.
+pub fn ioapic_sources() -> &'static [IoApicSource] {
+    IOAPIC_SOURCES.get().map_or(&[], |v| v.as_slice())
+}
+
 /// Brings every usable DRHD up. `None` when there is no IOMMU: no DMAR, or a DMAR without a
 /// usable remapping unit (said once in the log). Structures the DMAR parser refused (a DRHD
 /// with register base 0 or an absurd register size, an inverted or misaligned RMRR, a scope of
 /// a reserved type) are logged and left out; only validated, bounded register windows are
-/// mapped.
+/// mapped. With `intremap`, interrupt remapping is enabled on every unit offering it
+/// (ECAP.IR; [`IRTE_ENTRIES`] entries, xAPIC mode, compatibility format blocked) right after its
+/// queue is up; otherwise (`vtd.intremap=off`) interrupts are not remapped, which the boot log
+/// says.
 pub fn init(
     acpi: &Acpi,
     pci: &PciSystem,
     levels: Option<PagingLevels>,
+    intremap: bool,
 ) -> Result<Option<Iommu>, IommuInitError> {
     let Some((_, bytes)) = acpi.dmar() else {
         return Ok(None);
@@ -167,6 +201,17 @@ pub fn init(
         // that memory.
         unit.prepare()
             .map_err(|error| IommuInitError::Unit { base, error })?;
+        if !unit.capabilities().ecap.interrupt_remapping {
+            log::info!("vt-d: unit {base:#x} has no interrupt remapping (ECAP.IR = 0)");
+        } else if intremap {
+            // xAPIC mode: QEMU under TCG has no x2APIC and refuses EIM.
+            unit.enable_interrupt_remapping(IRTE_ENTRIES, false)
+                .map_err(|error| IommuInitError::Unit { base, error })?;
+        } else {
+            log::warn!(
+                "vt-d: interrupt remapping off on unit {base:#x} (vtd.intremap=off): devices can forge interrupts"
+            );
+        }
         // The deepest usable table (widest IOVA space) unless the command line picks one.
         let deepest = unit
             .capabilities()
@@ -196,5 +241,15 @@ pub fn init(
     iommu
         .rmrrs
         .extend(dmar.rmrrs().map(|r| RmrrInfo::resolve(&r, &pci.topology)));
+    let sources = vtd_platform::ioapic_sources(&dmar, &pci.topology);
+    for s in &sources {
+        log::info!(
+            "vt-d: I/O APIC {} interrupts arrive from {} (unit {:#x})",
+            s.ioapic_id,
+            s.bdf,
+            s.unit_base
+        );
+    }
+    IOAPIC_SOURCES.call_once(|| sources);
     Ok(Some(iommu))
 }

@@ -5,5 +5,7 @@
 pub mod dmamem;
 pub mod edu;
 pub mod iommu;
+pub mod irq;
+pub mod nic;
 pub mod p2p;
 pub mod pci;

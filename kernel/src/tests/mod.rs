@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod dmaapi;
 mod groups;
+mod intremap;
 mod irq;
 mod memory;
 mod p2p;
@@ -26,5 +27,6 @@ pub static SUITES: &[Suite] = &[
     rmrr::SUITE,
     p2p::SUITE,
     irq::SUITE,
+    intremap::SUITE,
     crash::SUITE,
 ];
