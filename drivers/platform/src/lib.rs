@@ -14,7 +14,10 @@
 //! 5. [`attach`]: group-to-domain attach with the RMRRs of every member identity-mapped first
 //!    ([`Iommu::attach`], [`Iommu::detach`], [`group_key`], the shared [`Membership`] guard);
 //! 6. [`setup`]: one default domain per isolation group ([`Iommu::group_domain`]) and a
-//!    [`dma::DmaDevice`] for a function ([`setup_device`]), boot-time RMRR attachments.
+//!    [`dma::DmaDevice`] for a function ([`setup_device`]), boot-time RMRR attachments;
+//! 7. [`faults`]: decoded faults routed to the owner of the faulting device's domain
+//!    ([`FaultRouter`]: a callback per domain, a default sink, rate-limited logging), usable
+//!    from a fault-event interrupt handler (uses none of the modules above).
 //!
 //! Generic over the unit's register access ([`iommu_vtd::RegisterIo`]) and table memory
 //! ([`iommu_vtd::Platform`]): the kernel runs it over MMIO, the host tests over
@@ -26,6 +29,7 @@
 extern crate alloc;
 
 pub mod attach;
+pub mod faults;
 pub mod reserved;
 pub mod scope;
 pub mod setup;
@@ -33,6 +37,10 @@ pub mod state;
 pub mod view;
 
 pub use attach::{group_key, AttachError};
+pub use faults::{
+    context_domain, DispatchSummary, Fault, FaultCallback, FaultRouteError, FaultRouter, RateLimit,
+    RateLimiter, Verdict,
+};
 pub use reserved::reserved_regions;
 pub use scope::{unit_for, RmrrInfo, UnitEntry, UnitError};
 pub use setup::{setup_device, DeviceDma, DmaResources, SetupError};
