@@ -5,6 +5,7 @@ mod boot;
 mod common;
 mod crash;
 mod dmaapi;
+mod faultirq;
 mod groups;
 mod irq;
 mod memory;
@@ -26,5 +27,6 @@ pub static SUITES: &[Suite] = &[
     rmrr::SUITE,
     p2p::SUITE,
     irq::SUITE,
+    faultirq::SUITE,
     crash::SUITE,
 ];
