@@ -101,11 +101,14 @@ impl<'a> CommandLine<'a> {
                     value,
                     expected: "vtd.levels=3 or vtd.levels=4; using the unit's deepest",
                 }),
-                "vtd.fault_irq" if !matches!(value, "on" | "off") => Some(OptionWarning::BadValue {
-                    key,
-                    value,
-                    expected: "vtd.fault_irq=on or vtd.fault_irq=off; fault events stay interrupts",
-                }),
+                "vtd.fault_irq" if !matches!(value, "on" | "off") => {
+                    Some(OptionWarning::BadValue {
+                        key,
+                        value,
+                        expected:
+                            "vtd.fault_irq=on or vtd.fault_irq=off; fault events stay interrupts",
+                    })
+                }
                 "timer.period_us"
                     if !value
                         .parse::<u64>()

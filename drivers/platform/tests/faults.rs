@@ -205,7 +205,12 @@ fn records_are_dispatched_and_cleared_exactly_once() {
     assert!(regs.dma(a.requester_id(), 0x31_0000, true).is_err());
     assert_eq!(regs.fault_events().len(), 2);
     service(&iommu, &mut router, 0);
-    let addrs: Vec<u64> = got.lock().unwrap().iter().map(|f| f.record.address).collect();
+    let addrs: Vec<u64> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| f.record.address)
+        .collect();
     assert_eq!(addrs, vec![0x30_0000, 0x31_0000]);
 }
 
@@ -312,11 +317,17 @@ fn the_router_suppresses_log_lines_but_never_callbacks() {
     router.register(0, da.did(), recorder(&got)).unwrap();
     let mut suppressed = Vec::new();
     for i in 0..5u64 {
-        assert!(regs.dma(a.requester_id(), 0x30_0000 + i * 4096, true).is_err());
+        assert!(regs
+            .dma(a.requester_id(), 0x30_0000 + i * 4096, true)
+            .is_err());
         suppressed.push(service(&iommu, &mut router, i).suppressed);
     }
     assert_eq!(suppressed, vec![0, 0, 1, 1, 1]);
-    assert_eq!(got.lock().unwrap().len(), 5, "every record reached the owner");
+    assert_eq!(
+        got.lock().unwrap().len(),
+        5,
+        "every record reached the owner"
+    );
     // A window later the source is logged again.
     assert!(regs.dma(a.requester_id(), 0x40_0000, true).is_err());
     assert_eq!(service(&iommu, &mut router, 1_000_010).suppressed, 0);

@@ -119,9 +119,10 @@ pub fn install(iommu: &Iommu, interrupts: bool) -> Result<(), FaultSetupError> {
     let destination = u8::try_from(apic_id).map_err(|_| FaultSetupError::ApicId(apic_id))?;
     INTERRUPTS.store(interrupts, Ordering::Release);
     STATE.with(|s| {
-        s.router.set_default_sink(alloc::boxed::Box::new(|_: &Fault| {
-            UNOWNED.fetch_add(1, Ordering::Relaxed);
-        }))
+        s.router
+            .set_default_sink(alloc::boxed::Box::new(|_: &Fault| {
+                UNOWNED.fetch_add(1, Ordering::Relaxed);
+            }))
     });
     for entry in &iommu.units {
         let unit = entry.unit.clone();

@@ -163,7 +163,14 @@ fn fault_reaches_domain_owner(k: &Kernel) -> TestResult {
     let (seen0, seen1) = (recorder(), recorder());
     own(&d0, &seen0)?;
     own(&d1, &seen1)?;
-    let result = owners_see_their_faults(k, (&mut e0, &mut e1), (&d0, &d1), unit, vector, (&seen0, &seen1));
+    let result = owners_see_their_faults(
+        k,
+        (&mut e0, &mut e1),
+        (&d0, &d1),
+        unit,
+        vector,
+        (&seen0, &seen1),
+    );
     faults::unregister(&d0);
     faults::unregister(&d1);
     clear_faults(k)?;
@@ -199,7 +206,10 @@ fn owners_see_their_faults(
         "blocked write reached memory"
     );
     if vector.is_none() {
-        check!(snapshot(seen0).is_empty(), "dispatched without an interrupt or a poll");
+        check!(
+            snapshot(seen0).is_empty(),
+            "dispatched without an interrupt or a poll"
+        );
         poll(&mut polled)?;
     }
     // In interrupt mode nothing has polled yet: only the handler can have put this here.
@@ -218,7 +228,10 @@ fn owners_see_their_faults(
     let iova1 = iova0 + 0x1000;
     provoke(e1, Transfer::ReadFromMemory, iova1, vector)?;
     if vector.is_none() {
-        check!(snapshot(seen1).is_empty(), "dispatched without an interrupt or a poll");
+        check!(
+            snapshot(seen1).is_empty(),
+            "dispatched without an interrupt or a poll"
+        );
         poll(&mut polled)?;
     }
     let got = snapshot(seen1);
@@ -244,7 +257,10 @@ fn owners_see_their_faults(
             (src1, iova1 & !0xfff, AccessKind::Read)
         ]
     );
-    check!(faults::take(unit).log.records.is_empty(), "records returned twice");
+    check!(
+        faults::take(unit).log.records.is_empty(),
+        "records returned twice"
+    );
     let (a, b) = (snapshot(seen0), snapshot(seen1));
     check_eq!((a.len(), b.len()), (1, 1));
     Ok(())
@@ -270,7 +286,10 @@ fn unowned_fault_reaches_default_sink(k: &Kernel) -> TestResult {
             faults::take(unit);
         }
         check_eq!(faults::unowned(), before + 1);
-        check!(snapshot(&seen1).is_empty(), "another domain's owner got the fault");
+        check!(
+            snapshot(&seen1).is_empty(),
+            "another domain's owner got the fault"
+        );
         Ok(())
     })();
     faults::unregister(&d1);
