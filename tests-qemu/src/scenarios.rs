@@ -840,7 +840,7 @@ fn irq_scenarios() -> Vec<Scenario> {
 
 /// VT-d fault events as interrupts: the `faultirq` suite (fault event programmed, a blocked DMA
 /// raises one interrupt and reaches its domain owner's callback without polling, another
-/// domain's owner and the default sink get theirs only) with two edus; the same suite and the
+/// domain's owner and the default sink get theirs only, an overflow reported once) with two edus; the same suite and the
 /// VT-d fault tests in polling mode (`vtd.fault_irq=off`: FECTL masked, no interrupt, records
 /// dispatched and returned by the poll).
 fn fault_irq_scenarios() -> Vec<Scenario> {
@@ -850,7 +850,7 @@ fn fault_irq_scenarios() -> Vec<Scenario> {
     vec![
         Scenario::passing(
             "vtd-fault-irq",
-            "fault events as interrupts: FEADDR/FEDATA hold a fixed MSI to the BSP and FECTL is unmasked; an unmapped-IOVA write raises exactly one interrupt and its decoded fault (source, page, write, reason 5) is in the domain owner's callback before any poll; a second domain's read fault reaches only its owner; an unowned fault reaches the default sink",
+            "fault events as interrupts: FEADDR/FEDATA hold a fixed MSI to the BSP and FECTL is unmasked; an unmapped-IOVA write raises exactly one interrupt and its decoded fault (source, page, write, reason 5) is in the domain owner's callback before any poll; a second domain's read fault reaches only its owner; an unowned fault reaches the default sink; two faults with interrupts off: one event, the kept record to its owner, the overflow reported once",
             two_edu(),
             "test=faultirq",
             suite,

@@ -346,12 +346,14 @@ impl FaultRouter {
             }
         }
         if log.overflow {
-            if let Verdict::Log { suppressed } =
-                self.overflow_limiter.check(unit, OVERFLOW_SOURCE, now_us)
-            {
-                log::warn!(
-                    "vt-d: unit {unit}: fault records overflowed, faults were lost ({suppressed} earlier overflow line(s) not logged)"
-                );
+            match self.overflow_limiter.check(unit, OVERFLOW_SOURCE, now_us) {
+                Verdict::Log { suppressed: 0 } => {
+                    log::warn!("vt-d: unit {unit}: fault records overflowed, faults were lost");
+                }
+                Verdict::Log { suppressed } => log::warn!(
+                    "vt-d: unit {unit}: fault records overflowed, faults were lost ({suppressed} earlier overflow(s) not logged)"
+                ),
+                Verdict::Suppress => {}
             }
         }
         summary

@@ -43,6 +43,10 @@ pub const SUITE: Suite = Suite {
             name: "unowned_fault_reaches_default_sink",
             run: unowned_fault_reaches_default_sink,
         },
+        Test {
+            name: "overflow_reported_once",
+            run: overflow_reported_once,
+        },
     ],
 };
 
@@ -292,6 +296,75 @@ fn unowned_fault_reaches_default_sink(k: &Kernel) -> TestResult {
         );
         Ok(())
     })();
+    faults::unregister(&d1);
+    clear_faults(k)?;
+    result
+}
+
+/// Two faults while interrupts are off: QEMU's unit has one fault recording register, so the
+/// second is lost and FSTS.PFO set. When interrupts come back one fault event arrives (polling
+/// mode: none), the kept record reaches its owner, the lost one reaches nobody, and the poll
+/// reports the overflow once (PFO was cleared with the record it came with).
+fn overflow_reported_once(k: &Kernel) -> TestResult {
+    let mut es = edus(k)?;
+    check!(es.len() >= 2, "needs two edu devices");
+    let (mut e0, mut e1) = (es.remove(0), es.remove(0));
+    let d0 = domain_for(k, &e0)?;
+    let d1 = domain_for(k, &e1)?;
+    let (unit, vector) = unit_of(&d0)?;
+    clear_faults(k)?;
+    let (seen0, seen1) = (recorder(), recorder());
+    own(&d0, &seen0)?;
+    own(&d1, &seen1)?;
+    let result = (|| {
+        let before = vector.map(irq::delivered);
+        let serviced = faults::from_interrupt();
+        x86_64::instructions::interrupts::without_interrupts(|| -> TestResult {
+            edu_dev::dma(
+                &mut e0,
+                Transfer::WriteToMemory,
+                DmaAddr::new(0x30_0000),
+                0,
+                64,
+            )
+            .or_fail("edu 0 DMA")?;
+            edu_dev::dma(
+                &mut e1,
+                Transfer::WriteToMemory,
+                DmaAddr::new(0x30_0000),
+                0,
+                64,
+            )
+            .or_fail("edu 1 DMA")
+        })?;
+        if let (Some(v), Some(before)) = (vector, before) {
+            irq::wait_delivery(v, before, WAIT_US).or_fail("no fault-event interrupt")?;
+            time::delay_us(QUIET_US);
+            check_eq!(irq::delivered(v), before + 1);
+            check_eq!(faults::from_interrupt(), serviced + 1);
+        } else {
+            time::delay_us(QUIET_US);
+            check_eq!(faults::from_interrupt(), serviced);
+            check!(snapshot(&seen0).is_empty(), "dispatched without a poll");
+        }
+        let taken = faults::take(unit);
+        check!(taken.log.overflow, "overflow not reported");
+        check_eq!(taken.log.records.len(), 1);
+        check_eq!(taken.log.records[0].source, source_id(k, &e0)?);
+        check_eq!(snapshot(&seen0).len(), 1);
+        check!(
+            snapshot(&seen1).is_empty(),
+            "the lost fault reached an owner"
+        );
+        let again = faults::take(unit);
+        check!(
+            !again.log.overflow && again.log.records.is_empty(),
+            "overflow or record reported twice: {again:?}"
+        );
+        kprintln!("  one record kept, the second fault lost: overflow reported once");
+        Ok(())
+    })();
+    faults::unregister(&d0);
     faults::unregister(&d1);
     clear_faults(k)?;
     result
