@@ -195,8 +195,9 @@ fn service(s: &mut State, i: usize) -> usize {
 
 /// The domain ID of `rid`'s present context entry, read from the root and context tables the
 /// unit walks (RTADDR → root entry of the bus → context entry of the devfn) without the unit's
-/// tables lock. A concurrent rewrite of that entry is seen as not present (P is cleared first
-/// and set last): such a fault goes to the default sink.
+/// tables lock. The writer clears P first and sets it last, and on this single-CPU kernel the
+/// handler runs between two of its stores, never during one: it sees either a whole entry or
+/// P clear (a rewrite in progress, the fault then goes to the default sink).
 pub fn hardware_domain(unit: &Unit, rid: RequesterId) -> Option<u16> {
     let rta = Rtaddr::from_bits(unit.registers().read64(registers::RTADDR)).rta();
     if rta == 0 {
