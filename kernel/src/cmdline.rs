@@ -3,7 +3,8 @@
 //! Grammar: whitespace-separated `key=value` words or bare flags. Known keys:
 //! `test=<pattern>[,<pattern>...]` selects in-kernel test suites (`suite` or `suite::test`, or
 //! `all`); without it the kernel runs its demo. `acs=leave|isolate` and the `vtd.*` options
-//! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`, `vtd.intremap=on|off`) are checked by [`CommandLine::warnings`]:
+//! (`vtd.levels=3|4`, `vtd.rmrr=<bdf>@<base>-<limit>`, `vtd.intremap=on|off`,
+//! `vtd.fault_irq=on|off`) are checked by [`CommandLine::warnings`]:
 //! an unknown `vtd.*` key or a value outside these is reported at boot, never fatal.
 //! `timer.period_us=<n>` sets the LAPIC timer's tick ([`TIMER_PERIOD_RANGE_US`], default
 //! [`TIMER_PERIOD_DEFAULT_US`]); a value outside the range is reported and the default used.
@@ -16,7 +17,7 @@ pub const TIMER_PERIOD_RANGE_US: core::ops::RangeInclusive<u64> = 100..=100_000;
 pub const TIMER_PERIOD_DEFAULT_US: u64 = 1000;
 
 /// The `vtd.*` keys the kernel reads.
-const VTD_KEYS: [&str; 3] = ["vtd.levels", "vtd.rmrr", "vtd.intremap"];
+const VTD_KEYS: [&str; 4] = ["vtd.levels", "vtd.rmrr", "vtd.intremap", "vtd.fault_irq"];
 
 /// A command-line word the kernel will not act on as written, reported as a warning at boot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +108,14 @@ impl<'a> CommandLine<'a> {
                     expected:
                         "vtd.intremap=on or vtd.intremap=off; remapping interrupts as by default",
                 }),
+                "vtd.fault_irq" if !matches!(value, "on" | "off") => {
+                    Some(OptionWarning::BadValue {
+                        key,
+                        value,
+                        expected:
+                            "vtd.fault_irq=on or vtd.fault_irq=off; fault events stay interrupts",
+                    })
+                }
                 "timer.period_us"
                     if !value
                         .parse::<u64>()
@@ -139,6 +148,12 @@ impl<'a> CommandLine<'a> {
     /// reported by [`CommandLine::warnings`] and remapping stays on).
     pub fn interrupt_remapping(&self) -> bool {
         self.value("vtd.intremap") != Some("off")
+    }
+
+    /// Whether VT-d fault events are interrupts: true unless `vtd.fault_irq=off` (polling
+    /// only: FECTL stays masked).
+    pub fn fault_irq(&self) -> bool {
+        self.value("vtd.fault_irq") != Some("off")
     }
 
     /// The test selection, if any (`test=` present, even if empty).
@@ -233,6 +248,25 @@ mod tests {
         );
         // A bare `acs` or `vtd.levels` has no acceptable value either.
         assert_eq!(CommandLine::new("acs vtd.levels").warnings().count(), 2);
+    }
+
+    #[test]
+    fn fault_irq_is_on_unless_turned_off() {
+        assert!(CommandLine::new("test=vtd").fault_irq());
+        assert!(CommandLine::new("vtd.fault_irq=on").fault_irq());
+        assert!(!CommandLine::new("test=vtd vtd.fault_irq=off").fault_irq());
+        assert_eq!(CommandLine::new("vtd.fault_irq=off").warnings().count(), 0);
+        let w: Vec<_> = CommandLine::new("vtd.fault_irq=no").warnings().collect();
+        assert_eq!(
+            w,
+            [OptionWarning::BadValue {
+                key: "vtd.fault_irq",
+                value: "no",
+                expected: "vtd.fault_irq=on or vtd.fault_irq=off; fault events stay interrupts",
+            }]
+        );
+        // A bad value is not "off": interrupts stay on.
+        assert!(CommandLine::new("vtd.fault_irq=no").fault_irq());
     }
 
     #[test]

@@ -228,7 +228,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     use edu::Transfer;
     use kernel::frames::FrameRequest;
 
-    use crate::devices::edu as edu_dev;
+    use crate::devices::{edu as edu_dev, faults};
     use crate::mem::PhysPages;
 
     let Some(iommu) = &k.iommu else { return Ok(()) };
@@ -297,7 +297,8 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
         return Err("the destination page does not hold the source bytes".into());
     }
     let unit = &iommu.unit_for(&k.pci, e.bdf()).ok_or("no unit")?.unit;
-    unit.clear_faults();
+    let unit = faults::unit_index(unit).ok_or("no fault reporting for the unit")?;
+    faults::discard(unit);
     // The stray IOVA equals a sentinel page's physical address (below edu's mask), so a DMA
     // that escaped translation would land there.
     let mut sentinel = PhysPages::alloc(FrameRequest {
@@ -314,7 +315,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     // SAFETY: the sentinel is owned and mapped; volatile because a device may have written it.
     let untouched = (0..4096).all(|i| unsafe { sentinel.as_ptr().add(i).read_volatile() } == 0x5a);
     let sid = source_id(k, e.bdf())?;
-    let faults = unit.read_and_clear_faults().records;
+    let faults = faults::take(unit).log.records;
     let fault = faults.iter().find(|f| {
         f.source == sid
             && f.address == stray
@@ -331,7 +332,7 @@ fn edu_dma_demo(k: &Kernel) -> Result<(), alloc::string::String> {
             ))
         }
     }
-    unit.clear_faults();
+    faults::discard(unit);
     let mut g = IotlbGather::new();
     d.unmap(DmaAddr::new(iova_src), 4096, &mut g)
         .map_err(|e| format!("{e}"))?;
@@ -356,7 +357,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     use kernel::frames::FrameRequest;
 
     use crate::devices::p2p::ProviderDevice;
-    use crate::devices::{dmamem, edu as edu_dev};
+    use crate::devices::{dmamem, edu as edu_dev, faults};
     use crate::mem::paging::{self, Cache};
     use crate::mem::PhysPages;
 
@@ -459,7 +460,8 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     );
 
     let unit = &iommu.unit_for(&k.pci, e.bdf()).ok_or("no unit")?.unit;
-    unit.clear_faults();
+    let unit = faults::unit_index(unit).ok_or("no fault reporting for the unit")?;
+    faults::discard(unit);
     let stats = provider.revoke().map_err(|x| s(&x))?;
     let seen = notified.load(Ordering::SeqCst);
     if seen == 0 || seen != stats.notified {
@@ -476,7 +478,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
     edu_dev::dma(&mut e, Transfer::WriteToMemory, addr, 0, len).map_err(|x| s(&x))?;
     view.read_bytes(0, &mut got).map_err(|x| s(&x))?;
     let sid = source_id(k, e.bdf())?;
-    let faults = unit.read_and_clear_faults().records;
+    let faults = faults::take(unit).log.records;
     let fault = faults.iter().find(|f| {
         f.source == sid
             && f.address == addr.page_align_down().as_u64()
@@ -498,7 +500,7 @@ fn p2p_demo(k: &Kernel) -> Result<(), alloc::string::String> {
             ))
         }
     }
-    unit.clear_faults();
+    faults::discard(unit);
     match att.map(Direction::FromDevice) {
         Err(err @ dma::DmaError::Revoked) => kprintln!("  map while revoked: {err}"),
         Err(err) => {

@@ -170,6 +170,10 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
                 u.levels.count()
             );
         }
+        if let Err(e) = devices::faults::install(i, cmdline.fault_irq()) {
+            log::error!("iommu: {e}");
+            exit(Status::Failure)
+        }
     }
     if let Err(e) = devices::dmamem::start_deadline_polling() {
         log::error!("dma: deferred deadlines not polled from the timer: {e}");

@@ -388,6 +388,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(firmware_scenarios());
     all.extend(irq_scenarios());
     all.extend(intremap_scenarios());
+    all.extend(fault_irq_scenarios());
     all
 }
 

@@ -18,6 +18,9 @@
 //! 7. [`interrupts`]: interrupt remapping glue, over the `pci` and `iommu-vtd` crates only: the
 //!    source ID for a function's or an I/O APIC's IRTEs ([`msi_source`], [`ioapic_sources`])
 //!    and a function's block of remapped vectors ([`RemappedVectors`]).
+//! 8. [`faults`]: decoded faults routed to the owner of the faulting device's domain
+//!    ([`FaultRouter`]: a callback per domain, a default sink, rate-limited logging), usable
+//!    from a fault-event interrupt handler (uses none of the modules above).
 //!
 //! Generic over the unit's register access ([`iommu_vtd::RegisterIo`]) and table memory
 //! ([`iommu_vtd::Platform`]): the kernel runs it over MMIO, the host tests over
@@ -29,6 +32,7 @@
 extern crate alloc;
 
 pub mod attach;
+pub mod faults;
 pub mod interrupts;
 pub mod reserved;
 pub mod scope;
@@ -37,6 +41,10 @@ pub mod state;
 pub mod view;
 
 pub use attach::{group_key, AttachError};
+pub use faults::{
+    context_domain, DispatchSummary, Fault, FaultCallback, FaultRouteError, FaultRouter, RateLimit,
+    RateLimiter, Verdict,
+};
 pub use interrupts::{ioapic_sources, msi_source, IoApicSource, RemapError, RemappedVectors};
 pub use reserved::reserved_regions;
 pub use scope::{unit_for, RmrrInfo, UnitEntry, UnitError};

@@ -4,6 +4,7 @@
 
 pub mod dmamem;
 pub mod edu;
+pub mod faults;
 pub mod iommu;
 pub mod irq;
 pub mod nic;

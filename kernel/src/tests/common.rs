@@ -11,6 +11,7 @@ use kernel::cmdline::CommandLine;
 use kernel::frames::FrameRequest;
 
 use crate::devices::edu as edu_dev;
+use crate::devices::faults;
 use crate::devices::iommu::{Domain, Iommu};
 use crate::ktest::{Failure, OrFail, TestResult};
 use crate::mem::PhysPages;
@@ -92,22 +93,25 @@ pub fn read_back(p: &PhysPages, len: usize) -> Vec<u8> {
 /// The checksum the tests print (FNV-1a).
 pub use kernel::fnv1a as checksum;
 
+/// Discards every fault record (collected by the fault-event handler or still in a unit).
 pub fn clear_faults(k: &Kernel) -> TestResult {
-    for u in &iommu(k)?.units {
-        u.unit.clear_faults();
+    for i in 0..iommu(k)?.units.len() {
+        faults::discard(i);
     }
     Ok(())
 }
 
+/// Every fault since the last call: what the fault-event handler collected and what is still
+/// pending in each unit (read and cleared exactly once, `devices::faults::take`).
 pub fn faults(k: &Kernel) -> Result<Vec<FaultRecord>, Failure> {
     let mut out = Vec::new();
-    for u in &iommu(k)?.units {
-        // Clears exactly the records read: a fault arriving meanwhile stays for the next read.
-        let log = u.unit.read_and_clear_faults();
-        for f in &log.records {
+    for i in 0..iommu(k)?.units.len() {
+        let taken = faults::take(i);
+        check_eq!(taken.lost, 0);
+        for f in &taken.log.records {
             kprintln!("  vt-d fault: {f}");
         }
-        out.extend(log.records);
+        out.extend(taken.log.records);
     }
     Ok(out)
 }

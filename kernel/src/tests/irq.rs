@@ -176,8 +176,9 @@ fn unregistered_vector_counted(_k: &Kernel) -> TestResult {
     check_eq!(last, high.0);
     // Without the EOI the in-service bit of `high` would block `low` (lower class) for ever.
     let hits = HITS.load(Ordering::Acquire);
+    let low_before = irq::delivered(low.0);
     apic::send_self_ipi(low.0);
-    irq::wait_delivery(low.0, irq::delivered(low.0), 100_000)
+    irq::wait_delivery(low.0, low_before, 100_000)
         .or_fail("lower-priority IPI after the unregistered one")?;
     check_eq!(HITS.load(Ordering::Acquire), hits + 1);
     Ok(())

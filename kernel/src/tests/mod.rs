@@ -5,6 +5,7 @@ mod boot;
 mod common;
 mod crash;
 mod dmaapi;
+mod faultirq;
 mod groups;
 mod intremap;
 mod irq;
@@ -28,5 +29,6 @@ pub static SUITES: &[Suite] = &[
     p2p::SUITE,
     irq::SUITE,
     intremap::SUITE,
+    faultirq::SUITE,
     crash::SUITE,
 ];

@@ -190,3 +190,33 @@ pub(super) fn dma_api_scenarios() -> Vec<Scenario> {
         ),
     ]
 }
+
+/// VT-d fault events as interrupts: the `faultirq` suite (fault event programmed, a blocked DMA
+/// raises one interrupt and reaches its domain owner's callback without polling, another
+/// domain's owner and the default sink get theirs only, an overflow reported once) with two edus; the same suite and the
+/// VT-d fault tests in polling mode (`vtd.fault_irq=off`: FECTL masked, no interrupt, records
+/// dispatched and returned by the poll).
+pub(super) fn fault_irq_scenarios() -> Vec<Scenario> {
+    let suite = suite_size(include_str!("../../../kernel/src/tests/faultirq.rs"));
+    let two_edu = || Topology::base().device("edu").device("edu");
+    let polled = ["vtd::unmapped_iova_blocked", "vtd::unmap_invalidates_iotlb"];
+    vec![
+        Scenario::passing(
+            "vtd-fault-irq",
+            "fault events as interrupts: FEADDR/FEDATA hold a fixed MSI to the BSP and FECTL is unmasked; an unmapped-IOVA write raises exactly one interrupt and its decoded fault (source, page, write, reason 5) is in the domain owner's callback before any poll; a second domain's read fault reaches only its owner; an unowned fault reaches the default sink; two faults with interrupts off: one event, the kept record to its owner, the overflow reported once",
+            two_edu(),
+            "test=faultirq",
+            suite,
+        ),
+        Scenario::passing(
+            "vtd-fault-polled",
+            "vtd.fault_irq=off: FECTL stays masked, no fault-event interrupt, nothing dispatched until the poll, which dispatches and returns the same records; the VT-d fault tests pass by polling",
+            two_edu(),
+            &format!(
+                "{} vtd.fault_irq=off",
+                vtd_cmdline(&two_edu(), &[&["faultirq"][..], &polled[..]].concat())
+            ),
+            suite + polled.len(),
+        ),
+    ]
+}
