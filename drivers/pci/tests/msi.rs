@@ -480,7 +480,8 @@ proptest! {
         let capability = MsixCapability::find(&fake, bdf).unwrap();
         let (t, p) = (capability.table(), capability.pba());
         let fits = |r: pci::msi::MsixRegion| u64::from(r.offset) + u64::from(r.size) <= 1 << bar_log2;
-        let disjoint = t.offset + t.size <= p.offset || p.offset + p.size <= t.offset;
+        let end = |r: pci::msi::MsixRegion| u64::from(r.offset) + u64::from(r.size);
+        let disjoint = end(t) <= u64::from(p.offset) || end(p) <= u64::from(t.offset);
         let valid = t.bir < 6 && p.bir < 6 && fits(t) && fits(p) && (t.bir != p.bir || disjoint);
         match Msix::new(&fake, bdf, &bar, &bar) {
             Ok(mut msix) => {
