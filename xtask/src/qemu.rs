@@ -13,8 +13,9 @@ use tests_qemu::{AcpiTableFile, Exit, Scenario, Topology};
 const QEMU: &str = "qemu-system-x86_64";
 const INSTALL: &str = "apt-get install -y qemu-system-x86";
 
-fn have_qemu() -> bool {
-    Command::new(QEMU)
+/// Whether `tool --version` runs (the tool is installed and on PATH).
+pub fn tool_present(tool: &str) -> bool {
+    Command::new(tool)
         .arg("--version")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -22,7 +23,12 @@ fn have_qemu() -> bool {
         .is_ok()
 }
 
-fn is_root() -> bool {
+fn have_qemu() -> bool {
+    tool_present(QEMU)
+}
+
+/// Whether xtask runs as root (allowed to run apt-get install/update).
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()

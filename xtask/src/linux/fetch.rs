@@ -11,6 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use crate::qemu::{is_root, tool_present};
+
 /// What a baseline run needs, all unpacked under the cache directory.
 #[derive(Debug, Clone)]
 pub struct Assets {
@@ -124,22 +126,6 @@ fn assets(root: &Path, package: &str, version: &str) -> Assets {
 /// `linux-image-6.1.0-48-amd64` -> `6.1.0-48-amd64`.
 pub fn release_of(package: &str) -> &str {
     package.strip_prefix("linux-image-").unwrap_or(package)
-}
-
-fn tool_present(tool: &str) -> bool {
-    Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok()
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 fn run(cmd: &mut Command) -> Result<String, String> {
