@@ -9,6 +9,7 @@ use edu::Edu;
 use iommu_vtd::{AccessKind, FaultRecord, RequesterId};
 use kernel::cmdline::CommandLine;
 use kernel::frames::FrameRequest;
+use x86_64::instructions::port::Port;
 
 use crate::devices::edu as edu_dev;
 use crate::devices::faults;
@@ -179,4 +180,25 @@ pub fn round_trip(
     ms.unmap().or_fail("unmap src")?;
     md.unmap().or_fail("unmap dst")?;
     Ok(got)
+}
+
+/// PIT channel 0 command: lobyte/hibyte access, mode 0 (interrupt on terminal count), binary.
+const PIT_CH0_MODE0: u8 = 0b0011_0000;
+const PIT_CMD: u16 = 0x43;
+const PIT_CH0: u16 = 0x40;
+/// About 2 ms of PIT ticks.
+pub const PIT_2MS: u16 = 2386;
+
+/// Arms PIT channel 0 as a one-shot: its output (ISA IRQ 0) rises once after `ticks`
+/// (1.193182 MHz).
+pub fn pit_one_shot(ticks: u16) {
+    let [lo, hi] = ticks.to_le_bytes();
+    // SAFETY: ports 0x40/0x43 are PIT channel 0 and the mode register; channel 0 is used by
+    // nothing else in this kernel (the TSC calibration uses channel 2); the write sequence is
+    // command, low byte, high byte, as programmed.
+    unsafe {
+        Port::<u8>::new(PIT_CMD).write(PIT_CH0_MODE0);
+        Port::<u8>::new(PIT_CH0).write(lo);
+        Port::<u8>::new(PIT_CH0).write(hi);
+    }
 }

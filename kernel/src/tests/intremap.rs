@@ -23,7 +23,6 @@ use edu::{Edu, Transfer};
 use iommu_vtd::registers::{Global, GSTS};
 use iommu_vtd::{RegisterIo, RequesterId, SourceId};
 use pci::msi::{DecodedMessage, MsiMessage};
-use x86_64::instructions::port::Port;
 
 use super::common::*;
 use crate::arch::{apic, ioapic, irq, time};
@@ -398,24 +397,6 @@ fn forged_interrupt_writes(k: &Kernel) -> TestResult {
         .detach(&k.pci, &d, e.bdf())
         .or_fail("detach edu")?;
     Ok(())
-}
-
-const PIT_CH0: u16 = 0x40;
-const PIT_CMD: u16 = 0x43;
-/// Channel 0, lobyte/hibyte, mode 0 (interrupt on terminal count), binary.
-const PIT_CH0_MODE0: u8 = 0x30;
-/// About 2 ms of PIT ticks.
-const PIT_2MS: u16 = 2386;
-
-fn pit_one_shot(ticks: u16) {
-    let [lo, hi] = ticks.to_le_bytes();
-    // SAFETY: ports 0x40/0x43 are PIT channel 0 and its mode register, used by nothing else in
-    // this kernel while the test runs (the TSC calibration uses channel 2).
-    unsafe {
-        Port::<u8>::new(PIT_CMD).write(PIT_CH0_MODE0);
-        Port::<u8>::new(PIT_CH0).write(lo);
-        Port::<u8>::new(PIT_CH0).write(hi);
-    }
 }
 
 /// PIT channel 0 (ISA IRQ 0 on the GSI the MADT gives) through an IRTE naming the I/O APIC's

@@ -9,7 +9,6 @@ use dma::{Attrs, DeferredPolicy, DeviceConfig, Direction, InvalidationMode, Phys
 use edu::{Edu, Transfer};
 use iommu_vtd::AccessKind;
 use kernel::cmdline::CommandLine;
-use x86_64::instructions::port::Port;
 
 use super::common::*;
 use crate::arch::apic::{self, Esr, Lvt, Reg, Svr};
@@ -333,28 +332,6 @@ fn timer_callback_every_period(_k: &Kernel) -> TestResult {
     );
     Ok(())
 }
-
-/// PIT channel 0 command: lobyte/hibyte access, mode 0 (interrupt on terminal count), binary.
-const PIT_CH0_MODE0: u8 = 0b0011_0000;
-const PIT_CMD: u16 = 0x43;
-const PIT_CH0: u16 = 0x40;
-
-/// Arms PIT channel 0 as a one-shot: its output (ISA IRQ 0) rises once after `ticks`
-/// (1.193182 MHz).
-fn pit_one_shot(ticks: u16) {
-    let [lo, hi] = ticks.to_le_bytes();
-    // SAFETY: ports 0x40/0x43 are PIT channel 0 and the mode register; channel 0 is used by
-    // nothing else in this kernel (the TSC calibration uses channel 2); the write sequence is
-    // command, low byte, high byte, as programmed.
-    unsafe {
-        Port::<u8>::new(PIT_CMD).write(PIT_CH0_MODE0);
-        Port::<u8>::new(PIT_CH0).write(lo);
-        Port::<u8>::new(PIT_CH0).write(hi);
-    }
-}
-
-/// About 2 ms of PIT ticks.
-const PIT_2MS: u16 = 2386;
 
 /// ISA IRQ 0 (the PIT) through the I/O APIC in compatibility format, on the GSI the MADT's
 /// source override gives: exactly one delivery per one-shot, with the programmed vector; with the
