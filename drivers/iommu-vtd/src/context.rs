@@ -92,6 +92,13 @@ impl RootTable {
         Some(table)
     }
 
+    /// A second handle on the root table at `phys` (the unit's own), for reads that must not
+    /// take the unit's tables lock ([`crate::VtdUnit::context_entry_unlocked`]). Crate-private
+    /// so nothing can write or destroy through it.
+    pub(crate) const fn alias(phys: PhysAddr, coherent: bool) -> Self {
+        Self { phys, coherent }
+    }
+
     /// Physical address (for RTADDR).
     pub fn phys(&self) -> PhysAddr {
         self.phys

@@ -135,6 +135,9 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
     platform: P,
     caps: Capabilities,
     config: UnitConfig,
+    /// The root table's address: allocated in `new`, never replaced or freed while the unit
+    /// lives (a copy of `Tables::root`'s, readable without the lock).
+    root_phys: PhysAddr,
     tables: Mutex<Tables>,
     invalidation: Mutex<InvalidationState>,
     /// The interrupt remapping table while interrupt remapping is on through it.
@@ -212,6 +215,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             platform,
             caps,
             config,
+            root_phys: root.phys(),
             tables: Mutex::new(Tables {
                 root,
                 dids,
@@ -268,7 +272,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Physical address of the root table.
     pub fn root_table(&self) -> PhysAddr {
-        self.tables.lock().root.phys()
+        self.root_phys
     }
 
     fn gsts(&self) -> Global {

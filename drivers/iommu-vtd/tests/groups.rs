@@ -372,3 +372,31 @@ fn each_unit_uses_its_own_table_depth() {
     d39.attach_device(one, rid).unwrap();
     assert_eq!(u39.context_entry(rid).unwrap().aw(), 1);
 }
+
+#[test]
+fn the_unlocked_context_read_sees_what_the_locked_one_sees() {
+    let u = unit();
+    let d = u.create_domain(DomainConfig::default()).unwrap();
+    let ids = rids();
+    let group = GroupRef {
+        key: GROUP,
+        requester_ids: &ids,
+    };
+    let stranger = RequesterId::new(0x0700);
+    assert_eq!(
+        u.context_entry_unlocked(stranger),
+        u.context_entry(stranger)
+    );
+    d.attach_device(group, fn_a()).unwrap();
+    for rid in ids {
+        let c = u.context_entry_unlocked(rid).unwrap();
+        assert_eq!(Some(c), u.context_entry(rid));
+        assert!(c.present());
+        assert_eq!(c.did(), d.did());
+    }
+    d.detach_device(GROUP, fn_a()).unwrap();
+    for rid in ids {
+        assert_eq!(u.context_entry_unlocked(rid), u.context_entry(rid));
+        assert!(!u.context_entry_unlocked(rid).is_some_and(|c| c.present()));
+    }
+}

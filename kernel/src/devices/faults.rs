@@ -22,9 +22,9 @@
 //! interrupts disabled, so the handler never finds it held by the code it interrupted. Inside
 //! it the unit's *faults* lock is taken (by `service_fault_event`/`clear_faults`); no kernel code
 //! takes that lock outside this module, so it is never held with interrupts on either. The
-//! domain a source belongs to is read from the root and context tables the hardware walked
-//! ([`hardware_domain`]), not through `VtdUnit::context_entry`, whose tables lock an interrupted
-//! attach may hold. Callbacks run in the handler (or in [`take`]) with interrupts disabled and
+//! domain a source belongs to is read with `VtdUnit::context_entry_unlocked`
+//! ([`hardware_domain`]), not `VtdUnit::context_entry`, whose tables lock an interrupted attach
+//! may hold. Callbacks run in the handler (or in [`take`]) with interrupts disabled and
 //! this module's lock held: they must not block, must not call into this module, and may
 //! allocate only because this kernel's heap is interrupt-safe.
 
@@ -34,12 +34,11 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use iommu_vtd::registers::{self, RegisterIo, RootEntryLo, Rtaddr};
-use iommu_vtd::{context::ContextEntry, FaultLog, FaultRecord, Platform, RequesterId, VtdError};
+use iommu_vtd::{FaultLog, FaultRecord, RequesterId, VtdError};
 use pci::msi::{MessageError, MsiMessage};
 use vtd_platform::{Fault, FaultRouteError, FaultRouter, RateLimit};
 
-use super::iommu::{Domain, Iommu, KernelPlatform, Unit};
+use super::iommu::{Domain, Iommu, Unit};
 use crate::arch::irq::{self, IrqError, IrqMutex};
 use crate::arch::{apic, time};
 
@@ -52,9 +51,6 @@ const LOG_LIMIT: RateLimit = RateLimit {
     burst: 10,
     window_us: 1_000_000,
 };
-
-/// Bytes of a root or context entry (§9.1, §9.3).
-const ENTRY_BYTES: u64 = 16;
 
 struct UnitFaults {
     unit: Arc<Unit>,
@@ -193,37 +189,13 @@ fn service(s: &mut State, i: usize) -> usize {
     log.records.len()
 }
 
-/// The domain ID of `rid`'s present context entry, read from the root and context tables the
-/// unit walks (RTADDR → root entry of the bus → context entry of the devfn) without the unit's
-/// tables lock. The writer clears P first and sets it last, and on this single-CPU kernel the
-/// handler runs between two of its stores, never during one: it sees either a whole entry or
-/// P clear (a rewrite in progress, the fault then goes to the default sink).
+/// The domain ID of `rid`'s present context entry, read without the unit's tables lock (the
+/// handler may have interrupted an attach holding it): a rewrite in progress reads not
+/// present and the fault goes to the default sink.
 pub fn hardware_domain(unit: &Unit, rid: RequesterId) -> Option<u16> {
-    let rta = Rtaddr::from_bits(unit.registers().read64(registers::RTADDR)).rta();
-    if rta == 0 {
-        return None;
-    }
-    let root = read_table_u64(rta + u64::from(rid.bus()) * ENTRY_BYTES);
-    let root = RootEntryLo::from_bits(root);
-    if !root.present() {
-        return None;
-    }
-    let at = root.ctp() + u64::from(rid.devfn()) * ENTRY_BYTES;
-    let entry = ContextEntry {
-        lo: read_table_u64(at),
-        hi: read_table_u64(at + 8),
-    };
-    entry.present().then(|| entry.did())
-}
-
-/// One 64-bit word of a VT-d table page.
-fn read_table_u64(phys: u64) -> u64 {
-    let ptr = KernelPlatform.phys_to_virt(dma::PhysAddr::new(phys)) as *const u64;
-    // SAFETY: `phys` is an 8-byte aligned word of the root table RTADDR names or of a context
-    // table a present root entry names: pages the unit allocated from kernel frames, which
-    // stay allocated while it translates (the kernel never tears a unit down), identity-mapped.
-    // Volatile: the unit's writers may change it at any time (a torn view is handled above).
-    unsafe { ptr.read_volatile() }
+    unit.context_entry_unlocked(rid)
+        .filter(|e| e.present())
+        .map(|e| e.did())
 }
 
 /// What [`take`] returns for one unit.

@@ -112,6 +112,15 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         self.tables.lock().root.context(&self.platform, rid)
     }
 
+    /// [`VtdUnit::context_entry`] without the tables lock, for a fault-event handler that may
+    /// interrupt a holder of that lock on its own CPU. Sound because context-table pages are
+    /// freed only with the unit; a read racing a writer can see an entry being rewritten
+    /// (present bit clear, or the new upper half with the old lower half), so use it for
+    /// reporting (which domain a fault belongs to), never to decide what to map.
+    pub fn context_entry_unlocked(&self, rid: RequesterId) -> Option<ContextEntry> {
+        RootTable::alias(self.root_phys, self.caps.ecap.coherent).context(&self.platform, rid)
+    }
+
     /// Which domain ID holds the isolation group `key` (`None`: not attached).
     pub fn group_domain(&self, key: u32) -> Option<u16> {
         self.tables
