@@ -24,7 +24,11 @@
 #![warn(missing_docs)]
 
 mod cmb;
+pub mod command;
+pub mod prp;
+pub mod queue;
 mod registers;
+pub mod status;
 
 use core::fmt;
 use core::ptr::NonNull;
