@@ -135,11 +135,10 @@ impl Command {
         c.dw[7] = (addr >> 32) as u32;
         c.dw[10] = u32::from(size.saturating_sub(1)) << 16 | u32::from(qid);
         // PC = 1 (physically contiguous), IEN per vector, IV.
-        c.dw[11] = 1
-            | match vector {
-                Some(v) => 2 | u32::from(v) << 16,
-                None => 0,
-            };
+        c.dw[11] = 1 | match vector {
+            Some(v) => 2 | u32::from(v) << 16,
+            None => 0,
+        };
         c
     }
 
@@ -180,8 +179,7 @@ impl Command {
     pub fn set_queue_count(sq: u16, cq: u16) -> Self {
         let mut c = Self::new(admin::SET_FEATURES, 0);
         c.dw[10] = u32::from(feature::NUMBER_OF_QUEUES);
-        c.dw[11] =
-            u32::from(cq.saturating_sub(1)) << 16 | u32::from(sq.saturating_sub(1));
+        c.dw[11] = u32::from(cq.saturating_sub(1)) << 16 | u32::from(sq.saturating_sub(1));
         c
     }
 

@@ -23,8 +23,12 @@
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 
+extern crate alloc;
+
 mod cmb;
 pub mod command;
+pub mod controller;
+pub mod io;
 pub mod prp;
 pub mod queue;
 mod registers;

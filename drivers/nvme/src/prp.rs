@@ -264,11 +264,7 @@ pub fn build(
     let mut written = 0;
     for page in 0..needed {
         let last_page = page + 1 == needed;
-        let data = if last_page {
-            remaining
-        } else {
-            per_page - 1
-        };
+        let data = if last_page { remaining } else { per_page - 1 };
         for (index, addr) in all.by_ref().take(data).enumerate() {
             list.write(page, index, addr);
         }

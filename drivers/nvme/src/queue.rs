@@ -38,10 +38,16 @@ impl fmt::Display for QueueError {
             Self::Full => f.write_str("submission queue full"),
             Self::NoCommandId => f.write_str("no free command identifier"),
             Self::BadSqHead { head } => {
-                write!(f, "controller reported SQ head {head} outside the submitted window")
+                write!(
+                    f,
+                    "controller reported SQ head {head} outside the submitted window"
+                )
             }
             Self::UnknownCommandId(cid) => {
-                write!(f, "completion for command identifier {cid} that is not in flight")
+                write!(
+                    f,
+                    "completion for command identifier {cid} that is not in flight"
+                )
             }
         }
     }
@@ -254,6 +260,19 @@ impl<const N: usize> CommandIds<N> {
     pub fn contains(&self, cid: u16) -> bool {
         let (w, bit) = (usize::from(cid) / 64, usize::from(cid) % 64);
         w < N && self.used[w] & (1 << bit) != 0
+    }
+
+    /// Moves the deadline of `cid` (in flight) to `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`QueueError::UnknownCommandId`] when it is not in flight.
+    pub fn set_deadline(&mut self, cid: u16, deadline: u64) -> Result<(), QueueError> {
+        if !self.contains(cid) {
+            return Err(QueueError::UnknownCommandId(cid));
+        }
+        self.deadline[usize::from(cid) / 64][usize::from(cid) % 64] = deadline;
+        Ok(())
     }
 
     /// Releases `cid` (its completion arrived).

@@ -71,7 +71,12 @@ fn round_trip(segments: &[Segment], page_size: u64) -> Prps {
         prps.prp2,
         len,
         page_size,
-        |a| *list.entries.get(&a).expect("walk read an entry that was never written"),
+        |a| {
+            *list
+                .entries
+                .get(&a)
+                .expect("walk read an entry that was never written")
+        },
         |a, l| ranges.push((a, l)),
     )
     .expect("walk accepted the PRPs");
@@ -86,7 +91,12 @@ fn round_trip(segments: &[Segment], page_size: u64) -> Prps {
 
 #[test]
 fn one_page_leaves_prp2_zero() {
-    for (addr, len) in [(0x10_0000, 1), (0x10_0000, PAGE), (0x10_0ffc, 4), (0x10_0800, 0x800)] {
+    for (addr, len) in [
+        (0x10_0000, 1),
+        (0x10_0000, PAGE),
+        (0x10_0ffc, 4),
+        (0x10_0800, 0x800),
+    ] {
         let p = round_trip(&[Segment::new(addr, len)], PAGE);
         assert_eq!((p.prp1, p.prp2, p.list_pages), (addr, 0, 0));
     }
@@ -94,7 +104,12 @@ fn one_page_leaves_prp2_zero() {
 
 #[test]
 fn two_pages_put_the_second_in_prp2() {
-    for (addr, len) in [(0x10_0000, PAGE + 1), (0x10_0000, 2 * PAGE), (0x10_0ffc, 8), (0x10_0004, 2 * PAGE - 4)] {
+    for (addr, len) in [
+        (0x10_0000, PAGE + 1),
+        (0x10_0000, 2 * PAGE),
+        (0x10_0ffc, 8),
+        (0x10_0004, 2 * PAGE - 4),
+    ] {
         let p = round_trip(&[Segment::new(addr, len)], PAGE);
         assert_eq!(p.prp1, addr);
         assert_eq!(p.prp2, (addr & !(PAGE - 1)) + PAGE);
@@ -153,15 +168,27 @@ fn refusals_write_nothing() {
     let mut list = ListMem::new(1, PAGE);
     let cases: &[(&[Segment], PrpError)] = &[
         (&[], PrpError::Empty),
-        (&[Segment::new(0x1000, 0)], PrpError::EmptySegment { index: 0 }),
-        (&[Segment::new(0x1002, 8)], PrpError::Misaligned { addr: 0x1002 }),
+        (
+            &[Segment::new(0x1000, 0)],
+            PrpError::EmptySegment { index: 0 },
+        ),
+        (
+            &[Segment::new(0x1002, 8)],
+            PrpError::Misaligned { addr: 0x1002 },
+        ),
         (
             &[Segment::new(0x1000, PAGE), Segment::new(0x5004, 8)],
-            PrpError::GapBefore { index: 1, addr: 0x5004 },
+            PrpError::GapBefore {
+                index: 1,
+                addr: 0x5004,
+            },
         ),
         (
             &[Segment::new(0x1000, 8), Segment::new(0x5000, 8)],
-            PrpError::GapAfter { index: 0, end: 0x1008 },
+            PrpError::GapAfter {
+                index: 0,
+                end: 0x1008,
+            },
         ),
         (
             &[Segment::new(u64::MAX - 7, 16)],
@@ -169,13 +196,19 @@ fn refusals_write_nothing() {
         ),
         (
             &[Segment::new(0x100_0000, (PER_LIST_PAGE as u64 + 2) * PAGE)],
-            PrpError::ListTooSmall { needed: 2, available: 1 },
+            PrpError::ListTooSmall {
+                needed: 2,
+                available: 1,
+            },
         ),
     ];
     for (segs, err) in cases {
         assert_eq!(build(segs, PAGE, &mut list), Err(*err), "{segs:x?}");
     }
-    assert_eq!(build(&[Segment::new(0, 8)], 2048, &mut list), Err(PrpError::BadPageSize(2048)));
+    assert_eq!(
+        build(&[Segment::new(0, 8)], 2048, &mut list),
+        Err(PrpError::BadPageSize(2048))
+    );
     let mut odd = ListMem::new(1, PAGE);
     odd.base = 0x7000_0800;
     assert_eq!(
