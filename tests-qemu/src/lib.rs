@@ -19,5 +19,7 @@ pub use pci_model::{
     check_pci_listing, expected_functions, expected_partition, parse_pci_listing, Bar, BarType,
     Bdf, BdfText, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
 };
-pub use scenarios::{all, AcpiTableFile, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
+pub use scenarios::{
+    all, AcpiTableFile, DiskImage, Exit, Expect, Scenario, DISK_BLOCK, QEMU_FAILURE, QEMU_SUCCESS,
+};
 pub use topology::Topology;

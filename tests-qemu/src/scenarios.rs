@@ -5,6 +5,7 @@ use crate::topology::Topology;
 
 mod firmware;
 mod irq;
+mod nvme;
 mod p2p;
 mod pci;
 mod vtd;
@@ -102,6 +103,105 @@ pub struct AcpiTableFile {
     pub bytes: Vec<u8>,
 }
 
+/// A raw disk image a scenario attaches (`-drive file=...,if=none,format=raw,id=<id>`): xtask
+/// writes it fresh before QEMU starts, filled with [`nvme::pattern`] stream `seed`, and after
+/// QEMU exits checks it against what the kernel reported writing ([`DiskImage::check`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskImage {
+    /// Drive ID (what `-device nvme,drive=<id>` names).
+    pub id: &'static str,
+    /// Seed of the content.
+    pub seed: u64,
+    /// Size in 512-byte blocks.
+    pub blocks: u64,
+}
+
+/// Block size of the scenario disks.
+pub const DISK_BLOCK: u64 = 512;
+
+impl DiskImage {
+    /// The image's initial bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut v = vec![0; (self.blocks * DISK_BLOCK) as usize];
+        ::nvme::pattern::fill(self.seed, 0, &mut v);
+        v
+    }
+
+    /// Checks the image after the run: every range an `NVME-WROTE lba=<l> blocks=<n>
+    /// seed=<s>` line of `log` names holds stream `s` (at the range's own byte offsets), and
+    /// every other byte is still the initial content.
+    pub fn check(&self, log: &str, image: &[u8]) -> Result<String, String> {
+        if image.len() as u64 != self.blocks * DISK_BLOCK {
+            return Err(format!(
+                "disk {}: image is {} bytes, expected {}",
+                self.id,
+                image.len(),
+                self.blocks * DISK_BLOCK
+            ));
+        }
+        let mut written: Vec<(u64, u64, u64)> = Vec::new();
+        for line in log
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("NVME-WROTE "))
+        {
+            let field = |k: &str| {
+                line.split_whitespace()
+                    .find_map(|w| w.strip_prefix(k))
+                    .and_then(|v| match v.strip_prefix("0x") {
+                        Some(h) => u64::from_str_radix(h, 16).ok(),
+                        None => v.parse().ok(),
+                    })
+                    .ok_or_else(|| format!("bad NVME-WROTE line {line:?}"))
+            };
+            written.push((field("lba=")?, field("blocks=")?, field("seed=")?));
+        }
+        let mut checked = 0u64;
+        for &(lba, blocks, seed) in &written {
+            let (start, len) = (lba * DISK_BLOCK, blocks * DISK_BLOCK);
+            let range = image
+                .get(start as usize..(start + len) as usize)
+                .ok_or_else(|| format!("NVME-WROTE range {lba}+{blocks} outside the image"))?;
+            if let Some(i) = ::nvme::pattern::first_mismatch(seed, start, range) {
+                return Err(format!(
+                    "disk {}: byte {} (LBA {}) does not hold what the kernel wrote",
+                    self.id,
+                    start + i as u64,
+                    (start + i as u64) / DISK_BLOCK
+                ));
+            }
+            checked += len;
+        }
+        let inside = |o: u64| {
+            written
+                .iter()
+                .any(|&(l, b, _)| (l * DISK_BLOCK..(l + b) * DISK_BLOCK).contains(&o))
+        };
+        let mut offset = 0u64;
+        for chunk in image.chunks(1 << 16) {
+            // Fast path: the chunk is untouched. Else byte by byte, skipping written ranges.
+            if let Some(i) = ::nvme::pattern::first_mismatch(self.seed, offset, chunk) {
+                for (j, &b) in chunk.iter().enumerate().skip(i) {
+                    let o = offset + j as u64;
+                    if !inside(o) && b != ::nvme::pattern::byte(self.seed, o) {
+                        return Err(format!(
+                            "disk {}: byte {o} (LBA {}) changed though nothing was written there",
+                            self.id,
+                            o / DISK_BLOCK
+                        ));
+                    }
+                }
+            }
+            offset += chunk.len() as u64;
+        }
+        Ok(format!(
+            "disk {}: {} written bytes found in the image, the other {} unchanged",
+            self.id,
+            checked,
+            image.len() as u64 - checked
+        ))
+    }
+}
+
 /// One QEMU run and what it must show.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -121,6 +221,8 @@ pub struct Scenario {
     pub check: Option<LogCheck>,
     /// ACPI tables added with `-acpitable` (generated, never captured bytes).
     pub acpi_tables: Vec<AcpiTableFile>,
+    /// Disk images attached with `-drive` (generated, checked after the run).
+    pub disks: Vec<DiskImage>,
 }
 
 /// How a QEMU process ended.
@@ -170,6 +272,7 @@ impl Scenario {
             timeout_secs: 60,
             check: None,
             acpi_tables: Vec::new(),
+            disks: Vec::new(),
         }
     }
 
@@ -389,6 +492,7 @@ pub fn all() -> Vec<Scenario> {
     all.extend(irq_scenarios());
     all.extend(intremap_scenarios());
     all.extend(fault_irq_scenarios());
+    all.extend(nvme::nvme_scenarios());
     all
 }
 

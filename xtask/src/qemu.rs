@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests_qemu::{AcpiTableFile, Exit, Scenario, Topology};
+use tests_qemu::{AcpiTableFile, DiskImage, Exit, Scenario, Topology};
 
 const QEMU: &str = "qemu-system-x86_64";
 const INSTALL: &str = "apt-get install -y qemu-system-x86";
@@ -198,12 +198,57 @@ fn describe(cmd: &Command) -> String {
 fn run_one(kernel: &Path, s: &Scenario, dir: &Path) -> Result<(String, Exit), String> {
     let mut topology = s.topology.clone();
     add_acpi_tables(&mut topology, s.name, &s.acpi_tables, dir)?;
-    run_captured(
+    let images = add_disks(&mut topology, s.name, &s.disks, dir)?;
+    let (log, exit) = run_captured(
         kernel,
         &topology,
         &s.cmdline,
         Duration::from_secs(s.timeout_secs),
-    )
+    )?;
+    // What the kernel wrote must be in the image files, and nothing else changed.
+    let mut notes = Vec::new();
+    for (disk, path) in s.disks.iter().zip(&images) {
+        let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        notes.push(disk.check(&log, &bytes)?);
+    }
+    let mut log = log;
+    for n in notes {
+        log.push_str(&format!("{DISK_NOTE}{n}\n"));
+    }
+    Ok((log, exit))
+}
+
+/// Prefix of the lines `run_one` appends to a log after checking the scenario's disk images.
+const DISK_NOTE: &str = "xtask disk check: ";
+
+/// Writes each disk image fresh to `dir` as `<name>.<id>.img` and adds its `-drive` to `topo`;
+/// returns the paths.
+pub fn add_disks(
+    topo: &mut Topology,
+    name: &str,
+    disks: &[DiskImage],
+    dir: &Path,
+) -> Result<Vec<std::path::PathBuf>, String> {
+    let mut paths = Vec::new();
+    for disk in disks {
+        let path = dir.join(format!("{name}.{}.img", disk.id));
+        if path.to_string_lossy().contains(',') {
+            return Err(format!(
+                "{}: a comma in the path breaks -drive",
+                path.display()
+            ));
+        }
+        std::fs::write(&path, disk.bytes())
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        topo.devices.push("-drive".into());
+        topo.devices.push(format!(
+            "file={},if=none,format=raw,id={}",
+            path.display(),
+            disk.id
+        ));
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 /// Boots `kernel` on `topo` with `cmdline`, capturing the console; kills QEMU after `timeout`.
@@ -280,15 +325,28 @@ pub fn run_scenarios(
                 let verdict = run_one(kernel, s, logs).and_then(|(log, exit)| {
                     let path = logs.join(format!("{}.log", s.name));
                     let _ = std::fs::write(&path, &log);
-                    s.judge(&log, exit).map_err(|why| {
-                        let tail: Vec<&str> = log.lines().rev().take(25).collect();
-                        let tail: Vec<&str> = tail.into_iter().rev().collect();
-                        format!(
-                            "{why}\n    log: {}\n    | {}",
-                            path.display(),
-                            tail.join("\n    | ")
-                        )
-                    })
+                    let disks: Vec<&str> = log
+                        .lines()
+                        .filter_map(|l| l.strip_prefix(DISK_NOTE))
+                        .collect();
+                    let disks = disks.join("; ");
+                    s.judge(&log, exit)
+                        .map(|summary| {
+                            if disks.is_empty() {
+                                summary
+                            } else {
+                                format!("{summary}; {disks}")
+                            }
+                        })
+                        .map_err(|why| {
+                            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+                            let tail: Vec<&str> = tail.into_iter().rev().collect();
+                            format!(
+                                "{why}\n    log: {}\n    | {}",
+                                path.display(),
+                                tail.join("\n    | ")
+                            )
+                        })
                 });
                 let secs = start.elapsed().as_secs_f64();
                 let mut r = results.lock().expect("results lock");

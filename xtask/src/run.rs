@@ -165,15 +165,21 @@ fn parse_run_args(args: &[String]) -> Result<RunRequest, String> {
 }
 
 impl RunOptions {
-    /// The machine to boot and the ACPI tables to inject.
-    fn machine(&self) -> (Topology, Vec<tests_qemu::AcpiTableFile>) {
-        let (mut topo, tables) = match &self.base {
-            RunBase::Demo => (Topology::default_run(), Vec::new()),
-            RunBase::Bare => (Topology::base(), Vec::new()),
+    /// The machine to boot, the ACPI tables to inject and the disks to attach.
+    fn machine(
+        &self,
+    ) -> (
+        Topology,
+        Vec<tests_qemu::AcpiTableFile>,
+        Vec<tests_qemu::DiskImage>,
+    ) {
+        let (mut topo, tables, disks) = match &self.base {
+            RunBase::Demo => (Topology::default_run(), Vec::new(), Vec::new()),
+            RunBase::Bare => (Topology::base(), Vec::new(), Vec::new()),
             RunBase::Scenario(name) => tests_qemu::all()
                 .into_iter()
                 .find(|s| s.name == name)
-                .map(|s| (s.topology, s.acpi_tables))
+                .map(|s| (s.topology, s.acpi_tables, s.disks))
                 .expect("checked by parse_run_args"),
         };
         if let Some(iommu) = &self.iommu {
@@ -183,7 +189,7 @@ impl RunOptions {
             topo.memory = m.clone();
         }
         topo.devices.extend(self.extra.iter().cloned());
-        (topo, tables)
+        (topo, tables, disks)
     }
 }
 
@@ -195,8 +201,8 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
         }
         RunRequest::Boot(o) => o,
     };
-    let (mut topo, tables) = opts.machine();
-    if !tables.is_empty() {
+    let (mut topo, tables, disks) = opts.machine();
+    if !tables.is_empty() || !disks.is_empty() {
         let dir = root().join("target").join("qemu-logs");
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         let name = match &opts.base {
@@ -204,6 +210,7 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             _ => "run",
         };
         qemu::add_acpi_tables(&mut topo, name, &tables, &dir)?;
+        qemu::add_disks(&mut topo, name, &disks, &dir)?;
     }
     if let RunBase::Scenario(name) = &opts.base {
         if opts.cmdline.is_empty() {
@@ -269,7 +276,7 @@ mod tests {
 
     #[test]
     fn default_run_adds_user_devices_to_the_demo_topology() {
-        let (topo, tables) = boot(&["--", "-device", "edu"]).machine();
+        let (topo, tables, _) = boot(&["--", "-device", "edu"]).machine();
         let mut expected = Topology::default_run();
         expected
             .devices
@@ -288,27 +295,28 @@ mod tests {
         ];
         let mut args = vec!["--bare", "--"];
         args.extend(user);
-        let (topo, _) = boot(&args).machine();
+        let (topo, _, _) = boot(&args).machine();
         assert_eq!(topo.devices, user);
         assert_eq!(topo.iommu, Topology::base().iommu);
         // The demo's rp1/chassis=1 would collide with the user's: they must be absent.
         assert!(!topo.qemu_args().iter().any(|a| a.contains("ivshmem")));
-        let (topo, _) = boot(&["--bare", "--no-iommu"]).machine();
+        let (topo, _, _) = boot(&["--bare", "--no-iommu"]).machine();
         assert_eq!((topo.iommu, topo.devices.len()), (None, 0));
     }
 
     #[test]
     fn topology_boots_a_scenario_machine_with_its_acpi_tables() {
         for s in tests_qemu::all() {
-            let (topo, tables) = boot(&["--topology", s.name]).machine();
+            let (topo, tables, disks) = boot(&["--topology", s.name]).machine();
             assert_eq!(topo, s.topology, "{}", s.name);
             assert_eq!(tables.len(), s.acpi_tables.len(), "{}", s.name);
+            assert_eq!(disks, s.disks, "{}", s.name);
         }
         let with_tables = tests_qemu::all()
             .into_iter()
             .find(|s| !s.acpi_tables.is_empty())
             .expect("a firmware scenario injects tables");
-        let (topo, tables) = boot(&["--topology", with_tables.name, "--mem", "1G"]).machine();
+        let (topo, tables, _) = boot(&["--topology", with_tables.name, "--mem", "1G"]).machine();
         assert_eq!(topo.memory, "1G");
         assert_eq!(tables[0].bytes, with_tables.acpi_tables[0].bytes);
         let e = refused(&["--topology", "no-such-scenario"]);

@@ -404,6 +404,14 @@ impl<R: Registers> fmt::Debug for Controller<R> {
     }
 }
 
+impl<R: Registers> Drop for Controller<R> {
+    /// Disables the controller before its queue memory and mappings go: a controller left
+    /// enabled could still write completions into pages that are about to be reused.
+    fn drop(&mut self) {
+        let _ = self.disable();
+    }
+}
+
 /// Doorbell offset of submission queue `qid`'s tail (`cq` false) or completion queue head.
 fn doorbell(caps: &Capabilities, qid: u16, cq: bool) -> usize {
     let stride = caps.doorbell_stride() as usize;

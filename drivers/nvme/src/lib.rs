@@ -1,7 +1,9 @@
 //! Minimal function driver for QEMU's NVMe controller (PCI 1b36:0010, `hw/nvme/ctrl.c` in QEMU
 //! 7.2) implementing the controller registers of NVM Express 1.4 §3.1: identification, CAP and
 //! VS, the controller memory buffer (CMB) as a peer-to-peer provider, and the function's reset
-//! capabilities. No queues, no I/O.
+//! capabilities; and, in [`controller`], the controller run through its queues: admin and I/O
+//! queue pairs, Identify, Read/Write/Flush with PRP lists built from DMA segments ([`prp`]),
+//! completions by polling, typed status ([`status`]), timeouts with Abort and reset.
 //!
 //! QEMU 7.2 facts this driver relies on (read from `hw/nvme/ctrl.c`):
 //! - BAR0 is a 64-bit memory BAR with the registers, doorbells and the MSI-X table/PBA (16 KiB
@@ -29,6 +31,7 @@ mod cmb;
 pub mod command;
 pub mod controller;
 pub mod io;
+pub mod pattern;
 pub mod prp;
 pub mod queue;
 mod registers;

@@ -8,5 +8,6 @@ pub mod faults;
 pub mod iommu;
 pub mod irq;
 pub mod nic;
+pub mod nvme;
 pub mod p2p;
 pub mod pci;

@@ -10,6 +10,7 @@ mod groups;
 mod intremap;
 mod irq;
 mod memory;
+mod nvme;
 mod p2p;
 mod pci;
 mod rmrr;
@@ -30,5 +31,6 @@ pub static SUITES: &[Suite] = &[
     irq::SUITE,
     intremap::SUITE,
     faultirq::SUITE,
+    nvme::SUITE,
     crash::SUITE,
 ];

@@ -162,3 +162,36 @@ fn crash_expectations() {
         )
         .is_err());
 }
+
+/// The disk check finds what the kernel wrote and nothing else changed; a byte changed outside
+/// the written range, a written range that does not hold the pattern, a wrong image size and a
+/// malformed line are each refused.
+#[test]
+fn disk_images_are_checked_against_what_the_kernel_wrote() {
+    let disk = DiskImage {
+        id: "d",
+        seed: 42,
+        blocks: 64,
+    };
+    let mut image = disk.bytes();
+    assert_eq!(image.len(), 64 * 512);
+    assert!(disk.check("", &image).is_ok());
+    // The kernel writes blocks 10..14 with stream 7.
+    ::nvme::pattern::fill(7, 10 * 512, &mut image[10 * 512..14 * 512]);
+    let log = "x\nNVME-WROTE lba=10 blocks=4 seed=0x7\n";
+    let ok = disk.check(log, &image).expect("written range found");
+    assert!(ok.contains("2048 written bytes"), "{ok}");
+    // Without the line, the same image is a change nobody claimed.
+    assert!(disk.check("", &image).is_err());
+    // A byte outside the range changed.
+    let mut bad = image.clone();
+    bad[20 * 512 + 3] ^= 0x40;
+    assert!(disk.check(log, &bad).unwrap_err().contains("LBA 20"));
+    // A byte inside the range does not hold the written stream.
+    let mut bad = image.clone();
+    bad[11 * 512] ^= 1;
+    assert!(disk.check(log, &bad).unwrap_err().contains("LBA 11"));
+    assert!(disk.check(log, &image[..512]).is_err());
+    assert!(disk.check("NVME-WROTE lba=x blocks=4 seed=7", &image).is_err());
+    assert!(disk.check("NVME-WROTE lba=62 blocks=4 seed=7", &image).is_err());
+}
