@@ -104,7 +104,7 @@ pub struct AcpiTableFile {
 }
 
 /// A raw disk image a scenario attaches (`-drive file=...,if=none,format=raw,id=<id>`): xtask
-/// writes it fresh before QEMU starts, filled with [`nvme::pattern`] stream `seed`, and after
+/// writes it fresh before QEMU starts, filled with [`::nvme::pattern`] stream `seed`, and after
 /// QEMU exits checks it against what the kernel reported writing ([`DiskImage::check`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskImage {

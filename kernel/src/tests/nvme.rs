@@ -58,7 +58,7 @@ pub const SUITE: Suite = Suite {
 };
 
 /// Seed of the pattern the written blocks carry (xtask recomputes it from the NVME-WROTE line).
-const WRITE_SEED: u64 = 0x5eed_0f_b10c;
+const WRITE_SEED: u64 = 0x005e_ed0f_b10c;
 
 fn seed(k: &Kernel) -> Result<u64, Failure> {
     cmd_u64(k, "nvme.seed").or_fail("nvme.seed= on the command line")

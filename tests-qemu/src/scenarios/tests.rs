@@ -192,6 +192,10 @@ fn disk_images_are_checked_against_what_the_kernel_wrote() {
     bad[11 * 512] ^= 1;
     assert!(disk.check(log, &bad).unwrap_err().contains("LBA 11"));
     assert!(disk.check(log, &image[..512]).is_err());
-    assert!(disk.check("NVME-WROTE lba=x blocks=4 seed=7", &image).is_err());
-    assert!(disk.check("NVME-WROTE lba=62 blocks=4 seed=7", &image).is_err());
+    assert!(disk
+        .check("NVME-WROTE lba=x blocks=4 seed=7", &image)
+        .is_err());
+    assert!(disk
+        .check("NVME-WROTE lba=62 blocks=4 seed=7", &image)
+        .is_err());
 }
