@@ -278,10 +278,36 @@ pub enum Buffer<'a> {
     Phys(PhysAddr),
     /// A scatter list of physical ranges; the driver maps it for the device (`map_sg`).
     PhysList(&'a [(PhysAddr, u64)]),
-    /// Device addresses the caller has already made valid for this controller (e.g. a peer
-    /// mapping of another device's BAR); the caller keeps them valid until the command
-    /// completes.
+    /// Device addresses the caller has already made valid for this controller; the caller
+    /// keeps them valid until the command completes.
     Dma(&'a [Segment]),
+    /// `len` bytes at `offset` of a peer-to-peer mapping of another device's memory (an export
+    /// handle's attachment): a stale mapping (its export was revoked) is refused with
+    /// [`DmaError::Revoked`]; the caller keeps the mapping alive until the command completes (a
+    /// revoke meanwhile tears the translation down, so the transfer faults instead of landing).
+    Peer {
+        /// The mapping.
+        mapping: &'a dma::P2pMapping,
+        /// Byte offset of the transfer in the mapping.
+        offset: u64,
+    },
+}
+
+/// The part `[offset, offset + len)` of `segments`, or `None` when it is not inside them.
+fn slice_segments(segments: &[dma::DmaSegment], offset: u64, len: u64) -> Option<Vec<Segment>> {
+    let end = offset.checked_add(len)?;
+    let mut out = Vec::new();
+    let mut at = 0u64;
+    for s in segments {
+        let (lo, hi) = (at, at + s.len);
+        if hi > offset && lo < end {
+            let from = offset.max(lo);
+            let to = end.min(hi);
+            out.push(Segment::new(s.addr.as_u64() + (from - lo), to - from));
+        }
+        at = hi;
+    }
+    (at >= end && len > 0).then_some(out)
 }
 
 /// A command in flight: which queue, which command identifier.
@@ -1025,6 +1051,21 @@ impl<R: Registers> Controller<R> {
                 .dev
                 .map_sg(list, dir, Attrs::empty())
                 .map(DataMapping::List),
+            Buffer::Peer { mapping, .. } if mapping.is_stale() => {
+                let _ = self.queues[index].ids.free(cid);
+                return Err(ControllerError::Dma(DmaError::Revoked));
+            }
+            Buffer::Peer { mapping, offset } => {
+                if slice_segments(mapping.segments(), offset, len).is_some() {
+                    Ok(DataMapping::None)
+                } else {
+                    let _ = self.queues[index].ids.free(cid);
+                    return Err(ControllerError::BadLength {
+                        len: mapping.segments().iter().map(|s| s.len).sum(),
+                        expected: offset.saturating_add(len),
+                    });
+                }
+            }
             Buffer::Dma(segments) => {
                 let total = segments
                     .iter()
@@ -1069,6 +1110,12 @@ impl<R: Registers> Controller<R> {
                     prp::build(&segs, PAGE_SIZE, &mut list)
                 }
                 (DataMapping::None, Buffer::Dma(segs)) => prp::build(segs, PAGE_SIZE, &mut list),
+                (DataMapping::None, Buffer::Peer { mapping, offset }) => {
+                    match slice_segments(mapping.segments(), offset, len) {
+                        Some(segs) => prp::build(&segs, PAGE_SIZE, &mut list),
+                        None => Err(PrpError::Empty),
+                    }
+                }
                 (DataMapping::None, _) => Err(PrpError::Empty),
             };
             match (r, list.error) {

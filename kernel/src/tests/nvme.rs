@@ -6,17 +6,26 @@
 //! controller's group domain with deferred invalidation. Evidence is memory contents, the image
 //! file and VT-d fault records, never the controller's word alone.
 
+use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use dma::{DeferredPolicy, DeviceConfig, InvalidationMode, PhysAddr};
+use dma::{
+    DeferredPolicy, DeviceConfig, Direction, DmaError, ExportRange, Importer, InvalidationMode,
+    MoveEvent, PhysAddr,
+};
 use iommu_vtd::AccessKind;
 use kernel::frames::FrameRequest;
 use nvme::controller::{Buffer, Config, ControllerError, Ticket, PAGE_SIZE};
 use nvme::pattern;
 use nvme::prp::Segment;
+use pci::p2p::device_id;
+use spin::Mutex;
 
 use super::common::*;
+use super::p2p::{bar_view, ivshmem_bdf};
 use crate::devices::nvme::{self as nvme_dev, Nvme};
+use crate::devices::p2p::ProviderDevice;
 use crate::ktest::{Failure, OrFail, Suite, Test, TestResult};
 use crate::mem::PhysPages;
 use crate::{check, check_eq, kprintln, Kernel};
@@ -54,11 +63,17 @@ pub const SUITE: Suite = Suite {
             name: "unmapped_prp_faults",
             run: unmapped_prp_faults,
         },
+        Test {
+            name: "peer_to_peer_with_ivshmem_bar2_and_revoke",
+            run: peer_to_peer_with_ivshmem_bar2_and_revoke,
+        },
     ],
 };
 
 /// Seed of the pattern the written blocks carry (xtask recomputes it from the NVME-WROTE line).
 const WRITE_SEED: u64 = 0x005e_ed0f_b10c;
+/// Seed of what the CPU puts into ivshmem's BAR2 for the peer-to-peer write.
+const PEER_SEED: u64 = 0x0000_0b42_2b42;
 
 fn seed(k: &Kernel) -> Result<u64, Failure> {
     cmd_u64(k, "nvme.seed").or_fail("nvme.seed= on the command line")
@@ -368,5 +383,186 @@ fn unmapped_prp_faults(k: &Kernel) -> TestResult {
         .read(8, 8, Buffer::Phys(PhysAddr::new(buf.paddr())), 4096)
         .or_fail("read after the fault")?;
     check_blocks(buf.as_ptr(), 4096, seed, 8, 512)?;
+    clear_faults(k)
+}
+
+/// NVMe ↔ ivshmem BAR2 through an export handle (THRU_HOST_BRIDGE under the IOMMU): a read of
+/// 128 blocks lands in the BAR with the disk's bytes; a write from the BAR puts the BAR's bytes
+/// on disk (read back here, found in the image by xtask). Then a read is queued and the export
+/// revoked at once: after revoke returns (importer notified once) the BAR is zeroed and stays
+/// zero when the queued command completes; a command issued with the stale mapping is refused
+/// with `Revoked` and reaches nothing; after restore a new mapping's read lands again.
+fn peer_to_peer_with_ivshmem_bar2_and_revoke(k: &Kernel) -> TestResult {
+    iommu(k)?;
+    clear_faults(k)?;
+    let mut n = bind(k)?;
+    let seed = seed(k)?;
+    let ns = n.ctrl.namespace().or_fail("namespace")?;
+    let bs = ns.block_size;
+    let ivsh = ivshmem_bdf(k)?;
+    let mut view = bar_view(k, ivsh, ivshmem::SHARED_MEMORY_BAR)?;
+    const SPAN: u64 = 0x10000;
+    view.fill(0, SPAN as usize, 0).or_fail("zero BAR")?;
+    let mut prov = ProviderDevice::new(&k.p2p, &k.pci, ivsh).or_fail("provider")?;
+    let handle = prov
+        .export(
+            &k.pci,
+            ivshmem::SHARED_MEMORY_BAR,
+            &[ExportRange {
+                offset: 0,
+                len: SPAN,
+            }],
+        )
+        .or_fail("export")?;
+    let events: Arc<Mutex<Vec<MoveEvent>>> = Arc::new(Mutex::new(Vec::new()));
+    let importer = || {
+        let events = events.clone();
+        Importer {
+            id: device_id(n.bdf),
+            dev: n.dma.dev.clone(),
+            peer_to_peer: true,
+            move_notify: Box::new(move |e| events.lock().push(e)),
+        }
+    };
+    let att = handle.attach(importer()).or_fail("attach")?;
+    let m = att.map(Direction::Bidirectional).or_fail("map BAR2")?;
+    let bar_bus = m.segments()[0].addr;
+    kprintln!(
+        "  ivshmem {ivsh} BAR2 for nvme {}: {:?} at {bar_bus}",
+        n.bdf,
+        att.map_type()
+    );
+
+    // Disk -> BAR2.
+    let lba = 1234;
+    n.ctrl
+        .read(
+            lba,
+            SPAN / bs,
+            Buffer::Peer {
+                mapping: &m,
+                offset: 0,
+            },
+            SPAN,
+        )
+        .or_fail("read into BAR2")?;
+    let mut got = alloc::vec![0u8; SPAN as usize];
+    view.read_bytes(0, &mut got).or_fail("read BAR")?;
+    check!(
+        pattern::first_mismatch(seed, lba * bs, &got).is_none(),
+        "BAR2 does not hold the disk's blocks"
+    );
+
+    // BAR2 -> disk.
+    let (wlba, wblocks) = (ns.blocks / 2 + 200, 64);
+    let wlen = wblocks * bs;
+    let mut src = alloc::vec![0u8; wlen as usize];
+    pattern::fill(PEER_SEED, wlba * bs, &mut src);
+    view.write_bytes(0, &src).or_fail("fill BAR")?;
+    let part = [Segment::new(bar_bus.as_u64(), wlen)];
+    n.ctrl
+        .write(wlba, wblocks, Buffer::Dma(&part), wlen)
+        .or_fail("write from BAR2")?;
+    let back = pages(8)?;
+    n.ctrl
+        .read(
+            wlba,
+            wblocks,
+            Buffer::Phys(PhysAddr::new(back.paddr())),
+            wlen,
+        )
+        .or_fail("read back")?;
+    check_blocks(back.as_ptr(), wlen as usize, PEER_SEED, wlba, bs)?;
+    kprintln!("NVME-WROTE lba={wlba} blocks={wblocks} seed={PEER_SEED:#x}");
+    check!(faults(k)?.is_empty(), "unexpected VT-d faults");
+
+    // A read queued, then revoke.
+    view.fill(0, SPAN as usize, 0).or_fail("zero BAR")?;
+    let queued = n
+        .ctrl
+        .submit_io(
+            0,
+            false,
+            77,
+            8,
+            Buffer::Peer {
+                mapping: &m,
+                offset: 0x1000,
+            },
+            4096,
+        )
+        .or_fail("queue a read")?;
+    let stats = prov.revoke().or_fail("revoke")?;
+    check_eq!(stats.notified, 1);
+    check_eq!(*events.lock(), alloc::vec![MoveEvent::Revoked]);
+    check!(m.is_stale(), "mapping not stale after revoke");
+    // Whatever the queued read did before revoke returned is wiped; nothing may come after.
+    view.fill(0, SPAN as usize, 0).or_fail("zero BAR")?;
+    let r = n.ctrl.wait(queued);
+    view.read_bytes(0, &mut got).or_fail("read BAR")?;
+    check!(
+        got.iter().all(|&b| b == 0),
+        "bytes landed in BAR2 after revoke returned"
+    );
+    let raced = faults(k)?;
+    kprintln!(
+        "  the read queued before revoke: {r:?}, {} VT-d fault(s) ({})",
+        raced.len(),
+        if raced.is_empty() {
+            "it ran before the revoke"
+        } else {
+            "it ran after the revoke and was blocked"
+        }
+    );
+    check!(
+        raced.iter().all(|f| f.access == AccessKind::Write),
+        "unexpected fault kinds: {raced:?}"
+    );
+    let before = n.ctrl.in_flight(0);
+    check_eq!(
+        n.ctrl
+            .submit_io(
+                0,
+                false,
+                77,
+                8,
+                Buffer::Peer {
+                    mapping: &m,
+                    offset: 0x1000
+                },
+                4096
+            )
+            .err(),
+        Some(ControllerError::Dma(DmaError::Revoked))
+    );
+    check_eq!(n.ctrl.in_flight(0), before);
+    drop(m);
+
+    // Restore: a new mapping's read lands.
+    prov.restore().or_fail("restore")?;
+    check_eq!(
+        *events.lock(),
+        alloc::vec![MoveEvent::Revoked, MoveEvent::Restored]
+    );
+    let m2 = att
+        .map(Direction::FromDevice)
+        .or_fail("map after restore")?;
+    n.ctrl
+        .read(
+            77,
+            8,
+            Buffer::Peer {
+                mapping: &m2,
+                offset: 0,
+            },
+            4096,
+        )
+        .or_fail("read after restore")?;
+    view.read_bytes(0, &mut got[..4096]).or_fail("read BAR")?;
+    check!(
+        pattern::first_mismatch(seed, 77 * bs, &got[..4096]).is_none(),
+        "the read after restore did not land"
+    );
+    kprintln!("  BAR2 held the disk's 64 KiB, the disk got BAR2's 32 KiB; revoke cut the queued read off; restore works");
     clear_faults(k)
 }

@@ -148,7 +148,7 @@ impl Importing {
 }
 
 /// A BAR range seen by the CPU through volatile accessors.
-fn bar_view(k: &Kernel, bdf: Bdf, bar: u8) -> Result<SharedMemory, Failure> {
+pub(super) fn bar_view(k: &Kernel, bdf: Bdf, bar: u8) -> Result<SharedMemory, Failure> {
     let b = k
         .pci
         .topology
@@ -161,7 +161,7 @@ fn bar_view(k: &Kernel, bdf: Bdf, bar: u8) -> Result<SharedMemory, Failure> {
         .or_fail("BAR view")
 }
 
-fn ivshmem_bdf(k: &Kernel) -> Result<Bdf, Failure> {
+pub(super) fn ivshmem_bdf(k: &Kernel) -> Result<Bdf, Failure> {
     Ok(k.pci
         .topology
         .find(ivshmem::VENDOR_ID, ivshmem::DEVICE_ID)

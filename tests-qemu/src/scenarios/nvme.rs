@@ -31,7 +31,8 @@ pub(super) fn nvme_scenarios() -> Vec<Scenario> {
         disks: vec![disk()],
         ..s
     };
-    // Without an IOMMU there is no fault to record: every test but `unmapped_prp_faults`.
+    // Without an IOMMU there is no fault to record and no export to an importer: every test
+    // but `unmapped_prp_faults` and the peer-to-peer one.
     let direct: Vec<String> = [
         "identify_matches_the_image",
         "sequential_reads_match_the_generator",
