@@ -347,6 +347,10 @@ struct QueuePair {
     prp_lists: CoherentBuffer,
     ids: CommandIds<ID_WORDS>,
     slots: Vec<Slot>,
+    /// Submissions write entries without ringing the doorbell ([`Controller::plug`]).
+    plugged: bool,
+    /// Entries written since the last doorbell write.
+    unrung: bool,
 }
 
 /// The PRP list page of one command identifier.
@@ -387,11 +391,14 @@ impl QueuePair {
             prp_lists,
             ids: CommandIds::new(in_flight),
             slots,
+            plugged: false,
+            unrung: false,
         })
     }
 
     /// Forgets the rings (the controller was disabled) and zeroes the completion ring.
     fn reset_rings(&mut self) -> Result<(), ControllerError> {
+        self.unrung = false;
         self.sq.reset();
         self.cq.reset();
         let zero = [0u8; CQE_SIZE];
@@ -815,9 +822,13 @@ impl<R: Registers> Controller<R> {
             data,
             aborted: false,
         };
-        fence(Ordering::SeqCst);
-        self.regs
-            .write32(doorbell(&caps, q.id, false), u32::from(q.sq.tail()));
+        if q.plugged {
+            q.unrung = true;
+        } else {
+            fence(Ordering::SeqCst);
+            self.regs
+                .write32(doorbell(&caps, q.id, false), u32::from(q.sq.tail()));
+        }
         Ok(Ticket {
             queue: q.id,
             cid,
@@ -873,6 +884,48 @@ impl<R: Registers> Controller<R> {
         Ok(n)
     }
 
+    /// Writes the tail doorbell of queue `index` if entries were written since the last one.
+    fn ring(&mut self, index: usize) {
+        let caps = self.caps;
+        if let Some(q) = self.queues.get_mut(index).filter(|q| q.unrung) {
+            q.unrung = false;
+            fence(Ordering::SeqCst);
+            self.regs
+                .write32(doorbell(&caps, q.id, false), u32::from(q.sq.tail()));
+        }
+    }
+
+    /// Plugs I/O queue `queue`: submissions are written to the queue but the controller is told
+    /// only at [`Controller::unplug`] (one doorbell write for the whole batch, the block layer's
+    /// plugging), or when a command of the queue is polled or waited for.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NoQueue`].
+    pub fn plug(&mut self, queue: usize) -> Result<(), ControllerError> {
+        let q = self
+            .queues
+            .get_mut(queue + 1)
+            .ok_or(ControllerError::NoQueue(queue))?;
+        q.plugged = true;
+        Ok(())
+    }
+
+    /// Unplugs I/O queue `queue` and rings its doorbell if anything was submitted meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NoQueue`].
+    pub fn unplug(&mut self, queue: usize) -> Result<(), ControllerError> {
+        let q = self
+            .queues
+            .get_mut(queue + 1)
+            .ok_or(ControllerError::NoQueue(queue))?;
+        q.plugged = false;
+        self.ring(queue + 1);
+        Ok(())
+    }
+
     /// The result of `ticket` if its command has completed (its identifier is then free).
     ///
     /// # Errors
@@ -897,6 +950,8 @@ impl<R: Registers> Controller<R> {
         if index >= self.queues.len() {
             return Some(Err(ControllerError::BadTicket));
         }
+        // Waiting on a command that was never announced would wait forever.
+        self.ring(index);
         if let Err(e) = self.reap(index) {
             return Some(Err(e));
         }

@@ -340,3 +340,42 @@ fn shutdown_completes() {
     r.ctrl.shutdown().expect("shutdown");
     assert_eq!(r.fake.st.lock().unwrap().csts & 1, 0);
 }
+
+#[test]
+fn a_plugged_queue_rings_once_for_the_batch() {
+    let mut r = rig();
+    let bufs: Vec<PhysAddr> = (0..8).map(|_| alloc(&r.fx, 4096)).collect();
+    r.ctrl.plug(0).expect("queue");
+    let before = r.fake.st.lock().unwrap().commands.len();
+    let tickets: Vec<_> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            r.ctrl
+                .submit_io(0, false, i as u64 * 8, 8, Buffer::Phys(b), 4096)
+                .expect("submit")
+        })
+        .collect();
+    assert_eq!(
+        r.fake.st.lock().unwrap().commands.len(),
+        before,
+        "nothing announced while plugged"
+    );
+    r.ctrl.unplug(0).expect("queue");
+    assert_eq!(r.fake.st.lock().unwrap().commands.len(), before + 8);
+    for (i, t) in tickets.into_iter().enumerate() {
+        r.ctrl.wait(t).expect("done");
+        assert_eq!(
+            r.fx.phys.bytes(bufs[i].as_u64(), 4096),
+            expected(i as u64 * 8, 8)
+        );
+    }
+    // Waiting on a plugged command announces it.
+    r.ctrl.plug(0).expect("queue");
+    let t = r
+        .ctrl
+        .submit_io(0, false, 0, 8, Buffer::Phys(bufs[0]), 4096)
+        .expect("submit");
+    r.ctrl.wait(t).expect("waiting rings the doorbell");
+    assert_eq!(r.ctrl.plug(5), Err(ControllerError::NoQueue(5)));
+}
