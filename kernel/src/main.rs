@@ -15,6 +15,7 @@ mod demo;
 mod devices;
 mod ktest;
 mod mem;
+mod nvme_bench;
 mod pvh;
 mod rt;
 mod tests;
@@ -192,6 +193,13 @@ pub extern "C" fn kernel_main(start_info: u32) -> ! {
         demo::dump_tables(&k);
     }
 
+    if CommandLine::new(k.boot.cmdline()).flag("nvmebench") {
+        exit(if nvme_bench::run(&k) {
+            Status::Success
+        } else {
+            Status::Failure
+        });
+    }
     if CommandLine::new(k.boot.cmdline()).flag("bench") {
         exit(if bench::run(&k) {
             Status::Success

@@ -180,6 +180,10 @@ pub struct Config {
     pub command_timeout_us: u64,
     /// Namespace to do I/O on.
     pub nsid: u32,
+    /// Unmap the data buffers of all the completions one poll finds as one batch, with one
+    /// IOTLB flush ([`dma::UnmapBatch`]); otherwise each completion's mapping is unmapped on
+    /// its own. Either way a command's result is reported only after its buffer was unmapped.
+    pub batch_unmaps: bool,
 }
 
 impl Default for Config {
@@ -189,6 +193,7 @@ impl Default for Config {
             io_queue_size: 64,
             command_timeout_us: 5_000_000,
             nsid: 1,
+            batch_unmaps: false,
         }
     }
 }
@@ -839,6 +844,7 @@ impl<R: Registers> Controller<R> {
     /// Consumes every new completion of queue `index`; returns how many.
     fn reap(&mut self, index: usize) -> Result<usize, ControllerError> {
         let caps = self.caps;
+        let mut batch = self.config.batch_unmaps.then(dma::UnmapBatch::new);
         let q = &mut self.queues[index];
         let mut n = 0;
         loop {
@@ -866,7 +872,16 @@ impl<R: Registers> Controller<R> {
                 _ => 0,
             };
             // The command is over: its data mapping goes now (strict unmap: when this returns
-            // the controller can no longer reach the buffer).
+            // the controller can no longer reach the buffer; batched: before `reap` returns).
+            let old = core::mem::replace(slot, Slot::Free);
+            if let (Slot::InFlight { data, .. }, Some(batch)) = (old, batch.as_mut()) {
+                let r = match data {
+                    DataMapping::Single(m) => m.unmap_in(batch),
+                    DataMapping::List(m) => m.unmap_in(batch),
+                    DataMapping::None => Ok(()),
+                };
+                r?;
+            }
             *slot = Slot::Done(match done.status.result() {
                 Ok(()) => Ok(done),
                 Err(_) if aborted => Err(ControllerError::Timeout {
@@ -880,6 +895,9 @@ impl<R: Registers> Controller<R> {
             fence(Ordering::SeqCst);
             self.regs
                 .write32(doorbell(&caps, q.id, true), u32::from(q.cq.head()));
+        }
+        if let Some(batch) = batch {
+            batch.finish()?;
         }
         Ok(n)
     }

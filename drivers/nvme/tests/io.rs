@@ -379,3 +379,56 @@ fn a_plugged_queue_rings_once_for_the_batch() {
     r.ctrl.wait(t).expect("waiting rings the doorbell");
     assert_eq!(r.ctrl.plug(5), Err(ControllerError::NoQueue(5)));
 }
+
+#[test]
+fn batched_unmaps_flush_once_per_poll() {
+    let cfg = DeviceConfig::with_mask_bits(39).expect("mask").trusted();
+    let config = Config {
+        batch_unmaps: true,
+        ..Config::default()
+    };
+    let mut r = rig_with(cfg, config, |_| ()).expect("controller");
+    let baseline = r.fx.hw().entries();
+    let bufs: Vec<PhysAddr> = (0..16).map(|_| alloc(&r.fx, 4096)).collect();
+    r.ctrl.plug(0).expect("queue");
+    let tickets: Vec<_> = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            r.ctrl
+                .submit_io(0, false, i as u64 * 8, 8, Buffer::Phys(b), 4096)
+                .expect("submit")
+        })
+        .collect();
+    r.ctrl.unplug(0).expect("queue");
+    let flushes = r.fx.hw().counts().flushes;
+    for (i, t) in tickets.into_iter().enumerate() {
+        r.ctrl.wait(t).expect("done");
+        assert_eq!(
+            r.fx.phys.bytes(bufs[i].as_u64(), 4096),
+            expected(i as u64 * 8, 8)
+        );
+    }
+    // The first wait reaped all 16 completions and unmapped them with one flush.
+    assert_eq!(r.fx.hw().counts().flushes - flushes, 1);
+    assert_eq!(r.fx.hw().entries(), baseline);
+
+    // Control: without batching, the same 16 completions cost 16 flushes.
+    let mut r = rig();
+    let bufs: Vec<PhysAddr> = (0..16).map(|_| alloc(&r.fx, 4096)).collect();
+    r.ctrl.plug(0).expect("queue");
+    let tickets: Vec<_> = bufs
+        .iter()
+        .map(|&b| {
+            r.ctrl
+                .submit_io(0, false, 0, 8, Buffer::Phys(b), 4096)
+                .expect("submit")
+        })
+        .collect();
+    r.ctrl.unplug(0).expect("queue");
+    let flushes = r.fx.hw().counts().flushes;
+    for t in tickets {
+        r.ctrl.wait(t).expect("done");
+    }
+    assert_eq!(r.fx.hw().counts().flushes - flushes, 16);
+}
