@@ -173,6 +173,18 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     }
     let mut doc = render(&host, &kernel, &cpu_model(), &today(), args);
     let path = performance_md();
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    match host_only {
+        false => {
+            let image = super::build_kernel()?;
+            doc = super::bench_nvme::splice_section(&doc, &super::bench_nvme::measure(&image)?);
+        }
+        true => {
+            if let Some(section) = super::bench_nvme::extract_section(&old) {
+                doc = super::bench_nvme::splice_section(&doc, section);
+            }
+        }
+    }
     if let Some(section) = std::fs::read_to_string(&path)
         .ok()
         .as_deref()

@@ -9,6 +9,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod bench_nvme;
 mod linux;
 mod modgraph;
 mod qemu;
