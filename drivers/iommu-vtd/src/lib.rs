@@ -103,6 +103,6 @@ pub use intremap::{
 };
 pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
-pub use platform::{Platform, TablePage};
+pub use platform::{IrqState, Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo, RegisterStats};
 pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};
