@@ -101,7 +101,7 @@ pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
 pub use intremap::{
     DeliveryMode, DestMode, Destination, IntRemapError, Irte, SourceId, TriggerMode,
 };
-pub use invalidation::InvalidationError;
+pub use invalidation::{InvalidationError, PhaseCycles};
 pub use pagetable::SecondLevelTable;
 pub use platform::{IrqState, Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo, RegisterStats};

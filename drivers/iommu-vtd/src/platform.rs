@@ -101,6 +101,13 @@ pub unsafe trait Platform: Send + Sync {
     /// A monotonic clock in microseconds, used for timeouts.
     fn now_us(&self) -> u64;
 
+    /// A cycle counter (on x86: `rdtsc`) for the unit's opt-in phase timing
+    /// ([`crate::VtdUnit::set_phase_timing`]); read only while timing is on. The default
+    /// returns 0 (every phase then counts 0 cycles).
+    fn cycles(&self) -> u64 {
+        0
+    }
+
     /// Disables interrupts on this CPU and returns what is needed to undo it (on x86:
     /// RFLAGS, then `cli`). The unit calls it before taking a lock an interrupt handler can
     /// take too, and [`Platform::irq_restore`] after releasing it; calls nest, and each
@@ -230,6 +237,9 @@ unsafe impl<T: Platform + ?Sized> Platform for alloc::sync::Arc<T> {
     }
     fn now_us(&self) -> u64 {
         (**self).now_us()
+    }
+    fn cycles(&self) -> u64 {
+        (**self).cycles()
     }
     fn irq_save(&self) -> IrqState {
         (**self).irq_save()

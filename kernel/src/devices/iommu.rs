@@ -95,6 +95,11 @@ unsafe impl Platform for KernelPlatform {
         time::now_us()
     }
 
+    /// The TSC, for the unit's opt-in phase timing.
+    fn cycles(&self) -> u64 {
+        time::rdtsc()
+    }
+
     /// RFLAGS saved, then `cli`: the unit's interrupt-safe locks are held with interrupts off.
     fn irq_save(&self) -> IrqState {
         IrqState::from_raw(irq::save_and_disable())

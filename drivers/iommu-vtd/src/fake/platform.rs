@@ -51,6 +51,7 @@ pub struct HostPlatform {
     mem: Mutex<HostMem>,
     clock: AtomicU64,
     clock_step: u64,
+    cycles: AtomicU64,
     irq: Mutex<IrqReport>,
 }
 
@@ -111,8 +112,15 @@ impl HostPlatform {
             }),
             clock: AtomicU64::new(0),
             clock_step: step,
+            cycles: AtomicU64::new(0),
             irq: Mutex::new(IrqReport::default()),
         }
+    }
+
+    /// How often the cycle counter ([`Platform::cycles`]) was read: it advances by one per
+    /// reading, so this is also its current value.
+    pub fn cycle_reads(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
     }
 
     /// The interrupt-flag model's observations since the platform was created or
@@ -379,6 +387,11 @@ unsafe impl Platform for HostPlatform {
 
     fn now_us(&self) -> u64 {
         self.clock.fetch_add(self.clock_step, Ordering::Relaxed)
+    }
+
+    /// One cycle per reading, counted ([`HostPlatform::cycle_reads`]).
+    fn cycles(&self) -> u64 {
+        self.cycles.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Interrupts off: the depth grows; the state is the depth found.
