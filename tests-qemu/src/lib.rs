@@ -11,6 +11,7 @@
 
 mod outcome;
 mod pci_model;
+mod qemu_version;
 mod scenarios;
 mod topology;
 
@@ -19,5 +20,8 @@ pub use pci_model::{
     check_pci_listing, expected_functions, expected_partition, parse_pci_listing, Bar, BarType,
     Bdf, BdfText, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
 };
-pub use scenarios::{all, AcpiTableFile, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS};
+pub use qemu_version::{QemuVersion, QEMU_NO_SOURCE_ID};
+pub use scenarios::{
+    all, all_on, AcpiTableFile, Exit, Expect, Scenario, QEMU_FAILURE, QEMU_SUCCESS,
+};
 pub use topology::Topology;
