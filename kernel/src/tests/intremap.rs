@@ -13,8 +13,8 @@
 //!
 //! QEMU limits these tests live with (SPEC.md; `hw/i386/intel_iommu.c`
 //! `vtd_mem_ir_write`, `include/hw/pci/pci.h` `pci_dma_write`; the same on 7.2 and 10 except
-//! the first): remapping faults are not recorded (7.2 only); compatibility-format interrupts pass even with GSTS.CFIS = 0 (the CFI gate of
-//! §5.1.4 is not modelled); and a device's *DMA* write to the interrupt window carries no
+//! the first): remapping faults are not recorded (7.2 only); compatibility-format interrupts
+//! pass even with GSTS.CFIS = 0 (the CFI gate of §5.1.4 is not modelled); and a device's *DMA* write to the interrupt window carries no
 //! requester ID (`MEMTXATTRS_UNSPECIFIED`), so the SID check is skipped for it (an MSI sent by
 //! the device's MSI logic carries its ID and is checked). Forged writes are therefore measured
 //! and printed as `IRQ-QEMU-LIMIT` lines, and what QEMU does enforce is asserted: a remappable
@@ -447,11 +447,6 @@ fn forged_interrupt_writes(k: &Kernel) -> TestResult {
     let dest = u8::try_from(apic::id()).or_fail("apic id")?;
     let compat = MsiMessage::fixed(dest, victim.0).or_fail("compat message")?;
     let unregistered = irq::unregistered().0;
-    let nic_index = nm
-        .vectors()
-        .remapped()
-        .and_then(|r| r.irte_index(0))
-        .unwrap_or(0);
     let (got1, rec1) = if on {
         let (g, r) = ir_faults_of(k, || forge(&mut e, &mut page, nic_message, &[nv]))?;
         (g[0], r)
@@ -485,6 +480,12 @@ fn forged_interrupt_writes(k: &Kernel) -> TestResult {
         check!(gsts.contains(Global::IRE), "GSTS.IRES clear: {gsts:?}");
         check!(!gsts.contains(Global::CFI), "GSTS.CFIS set: {gsts:?}");
         let edu_rid = e.bdf().requester_id();
+        let nic_index = nm
+            .vectors()
+            .remapped()
+            .or_fail("e1000e's MSI-X is not remapped")?
+            .irte_index(0)
+            .or_fail("e1000e's IRTE index")?;
         ir_fault_case(
             "forged-remappable",
             got1,
