@@ -11,6 +11,7 @@
 
 mod outcome;
 mod pci_model;
+mod qemu_version;
 mod scenarios;
 mod topology;
 
@@ -19,7 +20,9 @@ pub use pci_model::{
     check_pci_listing, expected_functions, expected_partition, parse_pci_listing, Bar, BarType,
     Bdf, BdfText, ExpectedFunction, FunctionKind, ListedBar, ListedFunction,
 };
+pub use qemu_version::{QemuVersion, QEMU_NO_SOURCE_ID};
 pub use scenarios::{
-    all, AcpiTableFile, DiskImage, Exit, Expect, Scenario, DISK_BLOCK, QEMU_FAILURE, QEMU_SUCCESS,
+    all, all_on, AcpiTableFile, DiskImage, Exit, Expect, Scenario, DISK_BLOCK, QEMU_FAILURE,
+    QEMU_SUCCESS,
 };
 pub use topology::Topology;

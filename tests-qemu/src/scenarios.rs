@@ -1,6 +1,7 @@
 //! The scenario list and the judge.
 
 use crate::outcome::{KernelEnd, Outcome, TestStatus};
+use crate::qemu_version::QemuVersion;
 use crate::topology::Topology;
 
 mod firmware;
@@ -223,6 +224,8 @@ pub struct Scenario {
     pub acpi_tables: Vec<AcpiTableFile>,
     /// Disk images attached with `-drive` (generated, checked after the run).
     pub disks: Vec<DiskImage>,
+    /// The QEMU it runs on ([`all_on`]); checks whose expectations differ by version read it.
+    pub qemu: QemuVersion,
 }
 
 /// How a QEMU process ended.
@@ -273,6 +276,7 @@ impl Scenario {
             check: None,
             acpi_tables: Vec::new(),
             disks: Vec::new(),
+            qemu: QemuVersion::BOOKWORM,
         }
     }
 
@@ -408,8 +412,22 @@ fn memory_suite() -> usize {
     suite_size(include_str!("../../kernel/src/tests/memory.rs"))
 }
 
-/// Every scenario, in the order `cargo xtask test` runs them.
+/// Every scenario as it runs on Debian bookworm's QEMU ([`QemuVersion::BOOKWORM`]): names,
+/// topologies and command lines, which do not depend on the version.
 pub fn all() -> Vec<Scenario> {
+    all_on(QemuVersion::BOOKWORM)
+}
+
+/// Every scenario, in the order `cargo xtask test` runs them, with the expectations of `qemu`.
+pub fn all_on(qemu: QemuVersion) -> Vec<Scenario> {
+    let mut all = scenario_list(qemu);
+    for s in &mut all {
+        s.qemu = qemu;
+    }
+    all
+}
+
+fn scenario_list(qemu: QemuVersion) -> Vec<Scenario> {
     let base = Topology::base;
     let mut all = vec![
         Scenario {
@@ -484,14 +502,14 @@ pub fn all() -> Vec<Scenario> {
         },
     ];
     all.extend(pci_scenarios());
-    all.extend(vtd_scenarios());
-    all.extend(group_dma_scenarios());
+    all.extend(vtd_scenarios(qemu));
+    all.extend(group_dma_scenarios(qemu));
     all.extend(dma_api_scenarios());
     all.extend(p2p_scenarios());
     all.extend(firmware_scenarios());
     all.extend(irq_scenarios());
     all.extend(intremap_scenarios());
-    all.extend(fault_irq_scenarios());
+    all.extend(fault_irq_scenarios(qemu));
     all.extend(nvme::nvme_scenarios());
     all
 }

@@ -1,8 +1,10 @@
 //! `cargo xtask`: build the kernel, boot it in QEMU, read its serial log, report.
 //!
-//! - `cargo xtask run [--bare | --topology NAME] [--no-iommu | --iommu OPTS] [--mem SIZE]
-//!   [--cmdline STR] [--timeout SECS] [-- QEMU_ARGS...]`
-//! - `cargo xtask test [--filter TEXT] [--host-only | --qemu-only] [--jobs N] [--list]`
+//! - `cargo xtask run [--qemu PATH] [--bare | --topology NAME] [--no-iommu | --iommu OPTS]
+//!   [--mem SIZE] [--cmdline STR] [--timeout SECS] [-- QEMU_ARGS...]`
+//! - `cargo xtask test [--filter TEXT] [--host-only | --qemu-only] [--qemu PATH]... [--jobs N]
+//!   [--list]`
+//! - `cargo xtask fetch-qemu`: QEMU 10 from bookworm-backports into `target/qemu10/`
 //!
 //! The kernel is built for `x86_64-unknown-linux-gnu` (the only standard library installed) as a
 //! freestanding static ELF: codegen flags come from here, link flags from `kernel/build.rs`, and it
@@ -13,6 +15,7 @@ mod bench_nvme;
 mod linux;
 mod modgraph;
 mod qemu;
+mod qemu10;
 mod run;
 
 use std::path::{Path, PathBuf};
@@ -40,13 +43,20 @@ Commands:
     --cmdline STR       kernel command line (e.g. \"test=boot\" to run an in-kernel suite;
                         at most 1024 bytes, the kernel's buffer)
     --timeout SECS      kill QEMU after SECS seconds (SECS > 0; leave it out for no limit)
+    --qemu PATH         this qemu-system-x86_64 instead of the system's (an unpacked package
+                        tree's share/seabios and share/qemu are passed with -L), e.g.
+                        --qemu target/qemu10/root/usr/bin/qemu-system-x86_64 (fetch-qemu)
     -- ARGS...          extra QEMU arguments, e.g. -- -device ivshmem-plain,memdev=m ...
 
-  test   Run the host unit tests of every crate, then every QEMU scenario in tests-qemu/,
-         one line per scenario, ending with `N passed, N failed`. Non-zero exit on any failure.
+  test   Run the host unit tests of every crate, then every QEMU scenario in tests-qemu/ on
+         the system's QEMU (7.2 on bookworm) AND on QEMU 10 (target/qemu10/, fetched first
+         when absent; a failed fetch fails the run), one line per scenario and QEMU version,
+         ending with `N passed, N failed`. Non-zero exit on any failure.
     --filter TEXT       only scenarios whose name contains TEXT (host tests still run)
     --host-only         only the host unit tests
     --qemu-only         only the QEMU scenarios
+    --qemu PATH         only on this qemu-system-x86_64 (repeatable; `system` names the
+                        system's, `10` the fetched QEMU 10)
     --jobs N            QEMU scenarios run in parallel (default: number of CPUs)
     --list              list the scenarios and exit
     --linux-smoke       also boot Debian's Linux once with our DMA bench module (the
@@ -64,6 +74,12 @@ Commands:
                         only the \"Versus Linux\" section of docs/PERFORMANCE.md
     --rounds N          rounds for --vs-linux (default 5)
 
+  fetch-qemu  Download QEMU 10 (qemu-system-x86, -common, -data and seabios >= 1.16.3) from
+         bookworm-backports with a private apt configuration (its source line derived from
+         the system's apt sources, its lists and cache under target/qemu10/apt/) and unpack
+         them with dpkg-deb into target/qemu10/root/. Changes nothing on the system and needs
+         no root; a second run does nothing.
+
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
          with the kernel's own flags), rustdoc -D warnings and `cargo package --no-verify` of
          the library crates. CI runs it before `test`.
@@ -71,7 +87,7 @@ Commands:
   package  `cargo package` of every library crate, each one built from its package alone
          (path dependencies through cargo's local overlay). CI runs it after `lint`.
 
-Serial logs of every scenario are kept in target/qemu-logs/<scenario>.log.
+Serial logs of every scenario are kept in target/qemu-logs/qemu-<version>/<scenario>.log.
 When qemu-system-x86_64 is missing it is installed with apt-get (as root), or the command to
 install it is printed.
 ";
@@ -84,6 +100,7 @@ fn main() -> ExitCode {
         Some("lint") => lint(),
         Some("package") => package(),
         Some("bench") => bench::bench(&args[1..]),
+        Some("fetch-qemu") => qemu10::fetch(&root()),
         Some("help" | "--help" | "-h") | None => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)
@@ -367,8 +384,35 @@ fn host_tests() -> Result<Counts, String> {
     Ok(c)
 }
 
+/// The QEMUs `test` runs the scenarios on: the `--qemu` ones (`system`, `10` or a path), or by
+/// default the system's and the fetched QEMU 10. A QEMU 10 that cannot be fetched is an error:
+/// CI must run both.
+fn test_qemus(wanted: &[String]) -> Result<Vec<qemu::Qemu>, String> {
+    let fetched = || {
+        qemu10::ensure(&qemu10::dir(&root())).map_err(|e| {
+            format!(
+                "\n\n*** QEMU 10 is not available, so the scenarios cannot run on it ***\n{e}\n\n\
+                 (`cargo xtask fetch-qemu` fetches it; `--qemu system` runs on the system's QEMU only)"
+            )
+        })
+    };
+    let system = || qemu::ensure_installed().and_then(|()| qemu::Qemu::system());
+    if wanted.is_empty() {
+        return Ok(vec![system()?, fetched()?]);
+    }
+    wanted
+        .iter()
+        .map(|w| match w.as_str() {
+            "system" => system(),
+            "10" => fetched(),
+            path => qemu::Qemu::at(Path::new(path)),
+        })
+        .collect()
+}
+
 fn test(args: &[String]) -> Result<ExitCode, String> {
     let mut filter = None;
+    let mut qemus: Vec<String> = Vec::new();
     let (mut host, mut qemu_scenarios, mut list) = (true, true, false);
     let mut linux_smoke = false;
     let mut jobs = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -376,6 +420,7 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
     while i < args.len() {
         match args[i].as_str() {
             "--filter" => filter = Some(take_value(args, &mut i, "--filter")?),
+            "--qemu" => qemus.push(take_value(args, &mut i, "--qemu")?),
             "--host-only" => qemu_scenarios = false,
             "--qemu-only" => host = false,
             "--list" => list = true,
@@ -422,12 +467,28 @@ fn test(args: &[String]) -> Result<ExitCode, String> {
         total.failed += c.failed;
     }
     if qemu_scenarios {
-        qemu::ensure_installed()?;
+        let qemus = test_qemus(&qemus)?;
         let kernel = build_kernel()?;
         let logs = root().join("target").join("qemu-logs");
         std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
+        let runs: Vec<(qemu::Qemu, Vec<Scenario>)> = qemus
+            .into_iter()
+            .map(|q| {
+                let on: Vec<Scenario> = tests_qemu::all_on(q.version)
+                    .into_iter()
+                    .filter(|s| scenarios.iter().any(|x| x.name == s.name))
+                    .collect();
+                println!(
+                    "qemu scenarios on QEMU {} ({}): {}",
+                    q.version,
+                    q.binary.display(),
+                    on.len()
+                );
+                (q, on)
+            })
+            .collect();
         let t = Instant::now();
-        let c = qemu::run_scenarios(&kernel, &scenarios, jobs, &logs);
+        let c = qemu::run_scenarios(&kernel, &runs, jobs, &logs);
         println!(
             "qemu scenarios: {} passed, {} failed ({:.1}s)",
             c.0,

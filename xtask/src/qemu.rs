@@ -1,14 +1,14 @@
-//! Starting QEMU: installation check, argument assembly, interactive runs and scenario runs with
-//! timeouts.
+//! Starting QEMU: installation check, which QEMU ([`Qemu`]: the system's or another binary with
+//! its data folders), argument assembly, interactive runs and scenario runs with timeouts.
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tests_qemu::{AcpiTableFile, DiskImage, Exit, Scenario, Topology};
+use tests_qemu::{AcpiTableFile, DiskImage, Exit, QemuVersion, Scenario, Topology};
 
 const QEMU: &str = "qemu-system-x86_64";
 const INSTALL: &str = "apt-get install -y qemu-system-x86";
@@ -83,9 +83,99 @@ pub fn ensure_installed() -> Result<(), String> {
     }
 }
 
-/// The full QEMU command for a kernel on a topology.
+/// One QEMU to run: a binary, the firmware/data folders it is given with `-L`, and the version
+/// it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Qemu {
+    /// The `qemu-system-x86_64` binary.
+    pub binary: PathBuf,
+    /// `-L` folders, searched in this order before the binary's built-in one.
+    pub data_dirs: Vec<PathBuf>,
+    /// What `--version` reported.
+    pub version: QemuVersion,
+}
+
+impl Qemu {
+    /// The system's `qemu-system-x86_64` (on PATH), with its own data folders.
+    pub fn system() -> Result<Self, String> {
+        Ok(Self {
+            binary: PathBuf::from(QEMU),
+            data_dirs: Vec::new(),
+            version: version_of(Path::new(QEMU))?,
+        })
+    }
+
+    /// The binary at `binary`. When it sits in an unpacked package tree (`<root>/usr/bin/`, or
+    /// any `<prefix>/bin/`) the tree's `share/seabios` and `share/qemu` are passed with `-L`,
+    /// SeaBIOS first: QEMU's own data package ships no BIOS, and the system's SeaBIOS would
+    /// otherwise be used (bookworm's 1.16.2 stalls QEMU 10 for 32 s on the empty CD-ROM).
+    pub fn at(binary: &Path) -> Result<Self, String> {
+        if !binary.is_file() {
+            return Err(format!("--qemu {}: no such file", binary.display()));
+        }
+        let binary = binary
+            .canonicalize()
+            .map_err(|e| format!("{}: {e}", binary.display()))?;
+        let data_dirs = match binary.parent().and_then(Path::parent) {
+            Some(prefix) if prefix != Path::new("/usr") => ["seabios", "qemu"]
+                .iter()
+                .map(|d| prefix.join("share").join(d))
+                .filter(|d| d.is_dir())
+                .collect(),
+            _ => Vec::new(),
+        };
+        Ok(Self {
+            version: version_of(&binary)?,
+            binary,
+            data_dirs,
+        })
+    }
+
+    /// A short label for result lines and log folders: `qemu-10.0.2`.
+    pub fn label(&self) -> String {
+        format!("qemu-{}", self.version)
+    }
+}
+
+/// Runs `binary --version` and parses it.
+fn version_of(binary: &Path) -> Result<QemuVersion, String> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("running {} --version: {e}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!(
+            "{} --version failed (missing libraries?): {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    QemuVersion::parse(&text).ok_or_else(|| {
+        format!(
+            "{} --version printed no version: {:?}",
+            binary.display(),
+            text.trim()
+        )
+    })
+}
+
+/// The full QEMU command for a kernel on a topology, with the system's QEMU.
 pub fn command(kernel: &Path, topo: &Topology, cmdline: &str) -> Command {
-    let mut c = Command::new(QEMU);
+    let system = Qemu {
+        binary: PathBuf::from(QEMU),
+        data_dirs: Vec::new(),
+        version: QemuVersion::BOOKWORM,
+    };
+    command_on(&system, kernel, topo, cmdline)
+}
+
+/// The full QEMU command for a kernel on a topology, with `qemu`.
+pub fn command_on(qemu: &Qemu, kernel: &Path, topo: &Topology, cmdline: &str) -> Command {
+    let mut c = Command::new(&qemu.binary);
+    for d in &qemu.data_dirs {
+        c.arg("-L").arg(d);
+    }
     c.args([
         "-accel",
         "tcg",
@@ -126,13 +216,19 @@ fn exit_of(child: &mut Child, deadline: Option<Instant>) -> Result<Exit, String>
 /// warnings) are printed on stderr line by line with a `qemu: ` prefix, so they cannot be taken
 /// for the kernel's output.
 pub fn run_interactive(
+    qemu: &Qemu,
     kernel: &Path,
     topo: &Topology,
     cmdline: &str,
     timeout: Option<u64>,
 ) -> Result<Exit, String> {
-    let mut cmd = command(kernel, topo, cmdline);
-    eprintln!("xtask: {QEMU} {}", describe(&cmd));
+    let mut cmd = command_on(qemu, kernel, topo, cmdline);
+    eprintln!(
+        "xtask: QEMU {}: {} {}",
+        qemu.version,
+        qemu.binary.display(),
+        describe(&cmd)
+    );
     let mut child = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
@@ -195,11 +291,12 @@ fn describe(cmd: &Command) -> String {
 
 /// Runs one scenario; returns its log and how QEMU ended. The scenario's generated ACPI tables
 /// are written to `dir` first and passed with `-acpitable file=...`.
-fn run_one(kernel: &Path, s: &Scenario, dir: &Path) -> Result<(String, Exit), String> {
+fn run_one(qemu: &Qemu, kernel: &Path, s: &Scenario, dir: &Path) -> Result<(String, Exit), String> {
     let mut topology = s.topology.clone();
     add_acpi_tables(&mut topology, s.name, &s.acpi_tables, dir)?;
     let images = add_disks(&mut topology, s.name, &s.disks, dir)?;
-    let (log, exit) = run_captured(
+    let (log, exit) = run_captured_on(
+        qemu,
         kernel,
         &topology,
         &s.cmdline,
@@ -251,14 +348,30 @@ pub fn add_disks(
     Ok(paths)
 }
 
-/// Boots `kernel` on `topo` with `cmdline`, capturing the console; kills QEMU after `timeout`.
+/// Boots `kernel` on `topo` with `cmdline` on the system's QEMU, capturing the console; kills
+/// QEMU after `timeout`.
 pub fn run_captured(
     kernel: &Path,
     topo: &Topology,
     cmdline: &str,
     timeout: Duration,
 ) -> Result<(String, Exit), String> {
-    let mut child = command(kernel, topo, cmdline)
+    run_child(command(kernel, topo, cmdline), timeout)
+}
+
+/// [`run_captured`] on `qemu`.
+pub fn run_captured_on(
+    qemu: &Qemu,
+    kernel: &Path,
+    topo: &Topology,
+    cmdline: &str,
+    timeout: Duration,
+) -> Result<(String, Exit), String> {
+    run_child(command_on(qemu, kernel, topo, cmdline), timeout)
+}
+
+fn run_child(mut cmd: Command, timeout: Duration) -> Result<(String, Exit), String> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -307,22 +420,35 @@ pub fn run_captured(
     Ok((String::from_utf8_lossy(&bytes).into_owned(), exit))
 }
 
-/// Runs scenarios on `jobs` workers, printing one line each; returns (passed, failed).
+/// Runs each QEMU's scenarios (every pair in one queue) on `jobs` workers, printing one line
+/// each with the QEMU version; logs go to `logs/<qemu label>/<scenario>.log`. Returns (passed,
+/// failed).
 pub fn run_scenarios(
     kernel: &Path,
-    scenarios: &[Scenario],
+    runs: &[(Qemu, Vec<Scenario>)],
     jobs: usize,
     logs: &Path,
 ) -> (usize, usize) {
+    let mut work: Vec<(&Qemu, &Scenario, PathBuf)> = Vec::new();
+    for (qemu, scenarios) in runs {
+        let dir = logs.join(qemu.label());
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            eprintln!("xtask: creating {}: {e}", dir.display());
+        }
+        work.extend(scenarios.iter().map(|s| (qemu, s, dir.clone())));
+    }
+    let scenarios = &work;
     let next = AtomicUsize::new(0);
     let results = Mutex::new((0usize, 0usize));
     std::thread::scope(|scope| {
         for _ in 0..jobs.min(scenarios.len()).max(1) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(s) = scenarios.get(i) else { break };
+                let Some((qemu, s, logs)) = scenarios.get(i) else {
+                    break;
+                };
                 let start = Instant::now();
-                let verdict = run_one(kernel, s, logs).and_then(|(log, exit)| {
+                let verdict = run_one(qemu, kernel, s, logs).and_then(|(log, exit)| {
                     let path = logs.join(format!("{}.log", s.name));
                     let _ = std::fs::write(&path, &log);
                     let disks: Vec<&str> = log
@@ -353,11 +479,15 @@ pub fn run_scenarios(
                 match verdict {
                     Ok(summary) => {
                         r.0 += 1;
-                        println!("PASS {:28} {summary} ({secs:.1}s)", s.name);
+                        println!(
+                            "PASS {:12} {:28} {summary} ({secs:.1}s)",
+                            qemu.label(),
+                            s.name
+                        );
                     }
                     Err(why) => {
                         r.1 += 1;
-                        println!("FAIL {:28} {why} ({secs:.1}s)", s.name);
+                        println!("FAIL {:12} {:28} {why} ({secs:.1}s)", qemu.label(), s.name);
                     }
                 }
             });

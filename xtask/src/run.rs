@@ -44,6 +44,8 @@ struct RunOptions {
     timeout: Option<u64>,
     /// QEMU arguments after `--`.
     extra: Vec<String>,
+    /// `--qemu PATH`: another qemu-system-x86_64 (`None`: the system's).
+    qemu: Option<String>,
 }
 
 /// What the `run` arguments ask for.
@@ -85,6 +87,7 @@ fn parse_run_args(args: &[String]) -> Result<RunRequest, String> {
         cmdline: String::new(),
         timeout: None,
         extra: Vec::new(),
+        qemu: None,
     };
     let mut seen: Vec<&str> = Vec::new();
     let mut i = 0;
@@ -155,6 +158,7 @@ fn parse_run_args(args: &[String]) -> Result<RunRequest, String> {
                     Err(_) => return Err(format!("bad --timeout {v:?}: a whole number of seconds")),
                 }
             }
+            "--qemu" => opts.qemu = Some(take_value(args, &mut i, flag)?),
             "--help" | "-h" => return Ok(RunRequest::Help),
             other => return Err(format!("unknown option `{other}` for run (see --help)")),
         }
@@ -222,9 +226,15 @@ pub(crate) fn run(args: &[String]) -> Result<ExitCode, String> {
             }
         }
     }
-    qemu::ensure_installed()?;
+    let qemu = match &opts.qemu {
+        Some(path) => qemu::Qemu::at(std::path::Path::new(path))?,
+        None => {
+            qemu::ensure_installed()?;
+            qemu::Qemu::system()?
+        }
+    };
     let kernel = build_kernel()?;
-    let exit = qemu::run_interactive(&kernel, &topo, &opts.cmdline, opts.timeout)?;
+    let exit = qemu::run_interactive(&qemu, &kernel, &topo, &opts.cmdline, opts.timeout)?;
     Ok(match exit {
         Exit::Status(tests_qemu::QEMU_SUCCESS) => ExitCode::SUCCESS,
         Exit::Status(tests_qemu::QEMU_FAILURE) => {
@@ -331,6 +341,13 @@ mod tests {
         assert!(refused(&["--mem", "1G", "--mem", "2G"]).contains("twice"));
         assert!(refused(&["--frobnicate"]).contains("unknown option"));
         assert!(refused(&["--iommu"]).contains("needs a value"));
+        assert!(refused(&["--qemu"]).contains("needs a value"));
+        assert!(refused(&["--qemu", "a", "--qemu", "b"]).contains("twice"));
+        assert_eq!(
+            boot(&["--qemu", "/q/bin/qemu"]).qemu.as_deref(),
+            Some("/q/bin/qemu")
+        );
+        assert_eq!(boot(&[]).qemu, None);
         // Flags after `--` belong to QEMU.
         assert_eq!(boot(&["--", "--no-iommu"]).extra, ["--no-iommu"]);
         assert_eq!(parse(&["--help"]), Ok(RunRequest::Help));

@@ -199,3 +199,110 @@ fn disk_images_are_checked_against_what_the_kernel_wrote() {
         .check("NVME-WROTE lba=62 blocks=4 seed=7", &image)
         .is_err());
 }
+
+const QEMU_10: QemuVersion = QemuVersion::new(10, 0, 2);
+
+#[test]
+fn table_depth_follows_the_versions_default_width() {
+    let levels = |q: QemuVersion, name: &str| {
+        let s = all_on(q).into_iter().find(|s| s.name == name).unwrap();
+        assert_eq!(s.qemu, q);
+        s.cmdline
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("expect.levels="))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(levels(QemuVersion::BOOKWORM, "vtd-default"), "3");
+    assert_eq!(levels(QEMU_10, "vtd-default"), "4");
+    // An explicit aw-bits wins over the default.
+    assert_eq!(levels(QemuVersion::BOOKWORM, "vtd-aw48"), "4");
+    assert_eq!(levels(QEMU_10, "vtd-aw48"), "4");
+}
+
+/// The log a kernel on `q` prints for the intremap suite, built from the case model: each
+/// case's line (blocked: nothing delivered, and the record where `q` records faults, with the
+/// device's source-id or QEMU's FFFFh), a limit line for each case `q` cannot block.
+fn intremap_log(q: QemuVersion) -> String {
+    let mut log = String::from("interrupt remapping enabled\n");
+    log.push_str(&format!(
+        "IRQ-MSIX-PER-RAISE e1000e={}\n",
+        q.e1000e_messages_per_ics()
+    ));
+    for (i, c) in irq::ir_cases_for_tests(q).into_iter().enumerate() {
+        let device = if c.0.starts_with("ioapic") {
+            "ff:00.0"
+        } else {
+            "00:03.0"
+        };
+        let source = if c.3 { device } else { "ff:1f.7" };
+        let record = if c.1 && q.records_interrupt_remapping_faults() {
+            format!("reason:{:#x},source:{source},index:{i}", c.2)
+        } else {
+            "none".into()
+        };
+        log.push_str(&format!(
+            "IRQ-IR-FAULT case={} delivered={} device={device} record={record}\n",
+            c.0,
+            u8::from(!c.1)
+        ));
+        if !c.1 {
+            log.push_str(&format!("{} {} delivered=1\n", irq::QEMU_LIMIT, c.0));
+        }
+    }
+    log
+}
+
+#[test]
+fn intremap_evidence_follows_the_version() {
+    let on = |q| {
+        let mut s = all_on(q)
+            .into_iter()
+            .find(|s| s.name == "intremap")
+            .unwrap();
+        s.expect = Expect::Pass { passed: 0 };
+        s
+    };
+    for q in [QemuVersion::BOOKWORM, QEMU_10] {
+        let s = on(q);
+        let ok = irq::intremap_evidence(&s, &crate::outcome::parse(""), &intremap_log(q));
+        assert!(ok.is_ok(), "{q}: {ok:?}");
+        // The other version's log is refused: records where none are made, or missing ones;
+        // e1000e's count per raise.
+        let other = if q == QEMU_10 {
+            QemuVersion::BOOKWORM
+        } else {
+            QEMU_10
+        };
+        let err = irq::intremap_evidence(&s, &crate::outcome::parse(""), &intremap_log(other));
+        assert!(err.is_err(), "{q} accepted {other}'s log");
+    }
+    let s = on(QEMU_10);
+    let good = intremap_log(QEMU_10);
+    let judge = |log: &str| irq::intremap_evidence(&s, &crate::outcome::parse(""), log);
+    let bad = [
+        // The wrong-SID record names another source.
+        good.replace("source:00:03.0", "source:00:02.0"),
+        // The not-present record has another reason.
+        good.replacen("reason:0x22", "reason:0x21", 1),
+        // A case missing.
+        good.lines()
+            .filter(|l| !l.contains("case=ioapic-not-present"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        // A blocked case delivered.
+        good.replace(
+            "case=wrong-sid-msi delivered=0",
+            "case=wrong-sid-msi delivered=1",
+        ),
+        // A limit line too few.
+        good.lines()
+            .filter(|l| !l.contains("forged-compat delivered=1") || l.starts_with("IRQ-IR"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    ];
+    for (i, log) in bad.iter().enumerate() {
+        assert_ne!(log, &good, "mutation {i} changed nothing");
+        assert!(judge(log).is_err(), "mutation {i} accepted");
+    }
+}

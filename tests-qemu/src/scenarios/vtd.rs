@@ -4,12 +4,19 @@
 use super::*;
 
 /// The kernel command line for VT-d tests: the selected tests plus the expectations the
-/// topology implies, computed from the same values QEMU is given (table depth from `aw-bits`,
-/// caching mode, edu's DMA mask).
-pub(super) fn vtd_cmdline(t: &Topology, tests: &[&str]) -> String {
+/// topology implies on `qemu`, computed from the same values QEMU is given (table depth from
+/// `aw-bits`, or the version's default width when the topology gives none; caching mode, edu's
+/// DMA mask).
+pub(super) fn vtd_cmdline(t: &Topology, tests: &[&str], qemu: QemuVersion) -> String {
     let props = t.iommu.clone().unwrap_or_default();
     let has = |kv: &str| props.split(',').any(|p| p == kv);
-    let levels = if has("aw-bits=48") { 4 } else { 3 };
+    let aw_bits = props
+        .split(',')
+        .find_map(|p| p.strip_prefix("aw-bits="))
+        .and_then(|v| v.parse::<u8>().ok())
+        .unwrap_or(qemu.default_aw_bits());
+    // AGAW of 39 bits walks 3 levels, 48 bits 4 (VT-d §3.6).
+    let levels = if aw_bits >= 48 { 4 } else { 3 };
     let cm = u8::from(has("caching-mode=on"));
     let mut line = format!(
         "test={} expect.levels={levels} expect.cm={cm}",
@@ -33,9 +40,9 @@ pub(super) fn edu_mask_arg(t: &Topology) -> String {
 
 /// VT-d scenarios: DMA by the edu device through the IOMMU, proven by memory contents and
 /// fault records.
-pub(super) fn vtd_scenarios() -> Vec<Scenario> {
+pub(super) fn vtd_scenarios(qemu: QemuVersion) -> Vec<Scenario> {
     let vtd = |name, about, topology: Topology, tests: &[&str]| {
-        let cmdline = vtd_cmdline(&topology, tests);
+        let cmdline = vtd_cmdline(&topology, tests, qemu);
         Scenario {
             cmdline,
             ..Scenario::passing(name, about, topology, "", tests.len())
@@ -99,7 +106,7 @@ pub(super) fn vtd_scenarios() -> Vec<Scenario> {
 
 /// Isolation groups under DMA: two functions that form one group share one domain, both move
 /// bytes through it, cannot be split across domains, and the group detaches with its last member.
-pub(super) fn group_dma_scenarios() -> Vec<Scenario> {
+pub(super) fn group_dma_scenarios(qemu: QemuVersion) -> Vec<Scenario> {
     let tests = [
         "groups::pair_is_one_group",
         "groups::pair_shares_one_domain",
@@ -107,7 +114,7 @@ pub(super) fn group_dma_scenarios() -> Vec<Scenario> {
         "groups::last_member_detaches",
     ];
     let run = |name, about, topology: Topology| Scenario {
-        cmdline: vtd_cmdline(&topology, &tests),
+        cmdline: vtd_cmdline(&topology, &tests, qemu),
         ..Scenario::passing(name, about, topology, "", tests.len())
     };
     let rmrr_tests = [
@@ -120,7 +127,7 @@ pub(super) fn group_dma_scenarios() -> Vec<Scenario> {
         // allocates, treated by the kernel exactly like a firmware RMRR.
         cmdline: format!(
             "{} vtd.rmrr=00:06.0@0x70000-0x7ffff",
-            vtd_cmdline(&rmrr_topology, &rmrr_tests)
+            vtd_cmdline(&rmrr_topology, &rmrr_tests, qemu)
         ),
         ..Scenario::new(
             "vtd-rmrr-from-boot",
@@ -196,7 +203,7 @@ pub(super) fn dma_api_scenarios() -> Vec<Scenario> {
 /// domain's owner and the default sink get theirs only, an overflow reported once) with two edus; the same suite and the
 /// VT-d fault tests in polling mode (`vtd.fault_irq=off`: FECTL masked, no interrupt, records
 /// dispatched and returned by the poll).
-pub(super) fn fault_irq_scenarios() -> Vec<Scenario> {
+pub(super) fn fault_irq_scenarios(qemu: QemuVersion) -> Vec<Scenario> {
     let suite = suite_size(include_str!("../../../kernel/src/tests/faultirq.rs"));
     let two_edu = || Topology::base().device("edu").device("edu");
     let polled = ["vtd::unmapped_iova_blocked", "vtd::unmap_invalidates_iotlb"];
@@ -214,7 +221,7 @@ pub(super) fn fault_irq_scenarios() -> Vec<Scenario> {
             two_edu(),
             &format!(
                 "{} vtd.fault_irq=off",
-                vtd_cmdline(&two_edu(), &[&["faultirq"][..], &polled[..]].concat())
+                vtd_cmdline(&two_edu(), &[&["faultirq"][..], &polled[..]].concat(), qemu)
             ),
             suite + polled.len(),
         ),
