@@ -135,34 +135,70 @@ impl DmaDevice {
             plan.push((phys, len, bounce, span));
         }
         let mut parts: Vec<Part> = Vec::with_capacity(ranges.len());
-        let iova = match &inner.translation {
-            Translation::Direct => None,
-            Translation::Iommu(domain) => {
-                domain.tick();
-                Some((domain.alloc_iova(total, inner.cfg.mask)?, total))
+        let domain = match &inner.translation {
+            Translation::Direct => {
+                for &(phys, len, bounce, _) in &plan {
+                    match make_part(inner, phys, len, dir, attrs, bounce, None) {
+                        Ok(p) => parts.push(p),
+                        Err(e) => return Err(after_unwind(unwind(inner, &parts, None), e)),
+                    }
+                }
+                return Ok(SgMapping {
+                    dev: inner.clone(),
+                    rec: Some(MapRecord {
+                        dir,
+                        attrs,
+                        iova: None,
+                        parts: Parts::Many(parts),
+                    }),
+                });
             }
+            Translation::Iommu(domain) => domain,
         };
-        let mut cursor = iova.map(|(a, _)| a.as_u64());
+        domain.tick();
+        let base = domain.alloc_iova(total, inner.cfg.mask)?;
+        let iova = Some((base, total));
+        // The entries lie back to back page by page from `base`. Consecutive unbounced entries
+        // whose pages are physically contiguous form one *run*, mapped with one
+        // `IommuDomain::map` (as Linux merges contiguous segments): the run's first part holds
+        // the run's page-table entries (`map_size`), the others none, so that every unmap and
+        // unwind removes exactly the runs that were mapped.
+        let mut cursor = base.as_u64();
+        let mut run: Option<Run> = None;
         for &(phys, len, bounce, span) in &plan {
-            match make_part(
-                inner,
-                phys,
-                len,
-                dir,
-                attrs,
-                bounce,
-                cursor.map(DmaAddr::new),
-            ) {
-                Ok(p) => parts.push(p),
+            let mut p = match make_part(inner, phys, len, dir, attrs, bounce, None) {
+                Ok(p) => p,
                 Err(e) => return Err(after_unwind(unwind(inner, &parts, iova), e)),
-            }
+            };
+            let offset = p.dma.as_u64() - p.target_page.as_u64();
+            p.map_iova = DmaAddr::new(cursor);
+            p.dma = DmaAddr::new(cursor + offset);
             // 64-bit accumulation (digest item 4); cannot overflow: the total was checked.
-            cursor = cursor.map(|c| c + span);
-        }
-        if let (Translation::Iommu(domain), Some((a, size))) = (&inner.translation, iova) {
-            if let Err(e) = domain.hw().sync_map(a, size) {
-                return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
+            cursor += span;
+            parts.push(p);
+            let joins = run.as_ref().is_some_and(|r| {
+                r.mergeable && !bounce && r.phys_end == Some(p.target_page.as_u64())
+            });
+            if joins {
+                if let Some(r) = run.as_mut() {
+                    r.size += span;
+                    r.phys_end = p.target_page.as_u64().checked_add(span);
+                }
+                continue;
             }
+            if let Some(r) = run.replace(Run::start(parts.len() - 1, &p, span)) {
+                if let Err(e) = map_run(domain, &mut parts, r) {
+                    return Err(after_unwind(unwind(inner, &parts, iova), e));
+                }
+            }
+        }
+        if let Some(r) = run {
+            if let Err(e) = map_run(domain, &mut parts, r) {
+                return Err(after_unwind(unwind(inner, &parts, iova), e));
+            }
+        }
+        if let Err(e) = domain.hw().sync_map(base, total) {
+            return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
         }
         let rec = MapRecord {
             dir,
@@ -304,6 +340,47 @@ impl DmaDevice {
         let (start, rec) = table.containing(a).ok_or(DmaError::NotMapped { addr: a })?;
         sync_record(&self.inner, rec, a - start, len, for_cpu)
     }
+}
+
+/// A run of a scatter-gather mapping: consecutive parts whose pages are contiguous in both
+/// address spaces, mapped with one [`IommuDomain::map`](crate::iommu::IommuDomain::map).
+struct Run {
+    /// Index of the run's first part (which records the run's entries).
+    head: usize,
+    /// Bytes of pages in the run.
+    size: u64,
+    /// Physical address just past the run's last page (`None` at the top of the address
+    /// space: nothing can follow).
+    phys_end: Option<u64>,
+    /// Whether later parts may join (never a bounced run: a bounce slot is freed on its own).
+    mergeable: bool,
+}
+
+impl Run {
+    fn start(head: usize, p: &Part, span: u64) -> Self {
+        Self {
+            head,
+            size: span,
+            phys_end: p.target_page.as_u64().checked_add(span),
+            mergeable: p.bounce.is_none(),
+        }
+    }
+}
+
+/// Maps run `r` of `parts`; on success its head part records the entries.
+fn map_run(
+    domain: &crate::domain::DmaDomain,
+    parts: &mut [Part],
+    r: Run,
+) -> Result<(), DmaError> {
+    let Some(head) = parts.get_mut(r.head) else {
+        return Ok(()); // unreachable: the run's head was pushed before the run started
+    };
+    domain
+        .hw()
+        .map(head.map_iova, head.target_page, r.size, head.prot)?;
+    head.map_size = r.size;
+    Ok(())
 }
 
 /// A streaming mapping of one physical range. Unmapped on drop (strictly, or into the domain's
