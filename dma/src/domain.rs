@@ -484,6 +484,7 @@ impl DmaDomain {
     }
 
     /// Checks the deferred deadline (called on every map).
+    #[inline]
     pub(crate) fn tick(&self) {
         if matches!(self.mode, InvalidationMode::Deferred(_)) {
             if let Err(e) = self.poll() {

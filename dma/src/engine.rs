@@ -19,7 +19,7 @@ use crate::error::{BounceReason, DmaError};
 use crate::invalidation::{InvalidationMode, Retired};
 use crate::iommu::{IommuError, IotlbGather, Prot};
 use crate::phys::CacheOp;
-use crate::record::{MapRecord, Part};
+use crate::record::{MapRecord, Part, Parts};
 
 pub(crate) fn prot_for(inner: &DeviceInner, dir: Direction, attrs: Attrs) -> Prot {
     let mut prot = Prot::empty();
@@ -123,6 +123,39 @@ pub(crate) fn make_part(
         part.dma = DmaAddr::new(iova.as_u64() + target.page_offset());
     }
     Ok(part)
+}
+
+/// The fast path of a strict unmap of a single unbounced range under an IOMMU: unmap, flush,
+/// cache maintenance, IOVA freed, without moving the record. `None` when `rec` is not such a
+/// mapping (the caller takes the general path, [`unmap_record`]); otherwise the result, after
+/// which the record is spent: on `Err` its IOVA is leaked, never reused, as on the general path
+/// (a failed page-table unmap changed nothing, so its translation stays and so does the IOVA).
+#[inline]
+pub(crate) fn unmap_strict_unbounced(
+    inner: &DeviceInner,
+    rec: &MapRecord,
+) -> Option<Result<(), DmaError>> {
+    let (Translation::Iommu(domain), Parts::One(p), Some((addr, size))) =
+        (&inner.translation, &rec.parts, rec.iova)
+    else {
+        return None;
+    };
+    if p.bounce.is_some() || domain.mode() != InvalidationMode::Strict || p.map_size == 0 {
+        return None;
+    }
+    let mut gather = IotlbGather::new();
+    if let Err(e) = domain.hw().unmap(p.map_iova, p.map_size, &mut gather) {
+        return Some(Err(e.into()));
+    }
+    if let Err(e) = domain.hw().flush(gather) {
+        log::error!("dma: IOTLB flush failed ({e}); leaking {:?}", rec.iova);
+        return Some(Err(e.into()));
+    }
+    if !inner.cfg.coherent && !rec.attrs.contains(Attrs::MMIO) {
+        inner.phys.cache_sync(p.orig, p.len, CacheOp::ForCpu(rec.dir));
+    }
+    domain.free_iova(addr, size);
+    Some(Ok(()))
 }
 
 pub(crate) fn release_slot(inner: &DeviceInner, slot: Option<BounceSlot>) {

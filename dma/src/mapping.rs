@@ -26,9 +26,12 @@ use crate::attrs::{Attrs, Direction};
 use crate::checks::{check_attrs, check_range, page_span};
 use crate::device::{DeviceInner, DmaDevice, Translation};
 use crate::engine::{
-    after_unwind, make_part, needs_bounce, sync_record, unmap_record, unwind, UnmapBatch,
+    after_unwind, make_part, needs_bounce, prot_for, sync_record, unmap_record,
+    unmap_strict_unbounced, unwind, UnmapBatch,
 };
+use crate::domain::DmaDomain;
 use crate::error::DmaError;
+use crate::phys::CacheOp;
 use crate::record::{MapRecord, Part, Parts};
 use crate::segment::DmaSegment;
 
@@ -51,9 +54,12 @@ impl DmaDevice {
     ) -> Result<Mapping, DmaError> {
         let inner = &self.inner;
         check_attrs(attrs)?;
-        check_range(phys, len)?;
+        // Checks the range too (`check_range`).
         let bounce = needs_bounce(inner, phys, len, attrs)?;
         let rec = match &inner.translation {
+            Translation::Iommu(domain) if !bounce => {
+                return map_unbounced(inner, domain, phys, len, dir, attrs);
+            }
             Translation::Direct => {
                 let part = make_part(inner, phys, len, dir, attrs, bounce, None)?;
                 MapRecord {
@@ -342,6 +348,59 @@ impl DmaDevice {
     }
 }
 
+/// The fast path of a single-range map under an IOMMU without a bounce (the common 4 KiB
+/// case): IOVA, cache maintenance, one `map`, one `sync_map`, and the handle, with the same
+/// checks and unwinding as the general path (`make_part`) but no intermediate part to build and
+/// move. The caller checked the arguments and that no bounce is needed.
+#[inline]
+fn map_unbounced(
+    inner: &Arc<DeviceInner>,
+    domain: &DmaDomain,
+    phys: PhysAddr,
+    len: u64,
+    dir: Direction,
+    attrs: Attrs,
+) -> Result<Mapping, DmaError> {
+    domain.tick();
+    let offset = phys.page_offset();
+    let size = page_span(offset, len)?;
+    let iova = domain.alloc_iova(size, inner.cfg.mask)?;
+    if !inner.cfg.coherent && !attrs.contains(Attrs::MMIO) {
+        inner.phys.cache_sync(phys, len, CacheOp::ForDevice(dir));
+    }
+    let prot = prot_for(inner, dir, attrs);
+    let page = phys.page_align_down();
+    if let Err(e) = domain.hw().map(iova, page, size, prot) {
+        // Nothing was mapped: no translation to flush, the IOVA is clean.
+        domain.free_iova(iova, size);
+        return Err(e.into());
+    }
+    let part = Part {
+        orig: phys,
+        len,
+        dma: DmaAddr::new(iova.as_u64() + offset),
+        target_page: page,
+        map_iova: iova,
+        map_size: size,
+        prot,
+        bounce: None,
+    };
+    if let Err(e) = domain.hw().sync_map(iova, size) {
+        // Digest item 2: a failed step after mapping unwinds and errors out.
+        let unwound = unwind(inner, &[part], Some((iova, size)));
+        return Err(after_unwind(unwound, e.into()));
+    }
+    Ok(Mapping {
+        dev: inner.clone(),
+        rec: Some(MapRecord {
+            dir,
+            attrs,
+            iova: Some((iova, size)),
+            parts: Parts::One(part),
+        }),
+    })
+}
+
 /// A run of a scatter-gather mapping: consecutive parts whose pages are contiguous in both
 /// address spaces, mapped with one [`IommuDomain::map`](crate::iommu::IommuDomain::map).
 struct Run {
@@ -369,7 +428,7 @@ impl Run {
 
 /// Maps run `r` of `parts`; on success its head part records the entries.
 fn map_run(
-    domain: &crate::domain::DmaDomain,
+    domain: &DmaDomain,
     parts: &mut [Part],
     r: Run,
 ) -> Result<(), DmaError> {
@@ -487,6 +546,14 @@ impl Mapping {
     /// The IOMMU's unmap or IOTLB flush error ([`DmaError::Iommu`]), or the flush error of a
     /// deferred queue that was due; the resources are then leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
+        let Some(rec) = self.rec.as_ref() else {
+            return Ok(());
+        };
+        if let Some(r) = unmap_strict_unbounced(&self.dev, rec) {
+            // Done (or failed and leaked, never reused): the handle forgets the record.
+            self.rec = None;
+            return r;
+        }
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, None).map_err(|(e, _)| e),
             None => Ok(()),
@@ -522,6 +589,15 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(rec) = self.rec.as_ref() {
+            if let Some(r) = unmap_strict_unbounced(&self.dev, rec) {
+                self.rec = None;
+                if let Err(e) = r {
+                    log::error!("dma: unmap on drop failed: {e}");
+                }
+                return;
+            }
+        }
         if let Some(rec) = self.rec.take() {
             if let Err((e, _)) = unmap_record(&self.dev, rec, None) {
                 log::error!("dma: unmap on drop failed: {e}");
