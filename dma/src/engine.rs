@@ -152,7 +152,9 @@ pub(crate) fn unmap_strict_unbounced(
         return Some(Err(e.into()));
     }
     if !inner.cfg.coherent && !rec.attrs.contains(Attrs::MMIO) {
-        inner.phys.cache_sync(p.orig, p.len, CacheOp::ForCpu(rec.dir));
+        inner
+            .phys
+            .cache_sync(p.orig, p.len, CacheOp::ForCpu(rec.dir));
     }
     domain.free_iova(addr, size);
     Some(Ok(()))

@@ -91,7 +91,7 @@ impl IommuDomain for CountingDomain {
 
     fn map(&self, iova: DmaAddr, paddr: PhysAddr, size: u64, _: Prot) -> Result<(), IommuError> {
         let (a, p) = (iova.as_u64(), paddr.as_u64());
-        if size == 0 || (a | p | size) % PAGE_SIZE != 0 {
+        if size == 0 || !(a | p | size).is_multiple_of(PAGE_SIZE) {
             return Err(IommuError::Misaligned {
                 iova: a,
                 paddr: p,
@@ -99,7 +99,10 @@ impl IommuDomain for CountingDomain {
             });
         }
         let mut live = self.live.lock();
-        if let Some(r) = live.iter().find(|r| r.1 != 0 && r.0 < a + size && a < r.0 + r.1) {
+        if let Some(r) = live
+            .iter()
+            .find(|r| r.1 != 0 && r.0 < a + size && a < r.0 + r.1)
+        {
             return Err(IommuError::AlreadyMapped { iova: r.0.max(a) });
         }
         let free = live

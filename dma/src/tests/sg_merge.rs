@@ -30,7 +30,11 @@ fn sg_contiguous_pages_are_one_run() {
         .collect();
     let before = snapshot(&f);
     let sg = f.dev.map_sg(&list, TO, Attrs::empty()).unwrap();
-    assert_eq!(f.hw().counts().maps, 1, "one page-table run for the whole list");
+    assert_eq!(
+        f.hw().counts().maps,
+        1,
+        "one page-table run for the whole list"
+    );
     assert_eq!(sg.len(), 256, "still one segment per entry");
     let span = sg.iova_span().unwrap();
     assert_eq!(span.len, 256 * PAGE_SIZE);

@@ -292,7 +292,9 @@ impl SecondLevelTable {
                 }
                 mem.write(
                     index,
-                    SlPte::from_bits(args.leaf_bits).with_addr(paddr).into_bits(),
+                    SlPte::from_bits(args.leaf_bits)
+                        .with_addr(paddr)
+                        .into_bits(),
                 );
                 mem.flush(index, index);
                 return Ok(());
