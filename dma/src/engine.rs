@@ -105,7 +105,6 @@ pub(crate) fn make_part(
     let mut part = Part {
         orig: phys,
         len,
-        dma: DmaAddr::new(target.as_u64()),
         target_page: target.page_align_down(),
         map_iova: DmaAddr::new(0),
         map_size: 0,
@@ -120,7 +119,6 @@ pub(crate) fn make_part(
         }
         part.map_iova = iova;
         part.map_size = size;
-        part.dma = DmaAddr::new(iova.as_u64() + target.page_offset());
     }
     Ok(part)
 }

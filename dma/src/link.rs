@@ -269,7 +269,7 @@ impl IovaLink {
             bounce,
             Some(DmaAddr::new(first_page)),
         )?;
-        debug_assert_eq!(part.dma.as_u64(), iova);
+        debug_assert_eq!(part.dma().as_u64(), iova);
         self.links.insert(
             first_page,
             Link {

@@ -186,9 +186,7 @@ impl DmaDevice {
                 Ok(p) => p,
                 Err(e) => return Err(after_unwind(unwind(inner, &parts, iova), e)),
             };
-            let offset = p.dma.as_u64() - p.target_page.as_u64();
             p.map_iova = DmaAddr::new(cursor);
-            p.dma = DmaAddr::new(cursor + offset);
             // 64-bit accumulation (digest item 4); cannot overflow: the total was checked.
             cursor += span;
             parts.push(p);
@@ -388,7 +386,6 @@ fn map_unbounced(
     let part = Part {
         orig: phys,
         len,
-        dma: DmaAddr::new(iova.as_u64() + offset),
         target_page: page,
         map_iova: iova,
         map_size: size,
@@ -471,7 +468,7 @@ impl Mapping {
 
     /// The address the device must use.
     pub fn dma_addr(&self) -> DmaAddr {
-        self.part().map_or(DmaAddr::new(0), |p| p.dma)
+        self.part().map_or(DmaAddr::new(0), Part::dma)
     }
 
     /// Length in bytes.
@@ -635,7 +632,7 @@ impl SgMapping {
     /// One segment per input range, in order.
     pub fn segments(&self) -> impl Iterator<Item = DmaSegment> + '_ {
         self.parts().iter().map(|p| DmaSegment {
-            addr: p.dma,
+            addr: p.dma(),
             len: p.len,
         })
     }
@@ -656,10 +653,10 @@ impl SgMapping {
         let parts = self.parts();
         let (first, last) = (parts.first()?, parts.last()?);
         self.rec.as_ref()?.iova?;
-        let end = last.dma.as_u64() + last.len;
+        let (start, end) = (first.dma(), last.dma().as_u64() + last.len);
         Some(DmaSegment {
-            addr: first.dma,
-            len: end - first.dma.as_u64(),
+            addr: start,
+            len: end - start.as_u64(),
         })
     }
 
