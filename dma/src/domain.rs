@@ -73,14 +73,24 @@ pub struct DmaDomain {
     clock: Option<Arc<dyn Clock>>,
     iova: Mutex<IovaAllocator>,
     deferred: Mutex<DeferredQueue>,
-    /// Held from taking the deferred queue until its flush completed (module docs); holds the
-    /// error of the last deferred flush that failed.
-    flush: Mutex<Option<DmaError>>,
+    /// Held from taking the deferred queue until its flush completed (module docs).
+    flush: Mutex<FlushState>,
     /// Deferred flushes that failed so far (read without the flush lock, see `flush_deferred`).
     flush_failures: AtomicU64,
     /// The devices created on this domain (module docs, "mixing is refused"). A leaf lock,
     /// taken only when a device is created or dropped.
     members: Mutex<Members>,
+}
+
+/// What the flush lock guards.
+#[derive(Debug, Default)]
+struct FlushState {
+    /// The error of the last deferred flush that failed.
+    last_err: Option<DmaError>,
+    /// An empty list with the capacity of an earlier queue: it becomes the queue's list when
+    /// the queue is taken for a flush, and the flushed list (emptied) becomes the next spare,
+    /// so that a steady deferred workload never allocates (issue 12).
+    spare: Vec<Retired>,
 }
 
 /// Who is using a domain.
@@ -135,7 +145,7 @@ impl DmaDomain {
             clock: config.clock,
             iova: Mutex::new(iova),
             deferred: Mutex::new(DeferredQueue::default()),
-            flush: Mutex::new(None),
+            flush: Mutex::new(FlushState::default()),
             flush_failures: AtomicU64::new(0),
             members: Mutex::new(Members::default()),
         }))
@@ -229,10 +239,10 @@ impl DmaDomain {
     /// quarantined for ever.
     pub fn flush_deferred(&self) -> Result<(), DmaError> {
         let failures = self.flush_failures.load(Ordering::Acquire);
-        let mut last_err = self.flush.lock();
-        let q = core::mem::take(&mut *self.deferred.lock());
-        let r = self.flush_queue(q, &mut last_err);
-        match *last_err {
+        let mut fs = self.flush.lock();
+        let q = Self::take_queue(&mut self.deferred.lock(), &mut fs);
+        let r = self.flush_queue(q, &mut fs);
+        match fs.last_err {
             Some(e) if r.is_ok() && self.flush_failures.load(Ordering::Acquire) != failures => {
                 Err(e)
             }
@@ -259,15 +269,15 @@ impl DmaDomain {
         if !due(&self.deferred.lock()) {
             return Ok(());
         }
-        let mut last_err = self.flush.lock();
+        let mut fs = self.flush.lock();
         let q = {
             let mut q = self.deferred.lock();
             if !due(&q) {
                 return Ok(()); // another thread flushed meanwhile
             }
-            core::mem::take(&mut *q)
+            Self::take_queue(&mut q, &mut fs)
         };
-        self.flush_queue(q, &mut last_err)
+        self.flush_queue(q, &mut fs)
     }
 
     /// [`DmaDomain::poll`] that never waits: for a caller that may have interrupted a holder
@@ -291,7 +301,7 @@ impl DmaDomain {
             return Ok(false);
         };
         let now = self.now();
-        let Some(mut last_err) = self.flush.try_lock() else {
+        let Some(mut fs) = self.flush.try_lock() else {
             return Ok(false);
         };
         let Some(mut iova) = self.iova.try_lock() else {
@@ -307,20 +317,43 @@ impl DmaDomain {
             if !due {
                 return Ok(false);
             }
-            core::mem::take(&mut *q)
+            Self::take_queue(&mut q, &mut fs)
         };
-        if let Err(e) = self.hw.flush(q.gather) {
+        let DeferredQueue {
+            gather,
+            mut retired,
+            ..
+        } = q;
+        let r = self.hw.flush(gather);
+        if let Err(e) = r {
             log::error!(
                 "dma: IOTLB flush failed ({e}); {} IOVA ranges stay quarantined for ever",
-                q.retired.len()
+                retired.len()
             );
+        } else {
+            Self::free_retired_iovas(&mut iova, &retired);
+        }
+        retired.clear();
+        fs.spare = retired;
+        if let Err(e) = r {
             let e = DmaError::from(e);
-            *last_err = Some(e);
+            fs.last_err = Some(e);
             self.flush_failures.fetch_add(1, Ordering::Release);
             return Err(e);
         }
-        Self::free_retired_iovas(&mut iova, &q.retired);
         Ok(true)
+    }
+
+    /// Takes the deferred queue for a flush, leaving it empty with the flush lock's spare list
+    /// (no allocation). The caller holds the flush lock (`fs`) and gives the flushed list back
+    /// as the next spare.
+    fn take_queue(q: &mut DeferredQueue, fs: &mut FlushState) -> DeferredQueue {
+        let empty = DeferredQueue {
+            gather: IotlbGather::new(),
+            retired: core::mem::take(&mut fs.spare),
+            oldest_us: 0,
+        };
+        core::mem::replace(q, empty)
     }
 
     /// Frees the IOVA ranges of flushed retirements.
@@ -374,7 +407,7 @@ impl DmaDomain {
     /// Deferred unmap: queue the gather and what it retires; flush when the policy says so.
     pub(crate) fn defer(&self, gather: IotlbGather, retired: Retired) -> Result<(), DmaError> {
         let InvalidationMode::Deferred(policy) = self.mode else {
-            return self.flush_now(gather, alloc::vec![retired]);
+            return self.flush_now(gather, &mut alloc::vec![retired]);
         };
         let now = self.now();
         let due = |q: &DeferredQueue| {
@@ -393,51 +426,56 @@ impl DmaDomain {
                 return Ok(());
             }
         }
-        let mut last_err = self.flush.lock();
+        let mut fs = self.flush.lock();
         let q = {
             let mut q = self.deferred.lock();
             if !due(&q) {
                 return Ok(()); // another thread flushed it (ours included) meanwhile
             }
-            core::mem::take(&mut *q)
+            Self::take_queue(&mut q, &mut fs)
         };
-        self.flush_queue(q, &mut last_err)
+        self.flush_queue(q, &mut fs)
     }
 
-    /// Flushes a taken deferred queue; the caller holds the flush lock (`last_err` is its data)
-    /// from taking the queue until this returned.
-    fn flush_queue(
-        &self,
-        q: DeferredQueue,
-        last_err: &mut Option<DmaError>,
-    ) -> Result<(), DmaError> {
-        if q.retired.is_empty() && q.gather.is_empty() {
-            return Ok(());
-        }
-        let r = self.flush_now(q.gather, q.retired);
+    /// Flushes a taken deferred queue; the caller holds the flush lock (`fs`) from taking the
+    /// queue until this returned. The queue's list, emptied, becomes the next spare.
+    fn flush_queue(&self, q: DeferredQueue, fs: &mut FlushState) -> Result<(), DmaError> {
+        let DeferredQueue {
+            gather,
+            mut retired,
+            ..
+        } = q;
+        let r = if retired.is_empty() && gather.is_empty() {
+            Ok(())
+        } else {
+            self.flush_now(gather, &mut retired)
+        };
+        fs.spare = retired;
         if let Err(e) = r {
-            *last_err = Some(e);
+            fs.last_err = Some(e);
             self.flush_failures.fetch_add(1, Ordering::Release);
         }
         r
     }
 
-    /// Flushes `gather` and, once that completed, frees what it retires. On failure everything
-    /// stays leaked (never reused) and the error is returned.
+    /// Flushes `gather` and, once that completed, frees what it retires; `retired` is left
+    /// empty (its capacity kept). On failure everything stays leaked (never reused) and the
+    /// error is returned.
     pub(crate) fn flush_now(
         &self,
         gather: IotlbGather,
-        retired: Vec<Retired>,
+        retired: &mut Vec<Retired>,
     ) -> Result<(), DmaError> {
         if let Err(e) = self.hw.flush(gather) {
             log::error!(
                 "dma: IOTLB flush failed ({e}); {} IOVA ranges stay quarantined for ever",
                 retired.len()
             );
+            retired.clear();
             return Err(e.into());
         }
-        Self::free_retired_iovas(&mut self.iova.lock(), &retired);
-        for r in retired {
+        Self::free_retired_iovas(&mut self.iova.lock(), retired);
+        for r in retired.drain(..) {
             for (pool, slot) in r.slots {
                 pool.free_slot(slot);
             }
@@ -446,6 +484,7 @@ impl DmaDomain {
     }
 
     /// Checks the deferred deadline (called on every map).
+    #[inline]
     pub(crate) fn tick(&self) {
         if matches!(self.mode, InvalidationMode::Deferred(_)) {
             if let Err(e) = self.poll() {

@@ -19,7 +19,7 @@ use crate::error::{BounceReason, DmaError};
 use crate::invalidation::{InvalidationMode, Retired};
 use crate::iommu::{IommuError, IotlbGather, Prot};
 use crate::phys::CacheOp;
-use crate::record::{MapRecord, Part};
+use crate::record::{MapRecord, Part, Parts};
 
 pub(crate) fn prot_for(inner: &DeviceInner, dir: Direction, attrs: Attrs) -> Prot {
     let mut prot = Prot::empty();
@@ -105,7 +105,6 @@ pub(crate) fn make_part(
     let mut part = Part {
         orig: phys,
         len,
-        dma: DmaAddr::new(target.as_u64()),
         target_page: target.page_align_down(),
         map_iova: DmaAddr::new(0),
         map_size: 0,
@@ -120,9 +119,43 @@ pub(crate) fn make_part(
         }
         part.map_iova = iova;
         part.map_size = size;
-        part.dma = DmaAddr::new(iova.as_u64() + target.page_offset());
     }
     Ok(part)
+}
+
+/// The fast path of a strict unmap of a single unbounced range under an IOMMU: unmap, flush,
+/// cache maintenance, IOVA freed, without moving the record. `None` when `rec` is not such a
+/// mapping (the caller takes the general path, [`unmap_record`]); otherwise the result, after
+/// which the record is spent: on `Err` its IOVA is leaked, never reused, as on the general path
+/// (a failed page-table unmap changed nothing, so its translation stays and so does the IOVA).
+#[inline]
+pub(crate) fn unmap_strict_unbounced(
+    inner: &DeviceInner,
+    rec: &MapRecord,
+) -> Option<Result<(), DmaError>> {
+    let (Translation::Iommu(domain), Parts::One(p), Some((addr, size))) =
+        (&inner.translation, &rec.parts, rec.iova)
+    else {
+        return None;
+    };
+    if p.bounce.is_some() || domain.mode() != InvalidationMode::Strict || p.map_size == 0 {
+        return None;
+    }
+    let mut gather = IotlbGather::new();
+    if let Err(e) = domain.hw().unmap(p.map_iova, p.map_size, &mut gather) {
+        return Some(Err(e.into()));
+    }
+    if let Err(e) = domain.hw().flush(gather) {
+        log::error!("dma: IOTLB flush failed ({e}); leaking {:?}", rec.iova);
+        return Some(Err(e.into()));
+    }
+    if !inner.cfg.coherent && !rec.attrs.contains(Attrs::MMIO) {
+        inner
+            .phys
+            .cache_sync(p.orig, p.len, CacheOp::ForCpu(rec.dir));
+    }
+    domain.free_iova(addr, size);
+    Some(Ok(()))
 }
 
 pub(crate) fn release_slot(inner: &DeviceInner, slot: Option<BounceSlot>) {
@@ -344,21 +377,24 @@ pub(crate) fn unmap_record(
     let domain = match &inner.translation {
         Translation::Direct => {
             match batch {
-                Some(b) => b.direct.push((inner.clone(), rec)),
+                Some(b) => b.push(None, inner, rec),
                 None => complete_record(inner, rec),
             }
             return Ok(());
         }
         Translation::Iommu(d) => d,
     };
+    // A gather of its own even in a batch: a failed unmap flushes and empties the gather it
+    // is given (`unmap_parts`), which must not be the batch's.
     let mut gather = IotlbGather::new();
     if let Err(e) = unmap_parts(domain, rec.parts.as_slice(), &mut gather) {
         return Err((e.into(), Some(rec)));
     }
     if let Some(b) = batch {
-        let entry = b.entry(domain);
-        entry.gather.merge(gather);
-        entry.pending.push((inner.clone(), rec));
+        // Merged into the batch's gather for this domain: one union span, one flush.
+        let i = b.entry(domain);
+        b.entries[i].gather.merge(gather);
+        b.push(Some(i), inner, rec);
         return Ok(());
     }
     match domain.mode() {
@@ -446,7 +482,16 @@ pub(crate) fn sync_record(
 pub(crate) struct BatchEntry {
     pub domain: Arc<DmaDomain>,
     pub gather: IotlbGather,
-    pub pending: Vec<(Arc<DeviceInner>, MapRecord)>,
+    /// Set by `finish` once this entry's flush completed.
+    pub flushed: bool,
+}
+
+/// A mapping waiting in a batch for its flush.
+struct Pending {
+    /// The index of its domain's [`BatchEntry`]; `None` on the direct path (no flush).
+    entry: Option<usize>,
+    dev: Arc<DeviceInner>,
+    rec: MapRecord,
 }
 
 /// An explicit batch of unmaps: one flush per domain for all of them (SPEC.md "Batched").
@@ -455,12 +500,17 @@ pub(crate) struct BatchEntry {
 /// call [`UnmapBatch::finish`], which flushes and returns after the flush completed; only then
 /// are the IOVAs freed and bounced data copied back. Dropping an unfinished batch finishes it
 /// (errors are logged), so a forgotten `finish` costs a late flush, never a reused IOVA.
+///
+/// Each domain's unmaps are merged into one [`IotlbGather`] (the union span), so 64 scattered
+/// pages cost one flush request set for their span, not 64 flushes.
+/// [`UnmapBatch::with_capacity`] makes the room up front so that adding mappings does not
+/// allocate.
 #[derive(Default)]
 pub struct UnmapBatch {
     pub(crate) entries: Vec<BatchEntry>,
-    /// Direct-path mappings need no flush but their bounce copy-out waits for `finish` too, so
-    /// a batch behaves the same whatever the path.
-    pub(crate) direct: Vec<(Arc<DeviceInner>, MapRecord)>,
+    /// Every mapping added, in order. Direct-path mappings need no flush but their bounce
+    /// copy-out waits for `finish` too, so a batch behaves the same whatever the path.
+    pending: Vec<Pending>,
 }
 
 impl core::fmt::Debug for UnmapBatch {
@@ -478,18 +528,29 @@ impl UnmapBatch {
         Self::default()
     }
 
+    /// An empty batch with room for `mappings` unmaps of one domain, allocated now: adding up
+    /// to that many (of one domain, or of the direct path) then allocates nothing. A second
+    /// domain's first unmap makes room for its share.
+    pub fn with_capacity(mappings: usize) -> Self {
+        Self {
+            entries: Vec::with_capacity(1),
+            pending: Vec::with_capacity(mappings),
+        }
+    }
+
     /// Mappings added so far.
     pub fn len(&self) -> usize {
-        self.entries.iter().map(|e| e.pending.len()).sum::<usize>() + self.direct.len()
+        self.pending.len()
     }
 
     /// Whether nothing was added.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.pending.is_empty()
     }
 
-    pub(crate) fn entry(&mut self, domain: &Arc<DmaDomain>) -> &mut BatchEntry {
-        let i = match self
+    /// The index of `domain`'s entry, created if needed.
+    pub(crate) fn entry(&mut self, domain: &Arc<DmaDomain>) -> usize {
+        match self
             .entries
             .iter()
             .position(|e| Arc::ptr_eq(&e.domain, domain))
@@ -499,12 +560,20 @@ impl UnmapBatch {
                 self.entries.push(BatchEntry {
                     domain: domain.clone(),
                     gather: IotlbGather::new(),
-                    pending: Vec::new(),
+                    flushed: false,
                 });
                 self.entries.len() - 1
             }
-        };
-        &mut self.entries[i]
+        }
+    }
+
+    /// Adds a mapping whose entries are gone (into `entry`'s gather, or on the direct path).
+    pub(crate) fn push(&mut self, entry: Option<usize>, dev: &Arc<DeviceInner>, rec: MapRecord) {
+        self.pending.push(Pending {
+            entry,
+            dev: dev.clone(),
+            rec,
+        });
     }
 }
 
@@ -522,24 +591,25 @@ impl UnmapBatch {
 
     fn finish_inner(&mut self) -> Result<(), DmaError> {
         let mut first_err = None;
-        for entry in self.entries.drain(..) {
-            match entry.domain.hw().flush(entry.gather) {
-                Ok(()) => {
-                    for (inner, rec) in entry.pending {
-                        complete_record(&inner, rec);
-                    }
-                }
+        for entry in &mut self.entries {
+            match entry.domain.hw().flush(core::mem::take(&mut entry.gather)) {
+                Ok(()) => entry.flushed = true,
                 Err(e) => {
-                    log::error!(
-                        "dma: batch flush failed ({e}); leaking {} mappings",
-                        entry.pending.len()
-                    );
+                    log::error!("dma: batch flush failed ({e}); leaking its mappings");
                     first_err.get_or_insert(DmaError::from(e));
                 }
             }
         }
-        for (inner, rec) in self.direct.drain(..) {
-            complete_record(&inner, rec);
+        let mut leaked = 0usize;
+        for p in self.pending.drain(..) {
+            match p.entry {
+                Some(i) if !self.entries.get(i).is_some_and(|e| e.flushed) => leaked += 1,
+                _ => complete_record(&p.dev, p.rec),
+            }
+        }
+        self.entries.clear();
+        if leaked > 0 {
+            log::error!("dma: {leaked} batched mappings leaked (their flush failed)");
         }
         first_err.map_or(Ok(()), Err)
     }

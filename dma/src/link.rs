@@ -269,7 +269,7 @@ impl IovaLink {
             bounce,
             Some(DmaAddr::new(first_page)),
         )?;
-        debug_assert_eq!(part.dma.as_u64(), iova);
+        debug_assert_eq!(part.dma().as_u64(), iova);
         self.links.insert(
             first_page,
             Link {
@@ -565,7 +565,7 @@ impl IovaLink {
         self.links.clear();
         gather.merge(core::mem::take(&mut self.unflushed));
         let entry = batch.entry(&self.domain);
-        entry.gather.merge(gather);
+        batch.entries[entry].gather.merge(gather);
         for l in links {
             let rec = MapRecord {
                 dir: l.dir,
@@ -573,7 +573,7 @@ impl IovaLink {
                 iova: None,
                 parts: Parts::One(l.part),
             };
-            entry.pending.push((self.dev.clone(), rec));
+            batch.push(Some(entry), &self.dev, rec);
         }
         if let Some(e) = self.poisoned {
             log::error!(
@@ -589,7 +589,7 @@ impl IovaLink {
             iova: Some(self.alloc),
             parts: Parts::Many(Vec::new()),
         };
-        entry.pending.push((self.dev.clone(), whole));
+        batch.push(Some(entry), &self.dev, whole);
         Ok(())
     }
 

@@ -10,8 +10,15 @@
 //! deferred unmap paths of "Invalidation modes".
 //!
 //! Under an IOMMU a mapping is: IOVA allocation (size-aligned, so superpages apply when the
-//! physical side is aligned too), one [`IommuDomain::map`] per range, one
-//! [`IommuDomain::sync_map`] for the whole span. On the direct path it is a mask check.
+//! physical side is aligned too), one [`IommuDomain::map`] per range (per *run* of a
+//! scatter-gather list: consecutive unbounced ranges whose pages are physically contiguous are
+//! mapped together, as Linux merges contiguous segments), one [`IommuDomain::sync_map`] for the
+//! whole span. On the direct path it is a mask check.
+//!
+//! The single unbounced range under an IOMMU (the common 4 KiB case) has a fast path for map
+//! and strict unmap: the same checks, steps and unwinding as the general path, without building
+//! and moving intermediate records, and without any heap allocation (issue 12; proved by the
+//! counting-allocator tests in `dma/tests/hot_path.rs`).
 //!
 //! [`IommuDomain::map`]: crate::iommu::IommuDomain::map
 //! [`IommuDomain::sync_map`]: crate::iommu::IommuDomain::sync_map
@@ -25,10 +32,13 @@ use crate::addr::{DmaAddr, PhysAddr};
 use crate::attrs::{Attrs, Direction};
 use crate::checks::{check_attrs, check_range, page_span};
 use crate::device::{DeviceInner, DmaDevice, Translation};
+use crate::domain::DmaDomain;
 use crate::engine::{
-    after_unwind, make_part, needs_bounce, sync_record, unmap_record, unwind, UnmapBatch,
+    after_unwind, make_part, needs_bounce, prot_for, sync_record, unmap_record,
+    unmap_strict_unbounced, unwind, UnmapBatch,
 };
 use crate::error::DmaError;
+use crate::phys::CacheOp;
 use crate::record::{MapRecord, Part, Parts};
 use crate::segment::DmaSegment;
 
@@ -51,9 +61,12 @@ impl DmaDevice {
     ) -> Result<Mapping, DmaError> {
         let inner = &self.inner;
         check_attrs(attrs)?;
-        check_range(phys, len)?;
+        // Checks the range too (`check_range`).
         let bounce = needs_bounce(inner, phys, len, attrs)?;
         let rec = match &inner.translation {
+            Translation::Iommu(domain) if !bounce => {
+                return map_unbounced(inner, domain, phys, len, dir, attrs);
+            }
             Translation::Direct => {
                 let part = make_part(inner, phys, len, dir, attrs, bounce, None)?;
                 MapRecord {
@@ -97,7 +110,10 @@ impl DmaDevice {
     /// Maps a scatter-gather list of `(phys, len)` ranges. Under an IOMMU the ranges share one
     /// IOVA allocation, laid out back to back page by page, and are made visible with one
     /// `sync_map`; the device addresses are contiguous wherever inner boundaries are page
-    /// aligned ([`SgMapping::iova_span`]). On the direct path each range is its own segment.
+    /// aligned ([`SgMapping::iova_span`]). Consecutive unbounced ranges whose pages are
+    /// physically contiguous are mapped as one page-table run (one `IommuDomain::map`, larger
+    /// leaves where alignment allows) and unmapped as that run. Each range stays its own
+    /// segment ([`SgMapping::segments`]). On the direct path each range is its own segment.
     ///
     /// Every entry is validated before anything is mapped; a failure at entry `k` unwinds
     /// exactly the `k` entries mapped before it and frees the IOVA (digest items 1, 9).
@@ -135,34 +151,68 @@ impl DmaDevice {
             plan.push((phys, len, bounce, span));
         }
         let mut parts: Vec<Part> = Vec::with_capacity(ranges.len());
-        let iova = match &inner.translation {
-            Translation::Direct => None,
-            Translation::Iommu(domain) => {
-                domain.tick();
-                Some((domain.alloc_iova(total, inner.cfg.mask)?, total))
+        let domain = match &inner.translation {
+            Translation::Direct => {
+                for &(phys, len, bounce, _) in &plan {
+                    match make_part(inner, phys, len, dir, attrs, bounce, None) {
+                        Ok(p) => parts.push(p),
+                        Err(e) => return Err(after_unwind(unwind(inner, &parts, None), e)),
+                    }
+                }
+                return Ok(SgMapping {
+                    dev: inner.clone(),
+                    rec: Some(MapRecord {
+                        dir,
+                        attrs,
+                        iova: None,
+                        parts: Parts::Many(parts),
+                    }),
+                });
             }
+            Translation::Iommu(domain) => domain,
         };
-        let mut cursor = iova.map(|(a, _)| a.as_u64());
+        domain.tick();
+        let base = domain.alloc_iova(total, inner.cfg.mask)?;
+        let iova = Some((base, total));
+        // The entries lie back to back page by page from `base`. Consecutive unbounced entries
+        // whose pages are physically contiguous form one *run*, mapped with one
+        // `IommuDomain::map` (as Linux merges contiguous segments): the run's first part holds
+        // the run's page-table entries (`map_size`), the others none, so that every unmap and
+        // unwind removes exactly the runs that were mapped.
+        let mut cursor = base.as_u64();
+        let mut run: Option<Run> = None;
         for &(phys, len, bounce, span) in &plan {
-            match make_part(
-                inner,
-                phys,
-                len,
-                dir,
-                attrs,
-                bounce,
-                cursor.map(DmaAddr::new),
-            ) {
-                Ok(p) => parts.push(p),
+            let mut p = match make_part(inner, phys, len, dir, attrs, bounce, None) {
+                Ok(p) => p,
                 Err(e) => return Err(after_unwind(unwind(inner, &parts, iova), e)),
-            }
+            };
+            p.map_iova = DmaAddr::new(cursor);
             // 64-bit accumulation (digest item 4); cannot overflow: the total was checked.
-            cursor = cursor.map(|c| c + span);
-        }
-        if let (Translation::Iommu(domain), Some((a, size))) = (&inner.translation, iova) {
-            if let Err(e) = domain.hw().sync_map(a, size) {
-                return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
+            cursor += span;
+            parts.push(p);
+            let joins = run.as_ref().is_some_and(|r| {
+                r.mergeable && !bounce && r.phys_end == Some(p.target_page.as_u64())
+            });
+            if joins {
+                if let Some(r) = run.as_mut() {
+                    r.size += span;
+                    r.phys_end = p.target_page.as_u64().checked_add(span);
+                }
+                continue;
             }
+            if let Some(r) = run.replace(Run::start(parts.len() - 1, &p, span)) {
+                if let Err(e) = map_run(domain, &mut parts, r) {
+                    return Err(after_unwind(unwind(inner, &parts, iova), e));
+                }
+            }
+        }
+        if let Some(r) = run {
+            if let Err(e) = map_run(domain, &mut parts, r) {
+                return Err(after_unwind(unwind(inner, &parts, iova), e));
+            }
+        }
+        if let Err(e) = domain.hw().sync_map(base, total) {
+            return Err(after_unwind(unwind(inner, &parts, iova), e.into()));
         }
         let rec = MapRecord {
             dir,
@@ -306,6 +356,95 @@ impl DmaDevice {
     }
 }
 
+/// The fast path of a single-range map under an IOMMU without a bounce (the common 4 KiB
+/// case): IOVA, cache maintenance, one `map`, one `sync_map`, and the handle, with the same
+/// checks and unwinding as the general path (`make_part`) but no intermediate part to build and
+/// move. The caller checked the arguments and that no bounce is needed.
+#[inline]
+fn map_unbounced(
+    inner: &Arc<DeviceInner>,
+    domain: &DmaDomain,
+    phys: PhysAddr,
+    len: u64,
+    dir: Direction,
+    attrs: Attrs,
+) -> Result<Mapping, DmaError> {
+    domain.tick();
+    let offset = phys.page_offset();
+    let size = page_span(offset, len)?;
+    let iova = domain.alloc_iova(size, inner.cfg.mask)?;
+    if !inner.cfg.coherent && !attrs.contains(Attrs::MMIO) {
+        inner.phys.cache_sync(phys, len, CacheOp::ForDevice(dir));
+    }
+    let prot = prot_for(inner, dir, attrs);
+    let page = phys.page_align_down();
+    if let Err(e) = domain.hw().map(iova, page, size, prot) {
+        // Nothing was mapped: no translation to flush, the IOVA is clean.
+        domain.free_iova(iova, size);
+        return Err(e.into());
+    }
+    let part = Part {
+        orig: phys,
+        len,
+        target_page: page,
+        map_iova: iova,
+        map_size: size,
+        prot,
+        bounce: None,
+    };
+    if let Err(e) = domain.hw().sync_map(iova, size) {
+        // Digest item 2: a failed step after mapping unwinds and errors out.
+        let unwound = unwind(inner, &[part], Some((iova, size)));
+        return Err(after_unwind(unwound, e.into()));
+    }
+    Ok(Mapping {
+        dev: inner.clone(),
+        rec: Some(MapRecord {
+            dir,
+            attrs,
+            iova: Some((iova, size)),
+            parts: Parts::One(part),
+        }),
+    })
+}
+
+/// A run of a scatter-gather mapping: consecutive parts whose pages are contiguous in both
+/// address spaces, mapped with one [`IommuDomain::map`](crate::iommu::IommuDomain::map).
+struct Run {
+    /// Index of the run's first part (which records the run's entries).
+    head: usize,
+    /// Bytes of pages in the run.
+    size: u64,
+    /// Physical address just past the run's last page (`None` at the top of the address
+    /// space: nothing can follow).
+    phys_end: Option<u64>,
+    /// Whether later parts may join (never a bounced run: a bounce slot is freed on its own).
+    mergeable: bool,
+}
+
+impl Run {
+    fn start(head: usize, p: &Part, span: u64) -> Self {
+        Self {
+            head,
+            size: span,
+            phys_end: p.target_page.as_u64().checked_add(span),
+            mergeable: p.bounce.is_none(),
+        }
+    }
+}
+
+/// Maps run `r` of `parts`; on success its head part records the entries.
+fn map_run(domain: &DmaDomain, parts: &mut [Part], r: Run) -> Result<(), DmaError> {
+    let Some(head) = parts.get_mut(r.head) else {
+        return Ok(()); // unreachable: the run's head was pushed before the run started
+    };
+    domain
+        .hw()
+        .map(head.map_iova, head.target_page, r.size, head.prot)?;
+    head.map_size = r.size;
+    Ok(())
+}
+
 /// A streaming mapping of one physical range. Unmapped on drop (strictly, or into the domain's
 /// deferred queue); an unmap failure in `Drop` is logged, never a panic.
 #[must_use = "dropping a Mapping unmaps it at once"]
@@ -329,7 +468,7 @@ impl Mapping {
 
     /// The address the device must use.
     pub fn dma_addr(&self) -> DmaAddr {
-        self.part().map_or(DmaAddr::new(0), |p| p.dma)
+        self.part().map_or(DmaAddr::new(0), Part::dma)
     }
 
     /// Length in bytes.
@@ -410,6 +549,14 @@ impl Mapping {
     /// The IOMMU's unmap or IOTLB flush error ([`DmaError::Iommu`]), or the flush error of a
     /// deferred queue that was due; the resources are then leaked, never reused.
     pub fn unmap(mut self) -> Result<(), DmaError> {
+        let Some(rec) = self.rec.as_ref() else {
+            return Ok(());
+        };
+        if let Some(r) = unmap_strict_unbounced(&self.dev, rec) {
+            // Done (or failed and leaked, never reused): the handle forgets the record.
+            self.rec = None;
+            return r;
+        }
         match self.rec.take() {
             Some(rec) => unmap_record(&self.dev, rec, None).map_err(|(e, _)| e),
             None => Ok(()),
@@ -445,6 +592,15 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        if let Some(rec) = self.rec.as_ref() {
+            if let Some(r) = unmap_strict_unbounced(&self.dev, rec) {
+                self.rec = None;
+                if let Err(e) = r {
+                    log::error!("dma: unmap on drop failed: {e}");
+                }
+                return;
+            }
+        }
         if let Some(rec) = self.rec.take() {
             if let Err((e, _)) = unmap_record(&self.dev, rec, None) {
                 log::error!("dma: unmap on drop failed: {e}");
@@ -476,7 +632,7 @@ impl SgMapping {
     /// One segment per input range, in order.
     pub fn segments(&self) -> impl Iterator<Item = DmaSegment> + '_ {
         self.parts().iter().map(|p| DmaSegment {
-            addr: p.dma,
+            addr: p.dma(),
             len: p.len,
         })
     }
@@ -497,10 +653,10 @@ impl SgMapping {
         let parts = self.parts();
         let (first, last) = (parts.first()?, parts.last()?);
         self.rec.as_ref()?.iova?;
-        let end = last.dma.as_u64() + last.len;
+        let (start, end) = (first.dma(), last.dma().as_u64() + last.len);
         Some(DmaSegment {
-            addr: first.dma,
-            len: end - first.dma.as_u64(),
+            addr: start,
+            len: end - start.as_u64(),
         })
     }
 

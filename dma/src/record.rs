@@ -19,8 +19,6 @@ pub(crate) struct Part {
     pub orig: PhysAddr,
     /// Bytes.
     pub len: u64,
-    /// Device address of the first byte.
-    pub dma: DmaAddr,
     /// Page-aligned physical address actually mapped (the original or a bounce slot).
     pub target_page: PhysAddr,
     /// Page-aligned IOVA of the page-table entries (IOMMU path).
@@ -36,6 +34,18 @@ pub(crate) struct Part {
 impl Part {
     pub fn target(&self) -> PhysAddr {
         self.bounce.map_or(self.orig, |s| s.data())
+    }
+
+    /// Device address of the first byte: in the part's IOVA page on the IOMMU path (IOVA page 0
+    /// is never allocated, so `map_iova` is 0 only on the direct path), the target itself on
+    /// the direct path. Derived rather than stored, which keeps the record (and every
+    /// [`Mapping`](crate::Mapping) moved on the hot path) small.
+    pub fn dma(&self) -> DmaAddr {
+        let target = self.target();
+        match self.map_iova.as_u64() {
+            0 => DmaAddr::new(target.as_u64()),
+            page => DmaAddr::new(page + target.page_offset()),
+        }
     }
 }
 

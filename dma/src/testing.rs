@@ -371,7 +371,7 @@ impl IommuDomain for FakeDomain {
             st.fail_unmap_after = Some(n - 1);
         }
         let end = iova + size;
-        let mut keys = Vec::new();
+        // Check everything first (all-or-nothing), then remove: no list of keys to allocate.
         let mut cur = iova;
         while cur < end {
             match st.ptes.range(..=cur).next_back() {
@@ -382,14 +382,14 @@ impl IommuDomain for FakeDomain {
                             size: p.size,
                         });
                     }
-                    keys.push(s);
                     cur = s + p.size;
                 }
                 _ => return Err(IommuError::NotMapped { iova: cur }),
             }
         }
-        for k in keys {
-            st.ptes.remove(&k);
+        let mut cur = iova;
+        while cur < end {
+            cur += st.ptes.remove(&cur).map_or(PAGE_SIZE, |p| p.size);
         }
         st.stale.push((iova, end));
         st.counts.unmaps += 1;
@@ -416,8 +416,11 @@ impl IommuDomain for FakeDomain {
         let Some((a, s)) = span else { return Ok(()) };
         st.counts.flushes += 1;
         let b = a.saturating_add(s);
-        let old = core::mem::take(&mut st.stale);
-        for (x, y) in old {
+        // In place (the list keeps its capacity): the pieces left outside the span are appended,
+        // then the old entries dropped.
+        let old = st.stale.len();
+        for i in 0..old {
+            let (x, y) = st.stale[i];
             if x < a {
                 st.stale.push((x, y.min(a)));
             }
@@ -425,6 +428,7 @@ impl IommuDomain for FakeDomain {
                 st.stale.push((x.max(b), y));
             }
         }
+        st.stale.drain(..old);
         Ok(())
     }
 

@@ -10,6 +10,7 @@ mod link;
 mod map;
 mod p2p;
 mod prop;
+mod sg_merge;
 mod trust;
 mod try_poll;
 

@@ -282,6 +282,24 @@ impl SecondLevelTable {
             paddr,
             leaf_bits: self.leaf_bits(prot),
         };
+        if size == PAGE_4K {
+            if let Some((mem, index)) = self.leaf_slot(platform, iova) {
+                // The common case: one 4 KiB page whose leaf table exists. One walk, one
+                // entry written; the general path below handles a missing table or a
+                // superpage on the way (`AlreadyMapped`).
+                if mem.read(index) != 0 {
+                    return Err(IommuError::AlreadyMapped { iova });
+                }
+                mem.write(
+                    index,
+                    SlPte::from_bits(args.leaf_bits)
+                        .with_addr(paddr)
+                        .into_bits(),
+                );
+                mem.flush(index, index);
+                return Ok(());
+            }
+        }
         let span = Span {
             start: iova,
             end,
@@ -456,15 +474,29 @@ impl SecondLevelTable {
             });
         }
         let end = self.check_range(iova, size)?;
+        if size == PAGE_4K {
+            if let Some((mem, index)) = self.leaf_slot(platform, iova) {
+                // The common case: one 4 KiB leaf in an existing leaf table. A 4 KiB range
+                // never covers a table's whole region, so nothing is unlinked.
+                if mem.read(index) == 0 {
+                    return Err(IommuError::NotMapped { iova });
+                }
+                mem.write(index, 0);
+                mem.flush(index, index);
+                gather.add(DmaAddr::new(iova), size);
+                return Ok(());
+            }
+        }
         let span = Span {
             start: iova,
             end,
             ..self.top()
         };
-        self.check_unmap(platform, self.root, span)?;
-        // Room for the common case (one table per level at each end of the range); a range
-        // that unlinks more grows the list as it goes, and a failed push only leaks a page.
-        if !gather.try_reserve_unlinked(span.level as usize * 2) {
+        let unlinks = self.check_unmap(platform, self.root, span)?;
+        // Room for every table this unmap unlinks, reserved before anything changes (none for
+        // a range that covers no table's whole region: no allocation on the common path). A
+        // failed push later would only leak a page.
+        if unlinks > 0 && !gather.try_reserve_unlinked(unlinks) {
             return Err(IommuError::OutOfMemory);
         }
         gather.add(DmaAddr::new(iova), size);
@@ -472,29 +504,55 @@ impl SecondLevelTable {
         Ok(())
     }
 
+    /// Dry run of an unmap: the range is fully mapped and splits no superpage. Returns the
+    /// number of tables `apply_unmap` will unlink (those whose whole region is in the range).
     fn check_unmap<P: Platform + ?Sized>(
         &self,
         platform: &P,
         table: PhysAddr,
         span: Span,
-    ) -> Result<(), IommuError> {
+    ) -> Result<usize, IommuError> {
         let mem = self.mem(platform, table);
+        let mut unlinks = 0;
         for (index, base, seg_start, seg_end) in span.slots() {
             let entry = mem.read(index);
             if entry == 0 {
                 return Err(IommuError::NotMapped { iova: seg_start });
             }
+            let size = slot_size(span.level);
+            let covers_region = seg_start == base && seg_end - seg_start == size;
             if Self::is_leaf(span.level, entry) {
-                let size = slot_size(span.level);
-                if seg_start != base || seg_end - seg_start != size {
+                if !covers_region {
                     return Err(IommuError::PartialSuperpage { iova: base, size });
                 }
             } else {
                 let child = PhysAddr::new(SlPte::from_bits(entry).addr());
-                self.check_unmap(platform, child, span.child(seg_start, seg_end))?;
+                unlinks += self.check_unmap(platform, child, span.child(seg_start, seg_end))?;
+                unlinks += usize::from(covers_region);
             }
         }
-        Ok(())
+        Ok(unlinks)
+    }
+
+    /// The leaf table (level 1) that translates `iova` and the index of its entry there, when
+    /// every table on the way exists (`None` when an entry on the way is empty or a
+    /// superpage). `iova` must be inside the aperture.
+    fn leaf_slot<'p, P: Platform + ?Sized>(
+        &self,
+        platform: &'p P,
+        iova: u64,
+    ) -> Option<(TableMem<'p, P>, usize)> {
+        let mut table = self.root;
+        let mut level = self.cfg.levels.count();
+        while level > 1 {
+            let entry = self.mem(platform, table).read(slot_index(level, iova));
+            if entry == 0 || Self::is_leaf(level, entry) {
+                return None;
+            }
+            table = PhysAddr::new(SlPte::from_bits(entry).addr());
+            level -= 1;
+        }
+        Some((self.mem(platform, table), slot_index(1, iova)))
     }
 
     fn apply_unmap<P: Platform + ?Sized>(
