@@ -184,6 +184,11 @@ pub struct Config {
     /// IOTLB flush ([`dma::UnmapBatch`]); otherwise each completion's mapping is unmapped on
     /// its own. Either way a command's result is reported only after its buffer was unmapped.
     pub batch_unmaps: bool,
+    /// Create each I/O completion queue with interrupts enabled on MSI-X table entry `qid`
+    /// (I/O queue `q` is `qid = q + 1`; the admin queue always signals entry 0 once MSI-X is
+    /// on). The caller programs and enables MSI-X (this crate never writes MSI addresses);
+    /// with this off the queues are created with interrupts disabled and only polled.
+    pub interrupts: bool,
 }
 
 impl Default for Config {
@@ -194,6 +199,7 @@ impl Default for Config {
             command_timeout_us: 5_000_000,
             nsid: 1,
             batch_unmaps: false,
+            interrupts: false,
         }
     }
 }
@@ -755,7 +761,8 @@ impl<R: Registers> Controller<R> {
             let (qid, size) = (self.queues[i].id, self.queues[i].sq.size());
             let cq = self.queues[i].cq_mem.dma_addr().as_u64();
             let sq = self.queues[i].sq_mem.dma_addr().as_u64();
-            self.admin(Command::create_cq(qid, size, cq, None))?;
+            let vector = self.config.interrupts.then_some(qid);
+            self.admin(Command::create_cq(qid, size, cq, vector))?;
             self.admin(Command::create_sq(qid, size, sq, qid))?;
         }
         Ok(())
@@ -1001,11 +1008,27 @@ impl<R: Registers> Controller<R> {
     ///
     /// The command's error; [`ControllerError::Timeout`] when it had to be aborted.
     pub fn wait(&mut self, ticket: Ticket) -> Result<Completion, ControllerError> {
+        self.wait_with(ticket, core::hint::spin_loop)
+    }
+
+    /// [`Controller::wait`], calling `idle` between polls: with [`Config::interrupts`] an
+    /// embedder passes something that sleeps until the next interrupt (e.g. `sti; hlt`), so
+    /// the completion's MSI-X wakes it instead of a spinning poll. `idle` must return at least
+    /// at every interrupt (the timer's included) for timeouts to be noticed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Controller::wait`].
+    pub fn wait_with(
+        &mut self,
+        ticket: Ticket,
+        mut idle: impl FnMut(),
+    ) -> Result<Completion, ControllerError> {
         loop {
             if let Some(r) = self.poll(ticket) {
                 return r;
             }
-            core::hint::spin_loop();
+            idle();
         }
     }
 

@@ -198,3 +198,74 @@ impl fmt::Display for CommandError {
 }
 
 impl core::error::Error for CommandError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Completion;
+
+    /// The status field's bit positions (NVMe 1.4 Figure 125: SC 7:0, SCT 10:8, CRD 12:11,
+    /// M 13, DNR 14, as bits 31:17 of dword 3 with the phase tag in bit 16), written out.
+    #[test]
+    fn fields_decode_from_completion_dword_3() {
+        // DNR (bit 31), M (30), CRD 2 (29:28), SCT 2 (27:25), SC 0x81 (24:17), phase, CID 7.
+        let dw3 = 1 << 31 | 1 << 30 | 0b10 << 28 | 0b010 << 25 | 0x81 << 17 | 1 << 16 | 7;
+        let c = Completion::from_dwords([0, 0, 0x0001_0005, dw3]);
+        assert_eq!((c.cid, c.phase, c.sq_head, c.sq_id), (7, true, 5, 1));
+        let st = c.status;
+        assert_eq!((st.code(), st.code_type(), st.retry_delay()), (0x81, 2, 2));
+        assert!(st.more() && st.do_not_retry() && !st.is_success());
+        assert_eq!(st.result(), Err(CommandError::UnrecoveredRead));
+        assert_eq!(Completion::from_dwords(c.to_dwords()), c);
+    }
+
+    #[test]
+    fn every_named_code_and_the_rest() {
+        let named = [
+            (sct::GENERIC, 0x01, CommandError::InvalidOpcode),
+            (sct::GENERIC, 0x02, CommandError::InvalidField),
+            (sct::GENERIC, 0x03, CommandError::CommandIdConflict),
+            (sct::GENERIC, 0x04, CommandError::DataTransfer),
+            (sct::GENERIC, 0x06, CommandError::Internal),
+            (sct::GENERIC, 0x07, CommandError::AbortRequested),
+            (sct::GENERIC, 0x08, CommandError::AbortedSqDeleted),
+            (sct::GENERIC, 0x0b, CommandError::InvalidNamespace),
+            (sct::GENERIC, 0x13, CommandError::PrpOffsetInvalid),
+            (sct::GENERIC, 0x80, CommandError::LbaOutOfRange),
+            (sct::GENERIC, 0x81, CommandError::CapacityExceeded),
+            (sct::GENERIC, 0x82, CommandError::NamespaceNotReady),
+            (sct::COMMAND_SPECIFIC, 0x01, CommandError::InvalidQueueId),
+            (sct::COMMAND_SPECIFIC, 0x02, CommandError::InvalidQueueSize),
+            (sct::MEDIA, 0x80, CommandError::WriteFault),
+            (sct::MEDIA, 0x81, CommandError::UnrecoveredRead),
+        ];
+        for (t, c, e) in named {
+            assert_eq!(Status::new(t, c).result(), Err(e));
+            assert!(!alloc::format!("{e}").is_empty());
+        }
+        assert_eq!(Status::SUCCESS.result(), Ok(()));
+        // Success is SCT 0 / SC 0 only: SC 0 of another type is an error.
+        assert_eq!(
+            Status::new(sct::MEDIA, 0).result(),
+            Err(CommandError::Other {
+                sct: 2,
+                sc: 0,
+                dnr: false
+            })
+        );
+        let vendor = Status::from_field(1 << 14 | (sct::VENDOR as u16) << 8 | 0xc0);
+        let e = vendor.result().unwrap_err();
+        assert_eq!(
+            e,
+            CommandError::Other {
+                sct: 7,
+                sc: 0xc0,
+                dnr: true
+            }
+        );
+        assert_eq!(
+            alloc::format!("{e}"),
+            "status type 0x7 code 0xc0 (do not retry)"
+        );
+    }
+}

@@ -40,6 +40,7 @@ pub(super) fn nvme_scenarios() -> Vec<Scenario> {
         "queue_depth_32",
         "untrusted_unaligned_buffer_bounced",
         "write_read_back_and_leave_for_xtask",
+        "msix_completions_wake_the_waiter",
     ]
     .iter()
     .map(|t| format!("nvme::{t}"))
