@@ -51,8 +51,8 @@ use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
 
 use crate::registers::{
     self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
-    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
-    GSTS_PERSISTENT_MASK,
+    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RegisterStats, RootEntryLo, Rtaddr, SlPte,
+    WaitDescHi, WaitDescLo, GSTS_PERSISTENT_MASK,
 };
 
 mod ir;
@@ -153,6 +153,9 @@ struct FakeState {
 pub struct FakeVtd {
     platform: Arc<HostPlatform>,
     state: Mutex<FakeState>,
+    /// Register reads and writes that reached the model (the unit's and the test's own).
+    reads: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl core::fmt::Debug for FakeVtd {
@@ -214,6 +217,8 @@ impl FakeVtd {
                 global_invalidated_since_root: false,
                 ir: ir::IrState::default(),
             }),
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
     }
 
@@ -336,6 +341,16 @@ impl FakeVtd {
     /// Protocol violations seen (should stay empty).
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().violations.clone()
+    }
+
+    /// Every register read and write that reached the model so far, whoever made it (the
+    /// hardware's side of [`crate::VtdUnit::register_stats`], as QEMU's `vtd_reg_read` /
+    /// `vtd_reg_write` trace events are).
+    pub fn accesses(&self) -> RegisterStats {
+        RegisterStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
     }
 
     /// The GSTS value.

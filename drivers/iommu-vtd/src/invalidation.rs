@@ -18,11 +18,25 @@
 //! O(log N) descriptors; past [`PSI_DESCRIPTOR_LIMIT`] chunks, or without CAP.PSI, a single
 //! domain-selective invalidation is used instead.
 //!
-//! Before a batch is written, IQH is read and the batch waits (with the same timeout) until it
-//! fits in the free part of the ring: after a timed-out wait the software tail is ahead of
-//! what the hardware fetched, and writing blindly from the tail could overwrite descriptors it
-//! has not fetched yet. A batch that never fits fails with [`InvalidationError::Timeout`]
-//! without writing anything.
+//! # Register accesses on the hot path
+//!
+//! Under emulation every register access is a VM exit, so a submission that completes normally
+//! makes exactly one: the IQT write.
+//!
+//! - **Free space** is tracked, not read: a completed wait descriptor means the hardware fetched
+//!   everything up to it (waits complete in order, §6.5.2.8), so after one the whole ring is
+//!   free again. The queue keeps that lower bound of the hardware's head
+//!   ([`InvalidationQueue`]'s `head`) and reads IQH only when a batch does not fit the space
+//!   it proves free: after a timed-out wait (the software tail is then ahead of what the
+//!   hardware fetched, and writing blindly could overwrite descriptors it has not fetched
+//!   yet) or for a batch larger than what is known free. The batch then waits (with the same
+//!   timeout) until it fits; one that never fits fails with [`InvalidationError::Timeout`]
+//!   without writing anything.
+//! - **Queue errors** (FSTS.IQE/ICE/ITE) stop the hardware before the wait descriptor, so a
+//!   wait that completed saw none. FSTS is read only when the status word has not arrived
+//!   after [`FAST_STATUS_POLLS`] polls (then once per that many polls) and once more before a
+//!   timeout is reported, so an error is still detected and recovered from (the rest of the
+//!   queue dropped, IQT = IQH, the error cleared) within the submission that met it.
 //!
 //! The queue and the status word are not written back from the CPU cache: ECAP.C covers
 //! remapping-structure walks only; descriptor fetches and status writes are coherent (as Linux
@@ -55,6 +69,10 @@ const WORDS_PER_DESCRIPTOR: usize = DESCRIPTOR_SIZE / core::mem::size_of::<u64>(
 /// means empty), one of which is the closing wait descriptor.
 const BATCH: usize = QUEUE_ENTRIES - 2;
 const PAGE_SHIFT: u32 = 12;
+/// Polls of the wait descriptor's status word between two reads of FSTS (the first after that
+/// many polls): a wait normally completes before the first poll (QEMU processes the queue in
+/// the IQT write), so the fault status register is read only on the slow path.
+pub const FAST_STATUS_POLLS: u32 = 256;
 /// IQA.QS for a one-page (4 KiB) queue.
 const QUEUE_SIZE_ONE_PAGE: u8 = 0;
 
@@ -363,7 +381,12 @@ fn poll<P: Platform + ?Sized>(
 pub struct InvalidationQueue {
     queue: PhysAddr,
     status: PhysAddr,
+    /// The next descriptor slot software writes (what IQT was last set to).
     tail: usize,
+    /// A lower bound of the hardware's head: every descriptor before it was fetched (the slot
+    /// after the last completed wait descriptor, or IQH when last read). Descriptors between
+    /// it and `tail` may still be unfetched.
+    head: usize,
     sequence: u32,
 }
 
@@ -387,6 +410,7 @@ impl InvalidationQueue {
             queue: queue.phys,
             status: status.phys,
             tail: 0,
+            head: 0,
             sequence: 0,
         })
     }
@@ -405,9 +429,11 @@ impl InvalidationQueue {
         self.queue
     }
 
-    /// Resets the software tail (IQT is written 0 before QIE is set, which resets IQH).
+    /// Resets the software tail and the tracked head (IQT is written 0 before QIE is set,
+    /// which resets IQH).
     pub fn reset(&mut self) {
         self.tail = 0;
+        self.head = 0;
     }
 
     fn mem<'p, P: Platform + ?Sized>(&self, platform: &'p P, phys: PhysAddr) -> TableMem<'p, P> {
@@ -461,18 +487,22 @@ impl InvalidationQueue {
         batch: &[Invalidation],
         timeout_us: u64,
     ) -> Result<(), InvalidationError> {
-        // Never overwrite descriptors the hardware has not fetched yet: after a timed-out wait
-        // the software tail is ahead of IQH, and the ring may be nearly full.
+        // Never overwrite descriptors the hardware has not fetched yet. The tracked head proves
+        // the space free without a register read unless a wait timed out since (the tail is
+        // then ahead of what is known fetched) or the batch is larger than that space.
         let needed = batch.len() + 1;
-        poll(
-            platform,
-            timeout_us,
-            "free invalidation queue slots",
-            || {
-                self.check_queue_error(regs)?;
-                Ok(free_slots(Self::head_index(regs), self.tail) >= needed)
-            },
-        )?;
+        if free_slots(self.head, self.tail) < needed {
+            poll(
+                platform,
+                timeout_us,
+                "free invalidation queue slots",
+                || {
+                    self.check_queue_error(regs)?;
+                    self.head = Self::head_index(regs);
+                    Ok(free_slots(self.head, self.tail) >= needed)
+                },
+            )?;
+        }
         let queue = self.mem(platform, self.queue);
         let push = |tail: &mut usize, d: Descriptor| {
             let word = *tail * WORDS_PER_DESCRIPTOR;
@@ -493,19 +523,42 @@ impl InvalidationQueue {
         self.tail = tail;
         platform.memory_fence();
         regs.write64(registers::IQT, queue_index(tail));
+        self.wait(regs, platform, seq, timeout_us)
+    }
 
-        poll(
-            platform,
-            timeout_us,
-            "the invalidation wait descriptor",
-            || {
-                if self.read_status(platform) == seq {
-                    return Ok(true);
-                }
+    /// Waits for the status write of the wait descriptor `seq` (the last one submitted), reading
+    /// FSTS only on the slow path (see the module docs). On completion the whole ring is known
+    /// fetched.
+    fn wait<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        seq: u32,
+        timeout_us: u64,
+    ) -> Result<(), InvalidationError> {
+        let mut start = None;
+        let mut polls: u32 = 0;
+        loop {
+            if self.read_status(platform) == seq {
+                // Waits complete in order, after everything before them was fetched.
+                self.head = self.tail;
+                return Ok(());
+            }
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(FAST_STATUS_POLLS) {
                 self.check_queue_error(regs)?;
-                Ok(false)
-            },
-        )
+            }
+            let now = platform.now_us();
+            let since = *start.get_or_insert(now);
+            if now.saturating_sub(since) > timeout_us {
+                // An error that stopped the queue is reported as such, not as a timeout.
+                self.check_queue_error(regs)?;
+                return Err(InvalidationError::Timeout {
+                    what: "the invalidation wait descriptor",
+                });
+            }
+            core::hint::spin_loop();
+        }
     }
 
     /// The descriptor index in IQH (the next descriptor the hardware will fetch).
@@ -529,6 +582,7 @@ impl InvalidationQueue {
         let index = usize::from(QueueIndex::from_bits(head).index()) % QUEUE_ENTRIES;
         regs.write64(registers::IQT, queue_index(index));
         self.tail = index;
+        self.head = index;
         regs.write32(registers::FSTS, fsts & errors.bits());
         Err(InvalidationError::QueueError { fsts, head })
     }

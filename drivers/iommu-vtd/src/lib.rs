@@ -104,5 +104,5 @@ pub use intremap::{
 pub use invalidation::InvalidationError;
 pub use pagetable::SecondLevelTable;
 pub use platform::{Platform, TablePage};
-pub use registers::{MmioRegisters, RegisterIo};
+pub use registers::{MmioRegisters, RegisterIo, RegisterStats};
 pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};

@@ -1,7 +1,9 @@
-//! The register access seam: [`RegisterIo`] and its volatile MMIO implementation
-//! [`MmioRegisters`].
+//! The register access seam: [`RegisterIo`], its volatile MMIO implementation
+//! [`MmioRegisters`], and the access counter every unit puts around its registers
+//! ([`RegisterStats`]).
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Access to one remapping unit's registers by byte offset.
 ///
@@ -104,5 +106,90 @@ impl RegisterIo for MmioRegisters {
             // SAFETY: as in `read32`.
             unsafe { p.write_volatile(value) }
         }
+    }
+}
+
+/// How many register accesses a unit made (see [`crate::VtdUnit::register_stats`]): under
+/// emulation each one is a costly exit, so the hot path is designed to make as few as possible.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RegisterStats {
+    /// 32- and 64-bit register reads.
+    pub reads: u64,
+    /// 32- and 64-bit register writes.
+    pub writes: u64,
+}
+
+impl RegisterStats {
+    /// Reads plus writes.
+    pub const fn total(&self) -> u64 {
+        self.reads + self.writes
+    }
+
+    /// The accesses made between `earlier` and `self` (two snapshots of one unit).
+    pub const fn since(&self, earlier: &RegisterStats) -> RegisterStats {
+        RegisterStats {
+            reads: self.reads.wrapping_sub(earlier.reads),
+            writes: self.writes.wrapping_sub(earlier.writes),
+        }
+    }
+}
+
+/// A [`RegisterIo`] that counts every access it forwards (relaxed atomics: a count, not a
+/// synchronisation point).
+#[derive(Debug)]
+pub(crate) struct CountingRegisters<R> {
+    inner: R,
+    reads: AtomicU64,
+    writes: AtomicU64,
+}
+
+impl<R: RegisterIo> CountingRegisters<R> {
+    /// Wraps `inner` with both counts at zero.
+    pub(crate) const fn new(inner: R) -> Self {
+        Self {
+            inner,
+            reads: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// The wrapped register access (accesses through it are not counted).
+    pub(crate) const fn inner(&self) -> &R {
+        &self.inner
+    }
+
+    /// The counts so far.
+    pub(crate) fn stats(&self) -> RegisterStats {
+        RegisterStats {
+            reads: self.reads.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    fn read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn wrote(&self) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl<R: RegisterIo> RegisterIo for CountingRegisters<R> {
+    fn read32(&self, offset: usize) -> u32 {
+        self.read();
+        self.inner.read32(offset)
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        self.read();
+        self.inner.read64(offset)
+    }
+    fn write32(&self, offset: usize, value: u32) {
+        self.wrote();
+        self.inner.write32(offset, value)
+    }
+    fn write64(&self, offset: usize, value: u64) {
+        self.wrote();
+        self.inner.write64(offset, value)
     }
 }
