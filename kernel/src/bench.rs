@@ -1,17 +1,24 @@
 //! In-kernel benchmarks (`bench` on the command line; `cargo xtask bench` boots them): DMA API
-//! operations on a real VT-d domain under QEMU, in TSC cycles per operation, plus the number of
-//! invalidation requests the unit issued, and the self-IPI interrupt latency (raise to handler). Under TCG the cycles measure emulated execution: use
-//! them as ratios and scaling curves, not absolute hardware costs.
+//! operations on a real VT-d domain under QEMU, in TSC cycles per operation, plus what the unit
+//! counted meanwhile (invalidation requests, completed waits, register accesses), and interrupt
+//! latencies (self-IPI and edu's MSI, raise to handler). Under TCG the cycles measure emulated
+//! execution: use them as ratios and scaling curves, not absolute hardware costs. Issue 12 and
+//! docs/PERFORMANCE.md say what the figures are for.
 //!
-//! Output: one `KBENCH <name> ops=<n> cycles_per_op=<c> invalidations_per_op=<i> waits_per_op=<w>`
-//! line each; rows timed as a whole are preceded by `KBENCH_MARK <name>`, printed after their
-//! warm-up and right before their clock starts, so that `cargo xtask bench --vs-linux` can count
-//! QEMU's traced VT-d register accesses of exactly the timed operations (issue 12).
+//! Output: one line per row,
+//! `KBENCH <name> ops=<n> cycles_per_op=<c> invalidations_per_op=<i> waits_per_op=<w> registers=<r>`,
+//! where `registers` is the row's total of VT-d register accesses by the unit's own counter
+//! ([`iommu_vtd::VtdUnit::register_stats`]). Rows timed as a whole are preceded by
+//! `KBENCH_MARK <name>`, printed after their warm-up and right before their clock starts, so that
+//! `cargo xtask bench --vs-linux` counts QEMU's traced register accesses of exactly the timed
+//! operations and checks the unit's counter against them.
 //!
-//! Rows (issue 12): strict, batched (`UnmapBatch`) and deferred (`InvalidationMode::Deferred`,
-//! the analogue of Linux's lazy flush queue, its per-mapping cost including the flushes it
-//! eventually makes) map+unmap; the `phase_4k_*` rows split one strict 4 KiB map+unmap into its
-//! phases, each timed with the TSC around the public call that performs it.
+//! Rows: strict, batched ([`UnmapBatch`]) and deferred ([`InvalidationMode::Deferred`], the
+//! analogue of Linux's lazy flush queue, its cost per mapping including the flushes it
+//! eventually makes) map+unmap of 4 KiB, 64 KiB, 2 MiB and a 256-entry scatter list; the
+//! `phase_4k_*` rows split a strict 4 KiB map+unmap into its phases, each timed with the TSC
+//! around the public call that performs it; scaling with live mappings, contiguous unmaps and
+//! importers of a revoked export.
 
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -30,7 +37,7 @@ use crate::devices::dmamem::{self, DeviceDma};
 use crate::devices::iommu::Unit;
 use crate::mem::PhysPages;
 use crate::{kprintln, Kernel};
-use iommu_vtd::InvalidationStats;
+use iommu_vtd::{InvalidationStats, RegisterStats};
 
 struct Bench<'a> {
     unit: &'a Unit,
@@ -45,7 +52,7 @@ impl Bench<'_> {
         f: impl FnOnce() -> Result<(), dma::DmaError>,
     ) -> Result<(), dma::DmaError> {
         kprintln!("KBENCH_MARK {name}");
-        let before = self.unit.invalidation_stats();
+        let before = Snapshot::of(self.unit);
         let t0 = rdtsc();
         f()?;
         let cycles = rdtsc() - t0;
@@ -53,28 +60,63 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Prints one line: cycles per operation, invalidation requests and completed waits per
-    /// operation since `before`.
-    fn report(&self, name: &str, ops: u64, cycles: u64, before: InvalidationStats) {
-        let after = self.unit.invalidation_stats();
-        line(
-            name,
-            ops,
-            cycles,
-            after.requests - before.requests,
-            after.submissions - before.submissions,
-        );
+    /// Prints one line: cycles per operation, and what the unit counted since `before`.
+    fn report(&self, name: &str, ops: u64, cycles: u64, before: Snapshot) {
+        line(name, ops, cycles, Snapshot::of(self.unit).since(&before));
     }
 }
 
-/// One `KBENCH` line.
-fn line(name: &str, ops: u64, cycles: u64, requests: u64, waits: u64) {
+/// The unit's own counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    inval: InvalidationStats,
+    regs: RegisterStats,
+}
+
+impl Snapshot {
+    fn of(unit: &Unit) -> Self {
+        Self {
+            inval: unit.invalidation_stats(),
+            regs: unit.register_stats(),
+        }
+    }
+
+    /// What the unit did between `earlier` and `self`.
+    fn since(&self, earlier: &Snapshot) -> Counts {
+        Counts {
+            requests: self.inval.requests - earlier.inval.requests,
+            waits: self.inval.submissions - earlier.inval.submissions,
+            registers: self.regs.since(&earlier.regs).total(),
+        }
+    }
+}
+
+/// Invalidation requests, completed waits (submissions) and register accesses of the unit.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    waits: u64,
+    registers: u64,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.requests += other.requests;
+        self.waits += other.waits;
+        self.registers += other.registers;
+    }
+}
+
+/// One `KBENCH` line; `registers=` is the row's total (xtask divides and compares it with
+/// QEMU's trace).
+fn line(name: &str, ops: u64, cycles: u64, c: Counts) {
     let per = |x: u64| x as f64 / ops.max(1) as f64;
     kprintln!(
-        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2}",
+        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2} registers={}",
         cycles / ops.max(1),
-        per(requests),
-        per(waits)
+        per(c.requests),
+        per(c.waits),
+        c.registers
     );
 }
 
@@ -222,7 +264,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         // One unmap per mapping; the fastest of five rounds is reported (the invalidation counts
         // are the same every round).
         let mut best = u64::MAX;
-        let mut before = unit.invalidation_stats();
+        let mut before = Snapshot::of(unit);
         for _ in 0..5 {
             let m = dev
                 .map_phys(
@@ -232,7 +274,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
                     Attrs::empty(),
                 )
                 .map_err(e)?;
-            before = unit.invalidation_stats();
+            before = Snapshot::of(unit);
             let t0 = rdtsc();
             m.unmap().map_err(e)?;
             best = best.min(rdtsc() - t0);
@@ -244,7 +286,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     // an IPI never passes the IOMMU); edu's MSI with and without remapping follows.
     let vector = irq::alloc_vector().map_err(|e| format!("{e}"))?;
     let n = 1000;
-    let before = unit.invalidation_stats();
+    let before = Snapshot::of(unit);
     let mut total = 0;
     for _ in 0..n {
         total += irq::self_ipi_latency(vector).map_err(|e| format!("{e}"))?;
@@ -291,14 +333,13 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         .map_err(|e| format!("phases: IOVA allocator: {e}"))?;
     let prot = Prot::READ | Prot::WRITE;
     let rw = Direction::Bidirectional;
-    // Per phase: cycles, invalidation requests, waits.
-    let mut sums = [[0u64; 3]; 6];
-    let mut add = |i: usize, t: (u64, u64), s: (InvalidationStats, InvalidationStats)| {
-        sums[i][0] += t.1 - t.0;
-        sums[i][1] += s.1.requests - s.0.requests;
-        sums[i][2] += s.1.submissions - s.0.submissions;
+    // Per phase: cycles and what the unit counted.
+    let mut sums = [(0u64, Counts::default()); 6];
+    let mut add = |i: usize, t: (u64, u64), s: (Snapshot, Snapshot)| {
+        sums[i].0 += t.1 - t.0;
+        sums[i].1.add(s.1.since(&s.0));
     };
-    let stats = || unit.invalidation_stats();
+    let stats = || Snapshot::of(unit);
     let fail = |what: &str, e: &dyn core::fmt::Display| format!("phases: {what}: {e}");
     for round in 0..n + n / 4 {
         // The first quarter warms up (table pages, caches) and is not counted.
@@ -340,7 +381,7 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
             add(5, (t6, t7), (s6, s7));
         }
     }
-    for (name, [cycles, requests, waits]) in [
+    for (name, (cycles, counts)) in [
         "phase_4k_iova",
         "phase_4k_pt_map",
         "phase_4k_pt_unmap",
@@ -351,7 +392,7 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
     .into_iter()
     .zip(sums)
     {
-        line(name, n, cycles, requests, waits);
+        line(name, n, cycles, counts);
     }
     Ok(())
 }
@@ -416,7 +457,7 @@ fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::Strin
     let v = m.vector();
     let remapped = m.vectors().remapped().is_some();
     let n = 300;
-    let before = b.unit.invalidation_stats();
+    let before = Snapshot::of(b.unit);
     let mut total = 0;
     for _ in 0..n {
         total += irq::measure_latency(v, || e.raise_interrupt(1)).map_err(|e| format!("{e}"))?;
@@ -431,7 +472,7 @@ fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::Strin
     if let Some(r) = m.vectors_mut().remapped_mut() {
         let spare = irq::alloc_vector().map_err(|e| format!("{e}"))?;
         let n = 500;
-        let before = b.unit.invalidation_stats();
+        let before = Snapshot::of(b.unit);
         let t0 = rdtsc();
         for i in 0..n {
             r.retarget(0, if i % 2 == 0 { spare } else { v })
@@ -500,22 +541,18 @@ fn revoke_latency(
     provider.restore().map_err(|e| format!("{e}"))?;
     for importers in [1usize, 4, 16, 64] {
         // Fastest of five rounds (one revoke each): single operations are noisy under TCG.
-        let (mut best, mut requests, mut waits) = (u64::MAX, 0, 0);
+        let (mut best, mut counts) = (u64::MAX, Counts::default());
         for _ in 0..5 {
             let held = (0..importers)
                 .map(|_| import())
                 .collect::<Result<Vec<_>, _>>()?;
-            let before = b.unit.invalidation_stats();
+            let before = Snapshot::of(b.unit);
             let t0 = rdtsc();
             provider.revoke().map_err(|e| format!("{e}"))?;
             let cycles = rdtsc() - t0;
-            let after = b.unit.invalidation_stats();
+            let after = Snapshot::of(b.unit);
             if cycles < best {
-                (best, requests, waits) = (
-                    cycles,
-                    after.requests - before.requests,
-                    after.submissions - before.submissions,
-                );
+                (best, counts) = (cycles, after.since(&before));
             }
             drop(held);
             provider.restore().map_err(|e| format!("{e}"))?;
@@ -524,8 +561,7 @@ fn revoke_latency(
             &format!("revoke_with_{importers}_importers"),
             1,
             best,
-            requests,
-            waits,
+            counts,
         );
     }
     Ok(())

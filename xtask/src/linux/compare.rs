@@ -437,7 +437,7 @@ pub fn targets(m: &Measured) -> Vec<Target> {
     let deferred = OPS
         .iter()
         .find(|op| op.ours == Some(OURS_DEFERRED))
-        .map(|op| medians(op));
+        .map(medians);
     let figure = deferred.and_then(|(ours, _, lazy, s)| match (ours, lazy) {
         (Some(a), Some(b)) if b.median > 0.0 => {
             let r = a.median / b.median;
