@@ -241,8 +241,10 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
     let logs = base.dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut m = compare::Measured::default();
+    let mut load = Vec::new();
     for round in 1..=rounds {
         println!("bench: vs-linux round {round}/{rounds}: ours ...");
+        load.extend(load_average());
         let (log, exit) =
             super::qemu::run_captured(&image, &topo, "bench", Duration::from_secs(600))?;
         let _ = std::fs::write(logs.join(format!("ours-{round}.log")), &log);
@@ -261,6 +263,7 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
         }
         for (strict, mode) in [(true, "strict"), (false, "lazy")] {
             println!("bench: vs-linux round {round}/{rounds}: Linux {mode} ...");
+            load.extend(load_average());
             let path = logs.join(format!("linux-{mode}-{round}.log"));
             let log = linux::boot::run(
                 &base.assets.vmlinux,
@@ -295,6 +298,8 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
         kernel: format!("{} ({})", base.assets.package, base.assets.version),
         machine: topo.qemu_args().join(" "),
         rounds,
+        load,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
     let section = compare::render(&m, &cx);
     let path = performance_md();
@@ -304,6 +309,16 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
     print!("{section}");
     println!("bench: wrote the vs-linux section of {}", path.display());
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The host's 1-minute load average (`/proc/loadavg`), if readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One untimed run of ours and one of Linux strict with QEMU's VT-d register and serial trace

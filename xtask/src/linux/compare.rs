@@ -279,6 +279,25 @@ impl Measured {
         }
     }
 
+    /// Ours over Linux strict (or lazy) for `op`, per round, for the rounds in which both ran.
+    pub fn round_ratios(&self, op: &Op, lazy: bool) -> Vec<f64> {
+        let runs = if lazy { &self.lazy } else { &self.strict };
+        self.ours_ns(op.ours)
+            .into_iter()
+            .zip(runs)
+            .filter_map(|(a, r)| {
+                let b = r
+                    .rows
+                    .iter()
+                    .find(|(n, _, _)| n == op.linux)
+                    .map(|(_, ns, _)| *ns)?;
+                Some((a?, b))
+            })
+            .filter(|(_, b)| *b > 0.0)
+            .map(|(a, b)| a / b)
+            .collect()
+    }
+
     /// Our row `num` over our row `den`, per round (both from the same boot), for the rounds
     /// that printed both.
     pub fn ours_ratio(&self, num: &str, den: &str) -> Vec<f64> {
@@ -324,24 +343,39 @@ pub struct Target {
     pub verdict: Verdict,
 }
 
-/// `figure` against `limit`: PASS when at most (`at_most`) or below (`!at_most`) it.
+/// A measured figure for a target: the headline value, the same figure per round (one entry for
+/// a single run), and its text.
+struct Figure {
+    value: f64,
+    rounds: Vec<f64>,
+    text: String,
+}
+
+/// `figure` against `limit` (`at_most`: at most it, else below it). PASS only when the headline
+/// value meets the limit *and* so do more than half of the rounds: on a shared, noisy host a
+/// median of a few rounds alone could pass on one lucky round.
 fn judged(
     what: String,
-    figure: Option<(f64, String)>,
+    figure: Option<Figure>,
     limit: f64,
     at_most: bool,
     missing: &'static str,
 ) -> Target {
+    let meets = |v: f64| (at_most && v <= limit) || (!at_most && v < limit);
     match figure {
-        Some((v, text)) => Target {
-            what,
-            figure: text,
-            verdict: if (at_most && v <= limit) || (!at_most && v < limit) {
-                Verdict::Pass
-            } else {
-                Verdict::Fail
-            },
-        },
+        Some(f) => {
+            let met = f.rounds.iter().filter(|&&v| meets(v)).count();
+            let n = f.rounds.len();
+            Target {
+                what,
+                figure: format!("{}; within the limit in {met}/{n} rounds", f.text),
+                verdict: if meets(f.value) && 2 * met > n {
+                    Verdict::Pass
+                } else {
+                    Verdict::Fail
+                },
+            }
+        }
         None => Target {
             what,
             figure: "-".into(),
@@ -350,38 +384,37 @@ fn judged(
     }
 }
 
-/// Issue 12's "Done when" targets, each with the figure this run measured and its verdict.
-/// Ratios to Linux are of medians over the rounds; ours-to-ours ratios are the median of the
-/// per-round ratios (both rows from the same boot).
+/// Issue 12's "Done when" targets, each with the figure this run measured and its verdict
+/// ([`judged`]). Ratios to Linux are of medians over the rounds, with the per-round ratios
+/// (ours and Linux of the same round); ours-to-ours ratios are the median of the per-round
+/// ratios (both rows from the same boot).
 pub fn targets(m: &Measured) -> Vec<Target> {
     let mut t = Vec::new();
-    let medians = |op: &Op| {
+    let to_linux = |op: &Op, lazy: bool| -> Option<Figure> {
         let s = m.series(op);
-        (
-            summarize(&s.ours),
-            summarize(&s.strict),
-            summarize(&s.lazy),
-            s,
-        )
+        let (a, b) = (
+            summarize(&s.ours)?,
+            summarize(if lazy { &s.lazy } else { &s.strict })?,
+        );
+        if b.median <= 0.0 {
+            return None;
+        }
+        let value = a.median / b.median;
+        Some(Figure {
+            value,
+            rounds: m.round_ratios(op, lazy),
+            text: format!(
+                "{value:.2}x Linux {} ({:.0} ns / {:.0} ns)",
+                if lazy { "lazy" } else { "strict" },
+                a.median,
+                b.median
+            ),
+        })
     };
     for op in &OPS[..4] {
-        let (ours, strict, _, s) = medians(op);
-        let figure = match (ours, strict) {
-            (Some(a), Some(b)) if b.median > 0.0 => {
-                let r = a.median / b.median;
-                Some((
-                    r,
-                    format!(
-                        "{r:.2}x ({:.0} ns / {:.0} ns; ours faster in {}/{} rounds)",
-                        a.median, b.median, s.paired.1, s.paired.0
-                    ),
-                ))
-            }
-            _ => None,
-        };
         t.push(judged(
             format!("{} (strict) at most 0.5x Linux strict", op.label),
-            figure,
+            to_linux(op, false),
             0.5,
             true,
             "a side printed no such row",
@@ -389,7 +422,11 @@ pub fn targets(m: &Measured) -> Vec<Target> {
     }
     let accesses = |rows: Option<&Vec<(String, f64)>>| {
         rows.and_then(|rows| rows.iter().find(|(n, _)| n == OURS_STRICT))
-            .map(|(_, v)| (*v, format!("{v:.2} per map+unmap")))
+            .map(|(_, v)| Figure {
+                value: *v,
+                rounds: vec![*v],
+                text: format!("{v:.2} per map+unmap (one traced run)"),
+            })
     };
     let a = m.accesses.as_ref();
     t.push(judged(
@@ -407,17 +444,11 @@ pub fn targets(m: &Measured) -> Vec<Target> {
         "no traced run",
     ));
     let ours_ratio = |num: &str| {
-        summarize(&m.ours_ratio(num, OURS_STRICT)).map(|s| {
-            (
-                s.median,
-                format!(
-                    "{:.2}x ({:.2}-{:.2} over {} rounds)",
-                    s.median,
-                    s.min,
-                    s.max,
-                    m.ours.len()
-                ),
-            )
+        let rounds = m.ours_ratio(num, OURS_STRICT);
+        summarize(&rounds).map(|s| Figure {
+            value: s.median,
+            text: format!("{:.2}x ({:.2}-{:.2})", s.median, s.min, s.max),
+            rounds,
         })
     };
     t.push(judged(
@@ -434,26 +465,10 @@ pub fn targets(m: &Measured) -> Vec<Target> {
         true,
         "our kernel printed no deferred or strict row",
     ));
-    let deferred = OPS
-        .iter()
-        .find(|op| op.ours == Some(OURS_DEFERRED))
-        .map(medians);
-    let figure = deferred.and_then(|(ours, _, lazy, s)| match (ours, lazy) {
-        (Some(a), Some(b)) if b.median > 0.0 => {
-            let r = a.median / b.median;
-            Some((
-                r,
-                format!(
-                    "{r:.2}x Linux lazy ({:.0} ns / {:.0} ns; ours faster in {}/{} rounds)",
-                    a.median, b.median, s.paired_lazy.1, s.paired_lazy.0
-                ),
-            ))
-        }
-        _ => None,
-    });
+    let deferred = OPS.iter().find(|op| op.ours == Some(OURS_DEFERRED));
     t.push(judged(
         "Deferred faster than Linux lazy (`iommu.strict=0`), 4 KiB map+unmap".into(),
-        figure,
+        deferred.and_then(|op| to_linux(op, true)),
         1.0,
         false,
         "a side printed no such row",
@@ -504,6 +519,11 @@ pub struct Context {
     pub machine: String,
     /// Rounds run.
     pub rounds: usize,
+    /// The host's 1-minute load average before each boot (`/proc/loadavg`; empty when
+    /// unreadable): the spread of the figures follows it on a shared host.
+    pub load: Vec<f64>,
+    /// The host's CPUs.
+    pub cpus: usize,
 }
 
 /// The whole section, markers included.
@@ -620,6 +640,20 @@ pub fn render(m: &Measured, cx: &Context) -> String {
             b.max,
             m.strict.first().map_or("-", |r| r.policy.as_str()),
             m.lazy.first().map_or("-", |r| r.policy.as_str()),
+        );
+    }
+    if let Some(l) = summarize(&cx.load) {
+        let _ = writeln!(
+            d,
+            "\nHost load (1-minute average before each of the {} boots, {} CPUs): median {:.1}, \
+             {:.1}-{:.1}. QEMU runs under TCG on the host's CPUs, so other work on the host \
+             widens the spread of every figure; the verdicts above ask most rounds, not only the \
+             median, to meet a target.",
+            cx.load.len(),
+            cx.cpus,
+            l.median,
+            l.min,
+            l.max
         );
     }
     if let Some(Accesses {
@@ -818,6 +852,8 @@ mod tests {
             kernel: "linux-image-6.1.0-48-amd64 (6.1.172-1)".into(),
             machine: "-machine q35".into(),
             rounds: 3,
+            load: vec![2.0, 1.0, 4.5],
+            cpus: 2,
         };
         let doc = render(&measured(), &cx);
         assert!(doc.starts_with(BEGIN) && doc.trim_end().ends_with(END));
@@ -835,6 +871,7 @@ mod tests {
             doc.contains("| 15000 (12000-18000) | - (the Linux module printed no such row) | - |")
         );
         assert!(doc.contains("strict runs `strict mode`, lazy runs `lazy mode`"));
+        assert!(doc.contains("before each of the 3 boots, 2 CPUs): median 2.0, 1.0-4.5."));
         assert!(
             doc.contains("| 4 KiB map+unmap | 3.00 | 3.00 | 1.00 |"),
             "{doc}"
@@ -850,7 +887,7 @@ mod tests {
         assert!(t < doc.find("### Side by side").expect("table"));
         assert!(doc.contains(
             "| Deferred faster than Linux lazy (`iommu.strict=0`), 4 KiB map+unmap | 0.20x Linux \
-             lazy (500 ns / 2500 ns; ours faster in 2/2 rounds) | **PASS** |"
+             lazy (500 ns / 2500 ns); within the limit in 2/2 rounds | **PASS** |"
         ), "{doc}");
     }
 
@@ -886,6 +923,32 @@ mod tests {
             none.iter()
                 .all(|t| matches!(t.verdict, Verdict::NotMeasured(_))),
             "{none:?}"
+        );
+        // A median that meets the limit is not enough: most rounds must meet it too. Deferred
+        // 100, 600, 700 ns against lazy 650, 500, 650 ns: medians 600 / 650 = 0.92x, but only
+        // round 1 is faster.
+        let mut m = measured();
+        for ((rows, _), ns) in m.ours.iter_mut().zip([100u64, 600, 700]) {
+            for (name, c) in rows.iter_mut() {
+                if name == OURS_DEFERRED {
+                    *c = ns * 2; // 2 cycles per ns
+                }
+            }
+        }
+        m.lazy = [650, 500, 650]
+            .iter()
+            .map(|&ns| parse_linux(&linux_log("lazy mode", ns)).expect("log"))
+            .collect();
+        let t = targets(&m);
+        let d = t
+            .iter()
+            .find(|t| t.what.starts_with("Deferred faster"))
+            .expect("target");
+        assert_eq!(d.verdict, Verdict::Fail, "{d:?}");
+        assert!(
+            d.figure
+                .starts_with("0.92x Linux lazy (600 ns / 650 ns); within the limit in 1/3 rounds"),
+            "{d:?}"
         );
         // A register count of exactly one meets the limit.
         let mut m = measured();
