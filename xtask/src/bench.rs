@@ -389,6 +389,7 @@ fn traced_runs(
     Ok(compare::Accesses {
         ours: linux::trace::per_op(&traced_ours),
         ours_unit,
+        agreed,
         linux,
     })
 }

@@ -228,6 +228,8 @@ pub struct Accesses {
     /// Our kernel's rows, from the VT-d unit's own register counter in the same traced run
     /// (empty when the kernel prints none); checked against `ours` before this is built.
     pub ours_unit: Vec<(String, f64)>,
+    /// Rows on which the unit's counter and QEMU's trace were compared (and agreed).
+    pub agreed: usize,
     /// The Linux module's rows (strict), from QEMU's trace.
     pub linux: Vec<(String, f64)>,
 }
@@ -659,6 +661,7 @@ pub fn render(m: &Measured, cx: &Context) -> String {
     if let Some(Accesses {
         ours,
         ours_unit,
+        agreed,
         linux,
     }) = &m.accesses
     {
@@ -667,10 +670,13 @@ pub fn render(m: &Measured, cx: &Context) -> String {
         };
         let agree = if ours_unit.is_empty() {
             "Our kernel printed no unit register counts, so only QEMU's trace counts ours."
+                .to_string()
         } else {
-            "The unit's own counter (`registers=` of each `KBENCH` line, over the same timed \
-             operations) was checked against QEMU's trace of the same run and agrees on every \
-             row both have; `--vs-linux` fails when they disagree."
+            format!(
+                "The unit's own counter (`registers=` of each `KBENCH` line, over the same timed \
+                 operations) was checked against QEMU's trace of the same run: equal totals on \
+                 all {agreed} rows both have (`--vs-linux` fails when they differ)."
+            )
         };
         let _ = writeln!(
             d,
@@ -815,6 +821,7 @@ mod tests {
             accesses: Some(Accesses {
                 ours: vec![("map_unmap_4k_strict".into(), 3.0)],
                 ours_unit: vec![("map_unmap_4k_strict".into(), 3.0)],
+                agreed: 1,
                 linux: vec![("map_unmap_4k".into(), 1.0)],
             }),
         }
@@ -955,6 +962,7 @@ mod tests {
         m.accesses = Some(Accesses {
             ours: vec![(OURS_STRICT.into(), 1.0)],
             ours_unit: vec![(OURS_STRICT.into(), 1.0)],
+            agreed: 1,
             linux: Vec::new(),
         });
         let t = targets(&m);
