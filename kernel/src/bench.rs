@@ -92,6 +92,36 @@ impl Snapshot {
     }
 }
 
+/// Consecutive phases timed back to back: each [`Laps::lap`] ends the running phase and starts
+/// the next, with the unit's counters read between the two TSC reads so that reading them is
+/// in neither phase.
+struct Laps<'a> {
+    unit: &'a Unit,
+    counters: Snapshot,
+    tsc: u64,
+}
+
+impl<'a> Laps<'a> {
+    fn start(unit: &'a Unit) -> Self {
+        let counters = Snapshot::of(unit);
+        Self {
+            unit,
+            counters,
+            tsc: rdtsc(),
+        }
+    }
+
+    /// The cycles and counts of the phase that just ended.
+    fn lap(&mut self) -> (u64, Counts) {
+        let end = rdtsc();
+        let counters = Snapshot::of(self.unit);
+        let lap = (end - self.tsc, counters.since(&self.counters));
+        self.counters = counters;
+        self.tsc = rdtsc();
+        lap
+    }
+}
+
 /// Invalidation requests, completed waits (submissions) and register accesses of the unit.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
@@ -340,32 +370,25 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
     let rw = Direction::Bidirectional;
     // Per phase: cycles and what the unit counted.
     let mut sums = [(0u64, Counts::default()); 7];
-    let mut add = |i: usize, t: (u64, u64), s: (Snapshot, Snapshot)| {
-        sums[i].0 += t.1 - t.0;
-        sums[i].1.add(s.1.since(&s.0));
-    };
-    let stats = || Snapshot::of(unit);
     let fail = |what: &str, e: &dyn core::fmt::Display| format!("phases: {what}: {e}");
     for round in 0..n + n / 4 {
-        // The first quarter warms up (table pages, caches) and is not counted.
-        let counted = round >= n / 4;
-        let (s0, t0) = (stats(), rdtsc());
+        let mut clock = Laps::start(unit);
         let iova = iovas
             .alloc(PAGE_SIZE, end)
             .map_err(|e| fail("IOVA alloc", &e))?;
-        let (s1, t1) = (stats(), rdtsc());
+        let alloc = clock.lap();
         scratch
             .map(iova, p, PAGE_SIZE, prot)
             .and_then(|()| scratch.sync_map(iova, PAGE_SIZE))
             .map_err(|e| fail("page-table map", &e))?;
-        let (s2, t2) = (stats(), rdtsc());
+        let pt_map = clock.lap();
         let mut gather = IotlbGather::new();
         scratch
             .unmap(iova, PAGE_SIZE, &mut gather)
             .map_err(|e| fail("page-table unmap", &e))?;
-        let (s3, t3) = (stats(), rdtsc());
+        let pt_unmap = clock.lap();
         scratch.flush(gather).map_err(|e| fail("flush", &e))?;
-        let (s4, t4) = (stats(), rdtsc());
+        let flush = clock.lap();
         let again = [Invalidation::IotlbPage {
             did: scratch.did(),
             addr: iova.as_u64(),
@@ -374,27 +397,32 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         }];
         unit.invalidate(&again)
             .map_err(|e| fail("invalidate", &e))?;
-        let (s4b, t4b) = (stats(), rdtsc());
-        let (s4c, t4c) = (stats(), rdtsc());
+        let invalidate = clock.lap();
         iovas
             .free(iova, PAGE_SIZE)
             .map_err(|e| fail("IOVA free", &e))?;
-        let (s5, t5) = (stats(), rdtsc());
+        let free = clock.lap();
         let m = dev
             .map_phys(p, PAGE_SIZE, rw, Attrs::empty())
             .map_err(|e| fail("map_phys", &e))?;
-        let (s6, t6) = (stats(), rdtsc());
+        let map_phys = clock.lap();
         m.unmap().map_err(|e| fail("unmap", &e))?;
-        let (s7, t7) = (stats(), rdtsc());
-        if counted {
-            add(0, (t0, t1), (s0, s1));
-            add(0, (t4c, t5), (s4c, s5));
-            add(1, (t1, t2), (s1, s2));
-            add(2, (t2, t3), (s2, s3));
-            add(3, (t3, t4), (s3, s4));
-            add(4, (t5, t6), (s5, s6));
-            add(5, (t6, t7), (s6, s7));
-            add(6, (t4, t4b), (s4, s4b));
+        let unmap = clock.lap();
+        // The first quarter warms up (table pages, caches) and is not counted.
+        if round >= n / 4 {
+            for (i, lap) in [
+                (0, alloc),
+                (0, free),
+                (1, pt_map),
+                (2, pt_unmap),
+                (3, flush),
+                (4, map_phys),
+                (5, unmap),
+                (6, invalidate),
+            ] {
+                sums[i].0 += lap.0;
+                sums[i].1.add(lap.1);
+            }
         }
     }
     for (name, (cycles, counts)) in [
