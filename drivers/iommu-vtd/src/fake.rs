@@ -47,7 +47,7 @@ use crate::context::ContextEntry;
 use crate::fault::FaultReason;
 use crate::invalidation::{desc, Descriptor, Invalidation};
 use crate::pagetable::pte;
-use crate::platform::{Platform, TablePage, TABLE_PAGE_SIZE};
+use crate::platform::{IrqState, Platform, TablePage, TABLE_PAGE_SIZE};
 
 use crate::registers::{
     self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
@@ -62,7 +62,7 @@ mod regs;
 mod walk;
 
 pub use ir::InterruptResult;
-pub use platform::{HostPlatform, MemEvent};
+pub use platform::{HostPlatform, IrqReport, MemEvent};
 
 /// How an invalidation reached the fake hardware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

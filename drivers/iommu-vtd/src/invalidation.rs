@@ -13,10 +13,14 @@
 //! poller would hang); [`Invalidator`] makes that impossible by construction: it is either in
 //! register mode or in queued mode, and only the unit's enable/disable switch modes.
 //!
-//! Page-selective invalidation of a range is split into naturally aligned power-of-two chunks
-//! ([`psi_chunks`]): address aligned to 2^AM pages, AM ≤ CAP.MAMV, so N contiguous pages cost
-//! O(log N) descriptors; past [`PSI_DESCRIPTOR_LIMIT`] chunks, or without CAP.PSI, a single
-//! domain-selective invalidation is used instead.
+//! Page-selective invalidation of a range ([`iotlb_range`]) is split into naturally aligned
+//! power-of-two chunks ([`psi_chunks`]: address aligned to 2^AM pages, AM ≤ CAP.MAMV) when that
+//! takes at most [`PSI_DESCRIPTOR_LIMIT`] descriptors. Past the limit one page-selective
+//! request covers the whole range ([`psi_cover`]: the smallest aligned 2^AM block containing
+//! it, as Linux issues one covering PSI), or, when even that needs AM > MAMV or the unit lacks
+//! CAP.PSI, one domain-selective request. Every descriptor costs the hardware a pass over its
+//! IOTLB, so a few slightly wider requests beat many exact ones. The plan is an
+//! [`IotlbRequests`] of fixed capacity: no heap allocation on the unmap path.
 //!
 //! # Register accesses on the hot path
 //!
@@ -42,8 +46,8 @@
 //! remapping-structure walks only; descriptor fetches and status writes are coherent (as Linux
 //! relies on too).
 
-use alloc::vec::Vec;
 use core::fmt;
+use core::ops::Deref;
 
 use dma::PhysAddr;
 use pci_address::RequesterId;
@@ -58,9 +62,9 @@ use crate::registers::{
 /// Invalidation descriptor types and granularities, §6.5.2 (declared in [`registers`]).
 pub use crate::registers::desc;
 
-/// Most page-selective descriptors issued for one range before falling back to a
-/// domain-selective invalidation.
-pub const PSI_DESCRIPTOR_LIMIT: usize = 64;
+/// Most page-selective descriptors issued for one range: past it, one covering page-selective
+/// request ([`psi_cover`]) or a domain-selective one.
+pub const PSI_DESCRIPTOR_LIMIT: usize = 4;
 /// Descriptors per queue page (128-bit descriptors, QS = 0).
 pub const QUEUE_ENTRIES: usize = TABLE_PAGE_SIZE / DESCRIPTOR_SIZE;
 const DESCRIPTOR_SIZE: usize = 16;
@@ -321,35 +325,120 @@ pub fn psi_chunks(start: u64, size: u64, mamv: u8) -> impl Iterator<Item = (u64,
     })
 }
 
-/// The IOTLB requests that invalidate `[start, start + size)` of domain `did`: page-selective
-/// chunks, or one domain-selective request past [`PSI_DESCRIPTOR_LIMIT`] or without CAP.PSI.
-/// `leaf_only` is false when page-table pages were freed (IH = 0 also drops the
-/// paging-structure caches for the range).
+/// The page-selective request `(addr, am)` covering `[start, start + size)` with one
+/// descriptor: the smallest naturally aligned block of 2^AM pages containing every page the
+/// range touches, or `None` when that needs AM > `mamv` (or the range is empty).
+pub fn psi_cover(start: u64, size: u64, mamv: u8) -> Option<(u64, u8)> {
+    if size == 0 {
+        return None;
+    }
+    let first = start >> PAGE_SHIFT;
+    let last = start.saturating_add(size - 1) >> PAGE_SHIFT;
+    // The lowest AM at which both ends fall into the same aligned block.
+    let am = u64::BITS - (first ^ last).leading_zeros();
+    if am > u32::from(mamv) {
+        return None;
+    }
+    let base = first >> am << am;
+    Some((base << PAGE_SHIFT, am as u8))
+}
+
+/// A fixed-capacity list of IOTLB requests (at most [`PSI_DESCRIPTOR_LIMIT`]), as
+/// [`iotlb_range`] plans them; dereferences to a slice of [`Invalidation`].
+#[derive(Clone, Copy)]
+pub struct IotlbRequests {
+    items: [Invalidation; PSI_DESCRIPTOR_LIMIT],
+    len: usize,
+}
+
+impl IotlbRequests {
+    const fn new() -> Self {
+        Self {
+            items: [Invalidation::IotlbGlobal; PSI_DESCRIPTOR_LIMIT],
+            len: 0,
+        }
+    }
+
+    const fn one(req: Invalidation) -> Self {
+        let mut list = Self::new();
+        list.items[0] = req;
+        list.len = 1;
+        list
+    }
+
+    /// Appends `req`; `false` (nothing stored) when the list is full.
+    fn push(&mut self, req: Invalidation) -> bool {
+        match self.items.get_mut(self.len) {
+            Some(slot) => {
+                *slot = req;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The requests, in issue order.
+    pub fn as_slice(&self) -> &[Invalidation] {
+        self.items.get(..self.len).unwrap_or(&[])
+    }
+}
+
+impl Deref for IotlbRequests {
+    type Target = [Invalidation];
+
+    fn deref(&self) -> &[Invalidation] {
+        self.as_slice()
+    }
+}
+
+impl fmt::Debug for IotlbRequests {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.as_slice()).finish()
+    }
+}
+
+impl PartialEq for IotlbRequests {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for IotlbRequests {}
+
+/// The IOTLB requests that invalidate `[start, start + size)` of domain `did` (see the module
+/// docs): the exact page-selective chunks when there are at most [`PSI_DESCRIPTOR_LIMIT`],
+/// else one covering page-selective request ([`psi_cover`]), else (AM above CAP.MAMV, or no
+/// CAP.PSI) one domain-selective request. An empty range needs none. `leaf_only` is false when
+/// page-table pages were freed (IH = 0 also drops the paging-structure caches for the range).
 pub fn iotlb_range(
     caps: &Capabilities,
     did: u16,
     start: u64,
     size: u64,
     leaf_only: bool,
-) -> Vec<Invalidation> {
-    let domain = alloc::vec![Invalidation::IotlbDomain { did }];
+) -> IotlbRequests {
+    let domain = IotlbRequests::one(Invalidation::IotlbDomain { did });
+    if size == 0 {
+        return IotlbRequests::new();
+    }
     if !caps.cap.psi {
         return domain;
     }
-    let count = psi_chunks(start, size, caps.cap.mamv)
-        .take(PSI_DESCRIPTOR_LIMIT + 1)
-        .count();
-    if count > PSI_DESCRIPTOR_LIMIT {
-        return domain;
+    let page = |(addr, am)| Invalidation::IotlbPage {
+        did,
+        addr,
+        am,
+        leaf_only,
+    };
+    let mut exact = IotlbRequests::new();
+    if psi_chunks(start, size, caps.cap.mamv).all(|chunk| exact.push(page(chunk))) {
+        return exact;
     }
-    psi_chunks(start, size, caps.cap.mamv)
-        .map(|(addr, am)| Invalidation::IotlbPage {
-            did,
-            addr,
-            am,
-            leaf_only,
-        })
-        .collect()
+    match psi_cover(start, size, caps.cap.mamv) {
+        Some(cover) => IotlbRequests::one(page(cover)),
+        None => domain,
+    }
 }
 
 /// Free descriptor slots in a ring of [`QUEUE_ENTRIES`] with the hardware at `head` and
@@ -374,6 +463,21 @@ fn poll<P: Platform + ?Sized>(
         }
         core::hint::spin_loop();
     }
+}
+
+/// Cycles ([`Platform::cycles`]) spent in each phase of queued invalidation, summed over
+/// batches (one batch: its descriptors and the closing wait).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PhaseCycles {
+    /// Finding free space and writing the descriptors into the ring.
+    pub descriptor_write: u64,
+    /// The fence and the IQT write (the doorbell; under emulation the hardware processes the
+    /// queue inside it).
+    pub submission: u64,
+    /// Polling the wait descriptor's status word until it arrives (or the error/timeout).
+    pub wait: u64,
+    /// Batches timed.
+    pub batches: u64,
 }
 
 /// The queued-invalidation ring and its status word.
@@ -464,6 +568,24 @@ impl InvalidationQueue {
         requests: &[Invalidation],
         timeout_us: u64,
     ) -> Result<(), InvalidationError> {
+        self.submit_timed(regs, platform, caps, requests, timeout_us, None)
+    }
+
+    /// [`InvalidationQueue::submit`], adding the cycles ([`Platform::cycles`]) each phase took
+    /// to `phases` when given.
+    ///
+    /// # Errors
+    ///
+    /// As [`InvalidationQueue::submit`].
+    pub fn submit_timed<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        caps: &Capabilities,
+        requests: &[Invalidation],
+        timeout_us: u64,
+        mut phases: Option<&mut PhaseCycles>,
+    ) -> Result<(), InvalidationError> {
         let mut batches = requests.chunks(BATCH);
         let first: &[Invalidation] = &[];
         // An empty request list still issues a wait (a pure "drain" of earlier work).
@@ -473,7 +595,14 @@ impl InvalidationQueue {
             batches.next()
         };
         while let Some(batch) = next {
-            self.submit_batch(regs, platform, caps, batch, timeout_us)?;
+            self.submit_batch(
+                regs,
+                platform,
+                caps,
+                batch,
+                timeout_us,
+                phases.as_deref_mut(),
+            )?;
             next = batches.next();
         }
         Ok(())
@@ -486,7 +615,13 @@ impl InvalidationQueue {
         caps: &Capabilities,
         batch: &[Invalidation],
         timeout_us: u64,
+        phases: Option<&mut PhaseCycles>,
     ) -> Result<(), InvalidationError> {
+        let start = if phases.is_some() {
+            platform.cycles()
+        } else {
+            0
+        };
         // Never overwrite descriptors the hardware has not fetched yet. The tracked head proves
         // the space free without a register read unless a wait timed out since (the tail is
         // then ahead of what is known fetched) or the batch is larger than that space.
@@ -521,9 +656,22 @@ impl InvalidationQueue {
         let seq = self.sequence;
         push(&mut tail, Descriptor::wait(self.status, seq));
         self.tail = tail;
+        let Some(phases) = phases else {
+            platform.memory_fence();
+            regs.write64(registers::IQT, queue_index(tail));
+            return self.wait(regs, platform, seq, timeout_us);
+        };
+        let written = platform.cycles();
         platform.memory_fence();
         regs.write64(registers::IQT, queue_index(tail));
-        self.wait(regs, platform, seq, timeout_us)
+        let submitted = platform.cycles();
+        let result = self.wait(regs, platform, seq, timeout_us);
+        let done = platform.cycles();
+        phases.descriptor_write += written.saturating_sub(start);
+        phases.submission += submitted.saturating_sub(written);
+        phases.wait += done.saturating_sub(submitted);
+        phases.batches += 1;
+        result
     }
 
     /// Waits for the status write of the wait descriptor `seq` (the last one submitted), reading
@@ -710,6 +858,25 @@ impl Invalidator {
         requests: &[Invalidation],
         timeout_us: u64,
     ) -> Result<(), InvalidationError> {
+        self.run_timed(regs, platform, caps, requests, timeout_us, None)
+    }
+
+    /// [`Invalidator::run`], adding the cycles of each queued-invalidation phase to `phases`
+    /// when given ([`InvalidationQueue::submit_timed`]; register-based invalidation has no
+    /// such phases and adds nothing).
+    ///
+    /// # Errors
+    ///
+    /// As [`Invalidator::run`].
+    pub fn run_timed<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
+        &mut self,
+        regs: &R,
+        platform: &P,
+        caps: &Capabilities,
+        requests: &[Invalidation],
+        timeout_us: u64,
+        phases: Option<&mut PhaseCycles>,
+    ) -> Result<(), InvalidationError> {
         match self {
             Self::Registers => {
                 for req in requests {
@@ -717,7 +884,9 @@ impl Invalidator {
                 }
                 Ok(())
             }
-            Self::Queued(queue) => queue.submit(regs, platform, caps, requests, timeout_us),
+            Self::Queued(queue) => {
+                queue.submit_timed(regs, platform, caps, requests, timeout_us, phases)
+            }
         }
     }
 }

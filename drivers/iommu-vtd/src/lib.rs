@@ -101,8 +101,8 @@ pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
 pub use intremap::{
     DeliveryMode, DestMode, Destination, IntRemapError, Irte, SourceId, TriggerMode,
 };
-pub use invalidation::InvalidationError;
+pub use invalidation::{InvalidationError, PhaseCycles};
 pub use pagetable::SecondLevelTable;
-pub use platform::{Platform, TablePage};
+pub use platform::{IrqState, Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo, RegisterStats};
 pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};

@@ -1,4 +1,5 @@
-//! What a remapping unit needs from the host kernel: table memory, cache maintenance, time.
+//! What a remapping unit needs from the host kernel: table memory, cache maintenance, time,
+//! and masking interrupts around the unit's locks.
 //!
 //! VT-d remapping structures (root, context and second-level tables, §3.4–§3.6) live in
 //! ordinary memory that both the CPU and the remapping hardware access. When ECAP.C = 0
@@ -6,10 +7,17 @@
 //! written back with `clflush` before the hardware may walk it (§6.1 "Caching and coherency").
 //! [`Platform`] is the seam that provides this; host tests back it with heap memory that
 //! records every flush (`crate::fake::HostPlatform`).
+//!
+//! The unit's locks that interrupt handlers can meet (the invalidation queue, the fault
+//! records, the interrupt remapping table) are crate-private `IrqMutex`es: held only with
+//! interrupts disabled through [`Platform::irq_save`] / [`Platform::irq_restore`], so a handler
+//! on the same CPU never spins on a lock the code it interrupted holds.
 
+use core::ops::{Deref, DerefMut};
 use core::ptr::NonNull;
 
 use dma::PhysAddr;
+use spin::{Mutex, MutexGuard};
 
 /// Size of every table page (root, context, page table, invalidation queue).
 pub const TABLE_PAGE_SIZE: usize = 4096;
@@ -92,6 +100,114 @@ pub unsafe trait Platform: Send + Sync {
 
     /// A monotonic clock in microseconds, used for timeouts.
     fn now_us(&self) -> u64;
+
+    /// A cycle counter (on x86: `rdtsc`) for the unit's opt-in phase timing
+    /// ([`crate::VtdUnit::set_phase_timing`]); read only while timing is on. The default
+    /// returns 0 (every phase then counts 0 cycles).
+    fn cycles(&self) -> u64 {
+        0
+    }
+
+    /// Disables interrupts on this CPU and returns what is needed to undo it (on x86:
+    /// RFLAGS, then `cli`). The unit calls it before taking a lock an interrupt handler can
+    /// take too, and [`Platform::irq_restore`] after releasing it; calls nest, and each
+    /// restore gets the state of its own save, innermost first.
+    ///
+    /// The default does nothing: right for an embedder that never calls the unit from an
+    /// interrupt handler (or polls faults instead of taking the fault-event interrupt).
+    fn irq_save(&self) -> IrqState {
+        IrqState::NONE
+    }
+
+    /// Undoes one [`Platform::irq_save`]: re-enables interrupts only if they were enabled
+    /// when that save ran (a nested restore leaves them disabled). The default does nothing.
+    fn irq_restore(&self, state: IrqState) {
+        let _ = state;
+    }
+}
+
+/// What [`Platform::irq_save`] saved, handed back to [`Platform::irq_restore`]: an opaque,
+/// platform-defined word (the kernel's is RFLAGS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "pass it to `Platform::irq_restore`"]
+pub struct IrqState(u64);
+
+impl IrqState {
+    /// The state of a platform that does not mask interrupts (the default `irq_save`).
+    pub const NONE: Self = Self(0);
+
+    /// Wraps a platform's saved word.
+    pub const fn from_raw(raw: u64) -> Self {
+        Self(raw)
+    }
+
+    /// The platform's saved word.
+    pub const fn raw(self) -> u64 {
+        self.0
+    }
+}
+
+/// A spin lock held only with interrupts disabled ([`Platform::irq_save`] before acquiring,
+/// [`Platform::irq_restore`] after releasing), for state an interrupt handler can reach.
+#[derive(Debug, Default)]
+pub(crate) struct IrqMutex<T> {
+    inner: Mutex<T>,
+}
+
+impl<T> IrqMutex<T> {
+    /// Wraps `value`.
+    pub(crate) const fn new(value: T) -> Self {
+        Self {
+            inner: Mutex::new(value),
+        }
+    }
+
+    /// Disables interrupts through `platform`, then takes the lock. Interrupts are restored
+    /// when the guard drops, after the lock is released.
+    pub(crate) fn lock<'a, P: Platform + ?Sized>(&'a self, platform: &'a P) -> IrqGuard<'a, T, P> {
+        let restore = IrqRestore {
+            platform,
+            saved: platform.irq_save(),
+        };
+        IrqGuard {
+            guard: self.inner.lock(),
+            _restore: restore,
+        }
+    }
+}
+
+/// The guard of an [`IrqMutex`].
+pub(crate) struct IrqGuard<'a, T, P: Platform + ?Sized> {
+    // Fields drop in declaration order: the lock is released before interrupts are restored,
+    // so no interrupt can arrive on this CPU while it is held.
+    guard: MutexGuard<'a, T>,
+    _restore: IrqRestore<'a, P>,
+}
+
+impl<T, P: Platform + ?Sized> Deref for IrqGuard<'_, T, P> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.guard
+    }
+}
+
+impl<T, P: Platform + ?Sized> DerefMut for IrqGuard<'_, T, P> {
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.guard
+    }
+}
+
+/// Restores the interrupt state of one [`Platform::irq_save`] when dropped.
+struct IrqRestore<'a, P: Platform + ?Sized> {
+    platform: &'a P,
+    saved: IrqState,
+}
+
+impl<P: Platform + ?Sized> Drop for IrqRestore<'_, P> {
+    fn drop(&mut self) {
+        self.platform.irq_restore(self.saved);
+    }
 }
 
 // SAFETY: forwarding to an implementation that upholds the contract.
@@ -121,6 +237,15 @@ unsafe impl<T: Platform + ?Sized> Platform for alloc::sync::Arc<T> {
     }
     fn now_us(&self) -> u64 {
         (**self).now_us()
+    }
+    fn cycles(&self) -> u64 {
+        (**self).cycles()
+    }
+    fn irq_save(&self) -> IrqState {
+        (**self).irq_save()
+    }
+    fn irq_restore(&self, state: IrqState) {
+        (**self).irq_restore(state)
     }
 }
 

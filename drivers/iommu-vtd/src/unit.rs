@@ -43,6 +43,21 @@
 //! domain's lock, so different domains never contend; `flush` takes the domain's lock only
 //! around table edits, never while invalidating, then the invalidation lock.
 //!
+//! ## Interrupt context
+//!
+//! The fault-event handler ([`VtdUnit::service_fault_event`]) and IRTE updates
+//! ([`VtdUnit::set_irte`], [`VtdUnit::clear_irte`], [`VtdUnit::free_irtes`], with their
+//! interrupt-entry-cache invalidations) may run in an interrupt handler, which on one CPU can
+//! interrupt mainline code holding the same lock: a spin lock would then never be released.
+//! So the three locks those paths take, *invalidation*, *faults* and *interrupt-remapping*,
+//! are held only with interrupts disabled: [`Platform::irq_save`] before acquiring,
+//! [`Platform::irq_restore`] after releasing (nested acquisitions restore innermost first, so
+//! only the outermost re-enables interrupts). Every flush, IEC invalidation and fault read is
+//! therefore a short interrupts-off section. The *tables* lock and the domains' locks are
+//! plain spin locks: no handler path takes them (a handler looks context entries up with
+//! [`VtdUnit::context_entry_unlocked`]). With the default (no-op) `irq_save`, an embedder
+//! must not call the unit from interrupt handlers.
+//!
 //! # Isolation groups
 //!
 //! A domain is attached to whole isolation groups ([`GroupRef`]: a key and the requester IDs
@@ -52,7 +67,7 @@
 
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use dma::PhysAddr;
 use spin::Mutex;
@@ -61,9 +76,11 @@ use crate::caps::{Capabilities, PagingLevels};
 use crate::context::{ContextEntry, RootTable};
 use crate::fault::{self, FaultLog};
 use crate::intremap::{IntRemapError, InterruptRemapTable, Irte};
-use crate::invalidation::{Invalidation, InvalidationError, InvalidationQueue, Invalidator};
+use crate::invalidation::{
+    Invalidation, InvalidationError, InvalidationQueue, Invalidator, PhaseCycles,
+};
 use crate::pagetable::{self, SecondLevelTable, TableConfig, MAX_OUTPUT_BITS};
-use crate::platform::{Platform, TablePage};
+use crate::platform::{IrqMutex, Platform, TablePage};
 use crate::registers::{
     self, CountingRegisters, Feaddr, Fectl, Global, MsiAddress64, MsiAddressCompat, RegisterIo,
     RegisterStats, Rtaddr, GSTS_PERSISTENT_MASK, MSI_WINDOW,
@@ -141,11 +158,14 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
     /// lives (a copy of `Tables::root`'s, readable without the lock).
     root_phys: PhysAddr,
     tables: Mutex<Tables>,
-    invalidation: Mutex<InvalidationState>,
+    /// Interrupt-safe (see the module docs' Locking section).
+    invalidation: IrqMutex<InvalidationState>,
     /// The interrupt remapping table while interrupt remapping is on through it.
-    intremap: Mutex<Option<InterruptRemapTable>>,
+    /// Interrupt-safe.
+    intremap: IrqMutex<Option<InterruptRemapTable>>,
     /// Serialises readers of the fault recording registers, so no record is reported twice.
-    faults: Mutex<()>,
+    /// Interrupt-safe.
+    faults: IrqMutex<()>,
     stats: Counters,
 }
 
@@ -155,6 +175,22 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
 struct Counters {
     submissions: AtomicU64,
     requests: AtomicU64,
+    /// Phase timing on ([`VtdUnit::set_phase_timing`]); off by default.
+    phase_timing: AtomicBool,
+    descriptor_write: AtomicU64,
+    submission: AtomicU64,
+    wait: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Counters {
+    fn add_phases(&self, p: &PhaseCycles) {
+        self.descriptor_write
+            .fetch_add(p.descriptor_write, Ordering::Relaxed);
+        self.submission.fetch_add(p.submission, Ordering::Relaxed);
+        self.wait.fetch_add(p.wait, Ordering::Relaxed);
+        self.batches.fetch_add(p.batches, Ordering::Relaxed);
+    }
 }
 
 /// A snapshot of a unit's invalidation counters.
@@ -227,12 +263,12 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 firmware: None,
                 groups: Vec::new(),
             }),
-            invalidation: Mutex::new(InvalidationState {
+            invalidation: IrqMutex::new(InvalidationState {
                 active: Invalidator::Registers,
                 spare,
             }),
-            intremap: Mutex::new(None),
-            faults: Mutex::new(()),
+            intremap: IrqMutex::new(None),
+            faults: IrqMutex::new(()),
             stats: Counters::default(),
         })
     }
@@ -280,7 +316,10 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Whether invalidations go through the queue.
     pub fn queued_invalidation_active(&self) -> bool {
-        matches!(self.invalidation.lock().active, Invalidator::Queued(_))
+        matches!(
+            self.invalidation.lock(&self.platform).active,
+            Invalidator::Queued(_)
+        )
     }
 
     /// Physical address of the root table.
@@ -332,14 +371,48 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         self.stats
             .requests
             .fetch_add(requests.len() as u64, Ordering::Relaxed);
-        let mut inval = self.invalidation.lock();
-        inval.active.run(
+        let mut inval = self.invalidation.lock(&self.platform);
+        if !self.stats.phase_timing.load(Ordering::Relaxed) {
+            return inval.active.run(
+                &self.regs,
+                &self.platform,
+                &self.caps,
+                requests,
+                self.config.timeout_us,
+            );
+        }
+        let mut phases = PhaseCycles::default();
+        let result = inval.active.run_timed(
             &self.regs,
             &self.platform,
             &self.caps,
             requests,
             self.config.timeout_us,
-        )
+            Some(&mut phases),
+        );
+        drop(inval);
+        self.stats.add_phases(&phases);
+        result
+    }
+
+    /// Turns per-phase cycle accounting of queued invalidation on or off (off by default:
+    /// then an invalidation costs one relaxed load for it and never reads the cycle counter).
+    /// While on, every batch submitted through [`VtdUnit::invalidate`] (every flush, IEC and
+    /// context invalidation) adds [`Platform::cycles`] deltas to [`VtdUnit::phase_stats`].
+    pub fn set_phase_timing(&self, on: bool) {
+        self.stats.phase_timing.store(on, Ordering::Relaxed);
+    }
+
+    /// Cycles spent per phase of queued invalidation (descriptor write, submission = the IQT
+    /// write, wait) while phase timing was on ([`VtdUnit::set_phase_timing`]), summed since
+    /// the unit was created; divide by `batches` for a per-submission figure.
+    pub fn phase_stats(&self) -> PhaseCycles {
+        PhaseCycles {
+            descriptor_write: self.stats.descriptor_write.load(Ordering::Relaxed),
+            submission: self.stats.submission.load(Ordering::Relaxed),
+            wait: self.stats.wait.load(Ordering::Relaxed),
+            batches: self.stats.batches.load(Ordering::Relaxed),
+        }
     }
 
     /// Invalidation work done since the unit was created.

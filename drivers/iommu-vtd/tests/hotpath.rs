@@ -197,3 +197,39 @@ fn iqh_is_read_only_when_the_tracked_space_may_be_too_small() {
     assert_eq!(strict_unmap(&d, 0x10_0000), ONLY_IQT);
     assert!(hw.violations().is_empty());
 }
+
+#[test]
+fn phase_stats_are_off_by_default_and_add_up_each_phase_when_on() {
+    let u = enabled();
+    let d = domain(&u);
+    let p = u.platform().clone();
+    // Off: the cycle counter is never read and nothing is recorded.
+    let reads = p.cycle_reads();
+    strict_unmap(&d, 0x10_0000);
+    assert_eq!(p.cycle_reads(), reads, "no cycle reads while timing is off");
+    assert_eq!(u.phase_stats(), iommu_vtd::PhaseCycles::default());
+    // On: every phase of the flush's one batch is timed (the fake's counter advances one per
+    // reading, so each phase spans at least one cycle); the register cost is unchanged.
+    u.set_phase_timing(true);
+    let before = p.cycle_reads();
+    assert_eq!(strict_unmap(&d, 0x20_0000), ONLY_IQT);
+    let s = u.phase_stats();
+    assert_eq!(s.batches, 1);
+    assert!(
+        s.descriptor_write > 0 && s.submission > 0 && s.wait > 0,
+        "{s:?}"
+    );
+    assert_eq!(
+        s.descriptor_write + s.submission + s.wait,
+        p.cycle_reads() - before - 1,
+        "the phases tile the batch: first reading to last"
+    );
+    // A submission of two batches (300 requests; 254 fit the ring beside a wait) times each.
+    u.invalidate(&psi(0, 300)).unwrap();
+    assert_eq!(u.phase_stats().batches - s.batches, 2);
+    // Off again: the totals stay.
+    u.set_phase_timing(false);
+    let kept = u.phase_stats();
+    strict_unmap(&d, 0x30_0000);
+    assert_eq!(u.phase_stats(), kept);
+}

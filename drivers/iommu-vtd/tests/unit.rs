@@ -428,67 +428,81 @@ fn detach_cuts_off_a_warmed_device() {
 }
 
 #[test]
-fn unmapping_n_pages_issues_log_n_aligned_psi() {
-    let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
-    let d = u.create_domain(DomainConfig::default()).unwrap();
-    attach(&d, EDU).unwrap();
-    let pages = 1000u64;
-    let base = 0x1_0000_3000u64;
-    // Unaligned physical address: 4 KiB leaves only.
-    d.map(
-        DmaAddr::new(base),
-        PhysAddr::new(0x1000_1000),
-        pages * K4,
-        RW,
-    )
-    .unwrap();
-    hw(&u).take_events();
-    let before = u.invalidation_stats();
-    let mut g = IotlbGather::new();
-    d.unmap(DmaAddr::new(base), pages * K4, &mut g).unwrap();
-    d.flush(g).unwrap();
-    let after = u.invalidation_stats();
-    assert_eq!(
-        after.submissions - before.submissions,
-        1,
-        "one flush, one wait"
-    );
-    let counted = after.requests - before.requests;
-    let psi: Vec<_> = hw(&u)
-        .invalidations()
-        .into_iter()
-        .map(|(_, i)| match i {
-            Invalidation::IotlbPage {
-                addr,
-                am,
-                leaf_only,
-                ..
-            } => (addr, am, leaf_only),
-            other => panic!("unexpected {other:?}"),
-        })
-        .collect();
-    assert!(
-        psi.len() <= 2 * 10 + 2,
-        "{} descriptors for {pages} pages",
-        psi.len()
-    );
-    assert_eq!(
-        counted,
-        psi.len() as u64,
-        "the unit's counter sees every request"
-    );
-    let mut next = base;
-    for (addr, am, leaf_only) in psi {
-        assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);
-        assert_eq!(addr, next);
-        assert!(
-            leaf_only,
-            "no table's whole region was unmapped: none freed, IH = 1"
+fn unmapping_n_pages_issues_few_aligned_psi_covering_them() {
+    for pages in [1u64, 3, 1000] {
+        let u = enabled(qemu::CAP_DEFAULT, qemu::ECAP_DEFAULT, 39);
+        let d = u.create_domain(DomainConfig::default()).unwrap();
+        attach(&d, EDU).unwrap();
+        let base = 0x1_0000_3000u64;
+        // Unaligned physical address: 4 KiB leaves only.
+        d.map(
+            DmaAddr::new(base),
+            PhysAddr::new(0x1000_1000),
+            pages * K4,
+            RW,
+        )
+        .unwrap();
+        // Warm the fake's IOTLB for every page.
+        for p in 0..pages {
+            assert!(hw(&u).dma(EDU, base + p * K4, false).is_ok());
+        }
+        hw(&u).take_events();
+        let before = u.invalidation_stats();
+        let mut g = IotlbGather::new();
+        d.unmap(DmaAddr::new(base), pages * K4, &mut g).unwrap();
+        d.flush(g).unwrap();
+        let after = u.invalidation_stats();
+        assert_eq!(
+            after.submissions - before.submissions,
+            1,
+            "one flush, one wait"
         );
-        next += K4 << am;
+        let counted = after.requests - before.requests;
+        let psi: Vec<_> = hw(&u)
+            .invalidations()
+            .into_iter()
+            .map(|(_, i)| match i {
+                Invalidation::IotlbPage {
+                    addr,
+                    am,
+                    leaf_only,
+                    ..
+                } => (addr, am, leaf_only),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert!(
+            !psi.is_empty() && psi.len() <= iommu_vtd::invalidation::PSI_DESCRIPTOR_LIMIT,
+            "{} descriptors for {pages} pages",
+            psi.len()
+        );
+        assert_eq!(
+            counted,
+            psi.len() as u64,
+            "the unit's counter sees every request"
+        );
+        for &(addr, am, leaf_only) in &psi {
+            assert!(am <= 18 && (addr >> 12) % (1 << am) == 0);
+            assert!(
+                leaf_only,
+                "no table's whole region was unmapped: none freed, IH = 1"
+            );
+        }
+        // Every page is invalidated: the warmed translations are gone.
+        for p in 0..pages {
+            let iova = base + p * K4;
+            assert!(
+                psi.iter()
+                    .any(|&(addr, am, _)| iova >= addr && iova < addr + (K4 << am)),
+                "{iova:#x} not covered by {psi:?}"
+            );
+            assert!(
+                hw(&u).dma(EDU, iova, false).is_err(),
+                "{iova:#x} still cached"
+            );
+        }
+        no_violations(&u);
     }
-    assert_eq!(next, base + pages * K4);
-    no_violations(&u);
 }
 
 #[test]

@@ -23,7 +23,9 @@
 //! any lock mainline holds with interrupts enabled, must not allocate unless the heap is
 //! interrupt-safe, and cannot re-enter the router (it records what it needs and returns).
 //! Registering a callback allocates; dispatching does not, except for the first record of a
-//! source the rate limiter has not seen (a bounded table, [`RATE_SOURCES`] entries).
+//! source the rate limiter has not seen (a bounded table, [`RATE_SOURCES`] entries). Reading
+//! the records in the handler is safe: `VtdUnit::service_fault_event` holds the unit's faults
+//! lock with interrupts disabled (`iommu_vtd::Platform::irq_save`).
 //!
 //! # Rate-limited logging
 //!

@@ -21,8 +21,11 @@
 //! code holds with interrupts enabled: on one CPU the interrupted holder never gets to release
 //! it. This kernel's rule is that every lock a handler can meet runs its critical section with
 //! interrupts disabled ([`IrqMutex`] here, the console and the `log` backend, the heap, the
-//! frame allocator), so a handler may log, allocate and free. Locks of other crates (the DMA
-//! domains' and the VT-d unit's) are not: handlers reach a DMA domain only through
+//! frame allocator), so a handler may log, allocate and free. The VT-d unit's invalidation,
+//! faults and interrupt-remapping locks are too: the unit disables interrupts around them
+//! through `Platform::irq_save` ([`save_and_disable`] / [`restore`] in the kernel's platform),
+//! so a handler may service fault events and update IRTEs. Other locks of other crates (the DMA
+//! domains', the unit's tables) are not: handlers reach a DMA domain only through
 //! `DmaDomain::try_poll`, which never waits (see `devices::dmamem`).
 
 use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -227,6 +230,24 @@ pub fn dispatch(vector: u8) {
         }
     }
     apic::eoi();
+}
+
+/// RFLAGS.IF: maskable interrupts enabled (SDM vol. 1 §3.4.3.3).
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Saves RFLAGS and disables interrupts on this CPU (`cli`); hand the value to [`restore`].
+/// Nests: an inner save finds IF clear and its restore leaves interrupts disabled.
+pub fn save_and_disable() -> u64 {
+    let rflags = x86_64::registers::rflags::read_raw();
+    interrupts::disable();
+    rflags
+}
+
+/// Undoes one [`save_and_disable`]: sets IF (`sti`) only if it was set in the saved RFLAGS.
+pub fn restore(rflags: u64) {
+    if rflags & RFLAGS_IF != 0 {
+        interrupts::enable();
+    }
 }
 
 /// Enables interrupts on this CPU (`sti`).

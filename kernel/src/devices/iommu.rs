@@ -12,7 +12,7 @@ use core::ptr::NonNull;
 
 use dma::PhysAddr;
 use iommu_vtd::{
-    Dmar, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError, VtdUnit,
+    Dmar, IrqState, MmioRegisters, PagingLevels, Platform, TablePage, UnitConfig, VtdError, VtdUnit,
 };
 use kernel::frames::FrameRequest;
 use spin::{Once, RwLockReadGuard};
@@ -21,10 +21,11 @@ pub use vtd_platform::{AttachError, IoApicSource, RmrrInfo};
 
 use super::pci::PciSystem;
 use crate::acpi::Acpi;
-use crate::arch::time;
+use crate::arch::{irq, time};
 use crate::mem::paging::{self, Cache};
 
-/// Table memory, cache maintenance and time for the VT-d driver, from the kernel.
+/// Table memory, cache maintenance, time and interrupt masking for the VT-d driver, from the
+/// kernel.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct KernelPlatform;
 
@@ -92,6 +93,21 @@ unsafe impl Platform for KernelPlatform {
 
     fn now_us(&self) -> u64 {
         time::now_us()
+    }
+
+    /// The TSC, for the unit's opt-in phase timing.
+    fn cycles(&self) -> u64 {
+        time::rdtsc()
+    }
+
+    /// RFLAGS saved, then `cli`: the unit's interrupt-safe locks are held with interrupts off.
+    fn irq_save(&self) -> IrqState {
+        IrqState::from_raw(irq::save_and_disable())
+    }
+
+    /// `sti` only if the saved RFLAGS had IF set.
+    fn irq_restore(&self, state: IrqState) {
+        irq::restore(state.raw());
     }
 }
 

@@ -1,6 +1,7 @@
 //! [`HostPlatform`]: heap-backed table memory at made-up physical addresses, with a device view
 //! per page that only cache write-backs update (a non-coherent walker), an allocation and
-//! flush log, and a clock.
+//! flush log, a clock, and a model of the CPU's interrupt flag that checks the unit's
+//! interrupt-safe locks ([`IrqReport`]).
 
 use super::*;
 
@@ -50,6 +51,30 @@ pub struct HostPlatform {
     mem: Mutex<HostMem>,
     clock: AtomicU64,
     clock_step: u64,
+    cycles: AtomicU64,
+    irq: Mutex<IrqReport>,
+}
+
+/// What the model of one CPU's interrupt flag saw (see [`HostPlatform::irq_report`]):
+/// `irq_save` disables interrupts (depth + 1) and returns the depth it found, `irq_restore`
+/// must get back the state of the innermost open save. Single-threaded tests only (a real
+/// flag is per CPU; this one is per platform).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IrqReport {
+    /// Open saves now (0: interrupts enabled).
+    pub depth: u64,
+    /// The deepest nesting seen.
+    pub max_depth: u64,
+    /// `irq_save` calls.
+    pub saves: u64,
+    /// `irq_restore` calls.
+    pub restores: u64,
+    /// Register accesses of a [`FakeVtd`] on this platform and table-memory services
+    /// (`phys_to_virt`, `flush_cache_range`, `memory_fence`) used while interrupts were
+    /// enabled (depth 0): work an interrupt handler could interrupt.
+    pub with_interrupts_enabled: u64,
+    /// Unbalanced or out-of-order restores.
+    pub errors: Vec<String>,
 }
 
 impl Default for HostPlatform {
@@ -87,6 +112,39 @@ impl HostPlatform {
             }),
             clock: AtomicU64::new(0),
             clock_step: step,
+            cycles: AtomicU64::new(0),
+            irq: Mutex::new(IrqReport::default()),
+        }
+    }
+
+    /// How often the cycle counter ([`Platform::cycles`]) was read: it advances by one per
+    /// reading, so this is also its current value.
+    pub fn cycle_reads(&self) -> u64 {
+        self.cycles.load(Ordering::Relaxed)
+    }
+
+    /// The interrupt-flag model's observations since the platform was created or
+    /// [`HostPlatform::reset_irq_report`].
+    pub fn irq_report(&self) -> IrqReport {
+        self.irq.lock().clone()
+    }
+
+    /// Clears the counters and errors of [`HostPlatform::irq_report`] (the depth stays).
+    pub fn reset_irq_report(&self) {
+        let mut irq = self.irq.lock();
+        *irq = IrqReport {
+            depth: irq.depth,
+            max_depth: irq.depth,
+            ..IrqReport::default()
+        };
+    }
+
+    /// Records a use of the hardware or of table memory, noting whether interrupts were
+    /// enabled.
+    pub(super) fn note_use(&self) {
+        let mut irq = self.irq.lock();
+        if irq.depth == 0 {
+            irq.with_interrupts_enabled += 1;
         }
     }
 
@@ -288,6 +346,7 @@ unsafe impl Platform for HostPlatform {
     }
 
     fn phys_to_virt(&self, phys: PhysAddr) -> *mut u8 {
+        self.note_use();
         let m = self.mem.lock();
         let base = phys.as_u64() & !(TABLE_PAGE_SIZE as u64 - 1);
         match m.pages.get(&base) {
@@ -297,6 +356,7 @@ unsafe impl Platform for HostPlatform {
     }
 
     fn flush_cache_range(&self, virt: *const u8, len: usize) {
+        self.note_use();
         let mut m = self.mem.lock();
         let addr = virt as usize;
         let Some((&page_virt, &phys)) = m.by_virt.range(..=addr).next_back() else {
@@ -321,10 +381,46 @@ unsafe impl Platform for HostPlatform {
     }
 
     fn memory_fence(&self) {
+        self.note_use();
         core::sync::atomic::fence(Ordering::SeqCst);
     }
 
     fn now_us(&self) -> u64 {
         self.clock.fetch_add(self.clock_step, Ordering::Relaxed)
+    }
+
+    /// One cycle per reading, counted ([`HostPlatform::cycle_reads`]).
+    fn cycles(&self) -> u64 {
+        self.cycles.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Interrupts off: the depth grows; the state is the depth found.
+    fn irq_save(&self) -> IrqState {
+        let mut irq = self.irq.lock();
+        let found = irq.depth;
+        irq.depth += 1;
+        irq.max_depth = irq.max_depth.max(irq.depth);
+        irq.saves += 1;
+        IrqState::from_raw(found)
+    }
+
+    /// Checks that `state` belongs to the innermost open save, then closes it.
+    fn irq_restore(&self, state: IrqState) {
+        let mut irq = self.irq.lock();
+        irq.restores += 1;
+        if irq.depth == 0 {
+            irq.errors
+                .push("irq_restore without an open irq_save".into());
+            return;
+        }
+        if state.raw() != irq.depth - 1 {
+            let message = format!(
+                "irq_restore of the save at depth {} while {} are open (not innermost first)",
+                state.raw(),
+                irq.depth
+            );
+            irq.errors.push(message);
+        }
+        irq.depth -= 1;
     }
 }

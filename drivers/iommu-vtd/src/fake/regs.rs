@@ -140,18 +140,21 @@ impl FakeVtd {
 impl RegisterIo for FakeVtd {
     fn read32(&self, offset: usize) -> u32 {
         self.reads.fetch_add(1, Ordering::Relaxed);
+        self.platform.note_use();
         let s = self.state.lock();
         self.read32_locked(&s, offset)
     }
 
     fn read64(&self, offset: usize) -> u64 {
         self.reads.fetch_add(1, Ordering::Relaxed);
+        self.platform.note_use();
         let s = self.state.lock();
         self.read64_locked(&s, offset)
     }
 
     fn write32(&self, offset: usize, value: u32) {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        self.platform.note_use();
         let mut s = self.state.lock();
         let (fr_start, fr_end) = Self::fault_record_range(&s);
         match offset {
@@ -202,6 +205,7 @@ impl RegisterIo for FakeVtd {
 
     fn write64(&self, offset: usize, value: u64) {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        self.platform.note_use();
         let mut s = self.state.lock();
         let iva = s.caps.ecap.iva_offset();
         let iotlb_off = s.caps.ecap.iotlb_offset();

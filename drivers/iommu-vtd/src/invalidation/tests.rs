@@ -48,28 +48,104 @@ fn unmapping_n_contiguous_pages_costs_log_n_descriptors() {
 }
 
 #[test]
-fn range_plan_falls_back_to_domain_selective() {
+fn range_plan_falls_back_to_a_cover_then_domain_selective() {
     let c = caps(18, true);
-    assert!(iotlb_range(&c, 3, 0x1000, 0x1000, true)
-        .iter()
-        .all(|r| matches!(
-            r,
-            Invalidation::IotlbPage {
-                did: 3,
-                am: 0,
-                leaf_only: true,
-                ..
+    assert_eq!(
+        *iotlb_range(&c, 3, 0x1000, 0x1000, true),
+        [Invalidation::IotlbPage {
+            did: 3,
+            addr: 0x1000,
+            am: 0,
+            leaf_only: true,
+        }]
+    );
+    // Pages 1..=16 need five exact chunks (1, 2, 4, 8, 1 pages): one PSI of 32 pages at 0.
+    assert_eq!(
+        *iotlb_range(&c, 3, 0x1000, 16 * 0x1000, false),
+        [Invalidation::IotlbPage {
+            did: 3,
+            addr: 0,
+            am: 5,
+            leaf_only: false,
+        }]
+    );
+    // MAMV 0: a large range has no covering PSI -> domain-selective.
+    assert_eq!(
+        *iotlb_range(&caps(0, true), 3, 0, 1 << 30, false),
+        [Invalidation::IotlbDomain { did: 3 }]
+    );
+    assert_eq!(
+        *iotlb_range(&caps(18, false), 3, 0, 0x1000, false),
+        [Invalidation::IotlbDomain { did: 3 }]
+    );
+    assert!(iotlb_range(&c, 3, 0x1000, 0, false).is_empty());
+}
+
+/// The pages `[first, last]` a range of `size > 0` bytes at `start` touches.
+fn touched(start: u64, size: u64) -> (u64, u64) {
+    (
+        start >> PAGE_SHIFT,
+        start.saturating_add(size - 1) >> PAGE_SHIFT,
+    )
+}
+
+proptest::proptest! {
+    /// Whatever the range and capabilities, the plan invalidates every page the range touches,
+    /// in at most PSI_DESCRIPTOR_LIMIT requests, each one a request the hardware accepts; it
+    /// is exact when the exact chunks fit, and a covering PSI is the smallest one.
+    #[test]
+    fn range_plans_cover_the_range_within_the_limit(
+        start in 0u64..(1 << 52),
+        size in proptest::prop_oneof![1u64..0x4_0000, 1u64..(1 << 36)],
+        mamv in 0u8..=20,
+        psi in proptest::bool::weighted(0.9),
+        leaf in proptest::bool::ANY,
+    ) {
+        let c = caps(mamv, psi);
+        let plan = iotlb_range(&c, 7, start, size, leaf);
+        proptest::prop_assert!(!plan.is_empty() && plan.len() <= PSI_DESCRIPTOR_LIMIT);
+        let (first, last) = touched(start, size);
+        if let [Invalidation::IotlbDomain { did }] = *plan {
+            proptest::prop_assert_eq!(did, 7);
+            // Only when no page-selective plan exists.
+            proptest::prop_assert!(!psi || psi_cover(start, size, mamv).is_none());
+            return Ok(());
+        }
+        proptest::prop_assert!(psi);
+        // The union of the page-selective blocks, in order, contains [first, last].
+        let mut blocks: Vec<(u64, u64)> = Vec::new();
+        for req in plan.iter() {
+            let Invalidation::IotlbPage { did, addr, am, leaf_only } = *req else {
+                return Err(proptest::test_runner::TestCaseError::fail(format!("{req:?}")));
+            };
+            proptest::prop_assert_eq!((did, leaf_only), (7, leaf));
+            proptest::prop_assert!(am <= mamv, "AM {} above MAMV {}", am, mamv);
+            let page = addr >> PAGE_SHIFT;
+            proptest::prop_assert_eq!(page % (1u64 << am), 0, "unaligned {:#x}/{}", addr, am);
+            blocks.push((page, page + (1u64 << am)));
+        }
+        blocks.sort_unstable();
+        let mut covered_to = first;
+        for (lo, hi) in blocks {
+            if lo <= covered_to {
+                covered_to = covered_to.max(hi);
             }
-        )));
-    // MAMV 0: a large range needs one descriptor per page -> domain-selective.
-    assert_eq!(
-        iotlb_range(&caps(0, true), 3, 0, 1 << 30, false),
-        [Invalidation::IotlbDomain { did: 3 }]
-    );
-    assert_eq!(
-        iotlb_range(&caps(18, false), 3, 0, 0x1000, false),
-        [Invalidation::IotlbDomain { did: 3 }]
-    );
+        }
+        proptest::prop_assert!(covered_to > last, "pages {}..={} not covered", first, last);
+        let exact: Vec<_> = psi_chunks(start, size, mamv).take(PSI_DESCRIPTOR_LIMIT + 1).collect();
+        if exact.len() <= PSI_DESCRIPTOR_LIMIT {
+            proptest::prop_assert_eq!(plan.len(), exact.len(), "exact chunks fit: no widening");
+        } else if let [Invalidation::IotlbPage { addr, am, .. }] = *plan {
+            // The smallest cover: half of it would miss an end.
+            if am > 0 {
+                let half = am - 1;
+                proptest::prop_assert_ne!(first >> half, last >> half);
+            }
+            proptest::prop_assert_eq!(Some((addr, am)), psi_cover(start, size, mamv));
+        } else {
+            proptest::prop_assert!(false, "past the limit but {} requests", plan.len());
+        }
+    }
 }
 
 #[test]

@@ -84,7 +84,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             interrupt_remapping: found.contains(Global::IRE),
         };
         tables.firmware = Some(firmware);
-        let mut inval = self.invalidation.lock();
+        let mut inval = self.invalidation.lock(&self.platform);
         // 0. A queue someone else left running (firmware; not ours): drain it, then stop it.
         if firmware.queued_invalidation && !matches!(inval.active, Invalidator::Queued(_)) {
             let start = self.platform.now_us();
@@ -184,7 +184,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         }
         tables.enabled = false;
         tables.prepared = false;
-        let mut inval = self.invalidation.lock();
+        let mut inval = self.invalidation.lock(&self.platform);
         if let Invalidator::Queued(queue) = &mut inval.active {
             queue.submit(
                 &self.regs,

@@ -13,7 +13,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// Reads every pending fault record and clears exactly the records returned (and FSTS.PFO
     /// only if the log reports it), so a fault arriving in between is never lost.
     pub fn read_and_clear_faults(&self) -> FaultLog {
-        let _faults = self.faults.lock();
+        let _faults = self.faults.lock(&self.platform);
         fault::read_and_clear_faults(&self.regs, &self.caps)
     }
 
@@ -72,7 +72,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// sitting unreported (the hardware raises the next event only once nothing is pending).
     /// Safe to call from a poller as well.
     pub fn service_fault_event(&self) -> FaultLog {
-        let _faults = self.faults.lock();
+        let _faults = self.faults.lock(&self.platform);
         fault::service_faults(&self.regs, &self.caps)
     }
 }

@@ -34,7 +34,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         if eim && !self.caps.ecap.eim {
             return Err(IntRemapError::ExtendedModeUnsupported.into());
         }
-        let mut ir = self.intremap.lock();
+        let mut ir = self.intremap.lock(&self.platform);
         if ir.is_some() {
             return Err(IntRemapError::AlreadyEnabled.into());
         }
@@ -97,7 +97,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// [`VtdError::Timeout`] when GSTS.IRES does not clear; [`VtdError::Invalidation`]. On
     /// failure the table stays in place (and remapping may still be on).
     pub fn disable_interrupt_remapping(&self) -> Result<(), VtdError> {
-        let mut ir = self.intremap.lock();
+        let mut ir = self.intremap.lock(&self.platform);
         if ir.is_none() {
             return Ok(());
         }
@@ -119,14 +119,14 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Whether interrupt remapping is on through this unit's table.
     pub fn interrupt_remapping_enabled(&self) -> bool {
-        self.intremap.lock().is_some()
+        self.intremap.lock(&self.platform).is_some()
     }
 
     /// The table's physical address, entry count and mode (EIME) while interrupt remapping is
     /// on through it.
     pub fn interrupt_remapping_table(&self) -> Option<(PhysAddr, u32, bool)> {
         self.intremap
-            .lock()
+            .lock(&self.platform)
             .as_ref()
             .map(|t| (t.base(), t.entries(), t.eime()))
     }
@@ -141,7 +141,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// [`VtdError::InterruptRemapping`] with [`IntRemapError::NotEnabled`],
     /// [`IntRemapError::BadCount`] or [`IntRemapError::Exhausted`].
     pub fn alloc_irtes(&self, count: u32) -> Result<u16, VtdError> {
-        let mut ir = self.intremap.lock();
+        let mut ir = self.intremap.lock(&self.platform);
         let table = ir.as_mut().ok_or(IntRemapError::NotEnabled)?;
         Ok(table.alloc(count)?)
     }
@@ -158,7 +158,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// (nothing written); [`VtdError::Invalidation`] (the entry is written but maybe not yet
     /// in use: retry).
     pub fn set_irte(&self, index: u16, entry: &Irte) -> Result<(), VtdError> {
-        let ir = self.intremap.lock();
+        let ir = self.intremap.lock(&self.platform);
         let table = ir.as_ref().ok_or(IntRemapError::NotEnabled)?;
         table.set(&self.platform, index, entry)?;
         self.invalidate(&[Invalidation::InterruptEntries { index, mask: 0 }])?;
@@ -172,7 +172,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     ///
     /// As [`VtdUnit::set_irte`].
     pub fn clear_irte(&self, index: u16) -> Result<(), VtdError> {
-        let ir = self.intremap.lock();
+        let ir = self.intremap.lock(&self.platform);
         let table = ir.as_ref().ok_or(IntRemapError::NotEnabled)?;
         if !table.is_allocated(index) {
             return Err(IntRemapError::NotAllocated { index }.into());
@@ -193,7 +193,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// (the entries are cleared but the block stays allocated, so it is not reused while a
     /// stale copy may be cached: call again).
     pub fn free_irtes(&self, index: u16, count: u32) -> Result<(), VtdError> {
-        let mut ir = self.intremap.lock();
+        let mut ir = self.intremap.lock(&self.platform);
         let table = ir.as_mut().ok_or(IntRemapError::NotEnabled)?;
         if table.block_of(index) != Some((index, count)) {
             return Err(IntRemapError::NotAllocated { index }.into());
@@ -214,7 +214,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// present remapped-format entry this crate writes).
     pub fn irte(&self, index: u16) -> Option<Irte> {
         self.intremap
-            .lock()
+            .lock(&self.platform)
             .as_ref()
             .and_then(|t| t.get(&self.platform, index))
     }
@@ -222,7 +222,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// The raw IRTE `index` `(bits 63:0, bits 127:64)` as the CPU sees it.
     pub fn irte_raw(&self, index: u16) -> Option<(u64, u64)> {
         self.intremap
-            .lock()
+            .lock(&self.platform)
             .as_ref()
             .and_then(|t| t.read(&self.platform, index))
     }
