@@ -20,6 +20,7 @@
 //! around the public call that performs it; scaling with live mappings, contiguous unmaps and
 //! importers of a revoked export.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -37,8 +38,7 @@ use crate::devices::dmamem::{self, DeviceDma};
 use crate::devices::iommu::Unit;
 use crate::mem::PhysPages;
 use crate::{kprintln, Kernel};
-use iommu_vtd::invalidation::Invalidation;
-use iommu_vtd::{InvalidationStats, RegisterStats};
+use iommu_vtd::{InvalidationStats, PhaseCycles, RegisterStats};
 
 struct Bench<'a> {
     unit: &'a Unit,
@@ -72,6 +72,7 @@ impl Bench<'_> {
 struct Snapshot {
     inval: InvalidationStats,
     regs: RegisterStats,
+    queue: PhaseCycles,
 }
 
 impl Snapshot {
@@ -79,15 +80,23 @@ impl Snapshot {
         Self {
             inval: unit.invalidation_stats(),
             regs: unit.register_stats(),
+            queue: unit.phase_stats(),
         }
     }
 
     /// What the unit did between `earlier` and `self`.
     fn since(&self, earlier: &Snapshot) -> Counts {
+        let (q, e) = (&self.queue, &earlier.queue);
         Counts {
             requests: self.inval.requests - earlier.inval.requests,
             waits: self.inval.submissions - earlier.inval.submissions,
             registers: self.regs.since(&earlier.regs).total(),
+            queue: PhaseCycles {
+                descriptor_write: q.descriptor_write - e.descriptor_write,
+                submission: q.submission - e.submission,
+                wait: q.wait - e.wait,
+                batches: q.batches - e.batches,
+            },
         }
     }
 }
@@ -122,12 +131,14 @@ impl<'a> Laps<'a> {
     }
 }
 
-/// Invalidation requests, completed waits (submissions) and register accesses of the unit.
+/// Invalidation requests, completed waits (submissions) and register accesses of the unit, and
+/// the cycles of its queued-invalidation phases while its phase timing is on.
 #[derive(Debug, Clone, Copy, Default)]
 struct Counts {
     requests: u64,
     waits: u64,
     registers: u64,
+    queue: PhaseCycles,
 }
 
 impl Counts {
@@ -135,16 +146,35 @@ impl Counts {
         self.requests += other.requests;
         self.waits += other.waits;
         self.registers += other.registers;
+        let (q, o) = (&mut self.queue, &other.queue);
+        q.descriptor_write += o.descriptor_write;
+        q.submission += o.submission;
+        q.wait += o.wait;
+        q.batches += o.batches;
     }
 }
 
 /// One `KBENCH` line; `registers=` is the row's total (xtask divides and compares it with
-/// QEMU's trace).
+/// QEMU's trace). Rows during which the unit timed its queued-invalidation phases
+/// ([`iommu_vtd::VtdUnit::set_phase_timing`]) add those cycles per operation:
+/// `queue_descriptor_write=`, `queue_submission=`, `queue_wait=`.
 fn line(name: &str, ops: u64, cycles: u64, c: Counts) {
-    let per = |x: u64| x as f64 / ops.max(1) as f64;
+    let ops = ops.max(1);
+    let per = |x: u64| x as f64 / ops as f64;
+    let q = &c.queue;
+    let queue = if q.batches > 0 {
+        format!(
+            " queue_descriptor_write={} queue_submission={} queue_wait={}",
+            q.descriptor_write / ops,
+            q.submission / ops,
+            q.wait / ops
+        )
+    } else {
+        String::new()
+    };
     kprintln!(
-        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2} registers={}",
-        cycles / ops.max(1),
+        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2} registers={}{queue}",
+        cycles / ops,
         per(c.requests),
         per(c.waits),
         c.registers
@@ -163,7 +193,6 @@ pub fn run(k: &Kernel) -> bool {
 }
 
 fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
-    use alloc::format;
     let iommu = k.iommu.as_ref().ok_or("benchmarks need intel-iommu")?;
     let f = k
         .pci
@@ -342,15 +371,12 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
 /// - `phase_4k_pt_unmap`: clearing the entry ([`IommuDomain::unmap`] into a gather);
 /// - `phase_4k_flush`: the page-selective IOTLB invalidation of that gather, descriptor write,
 ///   submission and wait ([`IommuDomain::flush`]);
-/// - `phase_4k_invalidate`: the same page-selective request issued once more straight to the
-///   unit ([`iommu_vtd::VtdUnit::invalidate`]: descriptor write, tail write, wait), so the
-///   domain's own share of the flush (gather to requests) is the difference; not a phase of
-///   its own, it is left out of the sum;
+///   With the unit's phase timing on ([`iommu_vtd::VtdUnit::set_phase_timing`]), its line also
+///   splits the unit's queue work: descriptor write, submission (fence + IQT write), wait;
 /// - `phase_4k_map_phys`, `phase_4k_unmap`: the DMA API's whole `map_phys` and strict `unmap`
 ///   on the device, so that what the phases above do not cover (the `dma` layer's checks and
 ///   bookkeeping) is their difference.
 fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), String> {
-    use alloc::format;
     let domain = dev
         .domain()
         .ok_or("phases: the device has no IOMMU domain")?;
@@ -368,8 +394,10 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         .map_err(|e| format!("phases: IOVA allocator: {e}"))?;
     let prot = Prot::READ | Prot::WRITE;
     let rw = Direction::Bidirectional;
+    // The unit times its queue phases for these rows only (dropping the guard turns it off).
+    let _timing = PhaseTiming::on(unit);
     // Per phase: cycles and what the unit counted.
-    let mut sums = [(0u64, Counts::default()); 7];
+    let mut sums = [(0u64, Counts::default()); 6];
     let fail = |what: &str, e: &dyn core::fmt::Display| format!("phases: {what}: {e}");
     for round in 0..n + n / 4 {
         let mut clock = Laps::start(unit);
@@ -389,15 +417,6 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         let pt_unmap = clock.lap();
         scratch.flush(gather).map_err(|e| fail("flush", &e))?;
         let flush = clock.lap();
-        let again = [Invalidation::IotlbPage {
-            did: scratch.did(),
-            addr: iova.as_u64(),
-            am: 0,
-            leaf_only: true,
-        }];
-        unit.invalidate(&again)
-            .map_err(|e| fail("invalidate", &e))?;
-        let invalidate = clock.lap();
         iovas
             .free(iova, PAGE_SIZE)
             .map_err(|e| fail("IOVA free", &e))?;
@@ -418,7 +437,6 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
                 (3, flush),
                 (4, map_phys),
                 (5, unmap),
-                (6, invalidate),
             ] {
                 sums[i].0 += lap.0;
                 sums[i].1.add(lap.1);
@@ -432,7 +450,6 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         "phase_4k_flush",
         "phase_4k_map_phys",
         "phase_4k_unmap",
-        "phase_4k_invalidate",
     ]
     .into_iter()
     .zip(sums)
@@ -440,6 +457,22 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         line(name, n, cycles, counts);
     }
     Ok(())
+}
+
+/// The unit's queued-invalidation phase timing, on while this lives.
+struct PhaseTiming<'a>(&'a Unit);
+
+impl<'a> PhaseTiming<'a> {
+    fn on(unit: &'a Unit) -> Self {
+        unit.set_phase_timing(true);
+        Self(unit)
+    }
+}
+
+impl Drop for PhaseTiming<'_> {
+    fn drop(&mut self) {
+        self.0.set_phase_timing(false);
+    }
 }
 
 /// Deferred invalidation ([`InvalidationMode::Deferred`] with the policy of Linux's flush queue:
@@ -455,7 +488,6 @@ fn deferred(
     b: &Bench<'_>,
     p: PhysAddr,
 ) -> Result<(), String> {
-    use alloc::format;
     let setup = dmamem::setup_with(
         &k.pci,
         Some(iommu),
@@ -491,7 +523,6 @@ fn deferred(
 /// changing a live IRTE's vector (`irte_update`: 128-bit store, index-selective
 /// interrupt-entry-cache invalidation, wait).
 fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::String> {
-    use alloc::format;
     fn on_msi(_: u8) {}
     // SAFETY: the benchmarks run one after the other; this binding is dropped on return.
     let edus = unsafe { crate::devices::edu::bind_all(&k.pci, edu::DEFAULT_DMA_MASK) }
@@ -538,7 +569,6 @@ fn revoke_latency(
     dev: &dma::DmaDevice,
 ) -> Result<(), alloc::string::String> {
     use alloc::boxed::Box;
-    use alloc::format;
 
     use dma::{ExportRange, Importer};
 

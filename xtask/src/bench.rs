@@ -30,6 +30,26 @@ pub struct KernelResult {
     /// VT-d register accesses over the whole row, by the unit's own counter (`registers=`;
     /// absent when the kernel prints none).
     pub registers: Option<u64>,
+    /// The unit's queued-invalidation phases per operation, on rows that timed them.
+    pub queue: Option<QueuePhases>,
+}
+
+/// Cycles per operation of a unit's queued-invalidation phases (`queue_*=` of a `KBENCH` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePhases {
+    /// Finding space and writing the descriptors.
+    pub descriptor_write: u64,
+    /// The fence and the IQT write.
+    pub submission: u64,
+    /// Polling the wait descriptor's status word.
+    pub wait: u64,
+}
+
+impl QueuePhases {
+    /// The three together.
+    pub fn total(&self) -> u64 {
+        self.descriptor_write + self.submission + self.wait
+    }
 }
 
 impl KernelResult {
@@ -65,7 +85,7 @@ pub fn parse_bencher(out: &str) -> Vec<HostResult> {
 }
 
 /// Parses the kernel's `KBENCH name ops=N cycles_per_op=C invalidations_per_op=I [waits_per_op=W]
-/// [registers=R]` lines.
+/// [registers=R] [queue_descriptor_write=D queue_submission=S queue_wait=W]` lines.
 pub fn parse_kbench(log: &str) -> Vec<KernelResult> {
     log.lines()
         .filter_map(|l| {
@@ -80,6 +100,13 @@ pub fn parse_kbench(log: &str) -> Vec<KernelResult> {
                 invalidations: field("invalidations_per_op=")?.parse().ok()?,
                 waits: field("waits_per_op=").and_then(|w| w.parse().ok()),
                 registers: field("registers=").and_then(|r| r.parse().ok()),
+                queue: (|| {
+                    Some(QueuePhases {
+                        descriptor_write: field("queue_descriptor_write=")?.parse().ok()?,
+                        submission: field("queue_submission=")?.parse().ok()?,
+                        wait: field("queue_wait=")?.parse().ok()?,
+                    })
+                })(),
             })
         })
         .collect()
@@ -399,13 +426,9 @@ const PHASE: &str = "phase_4k_";
 
 /// The per-phase breakdown of a strict 4 KiB map+unmap, from the `phase_4k_*` rows.
 fn phase_table(d: &mut String, kernel: &[KernelResult]) {
-    let get = |n: &str| {
-        kernel
-            .iter()
-            .find(|r| r.name == format!("{PHASE}{n}"))
-            .map(|r| r.cycles)
-    };
-    let (Some(map), Some(unmap)) = (get("map_phys"), get("unmap")) else {
+    let get = |n: &str| kernel.iter().find(|r| r.name == format!("{PHASE}{n}"));
+    let cycles = |n: &str| get(n).map(|r| r.cycles);
+    let (Some(map), Some(unmap)) = (cycles("map_phys"), cycles("unmap")) else {
         return;
     };
     let total = map + unmap;
@@ -414,13 +437,23 @@ fn phase_table(d: &mut String, kernel: &[KernelResult]) {
         "\n### Where a strict 4 KiB map+unmap spends its cycles\n\n\
          Each phase timed with the TSC around the public call that performs it, interleaved in \
          the order a map+unmap runs them, over the same iterations as the device's whole \
-         `map_phys` and `unmap` (rows `{PHASE}*`). The page-table and invalidation phases run on \
-         a scratch domain of the same unit (attached to nothing), the IOVA phase on an \
-         `IovaAllocator` over the device domain's aperture; what they leave of the whole is \
-         the `dma` layer's own work (checks, the domain's locks, mapping bookkeeping).\n\n\
-         | phase | public call | cycles/op | share of map+unmap |\n|---|---|---:|---:|"
+         `map_phys` and `unmap` (rows `{PHASE}*`). The IOVA phase runs on an `IovaAllocator` \
+         over the device domain's aperture, the page-table phases and the domain's part of the \
+         flush on a scratch domain of the same unit (attached to nothing); the unit's queue \
+         phases are its own phase timing (`VtdUnit::set_phase_timing`) during the device's \
+         strict unmaps. What they leave of the whole is the `dma` layer's own work (checks, the \
+         domain's locks, mapping bookkeeping).\n\n\
+         | phase | measured around | cycles/op | share of map+unmap |\n|---|---|---:|---:|"
     );
-    let phases = [
+    let share = |c: i64| {
+        if total > 0 {
+            format!("{:.0} %", c as f64 * 100.0 / total as f64)
+        } else {
+            "-".to_string()
+        }
+    };
+    let mut rows: Vec<(&str, &str, u64)> = Vec::new();
+    for (what, call, row) in [
         (
             "IOVA allocation + free",
             "`IovaAllocator::alloc` + `free`",
@@ -436,36 +469,48 @@ fn phase_table(d: &mut String, kernel: &[KernelResult]) {
             "`IommuDomain::unmap`",
             "pt_unmap",
         ),
-        (
+    ] {
+        if let Some(c) = cycles(row) {
+            rows.push((what, call, c));
+        }
+    }
+    let flush = get("flush");
+    let device_queue = get("unmap").and_then(|r| r.queue);
+    match (flush, device_queue) {
+        (Some(f), Some(q)) => {
+            let own = f.queue.map_or(0, |s| s.total());
+            rows.push((
+                "invalidation, the domain's part (gather to requests, locks)",
+                "`IommuDomain::flush` less the unit's queue phases in it",
+                f.cycles.saturating_sub(own),
+            ));
+            rows.push((
+                "invalidation: finding queue space + descriptor write",
+                "the unit's phase timing, device `unmap`",
+                q.descriptor_write,
+            ));
+            rows.push((
+                "invalidation: submission (fence + IQT write; QEMU runs the queue inside it)",
+                "the unit's phase timing, device `unmap`",
+                q.submission,
+            ));
+            rows.push((
+                "invalidation: wait for the wait descriptor's status write",
+                "the unit's phase timing, device `unmap`",
+                q.wait,
+            ));
+        }
+        (Some(f), None) => rows.push((
             "invalidation: descriptor write, submission, wait",
             "`IommuDomain::flush`",
-            "flush",
-        ),
-    ];
-    let share = |c: i64| {
-        if total > 0 {
-            format!("{:.0} %", c as f64 * 100.0 / total as f64)
-        } else {
-            "-".to_string()
-        }
-    };
+            f.cycles,
+        )),
+        _ => {}
+    }
     let mut sum = 0;
-    for (what, call, row) in phases {
-        if let Some(c) = get(row) {
-            sum += c;
-            let _ = writeln!(d, "| {what} | {call} | {c} | {} |", share(c as i64));
-        }
-        if row == "flush" {
-            if let Some(c) = get("invalidate") {
-                // A part of the flush measured on its own: not added to the sum.
-                let _ = writeln!(
-                    d,
-                    "| ↳ of which the unit's queue: descriptor write, tail write, wait (the same \
-                     request issued again, not added to the sum) | `VtdUnit::invalidate` | {c} | {} |",
-                    share(c as i64)
-                );
-            }
-        }
+    for (what, call, c) in &rows {
+        sum += c;
+        let _ = writeln!(d, "| {what} | {call} | {c} | {} |", share(*c as i64));
     }
     let rest = total as i64 - sum as i64;
     let _ = writeln!(
@@ -477,6 +522,15 @@ fn phase_table(d: &mut String, kernel: &[KernelResult]) {
         d,
         "| **whole map+unmap** | `DmaDevice::map_phys` ({map}) + `Mapping::unmap` ({unmap}) | {total} | 100 % |"
     );
+    if let (Some(s), Some(q)) = (flush.and_then(|f| f.queue), device_queue) {
+        let _ = writeln!(
+            d,
+            "\nThe same submission on the scratch domain takes {} cycles against {} on the \
+             device's: QEMU's work for a page-selective invalidation depends on the devices \
+             attached to the domain, so the queue phases above are the device's own.",
+            s.submission, q.submission
+        );
+    }
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -761,6 +815,7 @@ mod tests {
             invalidations,
             waits,
             registers: None,
+            queue: None,
         }
     }
 
@@ -788,15 +843,26 @@ mod tests {
     fn renders_the_phases_and_the_unit_register_counts() {
         let mut strict = row("map_unmap_4k_strict", 100, 1.0, Some(1.0));
         strict.registers = Some(30);
-        let k = vec![
+        let mut flush = row("phase_4k_flush", 40, 1.0, None);
+        flush.queue = Some(QueuePhases {
+            descriptor_write: 5,
+            submission: 10,
+            wait: 5,
+        });
+        let mut unmap = row("phase_4k_unmap", 55, 1.0, None);
+        unmap.queue = Some(QueuePhases {
+            descriptor_write: 4,
+            submission: 12,
+            wait: 4,
+        });
+        let mut k = vec![
             strict,
             row("phase_4k_iova", 10, 0.0, None),
             row("phase_4k_pt_map", 20, 0.0, None),
             row("phase_4k_pt_unmap", 10, 0.0, None),
-            row("phase_4k_flush", 40, 1.0, None),
-            row("phase_4k_invalidate", 30, 1.0, None),
+            flush,
             row("phase_4k_map_phys", 45, 0.0, None),
-            row("phase_4k_unmap", 55, 1.0, None),
+            unmap,
         ];
         let doc = render(&[], &k, "cpu", "2026-01-01", &[]);
         // 30 accesses over 10 operations; rows without a count show a dash.
@@ -804,19 +870,30 @@ mod tests {
             doc.contains("| `map_unmap_4k_strict` | 10 | 100 | 1.00 | 1.00 | 3.00 |"),
             "{doc}"
         );
-        // Phase rows are not in the main table but in their own, as shares of 45 + 55 = 100.
+        // Phase rows are not in the main table but in their own, as shares of 45 + 55 = 100:
+        // the domain's part of the flush is 40 - 20 (its own queue phases); the queue phases are
+        // the device unmap's 4 + 12 + 4; the rest 100 - (10 + 20 + 10 + 20 + 20) = 20.
         assert!(!doc.contains("| `phase_4k_iova` |"));
+        assert!(doc.contains("queue phases in it | 20 | 20 % |"), "{doc}");
+        assert!(doc.contains("QEMU runs the queue inside it) | the unit's phase timing, device `unmap` | 12 | 12 % |"), "{doc}");
+        assert!(doc.contains("the rest) | - | 20 | 20 % |"), "{doc}");
+        assert!(doc.contains("| 100 | 100 % |"));
+        assert!(doc.contains("takes 10 cycles against 12 on the device's"));
+        // Without the unit's phase timing the flush is one phase: the rest is 100 - 80.
+        for r in &mut k {
+            r.queue = None;
+        }
+        let doc = render(&[], &k, "cpu", "2026-01-01", &[]);
         assert!(
             doc.contains("| `IommuDomain::flush` | 40 | 40 % |"),
             "{doc}"
         );
         assert!(doc.contains("the rest) | - | 20 | 20 % |"), "{doc}");
-        assert!(
-            doc.contains("| `VtdUnit::invalidate` | 30 | 30 % |"),
-            "{doc}"
+        let k = parse_kbench(
+            "KBENCH a ops=4 cycles_per_op=1 invalidations_per_op=0 registers=6 \
+             queue_descriptor_write=1 queue_submission=2 queue_wait=3\n",
         );
-        assert!(doc.contains("| 100 | 100 % |"));
-        let k = parse_kbench("KBENCH a ops=4 cycles_per_op=1 invalidations_per_op=0 registers=6\n");
         assert_eq!(k[0].registers_per_op(), Some(1.5));
+        assert_eq!(k[0].queue.map(|q| q.total()), Some(6));
     }
 }
