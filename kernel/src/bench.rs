@@ -361,7 +361,8 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
 }
 
 /// One strict 4 KiB map+unmap split into its phases (issue 12), `n` times, the TSC read around
-/// the public call that performs each phase, interleaved in the order a map+unmap runs them:
+/// the public call that performs each phase, interleaved in the order a map+unmap runs them;
+/// each row's `cycles_per_op` is the median over the iterations (its counts are totals):
 ///
 /// - `phase_4k_iova`: IOVA allocation and free on an [`IovaAllocator`] over the device domain's
 ///   aperture and reserved regions (the domain's own allocator adds its spin lock);
@@ -396,8 +397,14 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
     let rw = Direction::Bidirectional;
     // The unit times its queue phases for these rows only (dropping the guard turns it off).
     let _timing = PhaseTiming::on(unit);
-    // Per phase: cycles and what the unit counted.
-    let mut sums = [(0u64, Counts::default()); 6];
+    // Per phase: the unit's counts summed, and every iteration's cycles (with the queue phases
+    // of the flush and of the device's unmap): the rows report medians over the iterations,
+    // since one host preemption of QEMU (a shared host) inside a lap would otherwise add
+    // millions of cycles to whichever phase it fell in.
+    let mut sums = [Counts::default(); 6];
+    let mut samples: [Vec<u64>; 6] = core::array::from_fn(|_| Vec::with_capacity(n as usize));
+    let mut queues: [[Vec<u64>; 3]; 2] =
+        core::array::from_fn(|_| core::array::from_fn(|_| Vec::with_capacity(n as usize)));
     let fail = |what: &str, e: &dyn core::fmt::Display| format!("phases: {what}: {e}");
     for round in 0..n + n / 4 {
         let mut clock = Laps::start(unit);
@@ -428,22 +435,34 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         m.unmap().map_err(|e| fail("unmap", &e))?;
         let unmap = clock.lap();
         // The first quarter warms up (table pages, caches) and is not counted.
-        if round >= n / 4 {
-            for (i, lap) in [
-                (0, alloc),
-                (0, free),
-                (1, pt_map),
-                (2, pt_unmap),
-                (3, flush),
-                (4, map_phys),
-                (5, unmap),
-            ] {
-                sums[i].0 += lap.0;
-                sums[i].1.add(lap.1);
-            }
+        if round < n / 4 {
+            continue;
+        }
+        let iova_lap = (alloc.0 + free.0, {
+            let mut c = alloc.1;
+            c.add(free.1);
+            c
+        });
+        for (i, lap) in [iova_lap, pt_map, pt_unmap, flush, map_phys, unmap]
+            .into_iter()
+            .enumerate()
+        {
+            samples[i].push(lap.0);
+            sums[i].add(lap.1);
+        }
+        for (q, lap) in queues.iter_mut().zip([flush, unmap]) {
+            q[0].push(lap.1.queue.descriptor_write);
+            q[1].push(lap.1.queue.submission);
+            q[2].push(lap.1.queue.wait);
         }
     }
-    for (name, (cycles, counts)) in [
+    let [flush_queue, unmap_queue] = queues;
+    let queue_of = |i: usize| match i {
+        3 => Some(&flush_queue),
+        5 => Some(&unmap_queue),
+        _ => None,
+    };
+    for (i, name) in [
         "phase_4k_iova",
         "phase_4k_pt_map",
         "phase_4k_pt_unmap",
@@ -452,11 +471,27 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
         "phase_4k_unmap",
     ]
     .into_iter()
-    .zip(sums)
+    .enumerate()
     {
-        line(name, n, cycles, counts);
+        // `line` divides totals by the operations: medians go in multiplied by them (exact).
+        let mut counts = sums[i];
+        if let Some([dw, sub, wait]) = queue_of(i) {
+            if counts.queue.batches > 0 {
+                counts.queue.descriptor_write = median(dw) * n;
+                counts.queue.submission = median(sub) * n;
+                counts.queue.wait = median(wait) * n;
+            }
+        }
+        line(name, n, median(&samples[i]) * n, counts);
     }
     Ok(())
+}
+
+/// The median of `xs` (the upper one of an even count; 0 when empty).
+fn median(xs: &[u64]) -> u64 {
+    let mut v = xs.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 /// The unit's queued-invalidation phase timing, on while this lives.

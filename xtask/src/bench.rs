@@ -437,7 +437,8 @@ fn phase_table(d: &mut String, kernel: &[KernelResult]) {
         "\n### Where a strict 4 KiB map+unmap spends its cycles\n\n\
          Each phase timed with the TSC around the public call that performs it, interleaved in \
          the order a map+unmap runs them, over the same iterations as the device's whole \
-         `map_phys` and `unmap` (rows `{PHASE}*`). The IOVA phase runs on an `IovaAllocator` \
+         `map_phys` and `unmap` (rows `{PHASE}*`); each figure is the median over the \
+         iterations, so a host preemption of QEMU inside one phase does not count. The IOVA phase runs on an `IovaAllocator` \
          over the device domain's aperture, the page-table phases and the domain's part of the \
          flush on a scratch domain of the same unit (attached to nothing); the unit's queue \
          phases are its own phase timing (`VtdUnit::set_phase_timing`) during the device's \
@@ -525,10 +526,9 @@ fn phase_table(d: &mut String, kernel: &[KernelResult]) {
     if let (Some(s), Some(q)) = (flush.and_then(|f| f.queue), device_queue) {
         let _ = writeln!(
             d,
-            "\nThe same submission on the scratch domain takes {} cycles against {} on the \
-             device's: QEMU's work for a page-selective invalidation depends on the devices \
-             attached to the domain, so the queue phases above are the device's own.",
-            s.submission, q.submission
+            "\nThe unit's queue phases in the scratch domain's flush: {} + {} + {} cycles \
+             (descriptor write + submission + wait), against {} + {} + {} in the device's unmap.",
+            s.descriptor_write, s.submission, s.wait, q.descriptor_write, q.submission, q.wait
         );
     }
 }
@@ -878,7 +878,8 @@ mod tests {
         assert!(doc.contains("QEMU runs the queue inside it) | the unit's phase timing, device `unmap` | 12 | 12 % |"), "{doc}");
         assert!(doc.contains("the rest) | - | 20 | 20 % |"), "{doc}");
         assert!(doc.contains("| 100 | 100 % |"));
-        assert!(doc.contains("takes 10 cycles against 12 on the device's"));
+        assert!(doc.contains("flush: 5 + 10 + 5 cycles (descriptor write + submission + wait), against 4 + 12 + 4"), "{doc}");
+        // Medians do not add up exactly; the rest says what they leave.
         // Without the unit's phase timing the flush is one phase: the rest is 100 - 80.
         for r in &mut k {
             r.queue = None;
