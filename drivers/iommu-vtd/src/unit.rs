@@ -170,7 +170,8 @@ pub struct VtdUnit<R: RegisterIo, P: Platform> {
 }
 
 /// Running totals of invalidation work, for benchmarks and for tests that check how many
-/// invalidations an operation cost (e.g. O(log N) page-selective invalidations for N pages).
+/// invalidations an operation cost (e.g. at most `PSI_DESCRIPTOR_LIMIT` page-selective
+/// requests for a range), and the opt-in phase timing.
 #[derive(Debug, Default)]
 struct Counters {
     submissions: AtomicU64,
