@@ -1,14 +1,35 @@
 //! In-kernel benchmarks (`bench` on the command line; `cargo xtask bench` boots them): DMA API
-//! operations on a real VT-d domain under QEMU, in TSC cycles per operation, plus the number of
-//! invalidation requests the unit issued, and the self-IPI interrupt latency (raise to handler). Under TCG the cycles measure emulated execution: use
-//! them as ratios and scaling curves, not absolute hardware costs.
+//! operations on a real VT-d domain under QEMU, in TSC cycles per operation, plus what the unit
+//! counted meanwhile (invalidation requests, completed waits, register accesses), and interrupt
+//! latencies (self-IPI and edu's MSI, raise to handler). Under TCG the cycles measure emulated
+//! execution: use them as ratios and scaling curves, not absolute hardware costs. Issue 12 and
+//! docs/PERFORMANCE.md say what the figures are for.
 //!
-//! Output: one `KBENCH <name> ops=<n> cycles_per_op=<c> invalidations_per_op=<i> waits_per_op=<w>`
-//! line each.
+//! Output: one line per row,
+//! `KBENCH <name> ops=<n> cycles_per_op=<c> invalidations_per_op=<i> waits_per_op=<w> registers=<r>`,
+//! where `registers` is the row's total of VT-d register accesses by the unit's own counter
+//! ([`iommu_vtd::VtdUnit::register_stats`]). Rows timed as a whole are preceded by
+//! `KBENCH_MARK <name>`, printed after their warm-up and right before their clock starts, so that
+//! `cargo xtask bench --vs-linux` counts QEMU's traced register accesses of exactly the timed
+//! operations and checks the unit's counter against them.
+//!
+//! Rows: strict, batched ([`UnmapBatch`]) and deferred ([`InvalidationMode::Deferred`], the
+//! analogue of Linux's lazy flush queue, its cost per mapping including the flushes it
+//! eventually makes) map+unmap of 4 KiB, 64 KiB, 2 MiB and a 256-entry scatter list; the
+//! `phase_4k_*` rows split a strict 4 KiB map+unmap into its phases, each timed with the TSC
+//! around the public call that performs it; scaling with live mappings, contiguous unmaps and
+//! importers of a revoked export.
 
+use alloc::format;
+use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 
-use dma::{Attrs, DeviceConfig, Direction, PhysAddr, UnmapBatch};
+use dma::iommu::{IommuDomain, IotlbGather, Prot};
+use dma::{
+    Attrs, DeferredPolicy, DeviceConfig, Direction, DmaAddr, DmaDevice, InvalidationMode,
+    IovaAllocator, PhysAddr, UnmapBatch, PAGE_SIZE,
+};
 use kernel::frames::FrameRequest;
 
 use crate::arch::irq;
@@ -17,7 +38,7 @@ use crate::devices::dmamem::{self, DeviceDma};
 use crate::devices::iommu::Unit;
 use crate::mem::PhysPages;
 use crate::{kprintln, Kernel};
-use iommu_vtd::InvalidationStats;
+use iommu_vtd::{InvalidationStats, PhaseCycles, RegisterStats};
 
 struct Bench<'a> {
     unit: &'a Unit,
@@ -31,7 +52,8 @@ impl Bench<'_> {
         ops: u64,
         f: impl FnOnce() -> Result<(), dma::DmaError>,
     ) -> Result<(), dma::DmaError> {
-        let before = self.unit.invalidation_stats();
+        kprintln!("KBENCH_MARK {name}");
+        let before = Snapshot::of(self.unit);
         let t0 = rdtsc();
         f()?;
         let cycles = rdtsc() - t0;
@@ -39,28 +61,123 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Prints one line: cycles per operation, invalidation requests and completed waits per
-    /// operation since `before`.
-    fn report(&self, name: &str, ops: u64, cycles: u64, before: InvalidationStats) {
-        let after = self.unit.invalidation_stats();
-        line(
-            name,
-            ops,
-            cycles,
-            after.requests - before.requests,
-            after.submissions - before.submissions,
-        );
+    /// Prints one line: cycles per operation, and what the unit counted since `before`.
+    fn report(&self, name: &str, ops: u64, cycles: u64, before: Snapshot) {
+        line(name, ops, cycles, Snapshot::of(self.unit).since(&before));
     }
 }
 
-/// One `KBENCH` line.
-fn line(name: &str, ops: u64, cycles: u64, requests: u64, waits: u64) {
-    let per = |x: u64| x as f64 / ops.max(1) as f64;
+/// The unit's own counters at one moment.
+#[derive(Debug, Clone, Copy)]
+struct Snapshot {
+    inval: InvalidationStats,
+    regs: RegisterStats,
+    queue: PhaseCycles,
+}
+
+impl Snapshot {
+    fn of(unit: &Unit) -> Self {
+        Self {
+            inval: unit.invalidation_stats(),
+            regs: unit.register_stats(),
+            queue: unit.phase_stats(),
+        }
+    }
+
+    /// What the unit did between `earlier` and `self`.
+    fn since(&self, earlier: &Snapshot) -> Counts {
+        let (q, e) = (&self.queue, &earlier.queue);
+        Counts {
+            requests: self.inval.requests - earlier.inval.requests,
+            waits: self.inval.submissions - earlier.inval.submissions,
+            registers: self.regs.since(&earlier.regs).total(),
+            queue: PhaseCycles {
+                descriptor_write: q.descriptor_write - e.descriptor_write,
+                submission: q.submission - e.submission,
+                wait: q.wait - e.wait,
+                batches: q.batches - e.batches,
+            },
+        }
+    }
+}
+
+/// Consecutive phases timed back to back: each [`Laps::lap`] ends the running phase and starts
+/// the next, with the unit's counters read between the two TSC reads so that reading them is
+/// in neither phase.
+struct Laps<'a> {
+    unit: &'a Unit,
+    counters: Snapshot,
+    tsc: u64,
+}
+
+impl<'a> Laps<'a> {
+    fn start(unit: &'a Unit) -> Self {
+        let counters = Snapshot::of(unit);
+        Self {
+            unit,
+            counters,
+            tsc: rdtsc(),
+        }
+    }
+
+    /// The cycles and counts of the phase that just ended.
+    fn lap(&mut self) -> (u64, Counts) {
+        let end = rdtsc();
+        let counters = Snapshot::of(self.unit);
+        let lap = (end - self.tsc, counters.since(&self.counters));
+        self.counters = counters;
+        self.tsc = rdtsc();
+        lap
+    }
+}
+
+/// Invalidation requests, completed waits (submissions) and register accesses of the unit, and
+/// the cycles of its queued-invalidation phases while its phase timing is on.
+#[derive(Debug, Clone, Copy, Default)]
+struct Counts {
+    requests: u64,
+    waits: u64,
+    registers: u64,
+    queue: PhaseCycles,
+}
+
+impl Counts {
+    fn add(&mut self, other: Counts) {
+        self.requests += other.requests;
+        self.waits += other.waits;
+        self.registers += other.registers;
+        let (q, o) = (&mut self.queue, &other.queue);
+        q.descriptor_write += o.descriptor_write;
+        q.submission += o.submission;
+        q.wait += o.wait;
+        q.batches += o.batches;
+    }
+}
+
+/// One `KBENCH` line; `registers=` is the row's total (xtask divides and compares it with
+/// QEMU's trace). Rows during which the unit timed its queued-invalidation phases
+/// ([`iommu_vtd::VtdUnit::set_phase_timing`]) add those cycles per operation:
+/// `queue_descriptor_write=`, `queue_submission=`, `queue_wait=`.
+fn line(name: &str, ops: u64, cycles: u64, c: Counts) {
+    let ops = ops.max(1);
+    let per = |x: u64| x as f64 / ops as f64;
+    let q = &c.queue;
+    let queue = if q.batches > 0 {
+        format!(
+            " queue_descriptor_write={} queue_submission={} queue_wait={}",
+            q.descriptor_write / ops,
+            q.submission / ops,
+            q.wait / ops
+        )
+    } else {
+        String::new()
+    };
     kprintln!(
-        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2}",
-        cycles / ops.max(1),
-        per(requests),
-        per(waits)
+        "KBENCH {name} ops={ops} cycles_per_op={} invalidations_per_op={:.2} waits_per_op={:.2} registers={}{queue}",
+        cycles / ops,
+        per(c.requests),
+        per(c.waits),
+        c.registers
     );
 }
 
@@ -76,7 +193,6 @@ pub fn run(k: &Kernel) -> bool {
 }
 
 fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
-    use alloc::format;
     let iommu = k.iommu.as_ref().ok_or("benchmarks need intel-iommu")?;
     let f = k
         .pci
@@ -116,6 +232,8 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         Ok(())
     })
     .map_err(e)?;
+
+    phases(unit, dev, p, 2000)?;
 
     // Batches of 64 and of 256 live mappings (about 1920 mappings each), one flush per batch.
     for per in [64u64, 256] {
@@ -206,7 +324,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
         // One unmap per mapping; the fastest of five rounds is reported (the invalidation counts
         // are the same every round).
         let mut best = u64::MAX;
-        let mut before = unit.invalidation_stats();
+        let mut before = Snapshot::of(unit);
         for _ in 0..5 {
             let m = dev
                 .map_phys(
@@ -216,7 +334,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
                     Attrs::empty(),
                 )
                 .map_err(e)?;
-            before = unit.invalidation_stats();
+            before = Snapshot::of(unit);
             let t0 = rdtsc();
             m.unmap().map_err(e)?;
             best = best.min(rdtsc() - t0);
@@ -228,14 +346,210 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     // an IPI never passes the IOMMU); edu's MSI with and without remapping follows.
     let vector = irq::alloc_vector().map_err(|e| format!("{e}"))?;
     let n = 1000;
-    let before = unit.invalidation_stats();
+    let before = Snapshot::of(unit);
     let mut total = 0;
     for _ in 0..n {
         total += irq::self_ipi_latency(vector).map_err(|e| format!("{e}"))?;
     }
     let _ = irq::free_vector(vector);
     b.report("irq_self_ipi_latency", n, total, before);
-    edu_msi_latency(k, &b)
+    edu_msi_latency(k, &b)?;
+
+    // Deferred mode needs the group's domain rebuilt in that mode: the strict one goes first.
+    drop(setup);
+    deferred(k, iommu, bdf, cfg, &b, p)
+}
+
+/// One strict 4 KiB map+unmap split into its phases (issue 12), `n` times, the TSC read around
+/// the public call that performs each phase, interleaved in the order a map+unmap runs them;
+/// each row's `cycles_per_op` is the median over the iterations (its counts are totals):
+///
+/// - `phase_4k_iova`: IOVA allocation and free on an [`IovaAllocator`] over the device domain's
+///   aperture and reserved regions (the domain's own allocator adds its spin lock);
+/// - `phase_4k_pt_map`: the page-table write and its cache write-back
+///   ([`IommuDomain::map`] + [`IommuDomain::sync_map`]) on a scratch domain of the same unit,
+///   attached to no device;
+/// - `phase_4k_pt_unmap`: clearing the entry ([`IommuDomain::unmap`] into a gather);
+/// - `phase_4k_flush`: the page-selective IOTLB invalidation of that gather, descriptor write,
+///   submission and wait ([`IommuDomain::flush`]);
+///   With the unit's phase timing on ([`iommu_vtd::VtdUnit::set_phase_timing`]), its line also
+///   splits the unit's queue work: descriptor write, submission (fence + IQT write), wait;
+/// - `phase_4k_map_phys`, `phase_4k_unmap`: the DMA API's whole `map_phys` and strict `unmap`
+///   on the device, so that what the phases above do not cover (the `dma` layer's checks and
+///   bookkeeping) is their difference.
+fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), String> {
+    let domain = dev
+        .domain()
+        .ok_or("phases: the device has no IOMMU domain")?;
+    let scratch = unit
+        .create_domain(iommu_vtd::DomainConfig::default())
+        .map_err(|e| format!("phases: scratch domain: {e}"))?;
+    let end = DmaAddr::new(
+        scratch
+            .info()
+            .aperture_end
+            .as_u64()
+            .min(domain.info().aperture_end.as_u64()),
+    );
+    let mut iovas = IovaAllocator::new(DmaAddr::new(PAGE_SIZE), end, &domain.reserved())
+        .map_err(|e| format!("phases: IOVA allocator: {e}"))?;
+    let prot = Prot::READ | Prot::WRITE;
+    let rw = Direction::Bidirectional;
+    // The unit times its queue phases for these rows only (dropping the guard turns it off).
+    let _timing = PhaseTiming::on(unit);
+    // Per phase: the unit's counts summed, and every iteration's cycles (with the queue phases
+    // of the flush and of the device's unmap): the rows report medians over the iterations,
+    // since one host preemption of QEMU (a shared host) inside a lap would otherwise add
+    // millions of cycles to whichever phase it fell in.
+    let mut sums = [Counts::default(); 6];
+    let mut samples: [Vec<u64>; 6] = core::array::from_fn(|_| Vec::with_capacity(n as usize));
+    let mut queues: [[Vec<u64>; 3]; 2] =
+        core::array::from_fn(|_| core::array::from_fn(|_| Vec::with_capacity(n as usize)));
+    let fail = |what: &str, e: &dyn core::fmt::Display| format!("phases: {what}: {e}");
+    for round in 0..n + n / 4 {
+        let mut clock = Laps::start(unit);
+        let iova = iovas
+            .alloc(PAGE_SIZE, end)
+            .map_err(|e| fail("IOVA alloc", &e))?;
+        let alloc = clock.lap();
+        scratch
+            .map(iova, p, PAGE_SIZE, prot)
+            .and_then(|()| scratch.sync_map(iova, PAGE_SIZE))
+            .map_err(|e| fail("page-table map", &e))?;
+        let pt_map = clock.lap();
+        let mut gather = IotlbGather::new();
+        scratch
+            .unmap(iova, PAGE_SIZE, &mut gather)
+            .map_err(|e| fail("page-table unmap", &e))?;
+        let pt_unmap = clock.lap();
+        scratch.flush(gather).map_err(|e| fail("flush", &e))?;
+        let flush = clock.lap();
+        iovas
+            .free(iova, PAGE_SIZE)
+            .map_err(|e| fail("IOVA free", &e))?;
+        let free = clock.lap();
+        let m = dev
+            .map_phys(p, PAGE_SIZE, rw, Attrs::empty())
+            .map_err(|e| fail("map_phys", &e))?;
+        let map_phys = clock.lap();
+        m.unmap().map_err(|e| fail("unmap", &e))?;
+        let unmap = clock.lap();
+        // The first quarter warms up (table pages, caches) and is not counted.
+        if round < n / 4 {
+            continue;
+        }
+        let iova_lap = (alloc.0 + free.0, {
+            let mut c = alloc.1;
+            c.add(free.1);
+            c
+        });
+        for (i, lap) in [iova_lap, pt_map, pt_unmap, flush, map_phys, unmap]
+            .into_iter()
+            .enumerate()
+        {
+            samples[i].push(lap.0);
+            sums[i].add(lap.1);
+        }
+        for (q, lap) in queues.iter_mut().zip([flush, unmap]) {
+            q[0].push(lap.1.queue.descriptor_write);
+            q[1].push(lap.1.queue.submission);
+            q[2].push(lap.1.queue.wait);
+        }
+    }
+    let [flush_queue, unmap_queue] = queues;
+    let queue_of = |i: usize| match i {
+        3 => Some(&flush_queue),
+        5 => Some(&unmap_queue),
+        _ => None,
+    };
+    for (i, name) in [
+        "phase_4k_iova",
+        "phase_4k_pt_map",
+        "phase_4k_pt_unmap",
+        "phase_4k_flush",
+        "phase_4k_map_phys",
+        "phase_4k_unmap",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // `line` divides totals by the operations: medians go in multiplied by them (exact).
+        let mut counts = sums[i];
+        if let Some([dw, sub, wait]) = queue_of(i) {
+            if counts.queue.batches > 0 {
+                counts.queue.descriptor_write = median(dw) * n;
+                counts.queue.submission = median(sub) * n;
+                counts.queue.wait = median(wait) * n;
+            }
+        }
+        line(name, n, median(&samples[i]) * n, counts);
+    }
+    Ok(())
+}
+
+/// The median of `xs` (the upper one of an even count; 0 when empty).
+fn median(xs: &[u64]) -> u64 {
+    let mut v = xs.to_vec();
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
+}
+
+/// The unit's queued-invalidation phase timing, on while this lives.
+struct PhaseTiming<'a>(&'a Unit);
+
+impl<'a> PhaseTiming<'a> {
+    fn on(unit: &'a Unit) -> Self {
+        unit.set_phase_timing(true);
+        Self(unit)
+    }
+}
+
+impl Drop for PhaseTiming<'_> {
+    fn drop(&mut self) {
+        self.0.set_phase_timing(false);
+    }
+}
+
+/// Deferred invalidation ([`InvalidationMode::Deferred`] with the policy of Linux's flush queue:
+/// a flush after 256 unmaps or 10 ms): `map_unmap_4k_deferred` times 2000 strict-sized 4 KiB
+/// map+unmap pairs *and* the final [`dma::DmaDomain::flush_deferred`], so its cost per mapping
+/// includes every flush the pairs caused (waits/op shows how many). The group's domain is
+/// rebuilt in deferred mode, so the strict one of the other rows must be gone.
+fn deferred(
+    k: &Kernel,
+    iommu: &crate::devices::iommu::Iommu,
+    bdf: pci::Bdf,
+    cfg: DeviceConfig,
+    b: &Bench<'_>,
+    p: PhysAddr,
+) -> Result<(), String> {
+    let setup = dmamem::setup_with(
+        &k.pci,
+        Some(iommu),
+        bdf,
+        cfg,
+        InvalidationMode::Deferred(DeferredPolicy::default()),
+    )
+    .map_err(|e| format!("deferred set-up: {e}"))?;
+    let dev = &setup.dev;
+    let domain = dev.domain().ok_or("deferred: no IOMMU domain")?.clone();
+    let e = |e: dma::DmaError| format!("{e}");
+    let rw = Direction::Bidirectional;
+    for _ in 0..500 {
+        dev.map_phys(p, 4096, rw, Attrs::empty())
+            .map_err(e)?
+            .unmap()
+            .map_err(e)?;
+    }
+    domain.flush_deferred().map_err(e)?;
+    let n = 2000;
+    b.measure("map_unmap_4k_deferred", n, || {
+        for _ in 0..n {
+            dev.map_phys(p, 4096, rw, Attrs::empty())?.unmap()?;
+        }
+        domain.flush_deferred()
+    })
+    .map_err(e)
 }
 
 /// edu's MSI raise (register 0x60) to handler entry, through its IRTE when the unit remaps
@@ -244,7 +558,6 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
 /// changing a live IRTE's vector (`irte_update`: 128-bit store, index-selective
 /// interrupt-entry-cache invalidation, wait).
 fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::String> {
-    use alloc::format;
     fn on_msi(_: u8) {}
     // SAFETY: the benchmarks run one after the other; this binding is dropped on return.
     let edus = unsafe { crate::devices::edu::bind_all(&k.pci, edu::DEFAULT_DMA_MASK) }
@@ -255,7 +568,7 @@ fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::Strin
     let v = m.vector();
     let remapped = m.vectors().remapped().is_some();
     let n = 300;
-    let before = b.unit.invalidation_stats();
+    let before = Snapshot::of(b.unit);
     let mut total = 0;
     for _ in 0..n {
         total += irq::measure_latency(v, || e.raise_interrupt(1)).map_err(|e| format!("{e}"))?;
@@ -270,7 +583,7 @@ fn edu_msi_latency(k: &Kernel, b: &Bench<'_>) -> Result<(), alloc::string::Strin
     if let Some(r) = m.vectors_mut().remapped_mut() {
         let spare = irq::alloc_vector().map_err(|e| format!("{e}"))?;
         let n = 500;
-        let before = b.unit.invalidation_stats();
+        let before = Snapshot::of(b.unit);
         let t0 = rdtsc();
         for i in 0..n {
             r.retarget(0, if i % 2 == 0 { spare } else { v })
@@ -291,7 +604,6 @@ fn revoke_latency(
     dev: &dma::DmaDevice,
 ) -> Result<(), alloc::string::String> {
     use alloc::boxed::Box;
-    use alloc::format;
 
     use dma::{ExportRange, Importer};
 
@@ -339,22 +651,18 @@ fn revoke_latency(
     provider.restore().map_err(|e| format!("{e}"))?;
     for importers in [1usize, 4, 16, 64] {
         // Fastest of five rounds (one revoke each): single operations are noisy under TCG.
-        let (mut best, mut requests, mut waits) = (u64::MAX, 0, 0);
+        let (mut best, mut counts) = (u64::MAX, Counts::default());
         for _ in 0..5 {
             let held = (0..importers)
                 .map(|_| import())
                 .collect::<Result<Vec<_>, _>>()?;
-            let before = b.unit.invalidation_stats();
+            let before = Snapshot::of(b.unit);
             let t0 = rdtsc();
             provider.revoke().map_err(|e| format!("{e}"))?;
             let cycles = rdtsc() - t0;
-            let after = b.unit.invalidation_stats();
+            let after = Snapshot::of(b.unit);
             if cycles < best {
-                (best, requests, waits) = (
-                    cycles,
-                    after.requests - before.requests,
-                    after.submissions - before.submissions,
-                );
+                (best, counts) = (cycles, after.since(&before));
             }
             drop(held);
             provider.restore().map_err(|e| format!("{e}"))?;
@@ -363,8 +671,7 @@ fn revoke_latency(
             &format!("revoke_with_{importers}_importers"),
             1,
             best,
-            requests,
-            waits,
+            counts,
         );
     }
     Ok(())

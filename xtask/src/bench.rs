@@ -27,6 +27,36 @@ pub struct KernelResult {
     pub invalidations: f64,
     /// Completed invalidation waits per operation (absent in older output).
     pub waits: Option<f64>,
+    /// VT-d register accesses over the whole row, by the unit's own counter (`registers=`;
+    /// absent when the kernel prints none).
+    pub registers: Option<u64>,
+    /// The unit's queued-invalidation phases per operation, on rows that timed them.
+    pub queue: Option<QueuePhases>,
+}
+
+/// Cycles per operation of a unit's queued-invalidation phases (`queue_*=` of a `KBENCH` line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueuePhases {
+    /// Finding space and writing the descriptors.
+    pub descriptor_write: u64,
+    /// The fence and the IQT write.
+    pub submission: u64,
+    /// Polling the wait descriptor's status word.
+    pub wait: u64,
+}
+
+impl QueuePhases {
+    /// The three together.
+    pub fn total(&self) -> u64 {
+        self.descriptor_write + self.submission + self.wait
+    }
+}
+
+impl KernelResult {
+    /// Register accesses per operation, when counted.
+    pub fn registers_per_op(&self) -> Option<f64> {
+        self.registers.map(|r| r as f64 / self.ops.max(1) as f64)
+    }
 }
 
 fn number(s: &str) -> Option<f64> {
@@ -54,8 +84,8 @@ pub fn parse_bencher(out: &str) -> Vec<HostResult> {
         .collect()
 }
 
-/// Parses the kernel's `KBENCH name ops=N cycles_per_op=C invalidations_per_op=I [waits_per_op=W]`
-/// lines.
+/// Parses the kernel's `KBENCH name ops=N cycles_per_op=C invalidations_per_op=I [waits_per_op=W]
+/// [registers=R] [queue_descriptor_write=D queue_submission=S queue_wait=W]` lines.
 pub fn parse_kbench(log: &str) -> Vec<KernelResult> {
     log.lines()
         .filter_map(|l| {
@@ -69,6 +99,14 @@ pub fn parse_kbench(log: &str) -> Vec<KernelResult> {
                 cycles: field("cycles_per_op=")?.parse().ok()?,
                 invalidations: field("invalidations_per_op=")?.parse().ok()?,
                 waits: field("waits_per_op=").and_then(|w| w.parse().ok()),
+                registers: field("registers=").and_then(|r| r.parse().ok()),
+                queue: (|| {
+                    Some(QueuePhases {
+                        descriptor_write: field("queue_descriptor_write=")?.parse().ok()?,
+                        submission: field("queue_submission=")?.parse().ok()?,
+                        wait: field("queue_wait=")?.parse().ok()?,
+                    })
+                })(),
             })
         })
         .collect()
@@ -242,8 +280,10 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
     let logs = base.dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("creating {}: {e}", logs.display()))?;
     let mut m = compare::Measured::default();
+    let mut load = Vec::new();
     for round in 1..=rounds {
         println!("bench: vs-linux round {round}/{rounds}: ours ...");
+        load.extend(load_average());
         let (log, exit) =
             super::qemu::run_captured(&image, &topo, "bench", Duration::from_secs(600))?;
         let _ = std::fs::write(logs.join(format!("ours-{round}.log")), &log);
@@ -262,6 +302,7 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
         }
         for (strict, mode) in [(true, "strict"), (false, "lazy")] {
             println!("bench: vs-linux round {round}/{rounds}: Linux {mode} ...");
+            load.extend(load_average());
             let path = logs.join(format!("linux-{mode}-{round}.log"));
             let log = linux::boot::run(
                 &base.assets.vmlinux,
@@ -296,6 +337,8 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
         kernel: format!("{} ({})", base.assets.package, base.assets.version),
         machine: topo.qemu_args().join(" "),
         rounds,
+        load,
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
     };
     let section = compare::render(&m, &cx);
     let path = performance_md();
@@ -305,6 +348,16 @@ fn vs_linux(args: &[String]) -> Result<std::process::ExitCode, String> {
     print!("{section}");
     println!("bench: wrote the vs-linux section of {}", path.display());
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The host's 1-minute load average (`/proc/loadavg`), if readable.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// One untimed run of ours and one of Linux strict with QEMU's VT-d register and serial trace
@@ -326,16 +379,34 @@ fn traced_runs(
     };
     println!("bench: vs-linux: traced run of ours (VT-d register accesses) ...");
     let ours_trace = logs.join("ours-trace.log");
-    let (_, exit) = super::qemu::run_captured(
+    let (log, exit) = super::qemu::run_captured(
         image,
         &traced(&ours_trace),
         "bench",
         Duration::from_secs(600),
     )?;
+    let _ = std::fs::write(logs.join("ours-traced-console.log"), &log);
     if exit != tests_qemu::Exit::Status(tests_qemu::QEMU_SUCCESS) {
         return Err(format!("the traced run of ours failed ({exit:?})"));
     }
-    let ours = linux::trace::ours_per_op(&linux::trace::segments(&read(&ours_trace)?));
+    let traced_ours =
+        linux::trace::marked_rows(&linux::trace::segments(&read(&ours_trace)?), "KBENCH");
+    // The unit's own counter over the same timed operations must agree with QEMU's trace.
+    let rows = parse_kbench(&log);
+    let unit: Vec<(String, u64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.name.clone(), r.registers?)))
+        .collect();
+    let agreed = linux::trace::check_unit_counter(&unit, &traced_ours)
+        .map_err(|e| format!("{e} (trace: {})", ours_trace.display()))?;
+    println!(
+        "bench: vs-linux: the unit's register counter agrees with QEMU's trace on {agreed} rows"
+    );
+    let ours_unit = rows
+        .iter()
+        .filter(|r| traced_ours.iter().any(|t| t.name == r.name))
+        .filter_map(|r| Some((r.name.clone(), r.registers_per_op()?)))
+        .collect();
     println!("bench: vs-linux: traced run of Linux strict ...");
     let linux_trace = logs.join("linux-strict-trace.log");
     linux::boot::run(
@@ -347,11 +418,131 @@ fn traced_runs(
         &logs.join("linux-strict-traced-console.log"),
         Duration::from_secs(300),
     )?;
-    let linux = linux::trace::linux_per_op(&linux::trace::segments(&read(&linux_trace)?));
-    if ours.is_empty() || linux.is_empty() {
+    let linux = linux::trace::per_op(&linux::trace::marked_rows(
+        &linux::trace::segments(&read(&linux_trace)?),
+        "LBENCH",
+    ));
+    if traced_ours.is_empty() || linux.is_empty() {
         return Err("the traced runs printed no rows".into());
     }
-    Ok(compare::Accesses { ours, linux })
+    Ok(compare::Accesses {
+        ours: linux::trace::per_op(&traced_ours),
+        ours_unit,
+        agreed,
+        linux,
+    })
+}
+
+/// The prefix of the kernel's per-phase rows (kernel/src/bench.rs `phases`).
+const PHASE: &str = "phase_4k_";
+
+/// The per-phase breakdown of a strict 4 KiB map+unmap, from the `phase_4k_*` rows.
+fn phase_table(d: &mut String, kernel: &[KernelResult]) {
+    let get = |n: &str| kernel.iter().find(|r| r.name == format!("{PHASE}{n}"));
+    let cycles = |n: &str| get(n).map(|r| r.cycles);
+    let (Some(map), Some(unmap)) = (cycles("map_phys"), cycles("unmap")) else {
+        return;
+    };
+    let total = map + unmap;
+    let _ = writeln!(
+        d,
+        "\n### Where a strict 4 KiB map+unmap spends its cycles\n\n\
+         Each phase timed with the TSC around the public call that performs it, interleaved in \
+         the order a map+unmap runs them, over the same iterations as the device's whole \
+         `map_phys` and `unmap` (rows `{PHASE}*`); each figure is the median over the \
+         iterations, so a host preemption of QEMU inside one phase does not count. The IOVA phase runs on an `IovaAllocator` \
+         over the device domain's aperture, the page-table phases and the domain's part of the \
+         flush on a scratch domain of the same unit (attached to nothing); the unit's queue \
+         phases are its own phase timing (`VtdUnit::set_phase_timing`) during the device's \
+         strict unmaps. What they leave of the whole is the `dma` layer's own work (checks, the \
+         domain's locks, mapping bookkeeping).\n\n\
+         | phase | measured around | cycles/op | share of map+unmap |\n|---|---|---:|---:|"
+    );
+    let share = |c: i64| {
+        if total > 0 {
+            format!("{:.0} %", c as f64 * 100.0 / total as f64)
+        } else {
+            "-".to_string()
+        }
+    };
+    let mut rows: Vec<(&str, &str, u64)> = Vec::new();
+    for (what, call, row) in [
+        (
+            "IOVA allocation + free",
+            "`IovaAllocator::alloc` + `free`",
+            "iova",
+        ),
+        (
+            "page-table write + cache flush",
+            "`IommuDomain::map` + `sync_map`",
+            "pt_map",
+        ),
+        (
+            "page-table clear + cache flush",
+            "`IommuDomain::unmap`",
+            "pt_unmap",
+        ),
+    ] {
+        if let Some(c) = cycles(row) {
+            rows.push((what, call, c));
+        }
+    }
+    let flush = get("flush");
+    let device_queue = get("unmap").and_then(|r| r.queue);
+    match (flush, device_queue) {
+        (Some(f), Some(q)) => {
+            let own = f.queue.map_or(0, |s| s.total());
+            rows.push((
+                "invalidation, the domain's part (gather to requests, locks)",
+                "`IommuDomain::flush` less the unit's queue phases in it",
+                f.cycles.saturating_sub(own),
+            ));
+            rows.push((
+                "invalidation: finding queue space + descriptor write",
+                "the unit's phase timing, device `unmap`",
+                q.descriptor_write,
+            ));
+            rows.push((
+                "invalidation: submission (fence + IQT write; QEMU runs the queue inside it)",
+                "the unit's phase timing, device `unmap`",
+                q.submission,
+            ));
+            rows.push((
+                "invalidation: wait for the wait descriptor's status write",
+                "the unit's phase timing, device `unmap`",
+                q.wait,
+            ));
+        }
+        (Some(f), None) => rows.push((
+            "invalidation: descriptor write, submission, wait",
+            "`IommuDomain::flush`",
+            f.cycles,
+        )),
+        _ => {}
+    }
+    let mut sum = 0;
+    for (what, call, c) in &rows {
+        sum += c;
+        let _ = writeln!(d, "| {what} | {call} | {c} | {} |", share(*c as i64));
+    }
+    let rest = total as i64 - sum as i64;
+    let _ = writeln!(
+        d,
+        "| the `dma` layer's own work (the rest) | - | {rest} | {} |",
+        share(rest)
+    );
+    let _ = writeln!(
+        d,
+        "| **whole map+unmap** | `DmaDevice::map_phys` ({map}) + `Mapping::unmap` ({unmap}) | {total} | 100 % |"
+    );
+    if let (Some(s), Some(q)) = (flush.and_then(|f| f.queue), device_queue) {
+        let _ = writeln!(
+            d,
+            "\nThe unit's queue phases in the scratch domain's flush: {} + {} + {} cycles \
+             (descriptor write + submission + wait), against {} + {} + {} in the device's unmap.",
+            s.descriptor_write, s.submission, s.wait, q.descriptor_write, q.submission, q.wait
+        );
+    }
 }
 
 fn ratio(a: f64, b: f64) -> String {
@@ -455,32 +646,70 @@ pub fn render(
             d,
             "invalidation submissions) are counted by the unit itself.\n"
         );
+        let counted = kernel.iter().any(|r| r.registers.is_some());
         let _ = writeln!(
             d,
-            "| operation | ops | cycles/op | invalidation requests/op | waits/op |\n|---|---:|---:|---:|---:|"
+            "| operation | ops | cycles/op | invalidation requests/op | waits/op |{}\n|---|---:|---:|---:|---:|{}",
+            if counted { " VT-d register accesses/op |" } else { "" },
+            if counted { "---:|" } else { "" },
         );
-        for r in kernel {
+        for r in kernel.iter().filter(|r| !r.name.starts_with(PHASE)) {
             let waits = r.waits.map_or("-".to_string(), |w| format!("{w:.2}"));
+            let regs = if counted {
+                format!(
+                    " {} |",
+                    r.registers_per_op()
+                        .map_or("-".to_string(), |v| format!("{v:.2}"))
+                )
+            } else {
+                String::new()
+            };
             let _ = writeln!(
                 d,
-                "| `{}` | {} | {} | {:.2} | {waits} |",
+                "| `{}` | {} | {} | {:.2} | {waits} |{regs}",
                 r.name, r.ops, r.cycles, r.invalidations
             );
         }
-        let get = |n: &str| kernel.iter().find(|r| r.name == n);
-        if let (Some(s), Some(b)) = (get("map_unmap_4k_strict"), get("map_unmap_4k_batched_64")) {
+        if counted {
             let _ = writeln!(
                 d,
-                "\nBatched (64 unmaps, one flush) vs strict: {} the cycles per mapping.",
-                ratio(b.cycles as f64, s.cycles as f64)
-            );
-            let _ = writeln!(
-                d,
-                "The batch waits for one invalidation per 64 unmaps instead of 64 (waits/op), but covers the \
-                 union span of 64 scattered IOVAs with more page-selective requests. Under TCG a wait is \
-                 nearly free, so the saving that dominates on hardware (the wait) barely shows in cycles."
+                "\nVT-d register accesses are counted by the unit itself over each row's timed \
+                 operations; `cargo xtask bench --vs-linux` checks them against QEMU's trace."
             );
         }
+        let get = |n: &str| kernel.iter().find(|r| r.name == n);
+        if let Some(s) = get("map_unmap_4k_strict") {
+            let per = |r: &KernelResult| {
+                format!(
+                    "{:.2} invalidation requests and {} waits per mapping",
+                    r.invalidations,
+                    r.waits.map_or("-".to_string(), |w| format!("{w:.2}"))
+                )
+            };
+            let _ = writeln!(d);
+            for (what, row) in [
+                ("Batched (64 unmaps, one flush)", "map_unmap_4k_batched_64"),
+                (
+                    "Batched (256 unmaps, one flush)",
+                    "map_unmap_4k_batched_256",
+                ),
+                (
+                    "Deferred (flush after 256 unmaps or 10 ms, flushes included)",
+                    "map_unmap_4k_deferred",
+                ),
+            ] {
+                if let Some(b) = get(row) {
+                    let _ = writeln!(
+                        d,
+                        "- {what} vs strict: {} the cycles per mapping ({}; strict: {}).",
+                        ratio(b.cycles as f64, s.cycles as f64),
+                        per(b),
+                        per(s)
+                    );
+                }
+            }
+        }
+        phase_table(&mut d, kernel);
         let live: Vec<_> = [1, 100, 10_000]
             .iter()
             .filter_map(|n| get(&format!("map_unmap_4k_with_{n}_live")).map(|r| (n, r)))
@@ -590,48 +819,94 @@ mod tests {
         assert!(rounds_of(&a(&["--vs-linux", "--host-only"])).is_err());
     }
 
+    fn row(name: &str, cycles: u64, invalidations: f64, waits: Option<f64>) -> KernelResult {
+        KernelResult {
+            name: name.into(),
+            ops: 10,
+            cycles,
+            invalidations,
+            waits,
+            registers: None,
+            queue: None,
+        }
+    }
+
     #[test]
     fn renders_ratios_from_the_figures() {
         let k = vec![
-            KernelResult {
-                name: "map_unmap_4k_strict".into(),
-                ops: 1,
-                cycles: 100,
-                invalidations: 1.0,
-                waits: None,
-            },
-            KernelResult {
-                name: "map_unmap_4k_batched_64".into(),
-                ops: 1,
-                cycles: 25,
-                invalidations: 0.1,
-                waits: None,
-            },
-            KernelResult {
-                name: "unmap_256_contiguous_pages".into(),
-                ops: 1,
-                cycles: 9,
-                invalidations: 8.0,
-                waits: None,
-            },
-            KernelResult {
-                name: "revoke_with_1_importers".into(),
-                ops: 1,
-                cycles: 10,
-                invalidations: 1.0,
-                waits: None,
-            },
-            KernelResult {
-                name: "revoke_with_4_importers".into(),
-                ops: 1,
-                cycles: 30,
-                invalidations: 1.0,
-                waits: Some(1.0),
-            },
+            row("map_unmap_4k_strict", 100, 1.0, None),
+            row("map_unmap_4k_batched_64", 25, 0.1, None),
+            row("map_unmap_4k_deferred", 15, 0.01, Some(0.0)),
+            row("unmap_256_contiguous_pages", 9, 8.0, None),
+            row("revoke_with_1_importers", 10, 1.0, None),
+            row("revoke_with_4_importers", 30, 1.0, Some(1.0)),
         ];
         let doc = render(&[], &k, "cpu", "2026-01-01", &[]);
-        assert!(doc.contains("Batched (64 unmaps, one flush) vs strict: 0.25x"));
+        assert!(doc.contains("- Batched (64 unmaps, one flush) vs strict: 0.25x"));
+        assert!(doc.contains("vs strict: 0.15x the cycles per mapping (0.01 invalidation"));
         assert!(doc.contains("| 256 | 8 | 8.0 |"));
         assert!(doc.contains("| 4 | 30 | 3.00x | 1 | 1 |"), "{doc}");
+        // No register counts: no such column.
+        assert!(!doc.contains("register accesses/op"));
+        assert!(!doc.contains("Where a strict 4 KiB map+unmap spends"));
+    }
+
+    #[test]
+    fn renders_the_phases_and_the_unit_register_counts() {
+        let mut strict = row("map_unmap_4k_strict", 100, 1.0, Some(1.0));
+        strict.registers = Some(30);
+        let mut flush = row("phase_4k_flush", 40, 1.0, None);
+        flush.queue = Some(QueuePhases {
+            descriptor_write: 5,
+            submission: 10,
+            wait: 5,
+        });
+        let mut unmap = row("phase_4k_unmap", 55, 1.0, None);
+        unmap.queue = Some(QueuePhases {
+            descriptor_write: 4,
+            submission: 12,
+            wait: 4,
+        });
+        let mut k = vec![
+            strict,
+            row("phase_4k_iova", 10, 0.0, None),
+            row("phase_4k_pt_map", 20, 0.0, None),
+            row("phase_4k_pt_unmap", 10, 0.0, None),
+            flush,
+            row("phase_4k_map_phys", 45, 0.0, None),
+            unmap,
+        ];
+        let doc = render(&[], &k, "cpu", "2026-01-01", &[]);
+        // 30 accesses over 10 operations; rows without a count show a dash.
+        assert!(
+            doc.contains("| `map_unmap_4k_strict` | 10 | 100 | 1.00 | 1.00 | 3.00 |"),
+            "{doc}"
+        );
+        // Phase rows are not in the main table but in their own, as shares of 45 + 55 = 100:
+        // the domain's part of the flush is 40 - 20 (its own queue phases); the queue phases are
+        // the device unmap's 4 + 12 + 4; the rest 100 - (10 + 20 + 10 + 20 + 20) = 20.
+        assert!(!doc.contains("| `phase_4k_iova` |"));
+        assert!(doc.contains("queue phases in it | 20 | 20 % |"), "{doc}");
+        assert!(doc.contains("QEMU runs the queue inside it) | the unit's phase timing, device `unmap` | 12 | 12 % |"), "{doc}");
+        assert!(doc.contains("the rest) | - | 20 | 20 % |"), "{doc}");
+        assert!(doc.contains("| 100 | 100 % |"));
+        assert!(doc.contains("flush: 5 + 10 + 5 cycles (descriptor write + submission + wait), against 4 + 12 + 4"), "{doc}");
+        // Medians do not add up exactly; the rest says what they leave.
+        // Without the unit's phase timing the flush is one phase: the rest is 100 - 80.
+        for r in &mut k {
+            r.queue = None;
+        }
+        let doc = render(&[], &k, "cpu", "2026-01-01", &[]);
+        assert!(
+            doc.contains("| `IommuDomain::flush` | 40 | 40 % |"),
+            "{doc}"
+        );
+        assert!(doc.contains("the rest) | - | 20 | 20 % |"), "{doc}");
+        let k = parse_kbench(
+            "KBENCH a ops=4 cycles_per_op=1 invalidations_per_op=0 registers=6 \
+             queue_descriptor_write=1 queue_submission=2 queue_wait=3\n",
+        );
+        assert_eq!(k[0].registers_per_op(), Some(1.5));
+        assert_eq!(k[0].queue.map(|q| q.total()), Some(6));
     }
 }

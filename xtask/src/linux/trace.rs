@@ -61,23 +61,35 @@ fn ops_of(line: &str) -> Option<u64> {
         .filter(|&n| n > 0)
 }
 
-/// Our kernel's rows: accesses between the previous console line and each `KBENCH` line, per
-/// operation. Exact for rows with no untimed work before them (a row's warm-up would count).
-pub fn ours_per_op(segs: &[Segment]) -> Vec<(String, f64)> {
-    segs.iter()
-        .filter_map(|s| {
-            let rest = s.line.strip_prefix("KBENCH ")?;
-            let name = rest.split_whitespace().next()?;
-            Some((name.to_string(), s.accesses as f64 / ops_of(rest)? as f64))
-        })
-        .collect()
+/// One timed row as the trace saw it: the register accesses from its mark line to its result
+/// line, and its operation count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracedRow {
+    /// The row's name.
+    pub name: String,
+    /// VT-d register reads and writes between the mark and the result line.
+    pub accesses: u64,
+    /// Operations the row timed (`ops=`).
+    pub ops: u64,
 }
 
-/// The Linux module's rows: accesses from its `LBENCH_MARK <name>` line (printed when the clock
-/// starts) to its `LBENCH <name>` line, per operation. The console must show kernel messages
-/// (`loglevel=7`); lines may carry printk timestamps.
-pub fn linux_per_op(segs: &[Segment]) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
+impl TracedRow {
+    /// Accesses per operation.
+    pub fn per_op(&self) -> f64 {
+        self.accesses as f64 / self.ops as f64
+    }
+}
+
+/// The timed rows of either side: `<prefix>_MARK <name>` is printed when a row's clock starts
+/// (after its warm-up) and `<prefix> <name> ... ops=N ...` when it stops; the accesses in
+/// between are the timed operations' own. `prefix` is `LBENCH` (the Linux module) or `KBENCH`
+/// (our kernel). A result line without its mark right before is not counted; a repeated row
+/// (the Linux /init's dmesg dump reprints the lines, without accesses) only once. Lines may
+/// carry printk timestamps (Linux at `loglevel=7`).
+pub fn marked_rows(segs: &[Segment], prefix: &str) -> Vec<TracedRow> {
+    let mark = format!("{prefix}_MARK ");
+    let result = format!("{prefix} ");
+    let mut out: Vec<TracedRow> = Vec::new();
     let mut open: Option<(String, u64)> = None;
     for s in segs {
         let text = s.line.trim_start();
@@ -85,14 +97,18 @@ pub fn linux_per_op(segs: &[Segment]) -> Vec<(String, f64)> {
             Some(t) => t.split_once("] ").map_or(text, |(_, rest)| rest),
             None => text,
         };
-        if let Some(name) = text.strip_prefix("LBENCH_MARK ") {
+        if let Some(name) = text.strip_prefix(&mark) {
             open = Some((name.trim().to_string(), 0));
-        } else if let Some(rest) = text.strip_prefix("LBENCH ") {
+        } else if let Some(rest) = text.strip_prefix(&result) {
             let name = rest.split_whitespace().next().unwrap_or_default();
             if let Some((marked, n)) = open.take() {
-                if marked == name && !out.iter().any(|(o, _): &(String, f64)| o == name) {
+                if marked == name && !out.iter().any(|o| o.name == name) {
                     if let Some(ops) = ops_of(rest) {
-                        out.push((name.to_string(), (n + s.accesses) as f64 / ops as f64));
+                        out.push(TracedRow {
+                            name: name.to_string(),
+                            accesses: n + s.accesses,
+                            ops,
+                        });
                     }
                 }
             }
@@ -101,6 +117,43 @@ pub fn linux_per_op(segs: &[Segment]) -> Vec<(String, f64)> {
         }
     }
     out
+}
+
+/// (row, accesses per operation) of [`marked_rows`].
+pub fn per_op(rows: &[TracedRow]) -> Vec<(String, f64)> {
+    rows.iter().map(|r| (r.name.clone(), r.per_op())).collect()
+}
+
+/// Checks our unit's own register counter against QEMU's trace of the same run: for every row
+/// both have, the totals must be equal. `unit` holds (row, accesses the unit counted over the
+/// row's timed operations). Returns how many rows agreed; fails naming every row that does not,
+/// or when the unit counted rows but none of them was traced.
+pub fn check_unit_counter(unit: &[(String, u64)], traced: &[TracedRow]) -> Result<usize, String> {
+    let mut agreed = 0;
+    let mut wrong = Vec::new();
+    for (name, counted) in unit {
+        let Some(t) = traced.iter().find(|t| &t.name == name) else {
+            continue;
+        };
+        if t.accesses == *counted {
+            agreed += 1;
+        } else {
+            wrong.push(format!(
+                "{name}: the unit counted {counted}, QEMU traced {} ({} operations)",
+                t.accesses, t.ops
+            ));
+        }
+    }
+    if !wrong.is_empty() {
+        return Err(format!(
+            "the VT-d unit's register counter disagrees with QEMU's trace: {}",
+            wrong.join("; ")
+        ));
+    }
+    if agreed == 0 && !unit.is_empty() {
+        return Err("the unit counted register accesses, but no traced row matches them".into());
+    }
+    Ok(agreed)
 }
 
 #[cfg(test)]
@@ -146,7 +199,57 @@ mod tests {
                 }
             ]
         );
-        assert_eq!(ours_per_op(&s), [("a".to_string(), 3.0)]);
+        // No mark before the result line: not a timed row.
+        assert!(marked_rows(&s, "KBENCH").is_empty());
+        let s = segments(&trace(&[
+            ("boot", 7),
+            ("KBENCH_MARK a", 12), // warm-up and set-up: before the mark, not counted
+            ("KBENCH a ops=10 cycles_per_op=1", 30),
+        ]));
+        let rows = marked_rows(&s, "KBENCH");
+        assert_eq!(
+            rows,
+            [TracedRow {
+                name: "a".into(),
+                accesses: 30,
+                ops: 10
+            }]
+        );
+        assert_eq!(per_op(&rows), [("a".to_string(), 3.0)]);
+    }
+
+    #[test]
+    fn the_unit_counter_must_match_the_trace() {
+        let traced = [
+            TracedRow {
+                name: "a".into(),
+                accesses: 2000,
+                ops: 2000,
+            },
+            TracedRow {
+                name: "b".into(),
+                accesses: 30,
+                ops: 1920,
+            },
+        ];
+        let unit = |v: &[(&str, u64)]| {
+            v.iter()
+                .map(|(n, c)| (n.to_string(), *c))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            check_unit_counter(&unit(&[("a", 2000), ("b", 30), ("untraced", 5)]), &traced),
+            Ok(2)
+        );
+        let e = check_unit_counter(&unit(&[("a", 6000), ("b", 30)]), &traced).expect_err("a");
+        assert!(
+            e.contains("a: the unit counted 6000, QEMU traced 2000"),
+            "{e}"
+        );
+        assert!(!e.contains("b:"), "{e}");
+        assert!(check_unit_counter(&unit(&[("untraced", 5)]), &traced).is_err());
+        // No counter in the kernel's output: nothing to compare, nothing refused.
+        assert_eq!(check_unit_counter(&[], &traced), Ok(0));
     }
 
     #[test]
@@ -167,7 +270,7 @@ mod tests {
             ("LBENCH map_unmap_4k ops=2000 ns=1 cycles=1 tsc_khz=1", 0),
         ]);
         assert_eq!(
-            linux_per_op(&segments(&t)),
+            per_op(&marked_rows(&segments(&t), "LBENCH")),
             [("map_unmap_4k".to_string(), 1.0)]
         );
     }
