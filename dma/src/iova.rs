@@ -24,15 +24,22 @@
 //! limit). Cached ranges stay out of the buddy lists; [`IovaAllocator::drain_caches`] returns
 //! them, and an allocation that fails drains and retries before reporting exhaustion.
 //!
-//! Every allocation is recorded (`live`, a `BTreeMap`) so that [`IovaAllocator::free`] checks the
-//! exact range and reports a double free or a wrong size instead of corrupting the free space.
+//! Every allocation is recorded (`live`, a radix tree of fixed depth in the `live` submodule) so
+//! that [`IovaAllocator::free`] checks the exact range and reports a double free or a wrong size
+//! instead of corrupting the free space. The record's depth depends on the width of the space,
+//! not on the number of live allocations, so alloc+free costs the same at 1 and at 1M live (the
+//! `iova_vs_vm_allocator` benchmark in docs/PERFORMANCE.md); with a `BTreeMap` here it grew 2.5
+//! times over that range.
 
-use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::collections::BTreeSet;
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DmaAddr, PAGE_SIZE};
 use crate::error::DmaError;
+
+mod live;
+use live::LiveMap;
 
 const PAGE_SHIFT: u32 = 12;
 /// Number of page-frame bits of a 64-bit address: orders 0..=52.
@@ -146,7 +153,7 @@ pub struct IovaAllocator {
     /// `free[k]`: start pfns of free blocks of `2^k` pages, naturally aligned.
     free: Vec<BTreeSet<u64>>,
     /// start pfn → page count of every live allocation.
-    live: BTreeMap<u64, u64>,
+    live: LiveMap,
     /// `magazines[n - 1]`: cached free ranges of exactly `n` pages (start pfns).
     magazines: Vec<Vec<u64>>,
     free_pages: u64,
@@ -196,7 +203,7 @@ impl IovaAllocator {
             last_pfn,
             reserved: reserved.to_vec(),
             free: (0..=MAX_ORDER).map(|_| BTreeSet::new()).collect(),
-            live: BTreeMap::new(),
+            live: LiveMap::new(last_pfn),
             magazines: (0..MAGAZINE_MAX_PAGES).map(|_| Vec::new()).collect(),
             free_pages: 0,
             cached_pages: 0,
@@ -288,9 +295,9 @@ impl IovaAllocator {
     fn check_live(&self, addr: DmaAddr, size: u64) -> Result<u64, DmaError> {
         let a = addr.as_u64();
         let pfn = a >> PAGE_SHIFT;
-        match self.live.get(&pfn) {
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => Ok(pfn),
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => Err(DmaError::SizeMismatch {
+        match self.live.get(pfn) {
+            Some(pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => Ok(pfn),
+            Some(pages) if a.is_multiple_of(PAGE_SIZE) => Err(DmaError::SizeMismatch {
                 addr: a,
                 mapped: pages << PAGE_SHIFT,
                 given: size,
@@ -309,7 +316,7 @@ impl IovaAllocator {
     pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
         let pfn = self.check_live(addr, size)?;
         let pages = size >> PAGE_SHIFT;
-        self.live.remove(&pfn);
+        self.live.remove(pfn);
         self.live_pages -= pages;
         if pages <= MAGAZINE_MAX_PAGES {
             let mag = &mut self.magazines[(pages - 1) as usize];
@@ -359,7 +366,7 @@ impl IovaAllocator {
                 _ => merged.push((s, e)),
             }
         }
-        self.live.remove(&pfn);
+        self.live.remove(pfn);
         self.live_pages -= end - pfn;
         let mut cursor = pfn;
         for (s, e) in merged {
@@ -379,12 +386,15 @@ impl IovaAllocator {
     /// The live allocation containing `addr`, as `(start, size)`.
     pub fn lookup(&self, addr: DmaAddr) -> Option<(DmaAddr, u64)> {
         let pfn = addr.as_u64() >> PAGE_SHIFT;
-        let (&s, &n) = self.live.range(..=pfn).next_back()?;
+        let (s, n) = self.live.at_or_before(pfn)?;
         (pfn < s + n).then(|| (DmaAddr::new(s << PAGE_SHIFT), n << PAGE_SHIFT))
     }
 
-    /// Returns every cached range to the buddy lists (so they can merge).
+    /// Returns every cached range to the buddy lists (so they can merge), and frees the live
+    /// record's emptied nodes (kept until now so that a steady alloc+free cycle does not touch
+    /// the heap).
     pub fn drain_caches(&mut self) {
+        self.live.prune();
         for n in 1..=MAGAZINE_MAX_PAGES {
             let mag = core::mem::take(&mut self.magazines[(n - 1) as usize]);
             for pfn in mag {
@@ -531,9 +541,7 @@ impl IovaAllocator {
                 blocks.push((s, n as u64 + 1));
             }
         }
-        for (&s, &n) in &self.live {
-            blocks.push((s, n));
-        }
+        self.live.for_each(|s, n| blocks.push((s, n)));
         assert_eq!(sum, self.free_pages);
         blocks.sort_unstable();
         for w in blocks.windows(2) {
