@@ -9,6 +9,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod bench_allocator;
 mod linux;
 mod modgraph;
 mod qemu;
@@ -62,6 +63,8 @@ Commands:
                         headers), alternating ours, Linux strict, Linux lazy per round; rewrites
                         only the \"Versus Linux\" section of docs/PERFORMANCE.md
     --rounds N          rounds for --vs-linux (default 5)
+    --allocator-only    instead: only the IOVA allocator vs rust-vmm vm-allocator criterion
+                        benchmark; rewrites only its section (plain `bench` also regenerates it)
 
   lint   cargo fmt --check, clippy -D warnings (host crates with all targets; the kernel binary
          with the kernel's own flags), rustdoc -D warnings and `cargo package --no-verify` of
