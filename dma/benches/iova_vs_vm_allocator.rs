@@ -175,13 +175,18 @@ fn measure(b: &mut criterion::Bencher<'_>, a: &mut impl Allocator, w: Workload) 
 fn side_by_side(c: &mut Criterion) {
     for w in [Workload::Pages4k, Workload::Mixed] {
         let mut g = c.benchmark_group(w.group());
+        // Ours at every live count first, one right after the other, so that the flatness
+        // figure (1M live against 1 live) compares runs minutes apart at most on a shared machine.
+        g.sample_size(100).sampling_mode(SamplingMode::Auto);
         for live in LIVE {
-            let (mut ours, placed) = ours_with_live(w, live);
-            g.sample_size(100).sampling_mode(SamplingMode::Auto);
+            let (mut ours, _) = ours_with_live(w, live);
             g.bench_with_input(BenchmarkId::new("ours", live), &live, |b, _| {
                 measure(b, &mut ours, w)
             });
-            drop(ours);
+        }
+        for live in LIVE {
+            // The same placement ours made above (it is deterministic).
+            let (_, placed) = ours_with_live(w, live);
             for (name, policy) in [
                 ("vm_allocator_first_match", AllocPolicy::FirstMatch),
                 ("vm_allocator_last_match", AllocPolicy::LastMatch),
