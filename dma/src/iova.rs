@@ -342,7 +342,7 @@ impl IovaAllocator {
                 return Ok(());
             }
         }
-        self.release(pfn, pages);
+        self.release_allocation(pfn, pages);
         Ok(())
     }
 
@@ -504,7 +504,7 @@ impl IovaAllocator {
                 }
                 debug_assert_eq!(s, pos);
                 if pages < want {
-                    self.release(pos + pages, want - pages);
+                    self.release_tail(pos + pages, want - pages);
                 }
                 return Some(pos);
             }
@@ -512,19 +512,67 @@ impl IovaAllocator {
         None
     }
 
-    /// Puts `[pfn, pfn + pages)` into the buddy lists as maximal aligned blocks, merging buddies.
-    fn release(&mut self, mut pfn: u64, pages: u64) {
+    /// The maximal aligned blocks of `[pfn, pfn + pages)`, lowest first, as `(start, order)`.
+    fn blocks(mut pfn: u64, pages: u64) -> impl Iterator<Item = (u64, u32)> + Clone {
         let end = pfn + pages;
-        while pfn < end {
+        core::iter::from_fn(move || {
+            if pfn >= end {
+                return None;
+            }
             let align = if pfn == 0 {
                 MAX_ORDER
             } else {
                 pfn.trailing_zeros().min(MAX_ORDER)
             };
-            let fit = 63 - (end - pfn).leading_zeros();
-            let o = align.min(fit);
-            self.free_block(pfn, o);
+            let o = align.min(63 - (end - pfn).leading_zeros());
+            let b = (pfn, o);
             pfn += 1 << o;
+            Some(b)
+        })
+    }
+
+    /// Puts the unused tail `[pfn, pfn + pages)` of a block just split for an allocation into
+    /// the buddy lists without trying to merge: the buddy of each of its maximal blocks lies in
+    /// the same split block, inside the allocation or the tail itself, and two maximal blocks of
+    /// one range are never buddies (they differ in size).
+    fn release_tail(&mut self, pfn: u64, pages: u64) {
+        for (b, o) in Self::blocks(pfn, pages) {
+            self.free[o as usize].insert(b >> o);
+            self.free_pages += 1 << o;
+        }
+    }
+
+    /// Frees the buddy-path allocation `[pfn, pfn + pages)`. When the tail its `2^k` block gave
+    /// back at allocation is still wholly free, the tail's blocks are taken back and the whole
+    /// block is freed at once (one merge cascade instead of inserting pieces that merge again at
+    /// once); otherwise the range is released piece by piece.
+    fn release_allocation(&mut self, pfn: u64, pages: u64) {
+        let want = 1u64 << order_of(pages);
+        if pages == want || !pfn.is_multiple_of(want) {
+            self.release(pfn, pages);
+            return;
+        }
+        let tail = Self::blocks(pfn + pages, want - pages);
+        let mut taken = 0;
+        for (b, o) in tail.clone() {
+            if !self.free[o as usize].remove(b >> o) {
+                // Part of the tail is allocated or cached: put back what was taken.
+                for (b, o) in tail.take(taken) {
+                    self.free[o as usize].insert(b >> o);
+                }
+                self.release(pfn, pages);
+                return;
+            }
+            taken += 1;
+        }
+        self.free_pages -= want - pages;
+        self.free_block(pfn, order_of(pages));
+    }
+
+    /// Puts `[pfn, pfn + pages)` into the buddy lists as maximal aligned blocks, merging buddies.
+    fn release(&mut self, pfn: u64, pages: u64) {
+        for (b, o) in Self::blocks(pfn, pages) {
+            self.free_block(b, o);
         }
     }
 
