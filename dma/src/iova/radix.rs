@@ -236,12 +236,12 @@ impl RadixMap {
     }
 
     /// After a removal emptied the leaf on `key`'s path: clears, bottom up, the occupancy bit
-    /// of every path subtree that is now empty (one walk per level that emptied).
+    /// of every path subtree that is now empty (one walk per node that emptied).
     fn clear_emptied_path(&mut self, key: u64) {
         loop {
             let mut node = &mut *self.root;
             let mut level = self.top;
-            let changed = loop {
+            let emptied = loop {
                 let Node::Inner { occ, kids } = node else {
                     break false;
                 };
@@ -254,12 +254,13 @@ impl RadixMap {
                 };
                 if kid.occ() == 0 {
                     *occ &= !(1 << i);
-                    break true;
+                    // Walk again only when this node emptied too (its parent's bit then goes).
+                    break *occ == 0;
                 }
                 node = kid;
                 level -= 1;
             };
-            if !changed {
+            if !emptied {
                 return;
             }
         }
