@@ -32,6 +32,8 @@ use vm_allocator::{AddressAllocator, AllocPolicy, RangeInclusive};
 const SPACE_END: u64 = 1 << 39;
 /// Allocations per batch; each is freed in the same batch, oldest first.
 const BATCH: usize = 8;
+/// Rounds of our allocator's runs (xtask takes the median).
+const ROUNDS: usize = 3;
 /// Live allocations held while the sequence runs.
 const LIVE: [usize; 3] = [1, 100_000, 1_000_000];
 /// Page counts of the live set (mixed workload).
@@ -175,14 +177,16 @@ fn measure(b: &mut criterion::Bencher<'_>, a: &mut impl Allocator, w: Workload) 
 fn side_by_side(c: &mut Criterion) {
     for w in [Workload::Pages4k, Workload::Mixed] {
         let mut g = c.benchmark_group(w.group());
-        // Ours at every live count first, one right after the other, so that the flatness
-        // figure (1M live against 1 live) compares runs minutes apart at most on a shared machine.
+        // Ours at every live count, one right after the other, in [ROUNDS] rounds: the flatness
+        // figure (1M live against 1 live) is taken within each round, seconds apart, so that a
+        // change of load on a shared machine between rounds does not show as a change of cost.
         g.sample_size(100).sampling_mode(SamplingMode::Auto);
-        for live in LIVE {
-            let (mut ours, _) = ours_with_live(w, live);
-            g.bench_with_input(BenchmarkId::new("ours", live), &live, |b, _| {
-                measure(b, &mut ours, w)
-            });
+        for round in 0..ROUNDS {
+            for live in LIVE {
+                let (mut ours, _) = ours_with_live(w, live);
+                let id = BenchmarkId::new(format!("ours_round{round}"), live);
+                g.bench_with_input(id, &live, |b, _| measure(b, &mut ours, w));
+            }
         }
         for live in LIVE {
             // The same placement ours made above (it is deterministic).
