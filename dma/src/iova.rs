@@ -553,8 +553,7 @@ impl IovaAllocator {
             return;
         }
         let tail = Self::blocks(pfn + pages, want - pages);
-        let mut taken = 0;
-        for (b, o) in tail.clone() {
+        for (taken, (b, o)) in tail.clone().enumerate() {
             if !self.free[o as usize].remove(b >> o) {
                 // Part of the tail is allocated or cached: put back what was taken.
                 for (b, o) in tail.take(taken) {
@@ -563,7 +562,6 @@ impl IovaAllocator {
                 self.release(pfn, pages);
                 return;
             }
-            taken += 1;
         }
         self.free_pages -= want - pages;
         self.free_block(pfn, order_of(pages));
