@@ -11,8 +11,10 @@
 //! nodes (`rb_prev`) and is O(n) in bad cases, which is why it needs its per-CPU range caches to
 //! be fast. A `BTreeMap` cannot be augmented with "largest gap below this node", so the same
 //! search here would be O(n). Instead free space is kept as naturally aligned power-of-two blocks,
-//! one `BTreeSet` per order: finding a block of order `k` below a limit is one ordered lookup per
-//! order (at most 53), splitting and merging are O(log n) each. A request of `n` pages takes an
+//! one set per order (a fixed-depth radix bitset, the `radix` submodule): finding a block of order
+//! `k` below a limit is one at-or-before lookup per non-empty order (at most 53), and splitting
+//! and merging cost one set update per order crossed, each of a depth set by the width of the
+//! space, not by the number of blocks or allocations. A request of `n` pages takes an
 //! aligned `2^ceil(log2 n)` block and gives the unused tail back at once, so no IOVA is wasted;
 //! the alignment is what superpages want anyway (a 2 MiB request is 2 MiB aligned, 1 GiB is
 //! 1 GiB aligned; Linux size-aligns the same way). Within the smallest order that fits, the
@@ -24,15 +26,21 @@
 //! limit). Cached ranges stay out of the buddy lists; [`IovaAllocator::drain_caches`] returns
 //! them, and an allocation that fails drains and retries before reporting exhaustion.
 //!
-//! Every allocation is recorded (`live`, a `BTreeMap`) so that [`IovaAllocator::free`] checks the
-//! exact range and reports a double free or a wrong size instead of corrupting the free space.
+//! Every allocation is recorded (`live`, a radix tree of fixed depth in the `radix` submodule) so
+//! that [`IovaAllocator::free`] checks the exact range and reports a double free or a wrong size
+//! instead of corrupting the free space. The record's depth depends on the width of the space,
+//! not on the number of live allocations, so alloc+free costs the same at 1 and at 1M live (the
+//! `iova_vs_vm_allocator` benchmark in docs/PERFORMANCE.md); with a `BTreeMap` here it grew 2.5
+//! times over that range.
 
-use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::fmt;
 
 use crate::addr::{DmaAddr, PAGE_SIZE};
 use crate::error::DmaError;
+
+mod radix;
+use radix::{RadixMap, RadixSet};
 
 const PAGE_SHIFT: u32 = 12;
 /// Number of page-frame bits of a 64-bit address: orders 0..=52.
@@ -143,10 +151,11 @@ pub struct IovaAllocator {
     first_pfn: u64,
     last_pfn: u64,
     reserved: Vec<ReservedRegion>,
-    /// `free[k]`: start pfns of free blocks of `2^k` pages, naturally aligned.
-    free: Vec<BTreeSet<u64>>,
+    /// `free[k]`: start pfns, shifted right by `k`, of free blocks of `2^k` pages (naturally
+    /// aligned).
+    free: Vec<RadixSet>,
     /// start pfn → page count of every live allocation.
-    live: BTreeMap<u64, u64>,
+    live: RadixMap,
     /// `magazines[n - 1]`: cached free ranges of exactly `n` pages (start pfns).
     magazines: Vec<Vec<u64>>,
     free_pages: u64,
@@ -195,8 +204,10 @@ impl IovaAllocator {
             first_pfn,
             last_pfn,
             reserved: reserved.to_vec(),
-            free: (0..=MAX_ORDER).map(|_| BTreeSet::new()).collect(),
-            live: BTreeMap::new(),
+            free: (0..=MAX_ORDER)
+                .map(|k| RadixSet::new(last_pfn >> k))
+                .collect(),
+            live: RadixMap::new(last_pfn),
             magazines: (0..MAGAZINE_MAX_PAGES).map(|_| Vec::new()).collect(),
             free_pages: 0,
             cached_pages: 0,
@@ -288,9 +299,9 @@ impl IovaAllocator {
     fn check_live(&self, addr: DmaAddr, size: u64) -> Result<u64, DmaError> {
         let a = addr.as_u64();
         let pfn = a >> PAGE_SHIFT;
-        match self.live.get(&pfn) {
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => Ok(pfn),
-            Some(&pages) if a.is_multiple_of(PAGE_SIZE) => Err(DmaError::SizeMismatch {
+        match self.live.get(pfn) {
+            Some(pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => Ok(pfn),
+            Some(pages) if a.is_multiple_of(PAGE_SIZE) => Err(DmaError::SizeMismatch {
                 addr: a,
                 mapped: pages << PAGE_SHIFT,
                 given: size,
@@ -307,9 +318,21 @@ impl IovaAllocator {
     /// Nothing changes on an error: [`DmaError::NotMapped`] when `addr` starts no live allocation
     /// (double free), [`DmaError::SizeMismatch`] when `size` is not its size.
     pub fn free(&mut self, addr: DmaAddr, size: u64) -> Result<(), DmaError> {
-        let pfn = self.check_live(addr, size)?;
-        let pages = size >> PAGE_SHIFT;
-        self.live.remove(&pfn);
+        let a = addr.as_u64();
+        let pfn = a >> PAGE_SHIFT;
+        // One walk of the live record: remove, and put back on a size mismatch (the emptied
+        // nodes are kept, so that allocates nothing and the error changes nothing).
+        let pages = match self.live.remove(pfn) {
+            Some(pages) if a.is_multiple_of(PAGE_SIZE) && pages << PAGE_SHIFT == size => pages,
+            Some(pages) => {
+                self.live.insert(pfn, pages);
+                return Err(self
+                    .check_live(addr, size)
+                    .err()
+                    .unwrap_or(DmaError::NotMapped { addr: a }));
+            }
+            None => return Err(DmaError::NotMapped { addr: a }),
+        };
         self.live_pages -= pages;
         if pages <= MAGAZINE_MAX_PAGES {
             let mag = &mut self.magazines[(pages - 1) as usize];
@@ -319,7 +342,7 @@ impl IovaAllocator {
                 return Ok(());
             }
         }
-        self.release(pfn, pages);
+        self.release_allocation(pfn, pages);
         Ok(())
     }
 
@@ -359,7 +382,7 @@ impl IovaAllocator {
                 _ => merged.push((s, e)),
             }
         }
-        self.live.remove(&pfn);
+        self.live.remove(pfn);
         self.live_pages -= end - pfn;
         let mut cursor = pfn;
         for (s, e) in merged {
@@ -379,12 +402,18 @@ impl IovaAllocator {
     /// The live allocation containing `addr`, as `(start, size)`.
     pub fn lookup(&self, addr: DmaAddr) -> Option<(DmaAddr, u64)> {
         let pfn = addr.as_u64() >> PAGE_SHIFT;
-        let (&s, &n) = self.live.range(..=pfn).next_back()?;
+        let (s, n) = self.live.at_or_before(pfn)?;
         (pfn < s + n).then(|| (DmaAddr::new(s << PAGE_SHIFT), n << PAGE_SHIFT))
     }
 
-    /// Returns every cached range to the buddy lists (so they can merge).
+    /// Returns every cached range to the buddy lists (so they can merge), and frees the live
+    /// record's emptied nodes (kept until now so that a steady alloc+free cycle does not touch
+    /// the heap).
     pub fn drain_caches(&mut self) {
+        self.live.prune();
+        for set in &mut self.free {
+            set.prune();
+        }
         for n in 1..=MAGAZINE_MAX_PAGES {
             let mag = core::mem::take(&mut self.magazines[(n - 1) as usize]);
             for pfn in mag {
@@ -434,27 +463,30 @@ impl IovaAllocator {
         let top_pos = (limit_pfn + 1 - want) & !(want - 1);
         for j in k..=MAX_ORDER {
             let bsize = 1u64 << j;
+            if self.free[j as usize].is_empty() {
+                continue;
+            }
             // (a) the highest block entirely below the limit.
             let a = if limit_pfn + 1 >= bsize {
                 self.free[j as usize]
-                    .range(..=limit_pfn + 1 - bsize)
-                    .next_back()
-                    .copied()
+                    .at_or_before((limit_pfn + 1 - bsize) >> j)
+                    .map(|b| b << j)
             } else {
                 None
             };
             // (b) the block straddling the limit, if free: use its part below the limit.
             let s = limit_pfn & !(bsize - 1);
-            let b =
-                (s + bsize - 1 > limit_pfn && top_pos >= s && self.free[j as usize].contains(&s))
-                    .then_some(s);
+            let b = (s + bsize - 1 > limit_pfn
+                && top_pos >= s
+                && self.free[j as usize].contains(s >> j))
+            .then_some(s);
             let choice = match (a, b) {
                 (_, Some(s)) => Some((s, top_pos)), // b's position is the highest possible
                 (Some(s), None) => Some((s, s + bsize - want)),
                 (None, None) => None,
             };
             if let Some((block, pos)) = choice {
-                self.free[j as usize].remove(&block);
+                self.free[j as usize].remove(block >> j);
                 self.free_pages -= bsize;
                 // Split down to order k, keeping the halves that do not contain `pos` free.
                 let mut s = block;
@@ -463,16 +495,16 @@ impl IovaAllocator {
                     o -= 1;
                     let half = 1u64 << o;
                     if pos >= s + half {
-                        self.free[o as usize].insert(s);
+                        self.free[o as usize].insert(s >> o);
                         s += half;
                     } else {
-                        self.free[o as usize].insert(s + half);
+                        self.free[o as usize].insert((s + half) >> o);
                     }
                     self.free_pages += half;
                 }
                 debug_assert_eq!(s, pos);
                 if pages < want {
-                    self.release(pos + pages, want - pages);
+                    self.release_tail(pos + pages, want - pages);
                 }
                 return Some(pos);
             }
@@ -480,19 +512,65 @@ impl IovaAllocator {
         None
     }
 
-    /// Puts `[pfn, pfn + pages)` into the buddy lists as maximal aligned blocks, merging buddies.
-    fn release(&mut self, mut pfn: u64, pages: u64) {
+    /// The maximal aligned blocks of `[pfn, pfn + pages)`, lowest first, as `(start, order)`.
+    fn blocks(mut pfn: u64, pages: u64) -> impl Iterator<Item = (u64, u32)> + Clone {
         let end = pfn + pages;
-        while pfn < end {
+        core::iter::from_fn(move || {
+            if pfn >= end {
+                return None;
+            }
             let align = if pfn == 0 {
                 MAX_ORDER
             } else {
                 pfn.trailing_zeros().min(MAX_ORDER)
             };
-            let fit = 63 - (end - pfn).leading_zeros();
-            let o = align.min(fit);
-            self.free_block(pfn, o);
+            let o = align.min(63 - (end - pfn).leading_zeros());
+            let b = (pfn, o);
             pfn += 1 << o;
+            Some(b)
+        })
+    }
+
+    /// Puts the unused tail `[pfn, pfn + pages)` of a block just split for an allocation into
+    /// the buddy lists without trying to merge: the buddy of each of its maximal blocks lies in
+    /// the same split block, inside the allocation or the tail itself, and two maximal blocks of
+    /// one range are never buddies (they differ in size).
+    fn release_tail(&mut self, pfn: u64, pages: u64) {
+        for (b, o) in Self::blocks(pfn, pages) {
+            self.free[o as usize].insert(b >> o);
+            self.free_pages += 1 << o;
+        }
+    }
+
+    /// Frees the buddy-path allocation `[pfn, pfn + pages)`. When the tail its `2^k` block gave
+    /// back at allocation is still wholly free, the tail's blocks are taken back and the whole
+    /// block is freed at once (one merge cascade instead of inserting pieces that merge again at
+    /// once); otherwise the range is released piece by piece.
+    fn release_allocation(&mut self, pfn: u64, pages: u64) {
+        let want = 1u64 << order_of(pages);
+        if pages == want || !pfn.is_multiple_of(want) {
+            self.release(pfn, pages);
+            return;
+        }
+        let tail = Self::blocks(pfn + pages, want - pages);
+        for (taken, (b, o)) in tail.clone().enumerate() {
+            if !self.free[o as usize].remove(b >> o) {
+                // Part of the tail is allocated or cached: put back what was taken.
+                for (b, o) in tail.take(taken) {
+                    self.free[o as usize].insert(b >> o);
+                }
+                self.release(pfn, pages);
+                return;
+            }
+        }
+        self.free_pages -= want - pages;
+        self.free_block(pfn, order_of(pages));
+    }
+
+    /// Puts `[pfn, pfn + pages)` into the buddy lists as maximal aligned blocks, merging buddies.
+    fn release(&mut self, pfn: u64, pages: u64) {
+        for (b, o) in Self::blocks(pfn, pages) {
+            self.free_block(b, o);
         }
     }
 
@@ -500,13 +578,13 @@ impl IovaAllocator {
         self.free_pages += 1 << o;
         while o < MAX_ORDER {
             let buddy = pfn ^ (1 << o);
-            if !self.free[o as usize].remove(&buddy) {
+            if !self.free[o as usize].remove(buddy >> o) {
                 break;
             }
             pfn = pfn.min(buddy);
             o += 1;
         }
-        self.free[o as usize].insert(pfn);
+        self.free[o as usize].insert(pfn >> o);
     }
 
     /// Checks the internal invariants (tests only): free blocks aligned, disjoint, inside the
@@ -516,7 +594,9 @@ impl IovaAllocator {
         let mut blocks: Vec<(u64, u64)> = Vec::new();
         let mut sum = 0;
         for (o, set) in self.free.iter().enumerate() {
-            for &s in set {
+            let mut starts = Vec::new();
+            set.for_each(|k| starts.push(k << o));
+            for s in starts {
                 assert_eq!(
                     s & ((1 << o) - 1),
                     0,
@@ -531,9 +611,7 @@ impl IovaAllocator {
                 blocks.push((s, n as u64 + 1));
             }
         }
-        for (&s, &n) in &self.live {
-            blocks.push((s, n));
-        }
+        self.live.for_each(|s, n| blocks.push((s, n)));
         assert_eq!(sum, self.free_pages);
         blocks.sort_unstable();
         for w in blocks.windows(2) {

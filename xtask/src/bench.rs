@@ -163,6 +163,9 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     if args.iter().any(|a| a == "--vs-linux") {
         return vs_linux(args);
     }
+    if args.iter().any(|a| a == "--allocator-only") {
+        return super::bench_allocator::only(&performance_md(), &today());
+    }
     for a in args {
         if !matches!(a.as_str(), "--host-only" | "--kernel-only") {
             return Err(format!("unknown option `{a}` for bench (see --help)"));
@@ -230,6 +233,8 @@ pub fn bench(args: &[String]) -> Result<std::process::ExitCode, String> {
     {
         doc = compare::splice_section(&doc, section);
     }
+    let previous = std::fs::read_to_string(&path).unwrap_or_default();
+    doc = super::bench_allocator::update(&doc, &previous, !kernel_only, &today())?;
     std::fs::create_dir_all(path.parent().expect("docs dir")).map_err(|e| e.to_string())?;
     std::fs::write(&path, doc).map_err(|e| format!("writing {}: {e}", path.display()))?;
     println!(

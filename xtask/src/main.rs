@@ -11,6 +11,7 @@
 //! goes to its own target directory so host and kernel builds never invalidate each other.
 
 mod bench;
+mod bench_allocator;
 mod bench_nvme;
 mod linux;
 mod modgraph;
@@ -73,6 +74,8 @@ Commands:
                         headers), alternating ours, Linux strict, Linux lazy per round; rewrites
                         only the \"Versus Linux\" section of docs/PERFORMANCE.md
     --rounds N          rounds for --vs-linux (default 5)
+    --allocator-only    instead: only the IOVA allocator vs rust-vmm vm-allocator criterion
+                        benchmark; rewrites only its section (plain `bench` also regenerates it)
 
   fetch-qemu  Download QEMU 10 (qemu-system-x86, -common, -data and seabios >= 1.16.3) from
          bookworm-backports with a private apt configuration (its source line derived from

@@ -61,6 +61,40 @@ fn free_keeping_frees_all_but_the_kept_pages() {
 }
 
 #[test]
+fn freeing_a_buddy_allocation_takes_its_tail_back_only_when_the_tail_is_free() {
+    let max = DmaAddr::new(u64::MAX);
+    // 64 pages at 0: a 33-page request takes the whole order-6 block and gives back the
+    // 31-page tail (pages 33..64) as blocks of 1, 2, 4, 8 and 16 pages.
+    let mut a = IovaAllocator::new(DmaAddr::new(0), DmaAddr::new(64 * PAGE_SIZE - 1), &[]).unwrap();
+    let x = a.alloc(33 * PAGE_SIZE, max).unwrap();
+    assert_eq!(x.as_u64(), 0);
+    assert_eq!(a.stats().free_pages, 31);
+    // Tail wholly free: taken back, the block freed as one (order 6 at 0, nothing else).
+    a.free(x, 33 * PAGE_SIZE).unwrap();
+    assert!(a.free[6].contains(0));
+    assert!((0..6).all(|o| a.free[o].is_empty()));
+    assert_eq!(a.stats().free_pages, 64);
+    a.check_invariants();
+    // Tail partly allocated (its one-page block, page 33): the range is released piece by
+    // piece and page 33 stays allocated.
+    let x = a.alloc(33 * PAGE_SIZE, max).unwrap();
+    let y = a.alloc(PAGE_SIZE, max).unwrap();
+    assert_eq!(y.as_u64(), 33 * PAGE_SIZE);
+    a.free(x, 33 * PAGE_SIZE).unwrap();
+    a.check_invariants();
+    assert_eq!(a.stats().free_pages, 63);
+    assert_eq!(a.lookup(y), Some((y, PAGE_SIZE)));
+    assert_eq!(
+        a.alloc(64 * PAGE_SIZE, max),
+        Err(DmaError::IovaExhausted {
+            size: 64 * PAGE_SIZE
+        })
+    );
+    assert_eq!(a.alloc(32 * PAGE_SIZE, max).unwrap().as_u64(), 0);
+    a.check_invariants();
+}
+
+#[test]
 fn iova_alloc_is_size_aligned_for_superpages() {
     let mut a = space(39, &[]);
     let x = a.alloc(MB2, DmaAddr::new(u64::MAX)).unwrap();
