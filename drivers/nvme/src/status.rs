@@ -122,6 +122,8 @@ pub enum CommandError {
     InvalidQueueId,
     /// Command specific 02h: Invalid Queue Size.
     InvalidQueueSize,
+    /// Command specific 08h: Invalid Interrupt Vector (e.g. MSI-X not enabled yet).
+    InvalidInterruptVector,
     /// Media 81h: Unrecovered Read Error.
     UnrecoveredRead,
     /// Media 80h: Write Fault.
@@ -155,6 +157,7 @@ impl CommandError {
             (sct::GENERIC, 0x82) => Self::NamespaceNotReady,
             (sct::COMMAND_SPECIFIC, 0x01) => Self::InvalidQueueId,
             (sct::COMMAND_SPECIFIC, 0x02) => Self::InvalidQueueSize,
+            (sct::COMMAND_SPECIFIC, 0x08) => Self::InvalidInterruptVector,
             (sct::MEDIA, 0x80) => Self::WriteFault,
             (sct::MEDIA, 0x81) => Self::UnrecoveredRead,
             (sct, sc) => Self::Other {
@@ -183,6 +186,7 @@ impl fmt::Display for CommandError {
             Self::NamespaceNotReady => "namespace not ready",
             Self::InvalidQueueId => "invalid queue identifier",
             Self::InvalidQueueSize => "invalid queue size",
+            Self::InvalidInterruptVector => "invalid interrupt vector",
             Self::WriteFault => "write fault",
             Self::UnrecoveredRead => "unrecovered read error",
             Self::Other { sct, sc, dnr } => {
@@ -236,6 +240,11 @@ mod tests {
             (sct::GENERIC, 0x82, CommandError::NamespaceNotReady),
             (sct::COMMAND_SPECIFIC, 0x01, CommandError::InvalidQueueId),
             (sct::COMMAND_SPECIFIC, 0x02, CommandError::InvalidQueueSize),
+            (
+                sct::COMMAND_SPECIFIC,
+                0x08,
+                CommandError::InvalidInterruptVector,
+            ),
             (sct::MEDIA, 0x80, CommandError::WriteFault),
             (sct::MEDIA, 0x81, CommandError::UnrecoveredRead),
         ];

@@ -3,7 +3,8 @@
 //! command line gives (`nvme.seed=`, `nvme.blocks=`), so every read is checked byte for byte
 //! against the generator; writes are checked twice: read back here, and found in the image
 //! file by xtask after QEMU exits (the `NVME-WROTE` lines). `nvme.mode=deferred` runs the
-//! controller's group domain with deferred invalidation. Evidence is memory contents, the image
+//! controller's group domain with deferred invalidation, `nvme.batch=on` unmaps the completions
+//! of each poll as one batch. Evidence is memory contents, the image
 //! file and VT-d fault records, never the controller's word alone.
 
 use alloc::boxed::Box;
@@ -95,7 +96,9 @@ fn mode(k: &Kernel) -> InvalidationMode {
     }
 }
 
-fn bind_with(k: &Kernel, trusted: bool, config: Config) -> Result<Nvme, Failure> {
+fn bind_with(k: &Kernel, trusted: bool, mut config: Config) -> Result<Nvme, Failure> {
+    // `nvme.batch=on`: completions found by one poll are unmapped under one flush.
+    config.batch_unmaps = CommandLine::new(k.boot.cmdline()).value("nvme.batch") == Some("on");
     let dev = DeviceConfig {
         mask: u64::MAX,
         trusted,
@@ -605,9 +608,18 @@ fn msix_completions_wake_the_waiter(k: &Kernel) -> TestResult {
         interrupts: true,
         ..Config::default()
     };
-    let mut n = bind_with(k, true, config)?;
-    let m = dirq::request_msix(&k.pci, k.iommu.as_ref(), n.bdf, &[admin_irq, io_irq])
+    // MSI-X is enabled before the controller creates its completion queues: a controller may
+    // refuse an interrupt vector while MSI-X is off (QEMU does: Invalid Interrupt Vector).
+    let bdf = k
+        .pci
+        .topology
+        .functions_sorted()
+        .find(|f| nvme::matches(f))
+        .or_fail("an nvme controller")?
+        .bdf;
+    let m = dirq::request_msix(&k.pci, k.iommu.as_ref(), bdf, &[admin_irq, io_irq])
         .or_fail("request_msix")?;
+    let mut n = bind_with(k, true, config)?;
     let vector = m.vector(1).or_fail("I/O vector")?;
     kprintln!(
         "  nvme {} MSI-X entry 1 -> vector {vector:#x} ({})",
@@ -666,19 +678,20 @@ fn msix_completions_wake_the_waiter(k: &Kernel) -> TestResult {
             512,
         )?;
     }
-    drop(m);
     drop(n);
+    drop(m);
 
     // Control: interrupts not enabled on the queues.
-    let mut n = bind_with(k, true, Config::default())?;
-    let m = dirq::request_msix(&k.pci, k.iommu.as_ref(), n.bdf, &[admin_irq, io_irq])
+    let m = dirq::request_msix(&k.pci, k.iommu.as_ref(), bdf, &[admin_irq, io_irq])
         .or_fail("request_msix")?;
+    let mut n = bind_with(k, true, Config::default())?;
     let before = NVME_HITS[1].load(Ordering::Acquire);
     n.ctrl
         .read(9, 8, Buffer::Phys(PhysAddr::new(buf.paddr())), 4096)
         .or_fail("polled read")?;
     crate::arch::time::delay_us(20_000);
     check_eq!(NVME_HITS[1].load(Ordering::Acquire), before);
+    drop(n);
     drop(m);
     Ok(())
 }

@@ -61,6 +61,13 @@ pub(super) fn nvme_scenarios() -> Vec<Scenario> {
             nvme_suite(),
         )),
         with_disk(Scenario::passing(
+            "nvme-batched",
+            "the NVMe suite with the completions of each poll unmapped as one batch (one flush)",
+            nvme_topology(Topology::default_run()),
+            &format!("test=nvme {args} nvme.batch=on"),
+            nvme_suite(),
+        )),
+        with_disk(Scenario::passing(
             "nvme-no-iommu",
             "the NVMe suite on the direct path (no IOMMU), but for the fault test",
             nvme_topology(Topology::default_run().without_iommu()),
