@@ -220,7 +220,8 @@ pub fn init(
         if !unit.capabilities().ecap.interrupt_remapping {
             log::info!("vt-d: unit {base:#x} has no interrupt remapping (ECAP.IR = 0)");
         } else if intremap {
-            // xAPIC mode: QEMU under TCG has no x2APIC and refuses EIM.
+            // xAPIC mode: QEMU 7.2 under TCG has no x2APIC and refuses EIM (QEMU 10 offers both;
+            // this kernel does not use them yet).
             unit.enable_interrupt_remapping(IRTE_ENTRIES, false)
                 .map_err(|error| IommuInitError::Unit { base, error })?;
         } else {
