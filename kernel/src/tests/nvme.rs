@@ -74,6 +74,10 @@ pub const SUITE: Suite = Suite {
             name: "msix_completions_wake_the_waiter",
             run: msix_completions_wake_the_waiter,
         },
+        Test {
+            name: "reads_into_its_own_controller_memory_buffer",
+            run: reads_into_its_own_controller_memory_buffer,
+        },
     ],
 };
 
@@ -693,5 +697,152 @@ fn msix_completions_wake_the_waiter(k: &Kernel) -> TestResult {
     check_eq!(NVME_HITS[1].load(Ordering::Acquire), before);
     drop(n);
     drop(m);
+    Ok(())
+}
+
+/// The controller memory buffer as a provider the controller itself targets: BAR2's CMB is
+/// exported, the controller attached to it as an importer (same function: a bus address, as
+/// Linux's p2pdma classifies it), CMBMSC told where the CMB sits (CBA, CMSE), and a read whose
+/// PRPs name the CMB lands there (the controller keeps such transfers inside itself, never
+/// through the IOMMU); a write from the CMB puts its bytes on disk. Revoke: the stale mapping is
+/// refused.
+fn reads_into_its_own_controller_memory_buffer(k: &Kernel) -> TestResult {
+    let seed = seed(k)?;
+    let mut n = bind(k)?;
+    let ns = n.ctrl.namespace().or_fail("namespace")?;
+    let bs = ns.block_size;
+    let f = k.pci.topology.function(n.bdf).or_fail("function")?;
+    let bar0 = f.bar(nvme::REGISTER_BAR).or_fail("BAR0")?;
+    let regs = crate::mem::paging::map_phys(
+        bar0.phys_address,
+        bar0.size,
+        crate::mem::paging::Cache::Uncached,
+    )
+    .or_fail("map BAR0")?;
+    // SAFETY: BAR0 is mapped uncached for the rest of the run. This second view of the register
+    // block touches only the CMB registers (CMBLOC, CMBSZ, CMBMSC, CMBSTS), which the queue
+    // driver (`n.ctrl`) never reads or writes.
+    let mut cmb_regs = unsafe {
+        nvme::Nvme::new(
+            &k.pci.ecam,
+            n.bdf,
+            core::ptr::NonNull::new(regs).or_fail("BAR0")?,
+        )
+    }
+    .or_fail("CMB registers")?;
+    let cmb = cmb_regs
+        .controller_memory_buffer()
+        .or_fail("CMB")?
+        .or_fail("no CMB (cmb_size_mb)")?;
+    let mut prov = ProviderDevice::new(&k.p2p, &k.pci, n.bdf).or_fail("provider")?;
+    const SPAN: u64 = 0x10000;
+    let handle = prov
+        .export(
+            &k.pci,
+            cmb.bar,
+            &[ExportRange {
+                offset: cmb.offset,
+                len: SPAN,
+            }],
+        )
+        .or_fail("export the CMB")?;
+    let events: Arc<Mutex<Vec<MoveEvent>>> = Arc::new(Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let att = handle
+        .attach(Importer {
+            id: device_id(n.bdf),
+            dev: n.dma.dev.clone(),
+            peer_to_peer: true,
+            move_notify: Box::new(move |e| ev.lock().push(e)),
+        })
+        .or_fail("attach the controller to its own CMB")?;
+    let m = att.map(Direction::Bidirectional).or_fail("map the CMB")?;
+    let bus = m.segments()[0].addr.as_u64();
+    kprintln!(
+        "  nvme {} CMB: BAR{} + {:#x}, {} KiB, {:?} at bus address {bus:#x}",
+        n.bdf,
+        cmb.bar,
+        cmb.offset,
+        cmb.size / 1024,
+        att.map_type()
+    );
+    check_eq!(att.map_type(), dma::p2p::MapType::BusAddr);
+    // The controller must know its CMB's bus address to keep those transfers inside.
+    cmb_regs
+        .enable_cmb_controller_space(bus - cmb.offset)
+        .or_fail("CMBMSC")?;
+    let mut view = bar_view(k, n.bdf, cmb.bar)?;
+    view.fill(cmb.offset as usize, SPAN as usize, 0)
+        .or_fail("zero the CMB")?;
+    let lba = 640;
+    n.ctrl
+        .read(
+            lba,
+            SPAN / bs,
+            Buffer::Peer {
+                mapping: &m,
+                offset: 0,
+            },
+            SPAN,
+        )
+        .or_fail("read into the CMB")?;
+    let mut got = alloc::vec![0u8; SPAN as usize];
+    view.read_bytes(cmb.offset as usize, &mut got)
+        .or_fail("read the CMB")?;
+    check!(
+        pattern::first_mismatch(seed, lba * bs, &got).is_none(),
+        "the CMB does not hold the disk's blocks"
+    );
+    // CMB -> disk.
+    let (wlba, wblocks) = (ns.blocks / 2 + 400, 32);
+    let wlen = wblocks * bs;
+    let mut src = alloc::vec![0u8; wlen as usize];
+    pattern::fill(PEER_SEED ^ 1, wlba * bs, &mut src);
+    view.write_bytes(cmb.offset as usize, &src)
+        .or_fail("fill the CMB")?;
+    n.ctrl
+        .write(
+            wlba,
+            wblocks,
+            Buffer::Peer {
+                mapping: &m,
+                offset: 0,
+            },
+            wlen,
+        )
+        .or_fail("write from the CMB")?;
+    let back = pages(4)?;
+    n.ctrl
+        .read(
+            wlba,
+            wblocks,
+            Buffer::Phys(PhysAddr::new(back.paddr())),
+            wlen,
+        )
+        .or_fail("read back")?;
+    check_blocks(back.as_ptr(), wlen as usize, PEER_SEED ^ 1, wlba, bs)?;
+    kprintln!(
+        "NVME-WROTE lba={wlba} blocks={wblocks} seed={:#x}",
+        PEER_SEED ^ 1
+    );
+    prov.revoke().or_fail("revoke")?;
+    check_eq!(*events.lock(), alloc::vec![MoveEvent::Revoked]);
+    check_eq!(
+        n.ctrl
+            .submit_io(
+                0,
+                false,
+                lba,
+                8,
+                Buffer::Peer {
+                    mapping: &m,
+                    offset: 0
+                },
+                4096
+            )
+            .err(),
+        Some(ControllerError::Dma(DmaError::Revoked))
+    );
+    kprintln!("  64 KiB read into the controller's own CMB and 16 KiB written from it; revoke refused the stale mapping");
     Ok(())
 }

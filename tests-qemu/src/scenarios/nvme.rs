@@ -16,9 +16,13 @@ fn disk() -> DiskImage {
     }
 }
 
-/// The default machine plus an NVMe controller on the root bus backed by the scenario disk.
+/// The default machine plus an NVMe controller on the root bus backed by the scenario disk,
+/// with a 2 MiB controller memory buffer.
 pub(super) fn nvme_topology(base: Topology) -> Topology {
-    base.device(&format!("nvme,drive={},serial=vtd0nvme", disk().id))
+    base.device(&format!(
+        "nvme,drive={},serial=vtd0nvme,cmb_size_mb=2",
+        disk().id
+    ))
 }
 
 fn nvme_suite() -> usize {
@@ -41,6 +45,7 @@ pub(super) fn nvme_scenarios() -> Vec<Scenario> {
         "untrusted_unaligned_buffer_bounced",
         "write_read_back_and_leave_for_xtask",
         "msix_completions_wake_the_waiter",
+        "reads_into_its_own_controller_memory_buffer",
     ]
     .iter()
     .map(|t| format!("nvme::{t}"))
