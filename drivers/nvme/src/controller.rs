@@ -1232,6 +1232,26 @@ impl<R: Registers> Controller<R> {
         self.submit_with_cid(index, cid, cmd, data)
     }
 
+    /// Submits `cmd` as given on I/O queue `queue` (only its command identifier is set here):
+    /// for commands this driver has no call of its own for (vendor-specific or passthrough
+    /// commands). Nothing is mapped for it: the caller owns every address in it and keeps the
+    /// memory they name valid until the command completes.
+    ///
+    /// # Errors
+    ///
+    /// [`ControllerError::NoQueue`], a full queue.
+    pub fn submit_command(
+        &mut self,
+        queue: usize,
+        cmd: Command,
+    ) -> Result<Ticket, ControllerError> {
+        let index = queue + 1;
+        if index >= self.queues.len() {
+            return Err(ControllerError::NoQueue(queue));
+        }
+        self.submit_on(index, cmd, DataMapping::None)
+    }
+
     /// Submits a Flush of the I/O namespace on queue `queue`.
     ///
     /// # Errors

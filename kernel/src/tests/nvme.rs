@@ -317,8 +317,10 @@ fn write_read_back_and_leave_for_xtask(k: &Kernel) -> TestResult {
 }
 
 /// A read whose PRP names an IOVA nothing is mapped at: the controller's write is blocked and
-/// recorded by VT-d (its requester ID, that page, a write), the command completes with an error
-/// status, a mapped neighbour buffer is untouched, and the next read works.
+/// recorded by VT-d (its requester ID, that page, a write) and a mapped neighbour buffer is
+/// untouched (QEMU completes that read with success status: `NVME-QEMU-LIMIT`); a read whose
+/// PRP list is at that IOVA completes with Data Transfer Error and a recorded read fault; the
+/// next read works.
 fn unmapped_prp_faults(k: &Kernel) -> TestResult {
     iommu(k)?;
     let mut n = bind(k)?;
@@ -390,6 +392,34 @@ fn unmapped_prp_faults(k: &Kernel) -> TestResult {
     check!(
         canary.as_slice().iter().all(|&b| b == 0x5a),
         "canary changed"
+    );
+    // A read of three pages whose PRP list (PRP2) sits at the unmapped IOVA: the controller
+    // cannot fetch the list, VT-d records its read, and the command fails with a status.
+    let mut cmd = nvme::command::Command::read_write(false, 1, 0, 24);
+    cmd.set_prps(&nvme::prp::Prps {
+        prp1: hole,
+        prp2: hole,
+        list_entries: 2,
+        list_pages: 1,
+    });
+    let t = n.ctrl.submit_command(0, cmd).or_fail("submit")?;
+    let got = n.ctrl.wait(t).map(|_| ());
+    kprintln!("  read whose PRP list is at unmapped IOVA {hole:#x}: {got:?}");
+    check_eq!(
+        got,
+        Err(ControllerError::Command(
+            nvme::status::CommandError::DataTransfer
+        ))
+    );
+    let f = faults(k)?;
+    check!(
+        f.iter()
+            .any(|r| r.source == rid && r.address == hole && r.access == AccessKind::Read),
+        "no VT-d read fault for the PRP list: {f:?}"
+    );
+    check!(
+        probe.as_slice().iter().all(|&b| b == 0),
+        "the unmapped page was written"
     );
     let buf = pages(1)?;
     n.ctrl
