@@ -452,7 +452,11 @@ impl<R: Registers> Drop for Controller<R> {
     /// Disables the controller before its queue memory and mappings go: a controller left
     /// enabled could still write completions into pages that are about to be reused.
     fn drop(&mut self) {
-        let _ = self.disable();
+        if self.disable().is_err() {
+            // The controller did not stop: it may still write into its queues and into the
+            // buffers of commands in flight. Leak them rather than hand that memory back.
+            core::mem::forget(core::mem::take(&mut self.queues));
+        }
     }
 }
 
@@ -848,55 +852,38 @@ impl<R: Registers> Controller<R> {
         })
     }
 
-    /// Consumes every new completion of queue `index`; returns how many.
+    /// Consumes every new completion of queue `index`; returns how many. The head doorbell is
+    /// written for every entry consumed, even when one of them was malformed (an error is then
+    /// returned after the doorbell).
     fn reap(&mut self, index: usize) -> Result<usize, ControllerError> {
         let caps = self.caps;
         let mut batch = self.config.batch_unmaps.then(dma::UnmapBatch::new);
         let q = &mut self.queues[index];
         let mut n = 0;
+        let mut failed = None;
         loop {
             let at = u64::from(q.cq.head()) * CQE_SIZE as u64;
             let mut dw3 = [0u8; 4];
-            q.cq_mem.read(at + 12, &mut dw3)?;
+            if let Err(e) = q.cq_mem.read(at + 12, &mut dw3) {
+                failed = Some(e.into());
+                break;
+            }
             if !q.cq.is_new(u32::from_le_bytes(dw3) & (1 << 16) != 0) {
                 break;
             }
             fence(Ordering::Acquire);
             let mut bytes = [0u8; CQE_SIZE];
-            q.cq_mem.read(at, &mut bytes)?;
+            if let Err(e) = q.cq_mem.read(at, &mut bytes) {
+                failed = Some(e.into());
+                break;
+            }
             let done = Completion::from_bytes(&bytes);
             q.cq.advance();
             n += 1;
-            q.sq.update_head(done.sq_head)?;
-            let slot = q
-                .slots
-                .get_mut(usize::from(done.cid))
-                .filter(|s| matches!(s, Slot::InFlight { .. }))
-                .ok_or(QueueError::UnknownCommandId(done.cid))?;
-            let aborted = matches!(slot, Slot::InFlight { aborted: true, .. });
-            let opcode = match slot {
-                Slot::InFlight { opcode, .. } => *opcode,
-                _ => 0,
-            };
-            // The command is over: its data mapping goes now (strict unmap: when this returns
-            // the controller can no longer reach the buffer; batched: before `reap` returns).
-            let old = core::mem::replace(slot, Slot::Free);
-            if let (Slot::InFlight { data, .. }, Some(batch)) = (old, batch.as_mut()) {
-                let r = match data {
-                    DataMapping::Single(m) => m.unmap_in(batch),
-                    DataMapping::List(m) => m.unmap_in(batch),
-                    DataMapping::None => Ok(()),
-                };
-                r?;
+            if let Err(e) = Self::complete(q, &done, batch.as_mut()) {
+                failed = Some(e);
+                break;
             }
-            *slot = Slot::Done(match done.status.result() {
-                Ok(()) => Ok(done),
-                Err(_) if aborted => Err(ControllerError::Timeout {
-                    opcode,
-                    reset: false,
-                }),
-                Err(e) => Err(ControllerError::Command(e)),
-            });
         }
         if n > 0 {
             fence(Ordering::SeqCst);
@@ -906,7 +893,54 @@ impl<R: Registers> Controller<R> {
         if let Some(batch) = batch {
             batch.finish()?;
         }
-        Ok(n)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    /// Records one completion: the SQ head it reports, its command's result; its data mapping
+    /// is unmapped now (or added to `batch`, flushed before `reap` returns).
+    fn complete(
+        q: &mut QueuePair,
+        done: &Completion,
+        batch: Option<&mut dma::UnmapBatch>,
+    ) -> Result<(), ControllerError> {
+        q.sq.update_head(done.sq_head)?;
+        let slot = q
+            .slots
+            .get_mut(usize::from(done.cid))
+            .filter(|s| matches!(s, Slot::InFlight { .. }))
+            .ok_or(QueueError::UnknownCommandId(done.cid))?;
+        let Slot::InFlight {
+            opcode,
+            data,
+            aborted,
+        } = core::mem::replace(slot, Slot::Free)
+        else {
+            return Err(QueueError::UnknownCommandId(done.cid).into());
+        };
+        // The command is over: its data mapping goes now (strict unmap: when this returns
+        // the controller can no longer reach the buffer; batched: before `reap` returns).
+        let unmapped = match (data, batch) {
+            (DataMapping::Single(m), Some(b)) => m.unmap_in(b),
+            (DataMapping::List(m), Some(b)) => m.unmap_in(b),
+            (data, _) => {
+                drop(data);
+                Ok(())
+            }
+        };
+        *slot = Slot::Done(match done.status.result() {
+            Ok(()) => Ok(*done),
+            Err(_) if aborted => Err(ControllerError::Timeout {
+                opcode,
+                reset: false,
+            }),
+            Err(e) => Err(ControllerError::Command(e)),
+        });
+        // A finished command never times out, however late its result is collected.
+        q.ids.set_deadline(done.cid, u64::MAX)?;
+        unmapped.map_err(ControllerError::Dma)
     }
 
     /// Writes the tail doorbell of queue `index` if entries were written since the last one.

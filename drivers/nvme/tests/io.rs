@@ -432,3 +432,48 @@ fn batched_unmaps_flush_once_per_poll() {
     }
     assert_eq!(r.fx.hw().counts().flushes - flushes, 16);
 }
+
+#[test]
+fn a_result_collected_late_is_not_a_timeout() {
+    let cfg = DeviceConfig::with_mask_bits(39).expect("mask").trusted();
+    let config = Config {
+        command_timeout_us: 1000,
+        ..Config::default()
+    };
+    let mut r = rig_with(cfg, config, |_| ()).expect("controller");
+    let buf = alloc(&r.fx, 4096);
+    let other = alloc(&r.fx, 4096);
+    // Completed at once by the fake, but collected only after many timeouts have passed.
+    let early = r
+        .ctrl
+        .submit_io(0, false, 0, 8, Buffer::Phys(buf), 4096)
+        .expect("submit");
+    for i in 0..100u64 {
+        r.ctrl
+            .read(i, 8, Buffer::Phys(other), 4096)
+            .expect("other reads meanwhile");
+    }
+    assert_eq!(
+        r.fake.st.lock().unwrap().aborts,
+        0,
+        "a finished command was aborted"
+    );
+    assert_eq!(r.ctrl.resets(), 0);
+    // A command that hangs now is still found and aborted, though the uncollected early one has
+    // the earlier deadline.
+    {
+        let mut st = r.fake.st.lock().unwrap();
+        st.hang_opcode = Some(nvm::READ);
+        st.abort_works = true;
+    }
+    assert_eq!(
+        r.ctrl.read(9, 8, Buffer::Phys(other), 4096),
+        Err(ControllerError::Timeout {
+            opcode: nvm::READ,
+            reset: false
+        })
+    );
+    assert_eq!(r.fake.st.lock().unwrap().aborts, 1);
+    r.ctrl.wait(early).expect("the early read's result");
+    assert_eq!(r.fx.phys.bytes(buf.as_u64(), 4096), expected(0, 8));
+}
