@@ -13,6 +13,10 @@ use iommu_vtd::{
     Bdf, DomainConfig, GroupRef, RegisterIo, RegisterStats, RequesterId, UnitConfig, VtdUnit,
 };
 
+#[path = "support/psi.rs"]
+mod psi;
+use psi::psi;
+
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
 type Dom = iommu_vtd::Domain<FakeVtd, Arc<HostPlatform>>;
 
@@ -43,18 +47,6 @@ fn enabled_with_timeout(timeout_us: u64) -> Arc<Unit> {
     let u = Arc::new(VtdUnit::new(regs, p, config).unwrap());
     u.enable().unwrap();
     u
-}
-
-/// `n` distinct 4 KiB page-selective requests of domain 1 from page `first`.
-fn psi(first: u64, n: u64) -> Vec<Invalidation> {
-    (first..first + n)
-        .map(|page| Invalidation::IotlbPage {
-            did: 1,
-            addr: page * K4,
-            am: 0,
-            leaf_only: true,
-        })
-        .collect()
 }
 
 fn domain(u: &Arc<Unit>) -> Dom {

@@ -13,6 +13,10 @@ use iommu_vtd::{
     VtdError, VtdUnit,
 };
 
+#[path = "support/psi.rs"]
+mod psi;
+use psi::psi;
+
 type Unit = VtdUnit<FakeVtd, Arc<HostPlatform>>;
 
 const K4: u64 = 0x1000;
@@ -935,18 +939,6 @@ fn a_group_whose_detach_failed_cannot_be_taken_by_another_domain() {
     assert!(entry.present());
     assert_eq!(entry.did(), b.did());
     no_violations(&u);
-}
-
-/// `n` distinct page-selective requests starting at page `first`.
-fn psi(first: u64, n: u64) -> Vec<Invalidation> {
-    (first..first + n)
-        .map(|page| Invalidation::IotlbPage {
-            did: 1,
-            addr: page * K4,
-            am: 0,
-            leaf_only: true,
-        })
-        .collect()
 }
 
 #[test]
