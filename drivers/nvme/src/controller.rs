@@ -665,11 +665,18 @@ impl<R: Registers> Controller<R> {
             .map_or(list_limit, |m| m.min(list_limit))
     }
 
+    /// The index in `queues` of I/O queue `queue` (the admin queue is index 0).
+    fn io_index(&self, queue: usize) -> Result<usize, ControllerError> {
+        queue
+            .checked_add(1)
+            .filter(|&i| i < self.queues.len())
+            .ok_or(ControllerError::NoQueue(queue))
+    }
+
     /// Commands in flight on I/O queue `queue`.
     pub fn in_flight(&self, queue: usize) -> usize {
-        self.queues
-            .get(queue + 1)
-            .map_or(0, |q| usize::from(q.ids.in_flight()))
+        self.io_index(queue)
+            .map_or(0, |i| usize::from(self.queues[i].ids.in_flight()))
     }
 
     fn identify(&mut self) -> Result<(), ControllerError> {
@@ -748,8 +755,8 @@ impl<R: Registers> Controller<R> {
         let granted = self.admin(Command::set_queue_count(wanted, wanted))?;
         // DW0: NCQA (31:16) and NSQA (15:0), 0's based.
         let count = wanted
-            .min((granted.dw0 & 0xffff) as u16 + 1)
-            .min((granted.dw0 >> 16) as u16 + 1);
+            .min(((granted.dw0 & 0xffff) as u16).saturating_add(1))
+            .min(((granted.dw0 >> 16) as u16).saturating_add(1));
         if first {
             let size = check_size(
                 u32::from(self.config.io_queue_size).min(u32::from(MAX_IN_FLIGHT) + 1),
@@ -962,11 +969,8 @@ impl<R: Registers> Controller<R> {
     ///
     /// [`ControllerError::NoQueue`].
     pub fn plug(&mut self, queue: usize) -> Result<(), ControllerError> {
-        let q = self
-            .queues
-            .get_mut(queue + 1)
-            .ok_or(ControllerError::NoQueue(queue))?;
-        q.plugged = true;
+        let index = self.io_index(queue)?;
+        self.queues[index].plugged = true;
         Ok(())
     }
 
@@ -976,12 +980,9 @@ impl<R: Registers> Controller<R> {
     ///
     /// [`ControllerError::NoQueue`].
     pub fn unplug(&mut self, queue: usize) -> Result<(), ControllerError> {
-        let q = self
-            .queues
-            .get_mut(queue + 1)
-            .ok_or(ControllerError::NoQueue(queue))?;
-        q.plugged = false;
-        self.ring(queue + 1);
+        let index = self.io_index(queue)?;
+        self.queues[index].plugged = false;
+        self.ring(index);
         Ok(())
     }
 
@@ -1143,10 +1144,7 @@ impl<R: Registers> Controller<R> {
         len: u64,
     ) -> Result<Ticket, ControllerError> {
         let ns = self.namespace()?;
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
             return Err(ControllerError::OutOfRange {
                 lba,
@@ -1263,10 +1261,7 @@ impl<R: Registers> Controller<R> {
         queue: usize,
         cmd: Command,
     ) -> Result<Ticket, ControllerError> {
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         self.submit_on(index, cmd, DataMapping::None)
     }
 
@@ -1277,10 +1272,7 @@ impl<R: Registers> Controller<R> {
     /// [`ControllerError::NoQueue`], a full queue.
     pub fn submit_flush(&mut self, queue: usize) -> Result<Ticket, ControllerError> {
         let ns = self.namespace()?;
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         self.submit_on(index, Command::flush(ns.nsid), DataMapping::None)
     }
 
