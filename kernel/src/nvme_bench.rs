@@ -22,11 +22,7 @@ use crate::{kprintln, Kernel};
 use kernel::cmdline::CommandLine;
 
 fn cmd_u64(k: &Kernel, key: &str) -> Option<u64> {
-    let v = CommandLine::new(k.boot.cmdline()).value(key)?;
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
+    CommandLine::new(k.boot.cmdline()).number(key)
 }
 
 /// Reads per random-read measurement.
