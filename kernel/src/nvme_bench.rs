@@ -162,7 +162,11 @@ fn run_mode(k: &Kernel, mode: &Mode, seed: u64) -> Result<(), &'static str> {
         let mut n = bind(k, mode)?;
         let mut x = seed ^ depth as u64;
         let mut seq = 0u64;
-        let span = blocks_total - blocks;
+        // Room for the largest read, and at least 8 blocks to pick from.
+        let span = blocks_total
+            .checked_sub(blocks)
+            .filter(|&s| s >= 8)
+            .ok_or("nvme.blocks too small for the benchmark reads")?;
         let mut next = || {
             if blocks == 8 {
                 x = pattern::mix(x);
