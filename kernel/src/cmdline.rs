@@ -81,6 +81,15 @@ impl<'a> CommandLine<'a> {
         })
     }
 
+    /// The value of `key=` as a number, decimal or `0x` hexadecimal.
+    pub fn number(&self, key: &str) -> Option<u64> {
+        let v = self.value(key)?;
+        match v.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => v.parse().ok(),
+        }
+    }
+
     /// Whether a bare flag (a word without `=`) is present.
     pub fn flag(&self, name: &str) -> bool {
         self.raw.split_ascii_whitespace().any(|w| w == name)
@@ -193,6 +202,16 @@ impl<'a> TestSelection<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_in_decimal_and_hex() {
+        let c = CommandLine::new("a=12 b=0x1f c=x d=0xzz");
+        assert_eq!((c.number("a"), c.number("b")), (Some(12), Some(0x1f)));
+        assert_eq!(
+            (c.number("c"), c.number("d"), c.number("e")),
+            (None, None, None)
+        );
+    }
 
     #[test]
     fn values_and_flags() {

@@ -22,11 +22,7 @@ use crate::{kprintln, Kernel};
 use kernel::cmdline::CommandLine;
 
 fn cmd_u64(k: &Kernel, key: &str) -> Option<u64> {
-    let v = CommandLine::new(k.boot.cmdline()).value(key)?;
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
+    CommandLine::new(k.boot.cmdline()).number(key)
 }
 
 /// Reads per random-read measurement.
@@ -166,7 +162,11 @@ fn run_mode(k: &Kernel, mode: &Mode, seed: u64) -> Result<(), &'static str> {
         let mut n = bind(k, mode)?;
         let mut x = seed ^ depth as u64;
         let mut seq = 0u64;
-        let span = blocks_total - blocks;
+        // Room for the largest read, and at least 8 blocks to pick from.
+        let span = blocks_total
+            .checked_sub(blocks)
+            .filter(|&s| s >= 8)
+            .ok_or("nvme.blocks too small for the benchmark reads")?;
         let mut next = || {
             if blocks == 8 {
                 x = pattern::mix(x);

@@ -665,11 +665,18 @@ impl<R: Registers> Controller<R> {
             .map_or(list_limit, |m| m.min(list_limit))
     }
 
+    /// The index in `queues` of I/O queue `queue` (the admin queue is index 0).
+    fn io_index(&self, queue: usize) -> Result<usize, ControllerError> {
+        queue
+            .checked_add(1)
+            .filter(|&i| i < self.queues.len())
+            .ok_or(ControllerError::NoQueue(queue))
+    }
+
     /// Commands in flight on I/O queue `queue`.
     pub fn in_flight(&self, queue: usize) -> usize {
-        self.queues
-            .get(queue + 1)
-            .map_or(0, |q| usize::from(q.ids.in_flight()))
+        self.io_index(queue)
+            .map_or(0, |i| usize::from(self.queues[i].ids.in_flight()))
     }
 
     fn identify(&mut self) -> Result<(), ControllerError> {
@@ -748,8 +755,8 @@ impl<R: Registers> Controller<R> {
         let granted = self.admin(Command::set_queue_count(wanted, wanted))?;
         // DW0: NCQA (31:16) and NSQA (15:0), 0's based.
         let count = wanted
-            .min((granted.dw0 & 0xffff) as u16 + 1)
-            .min((granted.dw0 >> 16) as u16 + 1);
+            .min(((granted.dw0 & 0xffff) as u16).saturating_add(1))
+            .min(((granted.dw0 >> 16) as u16).saturating_add(1));
         if first {
             let size = check_size(
                 u32::from(self.config.io_queue_size).min(u32::from(MAX_IN_FLIGHT) + 1),
@@ -962,11 +969,8 @@ impl<R: Registers> Controller<R> {
     ///
     /// [`ControllerError::NoQueue`].
     pub fn plug(&mut self, queue: usize) -> Result<(), ControllerError> {
-        let q = self
-            .queues
-            .get_mut(queue + 1)
-            .ok_or(ControllerError::NoQueue(queue))?;
-        q.plugged = true;
+        let index = self.io_index(queue)?;
+        self.queues[index].plugged = true;
         Ok(())
     }
 
@@ -976,12 +980,9 @@ impl<R: Registers> Controller<R> {
     ///
     /// [`ControllerError::NoQueue`].
     pub fn unplug(&mut self, queue: usize) -> Result<(), ControllerError> {
-        let q = self
-            .queues
-            .get_mut(queue + 1)
-            .ok_or(ControllerError::NoQueue(queue))?;
-        q.plugged = false;
-        self.ring(queue + 1);
+        let index = self.io_index(queue)?;
+        self.queues[index].plugged = false;
+        self.ring(index);
         Ok(())
     }
 
@@ -1143,10 +1144,7 @@ impl<R: Registers> Controller<R> {
         len: u64,
     ) -> Result<Ticket, ControllerError> {
         let ns = self.namespace()?;
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         if blocks == 0 || lba.checked_add(blocks).is_none_or(|end| end > ns.blocks) {
             return Err(ControllerError::OutOfRange {
                 lba,
@@ -1172,98 +1170,82 @@ impl<R: Registers> Controller<R> {
             Direction::FromDevice
         };
         let cid = self.alloc_cid(index)?;
-        let mapped = match buffer {
-            Buffer::Phys(phys) => self
-                .dev
-                .map_phys(phys, len, dir, Attrs::empty())
-                .map(DataMapping::Single),
-            Buffer::PhysList(list) => self
-                .dev
-                .map_sg(list, dir, Attrs::empty())
-                .map(DataMapping::List),
-            Buffer::Peer { mapping, .. } if mapping.is_stale() => {
+        match self.prepare(index, cid, buffer, len, dir) {
+            Ok((data, prps)) => {
+                let cmd = Command::read_write(write, ns.nsid, lba, nlb).with_prps(&prps);
+                self.submit_with_cid(index, cid, cmd, data)
+            }
+            Err(e) => {
+                // Any mapping made was dropped (undone) inside `prepare`.
                 let _ = self.queues[index].ids.free(cid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes `buffer` (`len` bytes) reachable for the controller and describes it with PRPs,
+    /// the list (if any) in command identifier `cid`'s list page of queue `index`. On an error
+    /// whatever was mapped is unmapped again.
+    fn prepare(
+        &self,
+        index: usize,
+        cid: u16,
+        buffer: Buffer<'_>,
+        len: u64,
+        dir: Direction,
+    ) -> Result<(DataMapping, Prps), ControllerError> {
+        let single: [Segment; 1];
+        let owned: Vec<Segment>;
+        let (data, segments): (DataMapping, &[Segment]) = match buffer {
+            Buffer::Phys(phys) => {
+                let m = self.dev.map_phys(phys, len, dir, Attrs::empty())?;
+                single = [Segment::new(m.dma_addr().as_u64(), len)];
+                (DataMapping::Single(m), &single)
+            }
+            Buffer::PhysList(list) => {
+                let m = self.dev.map_sg(list, dir, Attrs::empty())?;
+                owned = m
+                    .segments()
+                    .map(|s| Segment::new(s.addr.as_u64(), s.len))
+                    .collect();
+                (DataMapping::List(m), &owned)
+            }
+            Buffer::Peer { mapping, .. } if mapping.is_stale() => {
                 return Err(ControllerError::Dma(DmaError::Revoked));
             }
             Buffer::Peer { mapping, offset } => {
-                if slice_segments(mapping.segments(), offset, len).is_some() {
-                    Ok(DataMapping::None)
-                } else {
-                    let _ = self.queues[index].ids.free(cid);
-                    return Err(ControllerError::BadLength {
+                owned = slice_segments(mapping.segments(), offset, len).ok_or(
+                    ControllerError::BadLength {
                         len: mapping.segments().iter().map(|s| s.len).sum(),
                         expected: offset.saturating_add(len),
-                    });
-                }
+                    },
+                )?;
+                (DataMapping::None, &owned)
             }
             Buffer::Dma(segments) => {
                 let total = segments
                     .iter()
                     .try_fold(0u64, |t, s| t.checked_add(s.len))
                     .unwrap_or(u64::MAX);
-                if total == len {
-                    Ok(DataMapping::None)
-                } else {
-                    let _ = self.queues[index].ids.free(cid);
+                if total != len {
                     return Err(ControllerError::BadLength {
                         len: total,
                         expected: len,
                     });
                 }
+                (DataMapping::None, segments)
             }
         };
-        let data = match mapped {
-            Ok(d) => d,
-            Err(e) => {
-                let _ = self.queues[index].ids.free(cid);
-                return Err(e.into());
-            }
+        let mut list = ListPage {
+            buf: &self.queues[index].prp_lists,
+            cid,
+            error: None,
         };
-        let built = {
-            let q = &self.queues[index];
-            let mut list = ListPage {
-                buf: &q.prp_lists,
-                cid,
-                error: None,
-            };
-            let r = match (&data, buffer) {
-                (DataMapping::Single(m), _) => prp::build(
-                    &[Segment::new(m.dma_addr().as_u64(), len)],
-                    PAGE_SIZE,
-                    &mut list,
-                ),
-                (DataMapping::List(m), _) => {
-                    let segs: Vec<Segment> = m
-                        .segments()
-                        .map(|s| Segment::new(s.addr.as_u64(), s.len))
-                        .collect();
-                    prp::build(&segs, PAGE_SIZE, &mut list)
-                }
-                (DataMapping::None, Buffer::Dma(segs)) => prp::build(segs, PAGE_SIZE, &mut list),
-                (DataMapping::None, Buffer::Peer { mapping, offset }) => {
-                    match slice_segments(mapping.segments(), offset, len) {
-                        Some(segs) => prp::build(&segs, PAGE_SIZE, &mut list),
-                        None => Err(PrpError::Empty),
-                    }
-                }
-                (DataMapping::None, _) => Err(PrpError::Empty),
-            };
-            match (r, list.error) {
-                (Ok(p), None) => Ok(p),
-                (Err(e), _) => Err(ControllerError::Prp(e)),
-                (Ok(_), Some(e)) => Err(ControllerError::Dma(e)),
-            }
-        };
-        let prps = match built {
-            Ok(p) => p,
-            Err(e) => {
-                // `data` drops here: the mapping is undone before the error returns.
-                let _ = self.queues[index].ids.free(cid);
-                return Err(e);
-            }
-        };
-        let cmd = Command::read_write(write, ns.nsid, lba, nlb).with_prps(&prps);
-        self.submit_with_cid(index, cid, cmd, data)
+        let prps = prp::build(segments, PAGE_SIZE, &mut list)?;
+        match list.error {
+            None => Ok((data, prps)),
+            Some(e) => Err(e.into()),
+        }
     }
 
     /// Submits `cmd` as given on I/O queue `queue` (only its command identifier is set here):
@@ -1279,10 +1261,7 @@ impl<R: Registers> Controller<R> {
         queue: usize,
         cmd: Command,
     ) -> Result<Ticket, ControllerError> {
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         self.submit_on(index, cmd, DataMapping::None)
     }
 
@@ -1293,10 +1272,7 @@ impl<R: Registers> Controller<R> {
     /// [`ControllerError::NoQueue`], a full queue.
     pub fn submit_flush(&mut self, queue: usize) -> Result<Ticket, ControllerError> {
         let ns = self.namespace()?;
-        let index = queue + 1;
-        if index >= self.queues.len() {
-            return Err(ControllerError::NoQueue(queue));
-        }
+        let index = self.io_index(queue)?;
         self.submit_on(index, Command::flush(ns.nsid), DataMapping::None)
     }
 
@@ -1312,8 +1288,7 @@ impl<R: Registers> Controller<R> {
         buffer: Buffer<'_>,
         len: u64,
     ) -> Result<(), ControllerError> {
-        let t = self.submit_io(0, false, lba, blocks, buffer, len)?;
-        self.wait(t).map(|_| ())
+        self.transfer(false, lba, blocks, buffer, len)
     }
 
     /// Writes `blocks` blocks at `lba` from `buffer` and waits for them.
@@ -1328,7 +1303,19 @@ impl<R: Registers> Controller<R> {
         buffer: Buffer<'_>,
         len: u64,
     ) -> Result<(), ControllerError> {
-        let t = self.submit_io(0, true, lba, blocks, buffer, len)?;
+        self.transfer(true, lba, blocks, buffer, len)
+    }
+
+    /// One read or write on I/O queue 0, waited for.
+    fn transfer(
+        &mut self,
+        write: bool,
+        lba: u64,
+        blocks: u64,
+        buffer: Buffer<'_>,
+        len: u64,
+    ) -> Result<(), ControllerError> {
+        let t = self.submit_io(0, write, lba, blocks, buffer, len)?;
         self.wait(t).map(|_| ())
     }
 

@@ -315,7 +315,8 @@ pub fn walk(
     let mut entry = prp2;
     while left > 0 {
         let value = read_entry(entry);
-        let last_in_page = (entry + 8) & mask == 0;
+        let next = entry.checked_add(8)?;
+        let last_in_page = next & mask == 0;
         if last_in_page && left > page_size {
             // A chain pointer to the next list page.
             if value & 7 != 0 {
@@ -330,7 +331,7 @@ pub fn walk(
         let chunk = left.min(page_size);
         range(value, chunk);
         left -= chunk;
-        entry += 8;
+        entry = next;
     }
     Some(())
 }

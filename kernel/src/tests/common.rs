@@ -25,11 +25,7 @@ pub fn iommu(k: &Kernel) -> Result<&Iommu, Failure> {
 }
 
 pub fn cmd_u64(k: &Kernel, key: &str) -> Option<u64> {
-    let v = CommandLine::new(k.boot.cmdline()).value(key)?;
-    match v.strip_prefix("0x") {
-        Some(hex) => u64::from_str_radix(hex, 16).ok(),
-        None => v.parse().ok(),
-    }
+    CommandLine::new(k.boot.cmdline()).number(key)
 }
 
 pub fn edus(k: &Kernel) -> Result<Vec<Edu>, Failure> {

@@ -25,7 +25,7 @@ use pci::p2p::device_id;
 use spin::Mutex;
 
 use super::common::*;
-use super::p2p::{bar_view, ivshmem_bdf};
+use super::p2p::{bar_view, ivshmem_bdf, nvme_cmb_registers};
 use crate::devices::irq as dirq;
 use crate::devices::nvme::{self as nvme_dev, Nvme};
 use crate::devices::p2p::ProviderDevice;
@@ -741,29 +741,8 @@ fn reads_into_its_own_controller_memory_buffer(k: &Kernel) -> TestResult {
     let mut n = bind(k)?;
     let ns = n.ctrl.namespace().or_fail("namespace")?;
     let bs = ns.block_size;
-    let f = k.pci.topology.function(n.bdf).or_fail("function")?;
-    let bar0 = f.bar(nvme::REGISTER_BAR).or_fail("BAR0")?;
-    let regs = crate::mem::paging::map_phys(
-        bar0.phys_address,
-        bar0.size,
-        crate::mem::paging::Cache::Uncached,
-    )
-    .or_fail("map BAR0")?;
-    // SAFETY: BAR0 is mapped uncached for the rest of the run. This second view of the register
-    // block touches only the CMB registers (CMBLOC, CMBSZ, CMBMSC, CMBSTS), which the queue
-    // driver (`n.ctrl`) never reads or writes.
-    let mut cmb_regs = unsafe {
-        nvme::Nvme::new(
-            &k.pci.ecam,
-            n.bdf,
-            core::ptr::NonNull::new(regs).or_fail("BAR0")?,
-        )
-    }
-    .or_fail("CMB registers")?;
-    let cmb = cmb_regs
-        .controller_memory_buffer()
-        .or_fail("CMB")?
-        .or_fail("no CMB (cmb_size_mb)")?;
+    let (bdf, mut cmb_regs, cmb) = nvme_cmb_registers(k)?;
+    check_eq!(bdf, n.bdf);
     let mut prov = ProviderDevice::new(&k.p2p, &k.pci, n.bdf).or_fail("provider")?;
     const SPAN: u64 = 0x10000;
     let handle = prov

@@ -454,7 +454,11 @@ fn trigger_bus_reset(k: &Kernel) -> TestResult {
 }
 
 /// The nvme controller memory buffer as provider (BAR and offset from CMBLOC/CMBSZ).
-fn nvme_cmb(k: &Kernel) -> Result<(Bdf, u8, u64), Failure> {
+/// The first nvme's CMB registers (a view of its BAR0 that the CMB calls use) and its decoded
+/// CMB, made readable (CMBMSC.CRE).
+pub(super) fn nvme_cmb_registers(
+    k: &Kernel,
+) -> Result<(Bdf, nvme::Nvme, nvme::ControllerMemoryBuffer), Failure> {
     let f = k
         .pci
         .topology
@@ -464,14 +468,21 @@ fn nvme_cmb(k: &Kernel) -> Result<(Bdf, u8, u64), Failure> {
     let bar0 = f.bar(0).or_fail("nvme BAR0")?;
     let regs =
         paging::map_phys(bar0.phys_address, bar0.size, Cache::Uncached).or_fail("map BAR0")?;
-    // SAFETY: BAR0 is mapped uncached for the rest of the run; nothing else drives the nvme.
+    // SAFETY: BAR0 is mapped uncached for the rest of the run. Through this view the tests touch
+    // only the CMB registers (CMBLOC, CMBSZ, CMBMSC, CMBSTS), which no queue driver reads or
+    // writes.
     let mut n = unsafe { nvme::Nvme::new(&k.pci.ecam, f.bdf, NonNull::new(regs).or_fail("BAR0")?) }
         .or_fail("nvme")?;
     let cmb = n
         .controller_memory_buffer()
         .or_fail("CMB")?
         .or_fail("no CMB (cmb_size_mb)")?;
-    Ok((f.bdf, cmb.bar, cmb.offset))
+    Ok((f.bdf, n, cmb))
+}
+
+fn nvme_cmb(k: &Kernel) -> Result<(Bdf, u8, u64), Failure> {
+    let (bdf, _, cmb) = nvme_cmb_registers(k)?;
+    Ok((bdf, cmb.bar, cmb.offset))
 }
 
 fn trigger_flr(k: &Kernel) -> TestResult {

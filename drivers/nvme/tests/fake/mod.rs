@@ -103,45 +103,44 @@ impl FakeNvme {
         Some(pte.paddr + (iova - start))
     }
 
-    /// Device read of host memory, page by page through the IOMMU.
-    fn dma_read(&self, st: &mut State, iova: u64, buf: &mut [u8]) -> bool {
+    /// Walks `[iova, iova + len)` page by page through the IOMMU, calling `access(phys, from,
+    /// to)` for each translated piece (`from..to` within the transfer); stops at the first
+    /// untranslated page, records it as a fault and returns false.
+    fn dma_pages(
+        &self,
+        st: &mut State,
+        iova: u64,
+        len: usize,
+        mut access: impl FnMut(PhysAddr, usize, usize),
+    ) -> bool {
         let mut done = 0;
-        while done < buf.len() {
+        while done < len {
             let a = iova + done as u64;
-            let n = ((PAGE - (a % PAGE)) as usize).min(buf.len() - done);
-            match self.translate(a) {
-                Some(p) => self
-                    .phys
-                    .read(PhysAddr::new(p), &mut buf[done..done + n])
-                    .expect("fake RAM"),
-                None => {
-                    st.faults.push(a);
-                    return false;
-                }
-            }
+            let n = ((PAGE - (a % PAGE)) as usize).min(len - done);
+            let Some(p) = self.translate(a) else {
+                st.faults.push(a);
+                return false;
+            };
+            access(PhysAddr::new(p), done, done + n);
             done += n;
         }
         true
     }
 
+    /// Device read of host memory.
+    fn dma_read(&self, st: &mut State, iova: u64, buf: &mut [u8]) -> bool {
+        let phys = &self.phys;
+        self.dma_pages(st, iova, buf.len(), |p, from, to| {
+            phys.read(p, &mut buf[from..to]).expect("fake RAM")
+        })
+    }
+
+    /// Device write of host memory.
     fn dma_write(&self, st: &mut State, iova: u64, data: &[u8]) -> bool {
-        let mut done = 0;
-        while done < data.len() {
-            let a = iova + done as u64;
-            let n = ((PAGE - (a % PAGE)) as usize).min(data.len() - done);
-            match self.translate(a) {
-                Some(p) => self
-                    .phys
-                    .write(PhysAddr::new(p), &data[done..done + n])
-                    .expect("fake RAM"),
-                None => {
-                    st.faults.push(a);
-                    return false;
-                }
-            }
-            done += n;
-        }
-        true
+        let phys = &self.phys;
+        self.dma_pages(st, iova, data.len(), |p, from, to| {
+            phys.write(p, &data[from..to]).expect("fake RAM")
+        })
     }
 
     fn post(&self, st: &mut State, sqid: u16, cid: u16, sq_head: u16, status: Status, dw0: u32) {
