@@ -279,21 +279,12 @@ pub fn render(rows: &[(&str, u64, Row)], date: &str) -> String {
 
 /// `doc` with its allocator section replaced by `section`, or `section` appended.
 pub fn splice(doc: &str, section: &str) -> String {
-    let section = section.trim_end();
-    match extract(doc) {
-        Some(old) => {
-            let start = doc.find(BEGIN).unwrap_or(0);
-            format!("{}{section}{}", &doc[..start], &doc[start + old.len()..])
-        }
-        None => format!("{}\n\n{section}\n", doc.trim_end()),
-    }
+    crate::section::splice(doc, BEGIN, END, section)
 }
 
 /// The allocator section of `doc`, markers included.
 pub fn extract(doc: &str) -> Option<&str> {
-    let start = doc.find(BEGIN)?;
-    let end = doc[start..].find(END)? + start + END.len();
-    Some(&doc[start..end])
+    crate::section::extract(doc, BEGIN, END)
 }
 
 /// Runs the benchmark and returns `doc` with a fresh section, or (when `measure` is false) with
