@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::linux::fetch::run;
 use crate::qemu::Qemu;
 
 /// The Debian release whose backports carry QEMU 10.
@@ -196,17 +197,6 @@ pub fn backports_line(sources: &[AptSource]) -> Result<String, String> {
                  QEMU 10 is fetched from the same mirror's {SUITE}"
             )
         })
-}
-
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// apt-get with the private configuration under `apt`.
