@@ -218,20 +218,10 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
     let rw = Direction::Bidirectional;
 
     // Warm-up: first-touch costs (table pages, allocator caches) stay out of the figures.
-    for _ in 0..500 {
-        dev.map_phys(p, 4096, rw, Attrs::empty())
-            .map_err(e)?
-            .unmap()
-            .map_err(e)?;
-    }
+    map_unmap_4k(dev, p, 500).map_err(e)?;
     let n = 2000;
-    b.measure("map_unmap_4k_strict", n, || {
-        for _ in 0..n {
-            dev.map_phys(p, 4096, rw, Attrs::empty())?.unmap()?;
-        }
-        Ok(())
-    })
-    .map_err(e)?;
+    b.measure("map_unmap_4k_strict", n, || map_unmap_4k(dev, p, n))
+        .map_err(e)?;
 
     phases(unit, dev, p, 2000)?;
 
@@ -305,10 +295,7 @@ fn run_all(k: &Kernel) -> Result<(), alloc::string::String> {
             .map_err(e)?;
         let n = 1000;
         b.measure(&format!("map_unmap_4k_with_{live}_live"), n, || {
-            for _ in 0..n {
-                dev.map_phys(p, 4096, rw, Attrs::empty())?.unmap()?;
-            }
-            Ok(())
+            map_unmap_4k(dev, p, n)
         })
         .map_err(e)?;
         let mut batch = UnmapBatch::new();
@@ -491,6 +478,15 @@ fn phases(unit: &Arc<Unit>, dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), 
 }
 
 /// The median of `xs` (the upper one of an even count; 0 when empty).
+/// `n` pairs of `map_phys` + `unmap` of the 4 KiB page at `p` on `dev`.
+fn map_unmap_4k(dev: &DmaDevice, p: PhysAddr, n: u64) -> Result<(), dma::DmaError> {
+    for _ in 0..n {
+        dev.map_phys(p, 4096, Direction::Bidirectional, Attrs::empty())?
+            .unmap()?;
+    }
+    Ok(())
+}
+
 fn median(xs: &[u64]) -> u64 {
     let mut v = xs.to_vec();
     v.sort_unstable();
@@ -537,19 +533,11 @@ fn deferred(
     let dev = &setup.dev;
     let domain = dev.domain().ok_or("deferred: no IOMMU domain")?.clone();
     let e = |e: dma::DmaError| format!("{e}");
-    let rw = Direction::Bidirectional;
-    for _ in 0..500 {
-        dev.map_phys(p, 4096, rw, Attrs::empty())
-            .map_err(e)?
-            .unmap()
-            .map_err(e)?;
-    }
+    map_unmap_4k(dev, p, 500).map_err(e)?;
     domain.flush_deferred().map_err(e)?;
     let n = 2000;
     b.measure("map_unmap_4k_deferred", n, || {
-        for _ in 0..n {
-            dev.map_phys(p, 4096, rw, Attrs::empty())?.unmap()?;
-        }
+        map_unmap_4k(dev, p, n)?;
         domain.flush_deferred()
     })
     .map_err(e)

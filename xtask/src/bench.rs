@@ -113,27 +113,28 @@ pub fn parse_kbench(log: &str) -> Vec<KernelResult> {
 }
 
 fn criterion(package: &str, bench: &str) -> Result<Vec<HostResult>, String> {
+    let out = cargo_bench(package, bench, &["--output-format", "bencher"])?;
+    Ok(parse_bencher(&out))
+}
+
+/// Runs criterion benchmark `bench` of `package` (short warm-up and measurement, then
+/// `criterion_args`) and returns its stdout.
+pub fn cargo_bench(package: &str, bench: &str, criterion_args: &[&str]) -> Result<String, String> {
     println!("bench: criterion {package}/{bench} ...");
     let out = super::cargo()
         .current_dir(super::root())
         .args(["bench", "--quiet", "-p", package, "--bench", bench, "--"])
-        .args([
-            "--output-format",
-            "bencher",
-            "--warm-up-time",
-            "0.5",
-            "--measurement-time",
-            "2",
-        ])
+        .args(criterion_args)
+        .args(["--warm-up-time", "0.5", "--measurement-time", "2"])
         .output()
         .map_err(|e| format!("running cargo bench: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo bench -p {package} failed:\n{}",
+            "cargo bench -p {package} --bench {bench} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(parse_bencher(&String::from_utf8_lossy(&out.stdout)))
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn cpu_model() -> String {

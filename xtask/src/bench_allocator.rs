@@ -279,21 +279,12 @@ pub fn render(rows: &[(&str, u64, Row)], date: &str) -> String {
 
 /// `doc` with its allocator section replaced by `section`, or `section` appended.
 pub fn splice(doc: &str, section: &str) -> String {
-    let section = section.trim_end();
-    match extract(doc) {
-        Some(old) => {
-            let start = doc.find(BEGIN).unwrap_or(0);
-            format!("{}{section}{}", &doc[..start], &doc[start + old.len()..])
-        }
-        None => format!("{}\n\n{section}\n", doc.trim_end()),
-    }
+    crate::section::splice(doc, BEGIN, END, section)
 }
 
 /// The allocator section of `doc`, markers included.
 pub fn extract(doc: &str) -> Option<&str> {
-    let start = doc.find(BEGIN)?;
-    let end = doc[start..].find(END)? + start + END.len();
-    Some(&doc[start..end])
+    crate::section::extract(doc, BEGIN, END)
 }
 
 /// Runs the benchmark and returns `doc` with a fresh section, or (when `measure` is false) with
@@ -302,27 +293,8 @@ pub fn update(doc: &str, previous: &str, measure: bool, date: &str) -> Result<St
     if !measure {
         return Ok(extract(previous).map_or_else(|| doc.to_string(), |s| splice(doc, s)));
     }
-    println!("bench: criterion dma/iova_vs_vm_allocator ...");
+    super::bench::cargo_bench("dma", "iova_vs_vm_allocator", &[])?;
     let root = super::root();
-    let out = super::cargo()
-        .current_dir(&root)
-        .args([
-            "bench",
-            "--quiet",
-            "-p",
-            "dma",
-            "--bench",
-            "iova_vs_vm_allocator",
-        ])
-        .args(["--", "--warm-up-time", "0.5", "--measurement-time", "2"])
-        .output()
-        .map_err(|e| format!("running cargo bench: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "cargo bench -p dma --bench iova_vs_vm_allocator failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| root.join("target"));

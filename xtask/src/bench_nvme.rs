@@ -157,20 +157,12 @@ pub fn render(rows: &[Row], hz: f64, hz_off: f64) -> String {
 
 /// The section of `doc` between the markers (included), if any.
 pub fn extract_section(doc: &str) -> Option<&str> {
-    let start = doc.find(BEGIN)?;
-    let end = doc[start..].find(END)? + start + END.len();
-    Some(&doc[start..end])
+    crate::section::extract(doc, BEGIN, END)
 }
 
 /// `doc` with its NVMe section replaced by `section`, or `section` appended.
 pub fn splice_section(doc: &str, section: &str) -> String {
-    let section = section.trim_end();
-    match (doc.find(BEGIN), extract_section(doc)) {
-        (Some(start), Some(old)) => {
-            format!("{}{section}{}", &doc[..start], &doc[start + old.len()..])
-        }
-        _ => format!("{}\n\n{section}\n", doc.trim_end()),
-    }
+    crate::section::splice(doc, BEGIN, END, section)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ mod modgraph;
 mod qemu;
 mod qemu10;
 mod run;
+mod section;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};

@@ -267,17 +267,23 @@ pub fn add_acpi_tables(
 ) -> Result<(), String> {
     for table in tables {
         let path = dir.join(format!("{name}.{}.dat", table.name));
-        // QEMU splits option values at commas.
-        if path.to_string_lossy().contains(',') {
-            return Err(format!(
-                "{}: a comma in the path breaks -acpitable",
-                path.display()
-            ));
-        }
+        no_comma(&path, "-acpitable")?;
         std::fs::write(&path, &table.bytes)
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         topo.devices.push("-acpitable".into());
         topo.devices.push(format!("file={}", path.display()));
+    }
+    Ok(())
+}
+
+/// An error when `path`, to be passed in a `file=` value of QEMU's `option`, contains a comma:
+/// QEMU splits option values at commas.
+fn no_comma(path: &Path, option: &str) -> Result<(), String> {
+    if path.to_string_lossy().contains(',') {
+        return Err(format!(
+            "{}: a comma in the path breaks {option}",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -329,12 +335,7 @@ pub fn add_disks(
     let mut paths = Vec::new();
     for disk in disks {
         let path = dir.join(format!("{name}.{}.img", disk.id));
-        if path.to_string_lossy().contains(',') {
-            return Err(format!(
-                "{}: a comma in the path breaks -drive",
-                path.display()
-            ));
-        }
+        no_comma(&path, "-drive")?;
         std::fs::write(&path, disk.bytes())
             .map_err(|e| format!("writing {}: {e}", path.display()))?;
         topo.devices.push("-drive".into());

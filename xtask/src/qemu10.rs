@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::linux::fetch::run;
 use crate::qemu::Qemu;
 
 /// The Debian release whose backports carry QEMU 10.
@@ -198,44 +199,24 @@ pub fn backports_line(sources: &[AptSource]) -> Result<String, String> {
         })
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
-    let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// apt-get with the private configuration under `apt`.
 fn apt_get(apt: &Path) -> Command {
     let mut c = Command::new("apt-get");
-    let opt = |k: &str, v: &Path| format!("{k}={}", v.display());
-    c.arg("-q")
-        .args([
-            "-o",
-            &opt("Dir::Etc::SourceList", &apt.join("sources.list")),
-        ])
-        .args([
-            "-o",
-            &opt("Dir::Etc::SourceParts", &apt.join("sources.list.d")),
-        ])
-        .args([
-            "-o",
-            &opt("Dir::Etc::Preferences", &apt.join("preferences")),
-        ])
-        .args([
-            "-o",
-            &opt("Dir::Etc::PreferencesParts", &apt.join("preferences.d")),
-        ])
-        .args(["-o", &opt("Dir::State", apt)])
-        .args(["-o", &opt("Dir::State::Lists", &apt.join("lists"))])
-        .args(["-o", &opt("Dir::State::status", &apt.join("status"))])
-        .args(["-o", &opt("Dir::Cache", &apt.join("cache"))])
-        // Private lists: the system's apt lock is not ours to take.
-        .args(["-o", "Debug::NoLocking=1"])
+    c.arg("-q");
+    for (key, path) in [
+        ("Dir::Etc::SourceList", apt.join("sources.list")),
+        ("Dir::Etc::SourceParts", apt.join("sources.list.d")),
+        ("Dir::Etc::Preferences", apt.join("preferences")),
+        ("Dir::Etc::PreferencesParts", apt.join("preferences.d")),
+        ("Dir::State", apt.to_path_buf()),
+        ("Dir::State::Lists", apt.join("lists")),
+        ("Dir::State::status", apt.join("status")),
+        ("Dir::Cache", apt.join("cache")),
+    ] {
+        c.arg("-o").arg(format!("{key}={}", path.display()));
+    }
+    // Private lists: the system's apt lock is not ours to take.
+    c.args(["-o", "Debug::NoLocking=1"])
         .env("DEBIAN_FRONTEND", "noninteractive");
     if crate::qemu::is_root() {
         // apt drops to the `_apt` user for downloads, which cannot write into target/.

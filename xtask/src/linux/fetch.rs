@@ -128,7 +128,9 @@ pub fn release_of(package: &str) -> &str {
     package.strip_prefix("linux-image-").unwrap_or(package)
 }
 
-fn run(cmd: &mut Command) -> Result<String, String> {
+/// Runs `cmd` and returns its stdout, or an error naming the command with its stderr when it
+/// fails.
+pub fn run(cmd: &mut Command) -> Result<String, String> {
     let out = cmd.output().map_err(|e| format!("running {cmd:?}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
