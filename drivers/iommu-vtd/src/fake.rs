@@ -50,9 +50,9 @@ use crate::pagetable::pte;
 use crate::platform::{IrqState, Platform, TablePage, TABLE_PAGE_SIZE};
 
 use crate::registers::{
-    self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
-    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RegisterStats, RootEntryLo, Rtaddr, SlPte,
-    WaitDescHi, WaitDescLo, GSTS_PERSISTENT_MASK,
+    self, ccmd, frcd, iotlb, iq, Ccmd, FaultStatus, FrcdHi, FrcdLo, Global, IotlbCmd, Iqa, Iva,
+    QueueIndex, RegisterIo, RegisterStats, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
+    GSTS_PERSISTENT_MASK,
 };
 
 mod ir;
@@ -62,7 +62,7 @@ mod regs;
 mod walk;
 
 pub use ir::InterruptResult;
-pub use platform::{HostPlatform, IrqReport, MemEvent};
+pub use platform::{HostPlatform, IrqReport, MemEvent, TableEvent};
 
 /// How an invalidation reached the fake hardware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +107,8 @@ pub type DmaResult = Result<u64, FaultReason>;
 
 #[derive(Debug, Clone, Copy)]
 struct CachedTranslation {
+    /// The domain ID of the context entry it was walked through (its tag).
+    did: u16,
     /// Output page, or `None` for a cached not-present entry (caching mode).
     page: Option<u64>,
     read: bool,
@@ -131,7 +133,9 @@ struct FakeState {
     other: BTreeMap<usize, u64>,
     fault_records: Vec<(u64, u64)>,
     context_cache: BTreeMap<RequesterId, ContextEntry>,
-    iotlb: BTreeMap<(u16, u64), CachedTranslation>,
+    /// Keyed by source ID and input page, tagged with the DID (as QEMU's IOTLB, which is
+    /// looked up before the context entry).
+    iotlb: BTreeMap<(RequesterId, u64), CachedTranslation>,
     events: Vec<HwEvent>,
     violations: Vec<String>,
     unresponsive: bool,
