@@ -14,7 +14,8 @@
 //!    for groups the caller declares trusted ([`AssignError::Untrusted`]); a reset method exists
 //!    for every member unless the policy waives it, and no reset reaches a function outside the
 //!    group ([`AssignError::ResetReachesOutside`]).
-//! 2. **Quiesce**: Bus Master Enable off for every member (no new DMA, no MSI: an MSI is a
+//! 2. **Quiesce**: Bus Master Enable off for every member endpoint (bridges in a group lend it
+//!    their requester ID but are left alone: their Bus Master Enable gates what they forward) (no new DMA, no MSI: an MSI is a
 //!    memory write), then every member's peer-to-peer exports revoked through
 //!    [`AssignHooks::revoke_exports`] (importers notified, their mappings torn down and flushed).
 //! 3. **Interrupts**: the previous guest's remapped vectors for the members are cleared, each
@@ -456,8 +457,17 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
         if matches!(target, AssignTarget::PassThrough) && !policy.trusted {
             return Err(AssignError::Untrusted(bdf));
         }
+        // Bridges in the group (a PCIe-to-PCI bridge and what sits behind it) lend it their
+        // requester ID but do not DMA themselves: they are neither quiesced nor reset (their
+        // Bus Master Enable also gates what they forward, and their secondary-bus reset is how
+        // the functions below them are reset).
+        let endpoints: Vec<Bdf> = members
+            .iter()
+            .copied()
+            .filter(|&b| topology.function(b).is_some_and(|f| f.bridge.is_none()))
+            .collect();
         let mut methods: Vec<(Bdf, ResetMethod)> = Vec::new();
-        for &m in &members {
+        for &m in &endpoints {
             match reset::reset_method(cfg, topology, m) {
                 Some(method) => {
                     if let Some(outside) = method
@@ -480,7 +490,7 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
             }
         }
         // 2. Quiesce: no new DMA or MSI, then no peer can reach the BARs.
-        for &m in &members {
+        for &m in &endpoints {
             reset::set_bus_master(cfg, m, false).map_err(AssignError::BusMaster)?;
         }
         for &m in &members {
