@@ -19,6 +19,27 @@
 //! Errors are [`GuestError`]s: a refused call has changed nothing, with two named exceptions
 //! for a failing domain ([`GuestError::FlushFailed`], [`GuestError::UnwindIncomplete`]).
 //!
+//! # Leaf planning
+//!
+//! **The rule.** At position `(g, h)` with `r` bytes left, the next leaf is the largest size `s`
+//! of the allowed set with `g % s == 0`, `h % s == 0` and `s <= r`. 4 KiB is always allowed (the
+//! base granule; CAP.SLLPS only adds the larger ones). This is exactly the rule both domains
+//! apply: `iommu-vtd`'s `SecondLevelTable::map` places a leaf at level L when the level's size is
+//! allowed, the segment being mapped covers the whole slot (so `g` is aligned and `r >= s`) and the
+//! output address is aligned, and descends otherwise, which picks the same sizes as the greedy
+//! walk; `testing::FakeDomain::map` is the greedy walk itself. So a plan predicts the table a map
+//! creates in a fresh region. (One documented difference on VT-d: a leaf table an earlier
+//! *partial* unmap left empty stays linked and is reused, so a later map there gets 4 KiB leaves
+//! where the plan says 2 MiB: never larger leaves than planned, so every leaf boundary the plan
+//! has is one the table has too.)
+//!
+//! **Closed form.** Both addresses advance together, so a size can ever be used only if
+//! `g ≡ h (mod s)`; with that set `S = s_0 < s_1 < …` fixed, the greedy walk rises (pieces of
+//! `s_i` up to the first `s_{i+1}` boundary, while it lies within the range) and then falls
+//! (as many pieces of the current size as fit, then the next smaller one). That is at most
+//! `2·|S| - 1` runs of equal leaves, so [`count_leaves`] costs O(|S|) whatever the length:
+//! 16 GiB of 4 KiB leaves is counted as fast as one page.
+//!
 //! [`IommuDomain`]: crate::iommu::IommuDomain
 
 use core::fmt;

@@ -60,7 +60,9 @@ impl GuestRegion {
     }
 }
 
-/// A guest's memory map (see the [module documentation](self)).
+/// A guest's memory map: sorted, non-overlapping, 4 KiB granular regions; no RAM or MMIO
+/// region intersects [`MSI_WINDOW`](super::MSI_WINDOW); MMIO is mapped with [`Prot::MMIO`] and
+/// never [`Prot::CACHE`]. Validated once, by [`GuestMemoryMap::new`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestMemoryMap {
     regions: Vec<GuestRegion>,

@@ -1,24 +1,9 @@
 //! Leaf planning: how a GPA→HPA range splits into 4 KiB, 2 MiB and 1 GiB leaf entries
 //! (VT-d spec §3.6 second-level translation, §9.8 leaf entries with PS = 1).
 //!
-//! **The rule.** At position `(g, h)` with `r` bytes left, the next leaf is the largest size `s`
-//! of the allowed set with `g % s == 0`, `h % s == 0` and `s <= r`. 4 KiB is always allowed (the
-//! base granule; CAP.SLLPS only adds the larger ones). This is exactly the rule both domains
-//! apply: `iommu-vtd`'s `SecondLevelTable::map` places a leaf at level L when the level's size is
-//! allowed, the segment being mapped covers the whole slot (so `g` is aligned and `r >= s`) and the
-//! output address is aligned, and descends otherwise, which picks the same sizes as the greedy
-//! walk; `testing::FakeDomain::map` is the greedy walk itself. So a plan predicts the table a map
-//! creates in a fresh region. (One documented difference on VT-d: a leaf table an earlier
-//! *partial* unmap left empty stays linked and is reused, so a later map there gets 4 KiB leaves
-//! where the plan says 2 MiB: never larger leaves than planned, so every leaf boundary the plan
-//! has is one the table has too.)
-//!
-//! **Closed form.** Both addresses advance together, so a size can ever be used only if
-//! `g ≡ h (mod s)`; with that set `S = s_0 < s_1 < …` fixed, the greedy walk rises (pieces of
-//! `s_i` up to the first `s_{i+1}` boundary, while it lies within the range) and then falls
-//! (as many pieces of the current size as fit, then the next smaller one). That is at most
-//! `2·|S| - 1` runs of equal leaves, so [`count_leaves`] costs O(|S|) whatever the length:
-//! 16 GiB of 4 KiB leaves is counted as fast as one page.
+//! The rule, why it predicts both domains' tables, and the closed form of the counts are
+//! documented in [the module `guest`](crate::guest#leaf-planning), where the published docs
+//! show them.
 
 use core::ops::{Add, AddAssign};
 
@@ -169,7 +154,7 @@ impl core::iter::FusedIterator for Plan {}
 
 /// Splits `[gpa, gpa + len)` → `[hpa, hpa + len)` into leaves, greedily the largest size in
 /// `sizes` (4 KiB always) whose alignment both addresses share at that point and that fits in
-/// what remains: the rule of both domains (see the [module documentation](self)), so the plan
+/// what remains: the rule of both domains (see [the module `guest`](crate::guest#leaf-planning)), so the plan
 /// predicts the table a map writes. Yields the chunks in address order; they tile the range.
 ///
 /// # Errors
@@ -301,7 +286,7 @@ pub(crate) fn leaf_at(gpa: u64, hpa: u64, len: u64, sizes: PageSizes, point: u64
         .iter()
         .find(|r| point < r.end())
         .copied()
-        .unwrap_or(runs[n - 1]);
+        .unwrap_or_else(|| runs[n.saturating_sub(1)]);
     let index = (point.saturating_sub(run.gpa) / run.size).min(run.count - 1);
     Chunk {
         gpa: run.gpa + index * run.size,

@@ -2,35 +2,8 @@
 //! guest-physical address (VT-d spec §3.6: the second-level table of the domain the VM's devices
 //! are attached to translates GPA to HPA).
 //!
-//! # Why unmap refuses to split a superpage
-//!
-//! Unmapping part of a 2 MiB or 1 GiB leaf would mean replacing the leaf by a table of smaller
-//! leaves. Done in place, that is either a window in which the rest of the superpage is not
-//! mapped (a DMA to memory the guest still owns faults) or an atomic swap of the entry for a
-//! prepared table plus an invalidation of the old leaf: more machinery than a hypervisor needs,
-//! because it knows in advance where it will punch holes (balloon pages, MMIO it will move).
-//! So [`GuestSpace::unmap`] accepts any range that starts and ends on leaf boundaries of the
-//! mappings it touches (whole superpages, any 4 KiB leaves) and refuses the rest with
-//! [`GuestError::SplitsSuperpage`]; where holes will be punched, map with 4 KiB alignment (e.g.
-//! an HPA offset that is not 2 MiB aligned relative to the GPA, or separate smaller mappings).
-//! The leaf boundaries are those of the mapping's plan ([`plan_chunks`]); a partial unmap leaves
-//! the remainders as mappings whose plans are the original plan's leaves (a greedy plan of a
-//! prefix or suffix cut at a leaf boundary is the same leaves).
-//!
-//! # Invalidation
-//!
-//! Every unmap is strict: the domain's IOTLB flush has completed before the call returns, so a
-//! device can no longer reach the old HPAs. If the flush fails, the GPAs are held back (see
-//! [`GuestError::FlushFailed`]) and every later flush retries them.
-//!
-//! # Locking
-//!
-//! The space's state is one `spin::Mutex`, **held across the calls into the domain**, so that the
-//! check (overlap, coverage, leaf boundaries) and the change it permits are one step and a
-//! failed [`GuestSpace::populate`] can unwind exactly what it did. This is a documented exception
-//! to the crate's rule of never holding a lock across [`IommuDomain`] calls (like an export's
-//! state lock): the domain's locks are leaves that never call back, and a VM's memory-map
-//! changes are rare and serialised anyway. Different spaces never contend.
+//! Why it is shaped as it is (superpage splits refused, strict invalidation, its lock) is
+//! documented on [`GuestSpace`] itself, where the published docs show it.
 
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -116,7 +89,37 @@ impl State {
 }
 
 /// A guest-physical address space over one IOMMU domain: the domain's IOVA is the guest's GPA.
-/// See the [module documentation](self). Internally synchronised; `Send + Sync`.
+/// Internally synchronised; `Send + Sync`.
+///
+/// # Why unmap refuses to split a superpage
+///
+/// Unmapping part of a 2 MiB or 1 GiB leaf would mean replacing the leaf by a table of smaller
+/// leaves. Done in place, that is either a window in which the rest of the superpage is not
+/// mapped (a DMA to memory the guest still owns faults) or an atomic swap of the entry for a
+/// prepared table plus an invalidation of the old leaf: more machinery than a hypervisor needs,
+/// because it knows in advance where it will punch holes (balloon pages, MMIO it will move).
+/// So [`GuestSpace::unmap`] accepts any range that starts and ends on leaf boundaries of the
+/// mappings it touches (whole superpages, any 4 KiB leaves) and refuses the rest with
+/// [`GuestError::SplitsSuperpage`]; where holes will be punched, map with 4 KiB alignment (e.g.
+/// an HPA offset that is not 2 MiB aligned relative to the GPA, or separate smaller mappings).
+/// The leaf boundaries are those of the mapping's plan ([`plan_chunks`]); a partial unmap leaves
+/// the remainders as mappings whose plans are the original plan's leaves (a greedy plan of a
+/// prefix or suffix cut at a leaf boundary is the same leaves).
+///
+/// # Invalidation
+///
+/// Every unmap is strict: the domain's IOTLB flush has completed before the call returns, so a
+/// device can no longer reach the old HPAs. If the flush fails, the GPAs are held back (see
+/// [`GuestError::FlushFailed`]) and every later flush retries them.
+///
+/// # Locking
+///
+/// The space's state is one `spin::Mutex`, **held across the calls into the domain**, so that the
+/// check (overlap, coverage, leaf boundaries) and the change it permits are one step and a
+/// failed [`GuestSpace::populate`] can unwind exactly what it did. This is a documented exception
+/// to the crate's rule of never holding a lock across [`IommuDomain`] calls (like an export's
+/// state lock): the domain's locks are leaves that never call back, and a VM's memory-map
+/// changes are rare and serialised anyway. Different spaces never contend.
 pub struct GuestSpace {
     domain: Arc<dyn IommuDomain>,
     info: DomainInfo,
@@ -262,8 +265,8 @@ impl GuestSpace {
 
     /// Unmaps `[gpa, gpa + len)`, strictly: the IOTLB invalidation has completed when it
     /// returns. The range must be covered by live mappings (one or several adjacent ones) and
-    /// start and end on leaf boundaries of their plans; cutting a superpage is refused (see the
-    /// [module documentation](self) for why). A partial unmap leaves the remainders as mappings.
+    /// start and end on leaf boundaries of their plans; cutting a superpage is refused (see
+    /// [`GuestSpace`] for why). A partial unmap leaves the remainders as mappings.
     /// One `domain.unmap` for the whole range, one flush. Returns the leaves removed.
     ///
     /// # Errors
