@@ -59,7 +59,8 @@ struct DomainState {
     table: Option<SecondLevelTable>,
 }
 
-/// A VT-d translation domain. Dropping it detaches every group still attached and frees its
+/// A VT-d translation domain. Dropping it detaches every group still attached (groups
+/// assigned to it as a whole become quarantined, [`VtdUnit::quarantine_group`]) and frees its
 /// tables.
 pub struct Domain<R: RegisterIo, P: Platform> {
     unit: Arc<VtdUnit<R, P>>,
@@ -150,7 +151,10 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// - another member of a group already attached here: the member is added (refcount), no
     ///   hardware change; the same member twice is [`VtdError::AlreadyMember`];
     /// - a group attached to another domain: [`VtdError::GroupAttachedElsewhere`];
-    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`].
+    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`];
+    /// - a group owned as a whole ([`VtdUnit::assign_group`], pass-through):
+    ///   [`VtdError::GroupAssigned`]; a quarantined group, or one sharing a requester ID with
+    ///   it: [`VtdError::GroupQuarantined`].
     ///
     /// If the invalidation fails the entries are written and the group stays tracked (so a
     /// detach or the drop can clear them); the next attach of any member (the same device's retry included) completes it first.
@@ -158,8 +162,9 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// # Errors
     ///
     /// [`VtdError::EmptyGroup`], [`VtdError::DuplicateRequesterId`], [`VtdError::AlreadyAttached`],
-    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`] and
-    /// [`VtdError::GroupRequesterIdsDiffer`] as listed above, [`VtdError::NotAMember`] for a device
+    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`],
+    /// [`VtdError::GroupRequesterIdsDiffer`], [`VtdError::GroupAssigned`] and
+    /// [`VtdError::GroupQuarantined`] as listed above, [`VtdError::NotAMember`] for a device
     /// whose own ID is not among the group's (nothing written);
     /// [`VtdError::OutOfMemory`] when the domain is being dropped or a context table or
     /// bookkeeping cannot be allocated (nothing written); [`VtdError::Timeout`] (write-buffer

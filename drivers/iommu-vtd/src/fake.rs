@@ -12,9 +12,11 @@
 //! registers are ignored once QIE is set (a poller would time out), and a DMA emulator
 //! ([`FakeVtd::dma`]) walks root/context/second-level tables through the device view with
 //! QEMU's checks (AW in SAGAW, R/W ANDed across levels, SNP reserved without ECAP.SC, output
-//! addresses below the HAW), caches context entries and translations until invalidated (and,
-//! under caching mode, not-present translations too), and records faults in the fault
-//! recording registers. Protocol violations (a GCMD write not of the form
+//! addresses below the HAW, pass-through entries (TT = 10) passing addresses untranslated when
+//! ECAP.PT and faulting with reason 3 otherwise), caches context entries and translations
+//! until invalidated (translations keyed by source ID and tagged with the DID, looked up
+//! before the context entry, as QEMU does; under caching mode, not-present translations too),
+//! and records faults in the fault recording registers. Protocol violations (a GCMD write not of the form
 //! `(GSTS & 0x96FF_FFFF) | bit`, a register invalidation while QIE is set, a misaligned PSI,
 //! ...) are collected in [`FakeVtd::violations`]. Failures can be injected: a unit that stops
 //! answering ([`FakeVtd::set_unresponsive`]), a queue whose head stalls

@@ -778,3 +778,82 @@ proptest! {
         );
     }
 }
+
+#[test]
+fn a_failed_quarantine_stays_quarantined_and_release_finishes_it_globally() {
+    let u = unit();
+    let r = rid(2, 0, 0);
+    let iova = 0x10_0000;
+    let a = domain_mapping(&u, iova, 0x80_0000);
+    u.assign_group(group(7, &[r]), &a).unwrap();
+    assert_eq!(hw(&u).dma(r, iova, true), Ok(0x80_0000));
+    hw(&u).set_rejected_descriptor(Some(iommu_vtd::invalidation::desc::TYPE_CONTEXT));
+    assert!(matches!(
+        u.quarantine_group(group(7, &[r])),
+        Err(VtdError::Invalidation(_))
+    ));
+    hw(&u).set_rejected_descriptor(None);
+    // Blocked in the tables, and tracked as such, whatever the caches still hold.
+    assert_eq!(u.group_owner(7), Some(GroupOwner::Quarantined));
+    assert_eq!(u.context_entry(r), Some(ContextEntry { lo: 0, hi: 0 }));
+    let before = hw(&u).invalidations().len();
+    u.release_quarantine(7).unwrap();
+    let issued: Vec<_> = hw(&u).invalidations()[before..]
+        .iter()
+        .map(|(_, i)| *i)
+        .collect();
+    assert_eq!(
+        issued,
+        vec![Invalidation::ContextGlobal, Invalidation::IotlbGlobal]
+    );
+    assert_eq!(u.group_owner(7), None);
+    assert_eq!(
+        hw(&u).dma(r, iova, true),
+        Err(FaultReason::ContextEntryNotPresent)
+    );
+}
+
+#[test]
+fn dropping_the_old_domain_after_a_failed_switch_invalidates_globally() {
+    let u = unit();
+    let r = rid(2, 0, 0);
+    let iova = 0x10_0000;
+    let a = domain_mapping(&u, iova, 0x80_0000);
+    let b = domain_mapping(&u, iova, 0x90_0000);
+    u.assign_group(group(7, &[r]), &a).unwrap();
+    assert_eq!(hw(&u).dma(r, iova, true), Ok(0x80_0000));
+    hw(&u).set_rejected_descriptor(Some(iommu_vtd::invalidation::desc::TYPE_CONTEXT));
+    assert!(u.assign_group(group(7, &[r]), &b).is_err());
+    hw(&u).set_rejected_descriptor(None);
+    // The old domain's table is still cached for `r`: its drop must not free it before an
+    // invalidation that surely drops every cached copy.
+    let before = hw(&u).invalidations().len();
+    let a_root = a.table_root().unwrap().as_u64();
+    drop(a);
+    let issued: Vec<_> = hw(&u).invalidations()[before..]
+        .iter()
+        .map(|(_, i)| *i)
+        .collect();
+    assert_eq!(
+        issued,
+        vec![Invalidation::ContextGlobal, Invalidation::IotlbGlobal]
+    );
+    assert!(
+        !u.platform().is_live(a_root),
+        "freed after the invalidation"
+    );
+    assert_eq!(hw(&u).dma(r, iova, true), Ok(0x90_0000));
+    assert_eq!(
+        u.group_owner(7),
+        Some(GroupOwner::Assigned { did: b.did() })
+    );
+    // Synced by the global invalidation: assigning again is refused as a repeat.
+    assert_eq!(
+        u.assign_group(group(7, &[r]), &b),
+        Err(VtdError::AlreadyAssigned {
+            group: 7,
+            did: b.did()
+        })
+    );
+    assert!(hw(&u).violations().is_empty());
+}

@@ -54,7 +54,8 @@ pub enum MemEvent {
 /// the exact sequence of an operation. The CPU's stores themselves are not visible to the
 /// platform; a write-back shows which 64-bit words the walker's view gained in it (one
 /// 16-byte store then one write-back shows both words of an entry changing at once; an entry
-/// written in halves, each written back, shows up as several write-backs).
+/// written in halves, each written back, shows up as several write-backs). Nothing is recorded
+/// for write-backs while [`HostPlatform::set_flush_disabled`] is on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableEvent {
     /// A `flush_cache_range` (clflush) of table memory: the physical address and length asked

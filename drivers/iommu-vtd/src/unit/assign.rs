@@ -7,6 +7,11 @@
 //! *pass-through* (TT = 10) or *quarantined* (tracked, no present context entry, so its DMA
 //! faults with reason 2 and nothing attaches to it until it is assigned again or released).
 //!
+//! Quarantine is "no present context entry" rather than an empty quarantine domain: it needs
+//! no table or DID kept per unit, nothing can ever be mapped into it by mistake, and every
+//! blocked DMA is recorded as a fault (reason 2) naming its source, which a domain without
+//! mappings would report only per page and only for accesses inside its aperture.
+//!
 //! # Writing entries
 //!
 //! - Not present → present (an unattached or quarantined group): as `attach` does, upper half
