@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use dma::guest::MSI_WINDOW;
 use dma::iommu::{IommuDomain, IommuError, IotlbGather, PageSizes, Prot};
@@ -199,9 +198,10 @@ fn plan_refuses_bad_ranges() {
 /// 16 GiB of 4 KiB leaves is counted in closed form: a walk (4 Mi chunks per call, 1000 calls,
 /// plus a 2^50-byte range) could never finish inside the generous bound.
 #[test]
-fn count_leaves_is_fast_for_huge_ranges() {
+fn count_leaves_is_closed_form_for_huge_ranges() {
+    // No time is asserted: a count that walked the chunks would not finish the 2^50-byte range
+    // below (2^38 leaves), so the test would hang instead of passing.
     let len = 16 * G1;
-    let start = Instant::now();
     for i in 0..1000u64 {
         // gpa and hpa differ by 4 KiB: only 4 KiB leaves are possible.
         let gpa = (i + 1) * K4;
@@ -221,11 +221,6 @@ fn count_leaves_is_fast_for_huge_ranges() {
     }
     let huge = count_leaves(K4, 2 * K4, 1 << 50, ALL).unwrap();
     assert_eq!(huge.k4, (1 << 50) / K4);
-    assert!(
-        start.elapsed() < Duration::from_secs(2),
-        "count_leaves walked the chunks: {:?}",
-        start.elapsed()
-    );
 }
 
 /// The "handful of entries" claim of issue 14.

@@ -439,8 +439,16 @@ fn guest(
         let to = if i % 2 == 0 { &g1 } else { &g2 };
         let before = Snapshot::of(unit);
         let t0 = rdtsc();
-        a.assign(iommu, &k.pci, &k.pci.ecam, bdf, AssignTarget::Guest(to), &mut NoHooks, policy)
-            .map_err(|x| e(&x))?;
+        a.assign(
+            iommu,
+            &k.pci,
+            &k.pci.ecam,
+            bdf,
+            AssignTarget::Guest(to),
+            &mut NoHooks,
+            policy,
+        )
+        .map_err(|x| e(&x))?;
         let cycles = rdtsc() - t0;
         // The first is from the host (entries written, not switched).
         if i > 0 && cycles < best {
@@ -448,8 +456,16 @@ fn guest(
         }
     }
     line("guest_reassign_full", 1, best, counts);
-    a.assign(iommu, &k.pci, &k.pci.ecam, bdf, AssignTarget::Quarantine, &mut NoHooks, policy)
-        .map_err(|x| e(&x))?;
+    a.assign(
+        iommu,
+        &k.pci,
+        &k.pci.ecam,
+        bdf,
+        AssignTarget::Quarantine,
+        &mut NoHooks,
+        policy,
+    )
+    .map_err(|x| e(&x))?;
     a.release_to_host(iommu, &k.pci, bdf).map_err(|x| e(&x))?;
     // Bus mastering back on for whatever runs next.
     pci::reset::set_bus_master(&k.pci.ecam, bdf, true).map_err(|x| e(&x))?;

@@ -135,7 +135,9 @@ impl fmt::Display for AssignError {
             Self::Attach(e) => write!(f, "{e}"),
             Self::Remap(e) => write!(f, "{e}"),
             Self::NotAssignedHere(b) => write!(f, "the group of {b} is not assigned to this guest"),
-            Self::AlreadyOwned { group } => write!(f, "group {group:#x} already belongs to that guest"),
+            Self::AlreadyOwned { group } => {
+                write!(f, "group {group:#x} already belongs to that guest")
+            }
         }
     }
 }
@@ -362,7 +364,6 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Iommu<R, P> {
             interrupts: Mutex::new(Vec::new()),
         }))
     }
-
 }
 
 impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
@@ -501,9 +502,7 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
         // 3. The previous guest's interrupts.
         let mut interrupts_revoked = 0;
         if let Some(prev) = self.guest_of(key) {
-            interrupts_revoked = prev
-                .revoke_interrupts(&members)
-                .map_err(AssignError::Vtd)?;
+            interrupts_revoked = prev.revoke_interrupts(&members).map_err(AssignError::Vtd)?;
         }
         // 4. Reset.
         let mut resets = Vec::new();

@@ -45,7 +45,7 @@ pub mod state;
 pub mod view;
 
 pub use assign::{
-    AssignError, Assigner, AssignHooks, AssignPolicy, AssignReport, AssignTarget, GuestDomain,
+    AssignError, AssignHooks, AssignPolicy, AssignReport, AssignTarget, Assigner, GuestDomain,
 };
 pub use attach::{group_key, AttachError};
 pub use faults::{

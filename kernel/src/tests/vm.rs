@@ -14,9 +14,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 
-use dma::guest::{
-    count_leaves, plan_chunks, GuestMemoryMap, GuestRegion, LeafCounts, RegionKind,
-};
+use dma::guest::{count_leaves, plan_chunks, GuestMemoryMap, GuestRegion, LeafCounts, RegionKind};
 use dma::iommu::{IommuDomain, Prot};
 use dma::{Direction, DmaAddr, ExportRange, MoveEvent};
 use edu::{Edu, Transfer};
@@ -198,7 +196,9 @@ fn assigned_edu(k: &Kernel) -> Result<Edu, Failure> {
         .into_iter()
         .find(|e| {
             k.pci.topology.parent(e.bdf()).is_some()
-                && groups.group_of(e.bdf()).is_some_and(|g| g.members().len() == 1)
+                && groups
+                    .group_of(e.bdf())
+                    .is_some_and(|g| g.members().len() == 1)
         })
         .or_fail("an edu behind a root port")
 }
@@ -241,7 +241,15 @@ fn assign(
     let Some(iommu) = k.iommu.as_ref() else {
         return Err(AssignError::NoUnit(bdf));
     };
-    a.assign(iommu, &k.pci, &k.pci.ecam, bdf, target, &mut hooks(), policy)
+    a.assign(
+        iommu,
+        &k.pci,
+        &k.pci.ecam,
+        bdf,
+        target,
+        &mut hooks(),
+        policy,
+    )
 }
 
 /// The guest's driver turns bus mastering on (it is off after every assignment).
@@ -253,8 +261,7 @@ fn guest_enables_dma(k: &Kernel, bdf: Bdf) -> TestResult {
 
 /// Back to the host: quarantine, then release.
 fn return_to_host(k: &Kernel, a: &KAssigner, bdf: Bdf) -> TestResult {
-    assign(k, a, bdf, AssignTarget::Quarantine, AssignPolicy::default())
-        .or_fail("quarantine")?;
+    assign(k, a, bdf, AssignTarget::Quarantine, AssignPolicy::default()).or_fail("quarantine")?;
     a.release_to_host(iommu(k)?, &k.pci, bdf)
         .or_fail("release to host")
 }
@@ -269,8 +276,8 @@ fn guest_memory_mixes_leaf_sizes(k: &Kernel) -> TestResult {
     let map = guest_map(vm.ram.paddr())?;
     let mut want = LeafCounts::default();
     for r in map.regions().iter().filter(|r| r.kind == RegionKind::Ram) {
-        let c = count_leaves(r.gpa, r.hpa, r.len, vm.hw().info().page_sizes)
-            .or_fail("count leaves")?;
+        let c =
+            count_leaves(r.gpa, r.hpa, r.len, vm.hw().info().page_sizes).or_fail("count leaves")?;
         want.k4 += c.k4;
         want.m2 += c.m2;
         want.g1 += c.g1;
@@ -290,8 +297,14 @@ fn guest_memory_mixes_leaf_sizes(k: &Kernel) -> TestResult {
         "the map should mix all three sizes"
     );
     let a = KAssigner::new();
-    assign(k, &a, e.bdf(), AssignTarget::Guest(&vm.guest), AssignPolicy::default())
-        .or_fail("assign to VM1")?;
+    assign(
+        k,
+        &a,
+        e.bdf(),
+        AssignTarget::Guest(&vm.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("assign to VM1")?;
     guest_enables_dma(k, e.bdf())?;
     let src = pattern_of(0x51);
     vm.write(SRC_GPA, &src);
@@ -302,10 +315,15 @@ fn guest_memory_mixes_leaf_sizes(k: &Kernel) -> TestResult {
             .iter()
             .find(|r| r.gpa <= gpa && gpa < r.gpa + r.len)
             .or_fail("region")?;
-        let planned = plan_chunks(region.gpa, region.hpa, region.len, vm.hw().info().page_sizes)
-            .or_fail("plan")?
-            .find(|c| c.gpa <= gpa && gpa < c.gpa + c.size)
-            .or_fail("planned chunk")?;
+        let planned = plan_chunks(
+            region.gpa,
+            region.hpa,
+            region.len,
+            vm.hw().info().page_sizes,
+        )
+        .or_fail("plan")?
+        .find(|c| c.gpa <= gpa && gpa < c.gpa + c.size)
+        .or_fail("planned chunk")?;
         kprintln!(
             "  GPA {gpa:#x}: leaf {} KiB at level {} -> HPA {:#x}",
             leaf.size >> 10,
@@ -346,8 +364,14 @@ fn reassign(k: &Kernel, invalidate: bool) -> TestResult {
     let vm1 = Vm::new(k, e.bdf(), 1, 4)?;
     let vm2 = Vm::new(k, e.bdf(), 2, 7)?;
     let a = KAssigner::new();
-    assign(k, &a, e.bdf(), AssignTarget::Guest(&vm1.guest), AssignPolicy::default())
-        .or_fail("assign to VM1")?;
+    assign(
+        k,
+        &a,
+        e.bdf(),
+        AssignTarget::Guest(&vm1.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("assign to VM1")?;
     guest_enables_dma(k, e.bdf())?;
     let (p1, p2) = (pattern_of(0x11), pattern_of(0x77));
     vm1.write(SRC_GPA, &p1);
@@ -358,12 +382,22 @@ fn reassign(k: &Kernel, invalidate: bool) -> TestResult {
     check_eq!(vm1.read(GPA_2M, LEN), p1);
     // VM1's copy is cleared, so a DMA reaching it again is seen.
     vm1.write(GPA_2M, &[0; LEN as usize]);
-    let unit = iommu(k)?.unit_for(&k.pci, e.bdf()).or_fail("unit")?.unit.clone();
+    let unit = iommu(k)?
+        .unit_for(&k.pci, e.bdf())
+        .or_fail("unit")?
+        .unit
+        .clone();
     let rid = source_id(k, &e)?;
     if invalidate {
         let t = time::now_us();
-        let report = assign(k, &a, e.bdf(), AssignTarget::Guest(&vm2.guest), AssignPolicy::default())
-            .or_fail("reassign to VM2")?;
+        let report = assign(
+            k,
+            &a,
+            e.bdf(),
+            AssignTarget::Guest(&vm2.guest),
+            AssignPolicy::default(),
+        )
+        .or_fail("reassign to VM2")?;
         kprintln!(
             "  reassigned VM1 (did {}) -> VM2 (did {}) in {} us: {} atomic store(s), {} invalidation(s), reset {:?}",
             vm1.guest.did(),
@@ -377,7 +411,9 @@ fn reassign(k: &Kernel, invalidate: bool) -> TestResult {
         check!(report.vtd.atomic_stores >= 1, "no atomic store");
         check_eq!(
             unit.group_owner(report.group),
-            Some(GroupOwner::Assigned { did: vm2.guest.did() })
+            Some(GroupOwner::Assigned {
+                did: vm2.guest.did()
+            })
         );
         guest_enables_dma(k, e.bdf())?;
     } else {
@@ -406,8 +442,14 @@ fn reassign(k: &Kernel, invalidate: bool) -> TestResult {
             &in_vm2[..8]
         );
         // Finish the switch properly (the tracked owner is still VM1).
-        assign(k, &a, e.bdf(), AssignTarget::Guest(&vm2.guest), AssignPolicy::default())
-            .or_fail("reassign to VM2")?;
+        assign(
+            k,
+            &a,
+            e.bdf(),
+            AssignTarget::Guest(&vm2.guest),
+            AssignPolicy::default(),
+        )
+        .or_fail("reassign to VM2")?;
         check!(faults(k)?.is_empty(), "unexpected faults");
     }
     return_to_host(k, &a, e.bdf())
@@ -447,8 +489,14 @@ fn quarantined_group_faults(k: &Kernel) -> TestResult {
     let mut e = assigned_edu(k)?;
     let vm = Vm::new(k, e.bdf(), 1, 4)?;
     let a = KAssigner::new();
-    assign(k, &a, e.bdf(), AssignTarget::Guest(&vm.guest), AssignPolicy::default())
-        .or_fail("assign to VM1")?;
+    assign(
+        k,
+        &a,
+        e.bdf(),
+        AssignTarget::Guest(&vm.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("assign to VM1")?;
     guest_enables_dma(k, e.bdf())?;
     let p = pattern_of(0x23);
     vm.write(SRC_GPA, &p);
@@ -456,17 +504,33 @@ fn quarantined_group_faults(k: &Kernel) -> TestResult {
     guest_copy(&mut e, SRC_GPA, GPA_4K)?; // warms the caches
     check_eq!(vm.read(GPA_4K, LEN), p);
     vm.write(GPA_4K, &[0; LEN as usize]);
-    assign(k, &a, e.bdf(), AssignTarget::Quarantine, AssignPolicy::default())
-        .or_fail("quarantine")?;
+    assign(
+        k,
+        &a,
+        e.bdf(),
+        AssignTarget::Quarantine,
+        AssignPolicy::default(),
+    )
+    .or_fail("quarantine")?;
     let rid = source_id(k, &e)?;
-    let unit = iommu(k)?.unit_for(&k.pci, e.bdf()).or_fail("unit")?.unit.clone();
+    let unit = iommu(k)?
+        .unit_for(&k.pci, e.bdf())
+        .or_fail("unit")?
+        .unit
+        .clone();
     check!(
         !unit.context_entry(rid).is_some_and(|c| c.present()),
         "a quarantined group kept a present context entry"
     );
     guest_enables_dma(k, e.bdf())?;
-    edu_dev::dma(&mut e, Transfer::WriteToMemory, DmaAddr::new(GPA_4K), 0, LEN)
-        .or_fail("edu write")?;
+    edu_dev::dma(
+        &mut e,
+        Transfer::WriteToMemory,
+        DmaAddr::new(GPA_4K),
+        0,
+        LEN,
+    )
+    .or_fail("edu write")?;
     check_eq!(vm.read(GPA_4K, LEN), alloc::vec![0u8; LEN as usize]);
     expect_one_fault(k, &e, GPA_4K, AccessKind::Write, 2)?;
     // Host drivers cannot take it while quarantined.
@@ -480,9 +544,7 @@ fn quarantined_group_faults(k: &Kernel) -> TestResult {
     iommu(k)?
         .attach(&k.pci, &host, e.bdf())
         .or_fail("attach after release")?;
-    iommu(k)?
-        .detach(&k.pci, &host, e.bdf())
-        .or_fail("detach")
+    iommu(k)?.detach(&k.pci, &host, e.bdf()).or_fail("detach")
 }
 
 /// Pass-through is refused for an untrusted group; for a trusted one the device's DMA address
@@ -491,7 +553,13 @@ fn pass_through_reaches_physical_memory(k: &Kernel) -> TestResult {
     clear_faults(k)?;
     let mut e = assigned_edu(k)?;
     let a = KAssigner::new();
-    let refused = assign(k, &a, e.bdf(), AssignTarget::PassThrough, AssignPolicy::default());
+    let refused = assign(
+        k,
+        &a,
+        e.bdf(),
+        AssignTarget::PassThrough,
+        AssignPolicy::default(),
+    );
     check!(
         matches!(refused, Err(AssignError::Untrusted(_))),
         "pass-through of an untrusted group: {refused:?}"
@@ -500,9 +568,13 @@ fn pass_through_reaches_physical_memory(k: &Kernel) -> TestResult {
         trusted: true,
         ..AssignPolicy::default()
     };
-    let report = assign(k, &a, e.bdf(), AssignTarget::PassThrough, trusted)
-        .or_fail("pass-through")?;
-    let unit = iommu(k)?.unit_for(&k.pci, e.bdf()).or_fail("unit")?.unit.clone();
+    let report =
+        assign(k, &a, e.bdf(), AssignTarget::PassThrough, trusted).or_fail("pass-through")?;
+    let unit = iommu(k)?
+        .unit_for(&k.pci, e.bdf())
+        .or_fail("unit")?
+        .unit
+        .clone();
     let entry = unit.context_entry(source_id(k, &e)?).or_fail("entry")?;
     kprintln!(
         "  pass-through: context entry {:#018x}_{:#018x} (TT {}), {} store(s)",
@@ -518,11 +590,26 @@ fn pass_through_reaches_physical_memory(k: &Kernel) -> TestResult {
     pattern(&mut src, 0x6b);
     let dst = page(0)?;
     check!(dst.paddr() < 1 << 32, "page above the edu mask");
-    edu_dev::dma(&mut e, Transfer::ReadFromMemory, DmaAddr::new(src.paddr()), 0, LEN)
-        .or_fail("edu read")?;
-    edu_dev::dma(&mut e, Transfer::WriteToMemory, DmaAddr::new(dst.paddr()), 0, LEN)
-        .or_fail("edu write")?;
-    check_eq!(read_back(&dst, LEN as usize), &src.as_slice()[..LEN as usize]);
+    edu_dev::dma(
+        &mut e,
+        Transfer::ReadFromMemory,
+        DmaAddr::new(src.paddr()),
+        0,
+        LEN,
+    )
+    .or_fail("edu read")?;
+    edu_dev::dma(
+        &mut e,
+        Transfer::WriteToMemory,
+        DmaAddr::new(dst.paddr()),
+        0,
+        LEN,
+    )
+    .or_fail("edu write")?;
+    check_eq!(
+        read_back(&dst, LEN as usize),
+        &src.as_slice()[..LEN as usize]
+    );
     check!(faults(k)?.is_empty(), "unexpected faults");
     return_to_host(k, &a, e.bdf())
 }
@@ -545,7 +632,9 @@ fn partly_owned_group_refused(k: &Kernel) -> TestResult {
         };
         let keep: Vec<Bdf> = all.iter().filter(|e| shares(e)).map(|e| e.bdf()).collect();
         drop(groups);
-        all.into_iter().filter(|e| keep.contains(&e.bdf())).collect()
+        all.into_iter()
+            .filter(|e| keep.contains(&e.bdf()))
+            .collect()
     };
     check_eq!(pair.len(), 2);
     let (host_bdf, guest_bdf) = (pair[0].bdf(), pair[1].bdf());
@@ -557,14 +646,24 @@ fn partly_owned_group_refused(k: &Kernel) -> TestResult {
         .iommu_source_id(guest_bdf)
         .or_fail("source id")?
         .requester_id();
-    let unit = iommu.unit_for(&k.pci, guest_bdf).or_fail("unit")?.unit.clone();
+    let unit = iommu
+        .unit_for(&k.pci, guest_bdf)
+        .or_fail("unit")?
+        .unit
+        .clone();
     let host = Arc::new(iommu.domain_for(&k.pci, host_bdf).or_fail("host domain")?);
     let member = iommu
         .attach_member(&k.pci, &host, host_bdf)
         .or_fail("host driver attach")?;
     let before = unit.context_entry(rid);
     let a = KAssigner::new();
-    let refused = assign(k, &a, guest_bdf, AssignTarget::Guest(&vm.guest), AssignPolicy::default());
+    let refused = assign(
+        k,
+        &a,
+        guest_bdf,
+        AssignTarget::Guest(&vm.guest),
+        AssignPolicy::default(),
+    );
     kprintln!("  assigning {guest_bdf} while {host_bdf} is a host member: {refused:?}");
     check!(
         matches!(refused, Err(AssignError::GroupInUse { member, .. }) if member == host_bdf),
@@ -572,8 +671,14 @@ fn partly_owned_group_refused(k: &Kernel) -> TestResult {
     );
     check_eq!(unit.context_entry(rid), before);
     drop(member);
-    let report = assign(k, &a, guest_bdf, AssignTarget::Guest(&vm.guest), AssignPolicy::default())
-        .or_fail("assign the whole group")?;
+    let report = assign(
+        k,
+        &a,
+        guest_bdf,
+        AssignTarget::Guest(&vm.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("assign the whole group")?;
     kprintln!("  then assigned: resets {:?}", report.resets);
     check!(
         report.members.contains(&host_bdf) && report.members.contains(&guest_bdf),
@@ -666,8 +771,14 @@ fn assignment_revokes_exports_and_resets(k: &Kernel) -> TestResult {
         .or_fail("attach")?;
     let m = att.map(Direction::FromDevice).or_fail("map")?;
     let iova = m.segments()[0].addr.as_u64();
-    edu_dev::dma(&mut importer, Transfer::WriteToMemory, DmaAddr::new(iova), 0, LEN)
-        .or_fail("importer write (warms)")?;
+    edu_dev::dma(
+        &mut importer,
+        Transfer::WriteToMemory,
+        DmaAddr::new(iova),
+        0,
+        LEN,
+    )
+    .or_fail("importer write (warms)")?;
     let vm = Vm::new(k, ivsh, 1, 4)?;
     let rec = Recording {
         inner: &k.pci.ecam,
@@ -679,7 +790,15 @@ fn assignment_revokes_exports_and_resets(k: &Kernel) -> TestResult {
         revoked: Vec::new(),
     };
     let report = a
-        .assign(iommu(k)?, &k.pci, &rec, ivsh, AssignTarget::Guest(&vm.guest), &mut h, AssignPolicy::default())
+        .assign(
+            iommu(k)?,
+            &k.pci,
+            &rec,
+            ivsh,
+            AssignTarget::Guest(&vm.guest),
+            &mut h,
+            AssignPolicy::default(),
+        )
         .or_fail("assign ivshmem")?;
     let revoked = h.revoked.clone();
     drop(h);
@@ -714,8 +833,14 @@ fn assignment_revokes_exports_and_resets(k: &Kernel) -> TestResult {
     drop(log);
     // The importer's stale IOVA no longer reaches the BAR.
     clear_faults(k)?;
-    edu_dev::dma(&mut importer, Transfer::WriteToMemory, DmaAddr::new(iova), 0, LEN)
-        .or_fail("importer write after assign")?;
+    edu_dev::dma(
+        &mut importer,
+        Transfer::WriteToMemory,
+        DmaAddr::new(iova),
+        0,
+        LEN,
+    )
+    .or_fail("importer write after assign")?;
     expect_one_fault(k, &importer, iova, AccessKind::Write, 5)?;
     drop(m);
     drop(att);
@@ -756,10 +881,19 @@ fn guest_faults_reach_their_vm(k: &Kernel) -> TestResult {
             (&vm1, &vm1.guest, &VM1_LAST, &VM1_COUNT, &VM2_COUNT),
             (&vm2, &vm2.guest, &VM2_LAST, &VM2_COUNT, &VM1_COUNT),
         ] {
-            assign(k, &a, e.bdf(), AssignTarget::Guest(target), AssignPolicy::default())
-                .or_fail("assign")?;
+            assign(
+                k,
+                &a,
+                e.bdf(),
+                AssignTarget::Guest(target),
+                AssignPolicy::default(),
+            )
+            .or_fail("assign")?;
             guest_enables_dma(k, e.bdf())?;
-            check!(vm.guest.space().translate(hole).is_none(), "the hole is mapped");
+            check!(
+                vm.guest.space().translate(hole).is_none(),
+                "the hole is mapped"
+            );
             let (c0, o0) = (count.load(Ordering::Acquire), other.load(Ordering::Acquire));
             edu_dev::dma(&mut e, Transfer::WriteToMemory, DmaAddr::new(hole), 0, LEN)
                 .or_fail("edu write")?;
@@ -824,13 +958,19 @@ fn guest_interrupts_follow_the_device(k: &Kernel) -> TestResult {
     use pci::msi::Msi;
     let iommu = iommu(k)?;
     check!(
-        iommu.units.iter().all(|u| u.unit.interrupt_remapping_enabled()),
+        iommu
+            .units
+            .iter()
+            .all(|u| u.unit.interrupt_remapping_enabled()),
         "the vm scenario runs with interrupt remapping on"
     );
-    let mut e = assigned_edu(k)?;
+    let e = assigned_edu(k)?;
     let bdf = e.bdf();
     let dest = Destination::XApic(u8::try_from(crate::arch::apic::id()).or_fail("xAPIC id")?);
-    let (v1, v2) = (HostVector::new(vm1_vector_handler)?, HostVector::new(vm2_vector_handler)?);
+    let (v1, v2) = (
+        HostVector::new(vm1_vector_handler)?,
+        HostVector::new(vm2_vector_handler)?,
+    );
     let vm1 = Vm::new(k, bdf, 1, 4)?;
     let vm2 = Vm::new(k, bdf, 2, 7)?;
     let a = KAssigner::new();
@@ -842,8 +982,14 @@ fn guest_interrupts_follow_the_device(k: &Kernel) -> TestResult {
         ),
         "remapped interrupts for a device the guest does not own"
     );
-    assign(k, &a, bdf, AssignTarget::Guest(&vm1.guest), AssignPolicy::default())
-        .or_fail("assign to VM1")?;
+    assign(
+        k,
+        &a,
+        bdf,
+        AssignTarget::Guest(&vm1.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("assign to VM1")?;
     guest_enables_dma(k, bdf)?;
     let m1 = vm1
         .guest
@@ -854,8 +1000,14 @@ fn guest_interrupts_follow_the_device(k: &Kernel) -> TestResult {
     msi.configure(1, m1).or_fail("configure")?;
     msi.enable().or_fail("enable")?;
     check_eq!(raise(&e, v1.0, true)?, 1);
-    let report = assign(k, &a, bdf, AssignTarget::Guest(&vm2.guest), AssignPolicy::default())
-        .or_fail("reassign to VM2")?;
+    let report = assign(
+        k,
+        &a,
+        bdf,
+        AssignTarget::Guest(&vm2.guest),
+        AssignPolicy::default(),
+    )
+    .or_fail("reassign to VM2")?;
     check_eq!(report.interrupts_revoked, 1);
     check!(vm1.guest.irte_indices(bdf).is_empty(), "VM1 kept its IRTE");
     guest_enables_dma(k, bdf)?;
@@ -880,7 +1032,5 @@ fn guest_interrupts_follow_the_device(k: &Kernel) -> TestResult {
     check_eq!(raise(&e, v2.0, true)?, 1);
     check_eq!(raise(&e, v1.0, false)?, 0);
     msi.disable().or_fail("disable")?;
-    drop(msi);
-    let _ = &mut e;
     return_to_host(k, &a, bdf)
 }
