@@ -527,10 +527,17 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
             ),
             AssignTarget::Quarantine => (entry.unit.quarantine_group(group), Owner::Quarantine),
         };
+        // A timeout or failed invalidation comes after the entries were written: the unit
+        // then holds the group as the new owner's (unsynced, finished by the next operation
+        // on it), so the new owner is recorded here too. Any other error is a refusal that
+        // changed nothing in the tables.
+        let written = matches!(vtd, Err(VtdError::Timeout { .. } | VtdError::Invalidation(_)));
+        if vtd.is_ok() || written {
+            let mut list = self.list.lock();
+            list.retain(|a| a.group != key);
+            list.push(Assignment { group: key, owner });
+        }
         let vtd = vtd.map_err(AssignError::Vtd)?;
-        let mut list = self.list.lock();
-        list.retain(|a| a.group != key);
-        list.push(Assignment { group: key, owner });
         Ok(AssignReport {
             group: key,
             revoked: members.len(),
