@@ -90,7 +90,9 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let rmrrs = dmar.rmrrs().map(|r| RmrrInfo::resolve(&r, &pci.topology));
     iommu.rmrrs.extend(rmrrs);
     let unit = &iommu.unit_for(&pci, edu).ok_or("no unit for edu")?.unit;
-    let dma = |gpa| unit.registers().dma(edu.requester_id(), gpa, true); // a device write
+    // A DMA write by edu to `gpa`: the HPA it reaches, or the fault the unit recorded.
+    // Real hardware: program edu with the GPA and look for the bytes at the HPA.
+    let dma = |gpa| unit.registers().dma(edu.requester_id(), gpa, true);
 
     // Two VMs, guest RAM at host-physical 4 GiB and 7 GiB (1 GiB aligned: 1 GiB leaves fit).
     let (base1, base2) = (4 * GIB, 7 * GIB);
@@ -115,7 +117,7 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     for vm in &vms {
         let (tx, id) = (tx.clone(), vm.vm());
         let callback = move |f: &Fault| tx.send((id, f.record.address)).unwrap_or(());
-        router.register(0, vm.did(), Box::new(callback))?;
+        router.register(0, vm.did(), Box::new(callback))?; // 0: the unit, in DMAR order
     }
     assert!(dma(X).is_err(), "no owner yet: isolated by default");
     unit.clear_faults();
@@ -147,7 +149,12 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let owner = unit.group_owner(r.group);
     assert_eq!(owner, Some(GroupOwner::Assigned { did: vm2.did() }));
     set_bus_master(&cfg, edu, true)?;
-    assert_eq!(dma(X), Ok(base2 + X), "not VM1's stale {:#x}", base1 + X);
+    assert_eq!(
+        dma(X),
+        Ok(base2 + X),
+        "a stale VM1 translation: {:#x}",
+        base1 + X
+    );
     assert!(unit.read_faults().records.is_empty(), "the switch faulted");
     let (e, a, i) = (s.entries_written, s.atomic_stores, s.invalidations);
     // Per requester ID of the group: one entry, one atomic store, one context-cache
@@ -171,10 +178,8 @@ pub fn main() -> Result<(), Box<dyn Error>> {
     let log = unit.read_and_clear_faults();
     let f = *log.records.first().ok_or("no fault recorded")?;
     let want = (edu.requester_id(), X, FaultReason::ContextEntryNotPresent);
-    assert_eq!(
-        (log.records.len(), (f.source, f.address, f.reason)),
-        (1, want)
-    );
+    let got = (f.source, f.address, f.reason);
+    assert_eq!((log.records.len(), got), (1, want));
     println!("{edu} quarantined: {f}");
     assert_eq!(hooks.0, [edu; 3], "every move revoked edu's exports first");
     assigner.release_to_host(&iommu, &pci, edu)?; // host drivers may attach it again
