@@ -531,7 +531,10 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
         // then holds the group as the new owner's (unsynced, finished by the next operation
         // on it), so the new owner is recorded here too. Any other error is a refusal that
         // changed nothing in the tables.
-        let written = matches!(vtd, Err(VtdError::Timeout { .. } | VtdError::Invalidation(_)));
+        let written = matches!(
+            vtd,
+            Err(VtdError::Timeout { .. } | VtdError::Invalidation(_))
+        );
         if vtd.is_ok() || written {
             let mut list = self.list.lock();
             list.retain(|a| a.group != key);
