@@ -252,6 +252,27 @@ fn assign(
     )
 }
 
+/// Assigns `bdf`'s group to `guest` (default policy: reset required, untrusted), then plays the
+/// guest's driver turning bus mastering on (it is off after every assignment).
+fn give(
+    k: &Kernel,
+    a: &KAssigner,
+    bdf: Bdf,
+    guest: &Arc<Guest>,
+    what: &str,
+) -> Result<vtd_platform::AssignReport, Failure> {
+    let report = assign(
+        k,
+        a,
+        bdf,
+        AssignTarget::Guest(guest),
+        AssignPolicy::default(),
+    )
+    .or_fail(what)?;
+    guest_enables_dma(k, bdf)?;
+    Ok(report)
+}
+
 /// The guest's driver turns bus mastering on (it is off after every assignment).
 fn guest_enables_dma(k: &Kernel, bdf: Bdf) -> TestResult {
     pci::reset::set_bus_master(&k.pci.ecam, bdf, true)
@@ -297,15 +318,7 @@ fn guest_memory_mixes_leaf_sizes(k: &Kernel) -> TestResult {
         "the map should mix all three sizes"
     );
     let a = KAssigner::new();
-    assign(
-        k,
-        &a,
-        e.bdf(),
-        AssignTarget::Guest(&vm.guest),
-        AssignPolicy::default(),
-    )
-    .or_fail("assign to VM1")?;
-    guest_enables_dma(k, e.bdf())?;
+    give(k, &a, e.bdf(), &vm.guest, "assign to VM1")?;
     let src = pattern_of(0x51);
     vm.write(SRC_GPA, &src);
     for (gpa, size) in [(GPA_4K, 4096u64), (GPA_2M, 2 << 20), (GPA_1G, GIB)] {
@@ -364,15 +377,7 @@ fn reassign(k: &Kernel, invalidate: bool) -> TestResult {
     let vm1 = Vm::new(k, e.bdf(), 1, 4)?;
     let vm2 = Vm::new(k, e.bdf(), 2, 7)?;
     let a = KAssigner::new();
-    assign(
-        k,
-        &a,
-        e.bdf(),
-        AssignTarget::Guest(&vm1.guest),
-        AssignPolicy::default(),
-    )
-    .or_fail("assign to VM1")?;
-    guest_enables_dma(k, e.bdf())?;
+    give(k, &a, e.bdf(), &vm1.guest, "assign to VM1")?;
     let (p1, p2) = (pattern_of(0x11), pattern_of(0x77));
     vm1.write(SRC_GPA, &p1);
     vm2.write(SRC_GPA, &p2);
@@ -489,15 +494,7 @@ fn quarantined_group_faults(k: &Kernel) -> TestResult {
     let mut e = assigned_edu(k)?;
     let vm = Vm::new(k, e.bdf(), 1, 4)?;
     let a = KAssigner::new();
-    assign(
-        k,
-        &a,
-        e.bdf(),
-        AssignTarget::Guest(&vm.guest),
-        AssignPolicy::default(),
-    )
-    .or_fail("assign to VM1")?;
-    guest_enables_dma(k, e.bdf())?;
+    give(k, &a, e.bdf(), &vm.guest, "assign to VM1")?;
     let p = pattern_of(0x23);
     vm.write(SRC_GPA, &p);
     vm.zero(GPA_4K, LEN);
@@ -982,15 +979,7 @@ fn guest_interrupts_follow_the_device(k: &Kernel) -> TestResult {
         ),
         "remapped interrupts for a device the guest does not own"
     );
-    assign(
-        k,
-        &a,
-        bdf,
-        AssignTarget::Guest(&vm1.guest),
-        AssignPolicy::default(),
-    )
-    .or_fail("assign to VM1")?;
-    guest_enables_dma(k, bdf)?;
+    give(k, &a, bdf, &vm1.guest, "assign to VM1")?;
     let m1 = vm1
         .guest
         .remap_interrupts(&a, &k.pci, bdf, &[v1.0], dest)
