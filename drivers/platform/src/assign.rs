@@ -45,7 +45,9 @@ use core::fmt;
 
 use dma::guest::GuestSpace;
 use dma::iommu::IommuDomain;
-use iommu_vtd::{AssignStats, Destination, Domain, GroupRef, Platform, RegisterIo, VtdError};
+use iommu_vtd::{
+    AssignStats, Destination, Domain, GroupOwner, GroupRef, Platform, RegisterIo, VtdError,
+};
 use pci::msi::MsiMessage;
 use pci::reset::{self, ResetError, ResetMethod};
 use pci::{Bdf, ConfigSpace};
@@ -104,6 +106,8 @@ pub enum AssignError {
     Remap(RemapError),
     /// The function's group is not assigned to this guest.
     NotAssignedHere(Bdf),
+    /// A guest mapping was refused.
+    Guest(dma::guest::GuestError),
     /// The group already belongs to that guest.
     AlreadyOwned {
         /// The group's key.
@@ -135,6 +139,7 @@ impl fmt::Display for AssignError {
             Self::Attach(e) => write!(f, "{e}"),
             Self::Remap(e) => write!(f, "{e}"),
             Self::NotAssignedHere(b) => write!(f, "the group of {b} is not assigned to this guest"),
+            Self::Guest(e) => write!(f, "guest address space: {e}"),
             Self::AlreadyOwned { group } => {
                 write!(f, "group {group:#x} already belongs to that guest")
             }
@@ -366,6 +371,35 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Iommu<R, P> {
     }
 }
 
+impl<R: RegisterIo + 'static, P: Platform + 'static> Iommu<R, P> {
+    /// An identity guest for a trusted group on a unit without pass-through (ECAP.PT = 0,
+    /// where [`AssignTarget::PassThrough`] is refused): every `(base, len)` RAM range of
+    /// `ram` mapped at its own address (read/write, the largest leaves alignment allows), so
+    /// the device's DMA addresses are physical addresses there and fault everywhere else.
+    /// Assign it with [`AssignTarget::Guest`].
+    ///
+    /// # Errors
+    /// As [`Iommu::create_guest`]; [`AssignError::Guest`] when a range cannot be mapped
+    /// (misaligned, the interrupt window, beyond the unit's widths).
+    pub fn create_identity_guest(
+        &self,
+        pci: &impl PciView,
+        bdf: Bdf,
+        vm: u32,
+        ram: &[(u64, u64)],
+    ) -> Result<Arc<GuestDomain<R, P>>, AssignError> {
+        let guest = self.create_guest(pci, bdf, vm)?;
+        let rw = dma::iommu::Prot::READ | dma::iommu::Prot::WRITE;
+        for &(base, len) in ram {
+            guest
+                .space
+                .map(base, base, len, rw)
+                .map_err(AssignError::Guest)?;
+        }
+        Ok(guest)
+    }
+}
+
 impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
     /// Nothing assigned yet.
     pub const fn new() -> Self {
@@ -455,8 +489,21 @@ impl<R: RegisterIo + 'static, P: Platform + 'static> Assigner<R, P> {
         {
             return Err(AssignError::RmrrMember(*b));
         }
-        if matches!(target, AssignTarget::PassThrough) && !policy.trusted {
-            return Err(AssignError::Untrusted(bdf));
+        // A group host drivers attached without a membership guard ([`Iommu::attach`]) is
+        // still theirs: the unit knows it.
+        if let Some(GroupOwner::Members { .. }) = entry.unit.group_owner(key) {
+            return Err(AssignError::GroupInUse {
+                group: key,
+                member: bdf,
+            });
+        }
+        if matches!(target, AssignTarget::PassThrough) {
+            if !policy.trusted {
+                return Err(AssignError::Untrusted(bdf));
+            }
+            if !entry.unit.capabilities().ecap.pass_through {
+                return Err(AssignError::Vtd(VtdError::PassThroughUnsupported));
+            }
         }
         // Bridges in the group (a PCIe-to-PCI bridge and what sits behind it) lend it their
         // requester ID but do not DMA themselves: they are neither quiesced nor reset (their
