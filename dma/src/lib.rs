@@ -20,7 +20,8 @@
 //! 3. **the mapping engine**: [`invalidation`] (policy, deferred queue), [`domain`], the device
 //!    state in [`device`], and the private engine (mapping records, map/unwind/unmap, batches);
 //! 4. **the device-facing API**: [`mapping`], [`coherent`], [`link`];
-//! 5. **peer-to-peer and exports**: [`peer`], [`export`].
+//! 5. **peer-to-peer and exports**: [`peer`], [`export`];
+//! 6. **guest address spaces** for hypervisors: [`guest`] (on the seams of layer 1 only).
 //!
 //! # Map of the crate (SPEC.md section → module)
 //!
@@ -42,6 +43,7 @@
 //! | PCI peer-to-peer: map types, providers, classification seam | [`p2p`] |
 //! | mapping a peer's MMIO for an importer | [`peer`] |
 //! | revocable export handles (dma-buf role), export validation, revoke/restore/teardown | [`export`] |
+//! | guest address spaces (GPA = IOVA), leaf planning, guest memory maps (issue 14) | [`guest`] |
 //! | fakes for host tests | `testing` (feature `testing`) |
 //!
 //! # Example: a driver maps a buffer under an IOMMU domain
@@ -130,6 +132,7 @@ pub mod domain;
 mod engine;
 pub mod error;
 pub mod export;
+pub mod guest;
 mod interval;
 pub mod invalidation;
 pub mod iommu;
@@ -158,6 +161,12 @@ pub use error::{BounceReason, DmaError, ProviderError};
 pub use export::{
     validate_export, Attachment, ExportHandle, ExportRange, ExportRequest, ExportState, Exporter,
     Importer, MemoryDecode, MoveEvent, MoveNotify, P2pMapping, TransitionStats,
+};
+// `guest::MSI_WINDOW` is not re-exported here: `MSI_WINDOW` is `iova::MSI_WINDOW` (the same
+// window as a reserved IOVA region).
+pub use guest::{
+    count_leaves, plan_chunks, Chunk, GuestError, GuestMapping, GuestMemoryMap, GuestRegion,
+    GuestSpace, LeafCounts, RegionKind,
 };
 pub use invalidation::{Clock, DeferredPolicy, InvalidationMode};
 pub use iova::{IovaAllocator, IovaStats, ReservedKind, ReservedRegion, MSI_WINDOW};

@@ -7,6 +7,7 @@
 //! | `embed` (the README's embedding snippet) | MCFG + config space → enumeration → ACS policy → isolation groups → DMAR → VT-d unit → a domain attached to a group → `DmaDevice` → `map_phys`, checked by the unit's translation |
 //! | `mapping` | strict unmap, batched unmap (one flush), a scatter-gather list |
 //! | `export` | a revocable export of a BAR, an importer attached and mapped, revoke (importer notified, translation gone) and restore |
+//! | `hypervisor` | two VMs' guest-physical spaces (1G/2M/4K leaves), a device group assigned to VM1 (quiesced, reset, switched), moved to VM2 atomically with a warm IOTLB, faults routed per VM, quarantine |
 //!
 //! This library only holds the captured QEMU fixtures the examples start from, so that an
 //! example's body reads like what an embedder writes with real firmware tables.

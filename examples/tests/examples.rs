@@ -62,3 +62,11 @@ mod export;
 fn example_export_runs() {
     export::main().expect("the export example");
 }
+
+#[path = "../examples/hypervisor.rs"]
+mod hypervisor;
+
+#[test]
+fn example_hypervisor_runs() {
+    hypervisor::main().expect("the hypervisor example");
+}

@@ -9,6 +9,7 @@ mod irq;
 mod nvme;
 mod p2p;
 mod pci;
+mod vm;
 mod vtd;
 
 use firmware::*;
@@ -511,6 +512,7 @@ fn scenario_list(qemu: QemuVersion) -> Vec<Scenario> {
     all.extend(intremap_scenarios());
     all.extend(fault_irq_scenarios(qemu));
     all.extend(nvme::nvme_scenarios());
+    all.extend(vm::vm_scenarios());
     all
 }
 

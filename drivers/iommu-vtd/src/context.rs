@@ -3,13 +3,24 @@
 //! Implements VT-d spec §3.4.2 (legacy root/context tables), §9.1 (root entry) and §9.3
 //! (context entry). The root table has one 128-bit entry per bus pointing to that bus's context
 //! table; a context table has one 128-bit entry per device/function. A present context entry
-//! holds the translation type (00: untranslated requests only, through the second-level table),
-//! the address width (AW, which must equal the table depth and be advertised in SAGAW), the
-//! domain ID and the second-level table pointer.
+//! holds the translation type (TT, bits 3:2), the address width (AW, bits 66:64), the domain
+//! ID (bits 87:72) and, for TT = 00, the second-level table pointer:
+//!
+//! - TT = 00 ([`ContextEntry::translated`]): untranslated requests go through the
+//!   second-level table; AW must equal the table depth and be advertised in SAGAW;
+//! - TT = 10 ([`ContextEntry::pass_through`], only when ECAP.PT = 1): untranslated requests
+//!   pass with output address = input address; SLPTPTR is ignored; §9.3 requires AW to be
+//!   "the largest AGAW value supported by hardware" (QEMU checks that AW names a depth in
+//!   SAGAW and faults with reason 3 otherwise, and also when ECAP.PT = 0). The DID still tags
+//!   the context-cache entry.
 //!
 //! Writes keep the hardware's view consistent: a context entry is made present by writing its
-//! upper half first and the lower half (with P) last, and made not-present by clearing P first;
-//! each write is written back from the CPU cache when ECAP.C = 0.
+//! upper half first and the lower half (with P) last ([`RootTable::set_context`]), made
+//! not-present by clearing P first ([`RootTable::clear_context`]), and a present entry is
+//! replaced by another present one with a single 16-byte atomic store
+//! ([`RootTable::replace_context_atomic`]), so the hardware reads either the old or the new
+//! entry, never a mix and never a not-present one. Each write is written back from the CPU
+//! cache when ECAP.C = 0.
 
 use dma::PhysAddr;
 
@@ -31,6 +42,26 @@ pub struct ContextEntry {
 }
 
 impl ContextEntry {
+    /// TT = 00: untranslated requests through the second-level table (§9.3).
+    pub const TT_TRANSLATED: u8 = ContextEntryLo::TT_UNTRANSLATED_ONLY;
+    /// TT = 10: pass-through, untranslated requests are not translated (§9.3, ECAP.PT).
+    pub const TT_PASS_THROUGH: u8 = 0b10;
+
+    /// A present pass-through entry (TT = 10) in domain `did` with AW = `aw_levels` (which
+    /// must be the largest depth SAGAW advertises, §9.3). SLPTPTR is 0 (ignored by hardware).
+    pub const fn pass_through(aw_levels: PagingLevels, did: u16) -> Self {
+        Self {
+            lo: ContextEntryLo::new()
+                .with_present(true)
+                .with_tt(Self::TT_PASS_THROUGH)
+                .into_bits(),
+            hi: ContextEntryHi::new()
+                .with_aw(aw_levels.context_aw())
+                .with_did(did)
+                .into_bits(),
+        }
+    }
+
     /// A present entry translating untranslated requests through `table` (depth `levels`) in
     /// domain `did`.
     pub const fn translated(table: PhysAddr, levels: PagingLevels, did: u16) -> Self {
@@ -177,6 +208,40 @@ impl RootTable {
         mem.write(index, entry.lo);
         mem.flush(index, index);
         true
+    }
+
+    /// Replaces `rid`'s context entry with `entry` in one 16-byte atomic store
+    /// (`lock cmpxchg16b`), then writes it back from the CPU cache when ECAP.C = 0: for a
+    /// present entry switched to another present one, the hardware fetches either the old or
+    /// the new entry, never half of each and never a not-present one. Returns `false`, writing
+    /// nothing, when the bus has no context table or the CPU has no 16-byte atomic store
+    /// ([`RootTable::atomic_store_available`] tells which beforehand).
+    pub fn replace_context_atomic<P: Platform + ?Sized>(
+        &mut self,
+        platform: &P,
+        rid: RequesterId,
+        entry: ContextEntry,
+    ) -> bool {
+        let Some(table) = self.context_table(platform, rid.bus()) else {
+            return false;
+        };
+        let mem = self.mem(platform, table);
+        let pair = rid.devfn() as usize;
+        if !mem.write_u128_atomic(pair, entry.lo, entry.hi) {
+            return false;
+        }
+        let index = pair * WORDS_PER_ENTRY;
+        mem.flush(index, index + 1);
+        true
+    }
+
+    /// Whether [`RootTable::replace_context_atomic`] can store (the CPU has `CMPXCHG16B`).
+    /// Asks by storing root entry 0 back with its own value (one 16-byte atomic store that
+    /// changes nothing and needs no write-back), so a caller can refuse before touching
+    /// anything.
+    pub fn atomic_store_available<P: Platform + ?Sized>(&mut self, platform: &P) -> bool {
+        let root = self.mem(platform, self.phys);
+        root.write_u128_atomic(0, root.read(0), root.read(1))
     }
 
     /// Clears `rid`'s context entry (present bit first).

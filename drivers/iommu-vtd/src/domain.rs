@@ -21,10 +21,10 @@ use spin::Mutex;
 use crate::caps::PagingLevels;
 use crate::dmar::Rmrr;
 use crate::invalidation::{self, Invalidation};
-use crate::pagetable::SecondLevelTable;
+use crate::pagetable::{Leaf, SecondLevelTable};
 use crate::platform::Platform;
 use crate::registers::RegisterIo;
-use crate::unit::{GroupRef, VtdError, VtdUnit};
+use crate::unit::{AssignStats, GroupRef, VtdError, VtdUnit};
 use pci_address::RequesterId;
 
 /// A fresh owner token for a domain's table ([`dma::iommu::UnlinkedTable::owner`]): unique for
@@ -59,7 +59,8 @@ struct DomainState {
     table: Option<SecondLevelTable>,
 }
 
-/// A VT-d translation domain. Dropping it detaches every group still attached and frees its
+/// A VT-d translation domain. Dropping it detaches every group still attached (groups
+/// assigned to it as a whole become quarantined, [`VtdUnit::quarantine_group`]) and frees its
 /// tables.
 pub struct Domain<R: RegisterIo, P: Platform> {
     unit: Arc<VtdUnit<R, P>>,
@@ -130,6 +131,14 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
         self.state.lock().table.as_ref().map(|t| t.root())
     }
 
+    /// The leaf that translates `iova`: output address, rights and the leaf's size (4K/2M/1G)
+    /// and level, read from the table itself (for tests that prove which level was used).
+    /// `None` when `iova` is not mapped.
+    pub fn leaf(&self, iova: u64) -> Option<Leaf> {
+        let state = self.state.lock();
+        state.table.as_ref()?.leaf(self.unit.platform(), iova)
+    }
+
     /// Attaches `device` (the member's own requester ID, which identifies it within the
     /// member set) of isolation group `group` to this domain. A domain is attached to a whole
     /// group (SPEC.md: the isolation unit):
@@ -142,7 +151,10 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// - another member of a group already attached here: the member is added (refcount), no
     ///   hardware change; the same member twice is [`VtdError::AlreadyMember`];
     /// - a group attached to another domain: [`VtdError::GroupAttachedElsewhere`];
-    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`].
+    /// - a known key with a different requester-ID set: [`VtdError::GroupRequesterIdsDiffer`];
+    /// - a group owned as a whole ([`VtdUnit::assign_group`], pass-through):
+    ///   [`VtdError::GroupAssigned`]; a quarantined group, or one sharing a requester ID with
+    ///   it: [`VtdError::GroupQuarantined`].
     ///
     /// If the invalidation fails the entries are written and the group stays tracked (so a
     /// detach or the drop can clear them); the next attach of any member (the same device's retry included) completes it first.
@@ -150,8 +162,9 @@ impl<R: RegisterIo, P: Platform> Domain<R, P> {
     /// # Errors
     ///
     /// [`VtdError::EmptyGroup`], [`VtdError::DuplicateRequesterId`], [`VtdError::AlreadyAttached`],
-    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`] and
-    /// [`VtdError::GroupRequesterIdsDiffer`] as listed above, [`VtdError::NotAMember`] for a device
+    /// [`VtdError::AlreadyMember`], [`VtdError::GroupAttachedElsewhere`],
+    /// [`VtdError::GroupRequesterIdsDiffer`], [`VtdError::GroupAssigned`] and
+    /// [`VtdError::GroupQuarantined`] as listed above, [`VtdError::NotAMember`] for a device
     /// whose own ID is not among the group's (nothing written);
     /// [`VtdError::OutOfMemory`] when the domain is being dropped or a context table or
     /// bookkeeping cannot be allocated (nothing written); [`VtdError::Timeout`] (write-buffer
@@ -256,6 +269,47 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         };
         let (did, table) = self.alloc_domain(levels, next_table_owner())?;
         Ok(Domain::new(self.clone(), did, table))
+    }
+}
+
+/// Device assignment (see [`crate::unit`]'s module docs, "Assignment"). These entry points
+/// live here rather than in `unit::assign` because they take a [`Domain`], and `unit` sits
+/// below `domain` in the crate's layering; the work is done by the unit.
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Gives the whole group to `domain` (a guest domain) as its exclusive owner.
+    ///
+    /// From: unattached (entries written like [`Domain::attach_device`]'s, then the
+    /// context cache and the domain's IOTLB invalidated), quarantined (the same), pass-through
+    /// or assigned to another domain (then an *atomic switch*: per requester ID one 16-byte
+    /// store of the new entry, written back when ECAP.C = 0, then device-selective
+    /// context-cache invalidations tagged with the old DID and a domain-selective IOTLB
+    /// invalidation of the old DID, in one submission completed before this returns; a DMA
+    /// in between translates through the old or the new domain, never faults).
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on: [`VtdError::GroupInUse`] when host drivers hold members of the
+    /// group ([`Domain::attach_device`]), [`VtdError::AlreadyAssigned`] when `domain` already
+    /// owns it, [`VtdError::DomainOfAnotherUnit`], [`VtdError::EmptyGroup`],
+    /// [`VtdError::DuplicateRequesterId`], [`VtdError::GroupRequesterIdsDiffer`],
+    /// [`VtdError::AlreadyAttached`] (an ID of a new group is in another group or has a
+    /// present entry), [`VtdError::NoAtomicStore`] (a switch on a CPU without `CMPXCHG16B`),
+    /// [`VtdError::OutOfMemory`]. After the entries were written: [`VtdError::Timeout`] or
+    /// [`VtdError::Invalidation`]; the group is then owned by `domain` but unsynced, and the
+    /// next `assign_group` to the same domain (or its drop) finishes the invalidation.
+    pub fn assign_group(
+        &self,
+        group: GroupRef<'_>,
+        domain: &Domain<R, P>,
+    ) -> Result<AssignStats, VtdError> {
+        if !core::ptr::eq(Arc::as_ptr(&domain.unit), self) {
+            return Err(VtdError::DomainOfAnotherUnit { did: domain.did });
+        }
+        let state = domain.state.lock();
+        let Some(table) = state.table.as_ref() else {
+            return Err(VtdError::OutOfMemory);
+        };
+        self.assign_translated(group, domain.did, table.root(), table.levels())
     }
 }
 

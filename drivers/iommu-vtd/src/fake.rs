@@ -12,9 +12,11 @@
 //! registers are ignored once QIE is set (a poller would time out), and a DMA emulator
 //! ([`FakeVtd::dma`]) walks root/context/second-level tables through the device view with
 //! QEMU's checks (AW in SAGAW, R/W ANDed across levels, SNP reserved without ECAP.SC, output
-//! addresses below the HAW), caches context entries and translations until invalidated (and,
-//! under caching mode, not-present translations too), and records faults in the fault
-//! recording registers. Protocol violations (a GCMD write not of the form
+//! addresses below the HAW, pass-through entries (TT = 10) passing addresses untranslated when
+//! ECAP.PT and faulting with reason 3 otherwise), caches context entries and translations
+//! until invalidated (translations keyed by source ID and tagged with the DID, looked up
+//! before the context entry, as QEMU does; under caching mode, not-present translations too),
+//! and records faults in the fault recording registers. Protocol violations (a GCMD write not of the form
 //! `(GSTS & 0x96FF_FFFF) | bit`, a register invalidation while QIE is set, a misaligned PSI,
 //! ...) are collected in [`FakeVtd::violations`]. Failures can be injected: a unit that stops
 //! answering ([`FakeVtd::set_unresponsive`]), a queue whose head stalls
@@ -50,9 +52,9 @@ use crate::pagetable::pte;
 use crate::platform::{IrqState, Platform, TablePage, TABLE_PAGE_SIZE};
 
 use crate::registers::{
-    self, ccmd, frcd, iotlb, iq, Ccmd, ContextEntryLo, FaultStatus, FrcdHi, FrcdLo, Global,
-    IotlbCmd, Iqa, Iva, QueueIndex, RegisterIo, RegisterStats, RootEntryLo, Rtaddr, SlPte,
-    WaitDescHi, WaitDescLo, GSTS_PERSISTENT_MASK,
+    self, ccmd, frcd, iotlb, iq, Ccmd, FaultStatus, FrcdHi, FrcdLo, Global, IotlbCmd, Iqa, Iva,
+    QueueIndex, RegisterIo, RegisterStats, RootEntryLo, Rtaddr, SlPte, WaitDescHi, WaitDescLo,
+    GSTS_PERSISTENT_MASK,
 };
 
 mod ir;
@@ -62,7 +64,7 @@ mod regs;
 mod walk;
 
 pub use ir::InterruptResult;
-pub use platform::{HostPlatform, IrqReport, MemEvent};
+pub use platform::{HostPlatform, IrqReport, MemEvent, TableEvent};
 
 /// How an invalidation reached the fake hardware.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub type DmaResult = Result<u64, FaultReason>;
 
 #[derive(Debug, Clone, Copy)]
 struct CachedTranslation {
+    /// The domain ID of the context entry it was walked through (its tag).
+    did: u16,
     /// Output page, or `None` for a cached not-present entry (caching mode).
     page: Option<u64>,
     read: bool,
@@ -131,7 +135,9 @@ struct FakeState {
     other: BTreeMap<usize, u64>,
     fault_records: Vec<(u64, u64)>,
     context_cache: BTreeMap<RequesterId, ContextEntry>,
-    iotlb: BTreeMap<(u16, u64), CachedTranslation>,
+    /// Keyed by source ID and input page, tagged with the DID (as QEMU's IOTLB, which is
+    /// looked up before the context entry).
+    iotlb: BTreeMap<(RequesterId, u64), CachedTranslation>,
     events: Vec<HwEvent>,
     violations: Vec<String>,
     unresponsive: bool,

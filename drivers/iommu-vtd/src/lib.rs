@@ -17,7 +17,7 @@
 //! | [`invalidation`] | queued and register-based invalidation (§6.5) |
 //! | [`fault`] | primary fault recording and fault events (§7.1, §7.3, §11.4.14) |
 //! | [`intremap`] | interrupt remapping: IRTEs, the table, allocation per vector (§5.1, §9.10) |
-//! | [`unit`](mod@unit) | one remapping unit: the type and invalidation entry points; submodules `enable` (enable/disable, §10.4.4, §10.4.5), `attach` (domain IDs, group attachment), `intremap` (interrupt remapping bring-up and IRTE updates), `faults` (fault records, fault-event interrupts), `error` |
+//! | [`unit`](mod@unit) | one remapping unit: the type and invalidation entry points; submodules `enable` (enable/disable, §10.4.4, §10.4.5), `attach` (domain IDs, group attachment), `assign` (device assignment, quarantine, pass-through, atomic switch), `intremap` (interrupt remapping bring-up and IRTE updates), `faults` (fault records, fault-event interrupts), `error` |
 //! | [`domain`] | a translation domain implementing [`dma::iommu::IommuDomain`] |
 //! | `fake` | in-memory models of the hardware and the platform for host tests (feature `testing`): `platform`, and the unit's `regs`, `queue`, `walk` (DMA) and `ir` parts |
 //!
@@ -102,7 +102,10 @@ pub use intremap::{
     DeliveryMode, DestMode, Destination, IntRemapError, Irte, SourceId, TriggerMode,
 };
 pub use invalidation::{InvalidationError, PhaseCycles};
-pub use pagetable::SecondLevelTable;
+pub use pagetable::{Leaf, SecondLevelTable};
 pub use platform::{IrqState, Platform, TablePage};
 pub use registers::{MmioRegisters, RegisterIo, RegisterStats};
-pub use unit::{FirmwareState, GroupRef, InvalidationStats, UnitConfig, VtdError, VtdUnit};
+pub use unit::{
+    AssignStats, FirmwareState, GroupOwner, GroupRef, InvalidationStats, UnitConfig, VtdError,
+    VtdUnit,
+};

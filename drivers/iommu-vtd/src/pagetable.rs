@@ -57,6 +57,21 @@ const fn slot_index(level: u8, iova: u64) -> usize {
         & (ENTRIES_PER_TABLE - 1)
 }
 
+/// One leaf entry as [`SecondLevelTable::leaf`] found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Leaf {
+    /// The output address of the IOVA looked up (the leaf's page plus the IOVA's offset in it).
+    pub phys: u64,
+    /// The leaf's rights ([`Prot::READ`], [`Prot::WRITE`], [`Prot::CACHE`] for SNP,
+    /// [`Prot::MMIO`] for device memory).
+    pub prot: Prot,
+    /// Bytes the leaf maps: 4 KiB, 2 MiB or 1 GiB.
+    pub size: u64,
+    /// The level the leaf sits at: 1 (4 KiB page table), 2 (2 MiB, PS = 1 in a page
+    /// directory) or 3 (1 GiB, PS = 1 in a PDPT).
+    pub level: u8,
+}
+
 /// Everything a table needs to know about the hardware that walks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableConfig {
@@ -604,6 +619,16 @@ impl SecondLevelTable {
         platform: &P,
         iova: u64,
     ) -> Option<(PhysAddr, Prot)> {
+        self.leaf(platform, iova)
+            .map(|l| (PhysAddr::new(l.phys), l.prot))
+    }
+
+    /// The leaf entry that translates `iova`, read from the table: the output address of
+    /// `iova` itself (the leaf's page plus the offset), its rights (as
+    /// [`SecondLevelTable::translate`]) and the level it sits at, so a caller can prove which
+    /// page size the hardware walk ends with. `None` when `iova` is outside the aperture or
+    /// not mapped.
+    pub fn leaf<P: Platform + ?Sized>(&self, platform: &P, iova: u64) -> Option<Leaf> {
         if iova > self.aperture_end() {
             return None;
         }
@@ -615,7 +640,7 @@ impl SecondLevelTable {
                 return None;
             }
             if Self::is_leaf(level, entry) {
-                let offset = iova & (slot_size(level) - 1);
+                let size = slot_size(level);
                 let mut prot = Prot::empty();
                 for (bit, p) in [
                     (pte::READ, Prot::READ),
@@ -627,7 +652,12 @@ impl SecondLevelTable {
                         prot |= p;
                     }
                 }
-                return Some((PhysAddr::new(SlPte::from_bits(entry).addr() + offset), prot));
+                return Some(Leaf {
+                    phys: SlPte::from_bits(entry).addr() + (iova & (size - 1)),
+                    prot,
+                    size,
+                    level,
+                });
             }
             table = PhysAddr::new(SlPte::from_bits(entry).addr());
             level -= 1;

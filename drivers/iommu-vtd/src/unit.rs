@@ -64,6 +64,11 @@
 //! the group's DMA can carry). Which group belongs to which domain, and which members use it,
 //! lives here under the tables lock, so two domains can never both claim a group or a
 //! requester ID; the last member's detach clears the group's context entries.
+//!
+//! A group is owned in one of four ways ([`GroupOwner`]): attached for host drivers (with
+//! members, `attach`), assigned as a whole to one (guest) domain, pass-through, or
+//! quarantined (tracked, no present context entry). `assign` implements the last three and
+//! the atomic switch between owners; its module docs give the sequence against the spec.
 
 use alloc::vec::Vec;
 use core::fmt;
@@ -87,14 +92,16 @@ use crate::registers::{
 };
 use pci_address::RequesterId;
 
+mod assign;
 mod attach;
 mod enable;
 mod error;
 mod faults;
 mod intremap;
 
+pub use assign::{AssignStats, GroupOwner};
 pub use attach::GroupRef;
-use attach::{DomainIds, GroupAttachment};
+use attach::{DomainIds, GroupAttachment, GroupKind};
 pub use enable::FirmwareState;
 pub use error::VtdError;
 
@@ -129,9 +136,13 @@ struct Tables {
     prepared: bool,
     /// What `enable` found (see [`VtdUnit::firmware_state`]).
     firmware: Option<FirmwareState>,
-    /// Every attached group of this unit. Held under the tables lock, so two domains can never
-    /// both claim a group (or a requester ID).
+    /// Every tracked group of this unit (attached for host drivers, assigned, pass-through or
+    /// quarantined). Held under the tables lock, so two domains can never both claim a group
+    /// (or a requester ID).
     groups: Vec<GroupAttachment>,
+    /// The domain ID every pass-through context entry of this unit carries, allocated by the
+    /// first [`VtdUnit::assign_group_pass_through`] and kept for the unit's life.
+    pass_through_did: Option<u16>,
 }
 
 #[derive(Debug)]
@@ -263,6 +274,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
                 prepared: false,
                 firmware: None,
                 groups: Vec::new(),
+                pass_through_did: None,
             }),
             invalidation: IrqMutex::new(InvalidationState {
                 active: Invalidator::Registers,

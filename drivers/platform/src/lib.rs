@@ -18,7 +18,10 @@
 //! 7. [`interrupts`]: interrupt remapping glue, over the `pci` and `iommu-vtd` crates only: the
 //!    source ID for a function's or an I/O APIC's IRTEs ([`msi_source`], [`ioapic_sources`])
 //!    and a function's block of remapped vectors ([`RemappedVectors`]).
-//! 8. [`faults`]: decoded faults routed to the owner of the faulting device's domain
+//! 8. [`assign`]: device assignment for hypervisors: a whole group handed to a guest's domain
+//!    ([`GuestDomain`], its guest-physical space and interrupts), moved atomically between
+//!    guests, passed through or quarantined, quiesced and reset in between ([`Assigner::assign`]).
+//! 9. [`faults`]: decoded faults routed to the owner of the faulting device's domain
 //!    ([`FaultRouter`]: a callback per domain, a default sink, rate-limited logging), usable
 //!    from a fault-event interrupt handler (uses none of the modules above).
 //!
@@ -31,6 +34,7 @@
 
 extern crate alloc;
 
+pub mod assign;
 pub mod attach;
 pub mod faults;
 pub mod interrupts;
@@ -40,6 +44,9 @@ pub mod setup;
 pub mod state;
 pub mod view;
 
+pub use assign::{
+    AssignError, AssignHooks, AssignPolicy, AssignReport, AssignTarget, Assigner, GuestDomain,
+};
 pub use attach::{group_key, AttachError};
 pub use faults::{
     context_domain, DispatchSummary, Fault, FaultCallback, FaultRouteError, FaultRouter, RateLimit,

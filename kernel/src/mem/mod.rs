@@ -189,7 +189,8 @@ impl fmt::Display for AllocError {
 
 impl core::error::Error for AllocError {}
 
-/// Zeroed, physically contiguous pages owned by the holder, freed on drop.
+/// Physically contiguous pages owned by the holder (zeroed unless allocated with
+/// [`PhysPages::alloc_unzeroed`]), freed on drop.
 ///
 /// Identity mapping makes the physical address also a valid pointer.
 pub struct PhysPages {
@@ -210,6 +211,17 @@ impl PhysPages {
         Ok(p)
     }
 
+    /// Allocates `req.count` pages *without* zeroing them: for memory whose contents belong to
+    /// someone else (a guest's RAM backing, gigabytes that zeroing under emulation would spend
+    /// seconds on). The bytes are whatever the RAM held.
+    pub fn alloc_unzeroed(req: FrameRequest) -> Result<Self, AllocError> {
+        let paddr = alloc_frames(req).ok_or(AllocError::OutOfMemory { pages: req.count })?;
+        Ok(Self {
+            paddr,
+            pages: req.count,
+        })
+    }
+
     /// Physical (= virtual) address of the first byte.
     pub fn paddr(&self) -> u64 {
         self.paddr
@@ -228,7 +240,8 @@ impl PhysPages {
     /// The contents (device DMA may change them behind the CPU's back: read them with volatile
     /// accesses or after the DMA is known complete).
     pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: owned, mapped, initialised (zeroed at allocation) memory of len() bytes.
+        // SAFETY: owned, mapped RAM of len() bytes; every bit pattern is a valid u8 (zeroed at
+        // allocation, or whatever the RAM held for `alloc_unzeroed`).
         unsafe { core::slice::from_raw_parts(self.as_ptr(), self.len()) }
     }
 

@@ -14,6 +14,7 @@ mod nvme;
 mod p2p;
 mod pci;
 mod rmrr;
+mod vm;
 mod vtd;
 
 use crate::ktest::Suite;
@@ -32,5 +33,6 @@ pub static SUITES: &[Suite] = &[
     intremap::SUITE,
     faultirq::SUITE,
     nvme::SUITE,
+    vm::SUITE,
     crash::SUITE,
 ];

@@ -32,6 +32,8 @@ struct HostMem {
     freed: Vec<u64>,
     flush_disabled: bool,
     timeline: Vec<MemEvent>,
+    /// `Some` while [`HostPlatform::record_table_events`] is on.
+    table_events: Option<Vec<TableEvent>>,
 }
 
 /// One entry of [`HostPlatform::timeline`]: table frees and completed invalidations in the
@@ -44,6 +46,37 @@ pub enum MemEvent {
     /// A [`FakeVtd`] on this platform completed an invalidation (it processes each one
     /// synchronously, so processing is completion).
     Invalidated(Invalidation),
+}
+
+/// One entry of [`HostPlatform::table_events`] (recorded only while
+/// [`HostPlatform::record_table_events`] is on): what a non-coherent walker could observe of
+/// table memory, in order with the invalidations a [`FakeVtd`] completed, so a test can check
+/// the exact sequence of an operation. The CPU's stores themselves are not visible to the
+/// platform; a write-back shows which 64-bit words the walker's view gained in it (one
+/// 16-byte store then one write-back shows both words of an entry changing at once; an entry
+/// written in halves, each written back, shows up as several write-backs). Nothing is recorded
+/// for write-backs while [`HostPlatform::set_flush_disabled`] is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TableEvent {
+    /// A `flush_cache_range` (clflush) of table memory: the physical address and length asked
+    /// for, and every 64-bit word whose device view it changed, as `(phys, new value)`.
+    WrittenBack {
+        /// Start of the range asked for.
+        phys: u64,
+        /// Bytes asked for.
+        len: usize,
+        /// The words the walker's view gained.
+        changed: Vec<(u64, u64)>,
+    },
+    /// A [`FakeVtd`] on this platform completed an invalidation.
+    Invalidated(Invalidation),
+    /// A coherent 32-bit DMA write (a wait descriptor's status write).
+    StatusWritten {
+        /// Where.
+        phys: u64,
+        /// What.
+        value: u32,
+    },
 }
 
 /// Heap-backed [`Platform`] that records every cache write-back.
@@ -205,7 +238,22 @@ impl HostPlatform {
     }
 
     pub(super) fn record_invalidation(&self, inv: Invalidation) {
-        self.mem.lock().timeline.push(MemEvent::Invalidated(inv));
+        let mut m = self.mem.lock();
+        m.timeline.push(MemEvent::Invalidated(inv));
+        if let Some(events) = m.table_events.as_mut() {
+            events.push(TableEvent::Invalidated(inv));
+        }
+    }
+
+    /// Starts (clearing what was recorded) or stops recording [`HostPlatform::table_events`].
+    pub fn record_table_events(&self, on: bool) {
+        self.mem.lock().table_events = on.then(Vec::new);
+    }
+
+    /// Write-backs, invalidations and status writes since [`HostPlatform::record_table_events`]
+    /// was turned on, in order (empty while it is off).
+    pub fn table_events(&self) -> Vec<TableEvent> {
+        self.mem.lock().table_events.clone().unwrap_or_default()
     }
 
     fn with_page<T>(&self, phys: u64, f: impl FnOnce(&mut HostPage, usize) -> T) -> Option<T> {
@@ -243,12 +291,19 @@ impl HostPlatform {
         if !phys.is_multiple_of(4) {
             return false;
         }
-        self.with_page(phys, |page, off| {
-            // SAFETY: the page is live, `off + 4 <= 4096`, aligned.
-            unsafe { ((page.virt + off) as *mut u32).write_volatile(value) };
-            page.device[off..off + 4].copy_from_slice(&value.to_le_bytes());
-        })
-        .is_some()
+        let written = self
+            .with_page(phys, |page, off| {
+                // SAFETY: the page is live, `off + 4 <= 4096`, aligned.
+                unsafe { ((page.virt + off) as *mut u32).write_volatile(value) };
+                page.device[off..off + 4].copy_from_slice(&value.to_le_bytes());
+            })
+            .is_some();
+        if written {
+            if let Some(events) = self.mem.lock().table_events.as_mut() {
+                events.push(TableEvent::StatusWritten { phys, value });
+            }
+        }
+        written
     }
 
     /// Whether every 64-bit word of the live page at `phys` reads the same in both views.
@@ -371,12 +426,31 @@ unsafe impl Platform for HostPlatform {
         if m.flush_disabled {
             return;
         }
+        let recording = m.table_events.is_some();
+        let mut changed = Vec::new();
         if let Some(page) = m.pages.get_mut(&phys) {
             // SAFETY: the page is live and `start..end` lies within it.
             let cpu = unsafe {
                 core::slice::from_raw_parts((page.virt + start) as *const u8, end - start)
             };
+            if recording {
+                for (i, word) in cpu.chunks_exact(8).enumerate() {
+                    let at = start + i * 8;
+                    if page.device[at..at + 8] != *word {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(word);
+                        changed.push((phys + at as u64, u64::from_le_bytes(b)));
+                    }
+                }
+            }
             page.device[start..end].copy_from_slice(cpu);
+        }
+        if let Some(events) = m.table_events.as_mut() {
+            events.push(TableEvent::WrittenBack {
+                phys: phys + (addr - page_virt) as u64,
+                len,
+                changed,
+            });
         }
     }
 

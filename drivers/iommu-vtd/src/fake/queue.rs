@@ -29,7 +29,7 @@ impl FakeVtd {
                     s.global_invalidated_since_root = true;
                 }
             }
-            Invalidation::IotlbDomain { did: d } => s.iotlb.retain(|(did, _), _| *did != d),
+            Invalidation::IotlbDomain { did: d } => s.iotlb.retain(|_, t| t.did != d),
             Invalidation::IotlbPage {
                 did: d, addr, am, ..
             } => {
@@ -46,7 +46,7 @@ impl FakeVtd {
                     return false;
                 }
                 s.iotlb
-                    .retain(|(did, p), _| !(*did == d && *p >= first && *p < first + pages));
+                    .retain(|(_, p), t| !(t.did == d && *p >= first && *p < first + pages));
             }
         }
         s.events.push(HwEvent::Invalidation(via, inv));

@@ -1,6 +1,13 @@
 //! The DMA emulator of [`FakeVtd`]: root/context/second-level walks through the device view
 //! with QEMU's checks (§3.6, §9), the context and IOTLB caches, and primary fault recording
 //! (§7.1).
+//!
+//! As QEMU 7.2's `vtd_do_iommu_translate`: the IOTLB (keyed by source ID and page, tagged
+//! with the DID) is looked up first, then the context cache, then the tables; a context entry
+//! is checked for AW naming an advertised depth, then for its type: TT = 00 walks the
+//! second-level table, TT = 10 (pass-through) passes the address untranslated when ECAP.PT
+//! (and caches no translation), anything else (or TT = 10 without ECAP.PT) faults with
+//! reason 3. Cached context entries and translations keep serving until invalidated.
 
 use super::*;
 
@@ -33,6 +40,13 @@ impl FakeVtd {
         } else {
             FaultReason::ReadNotPermitted
         };
+        let page = iova >> 12;
+        if let Some(t) = s.iotlb.get(&(sid, page)) {
+            return match t.page {
+                Some(out) if (write && t.write) || (!write && t.read) => Ok(out | (iova & 0xFFF)),
+                _ => Err(perm_fault),
+            };
+        }
         let ctx = match s.context_cache.get(&sid) {
             Some(c) => *c,
             None => {
@@ -57,9 +71,6 @@ impl FakeVtd {
                 if !c.present() {
                     return Err(FaultReason::ContextEntryNotPresent);
                 }
-                if c.translation_type() != ContextEntryLo::TT_UNTRANSLATED_ONLY {
-                    return Err(FaultReason::InvalidContextEntry);
-                }
                 let aw_ok = match c.aw() {
                     1 => s.caps.cap.sagaw & 0b10 != 0,
                     2 => s.caps.cap.sagaw & 0b100 != 0,
@@ -68,17 +79,22 @@ impl FakeVtd {
                 if !aw_ok {
                     return Err(FaultReason::InvalidContextEntry);
                 }
+                let type_ok = match c.translation_type() {
+                    ContextEntry::TT_TRANSLATED => true,
+                    ContextEntry::TT_PASS_THROUGH => s.caps.ecap.pass_through,
+                    _ => false,
+                };
+                if !type_ok {
+                    return Err(FaultReason::InvalidContextEntry);
+                }
                 s.context_cache.insert(sid, c);
                 c
             }
         };
         let did = ctx.did();
-        let page = iova >> 12;
-        if let Some(t) = s.iotlb.get(&(did, page)) {
-            return match t.page {
-                Some(out) if (write && t.write) || (!write && t.read) => Ok(out | (iova & 0xFFF)),
-                _ => Err(perm_fault),
-            };
+        if ctx.translation_type() == ContextEntry::TT_PASS_THROUGH {
+            // Untranslated, and no IOTLB entry (QEMU: "ignore IOTLB caching for PT devices").
+            return Ok(iova);
         }
         let levels: u32 = if ctx.aw() == 1 { 3 } else { 4 };
         let width = 12 + 9 * levels;
@@ -102,8 +118,9 @@ impl FakeVtd {
             if entry & (pte::READ | pte::WRITE) == 0 {
                 if s.caps.cap.caching_mode {
                     s.iotlb.insert(
-                        (did, page),
+                        (sid, page),
                         CachedTranslation {
+                            did,
                             page: None,
                             read: false,
                             write: false,
@@ -131,8 +148,9 @@ impl FakeVtd {
             if leaf {
                 let out = (addr + (iova & ((1u64 << shift) - 1))) & !0xFFF;
                 s.iotlb.insert(
-                    (did, page),
+                    (sid, page),
                     CachedTranslation {
+                        did,
                         page: Some(out),
                         read: r,
                         write: w,

@@ -24,14 +24,14 @@ impl DomainIds {
         })
     }
 
-    fn alloc(&mut self) -> Option<u16> {
+    pub(super) fn alloc(&mut self) -> Option<u16> {
         let id = (self.first..self.count)
             .find(|&i| self.bits[(i / 64) as usize] & (1 << (i % 64)) == 0)?;
         self.bits[(id / 64) as usize] |= 1 << (id % 64);
         u16::try_from(id).ok()
     }
 
-    fn free(&mut self, id: u16) {
+    pub(super) fn free(&mut self, id: u16) {
         if let Some(word) = self.bits.get_mut(id as usize / 64) {
             *word &= !(1 << (id % 64));
         }
@@ -50,20 +50,45 @@ pub struct GroupRef<'a> {
     pub requester_ids: &'a [RequesterId],
 }
 
-/// A group attached to a domain: its requester IDs (each with a present context entry for
-/// `did`) and the members using it.
-#[derive(Debug)]
-pub(super) struct GroupAttachment {
-    key: u32,
-    did: u16,
-    rids: Vec<RequesterId>,
-    members: Vec<RequesterId>,
-    /// The context cache and IOTLB invalidation after writing the entries completed; `false`
-    /// after a failed one (retried when the next member attaches).
-    synced: bool,
+/// How a tracked group is owned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GroupKind {
+    /// Attached for host drivers: members refcount the entries (this module).
+    Members,
+    /// Owned as a whole by one domain (`unit::assign`).
+    Assigned,
+    /// Pass-through entries with the unit's pass-through DID (`unit::assign`).
+    PassThrough,
+    /// No present context entry; nothing may attach until it is assigned or released.
+    Quarantined,
 }
 
-fn same_set(a: &[RequesterId], b: &[RequesterId]) -> bool {
+/// A tracked group: its requester IDs, its owner and, for [`GroupKind::Members`], the
+/// members using it.
+#[derive(Debug)]
+pub(super) struct GroupAttachment {
+    pub(super) key: u32,
+    /// The owner's domain ID (each requester ID has a present context entry for it); for a
+    /// quarantined group, the DID its entries last had (0 if it never had any).
+    pub(super) did: u16,
+    pub(super) rids: Vec<RequesterId>,
+    pub(super) members: Vec<RequesterId>,
+    /// The context cache and IOTLB invalidation after writing the entries completed; `false`
+    /// after a failed one (for members: retried when the next member attaches; for the other
+    /// kinds: the next operation on the group, or any domain's drop, runs a global
+    /// invalidation first, since which cached copies are left is not recorded).
+    pub(super) synced: bool,
+    pub(super) kind: GroupKind,
+}
+
+impl GroupAttachment {
+    /// Whether domain `did` owns the group (members attached, or assigned to it).
+    pub(super) fn owned_by(&self, did: u16) -> bool {
+        self.did == did && matches!(self.kind, GroupKind::Members | GroupKind::Assigned)
+    }
+}
+
+pub(super) fn same_set(a: &[RequesterId], b: &[RequesterId]) -> bool {
     a.len() == b.len() && a.iter().all(|r| b.contains(r))
 }
 
@@ -121,34 +146,35 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         RootTable::alias(self.root_phys, self.caps.ecap.coherent).context(&self.platform, rid)
     }
 
-    /// Which domain ID holds the isolation group `key` (`None`: not attached).
+    /// Which domain ID holds the isolation group `key` (`None`: not attached, or
+    /// quarantined); see [`VtdUnit::group_owner`] for how.
     pub fn group_domain(&self, key: u32) -> Option<u16> {
         self.tables
             .lock()
             .groups
             .iter()
-            .find(|g| g.key == key)
+            .find(|g| g.key == key && g.kind != GroupKind::Quarantined)
             .map(|g| g.did)
     }
 
-    /// The keys of the groups attached to domain `did`.
+    /// The keys of the groups attached (members) or assigned to domain `did`.
     pub(crate) fn groups_of(&self, did: u16) -> Vec<u32> {
         self.tables
             .lock()
             .groups
             .iter()
-            .filter(|g| g.did == did)
+            .filter(|g| g.owned_by(did))
             .map(|g| g.key)
             .collect()
     }
 
-    /// The requester IDs of the groups attached to domain `did`.
+    /// The requester IDs of the groups attached (members) or assigned to domain `did`.
     pub(crate) fn requester_ids_of(&self, did: u16) -> Vec<RequesterId> {
         self.tables
             .lock()
             .groups
             .iter()
-            .filter(|g| g.did == did)
+            .filter(|g| g.owned_by(did))
             .flat_map(|g| g.rids.iter().copied())
             .collect()
     }
@@ -178,6 +204,16 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         let mut guard = self.tables.lock();
         let tables = &mut *guard;
         if let Some(g) = tables.groups.iter_mut().find(|g| g.key == key) {
+            match g.kind {
+                GroupKind::Members => {}
+                GroupKind::Quarantined => return Err(VtdError::GroupQuarantined { group: key }),
+                GroupKind::Assigned | GroupKind::PassThrough => {
+                    return Err(VtdError::GroupAssigned {
+                        group: key,
+                        did: g.did,
+                    })
+                }
+            }
             if g.did != did {
                 return Err(VtdError::GroupAttachedElsewhere {
                     group: key,
@@ -208,6 +244,9 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         let mut missing_buses: Vec<u8> = Vec::new();
         for &rid in rids {
             if let Some(other) = tables.groups.iter().find(|g| g.rids.contains(&rid)) {
+                if other.kind == GroupKind::Quarantined {
+                    return Err(VtdError::GroupQuarantined { group: other.key });
+                }
                 return Err(VtdError::AlreadyAttached {
                     rid,
                     did: other.did,
@@ -242,6 +281,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             rids: Vec::new(),
             members: Vec::new(),
             synced: false,
+            kind: GroupKind::Members,
         };
         record.rids.try_reserve_exact(rids.len()).map_err(oom)?;
         record.rids.extend_from_slice(rids);
@@ -301,7 +341,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         let Some(index) = tables
             .groups
             .iter()
-            .position(|g| g.key == key && g.did == did)
+            .position(|g| g.key == key && g.did == did && g.kind == GroupKind::Members)
         else {
             return Err(VtdError::GroupNotAttached { group: key });
         };
@@ -327,26 +367,68 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         Ok(())
     }
 
-    /// Detaches every group of domain `did` (the domain is going away). On failure every group
-    /// stays tracked (a context entry or a cached copy may still point at the domain's table).
+    /// Detaches every group of domain `did` (the domain is going away): groups attached for
+    /// host drivers are forgotten, groups assigned to it become quarantined (their entries
+    /// cleared, never "back to whatever was there"). When a group owned as a whole has an
+    /// unsynced change (a failed invalidation whose leftovers are not recorded), the
+    /// invalidation is global instead. On failure every group stays tracked (a context entry
+    /// or a cached copy may still point at the domain's table), assigned ones as quarantined
+    /// and unsynced.
     pub(crate) fn detach_domain(&self, did: u16) -> Result<(), VtdError> {
         let mut guard = self.tables.lock();
         let tables = &mut *guard;
         let mut rids: Vec<RequesterId> = Vec::new();
-        for g in tables.groups.iter().filter(|g| g.did == did) {
+        for g in tables.groups.iter().filter(|g| g.owned_by(did)) {
             rids.try_reserve(g.rids.len())
                 .map_err(|_| VtdError::OutOfMemory)?;
             rids.extend_from_slice(&g.rids);
         }
-        let requests = self.context_requests(did, &rids, did)?;
+        let global = Self::needs_global(&tables.groups);
+        let requests = if global {
+            Self::global_requests()?
+        } else {
+            self.context_requests(did, &rids, did)?
+        };
         Self::clear_entries(&self.platform, &mut tables.root, did, &rids);
+        for g in tables.groups.iter_mut() {
+            if g.did == did && g.kind == GroupKind::Assigned {
+                g.kind = GroupKind::Quarantined;
+                g.synced = false;
+            }
+        }
         self.invalidate(&requests)?;
-        tables.groups.retain(|g| g.did != did);
+        tables
+            .groups
+            .retain(|g| !(g.did == did && g.kind == GroupKind::Members));
+        for g in tables.groups.iter_mut() {
+            if global || (g.did == did && g.kind == GroupKind::Quarantined) {
+                g.synced = true;
+            }
+        }
         Ok(())
     }
 
+    /// Whether a group owned as a whole has an unsynced change: then which cached copies are
+    /// left is not known, and only a global invalidation is sure to drop them.
+    pub(super) fn needs_global(groups: &[GroupAttachment]) -> bool {
+        groups
+            .iter()
+            .any(|g| g.kind != GroupKind::Members && !g.synced)
+    }
+
+    /// A global context-cache invalidation, then a global IOTLB invalidation (§6.5.3.3).
+    pub(super) fn global_requests() -> Result<Vec<Invalidation>, VtdError> {
+        let mut requests: Vec<Invalidation> = Vec::new();
+        requests
+            .try_reserve_exact(2)
+            .map_err(|_| VtdError::OutOfMemory)?;
+        requests.push(Invalidation::ContextGlobal);
+        requests.push(Invalidation::IotlbGlobal);
+        Ok(requests)
+    }
+
     /// The domain ID a cached copy of a *not-present* entry may carry: 0 under caching mode.
-    fn cached_did(&self, did: u16) -> u16 {
+    pub(super) fn cached_did(&self, did: u16) -> u16 {
         if self.caps.cap.caching_mode {
             0
         } else {
@@ -356,7 +438,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Device-selective context-cache invalidations of `rids` (tagged `cached_did`), then the
     /// domain's IOTLB.
-    fn context_requests(
+    pub(super) fn context_requests(
         &self,
         did: u16,
         rids: &[RequesterId],
@@ -376,7 +458,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
 
     /// Makes context-entry writes visible where the unit buffers writes (CAP.RWBF without
     /// caching mode, §6.8).
-    fn sync_context_writes(&self) -> Result<(), VtdError> {
+    pub(super) fn sync_context_writes(&self) -> Result<(), VtdError> {
         if self.caps.cap.rwbf && !self.caps.cap.caching_mode {
             self.write_gcmd(Global::WBF, true);
             self.wait_status("GSTS.WBFS to clear", |g| !g.contains(Global::WBF))?;
@@ -388,7 +470,12 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// longer does (cleared by an earlier detach whose invalidation failed, then attached
     /// elsewhere) is left alone; its cached copy tagged `did` is still invalidated by the
     /// caller.
-    fn clear_entries(platform: &P, root: &mut RootTable, did: u16, rids: &[RequesterId]) {
+    pub(super) fn clear_entries(
+        platform: &P,
+        root: &mut RootTable,
+        did: u16,
+        rids: &[RequesterId],
+    ) {
         for &rid in rids {
             let ours = root
                 .context(platform, rid)

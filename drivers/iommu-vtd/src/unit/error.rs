@@ -82,6 +82,55 @@ pub enum VtdError {
         /// The requester ID given.
         device: RequesterId,
     },
+    /// Host drivers hold members of the group (attached through
+    /// [`Domain::attach_device`](crate::Domain::attach_device) to domain `did`): it cannot be
+    /// assigned or quarantined until every member detached.
+    GroupInUse {
+        /// The group key.
+        group: u32,
+        /// The domain its members use.
+        did: u16,
+        /// How many members are attached.
+        members: u32,
+    },
+    /// The group is already assigned to this owner (domain `did`, or the unit's
+    /// pass-through DID).
+    AlreadyAssigned {
+        /// The group key.
+        group: u32,
+        /// The owner's domain ID.
+        did: u16,
+    },
+    /// The group is owned as a whole (assigned to domain `did`, or pass-through): host
+    /// drivers cannot attach members to it.
+    GroupAssigned {
+        /// The group key.
+        group: u32,
+        /// The owner's domain ID.
+        did: u16,
+    },
+    /// The group is quarantined: nothing can attach to it until it is assigned again or
+    /// released ([`VtdUnit::release_quarantine`]).
+    GroupQuarantined {
+        /// The group key.
+        group: u32,
+    },
+    /// The group is not quarantined (untracked, or owned by a domain).
+    GroupNotQuarantined {
+        /// The group key.
+        group: u32,
+    },
+    /// The unit does not offer pass-through (ECAP.PT = 0): give the group an identity domain
+    /// instead.
+    PassThroughUnsupported,
+    /// Replacing a present context entry needs a 16-byte atomic store and this CPU has no
+    /// `CMPXCHG16B`; nothing was written.
+    NoAtomicStore,
+    /// The domain (`did`) belongs to another remapping unit.
+    DomainOfAnotherUnit {
+        /// Its domain ID on its own unit.
+        did: u16,
+    },
 }
 
 impl fmt::Display for VtdError {
@@ -127,6 +176,36 @@ impl fmt::Display for VtdError {
                 f,
                 "{device} is not an attached member of isolation group {group}"
             ),
+            Self::GroupInUse {
+                group,
+                did,
+                members,
+            } => write!(
+                f,
+                "isolation group {group} has {members} member(s) attached to domain {did} by host drivers"
+            ),
+            Self::AlreadyAssigned { group, did } => {
+                write!(f, "isolation group {group} is already assigned to domain {did}")
+            }
+            Self::GroupAssigned { group, did } => write!(
+                f,
+                "isolation group {group} is owned as a whole by domain {did}; members cannot attach"
+            ),
+            Self::GroupQuarantined { group } => {
+                write!(f, "isolation group {group} is quarantined")
+            }
+            Self::GroupNotQuarantined { group } => {
+                write!(f, "isolation group {group} is not quarantined")
+            }
+            Self::PassThroughUnsupported => {
+                f.write_str("VT-d unit does not support pass-through (ECAP.PT = 0)")
+            }
+            Self::NoAtomicStore => f.write_str(
+                "no 16-byte atomic store (CMPXCHG16B) to replace a present context entry",
+            ),
+            Self::DomainOfAnotherUnit { did } => {
+                write!(f, "domain {did} belongs to another VT-d unit")
+            }
         }
     }
 }
