@@ -241,25 +241,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
             }
             None => {
                 // A new group: every ID must be free (no other group, no present entry).
-                for &rid in rids {
-                    if let Some(other) = tables.groups.iter().find(|g| g.rids.contains(&rid)) {
-                        if other.kind == GroupKind::Quarantined {
-                            return Err(VtdError::GroupQuarantined { group: other.key });
-                        }
-                        return Err(VtdError::AlreadyAttached {
-                            rid,
-                            did: other.did,
-                        });
-                    }
-                    if let Some(entry) = tables.root.context(&self.platform, rid) {
-                        if entry.present() {
-                            return Err(VtdError::AlreadyAttached {
-                                rid,
-                                did: entry.did(),
-                            });
-                        }
-                    }
-                }
+                self.check_rids_free(tables, rids, true)?;
                 Change::Write
             }
         };
@@ -456,22 +438,7 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
         let tables = &mut *guard;
         let global = Self::needs_global(&tables.groups);
         let Some(index) = tables.groups.iter().position(|g| g.key == key) else {
-            for &rid in rids {
-                if let Some(other) = tables.groups.iter().find(|g| g.rids.contains(&rid)) {
-                    return Err(VtdError::AlreadyAttached {
-                        rid,
-                        did: other.did,
-                    });
-                }
-                if let Some(entry) = tables.root.context(&self.platform, rid) {
-                    if entry.present() {
-                        return Err(VtdError::AlreadyAttached {
-                            rid,
-                            did: entry.did(),
-                        });
-                    }
-                }
-            }
+            self.check_rids_free(tables, rids, false)?;
             let mut new_rids = Vec::new();
             new_rids.try_reserve_exact(rids.len()).map_err(oom)?;
             new_rids.extend_from_slice(rids);
@@ -571,5 +538,38 @@ impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
     /// The unit's pass-through domain ID, once a pass-through group was assigned.
     pub fn pass_through_did(&self) -> Option<u16> {
         self.tables.lock().pass_through_did
+    }
+}
+
+impl<R: RegisterIo, P: Platform> VtdUnit<R, P> {
+    /// Refuses `rids` for a new group when one is in a tracked group or has a present context
+    /// entry ([`VtdError::AlreadyAttached`]; [`VtdError::GroupQuarantined`] instead for a
+    /// quarantined group when `name_quarantine`).
+    fn check_rids_free(
+        &self,
+        tables: &Tables,
+        rids: &[RequesterId],
+        name_quarantine: bool,
+    ) -> Result<(), VtdError> {
+        for &rid in rids {
+            if let Some(other) = tables.groups.iter().find(|g| g.rids.contains(&rid)) {
+                if name_quarantine && other.kind == GroupKind::Quarantined {
+                    return Err(VtdError::GroupQuarantined { group: other.key });
+                }
+                return Err(VtdError::AlreadyAttached {
+                    rid,
+                    did: other.did,
+                });
+            }
+            if let Some(entry) = tables.root.context(&self.platform, rid) {
+                if entry.present() {
+                    return Err(VtdError::AlreadyAttached {
+                        rid,
+                        did: entry.did(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
