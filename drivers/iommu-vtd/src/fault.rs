@@ -7,6 +7,13 @@
 //! and PFO before each expected fault. Interrupt-remapping faults (reasons 20h-27h) carry the
 //! interrupt index in FI bits 63:48 ([`FaultRecord::interrupt_index`]).
 //!
+//! Scalable mode adds reasons 30h and up (§7.1.3's scalable-mode table). Those QEMU records
+//! are named here ([`FaultReason::is_scalable_mode`]); which ones it records differs by
+//! version: QEMU 7.2 records only 58h (any bad PASID directory or table entry) and 59h (PASID
+//! entry not present), keeping the legacy codes for root/context entries (1h, 2h, 3h) and
+//! second-stage entries (5h, 6h, Ch) in scalable mode too; QEMU 10 also records 31h, 50h,
+//! 51h, 5Bh and, with first-stage translation, 70h–72h and 80h.
+//!
 //! FECTL.IM is set at reset: faults are polled ([`read_and_clear_faults`], which clears exactly
 //! what it returned). With the fault event unmasked (§7.3, programmed by the unit), the
 //! handler runs [`service_faults`]: the hardware sends the next event only when a fault is
@@ -65,6 +72,28 @@ pub enum FaultReason {
     InterruptSourceIdMismatch,
     /// 27h: error accessing a posted-interrupt descriptor.
     PostedDescriptorAccess,
+    /// 31h: RTADDR.TTM names a translation-table mode the unit does not support (scalable mode; QEMU 10's `VTD_FR_RTADDR_INV_TTM`).
+    RootTableModeInvalid,
+    /// 50h: error accessing a PASID directory entry (scalable mode; QEMU 10's `VTD_FR_PASID_DIR_ACCESS_ERR`).
+    PasidDirectoryAccess,
+    /// 51h: the PASID directory entry is not present (scalable mode; QEMU 10's `VTD_FR_PASID_DIR_ENTRY_P`).
+    PasidDirectoryEntryNotPresent,
+    /// 58h: error accessing a PASID table entry (scalable mode). QEMU 7.2 records 58h (`VTD_FR_PASID_TABLE_INV`) for *every* bad PASID directory or PASID table entry (access error, directory entry not present, invalid PGTT/AW); QEMU 10 only for access errors.
+    PasidTableAccess,
+    /// 59h: the PASID table entry is not present (scalable mode; QEMU 7.2 and 10: `VTD_FR_PASID_ENTRY_P`).
+    PasidEntryNotPresent,
+    /// 5Bh: invalid PASID table entry programming, e.g. a PGTT the unit does not support or an AW not in SAGAW (scalable mode; QEMU 10's `VTD_FR_PASID_TABLE_ENTRY_INV`).
+    PasidEntryInvalid,
+    /// 70h: error accessing a first-stage paging entry (QEMU 10's `VTD_FR_FS_PAGING_ENTRY_INV`).
+    FirstStageEntryAccess,
+    /// 71h: a first-stage paging entry is not present (QEMU 10's `VTD_FR_FS_PAGING_ENTRY_P`).
+    FirstStageEntryNotPresent,
+    /// 72h: reserved field set in a present first-stage paging entry (QEMU 10's `VTD_FR_FS_PAGING_ENTRY_RSVD`).
+    FirstStageEntryReserved,
+    /// 80h: a first-stage input address is not canonical (QEMU 10's `VTD_FR_FS_NON_CANONICAL`).
+    FirstStageNonCanonical,
+    /// 87h: the output address falls in the interrupt range 0xFEEx_xxxx (scalable mode; QEMU's `VTD_FR_SM_INTERRUPT_ADDR`).
+    ScalableInterruptAddress,
     /// Any other encoding.
     Other(u8),
 }
@@ -94,6 +123,17 @@ impl FaultReason {
             0x25 => Self::CompatibilityInterruptBlocked,
             0x26 => Self::InterruptSourceIdMismatch,
             0x27 => Self::PostedDescriptorAccess,
+            0x31 => Self::RootTableModeInvalid,
+            0x50 => Self::PasidDirectoryAccess,
+            0x51 => Self::PasidDirectoryEntryNotPresent,
+            0x58 => Self::PasidTableAccess,
+            0x59 => Self::PasidEntryNotPresent,
+            0x5B => Self::PasidEntryInvalid,
+            0x70 => Self::FirstStageEntryAccess,
+            0x71 => Self::FirstStageEntryNotPresent,
+            0x72 => Self::FirstStageEntryReserved,
+            0x80 => Self::FirstStageNonCanonical,
+            0x87 => Self::ScalableInterruptAddress,
             other => Self::Other(other),
         }
     }
@@ -122,6 +162,17 @@ impl FaultReason {
             Self::CompatibilityInterruptBlocked => 0x25,
             Self::InterruptSourceIdMismatch => 0x26,
             Self::PostedDescriptorAccess => 0x27,
+            Self::RootTableModeInvalid => 0x31,
+            Self::PasidDirectoryAccess => 0x50,
+            Self::PasidDirectoryEntryNotPresent => 0x51,
+            Self::PasidTableAccess => 0x58,
+            Self::PasidEntryNotPresent => 0x59,
+            Self::PasidEntryInvalid => 0x5B,
+            Self::FirstStageEntryAccess => 0x70,
+            Self::FirstStageEntryNotPresent => 0x71,
+            Self::FirstStageEntryReserved => 0x72,
+            Self::FirstStageNonCanonical => 0x80,
+            Self::ScalableInterruptAddress => 0x87,
             Self::Other(raw) => raw,
         }
     }
@@ -150,6 +201,17 @@ impl FaultReason {
             Self::CompatibilityInterruptBlocked => "compatibility-format interrupt blocked",
             Self::InterruptSourceIdMismatch => "interrupt blocked: source-id mismatch",
             Self::PostedDescriptorAccess => "error accessing a posted-interrupt descriptor",
+            Self::RootTableModeInvalid => "invalid RTADDR translation-table mode",
+            Self::PasidDirectoryAccess => "error accessing a PASID directory entry",
+            Self::PasidDirectoryEntryNotPresent => "PASID directory entry not present",
+            Self::PasidTableAccess => "error accessing a PASID table entry",
+            Self::PasidEntryNotPresent => "PASID table entry not present",
+            Self::PasidEntryInvalid => "invalid PASID table entry (PGTT/AW)",
+            Self::FirstStageEntryAccess => "error accessing a first-stage paging entry",
+            Self::FirstStageEntryNotPresent => "first-stage paging entry not present",
+            Self::FirstStageEntryReserved => "reserved bit set in a first-stage paging entry",
+            Self::FirstStageNonCanonical => "first-stage address not canonical",
+            Self::ScalableInterruptAddress => "output address in the interrupt range",
             Self::Other(_) => "unknown fault reason",
         }
     }
@@ -158,6 +220,11 @@ impl FaultReason {
     /// interrupt index instead of an address.
     pub const fn is_interrupt_remapping(self) -> bool {
         matches!(self.raw(), 0x20..=0x27)
+    }
+
+    /// Whether this is a scalable-mode fault reason (30h and up, §7.1.3).
+    pub const fn is_scalable_mode(self) -> bool {
+        self.raw() >= 0x30
     }
 }
 
@@ -391,5 +458,42 @@ mod tests {
         );
         let dma = FaultRecord::decode(0, 0x1000, 0x8000_0005_0000_0018).unwrap();
         assert_eq!(dma.interrupt_index(), None);
+    }
+
+    #[test]
+    fn scalable_mode_reasons_have_names() {
+        // The codes QEMU 7.2 and 10 record in scalable mode decode to named reasons (not
+        // `Other`), with their spec encodings, and read as scalable-mode reasons.
+        let named = [
+            (0x31, FaultReason::RootTableModeInvalid),
+            (0x50, FaultReason::PasidDirectoryAccess),
+            (0x51, FaultReason::PasidDirectoryEntryNotPresent),
+            (0x58, FaultReason::PasidTableAccess),
+            (0x59, FaultReason::PasidEntryNotPresent),
+            (0x5B, FaultReason::PasidEntryInvalid),
+            (0x70, FaultReason::FirstStageEntryAccess),
+            (0x71, FaultReason::FirstStageEntryNotPresent),
+            (0x72, FaultReason::FirstStageEntryReserved),
+            (0x80, FaultReason::FirstStageNonCanonical),
+            (0x87, FaultReason::ScalableInterruptAddress),
+        ];
+        for (raw, reason) in named {
+            assert_eq!(FaultReason::from_raw(raw), reason);
+            assert!(reason.is_scalable_mode());
+            assert!(!reason.is_interrupt_remapping());
+            assert_ne!(reason.name(), FaultReason::Other(raw).name());
+            assert!(reason.to_string().starts_with(&format!("{raw:#x} (")));
+        }
+        assert!(!FaultReason::ContextEntryNotPresent.is_scalable_mode());
+        assert!(!FaultReason::from_raw(0x2F).is_scalable_mode());
+        // Every name is distinct, so a record never reads as another reason.
+        let names: Vec<_> = (0..=0xFFu8)
+            .map(FaultReason::from_raw)
+            .filter(|r| !matches!(r, FaultReason::Other(_)))
+            .map(FaultReason::name)
+            .collect();
+        for (i, n) in names.iter().enumerate() {
+            assert!(!names[..i].contains(n), "duplicate name {n}");
+        }
     }
 }

@@ -3,7 +3,8 @@
 //! Implements VT-d spec §6.5: register-based invalidation through CCMD and the IOTLB register
 //! pair (§6.5.1, §11.4.6, §11.4.8; a completion whose actual granularity CAIG/IAIG is 00 means
 //! "not performed" and is an error) and queued invalidation (§6.5.2): a one-page ring of 128-bit
-//! descriptors (context-cache §6.5.2.1, IOTLB §6.5.2.3, invalidation wait §6.5.2.8) written by
+//! descriptors (context-cache §6.5.2.1, IOTLB §6.5.2.3, invalidation wait §6.5.2.8; in scalable
+//! mode also PASID-cache §6.5.2.2, type 7, and PASID-based IOTLB §6.5.2.4, type 6) written by
 //! software, fetched by hardware between IQH and IQT. The interrupt entry cache (§6.5.2.7, type
 //! 4: global or index-selective with an index mask) can only be invalidated through the queue. A batch is always closed with a wait
 //! descriptor whose status write lands in a memory word this module polls with a timeout, so
@@ -56,7 +57,7 @@ use crate::caps::Capabilities;
 use crate::platform::{Platform, TableMem, TABLE_PAGE_SIZE};
 use crate::registers::{
     self, ccmd, iotlb, CacheDescLo, Ccmd, FaultStatus, IecDescLo, IotlbCmd, IotlbDescHi, Iqa, Iva,
-    QueueIndex, RegisterIo, WaitDescHi, WaitDescLo,
+    PasidDescLo, PasidIotlbDescHi, QueueIndex, RegisterIo, WaitDescHi, WaitDescLo,
 };
 
 /// Invalidation descriptor types and granularities, §6.5.2 (declared in [`registers`]).
@@ -126,6 +127,38 @@ pub enum Invalidation {
         /// Index mask (IM, at most 16): log2 of the entry count.
         mask: u8,
     },
+    /// Every PASID-cache entry (§6.5.2.2, type 7, granularity 11). Scalable mode, queued
+    /// invalidation only.
+    PasidCacheGlobal,
+    /// The PASID-cache entries of domain `did`: all its PASIDs (`pasid: None`, granularity
+    /// 00) or one (granularity 01). Scalable mode, queued invalidation only.
+    PasidCache {
+        /// Domain ID the cached PASID entries are tagged with.
+        did: u16,
+        /// One PASID, or every PASID of the domain.
+        pasid: Option<u32>,
+    },
+    /// Every IOTLB entry of one PASID of domain `did` (§6.5.2.4, type 6, granularity 10).
+    /// Scalable mode, queued invalidation only.
+    PasidIotlb {
+        /// Domain ID.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+    },
+    /// 2^`am` pages at `addr` of one PASID of domain `did` (type 6, granularity 11).
+    PasidIotlbPage {
+        /// Domain ID.
+        did: u16,
+        /// PASID.
+        pasid: u32,
+        /// First address (aligned to 2^am pages).
+        addr: u64,
+        /// Address mask: log2 of the page count.
+        am: u8,
+        /// Only leaf entries changed (IH = 1).
+        leaf_only: bool,
+    },
 }
 
 /// A 128-bit queued-invalidation descriptor.
@@ -161,7 +194,53 @@ impl Descriptor {
                 .into_bits(),
             hi: 0,
         };
+        let pasid_desc = |kind, granularity, did, pasid| {
+            PasidDescLo::new()
+                .with_kind(kind)
+                .with_granularity(granularity)
+                .with_did(did)
+                .with_pasid(pasid)
+                .into_bits()
+        };
         let (lo, hi) = match *req {
+            Invalidation::PasidCacheGlobal => {
+                return Self {
+                    lo: pasid_desc(desc::TYPE_PASID_CACHE, desc::PASID_CACHE_GLOBAL, 0, 0),
+                    hi: 0,
+                }
+            }
+            Invalidation::PasidCache { did, pasid } => {
+                let (granularity, pasid) = match pasid {
+                    Some(p) => (desc::PASID_CACHE_PASID, p),
+                    None => (desc::PASID_CACHE_DOMAIN, 0),
+                };
+                return Self {
+                    lo: pasid_desc(desc::TYPE_PASID_CACHE, granularity, did, pasid),
+                    hi: 0,
+                };
+            }
+            Invalidation::PasidIotlb { did, pasid } => {
+                return Self {
+                    lo: pasid_desc(desc::TYPE_PASID_IOTLB, desc::PASID_IOTLB_PASID, did, pasid),
+                    hi: 0,
+                }
+            }
+            Invalidation::PasidIotlbPage {
+                did,
+                pasid,
+                addr,
+                am,
+                leaf_only,
+            } => {
+                return Self {
+                    lo: pasid_desc(desc::TYPE_PASID_IOTLB, desc::PASID_IOTLB_PAGE, did, pasid),
+                    hi: PasidIotlbDescHi::new()
+                        .with_addr(addr)
+                        .with_ih(leaf_only)
+                        .with_am(am)
+                        .into_bits(),
+                }
+            }
             Invalidation::InterruptEntryGlobal => return iec(false, 0, 0),
             Invalidation::InterruptEntries { index, mask } => return iec(true, index, mask),
             Invalidation::ContextGlobal => (context(desc::GLOBAL), 0),
@@ -211,9 +290,38 @@ impl Descriptor {
         CacheDescLo::from_bits(self.lo).kind()
     }
 
-    /// Decodes a context-cache, IOTLB or interrupt-entry-cache descriptor back into a request.
+    /// Decodes a context-cache, IOTLB, interrupt-entry-cache, PASID-cache or PASID-based IOTLB
+    /// descriptor back into a request.
     pub fn decode(&self) -> Option<Invalidation> {
         use desc::*;
+        if matches!(self.kind(), TYPE_PASID_CACHE | TYPE_PASID_IOTLB) {
+            let p = PasidDescLo::from_bits(self.lo);
+            let (did, pasid) = (p.did(), p.pasid());
+            return match (p.kind(), p.granularity()) {
+                (TYPE_PASID_CACHE, PASID_CACHE_GLOBAL) => Some(Invalidation::PasidCacheGlobal),
+                (TYPE_PASID_CACHE, PASID_CACHE_DOMAIN) => {
+                    Some(Invalidation::PasidCache { did, pasid: None })
+                }
+                (TYPE_PASID_CACHE, PASID_CACHE_PASID) => Some(Invalidation::PasidCache {
+                    did,
+                    pasid: Some(pasid),
+                }),
+                (TYPE_PASID_IOTLB, PASID_IOTLB_PASID) => {
+                    Some(Invalidation::PasidIotlb { did, pasid })
+                }
+                (TYPE_PASID_IOTLB, PASID_IOTLB_PAGE) => {
+                    let hi = PasidIotlbDescHi::from_bits(self.hi);
+                    Some(Invalidation::PasidIotlbPage {
+                        did,
+                        pasid,
+                        addr: hi.addr(),
+                        am: hi.am(),
+                        leaf_only: hi.ih(),
+                    })
+                }
+                _ => None,
+            };
+        }
         if self.kind() == TYPE_IEC {
             let iec = IecDescLo::from_bits(self.lo);
             return Some(if iec.index_selective() {
@@ -809,9 +917,13 @@ pub fn register_invalidate<R: RegisterIo + ?Sized, P: Platform + ?Sized>(
     match *req {
         // The interrupt entry cache has no register-based invalidation (§6.5.2.7): interrupt
         // remapping requires queued invalidation.
-        Invalidation::InterruptEntryGlobal | Invalidation::InterruptEntries { .. } => {
-            Err(InvalidationError::Unsupported)
-        }
+        // Nor have the scalable-mode PASID caches (§6.5.2.2, §6.5.2.4).
+        Invalidation::InterruptEntryGlobal
+        | Invalidation::InterruptEntries { .. }
+        | Invalidation::PasidCacheGlobal
+        | Invalidation::PasidCache { .. }
+        | Invalidation::PasidIotlb { .. }
+        | Invalidation::PasidIotlbPage { .. } => Err(InvalidationError::Unsupported),
         Invalidation::ContextGlobal => context(ccmd::GRANULARITY_GLOBAL, 0, 0),
         Invalidation::ContextDevice { did, sid } => {
             context(ccmd::GRANULARITY_DEVICE, sid.get(), did)

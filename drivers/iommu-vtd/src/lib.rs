@@ -13,6 +13,7 @@
 //! | [`caps`] | CAP/ECAP decoding (§11.4.2, §11.4.3) |
 //! | [`platform`] | what the unit needs from the host kernel |
 //! | [`pagetable`] | second-level page tables (§3.6, §9.8) |
+//! | [`firststage`] | first-stage page tables for scalable mode (x86 paging format; §3.6, §9.7) |
 //! | [`context`] | root and context tables (§3.4, §9.1, §9.3) |
 //! | [`invalidation`] | queued and register-based invalidation (§6.5) |
 //! | [`fault`] | primary fault recording and fault events (§7.1, §7.3, §11.4.14) |
@@ -30,7 +31,8 @@
 //!    (firmware tables) depend on nothing else here;
 //! 2. [`caps`] decodes registers;
 //! 3. the engine pieces, each over the layers below only: [`pagetable`], [`context`],
-//!    [`invalidation`], [`fault`], [`intremap`];
+//!    [`firststage`] (which shares [`pagetable`]'s `Leaf`), [`invalidation`], [`fault`],
+//!    [`intremap`];
 //! 4. [`unit`](mod@unit): one hardware unit (bring-up, domain IDs, isolation-group attachment,
 //!    interrupt remapping, faults); its submodules are `impl VtdUnit` blocks over the type
 //!    declared in `unit.rs` and the layers below;
@@ -83,6 +85,7 @@ pub mod domain;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod fault;
+pub mod firststage;
 pub mod intremap;
 pub mod invalidation;
 pub mod pagetable;
@@ -98,6 +101,7 @@ pub use caps::{Cap, Capabilities, Ecap, PagingLevels};
 pub use dmar::{Dmar, DmarBuilder, DmarError, Refused, StructureError};
 pub use domain::{Domain, DomainConfig};
 pub use fault::{AccessKind, FaultLog, FaultReason, FaultRecord};
+pub use firststage::{FirstStageConfig, FirstStageLevels, FirstStageTable, FsPte};
 pub use intremap::{
     DeliveryMode, DestMode, Destination, IntRemapError, Irte, SourceId, TriggerMode,
 };

@@ -10,13 +10,14 @@
 //!
 //! The declarations are grouped by concept in private submodules, all re-exported here so
 //! that every name is `crate::registers::Name`: the register map (`mmio`), in-memory
-//! translation structures (`tables`), invalidation descriptors (`descriptors`), interrupt
+//! translation structures (`tables`), the scalable-mode structures (`scalable`), invalidation descriptors (`descriptors`), interrupt
 //! remapping formats (`interrupt`) and the access seam (`io`).
 
 mod descriptors;
 mod interrupt;
 mod io;
 mod mmio;
+mod scalable;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -25,6 +26,7 @@ pub use descriptors::*;
 pub use interrupt::*;
 pub use io::*;
 pub use mmio::*;
+pub use scalable::*;
 pub use tables::*;
 
 // Typed fields. Every multi-bit field of a register or an in-memory structure this crate

@@ -17,6 +17,19 @@ impl FakeVtd {
                     return false;
                 }
             }
+            // QEMU 7.2 accepts both PASID descriptor types in scalable mode and does nothing for
+            // them (`vtd_process_inv_desc`: "just return true is enough so far"); without
+            // scalable mode they are invalid (FSTS.IQE).
+            Invalidation::PasidCacheGlobal
+            | Invalidation::PasidCache { .. }
+            | Invalidation::PasidIotlb { .. }
+            | Invalidation::PasidIotlbPage { .. } => {
+                if !s.caps.ecap.smts {
+                    s.violations
+                        .push(format!("{inv:?} without ECAP.SMTS (rejected)"));
+                    return false;
+                }
+            }
             Invalidation::ContextGlobal => s.context_cache.clear(),
             Invalidation::ContextDevice { did, sid } => {
                 if s.context_cache.get(&sid).is_some_and(|c| c.did() == did) {
@@ -91,7 +104,10 @@ impl FakeVtd {
                     }
                     true
                 }
-                desc::TYPE_CONTEXT | desc::TYPE_IOTLB => match d.decode() {
+                desc::TYPE_CONTEXT
+                | desc::TYPE_IOTLB
+                | desc::TYPE_PASID_CACHE
+                | desc::TYPE_PASID_IOTLB => match d.decode() {
                     Some(inv) => self.process_invalidation(s, Via::Queue, inv),
                     None => false,
                 },

@@ -1,5 +1,6 @@
 //! Invalidation descriptors (§6.5.2): descriptor types and granularities, the context-cache,
-//! IOTLB, invalidation-wait and interrupt-entry-cache descriptor layouts.
+//! IOTLB, invalidation-wait and interrupt-entry-cache descriptor layouts, and the scalable-mode
+//! PASID-cache (type 7) and PASID-based IOTLB (type 6) descriptors.
 
 use bitfield_struct::bitfield;
 
@@ -17,6 +18,20 @@ pub mod desc {
     pub const TYPE_IEC: u8 = 0x4;
     /// Invalidation wait.
     pub const TYPE_WAIT: u8 = 0x5;
+    /// PASID-based IOTLB invalidate (scalable mode, §6.5.2.4).
+    pub const TYPE_PASID_IOTLB: u8 = 0x6;
+    /// PASID-cache invalidate (scalable mode, §6.5.2.2).
+    pub const TYPE_PASID_CACHE: u8 = 0x7;
+    /// PASID-cache granularity 00: every PASID entry of a domain (domain-selective).
+    pub const PASID_CACHE_DOMAIN: u8 = 0b00;
+    /// PASID-cache granularity 01: one PASID of a domain (PASID-selective).
+    pub const PASID_CACHE_PASID: u8 = 0b01;
+    /// PASID-cache granularity 11: every PASID-cache entry (global).
+    pub const PASID_CACHE_GLOBAL: u8 = 0b11;
+    /// PASID-based IOTLB granularity 10: every mapping of one PASID of a domain.
+    pub const PASID_IOTLB_PASID: u8 = 0b10;
+    /// PASID-based IOTLB granularity 11: 2^AM pages of one PASID of a domain.
+    pub const PASID_IOTLB_PAGE: u8 = 0b11;
     /// Granularity: global.
     pub const GLOBAL: u8 = 0b01;
     /// Granularity: domain-selective.
@@ -119,3 +134,30 @@ pub struct IecDescLo {
     #[bits(16)]
     __: u16,
 }
+
+/// PASID-cache invalidate (type 7) and PASID-based IOTLB invalidate (type 6) descriptors,
+/// bits 63:0, §6.5.2.2 / §6.5.2.4 (128-bit form; a PASID-cache descriptor's bits 127:64 are
+/// reserved).
+#[bitfield(u64)]
+#[derive(PartialEq, Eq)]
+pub struct PasidDescLo {
+    /// Descriptor type (bits 3:0): `desc::TYPE_PASID_CACHE` or `desc::TYPE_PASID_IOTLB`.
+    #[bits(4)]
+    pub kind: u8,
+    /// Granularity (bits 5:4): a `desc::PASID_CACHE_*` or `desc::PASID_IOTLB_*` value.
+    #[bits(2)]
+    pub granularity: u8,
+    #[bits(10)]
+    __: u16,
+    /// Domain ID (bits 31:16).
+    pub did: u16,
+    /// PASID (bits 51:32).
+    #[bits(20)]
+    pub pasid: u32,
+    #[bits(12)]
+    __: u16,
+}
+
+/// PASID-based IOTLB invalidate descriptor, bits 127:64, §6.5.2.4 (the same layout as the
+/// IOTLB descriptor's upper half: AM 69:64, IH 70, address 127:76).
+pub type PasidIotlbDescHi = IotlbDescHi;

@@ -252,6 +252,8 @@ pub struct Rtaddr {
 impl Rtaddr {
     /// RTADDR.TTM 00: legacy-mode root table.
     pub const TTM_LEGACY: u8 = 0b00;
+    /// RTADDR.TTM 01: scalable-mode root table (§11.4.5; needs ECAP.SMTS).
+    pub const TTM_SCALABLE: u8 = 0b01;
 }
 
 /// Context command register (CCMD), §11.4.6.1.

@@ -149,3 +149,146 @@ fn mmio_accesses_stay_in_the_window() {
     regs.write64(64, 1);
     assert_eq!(page[0], 7);
 }
+
+/// Sets bit `bit` of a multi-word entry given as words (bit 64 is word 1's bit 0).
+fn bit(words: usize, n: u32) -> alloc::vec::Vec<u64> {
+    let mut w = alloc::vec![0u64; words];
+    w[(n / 64) as usize] = 1 << (n % 64);
+    w
+}
+
+#[test]
+fn scalable_root_entry_matches_spec_9_2() {
+    // LP bit 0, LCTP 63:12; UP bit 64, UCTP 127:76.
+    assert_eq!(
+        SmRootEntryLo::new().with_present(true).into_bits(),
+        bit(2, 0)[0]
+    );
+    assert_eq!(
+        SmRootEntryHi::new().with_present(true).into_bits(),
+        bit(2, 64)[1]
+    );
+    let lo = SmRootEntryLo::new().with_ctp(0xFFFF_FFFF_FFFF_F123);
+    assert_eq!(lo.into_bits(), 0xFFFF_FFFF_FFFF_F000);
+    let hi = SmRootEntryHi::new().with_ctp(0x1234_5000);
+    assert_eq!(hi.into_bits(), 0x1234_5000);
+    assert_eq!(SmRootEntryHi::from_bits(0x1234_5001).ctp(), 0x1234_5000);
+}
+
+#[test]
+fn scalable_context_entry_matches_spec_9_4() {
+    let w0 = |v: SmContextW0| v.into_bits();
+    assert_eq!(w0(SmContextW0::new().with_present(true)), 1 << 0);
+    assert_eq!(w0(SmContextW0::new().with_fpd(true)), 1 << 1);
+    assert_eq!(w0(SmContextW0::new().with_dte(true)), 1 << 2);
+    assert_eq!(w0(SmContextW0::new().with_paside(true)), 1 << 3);
+    assert_eq!(w0(SmContextW0::new().with_pre(true)), 1 << 4);
+    // PDTS bits 11:9.
+    assert_eq!(w0(SmContextW0::new().with_pdts(0b111)), 0b111 << 9);
+    assert_eq!(w0(SmContextW0::new().with_pdts(1)), 1 << 9);
+    // PASIDDIRPTR bits 63:12.
+    assert_eq!(
+        w0(SmContextW0::new().with_pasid_dir(0xABCD_E000)),
+        0xABCD_E000
+    );
+    // RID_PASID bits 83:64 (word 1 bits 19:0), RID_PRIV bit 84.
+    assert_eq!(
+        SmContextW1::new().with_rid_pasid(0xF_FFFF).into_bits(),
+        0xF_FFFF
+    );
+    assert_eq!(
+        SmContextW1::new().with_rid_pasid(1).into_bits(),
+        bit(4, 64)[1]
+    );
+    assert_eq!(
+        SmContextW1::new().with_rid_priv(true).into_bits(),
+        bit(4, 84)[1]
+    );
+    assert_eq!(SM_CONTEXT_WORDS * 8, 32);
+    assert_eq!(SM_CONTEXT_ENTRIES_PER_TABLE * SM_CONTEXT_WORDS * 8, 4096);
+}
+
+#[test]
+fn pasid_directory_entry_matches_spec_9_5() {
+    assert_eq!(PasidDirEntry::new().with_present(true).into_bits(), 1);
+    assert_eq!(PasidDirEntry::new().with_fpd(true).into_bits(), 2);
+    assert_eq!(
+        PasidDirEntry::new().with_table(0x7_6543_2FFF).into_bits(),
+        0x7_6543_2000
+    );
+}
+
+#[test]
+fn pasid_table_entry_matches_spec_9_6() {
+    let w0 = |v: PasidEntryW0| v.into_bits();
+    assert_eq!(w0(PasidEntryW0::new().with_present(true)), 1 << 0);
+    assert_eq!(w0(PasidEntryW0::new().with_fpd(true)), 1 << 1);
+    // AW bits 4:2.
+    assert_eq!(w0(PasidEntryW0::new().with_aw(0b111)), 0b111 << 2);
+    assert_eq!(w0(PasidEntryW0::new().with_aw(2)), 2 << 2);
+    assert_eq!(w0(PasidEntryW0::new().with_slee(true)), 1 << 5);
+    // PGTT bits 8:6: second stage 010b, pass-through 100b.
+    assert_eq!(w0(PasidEntryW0::new().with_pgtt(0b111)), 0b111 << 6);
+    assert_eq!(
+        w0(PasidEntryW0::new().with_pgtt(PasidEntryW0::PGTT_SECOND_STAGE)),
+        0b010 << 6
+    );
+    assert_eq!(
+        w0(PasidEntryW0::new().with_pgtt(PasidEntryW0::PGTT_PASS_THROUGH)),
+        0b100 << 6
+    );
+    assert_eq!(PasidEntryW0::PGTT_FIRST_STAGE, 0b001);
+    assert_eq!(PasidEntryW0::PGTT_NESTED, 0b011);
+    assert_eq!(w0(PasidEntryW0::new().with_slade(true)), 1 << 9);
+    // SLPTPTR bits 63:12.
+    assert_eq!(
+        w0(PasidEntryW0::new().with_slptptr(0x1_2345_6789)),
+        0x1_2345_6000
+    );
+    // DID bits 79:64 (word 1 bits 15:0), PWSNP bit 87, PGSNP bit 88.
+    assert_eq!(PasidEntryW1::new().with_did(0xFFFF).into_bits(), 0xFFFF);
+    assert_eq!(PasidEntryW1::new().with_did(1).into_bits(), bit(8, 64)[1]);
+    assert_eq!(
+        PasidEntryW1::new().with_pwsnp(true).into_bits(),
+        bit(8, 87)[1]
+    );
+    assert_eq!(
+        PasidEntryW1::new().with_pgsnp(true).into_bits(),
+        bit(8, 88)[1]
+    );
+    assert_eq!(PASID_ENTRY_WORDS * 8 * PASID_ENTRIES_PER_TABLE, 4096);
+}
+
+#[test]
+fn rtaddr_ttm_selects_scalable_mode() {
+    // TTM bits 11:10: 00 legacy, 01 scalable (§11.4.5).
+    let r = Rtaddr::new()
+        .with_rta(0x5000)
+        .with_ttm(Rtaddr::TTM_SCALABLE);
+    assert_eq!(r.into_bits(), 0x5000 | 1 << 10);
+    assert_eq!(Rtaddr::new().with_ttm(Rtaddr::TTM_LEGACY).into_bits(), 0);
+}
+
+#[test]
+fn pasid_descriptors_match_spec_6_5_2() {
+    // Type 3:0, granularity 5:4, DID 31:16, PASID 51:32.
+    let d = PasidDescLo::new()
+        .with_kind(desc::TYPE_PASID_CACHE)
+        .with_granularity(desc::PASID_CACHE_PASID)
+        .with_did(0xBEEF)
+        .with_pasid(0xF_FFFF);
+    assert_eq!(d.into_bits(), 0x000F_FFFF_BEEF_0017);
+    let d = PasidDescLo::new()
+        .with_kind(desc::TYPE_PASID_IOTLB)
+        .with_granularity(desc::PASID_IOTLB_PAGE);
+    assert_eq!(d.into_bits(), 0x36);
+    assert_eq!(desc::PASID_CACHE_DOMAIN, 0b00);
+    assert_eq!(desc::PASID_CACHE_GLOBAL, 0b11);
+    assert_eq!(desc::PASID_IOTLB_PASID, 0b10);
+    // The upper half: AM 69:64, IH 70, ADDR 127:76.
+    let hi = PasidIotlbDescHi::new()
+        .with_am(5)
+        .with_ih(true)
+        .with_addr(0xDEAD_B000);
+    assert_eq!(hi.into_bits(), 0xDEAD_B000 | 1 << 6 | 5);
+}
